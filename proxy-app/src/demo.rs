@@ -1,0 +1,65 @@
+//! `proxy-app demo`: a fake tailnet started in-process and the proxy in front of it, so the
+//! whole product can be tried with nothing installed.
+
+use anyhow::Context;
+use fake_tailnet::{FakeTailnet, TailnetConfig, TAILNET_CA_PEM};
+use proxy_core::config::load_str;
+use proxy_core::RuntimeConfig;
+use std::path::Path;
+
+const TEMPLATE: &str = include_str!("demo.toml");
+
+const ERROR_PAGE: &str = "<!doctype html>\n<html><body><h1>Photos are taking a nap</h1>\n<p>The photo server is unreachable right now (this is the demo's custom 502 page).</p></body></html>\n";
+
+/// Starts the fake tailnet and returns the demo config pointing at it.
+pub fn run(listen: &str, admin: &str) -> anyhow::Result<RuntimeConfig> {
+    let mut tailnet_config = TailnetConfig::new(&["docs", "git"]);
+    tailnet_config.ttl = 30;
+    let tailnet =
+        FakeTailnet::start_in_thread(tailnet_config).context("starting the fake tailnet")?;
+    // A name that resolves but has no peer behind it, to show the site's error page.
+    let offline = tailnet.fqdn("photos-offline");
+    tailnet.set_answer(&offline, vec![std::net::Ipv4Addr::new(127, 100, 254, 254)]);
+
+    let dir = std::env::temp_dir().join(format!("proxy-app-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let ca_file = dir.join("tailnet-ca.pem");
+    std::fs::write(&ca_file, TAILNET_CA_PEM).context("writing the demo CA file")?;
+    let error_page = dir.join("photos-502.html");
+    std::fs::write(&error_page, ERROR_PAGE).context("writing the demo error page")?;
+
+    let text = TEMPLATE
+        .replace("{listen}", listen)
+        .replace("{admin}", admin)
+        .replace("{dns}", &tailnet.dns_addr().to_string())
+        .replace("{domain}", tailnet.domain())
+        .replace("{http_port}", &tailnet.http_port().to_string())
+        .replace("{https_port}", &tailnet.https_port().to_string())
+        .replace("{ca_file}", &ca_file.display().to_string())
+        .replace("{error_page}", &error_page.display().to_string());
+    let config = load_str(&text, Some(Path::new("demo.toml")), &dir)
+        .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid:\n{e}"))?;
+    print_instructions(listen, &tailnet);
+    // The tailnet runs on its own thread for the life of the process.
+    std::mem::forget(tailnet);
+    Ok(config)
+}
+
+fn print_instructions(listen: &str, tailnet: &FakeTailnet) {
+    let port = listen.rsplit(':').next().unwrap_or("8080");
+    println!(
+        "\nproxy-app demo: fake tailnet `{domain}` with MagicDNS at {dns}\n\
+         public listener http://{listen}/\n\n\
+         Try:\n  \
+         curl -i http://docs.demo.localhost:{port}/             # proxied over TLS to docs.{domain}\n  \
+         curl -i http://docs.demo.localhost:{port}/robots.txt   # answered at the edge\n  \
+         curl -i http://git.demo.localhost:{port}/__echo        # see the forwarded headers\n  \
+         curl -i http://git.demo.localhost:{port}/u/repo/archive/main.zip   # redirect\n  \
+         curl -i http://photos.demo.localhost:{port}/           # peer down: the site's 502 page\n  \
+         curl -i http://unknown.demo.localhost:{port}/          # unknown host: 421, never forwarded\n  \
+         curl -i http://127.0.0.1:{port}/healthz                # health check, any Host\n\n\
+         (curl resolves *.localhost to 127.0.0.1; with other clients add -H 'Host: docs.demo.localhost'.)\n",
+        domain = tailnet.domain(),
+        dns = tailnet.dns_addr(),
+    );
+}

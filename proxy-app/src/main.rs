@@ -1,0 +1,122 @@
+//! `proxy-app`: serves services on a Tailscale tailnet to the public internet, configured by
+//! a TOML file. All proxy behaviour lives in `proxy-core`; this binary parses the command
+//! line, loads the config, and runs a Pingora server.
+
+mod demo;
+
+use clap::{Parser, Subcommand};
+use pingora::server::configuration::Opt;
+use pingora::server::Server;
+use proxy_core::config::load_file;
+use proxy_core::{server_conf, EdgeServices, RuntimeConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "proxy-app",
+    version,
+    about = "Edge proxy for services on a Tailscale tailnet"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve with the given config until SIGTERM (graceful) or SIGINT (fast).
+    Run {
+        /// Path to the TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a config and exit: 0 if valid, 1 with every error otherwise.
+    Check {
+        /// Path to the TOML config.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: a fake tailnet in-process and the proxy in front of it.
+    Demo {
+        /// Public listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// Admin listen address.
+        #[arg(long, default_value = "127.0.0.1:9091")]
+        admin: String,
+    },
+}
+
+fn main() -> ExitCode {
+    init_logging();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => load(&config).and_then(serve),
+        Command::Check { config } => check(&config),
+        Command::Demo { listen, admin } => demo::run(&listen, &admin).and_then(serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter)
+        .init();
+}
+
+fn load(path: &std::path::Path) -> anyhow::Result<RuntimeConfig> {
+    load_file(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))
+}
+
+fn check(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = load(path)?;
+    println!(
+        "{}: ok ({} sites, {} upstreams)",
+        path.display(),
+        config.router.sites().count(),
+        config.upstreams.len()
+    );
+    Ok(())
+}
+
+/// Runs a Pingora server for `config`; returns only on a startup error (Pingora exits the
+/// process when it shuts down).
+fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
+    let conf = server_conf(&config.server);
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
+    server.bootstrap();
+    let listen = config.server.listen.clone();
+    let services = EdgeServices::new(&server.configuration, Arc::new(config));
+    server.add_service(services.resolver);
+    server.add_service(services.proxy);
+    tracing::info!(?listen, "proxy-app {} serving", env!("CARGO_PKG_VERSION"));
+    server.run_forever()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn missing_config_file_is_an_error_not_a_panic() {
+        let e = check(std::path::Path::new("/nonexistent/edge.toml")).unwrap_err();
+        assert!(e.to_string().contains("cannot read config file"), "{e}");
+    }
+}

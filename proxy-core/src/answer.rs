@@ -1,0 +1,85 @@
+//! Responses the proxy writes itself: fixed returns, redirects, health answers and error
+//! pages. One function builds them all so every local answer gets the same headers.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+use std::borrow::Cow;
+
+/// A response written by the proxy rather than an upstream.
+#[derive(Debug, Clone)]
+pub struct LocalAnswer {
+    /// Status code.
+    pub status: u16,
+    /// Content type of the body.
+    pub content_type: Cow<'static, str>,
+    /// Body (omitted on the wire for HEAD requests).
+    pub body: Bytes,
+    /// A `Location` header, for redirects.
+    pub location: Option<String>,
+    /// Close the connection after answering (when the request body was not read).
+    pub close: bool,
+}
+
+impl LocalAnswer {
+    /// A plain-text answer.
+    pub fn text(status: u16, body: impl Into<Bytes>) -> Self {
+        Self {
+            status,
+            content_type: Cow::Borrowed("text/plain; charset=utf-8"),
+            body: body.into(),
+            location: None,
+            close: false,
+        }
+    }
+
+    /// An HTML answer.
+    pub fn html(status: u16, body: impl Into<Bytes>) -> Self {
+        Self {
+            content_type: Cow::Borrowed("text/html; charset=utf-8"),
+            ..Self::text(status, body)
+        }
+    }
+
+    /// The same answer, closing the connection afterwards.
+    pub fn closing(mut self) -> Self {
+        self.close = true;
+        self
+    }
+
+    /// Writes the answer to the client.
+    pub async fn write(&self, session: &mut Session) -> Result<()> {
+        let mut header = ResponseHeader::build(self.status, Some(4))?;
+        header.insert_header(http::header::CONTENT_TYPE, self.content_type.as_ref())?;
+        header.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())?;
+        if let Some(location) = &self.location {
+            header.insert_header(http::header::LOCATION, location.as_str())?;
+        }
+        if self.close {
+            session.set_keepalive(None);
+            header.insert_header(http::header::CONNECTION, "close")?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD || self.body.is_empty();
+        session
+            .write_response_header(Box::new(header), head_only)
+            .await?;
+        if !head_only {
+            session
+                .write_response_body(Some(self.body.clone()), true)
+                .await?;
+        }
+        Ok(())
+    }
+}
+
+/// The built-in page for an error status, used when a site configures none.
+pub fn default_error_page(status: u16) -> Bytes {
+    let reason = http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("Error");
+    Bytes::from(format!(
+        "<!doctype html>\n<html><head><title>{status} {reason}</title></head>\n<body><h1>{status} {reason}</h1></body></html>\n"
+    ))
+}

@@ -1,0 +1,262 @@
+//! Building a [`RuntimeConfig`] from code. The builders fill the same plain structs as a TOML
+//! file and go through the same compiler, so code and TOML can never disagree.
+//!
+//! ```
+//! use proxy_core::builder::{ConfigBuilder, LocationBuilder, SiteBuilder, UpstreamBuilder};
+//!
+//! let config = ConfigBuilder::new()
+//!     .listen("127.0.0.1:8080")
+//!     .upstream("docs", UpstreamBuilder::new("docs.tail1234.ts.net:443").tls())
+//!     .site(
+//!         "docs",
+//!         SiteBuilder::new()
+//!             .host("docs.example.com")
+//!             .location(LocationBuilder::new("/").proxy("docs"))
+//!             .location(LocationBuilder::new("= /robots.txt").respond(200, "User-agent: *\n")),
+//!     )
+//!     .build()
+//!     .expect("valid config");
+//! assert!(config.router.find("docs.example.com").is_some());
+//! ```
+
+use std::path::PathBuf;
+
+use crate::config::file::{
+    ConfigFile, LocationSection, RedirectSection, ReturnSection, SiteSection, StatusOrWord,
+    UpstreamSection,
+};
+use crate::config::{compile_file, ConfigErrors};
+use crate::runtime::RuntimeConfig;
+
+/// Builds a whole config.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigBuilder {
+    file: ConfigFile,
+    base_dir: PathBuf,
+}
+
+impl ConfigBuilder {
+    /// An empty config (defaults everywhere).
+    pub fn new() -> Self {
+        Self {
+            file: ConfigFile::default(),
+            base_dir: PathBuf::from("."),
+        }
+    }
+
+    /// Starts from existing config data (e.g. parsed TOML to extend in code).
+    pub fn from_file(file: ConfigFile) -> Self {
+        Self {
+            file,
+            ..Self::new()
+        }
+    }
+
+    /// Directory that relative file paths (error pages, CA files) are resolved against.
+    pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.base_dir = dir.into();
+        self
+    }
+
+    /// Adds a public listen address.
+    pub fn listen(mut self, addr: impl Into<String>) -> Self {
+        self.file
+            .server
+            .listen
+            .get_or_insert_with(Vec::new)
+            .push(addr.into());
+        self
+    }
+
+    /// Sets the admin listen address.
+    pub fn admin_listen(mut self, addr: impl Into<String>) -> Self {
+        self.file.admin.listen = Some(addr.into());
+        self
+    }
+
+    /// Sets the worker thread count.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.file.server.threads = Some(threads);
+        self
+    }
+
+    /// Sets the shutdown grace period ("10s").
+    pub fn grace_period(mut self, duration: impl Into<String>) -> Self {
+        self.file.server.grace_period = Some(duration.into());
+        self
+    }
+
+    /// Answers unknown hosts with `status` instead of closing the connection.
+    pub fn unknown_host_status(mut self, status: u16) -> Self {
+        self.file.server.unknown_host = Some(StatusOrWord::Status(status));
+        self
+    }
+
+    /// Adds a DNS server (`ip` or `ip:port`) for upstream names.
+    pub fn nameserver(mut self, addr: impl Into<String>) -> Self {
+        self.file
+            .resolver
+            .nameservers
+            .get_or_insert_with(Vec::new)
+            .push(addr.into());
+        self
+    }
+
+    /// Adds (or replaces) a named upstream.
+    pub fn upstream(mut self, name: impl Into<String>, upstream: UpstreamBuilder) -> Self {
+        self.file.upstreams.insert(name.into(), upstream.0);
+        self
+    }
+
+    /// Adds (or replaces) a named site.
+    pub fn site(mut self, name: impl Into<String>, site: SiteBuilder) -> Self {
+        self.file.sites.insert(name.into(), site.0);
+        self
+    }
+
+    /// The plain config data built so far.
+    pub fn into_file(self) -> ConfigFile {
+        self.file
+    }
+
+    /// Validates and compiles, exactly as a TOML file would be.
+    pub fn build(self) -> Result<RuntimeConfig, ConfigErrors> {
+        compile_file(&self.file, &self.base_dir)
+    }
+}
+
+/// Builds one upstream.
+#[derive(Debug, Clone, Default)]
+pub struct UpstreamBuilder(UpstreamSection);
+
+impl UpstreamBuilder {
+    /// An upstream at `host:port`.
+    pub fn new(address: impl Into<String>) -> Self {
+        Self(UpstreamSection {
+            address: address.into(),
+            ..UpstreamSection::default()
+        })
+    }
+
+    /// Speak TLS (SNI defaults to the host; verification on).
+    pub fn tls(mut self) -> Self {
+        self.0.tls = true;
+        self
+    }
+
+    /// Overrides the SNI.
+    pub fn sni(mut self, sni: impl Into<String>) -> Self {
+        self.0.sni = Some(sni.into());
+        self
+    }
+
+    /// Turns certificate verification off (explicit opt-out).
+    pub fn insecure_skip_verify(mut self) -> Self {
+        self.0.verify = Some(false);
+        self
+    }
+
+    /// Verifies against the CA certificates in this PEM file.
+    pub fn ca_file(mut self, path: impl Into<String>) -> Self {
+        self.0.ca_file = Some(path.into());
+        self
+    }
+
+    /// Sets the Host header sent upstream (`"$host"` passes the client's).
+    pub fn host_header(mut self, host: impl Into<String>) -> Self {
+        self.0.host_header = Some(host.into());
+        self
+    }
+
+    /// Sets the connect timeout ("5s").
+    pub fn connect_timeout(mut self, duration: impl Into<String>) -> Self {
+        self.0.connect_timeout = Some(duration.into());
+        self
+    }
+
+    /// Sets the read timeout ("60s").
+    pub fn read_timeout(mut self, duration: impl Into<String>) -> Self {
+        self.0.read_timeout = Some(duration.into());
+        self
+    }
+}
+
+/// Builds one site.
+#[derive(Debug, Clone, Default)]
+pub struct SiteBuilder(SiteSection);
+
+impl SiteBuilder {
+    /// A site with no hosts or locations yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a host (exact, or `*.example.com`).
+    pub fn host(mut self, host: impl Into<String>) -> Self {
+        self.0.hosts.push(host.into());
+        self
+    }
+
+    /// Adds a location (order matters for regex locations).
+    pub fn location(mut self, location: LocationBuilder) -> Self {
+        self.0.locations.push(location.0);
+        self
+    }
+
+    /// Sets the request body limit ("10m"; "0" = unlimited).
+    pub fn max_body_size(mut self, size: impl Into<String>) -> Self {
+        self.0.max_body_size = Some(size.into());
+        self
+    }
+
+    /// Serves this HTML file for `status` (502, 503, 504) errors.
+    pub fn error_page(mut self, status: u16, path: impl Into<String>) -> Self {
+        self.0.error_pages.insert(status.to_string(), path.into());
+        self
+    }
+}
+
+/// Builds one location.
+#[derive(Debug, Clone, Default)]
+pub struct LocationBuilder(LocationSection);
+
+impl LocationBuilder {
+    /// A location with an nginx-syntax pattern: `"/p"`, `"= /p"`, `"^~ /p"`, `"~ re"`, `"~* re"`.
+    pub fn new(pattern: impl Into<String>) -> Self {
+        Self(LocationSection {
+            pattern: pattern.into(),
+            ..LocationSection::default()
+        })
+    }
+
+    /// Proxies to the named upstream.
+    pub fn proxy(mut self, upstream: impl Into<String>) -> Self {
+        self.0.proxy = Some(upstream.into());
+        self
+    }
+
+    /// Answers locally with a plain-text body.
+    pub fn respond(mut self, status: u16, body: impl Into<String>) -> Self {
+        self.0.respond = Some(ReturnSection {
+            status: Some(status),
+            body: body.into(),
+            content_type: None,
+        });
+        self
+    }
+
+    /// Redirects (`$request_uri` and friends are substituted).
+    pub fn redirect(mut self, status: u16, to: impl Into<String>) -> Self {
+        self.0.redirect = Some(RedirectSection {
+            status: Some(status),
+            to: to.into(),
+        });
+        self
+    }
+
+    /// Overrides the Host header sent upstream.
+    pub fn host_header(mut self, host: impl Into<String>) -> Self {
+        self.0.host_header = Some(host.into());
+        self
+    }
+}

@@ -1,0 +1,359 @@
+//! [`EdgeProxy`]: the `ProxyHttp` implementation that wires routing, upstreams and local
+//! answers together. Each phase delegates to the module that owns it.
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::http::RequestHeader;
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::answer::{default_error_page, LocalAnswer};
+use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
+use crate::runtime::{RuntimeConfig, UnknownHostAnswer};
+use crate::upstream::{apply_forwarded_headers, Upstream};
+
+/// Per-request state shared by every phase, so no phase recomputes another's work.
+pub struct RequestCtx {
+    /// The config this request runs on (a reload mid-request does not affect it).
+    pub config: Arc<RuntimeConfig>,
+    /// The matched site.
+    pub site: Option<Arc<Site>>,
+    /// The matched location.
+    pub location: Option<Arc<Location>>,
+    /// The upstream this request is forwarded to.
+    pub upstream: Option<Arc<Upstream>>,
+    /// Who is asking.
+    pub client_ip: Option<IpAddr>,
+    /// Request body limit in bytes (0 = unlimited).
+    pub body_limit: u64,
+    /// Request body bytes seen so far.
+    pub body_seen: u64,
+    /// When the request started.
+    pub started: Instant,
+}
+
+/// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
+/// it atomically while in-flight requests finish on the config they started with.
+pub struct EdgeProxy {
+    config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+impl EdgeProxy {
+    /// A proxy serving `config`.
+    pub fn new(config: Arc<RuntimeConfig>) -> Self {
+        Self {
+            config: Arc::new(ArcSwap::new(config)),
+        }
+    }
+
+    /// The handle through which a new config can be swapped in.
+    pub fn config_handle(&self) -> Arc<ArcSwap<RuntimeConfig>> {
+        self.config.clone()
+    }
+
+    /// Routes a request; `Some(answer)` ends it locally.
+    fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<LocalAnswer> {
+        let request = session.req_header();
+        if let Some(answer) = check_framing(request) {
+            return Some(answer);
+        }
+        let path = request.uri.path();
+        if ctx.config.health_path.as_deref() == Some(path) && is_get_or_head(request) {
+            return Some(LocalAnswer::text(200, "ok\n"));
+        }
+        let host = match request_host(request) {
+            HostLookup::Found(host) => host,
+            HostLookup::Missing => return Some(unknown_host(ctx.config.unknown_host)),
+            HostLookup::Invalid(why) => return Some(LocalAnswer::text(400, why).closing()),
+        };
+        let Some(site) = ctx.config.router.find(&host).cloned() else {
+            return Some(unknown_host(ctx.config.unknown_host));
+        };
+        let normalized = match normalize_path(path) {
+            Ok(p) => p,
+            Err(e) => return Some(LocalAnswer::text(400, format!("{e}\n")).closing()),
+        };
+        let Some(location) = site.locations.find(&normalized).cloned() else {
+            ctx.site = Some(site);
+            return Some(LocalAnswer::text(404, "not found\n"));
+        };
+        ctx.body_limit = location.max_body_size.unwrap_or(site.max_body_size);
+        if let Some(answer) = check_declared_length(request, ctx.body_limit) {
+            return Some(answer);
+        }
+        let answer = match &location.action {
+            Action::Proxy(upstream) => {
+                ctx.upstream = Some(upstream.clone());
+                None
+            }
+            Action::Return {
+                status,
+                content_type,
+                body,
+            } => Some(LocalAnswer {
+                content_type: content_type.clone().into(),
+                ..LocalAnswer::text(*status, body.clone())
+            }),
+            Action::Redirect { status, target } => {
+                let uri = String::from_utf8_lossy(&normalized);
+                let vars = RedirectVars {
+                    request_uri: request.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                    uri: &uri,
+                    args: request.uri.query().unwrap_or(""),
+                    host: &host,
+                    scheme: scheme(session),
+                };
+                Some(LocalAnswer {
+                    location: Some(target.render(&vars)),
+                    ..LocalAnswer::text(*status, "")
+                })
+            }
+        };
+        ctx.site = Some(site);
+        ctx.location = Some(location);
+        answer
+    }
+
+    fn error_answer(&self, ctx: &RequestCtx, status: u16) -> LocalAnswer {
+        let page = ctx
+            .site
+            .as_ref()
+            .and_then(|site| site.error_pages.get(&status).cloned())
+            .unwrap_or_else(|| default_error_page(status));
+        LocalAnswer::html(status, page)
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx {
+            config: self.config.load_full(),
+            site: None,
+            location: None,
+            upstream: None,
+            client_ip: None,
+            body_limit: 0,
+            body_seen: 0,
+            started: Instant::now(),
+        }
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.client_ip = match session.client_addr() {
+            Some(PeerAddr::Inet(addr)) => Some(addr.ip()),
+            _ => None,
+        };
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let Some(answer) = self.route(session, ctx) else {
+            return Ok(false);
+        };
+        if answer.status == 0 {
+            // Unknown host with "close": drop the connection without a response.
+            session.set_keepalive(None);
+            return Ok(true);
+        }
+        answer.write(session).await?;
+        Ok(true)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chunk) = body else { return Ok(()) };
+        ctx.body_seen += chunk.len() as u64;
+        if ctx.body_limit > 0 && ctx.body_seen > ctx.body_limit {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body larger than the limit",
+            );
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(upstream) = ctx.upstream.as_ref() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no upstream selected for this request",
+            );
+        };
+        match upstream.peer() {
+            Some(peer) => Ok(Box::new(peer)),
+            None => {
+                let e = Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    format!(
+                        "upstream `{}`: `{}` has not resolved yet",
+                        upstream.name, upstream.host
+                    ),
+                );
+                Err(e.into_up())
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(upstream) = ctx.upstream.as_ref() else {
+            return Ok(());
+        };
+        let host_header = ctx
+            .location
+            .as_ref()
+            .and_then(|l| l.host_header.as_ref())
+            .unwrap_or(&upstream.host_header);
+        apply_forwarded_headers(
+            upstream_request,
+            host_header,
+            ctx.client_ip,
+            scheme(session),
+        )
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let status = error_status(e);
+        if status > 0 && session.response_written().is_none() {
+            let answer = self.error_answer(ctx, status).closing();
+            if let Err(write_error) = answer.write(session).await {
+                tracing::debug!(error = %write_error, "could not write error response");
+            }
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// The status an error maps to: 504 for upstream timeouts, 502 for other upstream
+/// failures, 0 (no answer) when the client is gone.
+fn error_status(e: &Error) -> u16 {
+    match (e.etype(), e.esource()) {
+        (ErrorType::HTTPStatus(code), _) => *code,
+        (
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout,
+            ErrorSource::Upstream,
+        ) => 504,
+        (_, ErrorSource::Upstream) => 502,
+        (
+            ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+            ErrorSource::Downstream,
+        ) => 0,
+        (ErrorType::ReadTimedout, ErrorSource::Downstream) => 408,
+        (_, ErrorSource::Downstream) => 400,
+        _ => 500,
+    }
+}
+
+enum HostLookup {
+    Found(String),
+    Missing,
+    Invalid(&'static str),
+}
+
+/// The request's host: the Host header, or the authority of an absolute-form target.
+/// HTTP/1.1 requires Host (RFC 9112 3.2); HTTP/1.0 without it is treated as an unknown host.
+fn request_host(request: &RequestHeader) -> HostLookup {
+    let raw = match request.headers.get(http::header::HOST) {
+        Some(value) => value.as_bytes(),
+        None => match request.uri.authority() {
+            Some(authority) => authority.as_str().as_bytes(),
+            None if request.version == http::Version::HTTP_10 => return HostLookup::Missing,
+            None => return HostLookup::Invalid("missing Host header\n"),
+        },
+    };
+    match normalize_host(raw) {
+        Ok(Some(host)) => HostLookup::Found(host),
+        Ok(None) => HostLookup::Missing,
+        Err(_) => HostLookup::Invalid("invalid Host header\n"),
+    }
+}
+
+/// Refuses framing that Pingora tolerates but a strict edge should not (RFC 9112 6.1:
+/// Transfer-Encoding together with Content-Length is a smuggling vector).
+fn check_framing(request: &RequestHeader) -> Option<LocalAnswer> {
+    let has_te = request
+        .headers
+        .contains_key(http::header::TRANSFER_ENCODING);
+    let has_cl = request.headers.contains_key(http::header::CONTENT_LENGTH);
+    if has_te && has_cl {
+        return Some(
+            LocalAnswer::text(400, "both Transfer-Encoding and Content-Length\n").closing(),
+        );
+    }
+    if request.method == http::Method::CONNECT {
+        return Some(LocalAnswer::text(405, "CONNECT is not supported\n").closing());
+    }
+    None
+}
+
+/// 413 before reading a body whose declared length is over the limit.
+fn check_declared_length(request: &RequestHeader, limit: u64) -> Option<LocalAnswer> {
+    if limit == 0 {
+        return None;
+    }
+    let declared = request
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())?;
+    (declared > limit).then(|| LocalAnswer::text(413, "request body too large\n").closing())
+}
+
+fn unknown_host(answer: UnknownHostAnswer) -> LocalAnswer {
+    match answer {
+        UnknownHostAnswer::Close => LocalAnswer::text(0, "").closing(),
+        UnknownHostAnswer::Status(status) => LocalAnswer::text(status, "unknown host\n"),
+    }
+}
+
+fn is_get_or_head(request: &RequestHeader) -> bool {
+    request.method == http::Method::GET || request.method == http::Method::HEAD
+}
+
+fn scheme(session: &Session) -> &'static str {
+    let tls = session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some());
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}

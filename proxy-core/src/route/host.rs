@@ -1,0 +1,134 @@
+//! Host -> site routing: exact names in a hash map, `*.suffix` wildcards by label suffix.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Site;
+
+/// Why a Host value cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// Characters that cannot appear in a host name or IP literal.
+    #[error("invalid Host header")]
+    Invalid,
+}
+
+/// Normalises a Host header value: lowercase, without port or trailing dot.
+///
+/// Returns `Ok(None)` for an empty value. IPv6 literals keep their brackets.
+pub fn normalize_host(raw: &[u8]) -> Result<Option<String>, HostError> {
+    let host = strip_port(raw)?;
+    let host = host.strip_suffix(b".").unwrap_or(host);
+    if host.is_empty() {
+        return Ok(None);
+    }
+    let valid = host
+        .iter()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
+    if !valid || host.starts_with(b".") || host.windows(2).any(|w| w == b"..") {
+        return Err(HostError::Invalid);
+    }
+    let text = std::str::from_utf8(host).map_err(|_| HostError::Invalid)?;
+    Ok(Some(text.to_ascii_lowercase()))
+}
+
+fn strip_port(raw: &[u8]) -> Result<&[u8], HostError> {
+    if raw.first() == Some(&b'[') {
+        let close = raw
+            .iter()
+            .position(|b| *b == b']')
+            .ok_or(HostError::Invalid)?;
+        let rest = &raw[close + 1..];
+        check_port(rest)?;
+        return Ok(&raw[..=close]);
+    }
+    match raw.iter().position(|b| *b == b':') {
+        Some(colon) => {
+            check_port(&raw[colon..])?;
+            Ok(&raw[..colon])
+        }
+        None => Ok(raw),
+    }
+}
+
+fn check_port(rest: &[u8]) -> Result<(), HostError> {
+    match rest {
+        [] => Ok(()),
+        [b':', digits @ ..] if digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit) => Ok(()),
+        _ => Err(HostError::Invalid),
+    }
+}
+
+/// Finds the site for a normalised host: exact names in O(1), then the longest matching
+/// `*.suffix` wildcard (one lookup per label of the host).
+#[derive(Debug, Default)]
+pub struct HostRouter {
+    exact: HashMap<String, Arc<Site>>,
+    /// Keyed by the suffix including its leading dot: `*.example.com` -> `.example.com`.
+    wildcard: HashMap<String, Arc<Site>>,
+}
+
+impl HostRouter {
+    /// Adds a host pattern; returns the site already holding it, if any.
+    pub(crate) fn insert(&mut self, pattern: &str, site: Arc<Site>) -> Option<Arc<Site>> {
+        match pattern.strip_prefix('*') {
+            Some(suffix) => self.wildcard.insert(suffix.to_string(), site),
+            None => self.exact.insert(pattern.to_string(), site),
+        }
+    }
+
+    /// The site serving `host` (already normalised), if any.
+    pub fn find(&self, host: &str) -> Option<&Arc<Site>> {
+        if let Some(site) = self.exact.get(host) {
+            return Some(site);
+        }
+        if self.wildcard.is_empty() {
+            return None;
+        }
+        host.match_indices('.')
+            .find_map(|(dot, _)| self.wildcard.get(&host[dot..]))
+    }
+
+    /// Every site, once each, in no particular order.
+    pub fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
+        let mut seen: Vec<&Arc<Site>> = Vec::new();
+        for site in self.exact.values().chain(self.wildcard.values()) {
+            if !seen.iter().any(|s| Arc::ptr_eq(s, site)) {
+                seen.push(site);
+            }
+        }
+        seen.into_iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_normalisation() {
+        let n = |s: &str| normalize_host(s.as_bytes());
+        assert_eq!(
+            n("Docs.Example.COM").unwrap().as_deref(),
+            Some("docs.example.com")
+        );
+        assert_eq!(
+            n("docs.example.com:8080").unwrap().as_deref(),
+            Some("docs.example.com")
+        );
+        assert_eq!(
+            n("docs.example.com.").unwrap().as_deref(),
+            Some("docs.example.com")
+        );
+        assert_eq!(
+            n("docs.example.com.:443").unwrap().as_deref(),
+            Some("docs.example.com")
+        );
+        assert_eq!(n("[::1]:8080").unwrap().as_deref(), Some("[::1]"));
+        assert_eq!(n("").unwrap(), None);
+        assert!(n("a b").is_err());
+        assert!(n("a/b").is_err());
+        assert!(n("host:port").is_err());
+        assert!(n("a..b").is_err());
+    }
+}

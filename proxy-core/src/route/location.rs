@@ -1,0 +1,389 @@
+//! Locations inside a site, matched with nginx's rules.
+//!
+//! Precedence, as in nginx: an exact match (`= /path`) wins; otherwise the longest matching
+//! prefix is remembered, and if it is a priority prefix (`^~ /path`) it wins; otherwise the
+//! first matching regex (`~`, `~*`) in file order wins; otherwise the longest prefix.
+
+use bytes::Bytes;
+use regex::bytes::Regex;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::upstream::Upstream;
+
+/// How a location matches request paths (the part of nginx's `location` line before `{`).
+#[derive(Debug, Clone)]
+pub enum LocationPattern {
+    /// `= /path`: this path only.
+    Exact(String),
+    /// `/path`: paths starting with it.
+    Prefix(String),
+    /// `^~ /path`: paths starting with it; when it is the longest prefix, regexes are skipped.
+    PriorityPrefix(String),
+    /// `~ re` (case-sensitive) or `~* re` (case-insensitive).
+    Regex {
+        /// The compiled expression (case-insensitivity is compiled in).
+        regex: Regex,
+        /// Whether it was written `~*`.
+        case_insensitive: bool,
+    },
+}
+
+impl LocationPattern {
+    /// Parses nginx's location syntax: `"/p"`, `"= /p"`, `"^~ /p"`, `"~ re"`, `"~* re"`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        let (modifier, rest) = match text.split_once(char::is_whitespace) {
+            Some((m @ ("=" | "^~" | "~" | "~*"), rest)) => (m, rest.trim()),
+            _ => ("", text),
+        };
+        match modifier {
+            "~" | "~*" => compile_regex(rest, modifier == "~*"),
+            _ if !rest.starts_with('/') => Err(format!(
+                "location `{text}` must be a path starting with '/', or use a modifier: \"= /exact\", \"^~ /prefix\", \"~ regex\", \"~* regex\""
+            )),
+            "=" => Ok(Self::Exact(rest.to_string())),
+            "^~" => Ok(Self::PriorityPrefix(rest.to_string())),
+            _ => Ok(Self::Prefix(rest.to_string())),
+        }
+    }
+}
+
+fn compile_regex(source: &str, case_insensitive: bool) -> Result<LocationPattern, String> {
+    if source.is_empty() {
+        return Err("empty regex".into());
+    }
+    let full = if case_insensitive {
+        format!("(?i){source}")
+    } else {
+        source.to_string()
+    };
+    let regex = Regex::new(&full).map_err(|e| {
+        // regex's messages span several lines (pattern, caret, reason); keep the reason.
+        let text = e.to_string();
+        let reason = text
+            .lines()
+            .last()
+            .unwrap_or("")
+            .trim_start_matches("error: ")
+            .to_string();
+        format!("invalid regex `{source}`: {reason}")
+    })?;
+    Ok(LocationPattern::Regex {
+        regex,
+        case_insensitive,
+    })
+}
+
+/// What a location does with a request.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// Forward to an upstream.
+    Proxy(Arc<Upstream>),
+    /// Answer locally with a fixed response.
+    Return {
+        /// Status code.
+        status: u16,
+        /// Content type of the body.
+        content_type: String,
+        /// Body bytes.
+        body: Bytes,
+    },
+    /// Answer with a redirect.
+    Redirect {
+        /// 301, 302, 303, 307 or 308.
+        status: u16,
+        /// The target, with variables still to substitute.
+        target: RedirectTarget,
+    },
+}
+
+/// Where a header value comes from when sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's Host header, unchanged (`"$host"`).
+    Client,
+    /// A fixed value.
+    Fixed(String),
+}
+
+impl HostHeader {
+    /// Parses `"$host"` or a literal host name.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "$host" || text == "$http_host" {
+            return Ok(Self::Client);
+        }
+        let valid = !text.is_empty()
+            && text.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_' | b'[' | b']')
+            });
+        if valid {
+            Ok(Self::Fixed(text.to_string()))
+        } else {
+            Err(format!(
+                "invalid host header `{text}`: expected a host name or \"$host\""
+            ))
+        }
+    }
+}
+
+/// A location of a site, compiled.
+#[derive(Debug)]
+pub struct Location {
+    /// Position in the site's list (for logs and metrics).
+    pub index: usize,
+    /// The pattern as written in the config.
+    pub pattern_text: String,
+    /// How it matches.
+    pub pattern: LocationPattern,
+    /// What it does.
+    pub action: Action,
+    /// Host header override (wins over the upstream's).
+    pub host_header: Option<HostHeader>,
+    /// Body size limit override (`Some(0)` = unlimited).
+    pub max_body_size: Option<u64>,
+}
+
+/// One part of a redirect target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum TargetPart {
+    Literal(String),
+    RequestUri,
+    Uri,
+    Args,
+    Host,
+    Scheme,
+}
+
+/// A redirect target with nginx-style variables (`$request_uri`, `$uri`, `$args`, `$host`,
+/// `$scheme`), parsed once at config time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedirectTarget(Vec<TargetPart>);
+
+/// The request values a redirect target may use.
+pub struct RedirectVars<'a> {
+    /// The original request target (path and query), as received.
+    pub request_uri: &'a str,
+    /// The normalised path.
+    pub uri: &'a str,
+    /// The query string, without `?`.
+    pub args: &'a str,
+    /// The normalised host.
+    pub host: &'a str,
+    /// `http` or `https`.
+    pub scheme: &'a str,
+}
+
+impl RedirectTarget {
+    /// Parses a target; unknown `$variables` are an error.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        const VARS: [(&str, TargetPart); 6] = [
+            ("$request_uri", TargetPart::RequestUri),
+            ("$query_string", TargetPart::Args),
+            ("$scheme", TargetPart::Scheme),
+            ("$args", TargetPart::Args),
+            ("$host", TargetPart::Host),
+            ("$uri", TargetPart::Uri),
+        ];
+        let mut parts = Vec::new();
+        let mut rest = text;
+        while let Some(dollar) = rest.find('$') {
+            if dollar > 0 {
+                parts.push(TargetPart::Literal(rest[..dollar].to_string()));
+            }
+            let tail = &rest[dollar..];
+            let (name, part) = VARS
+                .iter()
+                .find(|(name, _)| tail.starts_with(name))
+                .ok_or_else(|| {
+                    format!("unknown variable in redirect target `{text}` (known: $request_uri, $uri, $args, $host, $scheme)")
+                })?;
+            parts.push(part.clone());
+            rest = &tail[name.len()..];
+        }
+        if !rest.is_empty() {
+            parts.push(TargetPart::Literal(rest.to_string()));
+        }
+        if parts.is_empty() {
+            return Err("empty redirect target".into());
+        }
+        Ok(Self(parts))
+    }
+
+    /// The target for one request.
+    pub fn render(&self, vars: &RedirectVars<'_>) -> String {
+        let mut out = String::new();
+        for part in &self.0 {
+            out.push_str(match part {
+                TargetPart::Literal(text) => text,
+                TargetPart::RequestUri => vars.request_uri,
+                TargetPart::Uri => vars.uri,
+                TargetPart::Args => vars.args,
+                TargetPart::Host => vars.host,
+                TargetPart::Scheme => vars.scheme,
+            });
+        }
+        out
+    }
+}
+
+/// A site's locations, indexed for nginx-order matching.
+#[derive(Debug, Default)]
+pub struct LocationTable {
+    exact: HashMap<Vec<u8>, Arc<Location>>,
+    /// Prefix and priority-prefix locations, longest first.
+    prefixes: Vec<Arc<Location>>,
+    /// Regex locations in file order.
+    regexes: Vec<Arc<Location>>,
+}
+
+impl LocationTable {
+    /// Builds the table; returns the pattern text of a duplicate exact or prefix location.
+    pub(crate) fn new(locations: Vec<Arc<Location>>) -> Result<Self, (usize, String)> {
+        let mut table = Self::default();
+        for location in locations {
+            match &location.pattern {
+                LocationPattern::Exact(path) => {
+                    if table.exact.contains_key(path.as_bytes()) {
+                        return Err((location.index, format!("duplicate location `= {path}`")));
+                    }
+                    table.exact.insert(path.as_bytes().to_vec(), location);
+                }
+                LocationPattern::Prefix(path) | LocationPattern::PriorityPrefix(path) => {
+                    if table.prefixes.iter().any(|l| prefix_of(l) == Some(path)) {
+                        return Err((
+                            location.index,
+                            format!("duplicate location prefix `{path}`"),
+                        ));
+                    }
+                    table.prefixes.push(location);
+                }
+                LocationPattern::Regex { .. } => table.regexes.push(location),
+            }
+        }
+        table
+            .prefixes
+            .sort_by_key(|l| std::cmp::Reverse(prefix_of(l).map_or(0, String::len)));
+        Ok(table)
+    }
+
+    /// The location serving a normalised path, if any.
+    pub fn find(&self, path: &[u8]) -> Option<&Arc<Location>> {
+        if let Some(location) = self.exact.get(path) {
+            return Some(location);
+        }
+        let longest_prefix = self
+            .prefixes
+            .iter()
+            .find(|l| prefix_of(l).is_some_and(|p| path.starts_with(p.as_bytes())));
+        if let Some(location) = longest_prefix {
+            if matches!(location.pattern, LocationPattern::PriorityPrefix(_)) {
+                return Some(location);
+            }
+        }
+        let regex_match = self.regexes.iter().find(|l| match &l.pattern {
+            LocationPattern::Regex { regex, .. } => regex.is_match(path),
+            _ => false,
+        });
+        regex_match.or(longest_prefix)
+    }
+}
+
+fn prefix_of(location: &Location) -> Option<&String> {
+    match &location.pattern {
+        LocationPattern::Prefix(p) | LocationPattern::PriorityPrefix(p) => Some(p),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(patterns: &[&str]) -> LocationTable {
+        let locations = patterns
+            .iter()
+            .enumerate()
+            .map(|(index, text)| {
+                Arc::new(Location {
+                    index,
+                    pattern_text: text.to_string(),
+                    pattern: LocationPattern::parse(text).unwrap(),
+                    action: Action::Return {
+                        status: 200,
+                        content_type: String::new(),
+                        body: Bytes::new(),
+                    },
+                    host_header: None,
+                    max_body_size: None,
+                })
+            })
+            .collect();
+        LocationTable::new(locations).unwrap()
+    }
+
+    fn pick(t: &LocationTable, path: &str) -> Option<usize> {
+        t.find(path.as_bytes()).map(|l| l.index)
+    }
+
+    #[test]
+    fn nginx_precedence() {
+        let t = table(&[
+            "/",                // 0
+            "= /exact",         // 1
+            "^~ /static/",      // 2
+            "~ \\.php$",        // 3
+            "~* \\.(png|jpg)$", // 4
+            "/static/deep/",    // 5
+            "/docs/",           // 6
+        ]);
+        assert_eq!(pick(&t, "/exact"), Some(1));
+        assert_eq!(pick(&t, "/exact/x"), Some(0));
+        assert_eq!(
+            pick(&t, "/static/a.png"),
+            Some(2),
+            "priority prefix skips regexes"
+        );
+        assert_eq!(
+            pick(&t, "/static/deep/a.png"),
+            Some(4),
+            "longest prefix not ^~: regex wins"
+        );
+        assert_eq!(pick(&t, "/static/deep/a.txt"), Some(5));
+        assert_eq!(pick(&t, "/docs/x.PNG"), Some(4), "case-insensitive regex");
+        assert_eq!(
+            pick(&t, "/docs/x.PHP"),
+            Some(6),
+            "case-sensitive regex misses"
+        );
+        assert_eq!(pick(&t, "/a.php"), Some(3), "first regex in order");
+        assert_eq!(pick(&t, "/docs/x"), Some(6), "longest prefix");
+    }
+
+    #[test]
+    fn no_match_without_root() {
+        let t = table(&["/a/"]);
+        assert_eq!(pick(&t, "/b"), None);
+    }
+
+    #[test]
+    fn pattern_errors() {
+        assert!(LocationPattern::parse("~ (").is_err());
+        assert!(LocationPattern::parse("static").is_err());
+        assert!(LocationPattern::parse("= nope").is_err());
+    }
+
+    #[test]
+    fn redirect_targets() {
+        let t = RedirectTarget::parse("https://$host/new$request_uri").unwrap();
+        let vars = RedirectVars {
+            request_uri: "/a?b=1",
+            uri: "/a",
+            args: "b=1",
+            host: "x.example",
+            scheme: "https",
+        };
+        assert_eq!(t.render(&vars), "https://x.example/new/a?b=1");
+        assert!(RedirectTarget::parse("https://x/$nope").is_err());
+    }
+}

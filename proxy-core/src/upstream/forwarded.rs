@@ -1,0 +1,43 @@
+//! Headers that tell the upstream who asked and how: Host, `X-Forwarded-For`,
+//! `X-Forwarded-Proto`, `X-Real-IP`. Hop-by-hop headers are stripped by Pingora's
+//! standard upstream request policy, which also forwards WebSocket upgrades.
+
+use pingora::http::RequestHeader;
+use pingora::Result;
+use std::net::IpAddr;
+
+use crate::route::HostHeader;
+
+/// Sets the forwarding headers on a request about to go upstream.
+///
+/// `X-Forwarded-For` gets the client appended to any list already present (nginx's
+/// `$proxy_add_x_forwarded_for`); `X-Real-IP` and `X-Forwarded-Proto` are replaced.
+pub fn apply_forwarded_headers(
+    request: &mut RequestHeader,
+    host: &HostHeader,
+    client_ip: Option<IpAddr>,
+    scheme: &'static str,
+) -> Result<()> {
+    if let HostHeader::Fixed(value) = host {
+        request.insert_header(http::header::HOST, value.as_str())?;
+    }
+    if let Some(ip) = client_ip {
+        let ip_text = ip.to_string();
+        let mut forwarded_for = request
+            .headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .map(|v| v.as_bytes())
+            .filter(|v| !v.is_empty())
+            .collect::<Vec<_>>()
+            .join(&b", "[..]);
+        if !forwarded_for.is_empty() {
+            forwarded_for.extend_from_slice(b", ");
+        }
+        forwarded_for.extend_from_slice(ip_text.as_bytes());
+        request.insert_header("x-forwarded-for", forwarded_for)?;
+        request.insert_header("x-real-ip", ip_text)?;
+    }
+    request.insert_header("x-forwarded-proto", scheme)?;
+    Ok(())
+}

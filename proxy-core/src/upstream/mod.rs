@@ -1,0 +1,131 @@
+//! Upstreams on the tailnet: their resolved addresses, TLS and timeout settings, and the
+//! `HttpPeer` and request headers Pingora needs to reach them.
+
+mod forwarded;
+mod resolver;
+
+pub use forwarded::apply_forwarded_headers;
+pub use resolver::{AddrSlot, MagicDnsResolver, ResolverSettings};
+
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::tls::x509::X509;
+use pingora::upstreams::peer::HttpPeer;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::route::HostHeader;
+
+/// TLS settings for an upstream.
+#[derive(Debug, Clone)]
+pub struct UpstreamTls {
+    /// Server name sent in the handshake and checked against the certificate.
+    pub sni: String,
+    /// Whether the certificate chain and name are verified.
+    pub verify: bool,
+    /// CA certificates to verify against (instead of the system roots).
+    pub ca: Option<Arc<Box<[X509]>>>,
+}
+
+/// Connection timeouts for an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpstreamTimeouts {
+    /// TCP connect plus TLS handshake.
+    pub connect: Duration,
+    /// Longest wait for bytes from the upstream.
+    pub read: Duration,
+    /// Longest wait to write to the upstream.
+    pub write: Duration,
+    /// How long an idle pooled connection is kept.
+    pub idle: Duration,
+}
+
+impl Default for UpstreamTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(10),
+            read: Duration::from_secs(60),
+            write: Duration::from_secs(60),
+            idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// A named upstream, compiled.
+#[derive(Debug)]
+pub struct Upstream {
+    /// Name from the config (`[upstreams.NAME]`); also its metrics label.
+    pub name: String,
+    /// Host part of the address: a tailnet name or an IP literal.
+    pub host: String,
+    /// Port.
+    pub port: u16,
+    /// TLS, when the upstream speaks it.
+    pub tls: Option<UpstreamTls>,
+    /// Host header sent upstream.
+    pub host_header: HostHeader,
+    /// Timeouts.
+    pub timeouts: UpstreamTimeouts,
+    /// Current addresses, kept fresh by the resolver (fixed for IP literals).
+    pub addrs: Arc<AddrSlot>,
+    /// Peer with every option set; only its address changes per request.
+    template: HttpPeer,
+}
+
+impl Upstream {
+    /// Builds an upstream; `addrs` is shared with the resolver for tailnet names.
+    pub fn new(
+        name: String,
+        host: String,
+        port: u16,
+        tls: Option<UpstreamTls>,
+        host_header: HostHeader,
+        timeouts: UpstreamTimeouts,
+        addrs: Arc<AddrSlot>,
+    ) -> Self {
+        let template = peer_template(port, tls.as_ref(), &timeouts);
+        Self {
+            name,
+            host,
+            port,
+            tls,
+            host_header,
+            timeouts,
+            addrs,
+            template,
+        }
+    }
+
+    /// Whether the host is a name the resolver must look up (not an IP literal).
+    pub fn needs_resolution(&self) -> bool {
+        self.host.parse::<IpAddr>().is_err()
+    }
+
+    /// A peer for the next request, or `None` when the name has never resolved.
+    ///
+    /// Reads only the in-memory address table: never a DNS lookup on the request path.
+    pub fn peer(&self) -> Option<HttpPeer> {
+        let ip = self.addrs.pick()?;
+        let mut peer = self.template.clone();
+        peer._address = PeerAddr::Inet(SocketAddr::new(ip, self.port));
+        Some(peer)
+    }
+}
+
+fn peer_template(port: u16, tls: Option<&UpstreamTls>, timeouts: &UpstreamTimeouts) -> HttpPeer {
+    let unspecified = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port);
+    let sni = tls.map(|t| t.sni.clone()).unwrap_or_default();
+    let mut peer = HttpPeer::new(unspecified, tls.is_some(), sni);
+    let options = &mut peer.options;
+    options.connection_timeout = Some(timeouts.connect);
+    options.total_connection_timeout = Some(timeouts.connect);
+    options.read_timeout = Some(timeouts.read);
+    options.write_timeout = Some(timeouts.write);
+    options.idle_timeout = Some(timeouts.idle);
+    if let Some(tls) = tls {
+        options.verify_cert = tls.verify;
+        options.verify_hostname = tls.verify;
+        options.ca = tls.ca.clone();
+    }
+    peer
+}

@@ -1,0 +1,274 @@
+//! MagicDNS resolution of upstream names, off the request path.
+//!
+//! A background task looks up every tracked name, stores the answer in the name's
+//! [`AddrSlot`], and refreshes it when its TTL (clamped to the configured bounds) runs out.
+//! When a refresh fails the last good answer stays in use. Requests only read slots.
+
+use arc_swap::ArcSwapOption;
+use async_trait::async_trait;
+use hickory_resolver::config::{LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig};
+use hickory_resolver::net::runtime::TokioRuntimeProvider;
+use hickory_resolver::TokioResolver;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::runtime::RuntimeConfig;
+
+/// The current addresses of one name. Shared between the resolver and every upstream that
+/// uses the name.
+#[derive(Debug, Default)]
+pub struct AddrSlot {
+    addrs: ArcSwapOption<Vec<IpAddr>>,
+    next: AtomicUsize,
+    stale: AtomicBool,
+}
+
+impl AddrSlot {
+    /// A slot holding fixed addresses (IP-literal upstreams).
+    pub fn fixed(addrs: Vec<IpAddr>) -> Self {
+        let slot = Self::default();
+        slot.store(addrs);
+        slot
+    }
+
+    /// The next address, round-robin over the answer; `None` if never resolved.
+    pub fn pick(&self) -> Option<IpAddr> {
+        let guard = self.addrs.load();
+        let addrs = guard.as_ref()?;
+        if addrs.len() == 1 {
+            return addrs.first().copied();
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        addrs.get(n % addrs.len()).copied()
+    }
+
+    /// The current answer, if any.
+    pub fn current(&self) -> Option<Arc<Vec<IpAddr>>> {
+        self.addrs.load_full()
+    }
+
+    /// Whether the answer in use is kept past a failed refresh.
+    pub fn is_stale(&self) -> bool {
+        self.stale.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn store(&self, addrs: Vec<IpAddr>) {
+        self.addrs.store(Some(Arc::new(addrs)));
+        self.stale.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Resolver settings (the `[resolver]` section, compiled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolverSettings {
+    /// DNS servers to ask (MagicDNS is `100.100.100.100:53`).
+    pub nameservers: Vec<SocketAddr>,
+    /// Lower bound on the refresh interval.
+    pub min_ttl: Duration,
+    /// Upper bound on the refresh interval.
+    pub max_ttl: Duration,
+    /// Time allowed for one lookup.
+    pub timeout: Duration,
+    /// Delay before retrying a failed lookup.
+    pub retry_interval: Duration,
+}
+
+impl Default for ResolverSettings {
+    fn default() -> Self {
+        Self {
+            nameservers: vec![SocketAddr::from(([100, 100, 100, 100], 53))],
+            min_ttl: Duration::from_secs(5),
+            max_ttl: Duration::from_secs(300),
+            timeout: Duration::from_secs(2),
+            retry_interval: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Resolves upstream names through MagicDNS in the background.
+///
+/// Run it as a Pingora background service (it implements [`BackgroundService`]), and call
+/// [`MagicDnsResolver::adopt`] with each compiled config to say which names to keep resolved.
+pub struct MagicDnsResolver {
+    settings: ResolverSettings,
+    slots: Mutex<HashMap<String, Arc<AddrSlot>>>,
+    names_changed: Notify,
+}
+
+impl MagicDnsResolver {
+    /// A resolver with no names yet.
+    pub fn new(settings: ResolverSettings) -> Self {
+        Self {
+            settings,
+            slots: Mutex::new(HashMap::new()),
+            names_changed: Notify::new(),
+        }
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &ResolverSettings {
+        &self.settings
+    }
+
+    /// Starts tracking the upstream names of a compiled config, replacing what was tracked.
+    ///
+    /// A name already tracked hands its last answer to the new config's slot, so a reload
+    /// never makes a resolved upstream unavailable.
+    pub fn adopt(&self, config: &RuntimeConfig) {
+        let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut next = HashMap::new();
+        for upstream in config.upstreams.values().filter(|u| u.needs_resolution()) {
+            let key = upstream.host.trim_end_matches('.').to_ascii_lowercase();
+            if let Some(previous) = slots.get(&key).and_then(|slot| slot.current()) {
+                if upstream.addrs.current().is_none() {
+                    upstream.addrs.store(previous.as_ref().clone());
+                }
+            }
+            next.insert(key, upstream.addrs.clone());
+        }
+        *slots = next;
+        drop(slots);
+        self.names_changed.notify_one();
+    }
+
+    /// Whether every tracked name has resolved at least once.
+    pub fn all_resolved(&self) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.values().all(|slot| slot.current().is_some())
+    }
+
+    /// Names that have never resolved.
+    pub fn unresolved(&self) -> Vec<String> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut names: Vec<String> = slots
+            .iter()
+            .filter(|(_, slot)| slot.current().is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn tracked(&self) -> Vec<(String, Arc<AddrSlot>)> {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots.iter().map(|(n, s)| (n.clone(), s.clone())).collect()
+    }
+
+    fn build_client(&self) -> Result<TokioResolver, String> {
+        let servers = self
+            .settings
+            .nameservers
+            .iter()
+            .map(|addr| {
+                let mut server = NameServerConfig::udp_and_tcp(addr.ip());
+                for connection in &mut server.connections {
+                    connection.port = addr.port();
+                }
+                server
+            })
+            .collect();
+        let config = ResolverConfig::from_parts(None, vec![], servers);
+        let mut builder =
+            TokioResolver::builder_with_config(config, TokioRuntimeProvider::default());
+        let options = builder.options_mut();
+        options.timeout = self.settings.timeout;
+        options.attempts = 1;
+        options.ip_strategy = LookupIpStrategy::Ipv4thenIpv6;
+        options.use_hosts_file = ResolveHosts::Never;
+        builder.build().map_err(|e| e.to_string())
+    }
+
+    /// Looks up one name and stores the answer; returns when to look again.
+    async fn refresh(&self, client: &TokioResolver, name: &str, slot: &AddrSlot) -> Duration {
+        let fqdn = format!("{name}.");
+        match client.lookup_ip(fqdn.as_str()).await {
+            Ok(answer) => {
+                let addrs: Vec<IpAddr> = answer.iter().collect();
+                if addrs.is_empty() {
+                    return self.keep_stale(name, slot, "empty answer");
+                }
+                let ttl = answer
+                    .valid_until()
+                    .saturating_duration_since(std::time::Instant::now());
+                let next = ttl.clamp(self.settings.min_ttl, self.settings.max_ttl);
+                tracing::debug!(name, ?addrs, ?next, "resolved upstream name");
+                slot.store(addrs);
+                next
+            }
+            Err(e) => self.keep_stale(name, slot, &e.to_string()),
+        }
+    }
+
+    fn keep_stale(&self, name: &str, slot: &AddrSlot, why: &str) -> Duration {
+        match slot.current() {
+            Some(addrs) => {
+                slot.stale.store(true, Ordering::Relaxed);
+                tracing::warn!(
+                    name,
+                    ?addrs,
+                    error = why,
+                    "lookup failed; keeping last good answer"
+                );
+            }
+            None => tracing::warn!(
+                name,
+                error = why,
+                "lookup failed; upstream unavailable until it resolves"
+            ),
+        }
+        self.settings.retry_interval
+    }
+
+    /// Keeps every tracked name resolved until `shutdown` turns true.
+    pub async fn run(&self, mut shutdown: ShutdownWatch) {
+        let client = match self.build_client() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build DNS resolver; upstream names will not resolve");
+                return;
+            }
+        };
+        let mut due: HashMap<String, Instant> = HashMap::new();
+        loop {
+            client.clear_cache();
+            let now = Instant::now();
+            let tracked = self.tracked();
+            let lookups = tracked
+                .iter()
+                .filter(|(name, _)| due.get(name).is_none_or(|at| *at <= now))
+                .map(|(name, slot)| {
+                    let client = &client;
+                    async move { (name, self.refresh(client, name, slot).await) }
+                });
+            for (name, next) in futures::future::join_all(lookups).await {
+                due.insert(name.clone(), Instant::now() + next);
+            }
+            let wake = due
+                .values()
+                .min()
+                .copied()
+                .unwrap_or(now + self.settings.max_ttl);
+            tokio::select! {
+                _ = tokio::time::sleep_until(wake) => {}
+                _ = self.names_changed.notified() => {}
+                _ = shutdown.changed() => {
+                    if *shutdown.borrow() { return; }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for MagicDnsResolver {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.run(shutdown).await;
+    }
+}
