@@ -13,6 +13,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// How long start-up waits for the first lookups of upstream names.
+const STARTUP_DNS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Parser)]
 #[command(
     name = "proxy-app",
@@ -98,6 +101,7 @@ fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
     server.bootstrap();
     let listen = config.server.listen.clone();
     let services = EdgeServices::new(&server.configuration, Arc::new(config));
+    services.prime_resolver(STARTUP_DNS_WAIT);
     server.add_service(services.resolver);
     server.add_service(services.proxy);
     tracing::info!(?listen, "proxy-app {} serving", env!("CARGO_PKG_VERSION"));

@@ -60,7 +60,7 @@ impl EdgeProxy {
     /// Routes a request; `Some(answer)` ends it locally.
     fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<LocalAnswer> {
         let request = session.req_header();
-        if let Some(answer) = check_framing(request) {
+        if let Some(answer) = check_framing(session) {
             return Some(answer);
         }
         let path = request.uri.path();
@@ -305,22 +305,37 @@ fn request_host(request: &RequestHeader) -> HostLookup {
     }
 }
 
-/// Refuses framing that Pingora tolerates but a strict edge should not (RFC 9112 6.1:
-/// Transfer-Encoding together with Content-Length is a smuggling vector).
-fn check_framing(request: &RequestHeader) -> Option<LocalAnswer> {
+/// Refuses framing that Pingora tolerates but a strict edge should not. RFC 9112 6.1 lets a
+/// server either reject Transfer-Encoding with Content-Length or drop the length; Pingora
+/// drops it (and closes after), we reject, since the pair is the classic smuggling vector.
+fn check_framing(session: &Session) -> Option<LocalAnswer> {
+    let request = session.req_header();
+    if request.method == http::Method::CONNECT {
+        return Some(LocalAnswer::text(405, "CONNECT is not supported\n").closing());
+    }
     let has_te = request
         .headers
         .contains_key(http::header::TRANSFER_ENCODING);
-    let has_cl = request.headers.contains_key(http::header::CONTENT_LENGTH);
-    if has_te && has_cl {
+    if has_te
+        && (request.headers.contains_key(http::header::CONTENT_LENGTH)
+            || raw_has_content_length(session))
+    {
         return Some(
             LocalAnswer::text(400, "both Transfer-Encoding and Content-Length\n").closing(),
         );
     }
-    if request.method == http::Method::CONNECT {
-        return Some(LocalAnswer::text(405, "CONNECT is not supported\n").closing());
-    }
     None
+}
+
+/// Whether the request head as received had a Content-Length line (Pingora removes it from
+/// the parsed header when Transfer-Encoding is present). Only called for chunked requests.
+fn raw_has_content_length(session: &Session) -> bool {
+    let Some(h1) = session.as_downstream().as_http1() else {
+        return false;
+    };
+    let raw = h1.get_headers_raw_bytes();
+    raw.split(|b| *b == b'\n')
+        .any(|line| line.len() > 15 && line[..15].eq_ignore_ascii_case(b"content-length:"))
 }
 
 /// 413 before reading a body whose declared length is over the limit.

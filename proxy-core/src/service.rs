@@ -27,6 +27,18 @@ pub struct EdgeServices {
 }
 
 impl EdgeServices {
+    /// Resolves every upstream name once (waiting at most `limit`), so the proxy does not
+    /// answer 502 while the first lookups are in flight. Call before running the server.
+    pub fn prime_resolver(&self, limit: Duration) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
+        match runtime {
+            Ok(runtime) => runtime.block_on(self.resolver_handle.prime(limit)),
+            Err(e) => tracing::warn!(error = %e, "cannot prime the resolver"),
+        }
+    }
+
     /// Builds the services for `config`, using the server's configuration.
     pub fn new(server_conf: &Arc<ServerConf>, config: Arc<RuntimeConfig>) -> Self {
         let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));

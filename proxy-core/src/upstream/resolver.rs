@@ -226,6 +226,29 @@ impl MagicDnsResolver {
         self.settings.retry_interval
     }
 
+    /// Looks up every tracked name once, waiting at most `limit`; names that fail stay
+    /// unresolved (their upstreams answer 502) and the background task keeps trying.
+    /// Call it before opening listeners so the first requests do not race the first lookups.
+    pub async fn prime(&self, limit: Duration) {
+        let client = match self.build_client() {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot build DNS resolver");
+                return;
+            }
+        };
+        let tracked = self.tracked();
+        let lookups = tracked
+            .iter()
+            .map(|(name, slot)| self.refresh(&client, name, slot));
+        if tokio::time::timeout(limit, futures::future::join_all(lookups))
+            .await
+            .is_err()
+        {
+            tracing::warn!(unresolved = ?self.unresolved(), "upstream names still unresolved at start-up");
+        }
+    }
+
     /// Keeps every tracked name resolved until `shutdown` turns true.
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let client = match self.build_client() {
