@@ -9,6 +9,7 @@ use pingora::server::configuration::Opt;
 use pingora::server::Server;
 use proxy_core::config::load_file;
 use proxy_core::{server_conf, EdgeServices, RuntimeConfig};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -74,6 +75,7 @@ fn init_logging() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(filter)
         .init();
 }

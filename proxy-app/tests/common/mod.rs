@@ -154,6 +154,11 @@ impl Proxy {
             .and_then(|c| c.try_wait().ok().flatten())
     }
 
+    /// Whether the process is still running.
+    pub fn try_exit_status_is_none(&mut self) -> bool {
+        self.try_exit_status().is_none()
+    }
+
     /// Waits up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;

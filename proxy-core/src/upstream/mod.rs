@@ -83,7 +83,7 @@ impl Upstream {
         timeouts: UpstreamTimeouts,
         addrs: Arc<AddrSlot>,
     ) -> Self {
-        let template = peer_template(port, tls.as_ref(), &timeouts);
+        let template = peer_template(&name, port, tls.as_ref(), &timeouts);
         Self {
             name,
             host,
@@ -112,10 +112,32 @@ impl Upstream {
     }
 }
 
-fn peer_template(port: u16, tls: Option<&UpstreamTls>, timeouts: &UpstreamTimeouts) -> HttpPeer {
+/// The pool group of an upstream: its name and the CAs it trusts (so a reload that changes
+/// the CA does not reuse connections verified with the old one).
+fn pool_group(name: &str, tls: Option<&UpstreamTls>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    let cas = tls.and_then(|t| t.ca.as_ref());
+    for cert in cas.iter().flat_map(|certs| certs.iter()) {
+        cert.to_der().unwrap_or_default().hash(&mut hasher);
+    }
+    hasher.finish()
+}
+
+fn peer_template(
+    name: &str,
+    port: u16,
+    tls: Option<&UpstreamTls>,
+    timeouts: &UpstreamTimeouts,
+) -> HttpPeer {
     let unspecified = SocketAddr::new(IpAddr::from([0, 0, 0, 0]), port);
     let sni = tls.map(|t| t.sni.clone()).unwrap_or_default();
     let mut peer = HttpPeer::new(unspecified, tls.is_some(), sni);
+    // Pingora's pool key ignores the CA a connection was verified with, so two upstreams on
+    // one address could share a connection checked against the other's CA. One pool group
+    // per upstream rules that out.
+    peer.group_key = pool_group(name, tls);
     let options = &mut peer.options;
     options.connection_timeout = Some(timeouts.connect);
     options.total_connection_timeout = Some(timeouts.connect);

@@ -1,0 +1,144 @@
+//! The binary's life: `check` on broken configs, `--version`, graceful SIGTERM.
+
+mod common;
+
+use common::*;
+use std::process::Command;
+use std::time::Duration;
+
+fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
+}
+
+const GOOD: &str = r#"
+[upstreams.docs]
+address = "docs.tail1234.ts.net:443"
+tls = true
+
+[sites.docs]
+hosts = ["docs.example.com"]
+
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+"#;
+
+#[test]
+fn check_accepts_a_valid_config() {
+    let (ok, text) = check(GOOD);
+    assert!(ok, "{text}");
+    assert!(text.contains("ok (1 sites, 1 upstreams)"), "{text}");
+}
+
+#[test]
+fn check_accepts_the_example_configs() {
+    for entry in std::fs::read_dir(testdata("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "toml") {
+            continue;
+        }
+        let out = Command::new(binary())
+            .args(["check", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_rejects_broken_configs_naming_file_line_and_key() {
+    // (replace this, with that, expected "line: key: message" fragment)
+    let cases: &[(&str, &str, &str)] = &[
+        ("proxy = \"docs\"", "proxy = \"indri\"", "edge.toml:11: sites.docs.locations[0].proxy: unknown upstream `indri`"),
+        ("tls = true", "tls = true\nread_timeout = \"soon\"", "edge.toml:5: upstreams.docs.read_timeout: invalid duration `soon`"),
+        ("tls = true", "tls = true\nconnect_timeout = \"30\"", "edge.toml:5: upstreams.docs.connect_timeout: duration `30` has no unit"),
+        ("hosts = [\"docs.example.com\"]", "hosts = [\"docs.example.com\"]\nmax_body_size = \"12 parsecs\"", "edge.toml:8: sites.docs.max_body_size: invalid size"),
+        ("match = \"/\"", "match = \"~ ^/(unclosed\"", "edge.toml:10: sites.docs.locations[0].match: invalid regex"),
+        ("address = \"docs.tail1234.ts.net:443\"", "address = \"docs.tail1234.ts.net\"", "edge.toml:3: upstreams.docs.address: address `docs.tail1234.ts.net` has no port"),
+        ("tls = true", "tls = true\nca_file = \"missing-ca.pem\"", "edge.toml:5: upstreams.docs.ca_file: cannot read"),
+        ("hosts = [\"docs.example.com\"]", "hosts = [\"docs.example.com\"]\nerror_pages = { 502 = \"nope.html\" }", "edge.toml:8: sites.docs.error_pages.502: cannot read"),
+        ("tls = true", "tls = true\ntimeout = \"1s\"", "edge.toml:5: upstreams.docs.timeout: unknown field `timeout`"),
+        ("match = \"/\"", "match = \"docs/\"", "edge.toml:10: sites.docs.locations[0].match: location `docs/` must be a path starting with '/'"),
+        ("proxy = \"docs\"", "proxy = \"docs\"\nreturn = { status = 200 }", "edge.toml:9: sites.docs.locations[0]: a location needs exactly one action"),
+        ("tls = true", "tls = \"yes\"", "edge.toml:4: upstreams.docs.tls: invalid type"),
+        ("[[sites.docs.locations]]", "[sites.dup]\nhosts = [\"DOCS.example.com\"]\n[[sites.dup.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n\n[[sites.docs.locations]]", "edge.toml:10: sites.dup.hosts[0]: duplicate host `docs.example.com`: already served by site `docs`"),
+    ];
+    for (from, to, expected) in cases {
+        assert!(GOOD.contains(from), "bad case: {from}");
+        let broken = GOOD.replacen(from, to, 1);
+        let (ok, text) = check(&broken);
+        assert!(!ok, "accepted a broken config:\n{broken}");
+        assert!(
+            text.contains(expected),
+            "expected `{expected}` in:\n{text}\nfor config:\n{broken}"
+        );
+        assert!(!text.contains("panicked"), "{text}");
+    }
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(binary()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
+    let tailnet = tailnet(&["slow"]).await;
+    let port = free_port();
+    let config = format!(
+        "{}\n[upstreams.slow]\naddress = \"slow.{}:{}\"\n[sites.slow]\nhosts = [\"slow.example.com\"]\n[[sites.slow.locations]]\nmatch = \"/\"\nproxy = \"slow\"\n",
+        base_config(port, &tailnet),
+        tailnet.domain(),
+        tailnet.http_port()
+    );
+    let mut proxy = Proxy::start(port, &config);
+    let url = proxy.url("/?delay_ms=1500");
+    let in_flight = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("host", "slow.example.com")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    // Let the request reach the peer, then ask the proxy to stop.
+    let peer = tailnet.peer("slow").unwrap().clone();
+    assert!(eventually(Duration::from_secs(5), || peer.requests() == 1).await);
+    proxy.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = std::net::TcpStream::connect_timeout(&proxy.addr, Duration::from_millis(500));
+    assert!(
+        refused.is_err(),
+        "new connections are refused while draining"
+    );
+
+    assert_eq!(
+        in_flight
+            .await
+            .unwrap()
+            .expect("in-flight request completed"),
+        200
+    );
+    let status = proxy
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after the grace period");
+    assert!(status.success(), "exit status {status}");
+}

@@ -1,0 +1,353 @@
+//! Upstream behaviour end to end: TLS and SNI, forwarded headers, failures and error pages,
+//! timeouts, WebSockets, streamed bodies and body limits.
+
+mod common;
+
+use common::*;
+use fake_tailnet::{ca_cert_pem_path, wrong_ca_pem_path, FakeTailnet};
+
+fn site(name: &str, upstream: &str, extra: &str) -> String {
+    format!(
+        "\n[sites.{name}]\nhosts = [\"{name}.example.com\"]\n{extra}\n[[sites.{name}.locations]]\nmatch = \"/\"\nproxy = \"{upstream}\"\n"
+    )
+}
+
+fn http_upstream(name: &str, peer: &str, tailnet: &FakeTailnet, extra: &str) -> String {
+    format!(
+        "\n[upstreams.{name}]\naddress = \"{peer}.{}:{}\"\n{extra}\n",
+        tailnet.domain(),
+        tailnet.http_port()
+    )
+}
+
+#[tokio::test]
+async fn tls_upstream_uses_sni_and_verifies_against_the_ca() {
+    let tailnet = tailnet(&["docs"]).await;
+    let port = free_port();
+    let tls = |name: &str, ca: &std::path::Path| {
+        format!(
+            "\n[upstreams.{name}]\naddress = \"docs.{}:{}\"\ntls = true\nca_file = \"{}\"\n",
+            tailnet.domain(),
+            tailnet.https_port(),
+            ca.display()
+        )
+    };
+    let config = format!(
+        "{}{}{}{}{}",
+        base_config(port, &tailnet),
+        tls("good", &ca_cert_pem_path()),
+        tls("wrongca", &wrong_ca_pem_path()),
+        site("good", "good", ""),
+        site("wrongca", "wrongca", "")
+    );
+    let proxy = Proxy::start(port, &config);
+
+    let reply = get(&proxy, "good.example.com", "/").await;
+    assert_eq!(
+        (reply.status, reply.header("x-fake-peer")),
+        (200, Some("docs"))
+    );
+    let seen = tailnet.peer("docs").unwrap().last_request().unwrap();
+    assert!(seen.tls);
+    assert_eq!(seen.sni.as_deref(), Some(tailnet.fqdn("docs").as_str()));
+    let upstream_host = format!("{}:{}", tailnet.fqdn("docs"), tailnet.https_port());
+    assert_eq!(
+        seen.header("host"),
+        Some(upstream_host.as_str()),
+        "default Host is the upstream's (nginx's $proxy_host)"
+    );
+
+    let before = tailnet.peer("docs").unwrap().requests();
+    let refused = get(&proxy, "wrongca.example.com", "/").await;
+    assert_eq!(
+        refused.status, 502,
+        "a certificate from another CA is refused"
+    );
+    assert_eq!(
+        tailnet.peer("docs").unwrap().requests(),
+        before,
+        "no request sent over an unverified connection"
+    );
+}
+
+#[tokio::test]
+async fn tls_with_wrong_sni_is_refused_unless_verification_is_off() {
+    let tailnet = tailnet(&["docs"]).await;
+    let port = free_port();
+    let upstream = |name: &str, extra: &str| {
+        format!(
+            "\n[upstreams.{name}]\naddress = \"docs.{}:{}\"\ntls = true\nsni = \"other.example.com\"\n{extra}\n",
+            tailnet.domain(),
+            tailnet.https_port()
+        )
+    };
+    let config = format!(
+        "{}{}{}{}{}",
+        base_config(port, &tailnet),
+        upstream(
+            "strict",
+            &format!("ca_file = \"{}\"", ca_cert_pem_path().display())
+        ),
+        upstream("insecure", "verify = false"),
+        site("strict", "strict", ""),
+        site("insecure", "insecure", "")
+    );
+    let proxy = Proxy::start(port, &config);
+    assert_eq!(get(&proxy, "strict.example.com", "/").await.status, 502);
+    let reply = get(&proxy, "insecure.example.com", "/").await;
+    assert_eq!(reply.status, 200, "explicit opt-out skips verification");
+    let seen = tailnet.peer("docs").unwrap().last_request().unwrap();
+    assert_eq!(seen.sni.as_deref(), Some("other.example.com"));
+}
+
+#[tokio::test]
+async fn forwarded_headers_and_host_overrides() {
+    let tailnet = tailnet(&["app"]).await;
+    let port = free_port();
+    let config = format!(
+        "{}{}{}{}{}[[sites.plain.locations]]\nmatch = \"/override/\"\nproxy = \"plain\"\nhost_header = \"internal.app\"\n",
+        base_config(port, &tailnet),
+        http_upstream("plain", "app", &tailnet, ""),
+        http_upstream("passhost", "app", &tailnet, "host_header = \"$host\""),
+        site("passhost", "passhost", ""),
+        site("plain", "plain", ""),
+    );
+    let proxy = Proxy::start(port, &config);
+    let peer = tailnet.peer("app").unwrap();
+
+    let reply = client()
+        .get(proxy.url("/x"))
+        .header("host", "plain.example.com")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("connection", "keep-alive, x-secret-hop")
+        .header("x-secret-hop", "must not pass")
+        .header("keep-alive", "timeout=5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    let seen = peer.last_request().unwrap();
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.7, 127.0.0.1"),
+        "client appended"
+    );
+    assert_eq!(seen.header("x-real-ip"), Some("127.0.0.1"));
+    assert_eq!(seen.header("x-forwarded-proto"), Some("http"));
+    assert_eq!(
+        seen.header("host"),
+        Some(format!("app.{}:{}", tailnet.domain(), tailnet.http_port()).as_str())
+    );
+    assert_eq!(
+        seen.header("x-secret-hop"),
+        None,
+        "headers named in Connection are hop-by-hop"
+    );
+    assert_eq!(seen.header("keep-alive"), None);
+
+    get(&proxy, "passhost.example.com", "/").await;
+    assert_eq!(
+        peer.last_request().unwrap().header("host"),
+        Some("passhost.example.com")
+    );
+    get(&proxy, "plain.example.com", "/override/x").await;
+    assert_eq!(
+        peer.last_request().unwrap().header("host"),
+        Some("internal.app"),
+        "location override wins"
+    );
+}
+
+#[tokio::test]
+async fn peer_down_gives_502_with_the_site_error_page() {
+    let tailnet = tailnet(&["app", "other"]).await;
+    let port = free_port();
+    let page = "<html><body>our own 502 page</body></html>";
+    let config = format!(
+        "{}{}{}{}{}",
+        base_config(port, &tailnet),
+        http_upstream("app", "app", &tailnet, "connect_timeout = \"2s\""),
+        http_upstream("other", "other", &tailnet, ""),
+        site("app", "app", "error_pages = { 502 = \"502.html\" }"),
+        site("other", "other", "")
+    );
+    let proxy = Proxy::start_with_files(port, &config, &[("502.html", page.as_bytes())]);
+    tailnet.peer("app").unwrap().stop();
+    tailnet.peer("other").unwrap().stop();
+    let reply = get(&proxy, "app.example.com", "/").await;
+    assert_eq!((reply.status, reply.body.as_str()), (502, page));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let plain = get(&proxy, "other.example.com", "/").await;
+    assert_eq!(plain.status, 502);
+    assert!(
+        plain.body.contains("502 Bad Gateway"),
+        "built-in page: {}",
+        plain.body
+    );
+}
+
+#[tokio::test]
+async fn slow_peer_gives_504_after_the_read_timeout() {
+    let tailnet = tailnet(&["slow"]).await;
+    let port = free_port();
+    let config = format!(
+        "{}{}{}",
+        base_config(port, &tailnet),
+        http_upstream("slow", "slow", &tailnet, "read_timeout = \"500ms\""),
+        site("slow", "slow", "error_pages = { 504 = \"504.html\" }")
+    );
+    let proxy = Proxy::start_with_files(port, &config, &[("504.html", b"too slow, sorry")]);
+    let reply = get(&proxy, "slow.example.com", "/?delay_ms=3000").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (504, "too slow, sorry")
+    );
+    let fast = get(&proxy, "slow.example.com", "/?delay_ms=50").await;
+    assert_eq!(fast.status, 200, "within the timeout");
+}
+
+#[tokio::test]
+async fn websocket_echo_through_the_proxy() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let tailnet = tailnet(&["ws"]).await;
+    let port = free_port();
+    let config = format!(
+        "{}{}{}",
+        base_config(port, &tailnet),
+        http_upstream("ws", "ws", &tailnet, ""),
+        site("ws", "ws", "")
+    );
+    let proxy = Proxy::start(port, &config);
+    let mut request = format!("ws://{}/__ws", proxy.addr)
+        .into_client_request()
+        .unwrap();
+    request
+        .headers_mut()
+        .insert("host", "ws.example.com".parse().unwrap());
+    let (mut socket, response) = tokio_tungstenite::connect_async(request)
+        .await
+        .expect("websocket handshake through the proxy");
+    assert_eq!(response.status(), 101);
+    for i in 0..5 {
+        let text = format!("hello {i}");
+        socket.send(Message::text(text.clone())).await.unwrap();
+        let echoed = socket.next().await.unwrap().unwrap();
+        assert_eq!(echoed, Message::text(text));
+    }
+    socket
+        .send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        socket.next().await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    socket.close(None).await.unwrap();
+}
+
+#[tokio::test]
+async fn large_upload_streams_with_bounded_memory() {
+    let tailnet = tailnet(&["upload"]).await;
+    let port = free_port();
+    let config = format!(
+        "{}{}{}",
+        base_config(port, &tailnet),
+        http_upstream("upload", "upload", &tailnet, ""),
+        site("upload", "upload", "max_body_size = \"100m\"")
+    );
+    let proxy = Proxy::start(port, &config);
+    // Warm up so the baseline includes the connection pools and runtime.
+    assert_eq!(get(&proxy, "upload.example.com", "/").await.status, 200);
+    let before = proxy.peak_rss_kib();
+
+    const TOTAL: usize = 50 << 20;
+    const CHUNK: usize = 64 << 10;
+    let chunks = futures_util::stream::iter(
+        (0..TOTAL / CHUNK).map(|_| Ok::<_, std::io::Error>(vec![b'x'; CHUNK])),
+    );
+    let reply = client()
+        .post(proxy.url("/upload"))
+        .header("host", "upload.example.com")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(
+        reply.headers().get("x-received-bytes").unwrap(),
+        &TOTAL.to_string()
+    );
+    assert_eq!(
+        tailnet
+            .peer("upload")
+            .unwrap()
+            .last_request()
+            .unwrap()
+            .body_len,
+        TOTAL as u64
+    );
+    let growth_mib = proxy.peak_rss_kib().saturating_sub(before) / 1024;
+    assert!(
+        growth_mib < 20,
+        "proxy peak memory grew {growth_mib} MiB for a 50 MiB upload: not streamed"
+    );
+}
+
+#[tokio::test]
+async fn body_limits_answer_413() {
+    let tailnet = tailnet(&["app"]).await;
+    let port = free_port();
+    let config = format!(
+        "{}{}{}[[sites.app.locations]]\nmatch = \"/big/\"\nproxy = \"app\"\nmax_body_size = \"0\"\n",
+        base_config(port, &tailnet),
+        http_upstream("app", "app", &tailnet, ""),
+        site("app", "app", "max_body_size = \"1k\"")
+    );
+    let proxy = Proxy::start(port, &config);
+    let post = |path: &'static str, body: reqwest::Body| {
+        client()
+            .post(proxy.url(path))
+            .header("host", "app.example.com")
+            .body(body)
+            .send()
+    };
+    assert_eq!(
+        post("/small", vec![b'a'; 1024].into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        post("/small", vec![b'a'; 1025].into())
+            .await
+            .unwrap()
+            .status(),
+        413,
+        "declared length over the limit"
+    );
+    let requests = tailnet.peer("app").unwrap().requests();
+    // Chunked bodies (no declared length) are cut off once they pass the limit.
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 512])));
+    let reply = post("/small", reqwest::Body::wrap_stream(chunks)).await;
+    assert!(
+        reply.map(|r| r.status().as_u16() == 413).unwrap_or(true),
+        "chunked body over the limit is refused"
+    );
+    let _ = requests;
+    assert_eq!(
+        post("/big/x", vec![b'a'; 2 << 20].into())
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "\"0\" means unlimited"
+    );
+}
