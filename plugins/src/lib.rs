@@ -1,20 +1,31 @@
 //! # plugins
 //!
-//! Optional policies for `proxy-core`, built only on its public API so that an embedder can
-//! write the same. For now this crate holds [`catalog`], the list of built-in plugin names the
-//! app accepts; the plugin trait and the plugins themselves land here as they are written.
+//! Built-in plugins for `proxy-core`, written only against its public
+//! [`Plugin`](proxy_core::plugin::Plugin) trait, so an embedder can write the same.
+//! [`builtin_registry`] registers them all by name for the config compiler.
 //!
-//! Not for: anything the request path needs by default; that lives in `proxy-core`.
+//! | name | what it does |
+//! |---|---|
+//! | `headers` | add, set, remove response headers (every status, like nginx's `always`) and request headers sent upstream; a `security` preset |
+//!
+//! Not for: behaviour every request needs (routing, limits, caching); that lives in
+//! `proxy-core`.
 
-/// Names of the built-in plugins, in the order they are documented.
-pub fn catalog() -> &'static [&'static str] {
-    &[]
+pub mod headers;
+
+use proxy_core::plugin::PluginRegistry;
+
+/// A registry with every built-in plugin under its config name.
+pub fn builtin_registry() -> PluginRegistry {
+    let mut registry = PluginRegistry::new();
+    registry.register("headers", headers::HeadersPlugin::from_options);
+    registry
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
-    fn catalog_starts_empty() {
-        assert!(super::catalog().is_empty());
+    fn registry_lists_the_builtins() {
+        assert_eq!(super::builtin_registry().names(), vec!["headers"]);
     }
 }

@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use fake_tailnet::{FakeTailnet, TailnetConfig, TAILNET_CA_PEM};
-use proxy_core::config::load_str;
+use proxy_core::config::load_str_with;
 use proxy_core::RuntimeConfig;
 use std::path::Path;
 
@@ -37,8 +37,13 @@ pub fn run(listen: &str, admin: &str) -> anyhow::Result<RuntimeConfig> {
         .replace("{https_port}", &tailnet.https_port().to_string())
         .replace("{ca_file}", &ca_file.display().to_string())
         .replace("{error_page}", &error_page.display().to_string());
-    let config = load_str(&text, Some(Path::new("demo.toml")), &dir)
-        .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid:\n{e}"))?;
+    let config = load_str_with(
+        &text,
+        Some(Path::new("demo.toml")),
+        &dir,
+        &plugins::builtin_registry(),
+    )
+    .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid:\n{e}"))?;
     print_instructions(listen, &tailnet);
     // The tailnet runs on its own thread for the life of the process.
     std::mem::forget(tailnet);

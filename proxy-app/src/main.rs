@@ -7,7 +7,7 @@ mod demo;
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
-use proxy_core::config::load_file;
+use proxy_core::config::load_file_with;
 use proxy_core::{server_conf, EdgeServices, RuntimeConfig};
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -81,7 +81,8 @@ fn init_logging() {
 }
 
 fn load(path: &std::path::Path) -> anyhow::Result<RuntimeConfig> {
-    load_file(path).map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))
+    load_file_with(path, &plugins::builtin_registry())
+        .map_err(|errors| anyhow::anyhow!("invalid config:\n{errors}"))
 }
 
 fn check(path: &std::path::Path) -> anyhow::Result<()> {

@@ -48,8 +48,8 @@ impl LocalAnswer {
         self
     }
 
-    /// Writes the answer to the client.
-    pub async fn write(&self, session: &mut Session) -> Result<()> {
+    /// The response header for this answer.
+    pub fn response_header(&self) -> Result<ResponseHeader> {
         let mut header = ResponseHeader::build(self.status, Some(4))?;
         header.insert_header(http::header::CONTENT_TYPE, self.content_type.as_ref())?;
         header.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())?;
@@ -57,8 +57,16 @@ impl LocalAnswer {
             header.insert_header(http::header::LOCATION, location.as_str())?;
         }
         if self.close {
-            session.set_keepalive(None);
             header.insert_header(http::header::CONNECTION, "close")?;
+        }
+        Ok(header)
+    }
+
+    /// Writes the answer to the client with `header` (from [`Self::response_header`],
+    /// possibly changed by plugins).
+    pub async fn write(&self, session: &mut Session, header: ResponseHeader) -> Result<()> {
+        if self.close {
+            session.set_keepalive(None);
         }
         let head_only = session.req_header().method == http::Method::HEAD || self.body.is_empty();
         session

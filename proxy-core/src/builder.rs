@@ -22,10 +22,11 @@
 use std::path::PathBuf;
 
 use crate::config::file::{
-    ConfigFile, LocationSection, RedirectSection, ReturnSection, SiteSection, StatusOrWord,
-    UpstreamSection,
+    ConfigFile, LocationSection, PluginSection, RedirectSection, ReturnSection, SiteSection,
+    StatusOrWord, UpstreamSection,
 };
 use crate::config::{compile_file, ConfigErrors};
+use crate::plugin::PluginRegistry;
 use crate::runtime::RuntimeConfig;
 
 /// Builds a whole config.
@@ -33,6 +34,7 @@ use crate::runtime::RuntimeConfig;
 pub struct ConfigBuilder {
     file: ConfigFile,
     base_dir: PathBuf,
+    plugins: PluginRegistry,
 }
 
 impl ConfigBuilder {
@@ -41,6 +43,7 @@ impl ConfigBuilder {
         Self {
             file: ConfigFile::default(),
             base_dir: PathBuf::from("."),
+            plugins: PluginRegistry::default(),
         }
     }
 
@@ -55,6 +58,12 @@ impl ConfigBuilder {
     /// Directory that relative file paths (error pages, CA files) are resolved against.
     pub fn base_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.base_dir = dir.into();
+        self
+    }
+
+    /// The registry that builds the plugins sites and locations attach.
+    pub fn plugin_registry(mut self, registry: PluginRegistry) -> Self {
+        self.plugins = registry;
         self
     }
 
@@ -121,7 +130,7 @@ impl ConfigBuilder {
 
     /// Validates and compiles, exactly as a TOML file would be.
     pub fn build(self) -> Result<RuntimeConfig, ConfigErrors> {
-        compile_file(&self.file, &self.base_dir)
+        compile_file(&self.file, &self.base_dir, &self.plugins)
     }
 }
 
@@ -209,7 +218,16 @@ impl SiteBuilder {
         self
     }
 
-    /// Serves this HTML file for `status` (502, 503, 504) errors.
+    /// Attaches a plugin (by registered name) with its options.
+    pub fn plugin(mut self, name: impl Into<String>, options: toml::Table) -> Self {
+        self.0.plugins.push(PluginSection {
+            name: name.into(),
+            options,
+        });
+        self
+    }
+
+    /// Serves this HTML file for `status` errors the proxy answers itself.
     pub fn error_page(mut self, status: u16, path: impl Into<String>) -> Self {
         self.0.error_pages.insert(status.to_string(), path.into());
         self
@@ -257,6 +275,15 @@ impl LocationBuilder {
     /// Overrides the Host header sent upstream.
     pub fn host_header(mut self, host: impl Into<String>) -> Self {
         self.0.host_header = Some(host.into());
+        self
+    }
+
+    /// Attaches a plugin (by registered name) with its options.
+    pub fn plugin(mut self, name: impl Into<String>, options: toml::Table) -> Self {
+        self.0.plugins.push(PluginSection {
+            name: name.into(),
+            options,
+        });
         self
     }
 }

@@ -17,6 +17,7 @@
 pub mod answer;
 pub mod builder;
 pub mod config;
+pub mod plugin;
 pub mod proxy;
 pub mod route;
 pub mod runtime;

@@ -4,7 +4,7 @@
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora::http::RequestHeader;
+use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{default_error_page, LocalAnswer};
+use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
 use crate::runtime::{RuntimeConfig, UnknownHostAnswer};
 use crate::upstream::{apply_forwarded_headers, Upstream};
@@ -36,6 +37,8 @@ pub struct RequestCtx {
     pub body_seen: u64,
     /// When the request started.
     pub started: Instant,
+    /// The site's and location's plugins, resolved once in the request phase.
+    pub plugins: PluginChain,
 }
 
 /// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
@@ -57,46 +60,49 @@ impl EdgeProxy {
         self.config.clone()
     }
 
-    /// Routes a request; `Some(answer)` ends it locally.
-    fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Option<LocalAnswer> {
+    /// Routes a request: finds the site and location and decides what happens next.
+    fn route(&self, session: &Session, ctx: &mut RequestCtx) -> Decision {
         let request = session.req_header();
         if let Some(answer) = check_framing(session) {
-            return Some(answer);
+            return Decision::Refuse(answer);
         }
         let path = request.uri.path();
         if ctx.config.health_path.as_deref() == Some(path) && is_get_or_head(request) {
-            return Some(LocalAnswer::text(200, "ok\n"));
+            return Decision::Refuse(LocalAnswer::text(200, "ok\n"));
         }
         let host = match request_host(request) {
             HostLookup::Found(host) => host,
-            HostLookup::Missing => return Some(unknown_host(ctx.config.unknown_host)),
-            HostLookup::Invalid(why) => return Some(LocalAnswer::text(400, why).closing()),
+            HostLookup::Missing => return Decision::Refuse(unknown_host(ctx.config.unknown_host)),
+            HostLookup::Invalid(why) => {
+                return Decision::Refuse(LocalAnswer::text(400, why).closing())
+            }
         };
         let Some(site) = ctx.config.router.find(&host).cloned() else {
-            return Some(unknown_host(ctx.config.unknown_host));
+            return Decision::Refuse(unknown_host(ctx.config.unknown_host));
         };
         let normalized = match normalize_path(path) {
             Ok(p) => p,
-            Err(e) => return Some(LocalAnswer::text(400, format!("{e}\n")).closing()),
+            Err(e) => return Decision::Refuse(LocalAnswer::text(400, format!("{e}\n")).closing()),
         };
+        ctx.site = Some(site.clone());
         let Some(location) = site.locations.find(&normalized).cloned() else {
-            ctx.site = Some(site);
-            return Some(LocalAnswer::text(404, "not found\n"));
+            return Decision::Answer(LocalAnswer::text(404, "not found\n"));
         };
+        ctx.location = Some(location.clone());
         ctx.body_limit = location.max_body_size.unwrap_or(site.max_body_size);
         if let Some(answer) = check_declared_length(request, ctx.body_limit) {
-            return Some(answer);
+            return Decision::Refuse(answer);
         }
-        let answer = match &location.action {
+        match &location.action {
             Action::Proxy(upstream) => {
                 ctx.upstream = Some(upstream.clone());
-                None
+                Decision::Proxy
             }
             Action::Return {
                 status,
                 content_type,
                 body,
-            } => Some(LocalAnswer {
+            } => Decision::Answer(LocalAnswer {
                 content_type: content_type.clone().into(),
                 ..LocalAnswer::text(*status, body.clone())
             }),
@@ -109,24 +115,64 @@ impl EdgeProxy {
                     host: &host,
                     scheme: scheme(session),
                 };
-                Some(LocalAnswer {
+                Decision::Answer(LocalAnswer {
                     location: Some(target.render(&vars)),
                     ..LocalAnswer::text(*status, "")
                 })
             }
-        };
-        ctx.site = Some(site);
-        ctx.location = Some(location);
-        answer
+        }
     }
 
-    fn error_answer(&self, ctx: &RequestCtx, status: u16) -> LocalAnswer {
+    /// Runs the request phase of the plugins; the first answer wins.
+    async fn run_request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Result<Option<LocalAnswer>> {
+        let Some(site) = ctx.site.as_deref() else {
+            return Ok(None);
+        };
+        let plugin_ctx = PluginCtx {
+            client_ip: ctx.client_ip,
+            site,
+            location: ctx.location.as_deref(),
+        };
+        for plugin in ctx.plugins.iter() {
+            if let RequestFlow::Answer(answer) = plugin.request(session, plugin_ctx).await? {
+                return Ok(Some(answer));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs the response phase of the plugins on a header about to be sent.
+    fn run_response_plugins(&self, header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+        let Some(plugin_ctx) = plugin_ctx(ctx) else {
+            return Ok(());
+        };
+        ctx.plugins
+            .iter()
+            .try_for_each(|plugin| plugin.response(header, plugin_ctx))
+    }
+
+    /// Writes a local answer: the site's error page for error statuses, plugins' headers.
+    async fn write_answer(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+        mut answer: LocalAnswer,
+    ) -> Result<()> {
         let page = ctx
             .site
             .as_ref()
-            .and_then(|site| site.error_pages.get(&status).cloned())
-            .unwrap_or_else(|| default_error_page(status));
-        LocalAnswer::html(status, page)
+            .and_then(|site| site.error_pages.get(&answer.status));
+        if let Some(page) = page {
+            answer.body = page.clone();
+            answer.content_type = LocalAnswer::html(0, "").content_type;
+        }
+        let mut header = answer.response_header()?;
+        self.run_response_plugins(&mut header, ctx)?;
+        answer.write(session, header).await
     }
 }
 
@@ -144,6 +190,7 @@ impl ProxyHttp for EdgeProxy {
             body_limit: 0,
             body_seen: 0,
             started: Instant::now(),
+            plugins: PluginChain::default(),
         }
     }
 
@@ -160,7 +207,25 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Some(answer) = self.route(session, ctx) else {
+        let planned = match self.route(session, ctx) {
+            Decision::Refuse(answer) => Some(answer),
+            decision => {
+                if let Some(site) = ctx.site.as_deref() {
+                    ctx.plugins = PluginChain::for_request(site, ctx.location.as_deref());
+                }
+                match self.run_request_plugins(session, ctx).await? {
+                    Some(answer) => {
+                        ctx.upstream = None;
+                        Some(answer)
+                    }
+                    None => match decision {
+                        Decision::Answer(answer) => Some(answer),
+                        _ => None,
+                    },
+                }
+            }
+        };
+        let Some(answer) = planned else {
             return Ok(false);
         };
         if answer.status == 0 {
@@ -168,7 +233,7 @@ impl ProxyHttp for EdgeProxy {
             session.set_keepalive(None);
             return Ok(true);
         }
-        answer.write(session).await?;
+        self.write_answer(session, ctx, answer).await?;
         Ok(true)
     }
 
@@ -235,7 +300,49 @@ impl ProxyHttp for EdgeProxy {
             host_header,
             ctx.client_ip,
             scheme(session),
-        )
+        )?;
+        let Some(plugin_ctx) = plugin_ctx(ctx) else {
+            return Ok(());
+        };
+        for plugin in ctx.plugins.iter() {
+            plugin
+                .upstream_request(session, upstream_request, plugin_ctx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(plugin_ctx) = plugin_ctx(ctx) else {
+            return Ok(());
+        };
+        ctx.plugins
+            .iter()
+            .try_for_each(|plugin| plugin.upstream_response(upstream_response, plugin_ctx))
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        self.run_response_plugins(upstream_response, ctx)
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        let Some(plugin_ctx) = plugin_ctx(ctx) else {
+            return;
+        };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        for plugin in ctx.plugins.iter() {
+            plugin.logging(session, status, plugin_ctx);
+        }
     }
 
     async fn fail_to_proxy(
@@ -246,8 +353,8 @@ impl ProxyHttp for EdgeProxy {
     ) -> FailToProxy {
         let status = error_status(e);
         if status > 0 && session.response_written().is_none() {
-            let answer = self.error_answer(ctx, status).closing();
-            if let Err(write_error) = answer.write(session).await {
+            let answer = LocalAnswer::html(status, default_error_page(status)).closing();
+            if let Err(write_error) = self.write_answer(session, ctx, answer).await {
                 tracing::debug!(error = %write_error, "could not write error response");
             }
         }
@@ -256,6 +363,27 @@ impl ProxyHttp for EdgeProxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// What routing decided.
+enum Decision {
+    /// Answer now, before plugins run (malformed requests, unknown hosts, health checks).
+    Refuse(LocalAnswer),
+    /// Forward to the upstream in `ctx.upstream`, unless a plugin answers.
+    Proxy,
+    /// Answer locally (the location's action or a 404), unless a plugin answers first.
+    Answer(LocalAnswer),
+}
+
+fn plugin_ctx(ctx: &RequestCtx) -> Option<PluginCtx<'_>> {
+    if ctx.plugins.is_empty() {
+        return None;
+    }
+    Some(PluginCtx {
+        client_ip: ctx.client_ip,
+        site: ctx.site.as_deref()?,
+        location: ctx.location.as_deref(),
+    })
 }
 
 /// The status an error maps to: 504 for upstream timeouts, 502 for other upstream

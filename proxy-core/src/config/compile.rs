@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use super::error::{KeyPath, Problems};
 use super::file::{
-    ConfigFile, LocationSection, ResolverSection, ServerSection, SiteSection, StatusOrWord,
-    UpstreamSection,
+    ConfigFile, LocationSection, PluginSection, ResolverSection, ServerSection, SiteSection,
+    StatusOrWord, UpstreamSection,
 };
 use super::units::{parse_duration, parse_size};
+use crate::plugin::{PluginList, PluginRegistry};
 use crate::route::{
     Action, HostHeader, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
 };
@@ -28,12 +29,18 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
 /// Default body size limit (nginx's `client_max_body_size`).
 pub const DEFAULT_MAX_BODY_SIZE: u64 = 1 << 20;
 
-/// Compiles plain config data; `base_dir` resolves relative file paths.
-pub(crate) fn compile(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfig, Problems> {
+/// Compiles plain config data; `base_dir` resolves relative file paths and `plugins` builds
+/// the plugins the config attaches.
+pub(crate) fn compile(
+    file: &ConfigFile,
+    base_dir: &Path,
+    plugins: &PluginRegistry,
+) -> Result<RuntimeConfig, Problems> {
     let mut problems = Problems::default();
     let root = KeyPath::root();
     let mut compiler = Compiler {
         base_dir,
+        plugins,
         problems: &mut problems,
     };
     let server = compiler.server(&file.server, file.admin.listen.as_deref(), &root);
@@ -57,12 +64,27 @@ pub(crate) fn compile(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfi
 
 struct Compiler<'a> {
     base_dir: &'a Path,
+    plugins: &'a PluginRegistry,
     problems: &'a mut Problems,
 }
 
 impl Compiler<'_> {
     fn problem(&mut self, key: KeyPath, message: impl Into<String>) {
         self.problems.push(key, message);
+    }
+
+    fn plugin_list(&mut self, sections: &[PluginSection], key: &KeyPath) -> PluginList {
+        let built = sections
+            .iter()
+            .enumerate()
+            .filter_map(|(i, section)| {
+                self.plugins
+                    .build(&section.name, &section.options)
+                    .map_err(|e| self.problem(key.index(i), e))
+                    .ok()
+            })
+            .collect();
+        PluginList::new(built)
     }
 
     fn duration(&mut self, value: Option<&str>, default: Duration, key: KeyPath) -> Duration {
@@ -415,6 +437,7 @@ impl Compiler<'_> {
             .size(s.max_body_size.as_deref(), key.key("max_body_size"))
             .unwrap_or(DEFAULT_MAX_BODY_SIZE);
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
+        let plugins = self.plugin_list(&s.plugins, &key.key("plugins"));
         if s.locations.is_empty() {
             self.problem(key.key("locations"), "a site needs at least one location, e.g. [[sites.NAME.locations]] match = \"/\" proxy = \"UPSTREAM\"");
         }
@@ -434,6 +457,7 @@ impl Compiler<'_> {
             locations,
             max_body_size,
             error_pages,
+            plugins,
         })
     }
 
@@ -479,6 +503,7 @@ impl Compiler<'_> {
                 .ok()
         });
         let max_body_size = self.size(l.max_body_size.as_deref(), key.key("max_body_size"));
+        let plugins = self.plugin_list(&l.plugins, &key.key("plugins"));
         Some(Location {
             index,
             pattern_text: l.pattern.clone(),
@@ -486,6 +511,8 @@ impl Compiler<'_> {
             action: action?,
             host_header,
             max_body_size,
+            plugins,
+            site_plugins: l.site_plugins.unwrap_or(true),
         })
     }
 

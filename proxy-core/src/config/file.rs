@@ -128,6 +128,9 @@ pub struct SiteSection {
     /// Locations, in file order (which matters for regex locations).
     #[serde(default)]
     pub locations: Vec<LocationSection>,
+    /// Plugins for every request of the site, in order (before location plugins).
+    #[serde(default)]
+    pub plugins: Vec<PluginSection>,
 }
 
 /// `[[sites.NAME.locations]]`: what to do for a set of paths.
@@ -149,6 +152,22 @@ pub struct LocationSection {
     pub host_header: Option<String>,
     /// Body size limit for this location (wins over the site's).
     pub max_body_size: Option<String>,
+    /// Plugins for requests of this location, in order (after the site's).
+    #[serde(default)]
+    pub plugins: Vec<PluginSection>,
+    /// Whether the site's plugins also run for this location. Default true.
+    pub site_plugins: Option<bool>,
+}
+
+/// `[[sites.NAME.plugins]]` / `[[sites.NAME.locations.plugins]]`: a plugin and its options.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+pub struct PluginSection {
+    /// The registered plugin name, e.g. `"headers"`.
+    #[serde(rename = "use")]
+    pub name: String,
+    /// Everything else in the table: the plugin's own options, which it validates.
+    #[serde(flatten)]
+    pub options: toml::Table,
 }
 
 /// `return = { status = 200, body = "...", content_type = "..." }`.

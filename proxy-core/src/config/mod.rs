@@ -15,12 +15,21 @@ pub use file::ConfigFile;
 
 use std::path::Path;
 
+use crate::plugin::PluginRegistry;
 use crate::runtime::RuntimeConfig;
 use error::SourceText;
 
-/// Reads, parses and compiles a config file. Relative paths inside it are resolved against
-/// the file's directory.
+/// Reads, parses and compiles a config file that uses no plugins. Relative paths inside it
+/// are resolved against the file's directory.
 pub fn load_file(path: &Path) -> Result<RuntimeConfig, ConfigErrors> {
+    load_file_with(path, &PluginRegistry::default())
+}
+
+/// Reads, parses and compiles a config file, building its plugins from `plugins`.
+pub fn load_file_with(
+    path: &Path,
+    plugins: &PluginRegistry,
+) -> Result<RuntimeConfig, ConfigErrors> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         ConfigErrors::one(ConfigError {
             file: Some(path.to_path_buf()),
@@ -30,23 +39,38 @@ pub fn load_file(path: &Path) -> Result<RuntimeConfig, ConfigErrors> {
         })
     })?;
     let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
-    load_str(&text, Some(path), base_dir)
+    load_str_with(&text, Some(path), base_dir, plugins)
 }
 
-/// Parses and compiles config text; `file` (if any) is only used in error messages.
+/// Parses and compiles config text that uses no plugins; `file` (if any) is only used in
+/// error messages.
 pub fn load_str(
     text: &str,
     file: Option<&Path>,
     base_dir: &Path,
 ) -> Result<RuntimeConfig, ConfigErrors> {
+    load_str_with(text, file, base_dir, &PluginRegistry::default())
+}
+
+/// Parses and compiles config text, building its plugins from `plugins`.
+pub fn load_str_with(
+    text: &str,
+    file: Option<&Path>,
+    base_dir: &Path,
+    plugins: &PluginRegistry,
+) -> Result<RuntimeConfig, ConfigErrors> {
     let source = SourceText { file, text };
     let parsed: ConfigFile = toml::from_str(text).map_err(|e| serde_error(&source, &e))?;
-    compile::compile(&parsed, base_dir).map_err(|problems| problems.locate(Some(&source)))
+    compile::compile(&parsed, base_dir, plugins).map_err(|problems| problems.locate(Some(&source)))
 }
 
 /// Compiles config data built in code (see [`crate::builder`]).
-pub fn compile_file(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfig, ConfigErrors> {
-    compile::compile(file, base_dir).map_err(|problems| problems.locate(None))
+pub fn compile_file(
+    file: &ConfigFile,
+    base_dir: &Path,
+    plugins: &PluginRegistry,
+) -> Result<RuntimeConfig, ConfigErrors> {
+    compile::compile(file, base_dir, plugins).map_err(|problems| problems.locate(None))
 }
 
 fn serde_error(source: &SourceText<'_>, error: &toml::de::Error) -> ConfigErrors {

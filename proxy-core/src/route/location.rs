@@ -9,6 +9,7 @@ use regex::bytes::Regex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use crate::plugin::PluginList;
 use crate::upstream::Upstream;
 
 /// How a location matches request paths (the part of nginx's `location` line before `{`).
@@ -142,6 +143,10 @@ pub struct Location {
     pub host_header: Option<HostHeader>,
     /// Body size limit override (`Some(0)` = unlimited).
     pub max_body_size: Option<u64>,
+    /// Plugins for requests of this location (run after the site's).
+    pub plugins: PluginList,
+    /// Whether the site's plugins run for this location too.
+    pub site_plugins: bool,
 }
 
 /// One part of a redirect target.
@@ -316,6 +321,8 @@ mod tests {
                     },
                     host_header: None,
                     max_body_size: None,
+                    plugins: PluginList::default(),
+                    site_plugins: true,
                 })
             })
             .collect();

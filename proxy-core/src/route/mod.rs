@@ -12,6 +12,8 @@ pub use location::{
 pub use path::{normalize_path, PathError};
 
 use bytes::Bytes;
+
+use crate::plugin::PluginList;
 use std::collections::HashMap;
 
 /// A site: the hosts it answers for, its locations, and its error pages.
@@ -25,6 +27,8 @@ pub struct Site {
     pub locations: LocationTable,
     /// Largest request body accepted, in bytes; 0 means unlimited.
     pub max_body_size: u64,
-    /// Error page bodies (HTML) by status.
+    /// Error page bodies (HTML) by status, used for every error the proxy answers itself.
     pub error_pages: HashMap<u16, Bytes>,
+    /// Plugins for every request of the site (run before the location's).
+    pub plugins: PluginList,
 }
