@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use proxy_core::plugin::{Plugin, PluginCtx, PluginOptions};
+use proxy_core::plugin::{Plugin, PluginCtx, PluginOptions, PluginSetup};
 use std::sync::Arc;
 
 /// The `security` preset: the headers real deployments repeat on every location.
@@ -47,7 +47,10 @@ pub struct HeadersPlugin {
 
 impl HeadersPlugin {
     /// Builds the plugin from its config options.
-    pub fn from_options(options: &PluginOptions) -> Result<Arc<dyn Plugin>, String> {
+    pub fn from_options(
+        options: &PluginOptions,
+        _setup: PluginSetup<'_>,
+    ) -> Result<Arc<dyn Plugin>, String> {
         let mut plugin = HeadersPlugin::default();
         for (key, value) in options {
             match key.as_str() {
@@ -153,13 +156,23 @@ impl Plugin for HeadersPlugin {
 mod tests {
     use super::*;
 
+    fn setup() -> PluginSetup<'static> {
+        PluginSetup {
+            base_dir: std::path::Path::new("."),
+        }
+    }
+
     fn options(text: &str) -> PluginOptions {
         toml::from_str(text).unwrap()
     }
 
     #[test]
     fn rejects_bad_options_with_a_reason() {
-        let err = |text: &str| HeadersPlugin::from_options(&options(text)).err().unwrap();
+        let err = |text: &str| {
+            HeadersPlugin::from_options(&options(text), setup())
+                .err()
+                .unwrap()
+        };
         assert!(err("colour = 1").contains("unknown option `colour`"));
         assert!(err("preset = \"paranoid\"").contains("unknown preset"));
         assert!(err("set = [\"x\"]").contains("must be a table"));
@@ -170,6 +183,6 @@ mod tests {
     #[test]
     fn accepts_every_option() {
         let text = "preset = \"security\"\nset = { a = \"1\" }\nadd = { b = \"2\" }\nremove = [\"server\"]\nrequest_set = { c = \"3\" }\nrequest_remove = [\"cookie\"]";
-        assert!(HeadersPlugin::from_options(&options(text)).is_ok());
+        assert!(HeadersPlugin::from_options(&options(text), setup()).is_ok());
     }
 }

@@ -7,11 +7,13 @@
 //! | name | what it does |
 //! |---|---|
 //! | `headers` | add, set, remove response headers (every status, like nginx's `always`) and request headers sent upstream; a `security` preset |
+//! | `static` | files from a local directory: index files, try-files fallback, content types, ETag/Last-Modified with 304, byte ranges, never outside the root |
 //!
 //! Not for: behaviour every request needs (routing, limits, caching); that lives in
 //! `proxy-core`.
 
 pub mod headers;
+pub mod static_files;
 
 use proxy_core::plugin::PluginRegistry;
 
@@ -19,6 +21,7 @@ use proxy_core::plugin::PluginRegistry;
 pub fn builtin_registry() -> PluginRegistry {
     let mut registry = PluginRegistry::new();
     registry.register("headers", headers::HeadersPlugin::from_options);
+    registry.register("static", static_files::StaticFiles::from_options);
     registry
 }
 
@@ -26,6 +29,6 @@ pub fn builtin_registry() -> PluginRegistry {
 mod tests {
     #[test]
     fn registry_lists_the_builtins() {
-        assert_eq!(super::builtin_registry().names(), vec!["headers"]);
+        assert_eq!(super::builtin_registry().names(), vec!["headers", "static"]);
     }
 }

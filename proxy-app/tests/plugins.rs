@@ -112,7 +112,7 @@ fn plugin_errors_name_the_line() {
     assert!(!out.status.success());
     assert!(
         stderr.contains(
-            "edge.toml:5: sites.a.plugins[0]: unknown plugin `headerz` (available: headers)"
+            "edge.toml:5: sites.a.plugins[0]: unknown plugin `headerz` (available: headers, static)"
         ),
         "{stderr}"
     );
@@ -120,4 +120,124 @@ fn plugin_errors_name_the_line() {
         stderr.contains("edge.toml:10: sites.a.locations[0].plugins[0]: unknown option `colour`"),
         "{stderr}"
     );
+}
+
+#[tokio::test]
+async fn static_files_serve_a_landing_page_safely() {
+    let tailnet = tailnet(&[]).await;
+    let port = free_port();
+    let config = format!(
+        "{}\n[sites.apex]\nhosts = [\"example.com\"]\n[[sites.apex.locations]]\nmatch = \"/\"\nplugins = [{{ use = \"static\", root = \"site\", try_files = [\"$uri\", \"$uri/\", \"/index.html\"], cache_control = \"public, max-age=60\" }}]\n[[sites.apex.locations]]\nmatch = \"^~ /strict/\"\nplugins = [{{ use = \"static\", root = \"site\" }}]\n",
+        base_config(port, &tailnet)
+    );
+    let files: &[(&str, &[u8])] = &[
+        ("site/index.html", b"<h1>home</h1>"),
+        ("site/about/index.html", b"<h1>about</h1>"),
+        ("site/style.css", b"body{}0123456789"),
+        ("site/.secret", b"hidden"),
+        ("site/strict/.keep", b""),
+    ];
+    let proxy = Proxy::start_with_files(port, &config, files);
+    // A symlink out of the root, added while running (files are looked up per request).
+    std::os::unix::fs::symlink("/etc/hostname", proxy.dir().join("site/escape")).unwrap();
+
+    let home = get(&proxy, "example.com", "/").await;
+    assert_eq!((home.status, home.body.as_str()), (200, "<h1>home</h1>"));
+    assert_eq!(
+        home.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(home.header("cache-control"), Some("public, max-age=60"));
+    assert_eq!(
+        get(&proxy, "example.com", "/about/").await.body,
+        "<h1>about</h1>"
+    );
+    let css = get(&proxy, "example.com", "/style.css").await;
+    assert_eq!(css.header("content-type"), Some("text/css; charset=utf-8"));
+    assert_eq!(
+        get(&proxy, "example.com", "/no/such/page").await.body,
+        "<h1>home</h1>",
+        "try_files fallback"
+    );
+    assert_eq!(
+        get(&proxy, "example.com", "/strict/nope").await.status,
+        404,
+        "no fallback configured"
+    );
+
+    for path in ["/.secret", "/escape", "/%2esecret", "/about/../.secret"] {
+        // Refused files fall through to the try_files fallback (the home page), never served.
+        let reply = get(&proxy, "example.com", path).await;
+        assert_eq!(reply.body, "<h1>home</h1>", "{path}");
+    }
+    assert_eq!(
+        get(&proxy, "example.com", "/strict/.keep").await.status,
+        404
+    );
+    for path in ["/../etc/passwd", "/%2e%2e/etc/passwd"] {
+        let raw = raw_request(
+            proxy.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: example.com\r\nConnection: close\r\n\r\n"),
+        );
+        assert!(raw.starts_with("HTTP/1.1 400"), "{path}: {raw}");
+    }
+
+    // Validators, conditional requests, ranges, methods.
+    let etag = css.header("etag").unwrap().to_string();
+    let last_modified = css.header("last-modified").unwrap().to_string();
+    let conditional = |name: &'static str, value: String| {
+        client()
+            .get(proxy.url("/style.css"))
+            .header("host", "example.com")
+            .header(name, value)
+            .send()
+    };
+    assert_eq!(
+        conditional("if-none-match", etag.clone())
+            .await
+            .unwrap()
+            .status(),
+        304
+    );
+    assert_eq!(
+        conditional("if-none-match", "\"other\"".into())
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        conditional("if-modified-since", last_modified)
+            .await
+            .unwrap()
+            .status(),
+        304
+    );
+    let range = Reply::read(conditional("range", "bytes=6-9".into()).await.unwrap()).await;
+    assert_eq!((range.status, range.body.as_str()), (206, "0123"));
+    assert_eq!(range.header("content-range"), Some("bytes 6-9/16"));
+    let suffix = Reply::read(conditional("range", "bytes=-3".into()).await.unwrap()).await;
+    assert_eq!((suffix.status, suffix.body.as_str()), (206, "789"));
+    assert_eq!(
+        conditional("range", "bytes=100-".into())
+            .await
+            .unwrap()
+            .status(),
+        416
+    );
+    let post = client()
+        .post(proxy.url("/"))
+        .header("host", "example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(post.status(), 405);
+    assert_eq!(post.headers().get("allow").unwrap(), "GET, HEAD");
+    let head = client()
+        .head(proxy.url("/style.css"))
+        .header("host", "example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.headers().get("content-length").unwrap(), "16");
 }

@@ -11,7 +11,9 @@ use pingora::proxy::Session;
 use pingora::server::{configuration::Opt, Server};
 use proxy_core::answer::LocalAnswer;
 use proxy_core::builder::{ConfigBuilder, LocationBuilder, SiteBuilder};
-use proxy_core::plugin::{Plugin, PluginCtx, PluginOptions, PluginRegistry, RequestFlow};
+use proxy_core::plugin::{
+    Plugin, PluginCtx, PluginOptions, PluginRegistry, PluginSetup, RequestFlow,
+};
 use proxy_core::{server_conf, EdgeServices};
 use std::sync::Arc;
 
@@ -44,7 +46,7 @@ impl Plugin for WhoAmI {
     }
 }
 
-fn whoami(options: &PluginOptions) -> Result<Arc<dyn Plugin>, String> {
+fn whoami(options: &PluginOptions, _setup: PluginSetup<'_>) -> Result<Arc<dyn Plugin>, String> {
     let tag = match options.get("tag") {
         None => "edge".to_string(),
         Some(value) => value.as_str().ok_or("`tag` must be a string")?.to_string(),

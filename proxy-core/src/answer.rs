@@ -20,6 +20,8 @@ pub struct LocalAnswer {
     pub location: Option<String>,
     /// Close the connection after answering (when the request body was not read).
     pub close: bool,
+    /// Further headers (ETag, Content-Range, ...), set after the ones above.
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 impl LocalAnswer {
@@ -31,6 +33,7 @@ impl LocalAnswer {
             body: body.into(),
             location: None,
             close: false,
+            headers: Vec::new(),
         }
     }
 
@@ -52,12 +55,18 @@ impl LocalAnswer {
     pub fn response_header(&self) -> Result<ResponseHeader> {
         let mut header = ResponseHeader::build(self.status, Some(4))?;
         header.insert_header(http::header::CONTENT_TYPE, self.content_type.as_ref())?;
-        header.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())?;
+        // 204 and 304 carry no body, and a 304's length would describe the full response.
+        if !matches!(self.status, 204 | 304) {
+            header.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())?;
+        }
         if let Some(location) = &self.location {
             header.insert_header(http::header::LOCATION, location.as_str())?;
         }
         if self.close {
             header.insert_header(http::header::CONNECTION, "close")?;
+        }
+        for (name, value) in &self.headers {
+            header.insert_header(name.clone(), value.clone())?;
         }
         Ok(header)
     }

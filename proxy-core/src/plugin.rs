@@ -85,8 +85,25 @@ pub type PluginOptions = toml::Table;
 
 /// Builds a plugin from its options, or says (in words an operator can act on) what is
 /// wrong with them. The error is reported at the plugin's config key with file and line.
-pub type PluginFactory =
-    Arc<dyn Fn(&PluginOptions) -> std::result::Result<Arc<dyn Plugin>, String> + Send + Sync>;
+pub type PluginFactory = Arc<
+    dyn Fn(&PluginOptions, PluginSetup<'_>) -> std::result::Result<Arc<dyn Plugin>, String>
+        + Send
+        + Sync,
+>;
+
+/// What a plugin factory knows besides its options.
+#[derive(Debug, Clone, Copy)]
+pub struct PluginSetup<'a> {
+    /// The config file's directory: resolve relative paths in options against it.
+    pub base_dir: &'a std::path::Path,
+}
+
+impl PluginSetup<'_> {
+    /// `path` from an option, resolved against the config file's directory.
+    pub fn resolve(&self, path: &str) -> std::path::PathBuf {
+        self.base_dir.join(path)
+    }
+}
 
 /// Plugin factories by name. The app registers the built-in plugins; embedders add theirs.
 #[derive(Clone, Default)]
@@ -104,7 +121,7 @@ impl PluginRegistry {
     pub fn register(
         &mut self,
         name: impl Into<String>,
-        factory: impl Fn(&PluginOptions) -> std::result::Result<Arc<dyn Plugin>, String>
+        factory: impl Fn(&PluginOptions, PluginSetup<'_>) -> std::result::Result<Arc<dyn Plugin>, String>
             + Send
             + Sync
             + 'static,
@@ -118,9 +135,10 @@ impl PluginRegistry {
         &self,
         name: &str,
         options: &PluginOptions,
+        setup: PluginSetup<'_>,
     ) -> std::result::Result<Arc<dyn Plugin>, String> {
         match self.factories.get(name) {
-            Some(factory) => factory(options),
+            Some(factory) => factory(options, setup),
             None => Err(format!(
                 "unknown plugin `{name}` (available: {})",
                 if self.factories.is_empty() {

@@ -77,7 +77,11 @@ impl Proxy {
     pub fn start_with_files(port: u16, config: &str, files: &[(&str, &[u8])]) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, content) in files {
-            std::fs::write(dir.path().join(name), content).expect("write test file");
+            let path = dir.path().join(name);
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent).expect("create test dir");
+            }
+            std::fs::write(path, content).expect("write test file");
         }
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, config).expect("write config");

@@ -15,7 +15,7 @@ use super::file::{
     StatusOrWord, UpstreamSection,
 };
 use super::units::{parse_duration, parse_size};
-use crate::plugin::{PluginList, PluginRegistry};
+use crate::plugin::{PluginList, PluginRegistry, PluginSetup};
 use crate::route::{
     Action, HostHeader, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
 };
@@ -79,7 +79,13 @@ impl Compiler<'_> {
             .enumerate()
             .filter_map(|(i, section)| {
                 self.plugins
-                    .build(&section.name, &section.options)
+                    .build(
+                        &section.name,
+                        &section.options,
+                        PluginSetup {
+                            base_dir: self.base_dir,
+                        },
+                    )
                     .map_err(|e| self.problem(key.index(i), e))
                     .ok()
             })
@@ -526,8 +532,16 @@ impl Compiler<'_> {
             .iter()
             .filter(|x| **x)
             .count();
+        if count == 0 && !l.plugins.is_empty() {
+            // A plugins-only location (e.g. static files): when no plugin answers, 404.
+            return Some(Action::Return {
+                status: 404,
+                content_type: "text/plain; charset=utf-8".into(),
+                body: Bytes::from_static(b"not found\n"),
+            });
+        }
         if count != 1 {
-            self.problem(key.clone(), "a location needs exactly one action: `proxy = \"UPSTREAM\"`, `return = { ... }` or `redirect = { ... }`");
+            self.problem(key.clone(), "a location needs exactly one action: `proxy = \"UPSTREAM\"`, `return = { ... }` or `redirect = { ... }` (or only plugins)");
             return None;
         }
         if let Some(name) = &l.proxy {
