@@ -1,0 +1,177 @@
+//! Running the load generator and reading what a server spent: requests/s and latency from
+//! wrk, CPU time and peak memory from /proc.
+
+use anyhow::{bail, Context, Result};
+use std::process::Command;
+use std::time::Duration;
+
+/// One wrk run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Requests per second.
+    pub rps: f64,
+    /// Median latency.
+    pub p50: Duration,
+    /// 99th percentile latency.
+    pub p99: Duration,
+    /// Requests completed.
+    pub requests: u64,
+    /// Responses that were not 2xx or 3xx.
+    pub non_2xx: u64,
+    /// Socket errors (connect, read, write, timeout).
+    pub errors: u64,
+    /// Server CPU seconds (user + system) spent during the run.
+    pub cpu_seconds: f64,
+}
+
+impl Sample {
+    /// Server CPU seconds per 100,000 requests.
+    pub fn cpu_per_100k(&self) -> f64 {
+        if self.requests == 0 {
+            return 0.0;
+        }
+        self.cpu_seconds / self.requests as f64 * 100_000.0
+    }
+}
+
+/// Runs wrk against `url` with `Host: host` and parses its report.
+pub fn wrk(url: &str, host: &str, connections: u32, duration: Duration) -> Result<Sample> {
+    let out = Command::new("wrk")
+        .args(["-t1", "--latency", "--timeout", "5s"])
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .args(["-H", &format!("Host: {host}")])
+        .arg(url)
+        .output()
+        .context("running wrk (apt-get install wrk)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    parse_wrk(&text)
+}
+
+/// Parses wrk's `--latency` report.
+pub fn parse_wrk(text: &str) -> Result<Sample> {
+    let mut sample = Sample::default();
+    for line in text.lines().map(str::trim) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        match fields.as_slice() {
+            ["50%", value] => sample.p50 = parse_latency(value)?,
+            ["99%", value] => sample.p99 = parse_latency(value)?,
+            ["Requests/sec:", value] => sample.rps = value.parse()?,
+            [count, "requests", "in", ..] => sample.requests = count.parse()?,
+            ["Non-2xx", "or", "3xx", "responses:", count] => sample.non_2xx = count.parse()?,
+            ["Socket", "errors:", rest @ ..] => {
+                sample.errors = rest
+                    .iter()
+                    .filter_map(|f| f.trim_end_matches(',').parse::<u64>().ok())
+                    .sum();
+            }
+            _ => {}
+        }
+    }
+    if !text.contains("requests in") {
+        bail!("unexpected wrk output:\n{text}");
+    }
+    Ok(sample)
+}
+
+fn parse_latency(value: &str) -> Result<Duration> {
+    let split = value
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(value.len());
+    let (number, unit) = value.split_at(split);
+    let number: f64 = number
+        .parse()
+        .with_context(|| format!("latency `{value}`"))?;
+    let seconds = match unit {
+        "us" => number / 1e6,
+        "ms" => number / 1e3,
+        "s" => number,
+        "m" => number * 60.0,
+        _ => bail!("unknown latency unit in `{value}`"),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// CPU seconds (user + system) used so far by a process and its children that have exited
+/// and been waited for, plus its live children (nginx's worker).
+pub fn cpu_seconds(pids: &[u32]) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/stat")).ok())
+        .filter_map(|stat| {
+            // Fields after the command name (which may contain spaces) start after ')'.
+            let rest = stat.rsplit_once(')')?.1;
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            let utime: f64 = fields.get(11)?.parse().ok()?;
+            let stime: f64 = fields.get(12)?.parse().ok()?;
+            Some((utime + stime) / ticks)
+        })
+        .sum()
+}
+
+/// Peak resident memory (VmHWM) of the processes, in MiB.
+pub fn peak_rss_mib(pids: &[u32]) -> f64 {
+    pids.iter()
+        .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
+        .filter_map(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .sum::<f64>()
+        / 1024.0
+}
+
+/// Direct children of a process (nginx's workers).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The median of some values (the mean of the middle two for an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 0 {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REPORT: &str = "Running 2s test @ http://127.0.0.1:8080/\n  1 threads and 32 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     1.50ms  300.00us   9.00ms   90.00%\n    Req/Sec    21.00k     1.00k   23.00k    70.00%\n  Latency Distribution\n     50%    1.45ms\n     75%    1.60ms\n     90%    1.80ms\n     99%    2.50ms\n  42000 requests in 2.00s, 50.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 7\nRequests/sec:  21000.00\nTransfer/sec:     25.00MB\n";
+
+    #[test]
+    fn parses_a_wrk_report() {
+        let s = parse_wrk(REPORT).unwrap();
+        assert_eq!(s.requests, 42_000);
+        assert_eq!(s.non_2xx, 7);
+        assert_eq!(s.errors, 3);
+        assert!((s.rps - 21_000.0).abs() < 0.1);
+        assert_eq!(s.p50, Duration::from_micros(1450));
+        assert_eq!(s.p99, Duration::from_micros(2500));
+    }
+
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(median(vec![3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(vec![4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}

@@ -1,0 +1,160 @@
+//! Load scenarios, each described once and rendered into equivalent proxy-app and nginx
+//! configs, so both servers do the same work.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// What the server under test does per request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Proxy to the upstream over plain HTTP with keepalive.
+    PassThrough,
+    /// Proxy to the upstream over TLS (verified against the tailnet CA).
+    PassThroughTls,
+}
+
+/// One scenario.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Short name used on the command line and in the report.
+    pub name: &'static str,
+    /// What it measures, for the report.
+    pub about: &'static str,
+    /// Per-request work.
+    pub work: Work,
+    /// Response body size.
+    pub body_size: usize,
+    /// Concurrent client connections.
+    pub connections: u32,
+    /// Number of sites configured (the request targets the last one).
+    pub sites: usize,
+}
+
+impl Scenario {
+    /// The Host header sent by the load generator.
+    pub fn host(&self) -> String {
+        format!("s{}.bench.example", self.sites - 1)
+    }
+
+    /// The request path (the fake peer reads the body size from the query).
+    pub fn path(&self) -> String {
+        format!("/bench?size={}", self.body_size)
+    }
+}
+
+/// Every scenario, in report order.
+pub fn all() -> Vec<Scenario> {
+    let base = Scenario {
+        name: "",
+        about: "",
+        work: Work::PassThrough,
+        body_size: 1024,
+        connections: 32,
+        sites: 1,
+    };
+    vec![
+        Scenario {
+            name: "pass-1k",
+            about: "pass-through, 1 KiB, upstream keepalive, 32 connections",
+            ..base.clone()
+        },
+        Scenario {
+            name: "pass-tls-1k",
+            about: "pass-through over upstream TLS, 1 KiB, 32 connections",
+            work: Work::PassThroughTls,
+            ..base.clone()
+        },
+        Scenario {
+            name: "sites-1000",
+            about: "1000 sites configured, request for the last one, 1 KiB",
+            sites: 1000,
+            ..base.clone()
+        },
+        Scenario {
+            name: "conns-256",
+            about: "pass-through, 1 KiB, 256 connections",
+            connections: 256,
+            ..base.clone()
+        },
+        Scenario {
+            name: "conns-1024",
+            about: "pass-through, 1 KiB, 1024 connections",
+            connections: 1024,
+            ..base
+        },
+    ]
+}
+
+/// Where the upstream lives, for both servers.
+pub struct Upstream<'a> {
+    /// Tailnet name (proxy-app resolves it through the fake MagicDNS).
+    pub fqdn: &'a str,
+    /// Its address (nginx is given the IP, since it cannot use the fake MagicDNS port).
+    pub http: SocketAddr,
+    /// HTTPS address (same IP).
+    pub https: SocketAddr,
+    /// The fake MagicDNS server.
+    pub dns: SocketAddr,
+    /// PEM file of the tailnet CA.
+    pub ca_file: &'a Path,
+}
+
+/// proxy-app's config for a scenario.
+pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) -> String {
+    let (port, tls) = match s.work {
+        Work::PassThrough => (up.http.port(), String::new()),
+        Work::PassThroughTls => (
+            up.https.port(),
+            format!("tls = true\nca_file = \"{}\"\n", up.ca_file.display()),
+        ),
+    };
+    let mut out = format!(
+        "[server]\nlisten = [\"127.0.0.1:{listen}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+         [resolver]\nnameservers = [\"{dns}\"]\n\n\
+         [upstreams.peer]\naddress = \"{fqdn}:{port}\"\n{tls}\n",
+        pool = s.connections.max(128) * 2,
+        dns = up.dns,
+        fqdn = up.fqdn,
+    );
+    for i in 0..s.sites {
+        let _ = write!(out, "[sites.s{i}]\nhosts = [\"s{i}.bench.example\"]\n[[sites.s{i}.locations]]\nmatch = \"/\"\nproxy = \"peer\"\n\n");
+    }
+    out
+}
+
+/// nginx's config for the same scenario: one worker, upstream keepalive at least the client
+/// concurrency, high keepalive_requests on both sides, no access log (proxy-app has none).
+pub fn nginx_config(s: &Scenario, listen: u16, dir: &Path, up: &Upstream<'_>) -> String {
+    let (scheme, addr, tls) = match s.work {
+        Work::PassThrough => ("http", up.http, String::new()),
+        Work::PassThroughTls => (
+            "https",
+            up.https,
+            format!(
+                "proxy_ssl_server_name on; proxy_ssl_name {fqdn}; proxy_ssl_verify on; proxy_ssl_trusted_certificate {ca}; proxy_ssl_session_reuse on;",
+                fqdn = up.fqdn,
+                ca = up.ca_file.display()
+            ),
+        ),
+    };
+    let d = dir.display();
+    let mut servers = String::new();
+    for i in 0..s.sites {
+        let _ = writeln!(
+            servers,
+            "server {{ listen 127.0.0.1:{listen}; server_name s{i}.bench.example; location / {{ proxy_pass {scheme}://peer; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host {fqdn}; {tls} }} }}",
+            fqdn = up.fqdn,
+        );
+    }
+    format!(
+        "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\n\
+         events {{ worker_connections 8192; }}\n\
+         http {{\n access_log off;\n keepalive_requests 1000000;\n server_names_hash_max_size 4096;\n\
+         client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         upstream peer {{ server {addr}; keepalive {keepalive}; keepalive_requests 1000000; }}\n\
+         server {{ listen 127.0.0.1:{listen} default_server; return 444; }}\n{servers}}}\n",
+        keepalive = s.connections.max(128) * 2,
+    )
+}
