@@ -50,7 +50,19 @@ impl LocalAnswer {
 
     /// Writes the answer to the client.
     pub async fn write(&self, session: &mut Session) -> Result<()> {
-        let mut header = ResponseHeader::build(self.status, Some(4))?;
+        self.write_with_headers(session, &[]).await
+    }
+
+    /// Writes the answer to the client with extra headers (e.g. `X-Request-Id`).
+    pub async fn write_with_headers(
+        &self,
+        session: &mut Session,
+        extra: &[(&'static str, &str)],
+    ) -> Result<()> {
+        let mut header = ResponseHeader::build(self.status, Some(4 + extra.len()))?;
+        for (name, value) in extra {
+            header.insert_header(*name, *value)?;
+        }
         header.insert_header(http::header::CONTENT_TYPE, self.content_type.as_ref())?;
         header.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())?;
         if let Some(location) = &self.location {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{default_error_page, LocalAnswer};
+use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
 use crate::runtime::{RuntimeConfig, UnknownHostAnswer};
 use crate::upstream::{apply_forwarded_headers, Upstream};
@@ -36,12 +37,15 @@ pub struct RequestCtx {
     pub body_seen: u64,
     /// When the request started.
     pub started: Instant,
+    /// Request id, upstream timings, cache status and rate-limit outcome for the log line.
+    pub observe: RequestRecord,
 }
 
 /// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
 /// it atomically while in-flight requests finish on the config they started with.
 pub struct EdgeProxy {
     config: Arc<ArcSwap<RuntimeConfig>>,
+    observability: Option<Arc<Observability>>,
 }
 
 impl EdgeProxy {
@@ -49,7 +53,14 @@ impl EdgeProxy {
     pub fn new(config: Arc<RuntimeConfig>) -> Self {
         Self {
             config: Arc::new(ArcSwap::new(config)),
+            observability: None,
         }
+    }
+
+    /// The same proxy recording metrics and access-log lines into `observability`.
+    pub fn with_observability(mut self, observability: Arc<Observability>) -> Self {
+        self.observability = Some(observability);
+        self
     }
 
     /// The handle through which a new config can be swapped in.
@@ -144,6 +155,7 @@ impl ProxyHttp for EdgeProxy {
             body_limit: 0,
             body_seen: 0,
             started: Instant::now(),
+            observe: RequestRecord::new(self.observability.as_deref()),
         }
     }
 
@@ -156,6 +168,7 @@ impl ProxyHttp for EdgeProxy {
             Some(PeerAddr::Inet(addr)) => Some(addr.ip()),
             _ => None,
         };
+        ctx.observe.request_id = crate::observe::request_id_for(session.req_header());
         Ok(())
     }
 
@@ -168,7 +181,9 @@ impl ProxyHttp for EdgeProxy {
             session.set_keepalive(None);
             return Ok(true);
         }
-        answer.write(session).await?;
+        answer
+            .write_with_headers(session, &[(REQUEST_ID_HEADER, &ctx.observe.request_id)])
+            .await?;
         Ok(true)
     }
 
@@ -201,9 +216,14 @@ impl ProxyHttp for EdgeProxy {
                 "no upstream selected for this request",
             );
         };
+        ctx.observe.upstream_started = Some(Instant::now());
         match upstream.peer() {
-            Some(peer) => Ok(Box::new(peer)),
+            Some(peer) => {
+                ctx.observe.upstream_addr = Some(peer._address.to_string());
+                Ok(Box::new(peer))
+            }
             None => {
+                ctx.observe.upstream_error = Some(UpstreamErrorKind::Dns);
                 let e = Error::explain(
                     ErrorType::ConnectNoRoute,
                     format!(
@@ -222,6 +242,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.observe.request_id.as_str())?;
         let Some(upstream) = ctx.upstream.as_ref() else {
             return Ok(());
         };
@@ -247,13 +268,41 @@ impl ProxyHttp for EdgeProxy {
         let status = error_status(e);
         if status > 0 && session.response_written().is_none() {
             let answer = self.error_answer(ctx, status).closing();
-            if let Err(write_error) = answer.write(session).await {
+            let request_id = [(REQUEST_ID_HEADER, ctx.observe.request_id.as_str())];
+            if let Err(write_error) = answer.write_with_headers(session, &request_id).await {
                 tracing::debug!(error = %write_error, "could not write error response");
             }
         }
         FailToProxy {
             error_code: status,
             can_reuse_downstream: false,
+        }
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let record = &mut ctx.observe;
+        record.upstream_status = Some(upstream_response.status.as_u16());
+        record.upstream_response_time = record.upstream_started.map(|t| t.elapsed());
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        response: &mut pingora::http::ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        response.insert_header(REQUEST_ID_HEADER, ctx.observe.request_id.as_str())
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(observability) = &self.observability {
+            observability.finish_request(session, error, ctx);
         }
     }
 }
