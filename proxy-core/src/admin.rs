@@ -70,11 +70,11 @@ impl AdminApp {
         self.actions.insert(name.to_owned(), action);
     }
 
-    /// Whether the request carries the configured token. Constant-time in the token's
-    /// content, so a timing attacker learns nothing beyond its length.
-    fn authorized(&self, session: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+    /// The refusal for a request without the configured token, `None` if it has it.
+    /// Constant-time in the token's content, so timing reveals nothing beyond its length.
+    fn refusal(&self, session: &ServerSession) -> Option<Response<Vec<u8>>> {
         let Some(expected) = &self.token else {
-            return Err(text(StatusCode::FORBIDDEN, "admin actions are disabled\n"));
+            return Some(text(StatusCode::FORBIDDEN, "admin actions are disabled\n"));
         };
         let presented = session
             .req_header()
@@ -83,14 +83,14 @@ impl AdminApp {
             .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
             .unwrap_or_default();
         if bool::from(presented.ct_eq(expected.as_bytes())) {
-            Ok(())
+            None
         } else {
             let mut response = text(StatusCode::UNAUTHORIZED, "missing or wrong token\n");
             response.headers_mut().insert(
                 http::header::WWW_AUTHENTICATE,
                 http::HeaderValue::from_static("Bearer"),
             );
-            Err(response)
+            Some(response)
         }
     }
 
@@ -180,7 +180,7 @@ impl ServeHttp for AdminApp {
             "/readyz" if is_get => self.readyz().await,
             _ => match path.strip_prefix("/admin/") {
                 Some(action) => {
-                    if let Err(refusal) = self.authorized(session) {
+                    if let Some(refusal) = self.refusal(session) {
                         return refusal;
                     }
                     if action == "config" && is_get {
@@ -206,6 +206,9 @@ fn text(status: StatusCode, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("text/plain; charset=utf-8"),
     );
-    headers.insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     response
 }

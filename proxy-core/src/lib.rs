@@ -27,8 +27,8 @@ pub mod runtime;
 pub mod service;
 pub mod upstream;
 
+pub use observe::Observability;
 pub use proxy::{EdgeProxy, RequestCtx};
 pub use runtime::{RuntimeConfig, ServerSettings, UnknownHostAnswer};
 pub use service::{server_conf, EdgeServices};
 pub use upstream::MagicDnsResolver;
-pub use observe::Observability;

@@ -145,22 +145,49 @@ impl Metrics {
 
     fn describe_all(&self) {
         let counters = [
-            (REQUESTS_TOTAL, "Requests answered, by site, method and status."),
-            (RESPONSE_BYTES, "Response body bytes sent to clients, by site."),
-            (UPSTREAM_ERRORS, "Failed upstream requests, by upstream and kind."),
-            (DNS_LOOKUPS, "MagicDNS lookups of upstream names, by result."),
+            (
+                REQUESTS_TOTAL,
+                "Requests answered, by site, method and status.",
+            ),
+            (
+                RESPONSE_BYTES,
+                "Response body bytes sent to clients, by site.",
+            ),
+            (
+                UPSTREAM_ERRORS,
+                "Failed upstream requests, by upstream and kind.",
+            ),
+            (
+                DNS_LOOKUPS,
+                "MagicDNS lookups of upstream names, by result.",
+            ),
             (CACHE_LOOKUPS, "Cache lookups, by site and cache status."),
-            (RATE_LIMIT_DECISIONS, "Rate-limit decisions, by zone and outcome."),
-            (DENY_HITS, "Requests refused by a deny list, by site and list."),
-            (ACCESS_LOG_DROPPED, "Access-log lines dropped because the writer lagged."),
+            (
+                RATE_LIMIT_DECISIONS,
+                "Rate-limit decisions, by zone and outcome.",
+            ),
+            (
+                DENY_HITS,
+                "Requests refused by a deny list, by site and list.",
+            ),
+            (
+                ACCESS_LOG_DROPPED,
+                "Access-log lines dropped because the writer lagged.",
+            ),
         ];
         for (name, help) in counters {
             self.recorder
                 .describe_counter(KeyName::from(name), None, help.into());
         }
         let histograms = [
-            (REQUEST_DURATION, "Time from request start to the last log phase, by site."),
-            (UPSTREAM_DURATION, "Time from choosing an upstream to its response headers."),
+            (
+                REQUEST_DURATION,
+                "Time from request start to the last log phase, by site.",
+            ),
+            (
+                UPSTREAM_DURATION,
+                "Time from choosing an upstream to its response headers.",
+            ),
         ];
         for (name, help) in histograms {
             self.recorder
@@ -168,8 +195,14 @@ impl Metrics {
         }
         let gauges = [
             (REQUESTS_IN_FLIGHT, "Downstream requests being served now."),
-            (DNS_STALE, "Upstream names answered from a stale lookup now."),
-            (BUILD_INFO, "Always 1; the version label says which build runs."),
+            (
+                DNS_STALE,
+                "Upstream names answered from a stale lookup now.",
+            ),
+            (
+                BUILD_INFO,
+                "Always 1; the version label says which build runs.",
+            ),
         ];
         for (name, help) in gauges {
             self.recorder
@@ -315,12 +348,18 @@ mod tests {
             text.contains(r#"edge_requests_total{host="docs",method="GET",status="200"} 2"#),
             "{text}"
         );
-        assert!(text.contains(r#"edge_response_bytes_total{host="docs"} 15"#), "{text}");
+        assert!(
+            text.contains(r#"edge_response_bytes_total{host="docs"} 15"#),
+            "{text}"
+        );
         assert!(text.contains(r#"edge_request_duration_seconds_count{host="docs"} 2"#));
         assert!(text.contains(r#"edge_upstream_errors_total{upstream="docs",kind="timeout"} 1"#));
         assert!(text.contains("# HELP edge_requests_total"));
         assert!(text.contains(r#"edge_build_info{version=""#));
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
             assert!(line.starts_with(PREFIX), "{line}");
         }
     }
@@ -340,7 +379,9 @@ mod tests {
         let a = Metrics::new();
         let b = Metrics::new();
         a.dns_lookup(DnsLookupResult::Success);
-        assert!(a.render().contains(r#"edge_dns_lookups_total{result="success"} 1"#));
+        assert!(a
+            .render()
+            .contains(r#"edge_dns_lookups_total{result="success"} 1"#));
         assert!(!b.render().contains("edge_dns_lookups_total{"));
     }
 }

@@ -5,8 +5,8 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 use std::time::{Duration, Instant};
 
-use super::{method_label, AccessLogEntry, InFlight, Observability, UpstreamErrorKind};
 use super::UNKNOWN_SITE;
+use super::{method_label, AccessLogEntry, InFlight, Observability, UpstreamErrorKind};
 use crate::proxy::RequestCtx;
 
 /// Per-request observability state, carried in [`RequestCtx::observe`].
@@ -145,13 +145,19 @@ impl Observability {
             user_agent: header(http::header::USER_AGENT),
             referer: self.redactor().uri(&header(http::header::REFERER)),
             request_id: record.request_id.clone(),
-            site: ctx.site.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
+            site: ctx
+                .site
+                .as_ref()
+                .map(|s| s.name.clone())
+                .unwrap_or_default(),
             location: ctx
                 .location
                 .as_ref()
                 .map(|l| l.pattern_text.clone())
                 .unwrap_or_default(),
-            error: error.map(|e| e.etype().as_str().to_owned()).unwrap_or_default(),
+            error: error
+                .map(|e| e.etype().as_str().to_owned())
+                .unwrap_or_default(),
         }
     }
 }

@@ -50,7 +50,10 @@ mod tests {
 
     #[test]
     fn keeps_well_formed_ids_and_replaces_others() {
-        assert_eq!(request_id_for(&request(Some("abc-123_x.y:z"))), "abc-123_x.y:z");
+        assert_eq!(
+            request_id_for(&request(Some("abc-123_x.y:z"))),
+            "abc-123_x.y:z"
+        );
         for bad in ["", "has space", "quote\"", &"a".repeat(129)] {
             let id = request_id_for(&request(Some(bad)));
             assert_ne!(id, bad);

@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 
 use super::{AccessLogTarget, Redactor};
 use crate::config::error::Problems;
-use crate::config::KeyPath;
 use crate::config::file::{AccessLogSection, AdminSection};
+use crate::config::KeyPath;
 
 /// Default access-log queue, in lines: a few seconds of a busy proxy.
 pub const DEFAULT_QUEUE_SIZE: usize = 8192;
@@ -64,10 +64,8 @@ pub(crate) fn compile_observe(
 ) -> ObserveSettings {
     let admin_key = KeyPath::root().key("admin");
     let token_env = admin.token_env.clone().filter(|name| {
-        let valid = !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        let valid =
+            !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
         if !valid {
             problems.push(
                 admin_key.key("token_env"),
