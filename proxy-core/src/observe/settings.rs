@@ -101,3 +101,54 @@ pub(crate) fn compile_observe(
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::builder::ConfigBuilder;
+    use crate::config::load_str;
+    use crate::observe::AccessLogTarget;
+    use std::path::Path;
+
+    #[test]
+    fn defaults_stdout_log_and_no_admin_token() {
+        let config = ConfigBuilder::new().build().unwrap();
+        assert_eq!(
+            config.observe.access_log.target,
+            Some(AccessLogTarget::Stdout)
+        );
+        assert_eq!(config.observe.admin.token_env, None);
+        assert_eq!(config.observe.admin.listen.to_string(), "127.0.0.1:9091");
+    }
+
+    #[test]
+    fn builder_and_toml_set_the_same_settings() {
+        let built = ConfigBuilder::new()
+            .base_dir("/etc/edge")
+            .admin_token_env("EDGE_TOKEN")
+            .tailscaled_socket("/run/ts.sock")
+            .access_log_path("logs/access.log")
+            .build()
+            .unwrap();
+        let toml = "[admin]\ntoken_env = \"EDGE_TOKEN\"\ntailscaled_socket = \"/run/ts.sock\"\n\
+                    [access_log]\npath = \"logs/access.log\"\n";
+        let parsed = load_str(toml, None, Path::new("/etc/edge")).unwrap();
+        assert_eq!(built.observe, parsed.observe);
+        assert_eq!(
+            parsed.observe.access_log.target,
+            Some(AccessLogTarget::File("/etc/edge/logs/access.log".into()))
+        );
+        let off = ConfigBuilder::new().access_log_off().build().unwrap();
+        assert_eq!(off.observe.access_log.target, None);
+    }
+
+    #[test]
+    fn bad_values_are_reported_at_their_keys() {
+        let toml = "[admin]\ntoken_env = \"NOT A NAME\"\n[access_log]\nqueue_size = 0\n";
+        let errors = load_str(toml, None, Path::new("."))
+            .unwrap_err()
+            .to_string();
+        assert!(errors.contains("admin.token_env"), "{errors}");
+        assert!(errors.contains("access_log.queue_size"), "{errors}");
+        assert!(load_str("[access_log]\nbogus = 1\n", None, Path::new(".")).is_err());
+    }
+}
