@@ -510,3 +510,32 @@ async fn wait_for_tailnet_holds_the_listener_until_running_and_gives_up_after_th
     let _ = child.wait();
     assert!(serving, "proxy-app did not serve after the tailnet came up");
 }
+
+#[test]
+fn dashboards_use_only_exported_metrics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fly/dashboards");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("fly/dashboards") {
+        let path = entry.expect("dir entry").path();
+        let text = std::fs::read_to_string(&path).expect("read dashboard");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+        assert!(json["panels"].as_array().is_some_and(|p| !p.is_empty()));
+        for word in text.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with(proxy_core::observe::PREFIX) {
+                continue;
+            }
+            let base = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|suffix| word.strip_suffix(suffix))
+                .filter(|b| proxy_core::observe::METRIC_NAMES.contains(b))
+                .unwrap_or(word);
+            assert!(
+                proxy_core::observe::METRIC_NAMES.contains(&base),
+                "{}: unknown metric {word}",
+                path.display()
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked > 10, "dashboards reference too few metrics");
+}

@@ -38,6 +38,23 @@ pub const ACCESS_LOG_DROPPED: &str = "edge_access_log_dropped_total";
 /// `edge_build_info{version}`: always 1.
 pub const BUILD_INFO: &str = "edge_build_info";
 
+/// Every metric name, for tools that check dashboards or alerts against them.
+pub const METRIC_NAMES: &[&str] = &[
+    REQUESTS_TOTAL,
+    REQUEST_DURATION,
+    RESPONSE_BYTES,
+    REQUESTS_IN_FLIGHT,
+    UPSTREAM_DURATION,
+    UPSTREAM_ERRORS,
+    DNS_LOOKUPS,
+    DNS_STALE,
+    CACHE_LOOKUPS,
+    RATE_LIMIT_DECISIONS,
+    DENY_HITS,
+    ACCESS_LOG_DROPPED,
+    BUILD_INFO,
+];
+
 /// Histogram buckets in seconds: from a cache hit to a slow upstream.
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,

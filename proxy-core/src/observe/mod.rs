@@ -16,7 +16,7 @@ mod settings;
 pub mod tailscaled;
 
 pub use access_log::{AccessLog, AccessLogEntry, AccessLogTarget};
-pub use metrics::{DnsLookupResult, InFlight, Metrics, UpstreamErrorKind, PREFIX};
+pub use metrics::{DnsLookupResult, InFlight, Metrics, UpstreamErrorKind, METRIC_NAMES, PREFIX};
 pub use record::{upstream_error_kind, RequestRecord};
 pub use redact::{Redactor, DEFAULT_SECRET_PARAMS, REDACTED};
 pub use request_id::{is_well_formed, new_request_id, request_id_for, REQUEST_ID_HEADER};
