@@ -539,3 +539,65 @@ fn dashboards_use_only_exported_metrics() {
     }
     assert!(checked > 10, "dashboards reference too few metrics");
 }
+
+#[tokio::test]
+async fn upstream_failures_are_counted_by_kind() {
+    let tailnet = tailnet(&["docs"]).await;
+    let (port, admin) = (free_port(), free_port());
+    let refused = free_port();
+    let extra = format!(
+        r#"
+[upstreams.down]
+address = "127.0.0.1:{refused}"
+[upstreams.ghost]
+address = "{ghost}:80"
+[upstreams.slow]
+address = "docs.{domain}:{http}"
+read_timeout = "200ms"
+
+[sites.down]
+hosts = ["down.example.com"]
+[[sites.down.locations]]
+match = "/"
+proxy = "down"
+[sites.ghost]
+hosts = ["ghost.example.com"]
+[[sites.ghost.locations]]
+match = "/"
+proxy = "ghost"
+[sites.slow]
+hosts = ["slow.example.com"]
+[[sites.slow.locations]]
+match = "/"
+proxy = "slow"
+"#,
+        ghost = tailnet.fqdn("ghost"),
+        domain = tailnet.domain(),
+        http = tailnet.http_port(),
+    );
+    let proxy = Proxy::start(port, &config(port, admin, &tailnet, "", &extra));
+    assert_eq!(get(&proxy, "down.example.com", "/").await.status, 502);
+    assert_eq!(get(&proxy, "ghost.example.com", "/").await.status, 502);
+    assert_eq!(
+        get(&proxy, "slow.example.com", "/?delay_ms=2000")
+            .await
+            .status,
+        504
+    );
+    let text = scrape_until(admin, |t| {
+        ["down", "ghost", "slow"].iter().all(|site| {
+            let series = format!(r#"edge_request_duration_seconds_count{{host="{site}"}}"#);
+            sample(t, &series) == Some(1.0)
+        })
+    })
+    .await;
+    for (upstream, kind) in [("down", "connect"), ("ghost", "dns"), ("slow", "timeout")] {
+        let series =
+            format!(r#"edge_upstream_errors_total{{upstream="{upstream}",kind="{kind}"}}"#);
+        assert_eq!(sample(&text, &series), Some(1.0), "{series} in\n{text}");
+    }
+    assert!(
+        sample(&text, r#"edge_dns_lookups_total{result="failure"}"#).unwrap_or(0.0) >= 1.0,
+        "{text}"
+    );
+}
