@@ -13,6 +13,9 @@
 //! Admin actions are off unless a token is configured (`admin.token_env` names an
 //! environment variable holding it): then every `/admin/` path answers 403. A missing or
 //! wrong token gets 401. Tokens are compared in constant time.
+//!
+//! To add an action to the listener [`crate::EdgeServices`] built, reach the app through
+//! Pingora's service: `services.admin.app_logic_mut()` then [`AdminApp::add_action`].
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
