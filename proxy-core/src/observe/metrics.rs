@@ -6,6 +6,8 @@
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
 /// Prefix of every metric name.
@@ -117,6 +119,18 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     in_flight: Gauge,
+    /// Per-site handles, so the per-request path neither allocates label values nor
+    /// rebuilds keys (label sets are bounded, so the map is too).
+    sites: RwLock<HashMap<String, Arc<SiteHandles>>>,
+    /// Upstream response-time histograms by upstream name, for the same reason.
+    upstream_durations: RwLock<HashMap<String, Histogram>>,
+}
+
+/// The request metrics of one site.
+struct SiteHandles {
+    duration: Histogram,
+    bytes: Counter,
+    requests: RwLock<HashMap<(&'static str, u16), Counter>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -150,6 +164,8 @@ impl Metrics {
             recorder,
             handle,
             in_flight,
+            sites: RwLock::new(HashMap::new()),
+            upstream_durations: RwLock::new(HashMap::new()),
         };
         metrics.describe_all();
         metrics
@@ -260,27 +276,89 @@ impl Metrics {
     pub fn request(
         &self,
         site: &str,
-        method: &str,
+        method: &'static str,
         status: u16,
         duration: Duration,
         body_bytes: u64,
     ) {
-        let status = status.to_string();
-        self.counter(
+        let handles = self.site_handles(site);
+        self.requests_counter(&handles, site, method, status)
+            .increment(1);
+        handles.duration.record(duration.as_secs_f64());
+        handles.bytes.increment(body_bytes);
+    }
+
+    fn site_handles(&self, site: &str) -> Arc<SiteHandles> {
+        let cached = self
+            .sites
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(site)
+            .cloned();
+        if let Some(handles) = cached {
+            return handles;
+        }
+        let fresh = Arc::new(SiteHandles {
+            duration: self.histogram(REQUEST_DURATION, &[("host", site)]),
+            bytes: self.counter(RESPONSE_BYTES, &[("host", site)]),
+            requests: RwLock::new(HashMap::new()),
+        });
+        self.sites
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(site.to_owned())
+            .or_insert(fresh)
+            .clone()
+    }
+
+    fn requests_counter(
+        &self,
+        handles: &SiteHandles,
+        site: &str,
+        method: &'static str,
+        status: u16,
+    ) -> Counter {
+        let cached = handles
+            .requests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(method, status))
+            .cloned();
+        if let Some(counter) = cached {
+            return counter;
+        }
+        let status_text = status.to_string();
+        let counter = self.counter(
             REQUESTS_TOTAL,
-            &[("host", site), ("method", method), ("status", &status)],
-        )
-        .increment(1);
-        self.histogram(REQUEST_DURATION, &[("host", site)])
-            .record(duration.as_secs_f64());
-        self.counter(RESPONSE_BYTES, &[("host", site)])
-            .increment(body_bytes);
+            &[("host", site), ("method", method), ("status", &status_text)],
+        );
+        handles
+            .requests
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((method, status))
+            .or_insert(counter)
+            .clone()
     }
 
     /// An upstream's response headers arrived after `elapsed`.
     pub fn upstream_response(&self, upstream: &str, elapsed: Duration) {
-        self.histogram(UPSTREAM_DURATION, &[("upstream", upstream)])
-            .record(elapsed.as_secs_f64());
+        let cached = self
+            .upstream_durations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(upstream)
+            .cloned();
+        let histogram = cached.unwrap_or_else(|| {
+            let fresh = self.histogram(UPSTREAM_DURATION, &[("upstream", upstream)]);
+            self.upstream_durations
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(upstream.to_owned())
+                .or_insert(fresh)
+                .clone()
+        });
+        histogram.record(elapsed.as_secs_f64());
     }
 
     /// A request to `upstream` failed.
