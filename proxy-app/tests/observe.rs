@@ -361,6 +361,14 @@ async fn readyz_follows_dns_resolution_and_the_localapi_state() {
     let proxy = Proxy::start(port, &config(port, admin, &tailnet, &admin_extra, &extra));
 
     assert_eq!(admin_get(admin, "/healthz", None).await.0, 200);
+    let head = raw_request(
+        SocketAddr::from(([127, 0, 0, 1], admin)),
+        "GET /healthz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n",
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("content-length: 3\r\n"),
+        "{head}"
+    );
     let (status, body) = admin_get(admin, "/readyz", None).await;
     assert_eq!(status, 503, "{body}");
     assert!(body.contains(&ghost), "{body}");

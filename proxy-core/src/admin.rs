@@ -202,6 +202,8 @@ impl ServeHttp for AdminApp {
 
 fn text(status: StatusCode, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
     let body = body.into();
+    // Pingora's ServeHttp writes no length; without one the connection cannot be reused.
+    let length = http::HeaderValue::from(body.len());
     let mut response = Response::new(body);
     *response.status_mut() = status;
     let headers = response.headers_mut();
@@ -213,5 +215,6 @@ fn text(status: StatusCode, body: impl Into<Vec<u8>>) -> Response<Vec<u8>> {
         http::header::CACHE_CONTROL,
         http::HeaderValue::from_static("no-store"),
     );
+    headers.insert(http::header::CONTENT_LENGTH, length);
     response
 }
