@@ -285,9 +285,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let record = &mut ctx.observe;
-        record.upstream_status = Some(upstream_response.status.as_u16());
-        record.upstream_response_time = record.upstream_started.map(|t| t.elapsed());
+        ctx.observe.upstream_responded(upstream_response);
         Ok(())
     }
 
@@ -297,7 +295,7 @@ impl ProxyHttp for EdgeProxy {
         response: &mut pingora::http::ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        response.insert_header(REQUEST_ID_HEADER, ctx.observe.request_id.as_str())
+        ctx.observe.tag_response(response)
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {

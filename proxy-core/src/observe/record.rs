@@ -44,6 +44,22 @@ impl RequestRecord {
     }
 }
 
+impl RequestRecord {
+    /// Notes the upstream's status and how long its response headers took.
+    pub fn upstream_responded(&mut self, response: &pingora::http::ResponseHeader) {
+        self.upstream_status = Some(response.status.as_u16());
+        self.upstream_response_time = self.upstream_started.map(|t| t.elapsed());
+    }
+
+    /// Adds the request id to a response going to the client.
+    pub fn tag_response(
+        &self,
+        response: &mut pingora::http::ResponseHeader,
+    ) -> pingora::Result<()> {
+        response.insert_header(super::REQUEST_ID_HEADER, self.request_id.as_str())
+    }
+}
+
 /// The kind of an upstream failure, or `None` if `e` is not one.
 pub fn upstream_error_kind(e: &Error) -> Option<UpstreamErrorKind> {
     if e.esource() != &ErrorSource::Upstream {
