@@ -44,13 +44,13 @@ pub fn run(listen: &str, admin: &str) -> anyhow::Result<RuntimeConfig> {
         &plugins::builtin_registry(),
     )
     .map_err(|e| anyhow::anyhow!("the built-in demo config is invalid:\n{e}"))?;
-    print_instructions(listen, &tailnet);
+    print_instructions(listen, admin, &tailnet);
     // The tailnet runs on its own thread for the life of the process.
     std::mem::forget(tailnet);
     Ok(config)
 }
 
-fn print_instructions(listen: &str, tailnet: &FakeTailnet) {
+fn print_instructions(listen: &str, admin: &str, tailnet: &FakeTailnet) {
     let port = listen.rsplit(':').next().unwrap_or("8080");
     println!(
         "\nproxy-app demo: fake tailnet `{domain}` with MagicDNS at {dns}\n\
@@ -62,7 +62,9 @@ fn print_instructions(listen: &str, tailnet: &FakeTailnet) {
          curl -i http://git.demo.localhost:{port}/u/repo/archive/main.zip   # redirect\n  \
          curl -i http://photos.demo.localhost:{port}/           # peer down: the site's 502 page\n  \
          curl -i http://unknown.demo.localhost:{port}/          # unknown host: 421, never forwarded\n  \
-         curl -i http://127.0.0.1:{port}/healthz                # health check, any Host\n\n\
+         curl -i http://127.0.0.1:{port}/healthz                # health check, any Host\n  \
+         curl -s http://{admin}/metrics                 # Prometheus metrics (admin listener)\n  \
+         curl -i http://{admin}/readyz                  # readiness\n\n\
          (curl resolves *.localhost to 127.0.0.1; with other clients add -H 'Host: docs.demo.localhost'.)\n",
         domain = tailnet.domain(),
         dns = tailnet.dns_addr(),

@@ -3,6 +3,7 @@
 //! line, loads the config, and runs a Pingora server.
 
 mod demo;
+mod tailnet_wait;
 
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
@@ -35,6 +36,12 @@ enum Command {
         /// Path to the TOML config.
         #[arg(long, short)]
         config: PathBuf,
+        /// Before opening the public listener, wait until tailscaled reports `Running`
+        /// (at most TIMEOUT, default 60s; exits with an error after). Uses
+        /// `admin.tailscaled_socket`, else tailscaled's default socket.
+        #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "60s",
+              value_parser = tailnet_wait::parse_timeout)]
+        wait_for_tailnet: Option<std::time::Duration>,
     },
     /// Validate a config and exit: 0 if valid, 1 with every error otherwise.
     Check {
@@ -57,7 +64,15 @@ fn main() -> ExitCode {
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { config } => load(&config).and_then(serve),
+        Command::Run {
+            config,
+            wait_for_tailnet,
+        } => load(&config).and_then(|config| {
+            if let Some(limit) = wait_for_tailnet {
+                tailnet_wait::wait_for_tailnet(&config, limit)?;
+            }
+            serve(config)
+        }),
         Command::Check { config } => check(&config),
         Command::Demo { listen, admin } => demo::run(&listen, &admin).and_then(serve),
     };
@@ -103,10 +118,17 @@ fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
     let listen = config.server.listen.clone();
+    let admin = config.observe.admin.listen;
     let services = EdgeServices::new(&server.configuration, Arc::new(config));
     services.prime_resolver(STARTUP_DNS_WAIT);
+    if let Some(log) = services.observability.access_log() {
+        // SIGUSR1 reopens the access-log file (after logrotate moved it).
+        signal_hook::flag::register(signal_hook::consts::SIGUSR1, log.reopen_flag())?;
+    }
     server.add_service(services.resolver);
+    server.add_service(services.admin);
     server.add_service(services.proxy);
+    tracing::info!(%admin, "admin listener (metrics, health, readiness)");
     tracing::info!(?listen, "proxy-app {} serving", env!("CARGO_PKG_VERSION"));
     server.run_forever()
 }

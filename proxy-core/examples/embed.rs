@@ -49,5 +49,7 @@ fn main() {
     // Keep `services.config` to swap in a new config later (hot reload).
     server.add_service(services.resolver);
     server.add_service(services.proxy);
+    // /metrics, /healthz, /readyz on 127.0.0.1:9091 (the default admin address).
+    server.add_service(services.admin);
     server.run_forever();
 }

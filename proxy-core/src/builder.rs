@@ -83,6 +83,30 @@ impl ConfigBuilder {
         self
     }
 
+    /// Enables admin actions with the bearer token held by environment variable `name`.
+    pub fn admin_token_env(mut self, name: impl Into<String>) -> Self {
+        self.file.admin.token_env = Some(name.into());
+        self
+    }
+
+    /// Makes `/readyz` also require tailscaled (LocalAPI socket at `path`) to be `Running`.
+    pub fn tailscaled_socket(mut self, path: impl Into<String>) -> Self {
+        self.file.admin.tailscaled_socket = Some(path.into());
+        self
+    }
+
+    /// Writes the access log to `path` (`"-"`: stdout, the default).
+    pub fn access_log_path(mut self, path: impl Into<String>) -> Self {
+        self.file.access_log.path = Some(path.into());
+        self
+    }
+
+    /// Turns the access log off.
+    pub fn access_log_off(mut self) -> Self {
+        self.file.access_log.enabled = Some(false);
+        self
+    }
+
     /// Sets the worker thread count.
     pub fn threads(mut self, threads: usize) -> Self {
         self.file.server.threads = Some(threads);

@@ -10,13 +10,17 @@
 //! - [`upstream`]: tailnet upstreams resolved through MagicDNS in the background
 //!   ([`MagicDnsResolver`]), TLS with SNI and verification, forwarding headers.
 //! - [`answer`]: local answers (returns, redirects, health, error pages).
+//! - [`observe`]: Prometheus metrics, the JSON access log, request ids, tailscaled
+//!   readiness; [`admin`]: the admin listener serving them.
 //!
 //! It is not a server: wiring listeners, signals and the CLI is the embedding app's job
 //! (see `proxy-app`, or `examples/embed.rs` for a minimal one).
 
+pub mod admin;
 pub mod answer;
 pub mod builder;
 pub mod config;
+pub mod observe;
 pub mod plugin;
 pub mod proxy;
 pub mod route;
@@ -24,6 +28,7 @@ pub mod runtime;
 pub mod service;
 pub mod upstream;
 
+pub use observe::Observability;
 pub use proxy::{EdgeProxy, RequestCtx};
 pub use runtime::{RuntimeConfig, ServerSettings, UnknownHostAnswer};
 pub use service::{server_conf, EdgeServices};

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{default_error_page, LocalAnswer};
+use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
 use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
 use crate::runtime::{RuntimeConfig, UnknownHostAnswer};
@@ -39,12 +40,15 @@ pub struct RequestCtx {
     pub started: Instant,
     /// The site's and location's plugins, resolved once in the request phase.
     pub plugins: PluginChain,
+    /// Request id, upstream timings, cache status and rate-limit outcome for the log line.
+    pub observe: RequestRecord,
 }
 
 /// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
 /// it atomically while in-flight requests finish on the config they started with.
 pub struct EdgeProxy {
     config: Arc<ArcSwap<RuntimeConfig>>,
+    observability: Option<Arc<Observability>>,
 }
 
 impl EdgeProxy {
@@ -52,7 +56,14 @@ impl EdgeProxy {
     pub fn new(config: Arc<RuntimeConfig>) -> Self {
         Self {
             config: Arc::new(ArcSwap::new(config)),
+            observability: None,
         }
+    }
+
+    /// The same proxy recording metrics and access-log lines into `observability`.
+    pub fn with_observability(mut self, observability: Arc<Observability>) -> Self {
+        self.observability = Some(observability);
+        self
     }
 
     /// The handle through which a new config can be swapped in.
@@ -171,6 +182,7 @@ impl EdgeProxy {
             answer.content_type = LocalAnswer::html(0, "").content_type;
         }
         let mut header = answer.response_header()?;
+        ctx.observe.tag_response(&mut header)?;
         self.run_response_plugins(&mut header, ctx)?;
         answer.write(session, header).await
     }
@@ -191,6 +203,7 @@ impl ProxyHttp for EdgeProxy {
             body_seen: 0,
             started: Instant::now(),
             plugins: PluginChain::default(),
+            observe: RequestRecord::new(self.observability.as_deref()),
         }
     }
 
@@ -203,6 +216,7 @@ impl ProxyHttp for EdgeProxy {
             Some(PeerAddr::Inet(addr)) => Some(addr.ip()),
             _ => None,
         };
+        ctx.observe.request_id = crate::observe::request_id_for(session.req_header());
         Ok(())
     }
 
@@ -266,9 +280,14 @@ impl ProxyHttp for EdgeProxy {
                 "no upstream selected for this request",
             );
         };
+        ctx.observe.upstream_started = Some(Instant::now());
         match upstream.peer() {
-            Some(peer) => Ok(Box::new(peer)),
+            Some(peer) => {
+                ctx.observe.upstream_addr = Some(peer._address.to_string());
+                Ok(Box::new(peer))
+            }
             None => {
+                ctx.observe.upstream_error = Some(UpstreamErrorKind::Dns);
                 let e = Error::explain(
                     ErrorType::ConnectNoRoute,
                     format!(
@@ -287,6 +306,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.observe.request_id.as_str())?;
         let Some(upstream) = ctx.upstream.as_ref() else {
             return Ok(());
         };
@@ -318,6 +338,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.observe.upstream_responded(upstream_response);
         let Some(plugin_ctx) = plugin_ctx(ctx) else {
             return Ok(());
         };
@@ -332,10 +353,14 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        ctx.observe.tag_response(upstream_response)?;
         self.run_response_plugins(upstream_response, ctx)
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(observability) = &self.observability {
+            observability.finish_request(session, error, ctx);
+        }
         let Some(plugin_ctx) = plugin_ctx(ctx) else {
             return;
         };

@@ -50,4 +50,6 @@ pub struct RuntimeConfig {
     pub health_path: Option<String>,
     /// Answer for unknown hosts.
     pub unknown_host: UnknownHostAnswer,
+    /// Admin listener and access log.
+    pub observe: crate::observe::ObserveSettings,
 }

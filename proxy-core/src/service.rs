@@ -1,6 +1,6 @@
 //! Pingora services for an [`EdgeProxy`]: the public proxy service and the MagicDNS
-//! resolver's background service, built from a [`RuntimeConfig`]. An embedder adds both to
-//! its own `pingora::server::Server`.
+//! resolver's background service, built from a [`RuntimeConfig`], plus the admin listener
+//! ([`AdminApp`]). An embedder adds them to its own `pingora::server::Server`.
 
 use arc_swap::ArcSwap;
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
@@ -10,6 +10,8 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::admin::AdminApp;
+use crate::observe::{LocalApiClient, Observability};
 use crate::proxy::EdgeProxy;
 use crate::runtime::{RuntimeConfig, ServerSettings};
 use crate::upstream::MagicDnsResolver;
@@ -24,6 +26,10 @@ pub struct EdgeServices {
     pub config: Arc<ArcSwap<RuntimeConfig>>,
     /// The resolver, for readiness checks and reloads.
     pub resolver_handle: Arc<MagicDnsResolver>,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, admin actions).
+    pub admin: Service<AdminApp>,
+    /// Metrics and access log shared by the proxy, the resolver and the admin listener.
+    pub observability: Arc<Observability>,
 }
 
 impl EdgeServices {
@@ -39,22 +45,54 @@ impl EdgeServices {
         }
     }
 
-    /// Builds the services for `config`, using the server's configuration.
+    /// Builds the services for `config`, using the server's configuration. If the access
+    /// log cannot be opened it is turned off with an error logged; use
+    /// [`EdgeServices::with_observability`] to handle that yourself.
     pub fn new(server_conf: &Arc<ServerConf>, config: Arc<RuntimeConfig>) -> Self {
+        let observability = Observability::new(&config.observe.access_log).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot open the access log; it is off");
+            Observability::metrics_only()
+        });
+        Self::with_observability(server_conf, config, Arc::new(observability))
+    }
+
+    /// Builds the services for `config`, recording into `observability`.
+    pub fn with_observability(
+        server_conf: &Arc<ServerConf>,
+        config: Arc<RuntimeConfig>,
+        observability: Arc<Observability>,
+    ) -> Self {
         let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));
+        resolver.set_metrics(observability.metrics().clone());
         resolver.adopt(&config);
         let listen = config.server.listen.clone();
-        let proxy = EdgeProxy::new(config);
+        let admin_settings = config.observe.admin.clone();
+        let proxy = EdgeProxy::new(config).with_observability(observability.clone());
         let handle = proxy.config_handle();
         let mut service = http_proxy_service_with_name(server_conf, proxy, "edge proxy");
         for addr in listen {
             service.add_tcp(&addr.to_string());
         }
+        let token = admin_settings
+            .token_env
+            .as_deref()
+            .and_then(|name| std::env::var(name).ok());
+        let admin_app = AdminApp::new(
+            observability.metrics().clone(),
+            resolver.clone(),
+            handle.clone(),
+            admin_settings.tailscaled_socket.map(LocalApiClient::new),
+            token,
+        );
+        let mut admin = Service::new("admin".into(), admin_app);
+        admin.add_tcp(&admin_settings.listen.to_string());
         Self {
             proxy: service,
             resolver: GenBackgroundService::new("magicdns resolver".into(), resolver.clone()),
             config: handle,
             resolver_handle: resolver,
+            admin,
+            observability,
         }
     }
 }

@@ -7,6 +7,8 @@
 //! machines serving on :80 and :443. Peers report what they received, can be told how to
 //! answer (per peer or per request via query parameters), echo requests at `/__echo`, echo
 //! WebSocket messages at `/__ws`, and can be stopped to simulate a machine going down.
+//! [`FakeLocalApi`] is a fake tailscaled LocalAPI on a unix socket whose `BackendState` tests
+//! can change.
 //!
 //! It is **not** a Tailscale implementation: there is no WireGuard, no coordination server,
 //! no IPv6, no HTTP/2, and the TLS material is for tests only. Never expose it beyond loopback.
@@ -25,6 +27,7 @@ mod config;
 mod dns;
 mod error;
 mod http;
+mod localapi;
 mod peer;
 mod tls;
 
@@ -40,6 +43,7 @@ pub use config::{
     PeerSpec, ResponseSpec, TailnetConfig, DEFAULT_DNS_IP, DEFAULT_DOMAIN, DEFAULT_TTL,
 };
 pub use error::FakeTailnetError;
+pub use localapi::FakeLocalApi;
 pub use peer::{FakePeer, SeenRequest};
 pub use tls::{
     ca_cert_pem_path, ca_pem_file, generate_ca_pem, tls_testdata_dir, write_ca_pem,

@@ -49,6 +49,13 @@ pub(crate) fn compile(
     let router = compiler.sites(&file.sites, &upstreams, &root.key("sites"));
     let health_path = compiler.health_path(&file.server, &root.key("server"));
     let unknown_host = compiler.unknown_host(&file.server, &root.key("server"));
+    let observe = crate::observe::compile_observe(
+        &file.admin,
+        server.admin_listen,
+        &file.access_log,
+        base_dir,
+        &mut problems,
+    );
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -59,6 +66,7 @@ pub(crate) fn compile(
         upstreams,
         health_path,
         unknown_host,
+        observe,
     })
 }
 

@@ -27,6 +27,9 @@ pub struct ConfigFile {
     /// Named sites, each answering for one or more hosts.
     #[serde(default)]
     pub sites: BTreeMap<String, SiteSection>,
+    /// The JSON access log.
+    #[serde(default)]
+    pub access_log: AccessLogSection,
 }
 
 /// `[server]`: process-wide settings of the public listener.
@@ -67,6 +70,27 @@ pub enum StatusOrWord {
 pub struct AdminSection {
     /// Admin listen address. Default "127.0.0.1:9091".
     pub listen: Option<String>,
+    /// Name of the environment variable holding the bearer token for admin actions
+    /// (config summary, cache purge). Unset (or the variable empty): admin actions are off.
+    pub token_env: Option<String>,
+    /// tailscaled's LocalAPI socket (e.g. "/var/run/tailscale/tailscaled.sock"); when set,
+    /// `/readyz` also requires tailscaled to report `Running`.
+    pub tailscaled_socket: Option<String>,
+}
+
+/// `[access_log]`: one JSON line per request.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogSection {
+    /// Write the access log. Default true.
+    pub enabled: Option<bool>,
+    /// A file (relative to the config file), reopened on SIGUSR1; `"-"` or unset: stdout.
+    pub path: Option<String>,
+    /// Query parameters whose names contain any of these (case-insensitive) are logged as
+    /// `REDACTED`. Default `["token", "key", "password", "secret"]`.
+    pub redact_query_params: Option<Vec<String>>,
+    /// Lines queued for the writer before new ones are dropped (and counted). Default 8192.
+    pub queue_size: Option<usize>,
 }
 
 /// `[resolver]`: how upstream names are resolved.

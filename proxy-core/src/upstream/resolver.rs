@@ -14,11 +14,12 @@ use pingora::services::background::BackgroundService;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::observe::{DnsLookupResult, Metrics};
 use crate::runtime::RuntimeConfig;
 
 /// The current addresses of one name. Shared between the resolver and every upstream that
@@ -100,15 +101,35 @@ pub struct MagicDnsResolver {
     settings: ResolverSettings,
     slots: Mutex<HashMap<String, Arc<AddrSlot>>>,
     names_changed: Notify,
+    metrics: OnceLock<Arc<Metrics>>,
 }
 
 impl MagicDnsResolver {
+    /// Records lookups and stale answers in `metrics` from now on (set once).
+    pub fn set_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
+    fn record_lookup(&self, result: DnsLookupResult) {
+        if let Some(metrics) = self.metrics.get() {
+            metrics.dns_lookup(result);
+        }
+    }
+
+    fn record_stale_count(&self) {
+        if let Some(metrics) = self.metrics.get() {
+            let stale = self.tracked().iter().filter(|(_, s)| s.is_stale()).count();
+            metrics.dns_stale_answers(stale);
+        }
+    }
+
     /// A resolver with no names yet.
     pub fn new(settings: ResolverSettings) -> Self {
         Self {
             settings,
             slots: Mutex::new(HashMap::new()),
             names_changed: Notify::new(),
+            metrics: OnceLock::new(),
         }
     }
 
@@ -192,8 +213,10 @@ impl MagicDnsResolver {
             Ok(answer) => {
                 let addrs: Vec<IpAddr> = answer.iter().collect();
                 if addrs.is_empty() {
+                    self.record_lookup(DnsLookupResult::Empty);
                     return self.keep_stale(name, slot, "empty answer");
                 }
+                self.record_lookup(DnsLookupResult::Success);
                 let ttl = answer
                     .valid_until()
                     .saturating_duration_since(std::time::Instant::now());
@@ -202,7 +225,10 @@ impl MagicDnsResolver {
                 slot.store(addrs);
                 next
             }
-            Err(e) => self.keep_stale(name, slot, &e.to_string()),
+            Err(e) => {
+                self.record_lookup(DnsLookupResult::Failure);
+                self.keep_stale(name, slot, &e.to_string())
+            }
         }
     }
 
@@ -273,6 +299,7 @@ impl MagicDnsResolver {
             for (name, next) in futures::future::join_all(lookups).await {
                 due.insert(name.clone(), Instant::now() + next);
             }
+            self.record_stale_count();
             let wake = due
                 .values()
                 .min()

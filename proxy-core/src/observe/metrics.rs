@@ -1,0 +1,482 @@
+//! [`Metrics`]: every metric the proxy exports, behind typed methods so label values stay
+//! bounded (site names, upstream names, fixed words) and names stay in one place.
+//!
+//! The recorder is owned, not installed globally: embedders may run their own `metrics`
+//! recorder, and two proxies in one process (tests) must not share counters.
+
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+/// Prefix of every metric name.
+pub const PREFIX: &str = "edge_";
+
+/// `edge_requests_total{host,method,status}`.
+pub const REQUESTS_TOTAL: &str = "edge_requests_total";
+/// `edge_request_duration_seconds{host}` histogram.
+pub const REQUEST_DURATION: &str = "edge_request_duration_seconds";
+/// `edge_response_bytes_total{host}`: body bytes sent to clients.
+pub const RESPONSE_BYTES: &str = "edge_response_bytes_total";
+/// `edge_requests_in_flight`: requests being served now.
+pub const REQUESTS_IN_FLIGHT: &str = "edge_requests_in_flight";
+/// `edge_upstream_response_duration_seconds{upstream}` histogram: time to response headers.
+pub const UPSTREAM_DURATION: &str = "edge_upstream_response_duration_seconds";
+/// `edge_upstream_errors_total{upstream,kind}`.
+pub const UPSTREAM_ERRORS: &str = "edge_upstream_errors_total";
+/// `edge_dns_lookups_total{result}`.
+pub const DNS_LOOKUPS: &str = "edge_dns_lookups_total";
+/// `edge_dns_stale_answers`: names currently answered from a stale (last good) lookup.
+pub const DNS_STALE: &str = "edge_dns_stale_answers";
+/// `edge_cache_lookups_total{host,cache_status}`.
+pub const CACHE_LOOKUPS: &str = "edge_cache_lookups_total";
+/// `edge_rate_limit_decisions_total{zone,outcome}`.
+pub const RATE_LIMIT_DECISIONS: &str = "edge_rate_limit_decisions_total";
+/// `edge_deny_hits_total{host,list}`.
+pub const DENY_HITS: &str = "edge_deny_hits_total";
+/// `edge_access_log_dropped_total`: access-log lines dropped because the writer lagged.
+pub const ACCESS_LOG_DROPPED: &str = "edge_access_log_dropped_total";
+/// `edge_build_info{version}`: always 1.
+pub const BUILD_INFO: &str = "edge_build_info";
+
+/// Every metric name, for tools that check dashboards or alerts against them.
+pub const METRIC_NAMES: &[&str] = &[
+    REQUESTS_TOTAL,
+    REQUEST_DURATION,
+    RESPONSE_BYTES,
+    REQUESTS_IN_FLIGHT,
+    UPSTREAM_DURATION,
+    UPSTREAM_ERRORS,
+    DNS_LOOKUPS,
+    DNS_STALE,
+    CACHE_LOOKUPS,
+    RATE_LIMIT_DECISIONS,
+    DENY_HITS,
+    ACCESS_LOG_DROPPED,
+    BUILD_INFO,
+];
+
+/// Histogram buckets in seconds: from a cache hit to a slow upstream.
+const BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+/// The outcome of one MagicDNS lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DnsLookupResult {
+    /// Addresses came back.
+    Success,
+    /// The name exists but had no addresses.
+    Empty,
+    /// The lookup failed (timeout, NXDOMAIN, server error).
+    Failure,
+}
+
+impl DnsLookupResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::Empty => "empty",
+            Self::Failure => "failure",
+        }
+    }
+}
+
+/// Why a request to an upstream failed (the `kind` label of `edge_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamErrorKind {
+    /// TCP connect refused or unreachable.
+    Connect,
+    /// Connect, TLS handshake, read or write timed out.
+    Timeout,
+    /// TLS handshake or certificate failure.
+    Tls,
+    /// The upstream name has not resolved.
+    Dns,
+    /// The upstream answered with a 5xx status.
+    Status5xx,
+    /// Anything else (connection reset mid-response, protocol errors).
+    Other,
+}
+
+impl UpstreamErrorKind {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Tls => "tls",
+            Self::Dns => "dns",
+            Self::Status5xx => "5xx",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// The proxy's metrics and their Prometheus rendering.
+pub struct Metrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    in_flight: Gauge,
+    /// Per-site handles, so the per-request path neither allocates label values nor
+    /// rebuilds keys (label sets are bounded, so the map is too).
+    sites: RwLock<HashMap<String, Arc<SiteHandles>>>,
+    /// Upstream response-time histograms by upstream name, for the same reason.
+    upstream_durations: RwLock<HashMap<String, Histogram>>,
+}
+
+/// The request metrics of one site.
+struct SiteHandles {
+    duration: Histogram,
+    bytes: Counter,
+    requests: RwLock<HashMap<(&'static str, u16), Counter>>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+static METADATA: Metadata<'static> =
+    Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
+
+impl Metrics {
+    /// A fresh set of metrics, with build info set.
+    pub fn new() -> Self {
+        let builder = PrometheusBuilder::new();
+        // set_buckets only fails on an empty slice.
+        let builder = match builder.set_buckets(BUCKETS) {
+            Ok(b) => b,
+            Err(_) => PrometheusBuilder::new(),
+        };
+        let recorder = builder.build_recorder();
+        let handle = recorder.handle();
+        let in_flight = recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA);
+        let metrics = Self {
+            recorder,
+            handle,
+            in_flight,
+            sites: RwLock::new(HashMap::new()),
+            upstream_durations: RwLock::new(HashMap::new()),
+        };
+        metrics.describe_all();
+        metrics
+            .gauge(BUILD_INFO, &[("version", env!("CARGO_PKG_VERSION"))])
+            .set(1.0);
+        metrics.gauge(DNS_STALE, &[]).set(0.0);
+        metrics.counter(ACCESS_LOG_DROPPED, &[]).absolute(0);
+        metrics
+    }
+
+    fn describe_all(&self) {
+        let counters = [
+            (
+                REQUESTS_TOTAL,
+                "Requests answered, by site, method and status.",
+            ),
+            (
+                RESPONSE_BYTES,
+                "Response body bytes sent to clients, by site.",
+            ),
+            (
+                UPSTREAM_ERRORS,
+                "Failed upstream requests, by upstream and kind.",
+            ),
+            (
+                DNS_LOOKUPS,
+                "MagicDNS lookups of upstream names, by result.",
+            ),
+            (CACHE_LOOKUPS, "Cache lookups, by site and cache status."),
+            (
+                RATE_LIMIT_DECISIONS,
+                "Rate-limit decisions, by zone and outcome.",
+            ),
+            (
+                DENY_HITS,
+                "Requests refused by a deny list, by site and list.",
+            ),
+            (
+                ACCESS_LOG_DROPPED,
+                "Access-log lines dropped because the writer lagged.",
+            ),
+        ];
+        for (name, help) in counters {
+            self.recorder
+                .describe_counter(KeyName::from(name), None, help.into());
+        }
+        let histograms = [
+            (
+                REQUEST_DURATION,
+                "Time from request start to the last log phase, by site.",
+            ),
+            (
+                UPSTREAM_DURATION,
+                "Time from choosing an upstream to its response headers.",
+            ),
+        ];
+        for (name, help) in histograms {
+            self.recorder
+                .describe_histogram(KeyName::from(name), Some(Unit::Seconds), help.into());
+        }
+        let gauges = [
+            (REQUESTS_IN_FLIGHT, "Downstream requests being served now."),
+            (
+                DNS_STALE,
+                "Upstream names answered from a stale lookup now.",
+            ),
+            (
+                BUILD_INFO,
+                "Always 1; the version label says which build runs.",
+            ),
+        ];
+        for (name, help) in gauges {
+            self.recorder
+                .describe_gauge(KeyName::from(name), None, help.into());
+        }
+    }
+
+    fn key(name: &'static str, labels: &[(&'static str, &str)]) -> Key {
+        let labels: Vec<Label> = labels
+            .iter()
+            .map(|(k, v)| Label::new(*k, (*v).to_owned()))
+            .collect();
+        Key::from_parts(name, labels)
+    }
+
+    fn counter(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Counter {
+        self.recorder
+            .register_counter(&Self::key(name, labels), &METADATA)
+    }
+
+    fn gauge(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Gauge {
+        self.recorder
+            .register_gauge(&Self::key(name, labels), &METADATA)
+    }
+
+    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
+        self.recorder
+            .register_histogram(&Self::key(name, labels), &METADATA)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// One answered request. `site` is a configured site name or `unknown`; `method` comes
+    /// from [`super::method_label`].
+    pub fn request(
+        &self,
+        site: &str,
+        method: &'static str,
+        status: u16,
+        duration: Duration,
+        body_bytes: u64,
+    ) {
+        let handles = self.site_handles(site);
+        self.requests_counter(&handles, site, method, status)
+            .increment(1);
+        handles.duration.record(duration.as_secs_f64());
+        handles.bytes.increment(body_bytes);
+    }
+
+    fn site_handles(&self, site: &str) -> Arc<SiteHandles> {
+        let cached = self
+            .sites
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(site)
+            .cloned();
+        if let Some(handles) = cached {
+            return handles;
+        }
+        let fresh = Arc::new(SiteHandles {
+            duration: self.histogram(REQUEST_DURATION, &[("host", site)]),
+            bytes: self.counter(RESPONSE_BYTES, &[("host", site)]),
+            requests: RwLock::new(HashMap::new()),
+        });
+        self.sites
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(site.to_owned())
+            .or_insert(fresh)
+            .clone()
+    }
+
+    fn requests_counter(
+        &self,
+        handles: &SiteHandles,
+        site: &str,
+        method: &'static str,
+        status: u16,
+    ) -> Counter {
+        let cached = handles
+            .requests
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(method, status))
+            .cloned();
+        if let Some(counter) = cached {
+            return counter;
+        }
+        let status_text = status.to_string();
+        let counter = self.counter(
+            REQUESTS_TOTAL,
+            &[("host", site), ("method", method), ("status", &status_text)],
+        );
+        handles
+            .requests
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry((method, status))
+            .or_insert(counter)
+            .clone()
+    }
+
+    /// An upstream's response headers arrived after `elapsed`.
+    pub fn upstream_response(&self, upstream: &str, elapsed: Duration) {
+        let cached = self
+            .upstream_durations
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(upstream)
+            .cloned();
+        let histogram = cached.unwrap_or_else(|| {
+            let fresh = self.histogram(UPSTREAM_DURATION, &[("upstream", upstream)]);
+            self.upstream_durations
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(upstream.to_owned())
+                .or_insert(fresh)
+                .clone()
+        });
+        histogram.record(elapsed.as_secs_f64());
+    }
+
+    /// A request to `upstream` failed.
+    pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {
+        self.counter(
+            UPSTREAM_ERRORS,
+            &[("upstream", upstream), ("kind", kind.label())],
+        )
+        .increment(1);
+    }
+
+    /// One MagicDNS lookup finished.
+    pub fn dns_lookup(&self, result: DnsLookupResult) {
+        self.counter(DNS_LOOKUPS, &[("result", result.label())])
+            .increment(1);
+    }
+
+    /// How many names are answered from a stale lookup now.
+    pub fn dns_stale_answers(&self, names: usize) {
+        self.gauge(DNS_STALE, &[]).set(names as f64);
+    }
+
+    /// A cache lookup for a request of `site` ended with `cache_status` (nginx's words:
+    /// HIT, MISS, EXPIRED, STALE, UPDATING, REVALIDATED, BYPASS; anything else counts as
+    /// `other`).
+    pub fn cache_lookup(&self, site: &str, cache_status: &str) {
+        let status = super::cache_status_label(cache_status);
+        self.counter(CACHE_LOOKUPS, &[("host", site), ("cache_status", status)])
+            .increment(1);
+    }
+
+    /// A rate-limit decision in `zone` (a configured zone name) with `outcome` (a fixed
+    /// word such as `allowed`, `delayed`, `rejected`).
+    pub fn rate_limit_decision(&self, zone: &str, outcome: &'static str) {
+        self.counter(
+            RATE_LIMIT_DECISIONS,
+            &[("zone", zone), ("outcome", outcome)],
+        )
+        .increment(1);
+    }
+
+    /// A request of `site` refused by the deny list `list` (a configured name).
+    pub fn deny_hit(&self, site: &str, list: &str) {
+        self.counter(DENY_HITS, &[("host", site), ("list", list)])
+            .increment(1);
+    }
+
+    /// An access-log line was dropped.
+    pub fn access_log_dropped(&self) {
+        self.counter(ACCESS_LOG_DROPPED, &[]).increment(1);
+    }
+
+    /// Counts a request as in flight until the guard drops.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.increment(1.0);
+        InFlight(self.in_flight.clone())
+    }
+}
+
+/// Decrements `edge_requests_in_flight` when dropped.
+#[derive(Debug)]
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_prefixed_names_help_and_exact_counts() {
+        let m = Metrics::new();
+        m.request("docs", "GET", 200, Duration::from_millis(3), 10);
+        m.request("docs", "GET", 200, Duration::from_millis(3), 5);
+        m.upstream_error("docs", UpstreamErrorKind::Timeout);
+        let text = m.render();
+        assert!(
+            text.contains(r#"edge_requests_total{host="docs",method="GET",status="200"} 2"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"edge_response_bytes_total{host="docs"} 15"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"edge_request_duration_seconds_count{host="docs"} 2"#));
+        assert!(text.contains(r#"edge_upstream_errors_total{upstream="docs",kind="timeout"} 1"#));
+        assert!(text.contains("# HELP edge_requests_total"));
+        assert!(text.contains(r#"edge_build_info{version=""#));
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            assert!(line.starts_with(PREFIX), "{line}");
+        }
+    }
+
+    #[test]
+    fn in_flight_guard_counts_up_and_down() {
+        let m = Metrics::new();
+        let a = m.in_flight();
+        let _b = m.in_flight();
+        assert!(m.render().contains("edge_requests_in_flight 2"));
+        drop(a);
+        assert!(m.render().contains("edge_requests_in_flight 1"));
+    }
+
+    #[test]
+    fn two_instances_do_not_share_counters() {
+        let a = Metrics::new();
+        let b = Metrics::new();
+        a.dns_lookup(DnsLookupResult::Success);
+        assert!(a
+            .render()
+            .contains(r#"edge_dns_lookups_total{result="success"} 1"#));
+        assert!(!b.render().contains("edge_dns_lookups_total{"));
+    }
+}

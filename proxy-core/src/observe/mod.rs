@@ -1,0 +1,118 @@
+//! Observability: Prometheus metrics ([`Metrics`]), the JSON access log ([`AccessLog`]),
+//! request ids, secret redaction, and tailscaled readiness ([`LocalApiClient`]).
+//!
+//! [`Observability`] owns all of it; [`crate::EdgeProxy`] calls
+//! [`Observability::finish_request`] from its `logging` phase, once per request. Other
+//! modules record their own facts through [`Metrics`] (cache lookups, rate-limit decisions,
+//! deny-list hits) and through the request's [`RequestRecord`] (cache status, rate-limit
+//! outcome), which the log line and metrics pick up at the end.
+
+mod access_log;
+mod metrics;
+mod record;
+mod redact;
+mod request_id;
+mod settings;
+pub mod tailscaled;
+
+pub use access_log::{AccessLog, AccessLogEntry, AccessLogTarget};
+pub use metrics::{DnsLookupResult, InFlight, Metrics, UpstreamErrorKind, METRIC_NAMES, PREFIX};
+pub use record::{upstream_error_kind, RequestRecord};
+pub use redact::{Redactor, DEFAULT_SECRET_PARAMS, REDACTED};
+pub use request_id::{is_well_formed, new_request_id, request_id_for, REQUEST_ID_HEADER};
+pub use settings::{AccessLogSettings, AdminSettings, ObserveSettings};
+pub use tailscaled::{LocalApiClient, LocalApiError};
+
+pub(crate) use settings::compile_observe;
+
+use std::sync::Arc;
+
+/// The site label of requests that matched no site: keeps the label's values bounded by the
+/// config whatever Host headers clients send.
+pub const UNKNOWN_SITE: &str = "unknown";
+
+/// The method label: standard methods as themselves, anything else `other`.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::HEAD => "HEAD",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// The cache_status label: nginx's words as themselves, anything else `other`.
+pub fn cache_status_label(status: &str) -> &'static str {
+    const KNOWN: [&str; 7] = [
+        "HIT",
+        "MISS",
+        "EXPIRED",
+        "STALE",
+        "UPDATING",
+        "REVALIDATED",
+        "BYPASS",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| k.eq_ignore_ascii_case(status))
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Metrics, access log and redaction for one proxy.
+#[derive(Debug)]
+pub struct Observability {
+    metrics: Arc<Metrics>,
+    access_log: Option<AccessLog>,
+    redactor: Redactor,
+}
+
+impl Observability {
+    /// Fresh metrics and, when enabled, an access log writer per `settings`.
+    pub fn new(settings: &AccessLogSettings) -> std::io::Result<Self> {
+        let metrics = Arc::new(Metrics::new());
+        let access_log = match &settings.target {
+            Some(target) => Some(AccessLog::start(
+                target.clone(),
+                settings.queue_size,
+                metrics.clone(),
+            )?),
+            None => None,
+        };
+        Ok(Self {
+            metrics,
+            access_log,
+            redactor: settings.redactor.clone(),
+        })
+    }
+
+    /// Metrics only, no access log.
+    pub fn metrics_only() -> Self {
+        Self {
+            metrics: Arc::new(Metrics::new()),
+            access_log: None,
+            redactor: Redactor::default(),
+        }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The access log, when enabled.
+    pub fn access_log(&self) -> Option<&AccessLog> {
+        self.access_log.as_ref()
+    }
+
+    /// The redactor applied to logged URIs.
+    pub fn redactor(&self) -> &Redactor {
+        &self.redactor
+    }
+}

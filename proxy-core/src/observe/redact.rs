@@ -1,0 +1,137 @@
+//! Redaction of secrets before anything reaches a log: query parameters named like secrets,
+//! URL credentials, and the values of `Authorization`/`Cookie`-like headers.
+
+/// What replaces a secret.
+pub const REDACTED: &str = "REDACTED";
+
+/// Query parameter name fragments redacted by default.
+pub const DEFAULT_SECRET_PARAMS: &[&str] = &["token", "key", "password", "secret"];
+
+/// Headers whose values are never logged.
+const SECRET_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+];
+
+/// Redacts secrets in URIs and header values for the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redactor {
+    /// Lower-case fragments: a query parameter whose name contains one is redacted.
+    params: Vec<String>,
+}
+
+impl Default for Redactor {
+    fn default() -> Self {
+        Self::new(DEFAULT_SECRET_PARAMS.iter().map(|s| s.to_string()))
+    }
+}
+
+impl Redactor {
+    /// A redactor for parameter names containing any of `fragments` (case-insensitive).
+    pub fn new(fragments: impl IntoIterator<Item = String>) -> Self {
+        Self {
+            params: fragments
+                .into_iter()
+                .map(|f| f.to_ascii_lowercase())
+                .filter(|f| !f.is_empty())
+                .collect(),
+        }
+    }
+
+    fn is_secret_param(&self, name: &str) -> bool {
+        let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        let lower = decoded.to_ascii_lowercase();
+        self.params.iter().any(|p| lower.contains(p.as_str()))
+    }
+
+    /// `uri` with the values of secret query parameters and any `user:password@` replaced.
+    pub fn uri(&self, uri: &str) -> String {
+        let uri = strip_userinfo(uri);
+        let Some((path, query)) = uri.split_once('?') else {
+            return uri;
+        };
+        let (query, fragment) = match query.split_once('#') {
+            Some((q, f)) => (q, Some(f)),
+            None => (query, None),
+        };
+        let mut out = String::with_capacity(uri.len());
+        out.push_str(path);
+        out.push('?');
+        for (i, pair) in query.split('&').enumerate() {
+            if i > 0 {
+                out.push('&');
+            }
+            match pair.split_once('=') {
+                Some((name, _)) if self.is_secret_param(name) => {
+                    out.push_str(name);
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                _ => out.push_str(pair),
+            }
+        }
+        if let Some(fragment) = fragment {
+            out.push('#');
+            out.push_str(fragment);
+        }
+        out
+    }
+
+    /// A header value as it may be logged: secret headers' values are replaced.
+    pub fn header<'a>(&self, name: &str, value: &'a str) -> &'a str {
+        if SECRET_HEADERS.iter().any(|h| name.eq_ignore_ascii_case(h)) {
+            REDACTED
+        } else {
+            value
+        }
+    }
+}
+
+/// Removes `user:password@` from an absolute URI.
+fn strip_userinfo(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_owned();
+    };
+    let rest = &uri[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}{REDACTED}@{}", &uri[..scheme_end + 3], &rest[at + 1..]),
+        None => uri.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_query_values_are_replaced_others_kept() {
+        let r = Redactor::default();
+        assert_eq!(
+            r.uri("/a?access_token=abc&page=2&API_KEY=k&password=p&x#frag"),
+            "/a?access_token=REDACTED&page=2&API_KEY=REDACTED&password=REDACTED&x#frag"
+        );
+        assert_eq!(r.uri("/plain"), "/plain");
+        assert_eq!(r.uri("/a?my%5Fsecret=s"), "/a?my%5Fsecret=REDACTED");
+    }
+
+    #[test]
+    fn custom_list_and_userinfo() {
+        let r = Redactor::new(["sig".to_string()]);
+        assert_eq!(r.uri("/a?sig=1&token=2"), "/a?sig=REDACTED&token=2");
+        assert_eq!(
+            r.uri("http://u:p@h.example/x?y=1"),
+            "http://REDACTED@h.example/x?y=1"
+        );
+    }
+
+    #[test]
+    fn secret_headers_are_redacted() {
+        let r = Redactor::default();
+        assert_eq!(r.header("Authorization", "Bearer x"), REDACTED);
+        assert_eq!(r.header("cookie", "a=b"), REDACTED);
+        assert_eq!(r.header("user-agent", "curl"), "curl");
+    }
+}
