@@ -10,12 +10,14 @@
 //! - [`upstream`]: tailnet upstreams resolved through MagicDNS in the background
 //!   ([`MagicDnsResolver`]), TLS with SNI and verification, forwarding headers.
 //! - [`answer`]: local answers (returns, redirects, health, error pages).
+//! - [`cache`]: response caching on pingora-cache (bounded memory storage, policies, purge).
 //!
 //! It is not a server: wiring listeners, signals and the CLI is the embedding app's job
 //! (see `proxy-app`, or `examples/embed.rs` for a minimal one).
 
 pub mod answer;
 pub mod builder;
+pub mod cache;
 pub mod config;
 pub mod proxy;
 pub mod route;

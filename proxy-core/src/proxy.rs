@@ -14,9 +14,14 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{default_error_page, LocalAnswer};
+use crate::cache::hooks::{self as cache_hooks, CacheRequest};
+use crate::cache::EdgeCache;
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
 use crate::runtime::{RuntimeConfig, UnknownHostAnswer};
 use crate::upstream::{apply_forwarded_headers, Upstream};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora::http::ResponseHeader;
 
 /// Per-request state shared by every phase, so no phase recomputes another's work.
 pub struct RequestCtx {
@@ -36,20 +41,29 @@ pub struct RequestCtx {
     pub body_seen: u64,
     /// When the request started.
     pub started: Instant,
+    /// The cache's state for this request.
+    pub cache: CacheRequest,
 }
 
 /// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
 /// it atomically while in-flight requests finish on the config they started with.
 pub struct EdgeProxy {
     config: Arc<ArcSwap<RuntimeConfig>>,
+    cache: &'static EdgeCache,
 }
 
 impl EdgeProxy {
     /// A proxy serving `config`.
     pub fn new(config: Arc<RuntimeConfig>) -> Self {
         Self {
+            cache: EdgeCache::leak(config.cache.clone()),
             config: Arc::new(ArcSwap::new(config)),
         }
+    }
+
+    /// The response cache (for purges from an admin endpoint).
+    pub fn cache(&self) -> &'static EdgeCache {
+        self.cache
     }
 
     /// The handle through which a new config can be swapped in.
@@ -144,6 +158,7 @@ impl ProxyHttp for EdgeProxy {
             body_limit: 0,
             body_seen: 0,
             started: Instant::now(),
+            cache: CacheRequest::default(),
         }
     }
 
@@ -236,6 +251,55 @@ impl ProxyHttp for EdgeProxy {
             ctx.client_ip,
             scheme(session),
         )
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.upstream.is_some() {
+            let policy = ctx.location.as_ref().and_then(|l| l.cache.as_ref());
+            let scheme = scheme(session);
+            cache_hooks::request_cache_filter(self.cache, session, policy, scheme, &mut ctx.cache);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        cache_hooks::cache_key(session, &ctx.cache)
+    }
+
+    fn response_cache_filter(
+        &self,
+        _session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(cache_hooks::response_cacheable(&ctx.cache, resp))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache_hooks::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache_hooks::should_serve_stale(error)
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        cache_hooks::add_status_header(session, &ctx.cache, upstream_response)
     }
 
     async fn fail_to_proxy(

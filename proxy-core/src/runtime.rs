@@ -50,4 +50,6 @@ pub struct RuntimeConfig {
     pub health_path: Option<String>,
     /// Answer for unknown hosts.
     pub unknown_host: UnknownHostAnswer,
+    /// Cache storage settings (`[cache]`).
+    pub cache: crate::cache::CacheSettings,
 }

@@ -42,6 +42,8 @@ pub(crate) fn compile(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfi
     let router = compiler.sites(&file.sites, &upstreams, &root.key("sites"));
     let health_path = compiler.health_path(&file.server, &root.key("server"));
     let unknown_host = compiler.unknown_host(&file.server, &root.key("server"));
+    let cache =
+        crate::cache::compile_settings(file.cache.as_ref(), &root.key("cache"), &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -52,6 +54,7 @@ pub(crate) fn compile(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfi
         upstreams,
         health_path,
         unknown_host,
+        cache,
     })
 }
 
@@ -422,7 +425,17 @@ impl Compiler<'_> {
             .locations
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| self.location(i, l, upstreams, &key.key("locations").index(i)))
+            .filter_map(|(i, l)| {
+                let key = key.key("locations").index(i);
+                let location = self.location(i, l, upstreams, &key)?;
+                let cache = crate::cache::compile_policy(
+                    s.cache.as_ref(),
+                    l.cache.as_ref(),
+                    &key.key("cache"),
+                    self.problems,
+                );
+                Some(Location { cache, ..location })
+            })
             .map(Arc::new)
             .collect();
         let locations = LocationTable::new(locations)
@@ -486,6 +499,7 @@ impl Compiler<'_> {
             action: action?,
             host_header,
             max_body_size,
+            cache: None,
         })
     }
 

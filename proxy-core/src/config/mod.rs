@@ -5,7 +5,7 @@
 //! compiler checks everything else and names the file, line and key of every problem.
 
 mod compile;
-mod error;
+pub(crate) mod error;
 pub mod file;
 pub mod units;
 

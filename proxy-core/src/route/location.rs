@@ -142,6 +142,8 @@ pub struct Location {
     pub host_header: Option<HostHeader>,
     /// Body size limit override (`Some(0)` = unlimited).
     pub max_body_size: Option<u64>,
+    /// Cache policy, if responses here are cached.
+    pub cache: Option<Arc<crate::cache::CachePolicy>>,
 }
 
 /// One part of a redirect target.
@@ -316,6 +318,7 @@ mod tests {
                     },
                     host_header: None,
                     max_body_size: None,
+                    cache: None,
                 })
             })
             .collect();

@@ -1,0 +1,129 @@
+//! The cache's part of each `ProxyHttp` phase, called from [`crate::proxy`].
+
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{CachePolicy, CacheStatus, EdgeCache};
+use crate::route::normalize_host;
+
+/// The cache state of one request.
+#[derive(Debug, Default)]
+pub struct CacheRequest {
+    /// The policy of the matched location, if it caches.
+    pub policy: Option<Arc<CachePolicy>>,
+    /// Whether pingora-cache was enabled for the request.
+    pub enabled: bool,
+    /// Set when the request skipped the cache by a bypass rule.
+    pub bypassed: bool,
+    host: String,
+    scheme: &'static str,
+}
+
+/// `request_cache_filter`: enables the cache for GET/HEAD on a caching location, unless a
+/// bypass rule applies.
+pub fn request_cache_filter(
+    cache: &'static EdgeCache,
+    session: &mut Session,
+    policy: Option<&Arc<CachePolicy>>,
+    scheme: &'static str,
+    state: &mut CacheRequest,
+) {
+    let Some(policy) = policy else { return };
+    let req = session.req_header();
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return;
+    }
+    state.policy = Some(policy.clone());
+    if policy.bypass.applies(req) {
+        state.bypassed = true;
+        return;
+    }
+    state.host = request_host(req);
+    state.scheme = scheme;
+    state.enabled = true;
+    cache.enable(session);
+}
+
+fn request_host(req: &RequestHeader) -> String {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    normalize_host(raw).ok().flatten().unwrap_or_default()
+}
+
+/// `cache_key_callback`: the key the location's policy builds.
+pub fn cache_key(session: &Session, state: &CacheRequest) -> Result<CacheKey> {
+    let Some(policy) = state.policy.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "cache enabled without a policy");
+    };
+    Ok(policy
+        .key
+        .cache_key(state.scheme, &state.host, session.req_header()))
+}
+
+/// `response_cache_filter`: whether and how long to store the response.
+pub fn response_cacheable(state: &CacheRequest, resp: &ResponseHeader) -> RespCacheable {
+    let Some(policy) = state.policy.as_ref() else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    match policy.freshness.decide(resp, SystemTime::now()) {
+        Ok(meta) => RespCacheable::Cacheable(meta),
+        Err(why) => RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str())),
+    }
+}
+
+/// `cache_vary_filter`: the variance of the request for the headers the origin's `Vary`
+/// names (a request without one of them varies on its absence).
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let names: Vec<String> = meta
+        .headers()
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut builder = VarianceBuilder::new();
+    for name in &names {
+        let value = req
+            .headers
+            .get(name.as_str())
+            .map_or(&[][..], |v| v.as_bytes());
+        builder.add_value(name, value);
+    }
+    builder.finalize()
+}
+
+/// `should_serve_stale`: within the entry's windows (checked by pingora-cache), serve stale
+/// while revalidating, or when the upstream failed (connect error, timeout, 5xx).
+pub fn should_serve_stale(error: Option<&Error>) -> bool {
+    error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+}
+
+/// `response_filter`: the cache status header.
+pub fn add_status_header(
+    session: &Session,
+    state: &CacheRequest,
+    resp: &mut ResponseHeader,
+) -> Result<()> {
+    let Some(name) = state.policy.as_ref().and_then(|p| p.status_header.as_ref()) else {
+        return Ok(());
+    };
+    let status = if state.bypassed {
+        CacheStatus::Bypass
+    } else if state.enabled {
+        CacheStatus::from_phase(session.cache.phase())
+    } else {
+        return Ok(());
+    };
+    resp.insert_header(name.clone(), status.as_str())
+}
