@@ -272,7 +272,7 @@ impl ProxyHttp for EdgeProxy {
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(cache_hooks::response_cacheable(&ctx.cache, resp))
+        Ok(cache_hooks::response_cacheable(&mut ctx.cache, resp))
     }
 
     fn cache_vary_filter(

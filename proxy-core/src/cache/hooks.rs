@@ -20,6 +20,9 @@ pub struct CacheRequest {
     pub enabled: bool,
     /// Set when the request skipped the cache by a bypass rule.
     pub bypassed: bool,
+    /// `Set-Cookie` values removed from the stored copy; only the visitor whose request
+    /// fetched the response gets them back.
+    own_cookies: Vec<http::HeaderValue>,
     host: String,
     scheme: &'static str,
 }
@@ -70,12 +73,16 @@ pub fn cache_key(session: &Session, state: &CacheRequest) -> Result<CacheKey> {
 }
 
 /// `response_cache_filter`: whether and how long to store the response.
-pub fn response_cacheable(state: &CacheRequest, resp: &ResponseHeader) -> RespCacheable {
+pub fn response_cacheable(state: &mut CacheRequest, resp: &ResponseHeader) -> RespCacheable {
     let Some(policy) = state.policy.as_ref() else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
     match policy.freshness.decide(resp, SystemTime::now()) {
-        Ok(meta) => RespCacheable::Cacheable(meta),
+        Ok(meta) => {
+            let cookies = resp.headers.get_all(http::header::SET_COOKIE);
+            state.own_cookies = cookies.iter().cloned().collect();
+            RespCacheable::Cacheable(meta)
+        }
         Err(why) => RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str())),
     }
 }
@@ -109,12 +116,16 @@ pub fn should_serve_stale(error: Option<&Error>) -> bool {
     error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
 }
 
-/// `response_filter`: the cache status header.
+/// `response_filter`: the cache status header, and the fetching visitor's own cookies.
 pub fn add_status_header(
     session: &Session,
     state: &CacheRequest,
     resp: &mut ResponseHeader,
 ) -> Result<()> {
+    // pingora serves even the fetching request from the stored (cookie-less) copy.
+    for cookie in &state.own_cookies {
+        resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
+    }
     let Some(name) = state.policy.as_ref().and_then(|p| p.status_header.as_ref()) else {
         return Ok(());
     };

@@ -1,0 +1,420 @@
+//! Response caching end to end: keys, freshness, bypass, Vary, HEAD, stale serving, the
+//! cache lock and the memory bound, against fake peers that count requests.
+
+mod common;
+
+use common::*;
+use fake_tailnet::FakeTailnet;
+use std::time::Duration;
+
+/// One site (`docs.example.com` and `wiki.example.com`) proxying to the `docs` peer, with
+/// `site_cache` as the site's cache policy, `locations` appended, and `storage` (a `[cache]`
+/// section, or "") before it.
+fn config(
+    port: u16,
+    tailnet: &FakeTailnet,
+    storage: &str,
+    site_cache: &str,
+    locations: &str,
+) -> String {
+    format!(
+        r#"{base}
+{storage}
+
+[upstreams.docs]
+address = "docs.{d}:{p}"
+
+[sites.docs]
+hosts = ["docs.example.com", "wiki.example.com"]
+cache = {{ {site_cache} }}
+
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+{locations}
+"#,
+        base = base_config(port, tailnet),
+        d = tailnet.domain(),
+        p = tailnet.http_port(),
+    )
+}
+
+async fn start(storage: &str, site_cache: &str, locations: &str) -> (FakeTailnet, Proxy) {
+    let tailnet = tailnet(&["docs"]).await;
+    let port = free_port();
+    let proxy = Proxy::start(
+        port,
+        &config(port, &tailnet, storage, site_cache, locations),
+    );
+    (tailnet, proxy)
+}
+
+fn requests(tailnet: &FakeTailnet) -> u64 {
+    tailnet.peer("docs").map_or(0, |p| p.requests())
+}
+
+/// Sends a request with extra headers; returns the reply.
+async fn send(
+    proxy: &Proxy,
+    method: reqwest::Method,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Reply {
+    let mut request = client()
+        .request(method, proxy.url(path))
+        .header("host", host);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    Reply::read(request.send().await.expect("request through the proxy")).await
+}
+
+/// The `X-Cache-Status` of a GET.
+async fn status_of(proxy: &Proxy, host: &str, path: &str) -> String {
+    let reply = get(proxy, host, path).await;
+    reply.header("x-cache-status").unwrap_or("-").to_string()
+}
+
+#[tokio::test]
+async fn second_request_is_a_hit() {
+    let (tailnet, proxy) = start("", "", "").await;
+    let first = get(&proxy, "docs.example.com", "/page").await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("x-cache-status"), Some("MISS"));
+    let second = get(&proxy, "docs.example.com", "/page").await;
+    assert_eq!(second.header("x-cache-status"), Some("HIT"));
+    assert_eq!(second.body, first.body);
+    assert_eq!(requests(&tailnet), 1);
+}
+
+#[tokio::test]
+async fn two_hosts_never_share_entries() {
+    let (tailnet, proxy) = start("", "", "").await;
+    assert_eq!(status_of(&proxy, "docs.example.com", "/same").await, "MISS");
+    assert_eq!(status_of(&proxy, "wiki.example.com", "/same").await, "MISS");
+    assert_eq!(status_of(&proxy, "wiki.example.com", "/same").await, "HIT");
+    assert_eq!(requests(&tailnet), 2);
+}
+
+#[tokio::test]
+async fn query_none_shares_one_entry_and_full_does_not() {
+    let locations = r#"
+[[sites.docs.locations]]
+match = "/none/"
+proxy = "docs"
+cache = { key_query = "none" }
+"#;
+    let (tailnet, proxy) = start("", "", locations).await;
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/none/a?x=1").await,
+        "MISS"
+    );
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/none/a?x=2").await,
+        "HIT"
+    );
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/full?x=1").await,
+        "MISS"
+    );
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/full?x=2").await,
+        "MISS"
+    );
+    assert_eq!(requests(&tailnet), 3);
+}
+
+#[tokio::test]
+async fn set_cookie_is_not_cached_by_default_and_stripped_when_ignored() {
+    let locations = r#"
+[[sites.docs.locations]]
+match = "/ignored/"
+proxy = "docs"
+cache = { ignore_set_cookie = true }
+"#;
+    let (tailnet, proxy) = start("", "", locations).await;
+    let cookie = "?header=Set-Cookie:id%3Dalice";
+    for _ in 0..2 {
+        let reply = get(&proxy, "docs.example.com", &format!("/default{cookie}")).await;
+        assert_eq!(reply.header("x-cache-status"), Some("MISS"));
+        assert_eq!(reply.header("set-cookie"), Some("id=alice"));
+    }
+    assert_eq!(requests(&tailnet), 2);
+    let path = format!("/ignored/x{cookie}");
+    let first = get(&proxy, "docs.example.com", &path).await;
+    assert_eq!(first.header("x-cache-status"), Some("MISS"));
+    // The visitor who caused the fetch still gets their cookie...
+    assert_eq!(first.header("set-cookie"), Some("id=alice"));
+    // ...but nobody else does.
+    let second = get(&proxy, "docs.example.com", &path).await;
+    assert_eq!(second.header("x-cache-status"), Some("HIT"));
+    assert_eq!(second.header("set-cookie"), None);
+    assert_eq!(requests(&tailnet), 3);
+}
+
+#[tokio::test]
+async fn hundred_concurrent_misses_make_one_upstream_request() {
+    let (tailnet, proxy) = start("", "", "").await;
+    let client = client();
+    let url = proxy.url("/slow?delay_ms=500");
+    let tasks: Vec<_> = (0..100)
+        .map(|_| {
+            let request = client.get(&url).header("host", "docs.example.com");
+            tokio::spawn(async move { Reply::read(request.send().await.expect("send")).await })
+        })
+        .collect();
+    for task in tasks {
+        let reply = task.await.expect("join");
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body, "hello from docs\n");
+    }
+    assert_eq!(requests(&tailnet), 1);
+}
+
+#[tokio::test]
+async fn authorization_bypasses_by_default_and_configured_bypasses_apply() {
+    let (tailnet, proxy) = start(
+        "",
+        "bypass_cookies = [\"session\"], bypass_query = [\"nocache\"]",
+        "",
+    )
+    .await;
+    let auth = [("authorization", "Bearer secret")];
+    for _ in 0..2 {
+        let reply = send(
+            &proxy,
+            reqwest::Method::GET,
+            "docs.example.com",
+            "/private",
+            &auth,
+        )
+        .await;
+        assert_eq!(reply.header("x-cache-status"), Some("BYPASS"));
+    }
+    let cookie = [("cookie", "theme=dark; session=abc")];
+    let reply = send(
+        &proxy,
+        reqwest::Method::GET,
+        "docs.example.com",
+        "/c",
+        &cookie,
+    )
+    .await;
+    assert_eq!(reply.header("x-cache-status"), Some("BYPASS"));
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/q?nocache=1").await,
+        "BYPASS"
+    );
+    assert_eq!(requests(&tailnet), 4);
+    // A bypassed request did not fill the cache either.
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/private").await,
+        "MISS"
+    );
+}
+
+#[tokio::test]
+async fn head_is_served_from_the_get_entry() {
+    let (tailnet, proxy) = start("", "", "").await;
+    assert_eq!(status_of(&proxy, "docs.example.com", "/h").await, "MISS");
+    let head = send(&proxy, reqwest::Method::HEAD, "docs.example.com", "/h", &[]).await;
+    assert_eq!(head.status, 200);
+    assert_eq!(head.header("x-cache-status"), Some("HIT"));
+    assert!(head.body.is_empty());
+    assert_eq!(requests(&tailnet), 1);
+}
+
+#[tokio::test]
+async fn vary_is_honoured_and_vary_star_is_not_cached() {
+    let (tailnet, proxy) = start("", "", "").await;
+    let path = "/v?header=Vary:Accept-Language";
+    for (lang, expected) in [("fr", "MISS"), ("en", "MISS"), ("fr", "HIT"), ("en", "HIT")] {
+        let headers = [("accept-language", lang)];
+        let reply = send(
+            &proxy,
+            reqwest::Method::GET,
+            "docs.example.com",
+            path,
+            &headers,
+        )
+        .await;
+        assert_eq!(reply.header("x-cache-status"), Some(expected), "{lang}");
+    }
+    assert_eq!(requests(&tailnet), 2);
+    for _ in 0..2 {
+        assert_eq!(
+            status_of(&proxy, "docs.example.com", "/star?header=Vary:*").await,
+            "MISS"
+        );
+    }
+    assert_eq!(requests(&tailnet), 4);
+}
+
+#[tokio::test]
+async fn per_status_ttls_and_origin_cache_control() {
+    let locations = r#"
+[[sites.docs.locations]]
+match = "/ignore/"
+proxy = "docs"
+cache = { ignore_cache_control = true }
+"#;
+    let (tailnet, proxy) = start("", r#"valid = { "200" = "1d", "404" = "1m" }"#, locations).await;
+    let host = "docs.example.com";
+    assert_eq!(status_of(&proxy, host, "/nf?status=404").await, "MISS");
+    assert_eq!(status_of(&proxy, host, "/nf?status=404").await, "HIT");
+    assert_eq!(status_of(&proxy, host, "/err?status=500").await, "MISS");
+    assert_eq!(status_of(&proxy, host, "/err?status=500").await, "MISS");
+    assert_eq!(requests(&tailnet), 3);
+    let no_store = "?header=Cache-Control:no-store";
+    assert_eq!(
+        status_of(&proxy, host, &format!("/cc{no_store}")).await,
+        "MISS"
+    );
+    assert_eq!(
+        status_of(&proxy, host, &format!("/cc{no_store}")).await,
+        "MISS"
+    );
+    assert_eq!(
+        status_of(&proxy, host, &format!("/ignore/cc{no_store}")).await,
+        "MISS"
+    );
+    assert_eq!(
+        status_of(&proxy, host, &format!("/ignore/cc{no_store}")).await,
+        "HIT"
+    );
+    assert_eq!(requests(&tailnet), 6);
+}
+
+#[tokio::test]
+async fn larger_than_max_object_size_is_proxied_not_cached() {
+    let (tailnet, proxy) = start("[cache]\nmax_object_size = \"16k\"", "", "").await;
+    for _ in 0..2 {
+        let reply = get(&proxy, "docs.example.com", "/big?size=65536").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.body.len(), 65536);
+        assert_eq!(reply.header("x-cache-status"), Some("MISS"));
+    }
+    assert_eq!(requests(&tailnet), 2);
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/small?size=1024").await,
+        "MISS"
+    );
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/small?size=1024").await,
+        "HIT"
+    );
+}
+
+#[tokio::test]
+async fn memory_bound_evicts_old_entries_after_writing_three_times_max_size() {
+    let (_tailnet, proxy) = start("[cache]\nmax_size = \"256k\"", "", "").await;
+    let objects = 3 * 256 / 32;
+    for i in 0..objects {
+        let path = format!("/obj/{i}?size=32768");
+        assert_eq!(status_of(&proxy, "docs.example.com", &path).await, "MISS");
+    }
+    let last = format!("/obj/{}?size=32768", objects - 1);
+    assert_eq!(status_of(&proxy, "docs.example.com", &last).await, "HIT");
+    // Eviction purges run in the background: the oldest entry goes soon after.
+    let mut first_status = String::new();
+    for _ in 0..50 {
+        first_status = status_of(&proxy, "docs.example.com", "/obj/0?size=32768").await;
+        if first_status == "MISS" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(first_status, "MISS", "the oldest entry was evicted");
+}
+
+#[tokio::test]
+async fn stale_is_served_when_the_peer_is_down_within_the_window_and_not_after() {
+    let (tailnet, proxy) =
+        start("", r#"valid = { "200" = "1s" }, stale_if_error = "3s""#, "").await;
+    assert_eq!(status_of(&proxy, "docs.example.com", "/s").await, "MISS");
+    // Let the entry expire (whole seconds), then take the peer down.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tailnet.peer("docs").expect("peer").stop();
+    let stale = get(&proxy, "docs.example.com", "/s").await;
+    assert_eq!(stale.status, 200);
+    assert_eq!(stale.header("x-cache-status"), Some("STALE"));
+    assert_eq!(stale.body, "hello from docs\n");
+    let mut status = 0;
+    for _ in 0..100 {
+        status = get(&proxy, "docs.example.com", "/s").await.status;
+        if status == 502 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status, 502,
+        "past the stale-if-error window the error shows"
+    );
+}
+
+#[tokio::test]
+async fn stale_while_revalidate_refreshes_in_the_background_once() {
+    let (tailnet, proxy) = start(
+        "",
+        r#"valid = { "200" = "1s" }, stale_while_revalidate = "1m""#,
+        "",
+    )
+    .await;
+    assert_eq!(status_of(&proxy, "docs.example.com", "/swr").await, "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/swr").await,
+        "UPDATING"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || requests(&tailnet) == 2).await,
+        "the peer sees one background refresh"
+    );
+    assert_eq!(status_of(&proxy, "docs.example.com", "/swr").await, "HIT");
+    assert_eq!(requests(&tailnet), 2);
+}
+
+#[tokio::test]
+async fn status_header_can_be_renamed_or_turned_off() {
+    let locations = r#"
+[[sites.docs.locations]]
+match = "/quiet/"
+proxy = "docs"
+cache = { status_header = "" }
+"#;
+    let (_tailnet, proxy) = start("", "status_header = \"X-Edge-Cache\"", locations).await;
+    let reply = get(&proxy, "docs.example.com", "/loud").await;
+    assert_eq!(reply.header("x-edge-cache"), Some("MISS"));
+    assert_eq!(reply.header("x-cache-status"), None);
+    let quiet = get(&proxy, "docs.example.com", "/quiet/x").await;
+    assert_eq!(quiet.header("x-edge-cache"), None);
+    assert_eq!(quiet.header("x-cache-status"), None);
+}
+
+#[tokio::test]
+async fn locations_without_cache_are_not_cached() {
+    let tailnet = tailnet(&["docs"]).await;
+    let port = free_port();
+    let text = format!(
+        r#"{base}
+[upstreams.docs]
+address = "docs.{d}:{p}"
+[sites.docs]
+hosts = ["docs.example.com"]
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+"#,
+        base = base_config(port, &tailnet),
+        d = tailnet.domain(),
+        p = tailnet.http_port(),
+    );
+    let proxy = Proxy::start(port, &text);
+    for _ in 0..2 {
+        let reply = get(&proxy, "docs.example.com", "/").await;
+        assert_eq!(reply.header("x-cache-status"), None);
+    }
+    assert_eq!(requests(&tailnet), 2);
+}
