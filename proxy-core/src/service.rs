@@ -10,6 +10,7 @@ use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cache::EdgeCache;
 use crate::proxy::EdgeProxy;
 use crate::runtime::{RuntimeConfig, ServerSettings};
 use crate::upstream::MagicDnsResolver;
@@ -24,6 +25,8 @@ pub struct EdgeServices {
     pub config: Arc<ArcSwap<RuntimeConfig>>,
     /// The resolver, for readiness checks and reloads.
     pub resolver_handle: Arc<MagicDnsResolver>,
+    /// The response cache, for purges from the admin side ([`EdgeCache::purge`]).
+    pub cache: &'static EdgeCache,
 }
 
 impl EdgeServices {
@@ -46,6 +49,7 @@ impl EdgeServices {
         let listen = config.server.listen.clone();
         let proxy = EdgeProxy::new(config);
         let handle = proxy.config_handle();
+        let cache = proxy.cache();
         let mut service = http_proxy_service_with_name(server_conf, proxy, "edge proxy");
         for addr in listen {
             service.add_tcp(&addr.to_string());
@@ -55,6 +59,7 @@ impl EdgeServices {
             resolver: GenBackgroundService::new("magicdns resolver".into(), resolver.clone()),
             config: handle,
             resolver_handle: resolver,
+            cache,
         }
     }
 }
