@@ -418,3 +418,85 @@ proxy = "docs"
     }
     assert_eq!(requests(&tailnet), 2);
 }
+
+/// Kills the demo process when the test ends, pass or fail.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test]
+async fn demo_caches_the_docs_site() {
+    let port = free_port();
+    let child = std::process::Command::new(binary())
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn proxy-app demo");
+    let _guard = KillOnDrop(child);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let request = "GET / HTTP/1.1\r\nHost: docs.demo.localhost\r\nConnection: close\r\n\r\n";
+    let mut first = String::new();
+    for _ in 0..300 {
+        first = raw_request(addr, request);
+        if first.starts_with("HTTP/1.1 200") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let second = raw_request(addr, request).to_ascii_lowercase();
+    assert!(second.contains("x-cache-status: hit"), "{second}");
+}
+
+#[tokio::test]
+async fn expired_entry_is_revalidated_with_its_etag() {
+    let (tailnet, proxy) = start("", r#"valid = { "200" = "1s" }"#, "").await;
+    let peer = tailnet.peer("docs").expect("peer").clone();
+    let etag = ("ETag".to_string(), "\"v1\"".to_string());
+    peer.set_response(fake_tailnet::ResponseSpec {
+        headers: vec![etag.clone()],
+        ..fake_tailnet::ResponseSpec::default()
+    });
+    assert_eq!(status_of(&proxy, "docs.example.com", "/r").await, "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    peer.set_response(fake_tailnet::ResponseSpec {
+        status: 304,
+        headers: vec![etag],
+        ..fake_tailnet::ResponseSpec::default()
+    });
+    let reply = get(&proxy, "docs.example.com", "/r").await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-cache-status"), Some("REVALIDATED"));
+    assert_eq!(reply.body, "hello from docs\n");
+    let seen = peer.last_request().expect("a revalidation request");
+    assert_eq!(seen.header("if-none-match"), Some("\"v1\""));
+    assert_eq!(status_of(&proxy, "docs.example.com", "/r").await, "HIT");
+}
+
+#[tokio::test]
+async fn lock_timeout_sends_waiters_upstream_themselves() {
+    let (tailnet, proxy) = start("[cache]\nlock_timeout = \"200ms\"", "", "").await;
+    let client = client();
+    let url = proxy.url("/locked?delay_ms=2000");
+    let tasks: Vec<_> = (0..3)
+        .map(|_| {
+            let request = client.get(&url).header("host", "docs.example.com");
+            tokio::spawn(async move { Reply::read(request.send().await.expect("send")).await })
+        })
+        .collect();
+    for task in tasks {
+        assert_eq!(task.await.expect("join").status, 200);
+    }
+    assert_eq!(
+        requests(&tailnet),
+        3,
+        "waiters gave up on the lock and fetched"
+    );
+}
