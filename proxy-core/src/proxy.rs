@@ -268,11 +268,15 @@ impl ProxyHttp for EdgeProxy {
 
     fn response_cache_filter(
         &self,
-        _session: &Session,
+        session: &Session,
         resp: &ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<RespCacheable> {
-        Ok(cache_hooks::response_cacheable(&mut ctx.cache, resp))
+        Ok(cache_hooks::response_cacheable(
+            &mut ctx.cache,
+            session.req_header(),
+            resp,
+        ))
     }
 
     fn cache_vary_filter(

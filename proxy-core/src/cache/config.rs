@@ -55,14 +55,33 @@ pub(crate) fn compile_settings(
     }
 }
 
+/// Checks a site's `cache` table on its own, so its problems are reported once, at its key.
+pub(crate) fn check_site_policy(
+    site: Option<&CachePolicySection>,
+    key: &KeyPath,
+    problems: &mut Problems,
+) {
+    if let Some(section) = site {
+        Checker { problems }.policy(section, key);
+    }
+}
+
 /// Compiles a location's cache policy: the location's keys win over the site's. `None`
-/// when neither has a `cache` table, or the merged `enabled` is false.
+/// when neither has a `cache` table, or the merged `enabled` is false. Problems of the
+/// location's own table are reported at `key`; the site's are reported by
+/// [`check_site_policy`].
 pub(crate) fn compile_policy(
     site: Option<&CachePolicySection>,
     location: Option<&CachePolicySection>,
     key: &KeyPath,
     problems: &mut Problems,
 ) -> Option<Arc<CachePolicy>> {
+    if let Some(section) = location {
+        Checker {
+            problems: &mut *problems,
+        }
+        .policy(section, key);
+    }
     let merged = match (site, location) {
         (Some(site), location) => merge(site.clone(), location.cloned()),
         (None, location) => location.cloned()?,
@@ -70,7 +89,11 @@ pub(crate) fn compile_policy(
     if merged.enabled == Some(false) {
         return None;
     }
-    let mut c = Checker { problems };
+    // Both halves were checked above; the merge cannot add problems of its own.
+    let mut scratch = Problems::default();
+    let mut c = Checker {
+        problems: &mut scratch,
+    };
     Some(Arc::new(c.policy(&merged, key)))
 }
 
@@ -278,5 +301,31 @@ mod tests {
         let mut problems = Problems::default();
         compile_policy(None, Some(&bad), &KeyPath::root(), &mut problems);
         assert!(!problems.is_empty());
+    }
+
+    #[test]
+    fn toml_errors_name_line_and_key() {
+        let text = "[cache]\nmax_size = \"lots\"\n\n[upstreams.docs]\naddress = \"docs.tail1.ts.net:80\"\n\n[sites.docs]\nhosts = [\"docs.example.com\"]\ncache = { key_query = \"half\" }\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\ncache = { valid = { \"2OO\" = \"1d\" } }\n";
+        let e = match crate::config::load_str(
+            text,
+            Some(std::path::Path::new("edge.toml")),
+            std::path::Path::new("."),
+        ) {
+            Ok(_) => "no error".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert_eq!(e.lines().count(), 3, "{e}");
+        assert!(
+            e.contains("edge.toml:2: cache.max_size: invalid size"),
+            "{e}"
+        );
+        assert!(
+            e.contains("edge.toml:9: sites.docs.cache.key_query: unknown query mode `half`"),
+            "{e}"
+        );
+        assert!(
+            e.contains("sites.docs.locations[0].cache.valid.2OO: `2OO` is not a status"),
+            "{e}"
+        );
     }
 }

@@ -73,10 +73,18 @@ pub fn cache_key(session: &Session, state: &CacheRequest) -> Result<CacheKey> {
 }
 
 /// `response_cache_filter`: whether and how long to store the response.
-pub fn response_cacheable(state: &mut CacheRequest, resp: &ResponseHeader) -> RespCacheable {
+pub fn response_cacheable(
+    state: &mut CacheRequest,
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+) -> RespCacheable {
     let Some(policy) = state.policy.as_ref() else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
+    // A HEAD response has no body: storing it would answer later GETs with an empty body.
+    if req.method == http::Method::HEAD {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("head-miss"));
+    }
     match policy.freshness.decide(resp, SystemTime::now()) {
         Ok(meta) => {
             let cookies = resp.headers.get_all(http::header::SET_COOKIE);

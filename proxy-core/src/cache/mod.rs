@@ -20,7 +20,7 @@ pub use purge::PurgeScope;
 pub use status::CacheStatus;
 pub use storage::{MemoryStorage, PurgeTags};
 
-pub(crate) use config::{compile_policy, compile_settings};
+pub(crate) use config::{check_site_policy, compile_policy, compile_settings};
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::CacheOptionOverrides;

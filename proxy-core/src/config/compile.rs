@@ -418,6 +418,7 @@ impl Compiler<'_> {
             .size(s.max_body_size.as_deref(), key.key("max_body_size"))
             .unwrap_or(DEFAULT_MAX_BODY_SIZE);
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
+        crate::cache::check_site_policy(s.cache.as_ref(), &key.key("cache"), self.problems);
         if s.locations.is_empty() {
             self.problem(key.key("locations"), "a site needs at least one location, e.g. [[sites.NAME.locations]] match = \"/\" proxy = \"UPSTREAM\"");
         }
