@@ -539,3 +539,77 @@ async fn lock_timeout_sends_waiters_upstream_themselves() {
         "waiters gave up on the lock and fetched"
     );
 }
+
+fn entry_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .map(|items| {
+            items
+                .filter_map(|item| item.ok().map(|i| i.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "entry"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn disk_tier_survives_a_restart_and_rejects_a_corrupted_file() {
+    let tailnet = tailnet(&["docs"]).await;
+    let disk = tempfile::tempdir().expect("temp dir");
+    let storage = format!(
+        "[cache]\n[cache.disk]\npath = \"{}\"\nmax_size = \"10m\"",
+        disk.path().display()
+    );
+    let port = free_port();
+    let text = config(port, &tailnet, &storage, "", "");
+    let proxy = Proxy::start(port, &text);
+    assert_eq!(status_of(&proxy, "docs.example.com", "/keep").await, "MISS");
+    assert_eq!(
+        status_of(&proxy, "docs.example.com", "/spoil").await,
+        "MISS"
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || entry_files(disk.path()).len()
+            == 2)
+        .await,
+        "both entries written to disk"
+    );
+    drop(proxy);
+
+    let proxy = Proxy::start(port, &text);
+    let kept = get(&proxy, "docs.example.com", "/keep").await;
+    assert_eq!(kept.header("x-cache-status"), Some("HIT"));
+    assert_eq!(kept.body, "hello from docs\n");
+    assert_eq!(requests(&tailnet), 2);
+    drop(proxy);
+
+    // Damage every entry file: flip a byte in the middle.
+    for path in entry_files(disk.path()) {
+        let mut bytes = std::fs::read(&path).expect("read entry file");
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x20;
+        std::fs::write(&path, bytes).expect("write entry file");
+    }
+    let proxy = Proxy::start(port, &text);
+    for path in ["/keep", "/spoil"] {
+        let reply = get(&proxy, "docs.example.com", path).await;
+        assert_eq!(reply.header("x-cache-status"), Some("MISS"), "{path}");
+        assert_eq!(reply.body, "hello from docs\n");
+    }
+    assert_eq!(requests(&tailnet), 4);
+}
+
+#[tokio::test]
+async fn unusable_disk_path_degrades_to_memory_caching() {
+    let tailnet = tailnet(&["docs"]).await;
+    let blocker = tempfile::NamedTempFile::new().expect("temp file");
+    // A directory cannot be created below a regular file.
+    let storage = format!(
+        "[cache]\n[cache.disk]\npath = \"{}/cache\"",
+        blocker.path().display()
+    );
+    let port = free_port();
+    let proxy = Proxy::start(port, &config(port, &tailnet, &storage, "", ""));
+    assert_eq!(status_of(&proxy, "docs.example.com", "/d").await, "MISS");
+    assert_eq!(status_of(&proxy, "docs.example.com", "/d").await, "HIT");
+    assert!(proxy.logs().contains("cache disk tier unavailable"));
+}

@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::policy::{Bypass, CacheKeyPolicy, CachePolicy, Freshness, QueryKey};
-use super::CacheSettings;
+use super::{CacheSettings, DiskSettings};
+
+/// Default bound of the disk tier.
+const DEFAULT_DISK_MAX_SIZE: usize = 1 << 30;
 use crate::config::error::{KeyPath, Problems};
 use crate::config::file::{CachePolicySection, CacheSection, QueryKeySection};
 use crate::config::units::{parse_duration, parse_size};
@@ -18,6 +21,7 @@ pub const DEFAULT_STATUS_HEADER: &str = "x-cache-status";
 /// Compiles `[cache]`.
 pub(crate) fn compile_settings(
     section: Option<&CacheSection>,
+    base_dir: &std::path::Path,
     key: &KeyPath,
     problems: &mut Problems,
 ) -> CacheSettings {
@@ -45,6 +49,14 @@ pub(crate) fn compile_settings(
             defaults.lock_timeout,
             key.key("lock_timeout"),
         ),
+        disk: s.disk.as_ref().map(|d| DiskSettings {
+            path: base_dir.join(&d.path),
+            max_size: c.size(
+                d.max_size.as_deref(),
+                DEFAULT_DISK_MAX_SIZE,
+                key.key("disk").key("max_size"),
+            ) as u64,
+        }),
     };
     if settings.max_size == 0 {
         c.problem(key.key("max_size"), "max_size must be larger than 0");
@@ -300,6 +312,18 @@ mod tests {
         };
         let mut problems = Problems::default();
         compile_policy(None, Some(&bad), &KeyPath::root(), &mut problems);
+        let disk = CacheSection {
+            disk: Some(crate::config::file::CacheDiskSection {
+                path: "cache".into(),
+                max_size: Some("2g".into()),
+            }),
+            ..CacheSection::default()
+        };
+        let base = std::path::Path::new("/etc/edge");
+        let settings = compile_settings(Some(&disk), base, &KeyPath::root(), &mut problems);
+        let disk = settings.disk.unwrap();
+        assert_eq!(disk.path, base.join("cache"));
+        assert_eq!(disk.max_size, 2 << 30);
         assert!(!problems.is_empty());
     }
 

@@ -9,12 +9,14 @@
 //! keeps the cache it started with; changing `[cache]` sizes needs a restart.
 
 mod config;
+mod disk;
 pub mod hooks;
 mod policy;
 mod purge;
 mod status;
 mod storage;
 
+pub use disk::{DiskRecord, DiskTier};
 pub use policy::{Bypass, CacheKeyPolicy, CachePolicy, Freshness, NotStored, QueryKey};
 pub use purge::PurgeScope;
 pub use status::CacheStatus;
@@ -38,6 +40,17 @@ pub struct CacheSettings {
     pub inactive: Duration,
     /// How long concurrent misses wait for the one upstream fetch.
     pub lock_timeout: Duration,
+    /// The disk tier, if any.
+    pub disk: Option<DiskSettings>,
+}
+
+/// `[cache.disk]`: where and how much the disk tier keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSettings {
+    /// The cache directory (created if missing).
+    pub path: std::path::PathBuf,
+    /// Bytes of entry files kept.
+    pub max_size: u64,
 }
 
 impl Default for CacheSettings {
@@ -47,6 +60,7 @@ impl Default for CacheSettings {
             max_object_size: 16 << 20,
             inactive: Duration::from_secs(600),
             lock_timeout: Duration::from_secs(5),
+            disk: None,
         }
     }
 }
@@ -62,8 +76,20 @@ impl EdgeCache {
     /// Creates the cache and leaks it: pingora-cache requires `'static` storage, eviction
     /// manager and lock. Call once per process (per [`crate::EdgeProxy`]).
     pub fn leak(settings: CacheSettings) -> &'static EdgeCache {
+        let mut storage = MemoryStorage::new(settings.max_size, settings.inactive);
+        if let Some(disk) = &settings.disk {
+            match DiskTier::open(&disk.path, disk.max_size) {
+                Ok(tier) => storage = storage.with_disk(tier),
+                // A broken disk costs the disk tier, never the service.
+                Err(e) => tracing::warn!(
+                    path = %disk.path.display(),
+                    error = %e,
+                    "cache disk tier unavailable; caching in memory only"
+                ),
+            }
+        }
         Box::leak(Box::new(EdgeCache {
-            storage: MemoryStorage::new(settings.max_size, settings.inactive),
+            storage,
             // A lock older than this is considered abandoned by its writer.
             lock: CacheLock::new_boxed(settings.lock_timeout.max(Duration::from_secs(1))),
             settings,

@@ -28,6 +28,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
+use super::disk::{DiskRecord, DiskTier};
+use pingora::cache::CacheEntryKey;
+
 /// Shards of the LRU (independent locks, so concurrent admissions rarely contend).
 const LRU_SHARDS: usize = 16;
 /// Bookkeeping bytes counted per entry on top of its header and body.
@@ -126,6 +129,7 @@ pub struct MemoryStorage {
     inactive: Duration,
     epoch: Instant,
     last_sweep: AtomicU64,
+    disk: Option<Arc<DiskTier>>,
 }
 
 impl MemoryStorage {
@@ -139,7 +143,22 @@ impl MemoryStorage {
             inactive,
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
+            disk: None,
         }
+    }
+
+    /// Adds a disk tier behind memory: complete entries are also written to it, and memory
+    /// misses are looked up in it.
+    pub fn with_disk(self, disk: DiskTier) -> Self {
+        Self {
+            disk: Some(Arc::new(disk)),
+            ..self
+        }
+    }
+
+    /// The disk tier, if any.
+    pub fn disk(&self) -> Option<&DiskTier> {
+        self.disk.as_deref()
     }
 
     /// The eviction manager enforcing the byte bound (handed to pingora-cache).
@@ -170,18 +189,26 @@ impl MemoryStorage {
     pub fn purge_matching(&self, matches: impl Fn(&PurgeTags) -> bool) -> usize {
         let hit = |tags: &Option<PurgeTags>| tags.as_ref().is_some_and(&matches);
         self.fills.write().retain(|_, fill| !hit(&fill.tags));
-        let removed: Vec<Arc<Entry>> = {
+        let mut removed: Vec<HashBinary> = {
             let mut entries = self.entries.write();
             let keys: Vec<HashBinary> = entries
                 .iter()
                 .filter(|(_, e)| hit(&e.tags))
                 .map(|(k, _)| *k)
                 .collect();
-            keys.iter().filter_map(|k| entries.remove(k)).collect()
+            for key in &keys {
+                if let Some(entry) = entries.remove(key) {
+                    self.forget(&entry.compact);
+                }
+            }
+            keys
         };
-        for entry in &removed {
-            self.forget(&entry.compact);
+        if let Some(disk) = self.disk.as_ref() {
+            removed.extend(disk.remove_matching(&matches));
         }
+        // An entry may have been in memory and on disk: count it once.
+        removed.sort_unstable();
+        removed.dedup();
         removed.len()
     }
 
@@ -224,6 +251,64 @@ impl MemoryStorage {
         }
     }
 
+    /// A memory miss found on disk: back into memory (and the eviction manager), then a hit.
+    async fn promote_from_disk(
+        &self,
+        key: &CacheKey,
+        hash: HashBinary,
+    ) -> Option<(CacheMeta, HitHandler)> {
+        let disk = self.disk.as_ref()?;
+        let record = disk.read(&hash).await?;
+        let Ok(meta) = CacheMeta::deserialize(&record.internal, &record.header) else {
+            disk.remove(&hash);
+            return None;
+        };
+        let entry = Arc::new(Entry {
+            meta: StoredMeta::from_meta(&meta),
+            body: record.body,
+            compact: key.to_compact(),
+            tags: record.tags,
+            last_access: AtomicU64::new(self.now_secs()),
+        });
+        let weight = entry.body.len() + entry.meta.weight();
+        self.entries.write().insert(hash, entry.clone());
+        let admitted = CacheEntryKey::key_only(entry.compact.clone());
+        for victim in self.eviction.admit(admitted, weight, meta.fresh_until()) {
+            // Out of memory only: the disk copy stays.
+            self.entries.write().remove(&victim.key().combined_bin());
+        }
+        let hit = CompleteHit {
+            end: entry.body.len(),
+            entry,
+            start: 0,
+            done: false,
+        };
+        Some((meta, Box::new(MemoryHit::Complete(hit))))
+    }
+
+    /// Writes an entry to the disk tier, if there is one.
+    fn write_to_disk(
+        &self,
+        hash: HashBinary,
+        meta: &StoredMeta,
+        body: &Bytes,
+        tags: &Option<PurgeTags>,
+    ) {
+        let Some(disk) = self.disk.as_ref() else {
+            return;
+        };
+        let Ok((internal, header)) = meta.to_meta().serialize() else {
+            return;
+        };
+        let record = DiskRecord {
+            internal,
+            header,
+            body: body.clone(),
+            tags: tags.clone(),
+        };
+        disk.write(hash, record);
+    }
+
     fn lookup_entry(&self, hash: &HashBinary) -> Option<Arc<Entry>> {
         let entry = self.entries.read().get(hash).cloned()?;
         let now = self.now_secs();
@@ -256,7 +341,10 @@ impl Storage for MemoryStorage {
             return Ok(Some((meta, Box::new(MemoryHit::Complete(hit)))));
         }
         let fill = self.fills.read().get(&hash).cloned();
-        Ok(fill.map(streaming_hit))
+        if let Some(fill) = fill {
+            return Ok(Some(streaming_hit(fill)));
+        }
+        Ok(self.promote_from_disk(key, hash).await)
     }
 
     async fn lookup_streaming_write(
@@ -304,10 +392,14 @@ impl Storage for MemoryStorage {
     async fn purge(
         &'static self,
         target: PurgeTarget<'_>,
-        _purge_type: PurgeType,
+        purge_type: PurgeType,
         _trace: &SpanHandle,
     ) -> Result<PurgeOutcome> {
         let hash = target.key().combined_bin();
+        // Eviction only frees memory; the disk copy stays until it is invalidated.
+        if let (PurgeType::Invalidation, Some(disk)) = (purge_type, self.disk.as_ref()) {
+            disk.remove(&hash);
+        }
         let fill = self.fills.write().remove(&hash).is_some();
         let entry = self.entries.write().remove(&hash).is_some();
         Ok(if fill || entry {
@@ -335,7 +427,9 @@ impl Storage for MemoryStorage {
             tags: old.tags.clone(),
             last_access: AtomicU64::new(self.now_secs()),
         });
-        entries.insert(hash, updated);
+        entries.insert(hash, updated.clone());
+        drop(entries);
+        self.write_to_disk(hash, &updated.meta, &updated.body, &updated.tags);
         Ok(true)
     }
 
@@ -498,16 +592,19 @@ impl HandleMiss for MemoryMiss {
             .state
             .send_replace(FillState::Complete(body.len()));
         let weight = body.len() + self.fill.meta.weight();
-        if current {
-            let entry = Arc::new(Entry {
-                meta: clone_meta(&self.fill.meta),
-                body,
-                compact: self.fill.compact.clone(),
-                tags: self.fill.tags.clone(),
-                last_access: AtomicU64::new(storage.now_secs()),
-            });
-            storage.entries.write().insert(self.hash, entry);
+        if !current {
+            // Purged (or superseded) while being written: nothing to account for.
+            return Ok(MissFinishType::Created(0));
         }
+        storage.write_to_disk(self.hash, &self.fill.meta, &body, &self.fill.tags);
+        let entry = Arc::new(Entry {
+            meta: clone_meta(&self.fill.meta),
+            body,
+            compact: self.fill.compact.clone(),
+            tags: self.fill.tags.clone(),
+            last_access: AtomicU64::new(storage.now_secs()),
+        });
+        storage.entries.write().insert(self.hash, entry);
         Ok(MissFinishType::Created(weight))
     }
 
@@ -541,7 +638,6 @@ fn clone_meta(meta: &StoredMeta) -> StoredMeta {
 mod tests {
     use super::*;
     use pingora::cache::trace::Span;
-    use pingora::cache::CacheEntryKey;
 
     fn storage(max_size: usize, inactive: Duration) -> &'static MemoryStorage {
         Box::leak(Box::new(MemoryStorage::new(max_size, inactive)))

@@ -42,8 +42,12 @@ pub(crate) fn compile(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfi
     let router = compiler.sites(&file.sites, &upstreams, &root.key("sites"));
     let health_path = compiler.health_path(&file.server, &root.key("server"));
     let unknown_host = compiler.unknown_host(&file.server, &root.key("server"));
-    let cache =
-        crate::cache::compile_settings(file.cache.as_ref(), &root.key("cache"), &mut problems);
+    let cache = crate::cache::compile_settings(
+        file.cache.as_ref(),
+        base_dir,
+        &root.key("cache"),
+        &mut problems,
+    );
     if !problems.is_empty() {
         return Err(problems);
     }

@@ -195,6 +195,18 @@ pub struct CacheSection {
     /// How long concurrent misses wait for the one upstream fetch before going upstream
     /// themselves, uncached (nginx `proxy_cache_lock_timeout`). Default "5s".
     pub lock_timeout: Option<String>,
+    /// A disk tier behind memory, so entries survive a restart.
+    pub disk: Option<CacheDiskSection>,
+}
+
+/// `[cache.disk]`: the cache's disk tier.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDiskSection {
+    /// Cache directory, relative to the config file; created if missing.
+    pub path: String,
+    /// Bytes of entry files kept on disk. Default "1g".
+    pub max_size: Option<String>,
 }
 
 /// `cache = { ... }` on a site or location: what is cached, under which key, for how long.
