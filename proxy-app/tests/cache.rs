@@ -394,6 +394,38 @@ async fn stale_is_served_when_the_peer_is_down_within_the_window_and_not_after()
 }
 
 #[tokio::test]
+async fn stale_is_served_for_configured_upstream_statuses_only() {
+    let locations = r#"
+[[sites.docs.locations]]
+match = "/strict/"
+proxy = "docs"
+cache = { stale_if_error_statuses = [503] }
+"#;
+    let (tailnet, proxy) = start(
+        "",
+        r#"valid = { "200" = "1s" }, stale_if_error = "1h""#,
+        locations,
+    )
+    .await;
+    let host = "docs.example.com";
+    assert_eq!(status_of(&proxy, host, "/five").await, "MISS");
+    assert_eq!(status_of(&proxy, host, "/strict/five").await, "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let peer = tailnet.peer("docs").expect("peer").clone();
+    peer.set_response(fake_tailnet::ResponseSpec {
+        status: 500,
+        ..fake_tailnet::ResponseSpec::default()
+    });
+    let stale = get(&proxy, host, "/five").await;
+    assert_eq!(
+        (stale.status, stale.header("x-cache-status")),
+        (200, Some("STALE"))
+    );
+    let strict = get(&proxy, host, "/strict/five").await;
+    assert_eq!(strict.status, 500, "500 is not in this location's list");
+}
+
+#[tokio::test]
 async fn stale_while_revalidate_refreshes_in_the_background_once() {
     let (tailnet, proxy) = start(
         "",

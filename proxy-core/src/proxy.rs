@@ -291,10 +291,10 @@ impl ProxyHttp for EdgeProxy {
     fn should_serve_stale(
         &self,
         _session: &mut Session,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        cache_hooks::should_serve_stale(error)
+        cache_hooks::should_serve_stale(&ctx.cache, error)
     }
 
     async fn response_filter(

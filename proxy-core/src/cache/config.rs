@@ -125,6 +125,7 @@ fn merge(site: CachePolicySection, loc: Option<CachePolicySection>) -> CachePoli
         bypass_query: l.bypass_query.or(site.bypass_query),
         stale_while_revalidate: l.stale_while_revalidate.or(site.stale_while_revalidate),
         stale_if_error: l.stale_if_error.or(site.stale_if_error),
+        stale_if_error_statuses: l.stale_if_error_statuses.or(site.stale_if_error_statuses),
         status_header: l.status_header.or(site.status_header),
     }
 }
@@ -232,9 +233,25 @@ impl Checker<'_> {
             None => (defaults.valid, None),
             Some(map) => self.valid(map, &key.key("valid")),
         };
+        let statuses = key.key("stale_if_error_statuses");
+        let stale_if_error_statuses = match &s.stale_if_error_statuses {
+            None => defaults.stale_if_error_statuses,
+            Some(list) => {
+                for (i, status) in list.iter().enumerate() {
+                    if !(500..=599).contains(status) {
+                        self.problem(
+                            statuses.index(i),
+                            format!("{status} is not a server error status (500..599)"),
+                        );
+                    }
+                }
+                list.clone()
+            }
+        };
         Freshness {
             valid,
             valid_any,
+            stale_if_error_statuses,
             ignore_cache_control: s.ignore_cache_control.unwrap_or(false),
             ignore_set_cookie: s.ignore_set_cookie.unwrap_or(false),
             stale_while_revalidate: self.duration(

@@ -119,9 +119,14 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
 }
 
 /// `should_serve_stale`: within the entry's windows (checked by pingora-cache), serve stale
-/// while revalidating, or when the upstream failed (connect error, timeout, 5xx).
-pub fn should_serve_stale(error: Option<&Error>) -> bool {
-    error.is_none_or(|e| e.esource() == &ErrorSource::Upstream)
+/// while revalidating, or when the upstream failed (connect error, timeout, or one of the
+/// configured statuses).
+pub fn should_serve_stale(state: &CacheRequest, error: Option<&Error>) -> bool {
+    let Some(error) = error else { return true };
+    match state.policy.as_ref() {
+        Some(policy) => policy.freshness.stale_on_error(error),
+        None => error.esource() == &ErrorSource::Upstream,
+    }
 }
 
 /// `response_filter`: the cache status header, and the fetching visitor's own cookies.

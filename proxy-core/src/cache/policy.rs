@@ -178,6 +178,8 @@ pub struct Freshness {
     pub stale_while_revalidate: Duration,
     /// Stale-if-error window from config.
     pub stale_if_error: Duration,
+    /// Upstream statuses that count as errors for stale-if-error.
+    pub stale_if_error_statuses: Vec<u16>,
 }
 
 impl Default for Freshness {
@@ -190,6 +192,7 @@ impl Default for Freshness {
             ignore_set_cookie: false,
             stale_while_revalidate: Duration::ZERO,
             stale_if_error: Duration::ZERO,
+            stale_if_error_statuses: vec![500, 502, 503, 504],
         }
     }
 }
@@ -282,6 +285,18 @@ impl Freshness {
             .and_then(|t| httpdate::parse_http_date(t).ok())
             .unwrap_or(SystemTime::UNIX_EPOCH);
         Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+    }
+
+    /// Whether a failed upstream attempt may be answered with a stale entry: connect
+    /// errors and timeouts always, statuses only when configured.
+    pub fn stale_on_error(&self, error: &pingora::Error) -> bool {
+        if error.esource() != &pingora::ErrorSource::Upstream {
+            return false;
+        }
+        match error.etype() {
+            pingora::ErrorType::HTTPStatus(status) => self.stale_if_error_statuses.contains(status),
+            _ => true,
+        }
     }
 
     fn status_ttl(&self, status: u16) -> Option<Duration> {

@@ -247,6 +247,9 @@ pub struct CachePolicySection {
     /// Serve a stale entry when the upstream fails, for this long after it expires (the
     /// origin's `stale-if-error` wins when honoured). Default "0s".
     pub stale_if_error: Option<String>,
+    /// Upstream statuses that count as errors for `stale_if_error` (connect errors and
+    /// timeouts always do). Default `[500, 502, 503, 504]`.
+    pub stale_if_error_statuses: Option<Vec<u16>>,
     /// Name of the response header carrying the cache status; "" turns it off.
     /// Default "X-Cache-Status".
     pub status_header: Option<String>,
