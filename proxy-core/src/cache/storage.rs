@@ -576,27 +576,12 @@ impl HandleMiss for MemoryMiss {
 
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let storage = self.storage;
-        // Commit only if this fill is still the current one: a purge (or a newer fill for
-        // the same key) that happened meanwhile wins.
-        let current = {
-            let mut fills = storage.fills.write();
-            let is_current = fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id);
-            if is_current {
-                fills.remove(&self.hash);
-            }
-            is_current
-        };
         // Copied, not taken: streaming readers may still be reading the fill's buffer.
         let body = Bytes::copy_from_slice(&self.fill.body.read());
         self.fill
             .state
             .send_replace(FillState::Complete(body.len()));
         let weight = body.len() + self.fill.meta.weight();
-        if !current {
-            // Purged (or superseded) while being written: nothing to account for.
-            return Ok(MissFinishType::Created(0));
-        }
-        storage.write_to_disk(self.hash, &self.fill.meta, &body, &self.fill.tags);
         let entry = Arc::new(Entry {
             meta: clone_meta(&self.fill.meta),
             body,
@@ -604,7 +589,18 @@ impl HandleMiss for MemoryMiss {
             tags: self.fill.tags.clone(),
             last_access: AtomicU64::new(storage.now_secs()),
         });
-        storage.entries.write().insert(self.hash, entry);
+        {
+            // Commit only if this fill is still the current one (a purge, or a newer fill
+            // for the same key, wins). The entry goes in before the fill goes out, under
+            // the fill lock, so a concurrent lookup always finds one of them.
+            let mut fills = storage.fills.write();
+            if fills.get(&self.hash).is_none_or(|f| f.id != self.fill.id) {
+                return Ok(MissFinishType::Created(0));
+            }
+            storage.entries.write().insert(self.hash, entry.clone());
+            fills.remove(&self.hash);
+        }
+        storage.write_to_disk(self.hash, &entry.meta, &entry.body, &entry.tags);
         Ok(MissFinishType::Created(weight))
     }
 
