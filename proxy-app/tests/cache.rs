@@ -133,7 +133,7 @@ match = "/ignored/"
 proxy = "docs"
 cache = { ignore_set_cookie = true }
 "#;
-    let (tailnet, proxy) = start("", "", locations).await;
+    let (tailnet, proxy) = start("[cache]\nmax_object_size = \"16k\"", "", locations).await;
     let cookie = "?header=Set-Cookie:id%3Dalice";
     for _ in 0..2 {
         let reply = get(&proxy, "docs.example.com", &format!("/default{cookie}")).await;
@@ -151,6 +151,15 @@ cache = { ignore_set_cookie = true }
     assert_eq!(second.header("x-cache-status"), Some("HIT"));
     assert_eq!(second.header("set-cookie"), None);
     assert_eq!(requests(&tailnet), 3);
+    // Too large to store: proxied as is, with exactly one cookie.
+    let big = get(
+        &proxy,
+        "docs.example.com",
+        &format!("/ignored/big{cookie}&size=65536"),
+    )
+    .await;
+    let cookies: Vec<_> = big.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
 }
 
 #[tokio::test]

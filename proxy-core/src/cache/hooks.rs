@@ -135,9 +135,12 @@ pub fn add_status_header(
     state: &CacheRequest,
     resp: &mut ResponseHeader,
 ) -> Result<()> {
-    // pingora serves even the fetching request from the stored (cookie-less) copy.
-    for cookie in &state.own_cookies {
-        resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
+    // pingora serves even the fetching request from the stored (cookie-less) copy; when
+    // it passed the upstream's header through instead, the cookies are already there.
+    if !resp.headers.contains_key(http::header::SET_COOKIE) {
+        for cookie in &state.own_cookies {
+            resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
+        }
     }
     let Some(name) = state.policy.as_ref().and_then(|p| p.status_header.as_ref()) else {
         return Ok(());
