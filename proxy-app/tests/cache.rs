@@ -536,6 +536,16 @@ async fn demo_caches_the_docs_site() {
 }
 
 #[tokio::test]
+async fn expired_entry_without_validators_is_fetched_again() {
+    let (tailnet, proxy) = start("", r#"valid = { "200" = "1s" }"#, "").await;
+    assert_eq!(status_of(&proxy, "docs.example.com", "/e").await, "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(status_of(&proxy, "docs.example.com", "/e").await, "EXPIRED");
+    assert_eq!(status_of(&proxy, "docs.example.com", "/e").await, "HIT");
+    assert_eq!(requests(&tailnet), 2);
+}
+
+#[tokio::test]
 async fn expired_entry_is_revalidated_with_its_etag() {
     let (tailnet, proxy) = start("", r#"valid = { "200" = "1s" }"#, "").await;
     let peer = tailnet.peer("docs").expect("peer").clone();
