@@ -1,7 +1,7 @@
 //! Response caching on pingora-cache: an in-memory, byte-bounded [`MemoryStorage`] with
 //! LRU eviction, per-location [`CachePolicy`] (key, bypass, freshness, stale windows),
-//! nginx-style [`CacheStatus`] words, and purges ([`EdgeCache::purge_url`],
-//! [`EdgeCache::purge_host`]).
+//! nginx-style [`CacheStatus`] words, purges ([`EdgeCache::purge_url`],
+//! [`EdgeCache::purge_host`]), and an optional [`DiskTier`] behind memory.
 //!
 //! [`EdgeCache`] is created once per process and lives for the rest of it: pingora-cache
 //! takes its storage, eviction manager and cache lock as `&'static` references (its design,
