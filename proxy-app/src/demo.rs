@@ -56,7 +56,7 @@ fn print_instructions(listen: &str, admin: &str, tailnet: &FakeTailnet) {
         "\nproxy-app demo: fake tailnet `{domain}` with MagicDNS at {dns}\n\
          public listener http://{listen}/\n\n\
          Try:\n  \
-         curl -i http://docs.demo.localhost:{port}/             # proxied over TLS to docs.{domain}\n  \
+         curl -i http://docs.demo.localhost:{port}/             # proxied over TLS to docs.{domain}; run twice: X-Cache-Status: HIT\n  \
          curl -i http://docs.demo.localhost:{port}/robots.txt   # answered at the edge\n  \
          curl -i http://git.demo.localhost:{port}/__echo        # see the forwarded headers\n  \
          curl -i http://git.demo.localhost:{port}/u/repo/archive/main.zip   # redirect\n  \

@@ -592,14 +592,23 @@ proxy = "slow"
             .status,
         504
     );
+    let kinds = [("down", "connect"), ("ghost", "dns"), ("slow", "timeout")];
+    // Wait for the error counters too: a request's duration is recorded a moment before its
+    // error, so a scrape can fall between the two.
     let text = scrape_until(admin, |t| {
-        ["down", "ghost", "slow"].iter().all(|site| {
+        let durations = ["down", "ghost", "slow"].iter().all(|site| {
             let series = format!(r#"edge_request_duration_seconds_count{{host="{site}"}}"#);
             sample(t, &series) == Some(1.0)
-        })
+        });
+        let errors = kinds.iter().all(|(upstream, kind)| {
+            let series =
+                format!(r#"edge_upstream_errors_total{{upstream="{upstream}",kind="{kind}"}}"#);
+            sample(t, &series).is_some()
+        });
+        durations && errors
     })
     .await;
-    for (upstream, kind) in [("down", "connect"), ("ghost", "dns"), ("slow", "timeout")] {
+    for (upstream, kind) in kinds {
         let series =
             format!(r#"edge_upstream_errors_total{{upstream="{upstream}",kind="{kind}"}}"#);
         assert_eq!(sample(&text, &series), Some(1.0), "{series} in\n{text}");

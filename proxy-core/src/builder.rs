@@ -256,6 +256,13 @@ impl SiteBuilder {
         self.0.error_pages.insert(status.to_string(), path.into());
         self
     }
+
+    /// Caches responses of every location of the site with this policy (a location's own
+    /// policy wins, key by key). `CachePolicySection::default()` caches with the defaults.
+    pub fn cache(mut self, policy: crate::config::file::CachePolicySection) -> Self {
+        self.0.cache = Some(policy);
+        self
+    }
 }
 
 /// Builds one location.
@@ -308,6 +315,12 @@ impl LocationBuilder {
             name: name.into(),
             options,
         });
+        self
+    }
+
+    /// Sets this location's cache policy (wins over the site's, key by key).
+    pub fn cache(mut self, policy: crate::config::file::CachePolicySection) -> Self {
+        self.0.cache = Some(policy);
         self
     }
 }

@@ -12,6 +12,7 @@
 //! - [`answer`]: local answers (returns, redirects, health, error pages).
 //! - [`observe`]: Prometheus metrics, the JSON access log, request ids, tailscaled
 //!   readiness; [`admin`]: the admin listener serving them.
+//! - [`cache`]: response caching on pingora-cache (bounded memory storage, policies, purge).
 //!
 //! It is not a server: wiring listeners, signals and the CLI is the embedding app's job
 //! (see `proxy-app`, or `examples/embed.rs` for a minimal one).
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod answer;
 pub mod builder;
+pub mod cache;
 pub mod config;
 pub mod observe;
 pub mod plugin;

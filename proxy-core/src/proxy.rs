@@ -14,11 +14,15 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::answer::{default_error_page, LocalAnswer};
+use crate::cache::hooks::{self as cache_hooks, CacheRequest};
+use crate::cache::EdgeCache;
 use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
 use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
 use crate::runtime::{RuntimeConfig, UnknownHostAnswer};
 use crate::upstream::{apply_forwarded_headers, Upstream};
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 
 /// Per-request state shared by every phase, so no phase recomputes another's work.
 pub struct RequestCtx {
@@ -42,6 +46,8 @@ pub struct RequestCtx {
     pub plugins: PluginChain,
     /// Request id, upstream timings, cache status and rate-limit outcome for the log line.
     pub observe: RequestRecord,
+    /// The cache's state for this request.
+    pub cache: CacheRequest,
 }
 
 /// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
@@ -49,12 +55,14 @@ pub struct RequestCtx {
 pub struct EdgeProxy {
     config: Arc<ArcSwap<RuntimeConfig>>,
     observability: Option<Arc<Observability>>,
+    cache: &'static EdgeCache,
 }
 
 impl EdgeProxy {
     /// A proxy serving `config`.
     pub fn new(config: Arc<RuntimeConfig>) -> Self {
         Self {
+            cache: EdgeCache::leak(config.cache.clone()),
             config: Arc::new(ArcSwap::new(config)),
             observability: None,
         }
@@ -64,6 +72,11 @@ impl EdgeProxy {
     pub fn with_observability(mut self, observability: Arc<Observability>) -> Self {
         self.observability = Some(observability);
         self
+    }
+
+    /// The response cache (for purges from an admin endpoint).
+    pub fn cache(&self) -> &'static EdgeCache {
+        self.cache
     }
 
     /// The handle through which a new config can be swapped in.
@@ -204,6 +217,7 @@ impl ProxyHttp for EdgeProxy {
             started: Instant::now(),
             plugins: PluginChain::default(),
             observe: RequestRecord::new(self.observability.as_deref()),
+            cache: CacheRequest::default(),
         }
     }
 
@@ -349,10 +363,13 @@ impl ProxyHttp for EdgeProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        let cache_status = cache_hooks::status(session, &ctx.cache);
+        ctx.observe.cache_status = cache_status.map(|s| s.as_str());
+        cache_hooks::add_status_header(&ctx.cache, cache_status, upstream_response)?;
         ctx.observe.tag_response(upstream_response)?;
         self.run_response_plugins(upstream_response, ctx)
     }
@@ -368,6 +385,50 @@ impl ProxyHttp for EdgeProxy {
         for plugin in ctx.plugins.iter() {
             plugin.logging(session, status, plugin_ctx);
         }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.upstream.is_some() {
+            let policy = ctx.location.as_ref().and_then(|l| l.cache.as_ref());
+            let scheme = scheme(session);
+            cache_hooks::request_cache_filter(self.cache, session, policy, scheme, &mut ctx.cache);
+        }
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        cache_hooks::cache_key(session, &ctx.cache)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(cache_hooks::response_cacheable(
+            &mut ctx.cache,
+            session.req_header(),
+            resp,
+        ))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache_hooks::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache_hooks::should_serve_stale(&ctx.cache, error)
     }
 
     async fn fail_to_proxy(

@@ -52,4 +52,6 @@ pub struct RuntimeConfig {
     pub unknown_host: UnknownHostAnswer,
     /// Admin listener and access log.
     pub observe: crate::observe::ObserveSettings,
+    /// Cache storage settings (`[cache]`).
+    pub cache: crate::cache::CacheSettings,
 }

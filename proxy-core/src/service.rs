@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::admin::AdminApp;
+use crate::cache::EdgeCache;
 use crate::observe::{LocalApiClient, Observability};
 use crate::proxy::EdgeProxy;
 use crate::runtime::{RuntimeConfig, ServerSettings};
@@ -30,6 +31,8 @@ pub struct EdgeServices {
     pub admin: Service<AdminApp>,
     /// Metrics and access log shared by the proxy, the resolver and the admin listener.
     pub observability: Arc<Observability>,
+    /// The response cache, for purges from the admin side ([`EdgeCache::purge`]).
+    pub cache: &'static EdgeCache,
 }
 
 impl EdgeServices {
@@ -69,6 +72,7 @@ impl EdgeServices {
         let admin_settings = config.observe.admin.clone();
         let proxy = EdgeProxy::new(config).with_observability(observability.clone());
         let handle = proxy.config_handle();
+        let cache = proxy.cache();
         let mut service = http_proxy_service_with_name(server_conf, proxy, "edge proxy");
         for addr in listen {
             service.add_tcp(&addr.to_string());
@@ -77,13 +81,15 @@ impl EdgeServices {
             .token_env
             .as_deref()
             .and_then(|name| std::env::var(name).ok());
-        let admin_app = AdminApp::new(
+        let mut admin_app = AdminApp::new(
             observability.metrics().clone(),
             resolver.clone(),
             handle.clone(),
             admin_settings.tailscaled_socket.map(LocalApiClient::new),
             token,
         );
+        // Cache purges are admin actions: behind the token, never on the public port.
+        admin_app.add_action("purge", Arc::new(crate::cache::PurgeAction::new(cache)));
         let mut admin = Service::new("admin".into(), admin_app);
         admin.add_tcp(&admin_settings.listen.to_string());
         Self {
@@ -93,6 +99,7 @@ impl EdgeServices {
             resolver_handle: resolver,
             admin,
             observability,
+            cache,
         }
     }
 }

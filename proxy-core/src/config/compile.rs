@@ -56,6 +56,12 @@ pub(crate) fn compile(
         base_dir,
         &mut problems,
     );
+    let cache = crate::cache::compile_settings(
+        file.cache.as_ref(),
+        base_dir,
+        &root.key("cache"),
+        &mut problems,
+    );
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -67,6 +73,7 @@ pub(crate) fn compile(
         health_path,
         unknown_host,
         observe,
+        cache,
     })
 }
 
@@ -452,6 +459,7 @@ impl Compiler<'_> {
             .unwrap_or(DEFAULT_MAX_BODY_SIZE);
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
         let plugins = self.plugin_list(&s.plugins, &key.key("plugins"));
+        crate::cache::check_site_policy(s.cache.as_ref(), &key.key("cache"), self.problems);
         if s.locations.is_empty() {
             self.problem(key.key("locations"), "a site needs at least one location, e.g. [[sites.NAME.locations]] match = \"/\" proxy = \"UPSTREAM\"");
         }
@@ -459,7 +467,17 @@ impl Compiler<'_> {
             .locations
             .iter()
             .enumerate()
-            .filter_map(|(i, l)| self.location(i, l, upstreams, &key.key("locations").index(i)))
+            .filter_map(|(i, l)| {
+                let key = key.key("locations").index(i);
+                let location = self.location(i, l, upstreams, &key)?;
+                let cache = crate::cache::compile_policy(
+                    s.cache.as_ref(),
+                    l.cache.as_ref(),
+                    &key.key("cache"),
+                    self.problems,
+                );
+                Some(Location { cache, ..location })
+            })
             .map(Arc::new)
             .collect();
         let locations = LocationTable::new(locations)
@@ -527,6 +545,7 @@ impl Compiler<'_> {
             max_body_size,
             plugins,
             site_plugins: l.site_plugins.unwrap_or(true),
+            cache: None,
         })
     }
 

@@ -30,6 +30,8 @@ pub struct ConfigFile {
     /// The JSON access log.
     #[serde(default)]
     pub access_log: AccessLogSection,
+    /// The response cache's storage (sizes, expiry, lock); policies live on sites and locations.
+    pub cache: Option<CacheSection>,
 }
 
 /// `[server]`: process-wide settings of the public listener.
@@ -155,6 +157,9 @@ pub struct SiteSection {
     /// Plugins for every request of the site, in order (before location plugins).
     #[serde(default)]
     pub plugins: Vec<PluginSection>,
+    /// Cache policy defaults for every location of the site (a location's own `cache` wins,
+    /// key by key).
+    pub cache: Option<CachePolicySection>,
 }
 
 /// `[[sites.NAME.locations]]`: what to do for a set of paths.
@@ -181,6 +186,8 @@ pub struct LocationSection {
     pub plugins: Vec<PluginSection>,
     /// Whether the site's plugins also run for this location. Default true.
     pub site_plugins: Option<bool>,
+    /// Cache policy for this location (each key set here wins over the site's `cache`).
+    pub cache: Option<CachePolicySection>,
 }
 
 /// `[[sites.NAME.plugins]]` / `[[sites.NAME.locations.plugins]]`: a plugin and its options.
@@ -215,4 +222,88 @@ pub struct RedirectSection {
     pub status: Option<u16>,
     /// Target, with `$request_uri`, `$uri`, `$args`, `$host` and `$scheme` substituted.
     pub to: String,
+}
+
+/// `[cache]`: the shared response cache storage.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Bytes kept in memory (bodies and headers); least recently used entries are evicted
+    /// above it. Default "256m".
+    pub max_size: Option<String>,
+    /// Largest response stored; larger ones are proxied, not cached. Default "16m".
+    pub max_object_size: Option<String>,
+    /// Entries not read for this long are dropped, fresh or not (nginx `inactive`). Default "10m".
+    pub inactive: Option<String>,
+    /// How long concurrent misses wait for the one upstream fetch before going upstream
+    /// themselves, uncached (nginx `proxy_cache_lock_timeout`). Default "5s".
+    pub lock_timeout: Option<String>,
+    /// A disk tier behind memory, so entries survive a restart.
+    pub disk: Option<CacheDiskSection>,
+}
+
+/// `[cache.disk]`: the cache's disk tier.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheDiskSection {
+    /// Cache directory, relative to the config file; created if missing.
+    pub path: String,
+    /// Bytes of entry files kept on disk. Default "1g".
+    pub max_size: Option<String>,
+}
+
+/// `cache = { ... }` on a site or location: what is cached, under which key, for how long.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CachePolicySection {
+    /// Cache responses here. Default true once a `cache` table is present; `false` turns a
+    /// site's caching off for one location.
+    pub enabled: Option<bool>,
+    /// Include the scheme (http/https) in the key. Default true.
+    pub key_scheme: Option<bool>,
+    /// Include the host in the key. Default true, so two sites never share entries.
+    pub key_host: Option<bool>,
+    /// The query in the key: "full" (default), "none", "sorted", or a list of parameter names
+    /// to keep (an allowlist, sorted).
+    pub key_query: Option<QueryKeySection>,
+    /// Request headers whose values are part of the key, e.g. `["Accept-Language"]`.
+    pub key_headers: Option<Vec<String>>,
+    /// Freshness by status when the origin says nothing (or is ignored): `{ "200" = "1d",
+    /// "404" = "1m", "any" = "5m" }`. Default `{ "200" = "10m", "301" = "10m", "302" = "10m" }`
+    /// as nginx's `proxy_cache_valid 10m`.
+    pub valid: Option<BTreeMap<String, String>>,
+    /// Ignore the origin's `Cache-Control` and `Expires` (nginx `proxy_ignore_headers
+    /// Cache-Control Expires`). Default false: they are honoured.
+    pub ignore_cache_control: Option<bool>,
+    /// Cache responses carrying `Set-Cookie` anyway; the stored copy has `Set-Cookie` removed.
+    /// Default false: such responses are not cached.
+    pub ignore_set_cookie: Option<bool>,
+    /// Requests carrying any of these headers skip the cache. Default `["Authorization"]`.
+    pub bypass_headers: Option<Vec<String>>,
+    /// Requests carrying any of these cookies skip the cache.
+    pub bypass_cookies: Option<Vec<String>>,
+    /// Requests carrying any of these query parameters skip the cache.
+    pub bypass_query: Option<Vec<String>>,
+    /// Serve a stale entry at once and refresh it in the background for this long after it
+    /// expires (the origin's `stale-while-revalidate` wins when honoured). Default "0s".
+    pub stale_while_revalidate: Option<String>,
+    /// Serve a stale entry when the upstream fails, for this long after it expires (the
+    /// origin's `stale-if-error` wins when honoured). Default "0s".
+    pub stale_if_error: Option<String>,
+    /// Upstream statuses that count as errors for `stale_if_error` (connect errors and
+    /// timeouts always do). Default `[500, 502, 503, 504]`.
+    pub stale_if_error_statuses: Option<Vec<u16>>,
+    /// Name of the response header carrying the cache status; "" turns it off.
+    /// Default "X-Cache-Status".
+    pub status_header: Option<String>,
+}
+
+/// `key_query = "full" | "none" | "sorted" | ["param", ...]`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum QueryKeySection {
+    /// A mode keyword.
+    Mode(String),
+    /// Parameter names to keep.
+    Allow(Vec<String>),
 }

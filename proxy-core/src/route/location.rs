@@ -147,6 +147,8 @@ pub struct Location {
     pub plugins: PluginList,
     /// Whether the site's plugins run for this location too.
     pub site_plugins: bool,
+    /// Cache policy, if responses here are cached.
+    pub cache: Option<Arc<crate::cache::CachePolicy>>,
 }
 
 /// One part of a redirect target.
@@ -323,6 +325,7 @@ mod tests {
                     max_body_size: None,
                     plugins: PluginList::default(),
                     site_plugins: true,
+                    cache: None,
                 })
             })
             .collect();

@@ -1,0 +1,164 @@
+//! The cache's part of each `ProxyHttp` phase, called from [`crate::proxy`].
+
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, NoCacheReason, RespCacheable, VarianceBuilder};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use super::{CachePolicy, CacheStatus, EdgeCache};
+use crate::route::normalize_host;
+
+/// The cache state of one request.
+#[derive(Debug, Default)]
+pub struct CacheRequest {
+    /// The policy of the matched location, if it caches.
+    pub policy: Option<Arc<CachePolicy>>,
+    /// Whether pingora-cache was enabled for the request.
+    pub enabled: bool,
+    /// Set when the request skipped the cache by a bypass rule.
+    pub bypassed: bool,
+    /// `Set-Cookie` values removed from the stored copy; only the visitor whose request
+    /// fetched the response gets them back.
+    own_cookies: Vec<http::HeaderValue>,
+    host: String,
+    scheme: &'static str,
+}
+
+/// `request_cache_filter`: enables the cache for GET/HEAD on a caching location, unless a
+/// bypass rule applies.
+pub fn request_cache_filter(
+    cache: &'static EdgeCache,
+    session: &mut Session,
+    policy: Option<&Arc<CachePolicy>>,
+    scheme: &'static str,
+    state: &mut CacheRequest,
+) {
+    let Some(policy) = policy else { return };
+    let req = session.req_header();
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return;
+    }
+    state.policy = Some(policy.clone());
+    if policy.bypass.applies(req) {
+        state.bypassed = true;
+        return;
+    }
+    state.host = request_host(req);
+    state.scheme = scheme;
+    state.enabled = true;
+    cache.enable(session);
+}
+
+fn request_host(req: &RequestHeader) -> String {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .map(|v| v.as_bytes())
+        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
+        .unwrap_or_default();
+    normalize_host(raw).ok().flatten().unwrap_or_default()
+}
+
+/// `cache_key_callback`: the key the location's policy builds.
+pub fn cache_key(session: &Session, state: &CacheRequest) -> Result<CacheKey> {
+    let Some(policy) = state.policy.as_ref() else {
+        return Error::e_explain(ErrorType::InternalError, "cache enabled without a policy");
+    };
+    Ok(policy
+        .key
+        .cache_key(state.scheme, &state.host, session.req_header()))
+}
+
+/// `response_cache_filter`: whether and how long to store the response.
+pub fn response_cacheable(
+    state: &mut CacheRequest,
+    req: &RequestHeader,
+    resp: &ResponseHeader,
+) -> RespCacheable {
+    let Some(policy) = state.policy.as_ref() else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    // A HEAD response has no body: storing it would answer later GETs with an empty body.
+    if req.method == http::Method::HEAD {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("head-miss"));
+    }
+    match policy.freshness.decide(resp, SystemTime::now()) {
+        Ok(meta) => {
+            let cookies = resp.headers.get_all(http::header::SET_COOKIE);
+            state.own_cookies = cookies.iter().cloned().collect();
+            RespCacheable::Cacheable(meta)
+        }
+        Err(why) => RespCacheable::Uncacheable(NoCacheReason::Custom(why.as_str())),
+    }
+}
+
+/// `cache_vary_filter`: the variance of the request for the headers the origin's `Vary`
+/// names (a request without one of them varies on its absence).
+pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+    let names: Vec<String> = meta
+        .headers()
+        .get_all(http::header::VARY)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .filter(|name| !name.is_empty())
+        .collect();
+    let mut builder = VarianceBuilder::new();
+    for name in &names {
+        let value = req
+            .headers
+            .get(name.as_str())
+            .map_or(&[][..], |v| v.as_bytes());
+        builder.add_value(name, value);
+    }
+    builder.finalize()
+}
+
+/// `should_serve_stale`: within the entry's windows (checked by pingora-cache), serve stale
+/// while revalidating, or when the upstream failed (connect error, timeout, or one of the
+/// configured statuses).
+pub fn should_serve_stale(state: &CacheRequest, error: Option<&Error>) -> bool {
+    let Some(error) = error else { return true };
+    match state.policy.as_ref() {
+        Some(policy) => policy.freshness.stale_on_error(error),
+        None => error.esource() == &ErrorSource::Upstream,
+    }
+}
+
+/// `response_filter`: the cache status header, and the fetching visitor's own cookies.
+/// The nginx-style cache status of this request, if the cache was consulted.
+pub fn status(session: &Session, state: &CacheRequest) -> Option<CacheStatus> {
+    if state.bypassed {
+        Some(CacheStatus::Bypass)
+    } else if state.enabled {
+        Some(CacheStatus::from_phase(session.cache.phase()))
+    } else {
+        None
+    }
+}
+
+/// Adds the cache status header (and this visitor's own cookies, see below) to a response.
+pub fn add_status_header(
+    state: &CacheRequest,
+    status: Option<CacheStatus>,
+    resp: &mut ResponseHeader,
+) -> Result<()> {
+    // pingora serves even the fetching request from the stored (cookie-less) copy; when
+    // it passed the upstream's header through instead, the cookies are already there.
+    if !resp.headers.contains_key(http::header::SET_COOKIE) {
+        for cookie in &state.own_cookies {
+            resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
+        }
+    }
+    let Some(name) = state.policy.as_ref().and_then(|p| p.status_header.as_ref()) else {
+        return Ok(());
+    };
+    match status {
+        Some(status) => resp.insert_header(name.clone(), status.as_str()),
+        None => Ok(()),
+    }
+}

@@ -1,0 +1,124 @@
+//! Response caching on pingora-cache: an in-memory, byte-bounded [`MemoryStorage`] with
+//! LRU eviction, per-location [`CachePolicy`] (key, bypass, freshness, stale windows),
+//! nginx-style [`CacheStatus`] words, purges ([`EdgeCache::purge_url`],
+//! [`EdgeCache::purge_host`]), and an optional [`DiskTier`] behind memory.
+//!
+//! [`EdgeCache`] is created once per process and lives for the rest of it: pingora-cache
+//! takes its storage, eviction manager and cache lock as `&'static` references (its design,
+//! so no request ever reference-counts them), hence [`EdgeCache::leak`]. A config reload
+//! keeps the cache it started with; changing `[cache]` sizes needs a restart.
+
+mod config;
+mod disk;
+pub mod hooks;
+mod policy;
+mod purge;
+mod status;
+mod storage;
+
+pub use disk::{DiskRecord, DiskTier};
+pub use policy::{Bypass, CacheKeyPolicy, CachePolicy, Freshness, NotStored, QueryKey};
+pub use purge::{PurgeAction, PurgeScope};
+pub use status::CacheStatus;
+pub use storage::{MemoryStorage, PurgeTags};
+
+pub(crate) use config::{check_site_policy, compile_policy, compile_settings};
+
+use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora::cache::CacheOptionOverrides;
+use pingora::proxy::Session;
+use std::time::Duration;
+
+/// Storage-wide settings (`[cache]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheSettings {
+    /// Bytes kept in memory.
+    pub max_size: usize,
+    /// Largest response stored.
+    pub max_object_size: usize,
+    /// Entries unread this long are dropped.
+    pub inactive: Duration,
+    /// How long concurrent misses wait for the one upstream fetch.
+    pub lock_timeout: Duration,
+    /// The disk tier, if any.
+    pub disk: Option<DiskSettings>,
+}
+
+/// `[cache.disk]`: where and how much the disk tier keeps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSettings {
+    /// The cache directory (created if missing).
+    pub path: std::path::PathBuf,
+    /// Bytes of entry files kept.
+    pub max_size: u64,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        Self {
+            max_size: 256 << 20,
+            max_object_size: 16 << 20,
+            inactive: Duration::from_secs(600),
+            lock_timeout: Duration::from_secs(5),
+            disk: None,
+        }
+    }
+}
+
+/// The process's cache: storage, eviction and the lock that collapses concurrent misses.
+pub struct EdgeCache {
+    storage: MemoryStorage,
+    lock: Box<CacheKeyLockImpl>,
+    settings: CacheSettings,
+}
+
+impl EdgeCache {
+    /// Creates the cache and leaks it: pingora-cache requires `'static` storage, eviction
+    /// manager and lock. Call once per process (per [`crate::EdgeProxy`]).
+    pub fn leak(settings: CacheSettings) -> &'static EdgeCache {
+        let mut storage = MemoryStorage::new(settings.max_size, settings.inactive);
+        if let Some(disk) = &settings.disk {
+            match DiskTier::open(&disk.path, disk.max_size) {
+                Ok(tier) => storage = storage.with_disk(tier),
+                // A broken disk costs the disk tier, never the service.
+                Err(e) => tracing::warn!(
+                    path = %disk.path.display(),
+                    error = %e,
+                    "cache disk tier unavailable; caching in memory only"
+                ),
+            }
+        }
+        Box::leak(Box::new(EdgeCache {
+            storage,
+            // A lock older than this is considered abandoned by its writer.
+            lock: CacheLock::new_boxed(settings.lock_timeout.max(Duration::from_secs(1))),
+            settings,
+        }))
+    }
+
+    /// The storage (for inspection, e.g. bytes used).
+    pub fn storage(&self) -> &MemoryStorage {
+        &self.storage
+    }
+
+    /// The settings it was built with.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// Turns pingora-cache on for this request with our storage, eviction and lock.
+    pub fn enable(&'static self, session: &mut Session) {
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.settings.lock_timeout);
+        session.cache.enable(
+            &self.storage,
+            Some(self.storage.eviction()),
+            None,
+            Some(self.lock.as_ref()),
+            Some(overrides),
+        );
+        session
+            .cache
+            .set_max_file_size_bytes(self.settings.max_object_size);
+    }
+}
