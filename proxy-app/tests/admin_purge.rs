@@ -22,7 +22,7 @@ async fn purge_by_url_and_host_through_the_admin_listener() {
     let config = format!(
         "{}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\ncache = {{ valid = {{ \"200\" = \"1h\" }}, ignore_cache_control = true }}\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
         base_config(port, &tailnet).replace(
-            &format!("[admin]\nlisten = \"127.0.0.1:"),
+            "[admin]\nlisten = \"127.0.0.1:",
             &format!("[admin]\ntoken_env = \"{variable}\"\nlisten = \"127.0.0.1:"),
         ),
         tailnet.domain(),
