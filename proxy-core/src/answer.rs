@@ -20,6 +20,8 @@ pub struct LocalAnswer {
     pub location: Option<String>,
     /// Close the connection after answering (when the request body was not read).
     pub close: bool,
+    /// More headers (e.g. `Retry-After` on rate-limit rejections).
+    pub extra_headers: Vec<(http::HeaderName, String)>,
 }
 
 impl LocalAnswer {
@@ -31,6 +33,7 @@ impl LocalAnswer {
             body: body.into(),
             location: None,
             close: false,
+            extra_headers: Vec::new(),
         }
     }
 
@@ -55,6 +58,9 @@ impl LocalAnswer {
         header.insert_header(http::header::CONTENT_LENGTH, self.body.len().to_string())?;
         if let Some(location) = &self.location {
             header.insert_header(http::header::LOCATION, location.as_str())?;
+        }
+        for (name, value) in &self.extra_headers {
+            header.insert_header(name.clone(), value.as_str())?;
         }
         if self.close {
             session.set_keepalive(None);

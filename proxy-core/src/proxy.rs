@@ -11,9 +11,10 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::answer::{default_error_page, LocalAnswer};
+use crate::guard::GuardVerdict;
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
 use crate::runtime::{RuntimeConfig, UnknownHostAnswer};
 use crate::upstream::{apply_forwarded_headers, Upstream};
@@ -36,6 +37,8 @@ pub struct RequestCtx {
     pub body_seen: u64,
     /// When the request started.
     pub started: Instant,
+    /// How long rate limiting holds this request before it proceeds (`delay` zones).
+    pub rate_limit_delay: Duration,
 }
 
 /// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
@@ -86,6 +89,15 @@ impl EdgeProxy {
         ctx.body_limit = location.max_body_size.unwrap_or(site.max_body_size);
         if let Some(answer) = check_declared_length(request, ctx.body_limit) {
             return Some(answer);
+        }
+        let guards = &ctx.config.guards;
+        match guards.check(&site, &location, request, ctx.client_ip) {
+            GuardVerdict::Pass(delay) => ctx.rate_limit_delay = delay,
+            GuardVerdict::Refuse(answer) => {
+                ctx.site = Some(site);
+                ctx.location = Some(location);
+                return Some(answer);
+            }
         }
         let answer = match &location.action {
             Action::Proxy(upstream) => {
@@ -144,6 +156,7 @@ impl ProxyHttp for EdgeProxy {
             body_limit: 0,
             body_seen: 0,
             started: Instant::now(),
+            rate_limit_delay: Duration::ZERO,
         }
     }
 
@@ -152,15 +165,23 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.client_ip = match session.client_addr() {
+        let peer = match session.client_addr() {
             Some(PeerAddr::Inet(addr)) => Some(addr.ip()),
             _ => None,
         };
+        ctx.client_ip = ctx
+            .config
+            .client
+            .client_ip(peer, &session.req_header().headers);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Some(answer) = self.route(session, ctx) else {
+        let answer = self.route(session, ctx);
+        if !ctx.rate_limit_delay.is_zero() {
+            tokio::time::sleep(ctx.rate_limit_delay).await;
+        }
+        let Some(answer) = answer else {
             return Ok(false);
         };
         if answer.status == 0 {
@@ -230,6 +251,9 @@ impl ProxyHttp for EdgeProxy {
             .as_ref()
             .and_then(|l| l.host_header.as_ref())
             .unwrap_or(&upstream.host_header);
+        ctx.config
+            .client
+            .set_upstream_header(upstream_request, ctx.client_ip)?;
         apply_forwarded_headers(
             upstream_request,
             host_header,

@@ -42,6 +42,7 @@ pub(crate) fn compile(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfi
     let router = compiler.sites(&file.sites, &upstreams, &root.key("sites"));
     let health_path = compiler.health_path(&file.server, &root.key("server"));
     let unknown_host = compiler.unknown_host(&file.server, &root.key("server"));
+    let (client, guards) = crate::guard::compile_guards(file, base_dir, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -52,6 +53,8 @@ pub(crate) fn compile(file: &ConfigFile, base_dir: &Path) -> Result<RuntimeConfi
         upstreams,
         health_path,
         unknown_host,
+        client,
+        guards,
     })
 }
 
@@ -565,7 +568,8 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn resolve_path(base: &Path, relative: &str) -> PathBuf {
+/// `relative` resolved against the config file's directory (absolute paths unchanged).
+pub(crate) fn resolve_path(base: &Path, relative: &str) -> PathBuf {
     let path = Path::new(relative);
     if path.is_absolute() {
         path.to_path_buf()
