@@ -33,7 +33,7 @@ pub(crate) fn compile_guards(
     let mut table = GuardTable::default();
     for (name, site) in &file.sites {
         let key = KeyPath::root().key("sites").key(name);
-        if let Some(guards) = c.site(site, &zones, &key) {
+        if let Some(guards) = c.site(site, &zones, &file.rate_limits, &key) {
             table.sites.insert(name.clone(), guards);
         }
     }
@@ -134,11 +134,13 @@ impl GuardCompiler<'_> {
         &mut self,
         s: &SiteSection,
         zones: &HashMap<String, Arc<LimitZone>>,
+        declared: &BTreeMap<String, RateLimitSection>,
         key: &KeyPath,
     ) -> Option<SiteGuards> {
+        let refs = ZoneRefs { zones, declared };
         let mut guards = SiteGuards {
             access: self.access(s.access.as_ref(), &key.key("access")),
-            zones: self.zone_refs(&s.rate_limits, zones, &key.key("rate_limits")),
+            zones: self.zone_refs(&s.rate_limits, &refs, &key.key("rate_limits")),
             locations: HashMap::new(),
         };
         for (i, l) in s.locations.iter().enumerate() {
@@ -148,7 +150,7 @@ impl GuardCompiler<'_> {
                     .allow
                     .as_ref()
                     .map(|list| self.allow(list, &key.key("allow"))),
-                zones: self.zone_refs(&l.rate_limits, zones, &key.key("rate_limits")),
+                zones: self.zone_refs(&l.rate_limits, &refs, &key.key("rate_limits")),
             };
             if location.allow.is_some() || !location.zones.is_empty() {
                 guards.locations.insert(i, location);
@@ -202,16 +204,17 @@ impl GuardCompiler<'_> {
     fn zone_refs(
         &mut self,
         names: &[String],
-        zones: &HashMap<String, Arc<LimitZone>>,
+        refs: &ZoneRefs<'_>,
         key: &KeyPath,
     ) -> Vec<Arc<LimitZone>> {
         let mut out = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            match zones.get(name) {
+            match refs.zones.get(name) {
                 Some(zone) => out.push(zone.clone()),
+                // Declared but invalid: already reported at the zone itself.
+                None if refs.declared.contains_key(name) => {}
                 None => {
-                    let mut known: Vec<&str> = zones.keys().map(String::as_str).collect();
-                    known.sort_unstable();
+                    let known: Vec<&str> = refs.declared.keys().map(String::as_str).collect();
                     let known = if known.is_empty() {
                         "none".into()
                     } else {
@@ -226,6 +229,12 @@ impl GuardCompiler<'_> {
         }
         out
     }
+}
+
+/// Zones that compiled, and every zone declared (valid or not).
+struct ZoneRefs<'a> {
+    zones: &'a HashMap<String, Arc<LimitZone>>,
+    declared: &'a BTreeMap<String, RateLimitSection>,
 }
 
 fn parse_cidr(text: &str, key: &KeyPath, problems: &mut Problems) -> Option<IpNet> {
