@@ -145,12 +145,15 @@ impl GuardCompiler<'_> {
         };
         for (i, l) in s.locations.iter().enumerate() {
             let key = key.key("locations").index(i);
+            let mut zones = self.zone_refs(&l.rate_limits, &refs, &key.key("rate_limits"));
+            // A zone named by both the site and the location counts a request once.
+            zones.retain(|zone| !guards.zones.iter().any(|z| Arc::ptr_eq(z, zone)));
             let location = LocationGuards {
                 allow: l
                     .allow
                     .as_ref()
                     .map(|list| self.allow(list, &key.key("allow"))),
-                zones: self.zone_refs(&l.rate_limits, &refs, &key.key("rate_limits")),
+                zones,
             };
             if location.allow.is_some() || !location.zones.is_empty() {
                 guards.locations.insert(i, location);

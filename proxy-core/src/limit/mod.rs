@@ -24,6 +24,11 @@
 //!   is limited as if it shared a bucket with the colliding one. Under a spray of many more
 //!   active addresses than slots, limiting degrades toward one shared bucket: too strict,
 //!   never too lenient. Raise `slots` for zones expecting many simultaneous clients.
+//!
+//! Deciding reads a key's estimate and then adds to it; requests of the same key hold the same
+//! lock stripe meanwhile, so one client racing itself on many threads is counted exactly.
+//! Counters only ever grow (a request rejected by any zone is counted in none, decided before
+//! anything is added), which is what keeps every estimate at or above its true value.
 
 mod key;
 mod rate;

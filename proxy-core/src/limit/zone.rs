@@ -1,8 +1,11 @@
 //! [`LimitZone`]: one named rate limit, its sketch, and the nginx `limit_req` decision.
 
 use pingora_limits::estimator::Estimator;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use super::key::{fold_ip, LimitKey, ZoneKey};
@@ -11,6 +14,9 @@ use super::rate::Rate;
 /// Rows of the count-min sketch: each row is an independent hash, and a key is
 /// over-counted only if it collides in all of them.
 const SKETCH_ROWS: usize = 4;
+
+/// Locks per zone: enough that unrelated clients rarely wait on each other.
+const STRIPES: usize = 64;
 
 /// Default counters per row.
 pub const DEFAULT_SLOTS: usize = 16384;
@@ -48,6 +54,10 @@ pub struct LimitZone {
     /// Per-key theoretical arrival time, in nanoseconds since `epoch`.
     sketch: Estimator,
     epoch: Instant,
+    /// A key's decision reads then adds; requests of one key take the same stripe so they
+    /// are decided one after the other (exact), while other keys proceed in parallel.
+    stripes: Box<[Mutex<()>]>,
+    stripe_hasher: RandomState,
     rejected: AtomicU64,
 }
 
@@ -62,14 +72,14 @@ impl std::fmt::Debug for LimitZone {
 /// A zone's answer for one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZoneVerdict {
-    /// The request is counted and passes, after waiting `delay` (zero with `nodelay`).
+    /// The request passes, after waiting `delay` (zero with `nodelay`).
     Pass {
         /// How long to hold the request first.
         delay: Duration,
-        /// What was added to the counters (to undo it if another zone rejects).
+        /// What counting the request adds to the key's counters.
         added: i64,
     },
-    /// The request is over rate + burst; it was not counted.
+    /// The request is over rate + burst; it is not counted.
     Reject {
         /// When a request from this key would pass again.
         retry_after: Duration,
@@ -83,6 +93,8 @@ impl LimitZone {
             interval_ns: settings.rate.emission_interval_ns(),
             sketch: Estimator::new(SKETCH_ROWS, settings.slots.max(1)),
             epoch: Instant::now(),
+            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+            stripe_hasher: RandomState::new(),
             rejected: AtomicU64::new(0),
             settings,
         }
@@ -120,32 +132,49 @@ impl LimitZone {
 
     /// Counts one request for `key` now.
     pub fn acquire(&self, key: &LimitKey<'_>) -> ZoneVerdict {
-        let now = i64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX);
-        self.acquire_at(key, now)
+        self.acquire_at(key, self.now())
     }
 
     /// Counts one request for `key` at `now` (nanoseconds since the zone was created).
+    pub fn acquire_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
+        let _stripe = self.lock(key);
+        let verdict = self.decide_at(key, now);
+        if let ZoneVerdict::Pass { added, .. } = verdict {
+            self.commit(key, added);
+        }
+        verdict
+    }
+
+    fn now(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    fn stripe(&self, key: &LimitKey<'_>) -> &Mutex<()> {
+        let index = self.stripe_hasher.hash_one(key) as usize % self.stripes.len();
+        &self.stripes[index]
+    }
+
+    fn lock(&self, key: &LimitKey<'_>) -> MutexGuard<'_, ()> {
+        // The mutex guards no data, so a poisoned one is as good as a healthy one.
+        self.stripe(key).lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Decides without counting; the caller holds the key's stripe.
     ///
     /// GCRA, which is nginx's leaky bucket: `excess` is how far the key's theoretical
     /// arrival time is ahead of now, i.e. nginx's `excess` in time units. A request passes
     /// while `excess <= burst x interval`, and then moves the arrival time one interval on.
-    pub fn acquire_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
+    fn decide_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
         let tolerance = i64::from(self.settings.burst) * self.interval_ns;
         // The sketch counts in `isize`; nanosecond clocks need 64 bits, as every target
         // Pingora runs on has.
         let estimate = self.sketch.get(key) as i64;
         let excess = estimate.max(now) - now;
         if excess > tolerance {
-            return self.reject(excess - tolerance);
-        }
-        let added = estimate.max(now) + self.interval_ns - estimate;
-        // `incr` returns the minimum over rows after adding: the arrival time as the other
-        // requests racing with this one left it. Decide on that, so a race never over-admits.
-        let after = self.sketch.incr(key, added as isize) as i64;
-        let excess = after - self.interval_ns - now;
-        if excess > tolerance {
-            self.sketch.decr(key, added as isize);
-            return self.reject(excess - tolerance);
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return ZoneVerdict::Reject {
+                retry_after: Duration::from_nanos(u64::try_from(excess - tolerance).unwrap_or(0)),
+            };
         }
         let delay_ns = match self.settings.delay {
             None => 0,
@@ -153,21 +182,14 @@ impl LimitZone {
         };
         ZoneVerdict::Pass {
             delay: Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(0)),
-            added,
+            added: estimate.max(now) + self.interval_ns - estimate,
         }
     }
 
-    /// Takes back a request counted by [`LimitZone::acquire`] (another zone rejected it,
-    /// and nginx counts a request in no zone unless all pass).
-    pub fn release(&self, key: &LimitKey<'_>, added: i64) {
-        self.sketch.decr(key, added as isize);
-    }
-
-    fn reject(&self, wait_ns: i64) -> ZoneVerdict {
-        self.rejected.fetch_add(1, Ordering::Relaxed);
-        ZoneVerdict::Reject {
-            retry_after: Duration::from_nanos(u64::try_from(wait_ns).unwrap_or(0)),
-        }
+    /// Counts a request that passed. Counters only ever grow, so a key's estimate is never
+    /// below its true arrival time, whatever other keys sharing its counters do.
+    fn commit(&self, key: &LimitKey<'_>, added: i64) {
+        self.sketch.incr(key, added as isize);
     }
 }
 
@@ -190,25 +212,30 @@ pub enum LimitOutcome {
     },
 }
 
-/// Applies every `(zone, key)` pair; the request passes only if all pass. When one rejects,
-/// the counts already taken in the others are given back. Dry-run zones log their would-be
-/// rejections and pass.
+/// Applies every `(zone, key)` pair; the request passes only if all pass, and is counted
+/// in no zone otherwise (as nginx does). Dry-run zones log their would-be rejections and
+/// pass. All the keys' stripes are held while deciding and counting, taken in address
+/// order so that two requests never wait on each other in a cycle.
 pub fn acquire_all(zones: &[(&LimitZone, LimitKey<'_>)]) -> LimitOutcome {
-    let mut taken: Vec<(&LimitZone, &LimitKey<'_>, i64)> = Vec::with_capacity(zones.len());
+    let mut stripes: Vec<&Mutex<()>> = zones.iter().map(|(z, k)| z.stripe(k)).collect();
+    stripes.sort_by_key(|m| *m as *const Mutex<()> as usize);
+    stripes.dedup_by_key(|m| *m as *const Mutex<()> as usize);
+    let _held: Vec<MutexGuard<'_, ()>> = stripes
+        .iter()
+        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
+        .collect();
+    let mut counted = Vec::with_capacity(zones.len());
     let mut delay = Duration::ZERO;
     for (zone, key) in zones {
-        match zone.acquire(key) {
+        match zone.decide_at(key, zone.now()) {
             ZoneVerdict::Pass { delay: d, added } => {
                 delay = delay.max(d);
-                taken.push((zone, key, added));
+                counted.push((zone, key, added));
             }
             ZoneVerdict::Reject { retry_after } if zone.settings.dry_run => {
                 tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded (dry run, not rejected)");
             }
             ZoneVerdict::Reject { retry_after } => {
-                for (zone, key, added) in taken {
-                    zone.release(key, added);
-                }
                 tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded, rejected");
                 return LimitOutcome::Reject {
                     zone: zone.settings.name.clone(),
@@ -217,6 +244,9 @@ pub fn acquire_all(zones: &[(&LimitZone, LimitKey<'_>)]) -> LimitOutcome {
                 };
             }
         }
+    }
+    for (zone, key, added) in counted {
+        zone.commit(key, added);
     }
     LimitOutcome::Pass { delay }
 }
@@ -337,6 +367,23 @@ mod tests {
     }
 
     #[test]
+    fn racing_threads_of_one_client_get_exactly_rate_plus_burst() {
+        let z = std::sync::Arc::new(zone("1r/m", 20, None, DEFAULT_SLOTS));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let z = z.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .filter(|_| matches!(z.acquire(&ip_key(9)), ZoneVerdict::Pass { .. }))
+                        .count()
+                })
+            })
+            .collect();
+        let passed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(passed, 21);
+    }
+
+    #[test]
     fn memory_is_fixed_by_slots() {
         let z = zone("10r/s", 20, None, DEFAULT_SLOTS);
         for n in 0..100_000 {
@@ -346,7 +393,7 @@ mod tests {
     }
 
     #[test]
-    fn a_rejecting_zone_gives_back_the_others_counts() {
+    fn a_request_rejected_by_one_zone_is_counted_in_none() {
         let wide = zone("1r/m", 5, None, DEFAULT_SLOTS);
         let narrow = zone("1r/m", 0, None, DEFAULT_SLOTS);
         let key = ip_key(1);
