@@ -69,11 +69,9 @@ impl GuardTable {
             return GuardVerdict::Pass(Duration::ZERO);
         };
         let access = &guards.access;
-        let user_agent = request
-            .headers
-            .get(http::header::USER_AGENT)
-            .map_or(&b""[..], |v| v.as_bytes());
-        if access.is_denied_agent(user_agent) {
+        // Every User-Agent line counts: a second one must not smuggle a crawler past the rules.
+        let mut agents = request.headers.get_all(http::header::USER_AGENT).iter();
+        if agents.any(|v| access.is_denied_agent(v.as_bytes())) {
             return refuse(&access.user_agent_body);
         }
         if client_ip.is_some_and(|ip| access.is_denied(ip)) {

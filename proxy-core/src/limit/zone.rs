@@ -1,8 +1,6 @@
 //! [`LimitZone`]: one named rate limit, its sketch, and the nginx `limit_req` decision.
 
 use pingora_limits::estimator::Estimator;
-use std::collections::hash_map::RandomState;
-use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
@@ -14,9 +12,6 @@ use super::rate::Rate;
 /// Rows of the count-min sketch: each row is an independent hash, and a key is
 /// over-counted only if it collides in all of them.
 const SKETCH_ROWS: usize = 4;
-
-/// Locks per zone: enough that unrelated clients rarely wait on each other.
-const STRIPES: usize = 64;
 
 /// Default counters per row.
 pub const DEFAULT_SLOTS: usize = 16384;
@@ -51,13 +46,14 @@ pub struct LimitZone {
     pub settings: ZoneSettings,
     /// Nanoseconds between requests at the zone's rate (GCRA's emission interval).
     interval_ns: i64,
-    /// Per-key theoretical arrival time, in nanoseconds since `epoch`.
-    sketch: Estimator,
+    /// Per-key theoretical arrival time, in nanoseconds since `epoch`: one single-row
+    /// pingora-limits estimator per row, so each row can be raised on its own (conservative
+    /// update: a counter holds the latest arrival time of the keys hashed to it, not a sum).
+    rows: Box<[Estimator]>,
     epoch: Instant,
-    /// A key's decision reads then adds; requests of one key take the same stripe so they
-    /// are decided one after the other (exact), while other keys proceed in parallel.
-    stripes: Box<[Mutex<()>]>,
-    stripe_hasher: RandomState,
+    /// Held while a decision reads and then raises the counters, like nginx's zone mutex,
+    /// so racing requests are decided one after the other and counted exactly.
+    lock: Mutex<()>,
     rejected: AtomicU64,
 }
 
@@ -76,8 +72,8 @@ pub enum ZoneVerdict {
     Pass {
         /// How long to hold the request first.
         delay: Duration,
-        /// What counting the request adds to the key's counters.
-        added: i64,
+        /// The key's arrival time once this request is counted.
+        arrival: i64,
     },
     /// The request is over rate + burst; it is not counted.
     Reject {
@@ -91,10 +87,11 @@ impl LimitZone {
     pub fn new(settings: ZoneSettings) -> Self {
         Self {
             interval_ns: settings.rate.emission_interval_ns(),
-            sketch: Estimator::new(SKETCH_ROWS, settings.slots.max(1)),
+            rows: (0..SKETCH_ROWS)
+                .map(|_| Estimator::new(1, settings.slots.max(1)))
+                .collect(),
             epoch: Instant::now(),
-            stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
-            stripe_hasher: RandomState::new(),
+            lock: Mutex::new(()),
             rejected: AtomicU64::new(0),
             settings,
         }
@@ -137,10 +134,10 @@ impl LimitZone {
 
     /// Counts one request for `key` at `now` (nanoseconds since the zone was created).
     pub fn acquire_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
-        let _stripe = self.lock(key);
+        let _decision = self.lock();
         let verdict = self.decide_at(key, now);
-        if let ZoneVerdict::Pass { added, .. } = verdict {
-            self.commit(key, added);
+        if let ZoneVerdict::Pass { arrival, .. } = verdict {
+            self.commit(key, arrival);
         }
         verdict
     }
@@ -149,26 +146,31 @@ impl LimitZone {
         i64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
     }
 
-    fn stripe(&self, key: &LimitKey<'_>) -> &Mutex<()> {
-        let index = self.stripe_hasher.hash_one(key) as usize % self.stripes.len();
-        &self.stripes[index]
-    }
-
-    fn lock(&self, key: &LimitKey<'_>) -> MutexGuard<'_, ()> {
+    fn lock(&self) -> MutexGuard<'_, ()> {
         // The mutex guards no data, so a poisoned one is as good as a healthy one.
-        self.stripe(key).lock().unwrap_or_else(|e| e.into_inner())
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Decides without counting; the caller holds the key's stripe.
+    /// The key's estimated arrival time: the lowest of its counters, each of which is the
+    /// latest arrival time of any key hashed to it, so never below the key's own.
+    fn estimate(&self, key: &LimitKey<'_>) -> i64 {
+        // The sketch counts in `isize`; nanosecond clocks need 64 bits, as every target
+        // Pingora runs on has.
+        self.rows
+            .iter()
+            .map(|row| row.get(key) as i64)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Decides without counting; the caller holds the zone's lock.
     ///
     /// GCRA, which is nginx's leaky bucket: `excess` is how far the key's theoretical
     /// arrival time is ahead of now, i.e. nginx's `excess` in time units. A request passes
     /// while `excess <= burst x interval`, and then moves the arrival time one interval on.
     fn decide_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
         let tolerance = i64::from(self.settings.burst) * self.interval_ns;
-        // The sketch counts in `isize`; nanosecond clocks need 64 bits, as every target
-        // Pingora runs on has.
-        let estimate = self.sketch.get(key) as i64;
+        let estimate = self.estimate(key);
         let excess = estimate.max(now) - now;
         if excess > tolerance {
             self.rejected.fetch_add(1, Ordering::Relaxed);
@@ -182,14 +184,21 @@ impl LimitZone {
         };
         ZoneVerdict::Pass {
             delay: Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(0)),
-            added: estimate.max(now) + self.interval_ns - estimate,
+            arrival: estimate.max(now) + self.interval_ns,
         }
     }
 
-    /// Counts a request that passed. Counters only ever grow, so a key's estimate is never
-    /// below its true arrival time, whatever other keys sharing its counters do.
-    fn commit(&self, key: &LimitKey<'_>, added: i64) {
-        self.sketch.incr(key, added as isize);
+    /// Counts a request that passed: raises each of the key's counters to its new arrival
+    /// time (never lowers one). Counters only ever grow, so a key's estimate is never below
+    /// its true arrival time, and a counter is ahead of now only while a key hashed to it
+    /// has a non-empty bucket.
+    fn commit(&self, key: &LimitKey<'_>, arrival: i64) {
+        for row in self.rows.iter() {
+            let current = row.get(key) as i64;
+            if current < arrival {
+                row.incr(key, (arrival - current) as isize);
+            }
+        }
     }
 }
 
@@ -214,23 +223,20 @@ pub enum LimitOutcome {
 
 /// Applies every `(zone, key)` pair; the request passes only if all pass, and is counted
 /// in no zone otherwise (as nginx does). Dry-run zones log their would-be rejections and
-/// pass. All the keys' stripes are held while deciding and counting, taken in address
-/// order so that two requests never wait on each other in a cycle.
+/// pass. The zones' locks are held while deciding and counting, taken in address order so
+/// that two requests never wait on each other in a cycle.
 pub fn acquire_all(zones: &[(&LimitZone, LimitKey<'_>)]) -> LimitOutcome {
-    let mut stripes: Vec<&Mutex<()>> = zones.iter().map(|(z, k)| z.stripe(k)).collect();
-    stripes.sort_by_key(|m| *m as *const Mutex<()> as usize);
-    stripes.dedup_by_key(|m| *m as *const Mutex<()> as usize);
-    let _held: Vec<MutexGuard<'_, ()>> = stripes
-        .iter()
-        .map(|m| m.lock().unwrap_or_else(|e| e.into_inner()))
-        .collect();
+    let mut locked: Vec<&LimitZone> = zones.iter().map(|(zone, _)| *zone).collect();
+    locked.sort_by_key(|zone| *zone as *const LimitZone as usize);
+    locked.dedup_by_key(|zone| *zone as *const LimitZone as usize);
+    let _held: Vec<MutexGuard<'_, ()>> = locked.iter().map(|zone| zone.lock()).collect();
     let mut counted = Vec::with_capacity(zones.len());
     let mut delay = Duration::ZERO;
     for (zone, key) in zones {
         match zone.decide_at(key, zone.now()) {
-            ZoneVerdict::Pass { delay: d, added } => {
+            ZoneVerdict::Pass { delay: d, arrival } => {
                 delay = delay.max(d);
-                counted.push((zone, key, added));
+                counted.push((zone, key, arrival));
             }
             ZoneVerdict::Reject { retry_after } if zone.settings.dry_run => {
                 tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded (dry run, not rejected)");
@@ -245,8 +251,8 @@ pub fn acquire_all(zones: &[(&LimitZone, LimitKey<'_>)]) -> LimitOutcome {
             }
         }
     }
-    for (zone, key, added) in counted {
-        zone.commit(key, added);
+    for (zone, key, arrival) in counted {
+        zone.commit(key, arrival);
     }
     LimitOutcome::Pass { delay }
 }
@@ -407,6 +413,28 @@ mod tests {
         }
         let two_zones = started.elapsed() / rounds;
         println!("rate-limit decision: {one_key:?} (one client), {distinct:?} (distinct clients), {two_zones:?} (two keys via acquire_all)");
+    }
+
+    /// Counters hold the latest arrival time of the keys sharing them, not a sum, so a
+    /// crowd that filled every counter leaves no trace once its buckets have drained.
+    #[test]
+    fn old_traffic_leaves_no_trace() {
+        let z = zone("10r/s", 5, None, 64);
+        for n in 0..10_000 {
+            passes(&z, &ip_key(n), 3, 1000 * SECOND);
+        }
+        let later = 1000 * SECOND + SECOND;
+        assert_eq!(passes(&z, &ip_key(99_999), 10, later), 6);
+    }
+
+    /// With fewer active clients than counters, new clients are not held back by others.
+    #[test]
+    fn moderate_crowds_do_not_limit_new_clients() {
+        let z = zone("10r/s", 5, None, DEFAULT_SLOTS);
+        let first_requests = (0..2_000)
+            .filter(|n| matches!(z.acquire_at(&ip_key(*n), SECOND), ZoneVerdict::Pass { .. }))
+            .count();
+        assert_eq!(first_requests, 2_000);
     }
 
     #[test]
