@@ -58,6 +58,12 @@ impl GuardCompiler<'_> {
         }
         if let Some(name) = &s.ip_header {
             match HeaderName::from_bytes(name.as_bytes()) {
+                // The proxy rewrites X-Forwarded-For itself; its entries are read through
+                // `forwarded_for_fallback`, right to left.
+                Ok(header) if header == "x-forwarded-for" => self.problems.push(
+                    key.key("ip_header"),
+                    "X-Forwarded-For cannot be the client-IP header: set `forwarded_for_fallback = true` instead",
+                ),
                 Ok(header) => policy.header = header,
                 Err(_) => self.problems.push(
                     key.key("ip_header"),
@@ -270,11 +276,12 @@ mod tests {
     #[test]
     fn bad_zones_and_references_name_their_keys() {
         let text = format!(
-            "[client]\ntrusted_proxies = [\"172.16.0.0/12\", \"nope\"]\n\n[rate_limits.login]\nrate = \"5r/h\"\nburst = 2\ndelay = 3\nstatus = 200\n\n{BASE}rate_limits = [\"missing\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nallow = [\"10.0.0.0/33\"]\n"
+            "[client]\ntrusted_proxies = [\"172.16.0.0/12\", \"nope\"]\nip_header = \"X-Forwarded-For\"\n[rate_limits.login]\nrate = \"5r/h\"\nburst = 2\ndelay = 3\nstatus = 200\n\n{BASE}rate_limits = [\"missing\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nallow = [\"10.0.0.0/33\"]\n"
         );
         let e = errors(&text);
         for expected in [
             "edge.toml:2: client.trusted_proxies[1]: invalid IP or CIDR `nope`",
+            "edge.toml:3: client.ip_header: X-Forwarded-For cannot be",
             "edge.toml:5: rate_limits.login.rate: invalid rate `5r/h`",
             "edge.toml:7: rate_limits.login.delay: delay (3) cannot exceed burst (2)",
             "edge.toml:8: rate_limits.login.status:",
