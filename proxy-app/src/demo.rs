@@ -61,6 +61,7 @@ fn print_instructions(listen: &str, admin: &str, tailnet: &FakeTailnet) {
          curl -i http://git.demo.localhost:{port}/__echo        # see the forwarded headers\n  \
          curl -i http://git.demo.localhost:{port}/u/repo/archive/main.zip   # redirect\n  \
          curl -i http://photos.demo.localhost:{port}/           # peer down: the site's 502 page\n  \
+         for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}}\\n' http://docs.demo.localhost:{port}/login; done   # 1r/s burst 3: 429s\n  \
          curl -i http://unknown.demo.localhost:{port}/          # unknown host: 421, never forwarded\n  \
          curl -i http://127.0.0.1:{port}/healthz                # health check, any Host\n  \
          curl -s http://{admin}/metrics                 # Prometheus metrics (admin listener)\n  \

@@ -21,6 +21,9 @@
 
 use std::path::PathBuf;
 
+mod guards;
+pub use guards::RateLimitBuilder;
+
 use crate::config::file::{
     ConfigFile, LocationSection, PluginSection, RedirectSection, ReturnSection, SiteSection,
     StatusOrWord, UpstreamSection,

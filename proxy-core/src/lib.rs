@@ -13,15 +13,22 @@
 //! - [`observe`]: Prometheus metrics, the JSON access log, request ids, tailscaled
 //!   readiness; [`admin`]: the admin listener serving them.
 //! - [`cache`]: response caching on pingora-cache (bounded memory storage, policies, purge).
+//! - [`client`]: who is asking (`Fly-Client-IP` from trusted proxies only).
+//! - [`limit`], [`access`], [`guard`]: rate limits (nginx `limit_req` semantics, bounded
+//!   memory), deny/allow lists and user-agent rules, run after routing.
 //!
 //! It is not a server: wiring listeners, signals and the CLI is the embedding app's job
 //! (see `proxy-app`, or `examples/embed.rs` for a minimal one).
 
+pub mod access;
 pub mod admin;
 pub mod answer;
 pub mod builder;
 pub mod cache;
+pub mod client;
 pub mod config;
+pub mod guard;
+pub mod limit;
 pub mod observe;
 pub mod plugin;
 pub mod proxy;

@@ -11,11 +11,12 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::answer::{default_error_page, LocalAnswer};
 use crate::cache::hooks::{self as cache_hooks, CacheRequest};
 use crate::cache::EdgeCache;
+use crate::guard::GuardVerdict;
 use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
 use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
@@ -48,6 +49,8 @@ pub struct RequestCtx {
     pub observe: RequestRecord,
     /// The cache's state for this request.
     pub cache: CacheRequest,
+    /// How long rate limiting holds this request before it proceeds (`delay` zones).
+    pub rate_limit_delay: Duration,
 }
 
 /// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
@@ -116,6 +119,14 @@ impl EdgeProxy {
         ctx.body_limit = location.max_body_size.unwrap_or(site.max_body_size);
         if let Some(answer) = check_declared_length(request, ctx.body_limit) {
             return Decision::Refuse(answer);
+        }
+        match ctx
+            .config
+            .guards
+            .check(&site, &location, request, ctx.client_ip)
+        {
+            GuardVerdict::Pass(delay) => ctx.rate_limit_delay = delay,
+            GuardVerdict::Refuse(answer) => return Decision::Refuse(answer),
         }
         match &location.action {
             Action::Proxy(upstream) => {
@@ -218,6 +229,7 @@ impl ProxyHttp for EdgeProxy {
             plugins: PluginChain::default(),
             observe: RequestRecord::new(self.observability.as_deref()),
             cache: CacheRequest::default(),
+            rate_limit_delay: Duration::ZERO,
         }
     }
 
@@ -226,32 +238,39 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.client_ip = match session.client_addr() {
+        let peer = match session.client_addr() {
             Some(PeerAddr::Inet(addr)) => Some(addr.ip()),
             _ => None,
         };
         ctx.observe.request_id = crate::observe::request_id_for(session.req_header());
+        ctx.client_ip = ctx
+            .config
+            .client
+            .client_ip(peer, &session.req_header().headers);
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let planned = match self.route(session, ctx) {
+        let decision = self.route(session, ctx);
+        // Response plugins apply to every answer of a matched site, refusals included.
+        if let Some(site) = ctx.site.as_deref() {
+            ctx.plugins = PluginChain::for_request(site, ctx.location.as_deref());
+        }
+        if !ctx.rate_limit_delay.is_zero() {
+            tokio::time::sleep(ctx.rate_limit_delay).await;
+        }
+        let planned = match decision {
             Decision::Refuse(answer) => Some(answer),
-            decision => {
-                if let Some(site) = ctx.site.as_deref() {
-                    ctx.plugins = PluginChain::for_request(site, ctx.location.as_deref());
+            decision => match self.run_request_plugins(session, ctx).await? {
+                Some(answer) => {
+                    ctx.upstream = None;
+                    Some(answer)
                 }
-                match self.run_request_plugins(session, ctx).await? {
-                    Some(answer) => {
-                        ctx.upstream = None;
-                        Some(answer)
-                    }
-                    None => match decision {
-                        Decision::Answer(answer) => Some(answer),
-                        _ => None,
-                    },
-                }
-            }
+                None => match decision {
+                    Decision::Answer(answer) => Some(answer),
+                    _ => None,
+                },
+            },
         };
         let Some(answer) = planned else {
             return Ok(false);
@@ -329,6 +348,9 @@ impl ProxyHttp for EdgeProxy {
             .as_ref()
             .and_then(|l| l.host_header.as_ref())
             .unwrap_or(&upstream.host_header);
+        ctx.config
+            .client
+            .set_upstream_header(upstream_request, ctx.client_ip)?;
         apply_forwarded_headers(
             upstream_request,
             host_header,

@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::client::ClientIpPolicy;
+use crate::guard::GuardTable;
 use crate::route::HostRouter;
 use crate::upstream::{ResolverSettings, Upstream};
 
@@ -54,4 +56,8 @@ pub struct RuntimeConfig {
     pub observe: crate::observe::ObserveSettings,
     /// Cache storage settings (`[cache]`).
     pub cache: crate::cache::CacheSettings,
+    /// How the client address is found (trusted proxies, `Fly-Client-IP`).
+    pub client: ClientIpPolicy,
+    /// Access rules and rate limits of sites and locations.
+    pub guards: GuardTable,
 }

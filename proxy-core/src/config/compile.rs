@@ -62,6 +62,7 @@ pub(crate) fn compile(
         &root.key("cache"),
         &mut problems,
     );
+    let (client, guards) = crate::guard::compile_guards(file, base_dir, &mut problems);
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -74,6 +75,8 @@ pub(crate) fn compile(
         unknown_host,
         observe,
         cache,
+        client,
+        guards,
     })
 }
 
@@ -633,7 +636,8 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn resolve_path(base: &Path, relative: &str) -> PathBuf {
+/// `relative` resolved against the config file's directory (absolute paths unchanged).
+pub(crate) fn resolve_path(base: &Path, relative: &str) -> PathBuf {
     let path = Path::new(relative);
     if path.is_absolute() {
         path.to_path_buf()

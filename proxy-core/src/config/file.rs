@@ -32,6 +32,12 @@ pub struct ConfigFile {
     pub access_log: AccessLogSection,
     /// The response cache's storage (sizes, expiry, lock); policies live on sites and locations.
     pub cache: Option<CacheSection>,
+    /// Who the client is: which TCP peers may tell us (`Fly-Client-IP`).
+    #[serde(default)]
+    pub client: ClientSection,
+    /// Named rate-limit zones (nginx `limit_req_zone`), attached to sites and locations.
+    #[serde(default)]
+    pub rate_limits: BTreeMap<String, RateLimitSection>,
 }
 
 /// `[server]`: process-wide settings of the public listener.
@@ -160,6 +166,11 @@ pub struct SiteSection {
     /// Cache policy defaults for every location of the site (a location's own `cache` wins,
     /// key by key).
     pub cache: Option<CachePolicySection>,
+    /// Rate-limit zones applied to every request of the site.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    /// Deny lists and user-agent rules of the site.
+    pub access: Option<SiteAccessSection>,
 }
 
 /// `[[sites.NAME.locations]]`: what to do for a set of paths.
@@ -188,6 +199,11 @@ pub struct LocationSection {
     pub site_plugins: Option<bool>,
     /// Cache policy for this location (each key set here wins over the site's `cache`).
     pub cache: Option<CachePolicySection>,
+    /// Rate-limit zones applied to this location, on top of the site's.
+    #[serde(default)]
+    pub rate_limits: Vec<String>,
+    /// Only clients in these IPs/CIDRs may use this location; others get 403.
+    pub allow: Option<Vec<String>>,
 }
 
 /// `[[sites.NAME.plugins]]` / `[[sites.NAME.locations.plugins]]`: a plugin and its options.
@@ -306,4 +322,58 @@ pub enum QueryKeySection {
     Mode(String),
     /// Parameter names to keep.
     Allow(Vec<String>),
+}
+
+/// `[client]`: how the client address is found.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientSection {
+    /// CIDRs of TCP peers whose client-IP header is believed. Default: none (the header is
+    /// never believed and the peer address is the client).
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Header naming the client when the peer is trusted. Default "Fly-Client-IP".
+    pub ip_header: Option<String>,
+    /// When a trusted peer sent no usable header, take the rightmost untrusted entry of
+    /// `X-Forwarded-For`. Default false.
+    pub forwarded_for_fallback: Option<bool>,
+}
+
+/// `[rate_limits.NAME]`: a rate-limit zone with nginx `limit_req` semantics.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSection {
+    /// `"10r/s"` or `"30r/m"`.
+    pub rate: String,
+    /// Requests allowed above the rate before rejecting. Default 0.
+    pub burst: Option<u32>,
+    /// The first `delay` excess requests pass at once, later ones (within the burst) are
+    /// delayed to the rate. Default: no delay at all (nginx's `nodelay`).
+    pub delay: Option<u32>,
+    /// `"client_ip"` (default), `"client_ip+location"` or `"header:NAME"`.
+    pub key: Option<String>,
+    /// IPv6 clients are counted per prefix of this length. Default 64.
+    pub ipv6_prefix: Option<u8>,
+    /// Status of rejections. Default 429.
+    pub status: Option<u16>,
+    /// Only log and count rejections, never reject. Default false.
+    pub dry_run: Option<bool>,
+    /// Counters per row of the sketch (memory is 4 rows x 8 bytes x slots). Default 16384.
+    pub slots: Option<usize>,
+}
+
+/// `[sites.NAME.access]`: who may not use a site at all.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteAccessSection {
+    /// Files of denied IPs/CIDRs (one per line, or nginx `geo` lines `1.2.3.4 1;` as
+    /// fail2ban writes them), reloaded when they change.
+    #[serde(default)]
+    pub deny_files: Vec<String>,
+    /// Body of the 403 sent to denied clients. Default "forbidden\n".
+    pub deny_body: Option<String>,
+    /// Case-insensitive regexes; a matching `User-Agent` gets 403.
+    #[serde(default)]
+    pub user_agent_deny: Vec<String>,
+    /// Body of the 403 sent to denied user agents. Default: `deny_body`.
+    pub user_agent_body: Option<String>,
 }

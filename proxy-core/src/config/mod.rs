@@ -9,7 +9,9 @@ pub(crate) mod error;
 pub mod file;
 pub mod units;
 
+pub(crate) use compile::resolve_path;
 pub use compile::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY_SIZE};
+pub(crate) use error::Problems;
 pub use error::{ConfigError, ConfigErrors, KeyPath, KeySegment};
 pub use file::ConfigFile;
 

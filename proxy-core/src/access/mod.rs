@@ -1,0 +1,41 @@
+//! Who may not use a site or a location: deny lists read from files (fail2ban-friendly,
+//! reloaded on change), per-location allow lists, and user-agent deny rules.
+
+mod deny_file;
+mod ip_set;
+mod user_agent;
+
+pub use deny_file::DenyList;
+pub use ip_set::{parse_ip_list, parse_net, IpSet, ListWarning};
+pub use user_agent::UserAgentRules;
+
+use bytes::Bytes;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+/// A site's access rules.
+#[derive(Debug, Default)]
+pub struct SiteAccess {
+    /// Deny lists (one per file).
+    pub deny_lists: Vec<Arc<DenyList>>,
+    /// Body of the 403 for denied clients (and locations' allow lists).
+    pub deny_body: Bytes,
+    /// User agents refused.
+    pub user_agents: Option<UserAgentRules>,
+    /// Body of the 403 for refused user agents.
+    pub user_agent_body: Bytes,
+}
+
+impl SiteAccess {
+    /// Whether `ip` is on one of the deny lists.
+    pub fn is_denied(&self, ip: IpAddr) -> bool {
+        self.deny_lists.iter().any(|list| list.contains(ip))
+    }
+
+    /// Whether the `User-Agent` value is refused.
+    pub fn is_denied_agent(&self, user_agent: &[u8]) -> bool {
+        self.user_agents
+            .as_ref()
+            .is_some_and(|rules| rules.matches(user_agent))
+    }
+}

@@ -1,0 +1,182 @@
+//! Who is asking: the client address behind a request.
+//!
+//! On Fly.io the TCP peer is Fly's edge proxy, which names the real client in
+//! `Fly-Client-IP`. That header is only believed when the peer is a trusted proxy
+//! ([`ClientIpPolicy::trusted_proxies`]); from any other peer anyone could forge it, so the
+//! peer address is the client. The result feeds `X-Real-IP`/`X-Forwarded-For`, rate limits
+//! and access lists, and replaces whatever client-IP header the client sent before the
+//! request goes upstream.
+
+use http::{HeaderMap, HeaderName};
+use ipnet::IpNet;
+use pingora::http::RequestHeader;
+use pingora::Result;
+use std::net::IpAddr;
+
+/// Default client-IP header (Fly.io's).
+pub const DEFAULT_CLIENT_IP_HEADER: &str = "Fly-Client-IP";
+
+/// How the client address is found.
+#[derive(Debug, Clone)]
+pub struct ClientIpPolicy {
+    /// Peers whose client-IP header is believed.
+    pub trusted_proxies: Vec<IpNet>,
+    /// The header naming the client.
+    pub header: HeaderName,
+    /// When a trusted peer sent no usable header, use the rightmost untrusted
+    /// `X-Forwarded-For` entry.
+    pub forwarded_for_fallback: bool,
+}
+
+impl Default for ClientIpPolicy {
+    fn default() -> Self {
+        Self {
+            trusted_proxies: Vec::new(),
+            header: HeaderName::from_static("fly-client-ip"),
+            forwarded_for_fallback: false,
+        }
+    }
+}
+
+impl ClientIpPolicy {
+    /// Whether `ip` is a trusted proxy.
+    pub fn is_trusted(&self, ip: IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client of a request that arrived from `peer` with `headers`. `None` only when
+    /// the peer has no IP address (a Unix socket) and no trusted header says otherwise.
+    pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        let peer = peer.map(|ip| ip.to_canonical());
+        let Some(peer_ip) = peer.filter(|ip| self.is_trusted(*ip)) else {
+            return peer;
+        };
+        self.header_ip(headers)
+            .or_else(|| {
+                self.forwarded_for_fallback
+                    .then(|| self.rightmost_untrusted(headers))
+                    .flatten()
+            })
+            .or(Some(peer_ip))
+    }
+
+    /// The IP in the client-IP header, if it holds exactly one valid address. Several
+    /// values are ambiguous (one may be forged), so they are ignored like a malformed one.
+    fn header_ip(&self, headers: &HeaderMap) -> Option<IpAddr> {
+        let mut values = headers.get_all(&self.header).iter();
+        let value = values.next()?;
+        if values.next().is_some() {
+            return None;
+        }
+        parse_ip(value.to_str().ok()?)
+    }
+
+    /// Walks `X-Forwarded-For` from the right (the entries our trusted proxies appended)
+    /// and returns the first address that is not a trusted proxy.
+    fn rightmost_untrusted(&self, headers: &HeaderMap) -> Option<IpAddr> {
+        let entries: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .collect();
+        for entry in entries.iter().rev() {
+            let ip = parse_ip(entry)?;
+            if !self.is_trusted(ip) {
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    /// Replaces the client-IP header on a request going upstream with the verified client,
+    /// so an upstream never sees a value the client wrote itself.
+    pub fn set_upstream_header(
+        &self,
+        request: &mut RequestHeader,
+        client_ip: Option<IpAddr>,
+    ) -> Result<()> {
+        match client_ip {
+            Some(ip) => request.insert_header(self.header.clone(), ip.to_string())?,
+            None => {
+                request.remove_header(&self.header);
+            }
+        }
+        Ok(())
+    }
+}
+
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    text.trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|ip| ip.to_canonical())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(trusted: &[&str], fallback: bool) -> ClientIpPolicy {
+        ClientIpPolicy {
+            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            forwarded_for_fallback: fallback,
+            ..ClientIpPolicy::default()
+        }
+    }
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.parse().unwrap(),
+            );
+        }
+        map
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        Some(text.parse().unwrap())
+    }
+
+    #[test]
+    fn header_is_believed_only_from_trusted_peers() {
+        let p = policy(&["172.16.0.0/12"], false);
+        let h = headers(&[("fly-client-ip", "203.0.113.9")]);
+        assert_eq!(p.client_ip(ip("172.19.0.2"), &h), ip("203.0.113.9"));
+        assert_eq!(p.client_ip(ip("198.51.100.1"), &h), ip("198.51.100.1"));
+        // fdaa::/16 (Fly's private network) is not trusted unless listed.
+        assert_eq!(p.client_ip(ip("fdaa::3"), &h), ip("fdaa::3"));
+    }
+
+    #[test]
+    fn malformed_or_repeated_header_falls_back_to_the_peer() {
+        let p = policy(&["127.0.0.0/8"], false);
+        for h in [
+            headers(&[("fly-client-ip", "not-an-ip")]),
+            headers(&[("fly-client-ip", "1.2.3.4"), ("fly-client-ip", "5.6.7.8")]),
+            headers(&[]),
+        ] {
+            assert_eq!(p.client_ip(ip("127.0.0.1"), &h), ip("127.0.0.1"));
+        }
+    }
+
+    #[test]
+    fn mapped_ipv4_peers_are_canonical() {
+        let p = policy(&["127.0.0.0/8"], false);
+        let h = headers(&[("fly-client-ip", "::ffff:192.0.2.1")]);
+        assert_eq!(p.client_ip(ip("::ffff:127.0.0.1"), &h), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn forwarded_for_fallback_takes_the_rightmost_untrusted_entry() {
+        let p = policy(&["10.0.0.0/8"], true);
+        let h = headers(&[("x-forwarded-for", "1.1.1.1, 203.0.113.5, 10.0.0.7")]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &h), ip("203.0.113.5"));
+        let junk = headers(&[("x-forwarded-for", "1.1.1.1, garbage, 10.0.0.7")]);
+        assert_eq!(p.client_ip(ip("10.0.0.1"), &junk), ip("10.0.0.1"));
+        let off = policy(&["10.0.0.0/8"], false);
+        assert_eq!(off.client_ip(ip("10.0.0.1"), &h), ip("10.0.0.1"));
+    }
+}

@@ -1,0 +1,468 @@
+//! [`LimitZone`]: one named rate limit, its sketch, and the nginx `limit_req` decision.
+
+use pingora_limits::estimator::Estimator;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use super::key::{fold_ip, LimitKey, ZoneKey};
+use super::rate::Rate;
+
+/// Rows of the count-min sketch: each row is an independent hash, and a key is
+/// over-counted only if it collides in all of them.
+const SKETCH_ROWS: usize = 4;
+
+/// Default counters per row.
+pub const DEFAULT_SLOTS: usize = 16384;
+
+/// A zone's settings, as compiled from config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoneSettings {
+    /// The zone's name (for logs and metrics).
+    pub name: String,
+    /// The sustained rate.
+    pub rate: Rate,
+    /// Requests allowed above the rate before rejecting.
+    pub burst: u32,
+    /// `None`: excess requests within the burst pass at once (`nodelay`). `Some(n)`: the
+    /// first `n` pass at once, later ones are delayed to the rate.
+    pub delay: Option<u32>,
+    /// What is counted.
+    pub key: ZoneKey,
+    /// IPv6 prefix length that client IPs are folded to.
+    pub ipv6_prefix: u8,
+    /// Status of rejections.
+    pub status: u16,
+    /// Log and count rejections without rejecting.
+    pub dry_run: bool,
+    /// Counters per sketch row.
+    pub slots: usize,
+}
+
+/// A rate-limit zone: settings plus bounded-memory counters.
+pub struct LimitZone {
+    /// Settings.
+    pub settings: ZoneSettings,
+    /// Nanoseconds between requests at the zone's rate (GCRA's emission interval).
+    interval_ns: i64,
+    /// Per-key theoretical arrival time, in nanoseconds since `epoch`: one single-row
+    /// pingora-limits estimator per row, so each row can be raised on its own (conservative
+    /// update: a counter holds the latest arrival time of the keys hashed to it, not a sum).
+    rows: Box<[Estimator]>,
+    epoch: Instant,
+    /// Held while a decision reads and then raises the counters, like nginx's zone mutex,
+    /// so racing requests are decided one after the other and counted exactly.
+    lock: Mutex<()>,
+    rejected: AtomicU64,
+}
+
+impl std::fmt::Debug for LimitZone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LimitZone")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A zone's answer for one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZoneVerdict {
+    /// The request passes, after waiting `delay` (zero with `nodelay`).
+    Pass {
+        /// How long to hold the request first.
+        delay: Duration,
+        /// The key's arrival time once this request is counted.
+        arrival: i64,
+    },
+    /// The request is over rate + burst; it is not counted.
+    Reject {
+        /// When a request from this key would pass again.
+        retry_after: Duration,
+    },
+}
+
+impl LimitZone {
+    /// A zone with empty counters.
+    pub fn new(settings: ZoneSettings) -> Self {
+        Self {
+            interval_ns: settings.rate.emission_interval_ns(),
+            rows: (0..SKETCH_ROWS)
+                .map(|_| Estimator::new(1, settings.slots.max(1)))
+                .collect(),
+            epoch: Instant::now(),
+            lock: Mutex::new(()),
+            rejected: AtomicU64::new(0),
+            settings,
+        }
+    }
+
+    /// Rejections (or, in dry run, would-be rejections) so far.
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.load(Ordering::Relaxed)
+    }
+
+    /// Bytes of counters this zone holds, whatever the number of clients.
+    pub fn memory_bytes(&self) -> usize {
+        SKETCH_ROWS * self.settings.slots * std::mem::size_of::<isize>()
+    }
+
+    /// The key this zone counts a request under; `None` means the request is not limited
+    /// (no client address, or the keyed header is missing or empty).
+    pub fn key_for<'a>(
+        &self,
+        client_ip: Option<IpAddr>,
+        header: impl FnOnce(&http::HeaderName) -> Option<&'a [u8]>,
+        location: (&'a str, usize),
+    ) -> Option<LimitKey<'a>> {
+        let folded = client_ip.map(|ip| fold_ip(ip, self.settings.ipv6_prefix));
+        match &self.settings.key {
+            ZoneKey::ClientIp => folded.map(LimitKey::Ip),
+            ZoneKey::ClientIpLocation => {
+                folded.map(|ip| LimitKey::IpLocation(ip, location.0, location.1))
+            }
+            ZoneKey::Header(name) => header(name)
+                .filter(|value| !value.is_empty())
+                .map(LimitKey::Header),
+        }
+    }
+
+    /// Counts one request for `key` now.
+    pub fn acquire(&self, key: &LimitKey<'_>) -> ZoneVerdict {
+        self.acquire_at(key, self.now())
+    }
+
+    /// Counts one request for `key` at `now` (nanoseconds since the zone was created).
+    pub fn acquire_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
+        let _decision = self.lock();
+        let verdict = self.decide_at(key, now);
+        if let ZoneVerdict::Pass { arrival, .. } = verdict {
+            self.commit(key, arrival);
+        }
+        verdict
+    }
+
+    fn now(&self) -> i64 {
+        i64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, ()> {
+        // The mutex guards no data, so a poisoned one is as good as a healthy one.
+        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key's estimated arrival time: the lowest of its counters, each of which is the
+    /// latest arrival time of any key hashed to it, so never below the key's own.
+    fn estimate(&self, key: &LimitKey<'_>) -> i64 {
+        // The sketch counts in `isize`; nanosecond clocks need 64 bits, as every target
+        // Pingora runs on has.
+        self.rows
+            .iter()
+            .map(|row| row.get(key) as i64)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Decides without counting; the caller holds the zone's lock.
+    ///
+    /// GCRA, which is nginx's leaky bucket: `excess` is how far the key's theoretical
+    /// arrival time is ahead of now, i.e. nginx's `excess` in time units. A request passes
+    /// while `excess <= burst x interval`, and then moves the arrival time one interval on.
+    fn decide_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
+        let tolerance = i64::from(self.settings.burst) * self.interval_ns;
+        let estimate = self.estimate(key);
+        let excess = estimate.max(now) - now;
+        if excess > tolerance {
+            self.rejected.fetch_add(1, Ordering::Relaxed);
+            return ZoneVerdict::Reject {
+                retry_after: Duration::from_nanos(u64::try_from(excess - tolerance).unwrap_or(0)),
+            };
+        }
+        let delay_ns = match self.settings.delay {
+            None => 0,
+            Some(n) => (excess - i64::from(n) * self.interval_ns).max(0),
+        };
+        ZoneVerdict::Pass {
+            delay: Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(0)),
+            arrival: estimate.max(now) + self.interval_ns,
+        }
+    }
+
+    /// Counts a request that passed: raises each of the key's counters to its new arrival
+    /// time (never lowers one). Counters only ever grow, so a key's estimate is never below
+    /// its true arrival time, and a counter is ahead of now only while a key hashed to it
+    /// has a non-empty bucket.
+    fn commit(&self, key: &LimitKey<'_>, arrival: i64) {
+        for row in self.rows.iter() {
+            let current = row.get(key) as i64;
+            if current < arrival {
+                row.incr(key, (arrival - current) as isize);
+            }
+        }
+    }
+}
+
+/// The result of applying several zones to one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitOutcome {
+    /// Every zone passed; hold the request for the longest delay first.
+    Pass {
+        /// The longest delay any zone asked for.
+        delay: Duration,
+    },
+    /// A zone rejected the request.
+    Reject {
+        /// The rejecting zone's name.
+        zone: String,
+        /// Status to answer with.
+        status: u16,
+        /// Seconds to put in `Retry-After` (at least 1).
+        retry_after_secs: u64,
+    },
+}
+
+/// Applies every `(zone, key)` pair; the request passes only if all pass, and is counted
+/// in no zone otherwise (as nginx does). Dry-run zones log their would-be rejections and
+/// pass. The zones' locks are held while deciding and counting, taken in address order so
+/// that two requests never wait on each other in a cycle.
+pub fn acquire_all(zones: &[(&LimitZone, LimitKey<'_>)]) -> LimitOutcome {
+    let mut locked: Vec<&LimitZone> = zones.iter().map(|(zone, _)| *zone).collect();
+    locked.sort_by_key(|zone| *zone as *const LimitZone as usize);
+    locked.dedup_by_key(|zone| *zone as *const LimitZone as usize);
+    let _held: Vec<MutexGuard<'_, ()>> = locked.iter().map(|zone| zone.lock()).collect();
+    let mut counted = Vec::with_capacity(zones.len());
+    let mut delay = Duration::ZERO;
+    for (zone, key) in zones {
+        match zone.decide_at(key, zone.now()) {
+            ZoneVerdict::Pass { delay: d, arrival } => {
+                delay = delay.max(d);
+                counted.push((zone, key, arrival));
+            }
+            ZoneVerdict::Reject { retry_after } if zone.settings.dry_run => {
+                tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded (dry run, not rejected)");
+            }
+            ZoneVerdict::Reject { retry_after } => {
+                tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded, rejected");
+                return LimitOutcome::Reject {
+                    zone: zone.settings.name.clone(),
+                    status: zone.settings.status,
+                    retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
+                };
+            }
+        }
+    }
+    for (zone, key, arrival) in counted {
+        zone.commit(key, arrival);
+    }
+    LimitOutcome::Pass { delay }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: i64 = 1_000_000_000;
+
+    fn zone(rate: &str, burst: u32, delay: Option<u32>, slots: usize) -> LimitZone {
+        LimitZone::new(ZoneSettings {
+            name: "test".into(),
+            rate: Rate::parse(rate).unwrap(),
+            burst,
+            delay,
+            key: ZoneKey::ClientIp,
+            ipv6_prefix: 64,
+            status: 429,
+            dry_run: false,
+            slots,
+        })
+    }
+
+    fn ip_key(n: u32) -> LimitKey<'static> {
+        LimitKey::Ip(IpAddr::V4(n.into()))
+    }
+
+    fn passes(zone: &LimitZone, key: &LimitKey<'_>, count: usize, now: i64) -> usize {
+        (0..count)
+            .filter(|_| matches!(zone.acquire_at(key, now), ZoneVerdict::Pass { .. }))
+            .count()
+    }
+
+    #[test]
+    fn burst_of_thirty_at_10rps_burst_20_gives_21_passes() {
+        let z = zone("10r/s", 20, None, DEFAULT_SLOTS);
+        let key = ip_key(1);
+        assert_eq!(passes(&z, &key, 30, 5 * SECOND), 21);
+        assert_eq!(z.rejected_total(), 9);
+        // The bucket drains at the rate: one more request per 100 ms.
+        assert_eq!(passes(&z, &key, 5, 5 * SECOND + SECOND / 10), 1);
+        assert_eq!(passes(&z, &key, 5, 5 * SECOND + SECOND / 2), 4);
+        // After (burst + 1) intervals of quiet the whole burst is available again.
+        assert_eq!(passes(&z, &key, 30, 10 * SECOND), 21);
+    }
+
+    #[test]
+    fn rejection_says_when_to_retry() {
+        let z = zone("1r/s", 0, None, DEFAULT_SLOTS);
+        let key = ip_key(1);
+        assert!(matches!(
+            z.acquire_at(&key, SECOND),
+            ZoneVerdict::Pass { .. }
+        ));
+        assert_eq!(
+            z.acquire_at(&key, SECOND + SECOND / 4),
+            ZoneVerdict::Reject {
+                retry_after: Duration::from_millis(750)
+            }
+        );
+    }
+
+    #[test]
+    fn delay_mode_delays_excess_beyond_n_and_still_rejects_beyond_burst() {
+        let z = zone("10r/s", 5, Some(2), DEFAULT_SLOTS);
+        let key = ip_key(1);
+        let delays: Vec<Option<u64>> = (0..8)
+            .map(|_| match z.acquire_at(&key, SECOND) {
+                ZoneVerdict::Pass { delay, .. } => Some(delay.as_millis() as u64),
+                ZoneVerdict::Reject { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            delays,
+            [
+                Some(0),
+                Some(0),
+                Some(0),
+                Some(100),
+                Some(200),
+                Some(300),
+                None,
+                None
+            ]
+        );
+    }
+
+    #[test]
+    fn clients_are_counted_separately() {
+        let z = zone("1r/m", 2, None, DEFAULT_SLOTS);
+        for n in 0..100 {
+            assert_eq!(passes(&z, &ip_key(n), 5, SECOND), 3, "client {n}");
+        }
+    }
+
+    /// With far more clients than counters, every counter is shared; a single client must
+    /// still never get more than rate + burst through, whatever the others do.
+    #[test]
+    fn collisions_never_let_a_client_exceed_rate_plus_burst() {
+        let z = zone("10r/s", 20, None, 16);
+        let mut now = SECOND;
+        let victim = ip_key(7);
+        let mut victim_passes = 0;
+        // 10 seconds of traffic from 5,000 addresses, probing the victim every 50 ms.
+        for step in 0..200 {
+            for n in 0..25 {
+                z.acquire_at(&ip_key(1000 + step * 25 + n), now);
+            }
+            victim_passes += passes(&z, &victim, 3, now);
+            now += SECOND / 20;
+        }
+        let elapsed_secs = 10;
+        assert!(
+            victim_passes <= 10 * elapsed_secs + 20 + 1,
+            "victim got {victim_passes} requests through"
+        );
+    }
+
+    #[test]
+    fn racing_threads_of_one_client_get_exactly_rate_plus_burst() {
+        let z = std::sync::Arc::new(zone("1r/m", 20, None, DEFAULT_SLOTS));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let z = z.clone();
+                std::thread::spawn(move || {
+                    (0..50)
+                        .filter(|_| matches!(z.acquire(&ip_key(9)), ZoneVerdict::Pass { .. }))
+                        .count()
+                })
+            })
+            .collect();
+        let passed: usize = threads.into_iter().map(|t| t.join().unwrap()).sum();
+        assert_eq!(passed, 21);
+    }
+
+    /// Decision cost, printed (run in release: `benches/limits/run.sh`).
+    #[test]
+    #[ignore = "benchmark"]
+    fn bench_decision_cost() {
+        let z = zone("10r/s", 20, None, DEFAULT_SLOTS);
+        let rounds: u32 = 2_000_000;
+        let hot = ip_key(1);
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(z.acquire(&hot));
+        }
+        let one_key = started.elapsed() / rounds;
+        let started = Instant::now();
+        for n in 0..rounds {
+            std::hint::black_box(z.acquire(&ip_key(n)));
+        }
+        let distinct = started.elapsed() / rounds;
+        let v6 = LimitKey::Ip("2001:db8::1".parse().unwrap());
+        let started = Instant::now();
+        for _ in 0..rounds {
+            std::hint::black_box(acquire_all(&[(&z, hot), (&z, v6)]));
+        }
+        let two_zones = started.elapsed() / rounds;
+        println!("rate-limit decision: {one_key:?} (one client), {distinct:?} (distinct clients), {two_zones:?} (two keys via acquire_all)");
+    }
+
+    /// Counters hold the latest arrival time of the keys sharing them, not a sum, so a
+    /// crowd that filled every counter leaves no trace once its buckets have drained.
+    #[test]
+    fn old_traffic_leaves_no_trace() {
+        let z = zone("10r/s", 5, None, 64);
+        for n in 0..10_000 {
+            passes(&z, &ip_key(n), 3, 1000 * SECOND);
+        }
+        let later = 1000 * SECOND + SECOND;
+        assert_eq!(passes(&z, &ip_key(99_999), 10, later), 6);
+    }
+
+    /// With fewer active clients than counters, new clients are not held back by others.
+    #[test]
+    fn moderate_crowds_do_not_limit_new_clients() {
+        let z = zone("10r/s", 5, None, DEFAULT_SLOTS);
+        let first_requests = (0..2_000)
+            .filter(|n| matches!(z.acquire_at(&ip_key(*n), SECOND), ZoneVerdict::Pass { .. }))
+            .count();
+        assert_eq!(first_requests, 2_000);
+    }
+
+    #[test]
+    fn memory_is_fixed_by_slots() {
+        let z = zone("10r/s", 20, None, DEFAULT_SLOTS);
+        for n in 0..100_000 {
+            z.acquire_at(&ip_key(n), SECOND);
+        }
+        assert_eq!(z.memory_bytes(), 4 * 8 * DEFAULT_SLOTS);
+    }
+
+    #[test]
+    fn a_request_rejected_by_one_zone_is_counted_in_none() {
+        let wide = zone("1r/m", 5, None, DEFAULT_SLOTS);
+        let narrow = zone("1r/m", 0, None, DEFAULT_SLOTS);
+        let key = ip_key(1);
+        let both = [(&wide, key), (&narrow, key)];
+        assert!(matches!(acquire_all(&both), LimitOutcome::Pass { .. }));
+        for _ in 0..3 {
+            assert!(matches!(
+                acquire_all(&both),
+                LimitOutcome::Reject { status: 429, .. }
+            ));
+        }
+        // Only the one passing request was counted in the wide zone: 5 more fit.
+        let more = (0..10)
+            .filter(|_| matches!(wide.acquire(&key), ZoneVerdict::Pass { .. }))
+            .count();
+        assert_eq!(more, 5);
+    }
+}
