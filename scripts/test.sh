@@ -3,7 +3,7 @@
 # against the fake tailnet over real sockets, doc tests). Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-packages.sh cmake clang prometheus
+scripts/ensure-packages.sh cmake clang prometheus shellcheck
 
 # Two cores: keep builds from starving the tests' own servers.
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"

@@ -1,0 +1,324 @@
+//! The Fly.io deployment, checked without Docker or Fly: the entrypoint script (shellcheck,
+//! and run end to end with stand-in tailscaled/tailscale against a fake LocalAPI),
+//! fly.toml against proxy.toml, and the Dockerfile's promises.
+
+mod common;
+
+use common::*;
+use fake_tailnet::FakeLocalApi;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn fly(file: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../fly")
+        .join(file)
+}
+
+fn toml_file(file: &str) -> toml::Table {
+    let text = std::fs::read_to_string(fly(file)).unwrap();
+    toml::from_str(&text).unwrap_or_else(|e| panic!("{file} is not valid TOML: {e}"))
+}
+
+fn port_of(addr: &str) -> i64 {
+    addr.rsplit(':').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn start_script_is_shellcheck_clean() {
+    let out = Command::new("shellcheck")
+        .args(["--shell=sh", "--severity=style"])
+        .arg(fly("start.sh"))
+        .output()
+        .expect("shellcheck is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn fly_toml_agrees_with_proxy_toml() {
+    let fly_toml = toml_file("fly.toml");
+    let proxy = toml_file("proxy.toml");
+    let server = proxy["server"].as_table().unwrap();
+    let http = fly_toml["http_service"].as_table().unwrap();
+
+    let listen = server["listen"].as_array().unwrap()[0].as_str().unwrap();
+    assert_eq!(
+        http["internal_port"].as_integer().unwrap(),
+        port_of(listen),
+        "internal_port = public listener"
+    );
+    assert_eq!(http["force_https"].as_bool(), Some(true));
+    let concurrency = http["concurrency"].as_table().unwrap();
+    assert_eq!(concurrency["type"].as_str(), Some("requests"));
+    assert!(concurrency["soft_limit"].as_integer() < concurrency["hard_limit"].as_integer());
+    let check = http["checks"].as_array().unwrap()[0].as_table().unwrap();
+    assert_eq!(
+        check["path"].as_str(),
+        Some("/healthz"),
+        "the path proxy-app answers for any Host"
+    );
+
+    assert_eq!(
+        fly_toml["kill_signal"].as_str(),
+        Some("SIGTERM"),
+        "proxy-app drains on SIGTERM"
+    );
+    let grace = humantime::parse_duration(server["grace_period"].as_str().unwrap()).unwrap();
+    let kill_timeout = fly_toml["kill_timeout"].as_integer().unwrap() as u64;
+    assert!(
+        kill_timeout > grace.as_secs(),
+        "kill_timeout {kill_timeout}s must exceed the grace period {grace:?}"
+    );
+
+    let metrics = fly_toml["metrics"].as_table().unwrap();
+    let admin = proxy["admin"]["listen"].as_str().unwrap();
+    assert_eq!(
+        metrics["port"].as_integer().unwrap(),
+        port_of(admin),
+        "[metrics] reads the admin listener"
+    );
+    assert_eq!(metrics["path"].as_str(), Some("/metrics"));
+    assert_ne!(
+        port_of(admin),
+        port_of(listen),
+        "admin is never the public port"
+    );
+
+    let udp = fly_toml["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["protocol"].as_str() == Some("udp"))
+        .expect("a UDP service for WireGuard");
+    assert_eq!(udp["internal_port"].as_integer(), Some(41641));
+    let vm = fly_toml["vm"].as_array().unwrap()[0].as_table().unwrap();
+    assert_eq!(vm["size"].as_str(), Some("shared-cpu-1x"));
+
+    let text = std::fs::read_to_string(fly("fly.toml")).unwrap()
+        + &std::fs::read_to_string(fly("proxy.toml")).unwrap();
+    assert!(!text.contains("tskey-"), "no auth key in the repository");
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(fly("proxy.toml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn dockerfile_builds_checks_and_runs_unprivileged() {
+    let text = std::fs::read_to_string(fly("Dockerfile")).unwrap();
+    let from_count = text.lines().filter(|l| l.starts_with("FROM ")).count();
+    assert!(from_count >= 2, "multi-stage build");
+    assert!(
+        text.contains("apt-get install -y --no-install-recommends cmake clang"),
+        "BoringSSL's build needs cmake and clang"
+    );
+    assert!(text.contains("cargo build --release --locked -p proxy-app"));
+    assert!(
+        text.contains("sha256sum -c"),
+        "the tailscale download is checksum-verified"
+    );
+    assert!(
+        text.contains("RUN proxy-app check --config /etc/proxy-app/proxy.toml"),
+        "a broken config never ships"
+    );
+    assert!(
+        text.contains("useradd --system"),
+        "an unprivileged user exists"
+    );
+    assert!(text.contains("ENTRYPOINT [\"/usr/bin/tini\", \"--\", \"/usr/local/bin/start.sh\"]"));
+    // Every file the image copies from the repository exists.
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("COPY ") && !l.contains("--from"))
+    {
+        let source = line.split_whitespace().nth(1).unwrap();
+        if source != "." {
+            assert!(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("..")
+                    .join(source)
+                    .exists(),
+                "{source} missing"
+            );
+        }
+    }
+    let script = std::fs::read_to_string(fly("start.sh")).unwrap();
+    assert!(
+        script.contains("setpriv --reuid=\"$proxy_user\""),
+        "proxy-app drops root"
+    );
+    assert!(
+        script.contains("exec \"$@\""),
+        "proxy-app replaces the script so signals reach it"
+    );
+}
+
+/// Stand-ins for tailscaled and tailscale that record their arguments.
+fn stand_ins(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let script = |name: &str, body: &str| {
+        let path = bin.join(name);
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\necho \"$@\" >> \"{}/{name}.args\"\n{body}\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    };
+    // Lives as long as its parent (the script, later proxy-app), like the real daemon here.
+    script(
+        "tailscaled",
+        "while kill -0 \"$PPID\" 2>/dev/null; do sleep 0.2; done",
+    );
+    script("tailscale", "exit 0");
+    std::os::unix::fs::symlink(binary(), bin.join("proxy-app")).unwrap();
+    bin
+}
+
+#[test]
+fn start_script_refuses_to_run_without_an_auth_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = stand_ins(dir.path());
+    let out = Command::new("sh")
+        .arg(fly("start.sh"))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env_remove("TS_AUTHKEY")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("TS_AUTHKEY is not set") && stderr.contains("fly secrets set TS_AUTHKEY"),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("tailscaled.args").exists(),
+        "nothing started"
+    );
+}
+
+#[tokio::test]
+async fn start_script_opens_the_public_port_only_after_running_and_drains_on_sigterm() {
+    let tailnet = tailnet(&["docs"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = stand_ins(dir.path());
+    let socket = dir.path().join("tailscaled.sock");
+    let localapi = FakeLocalApi::start(&socket, "Starting").unwrap();
+    let port = free_port();
+    let config = format!(
+        "{}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
+        base_config(port, &tailnet).replace("[admin]\n", &format!("[admin]\ntailscaled_socket = \"{}\"\n", socket.display())),
+        tailnet.domain(),
+        tailnet.http_port()
+    );
+    let config_path = dir.path().join("proxy.toml");
+    std::fs::write(&config_path, config).unwrap();
+    let mut child = Command::new("sh")
+        .arg(fly("start.sh"))
+        .env("PATH", format!("{}:/usr/bin:/bin", bin.display()))
+        .env("TS_AUTHKEY", "tskey-auth-test")
+        .env("TS_HOSTNAME", "edge-test")
+        .env("TS_SOCKET", &socket)
+        .env("TS_STATE_DIR", dir.path().join("state"))
+        .env("PROXY_CONFIG", &config_path)
+        .env("PROXY_USER", "")
+        .env("TAILNET_WAIT", "30s")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("start.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let healthz = || {
+        raw_request(
+            addr,
+            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+    };
+
+    // tailscaled started and `tailscale up` ran with the key and hostname...
+    let args = |name: &str| {
+        std::fs::read_to_string(dir.path().join(format!("{name}.args"))).unwrap_or_default()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || args("tailscale").contains("up")).await,
+        "tailscale up never ran"
+    );
+    assert!(
+        args("tailscaled").contains("--tun=tailscale0"),
+        "{}",
+        args("tailscaled")
+    );
+    assert!(
+        args("tailscale").contains("--authkey=tskey-auth-test --hostname=edge-test"),
+        "{}",
+        args("tailscale")
+    );
+    // ...but the public port stays closed while tailscaled is not Running.
+    assert!(
+        eventually(Duration::from_secs(10), || localapi.requests() >= 2).await,
+        "proxy-app never asked the LocalAPI"
+    );
+    assert_eq!(healthz(), "", "public port open before Running");
+
+    localapi.set_state("Running");
+    assert!(
+        eventually(Duration::from_secs(15), || healthz()
+            .starts_with("HTTP/1.1 200"))
+        .await,
+        "{}",
+        std::fs::read_to_string(dir.path().join("start.log")).unwrap_or_default()
+    );
+
+    // SIGTERM (what Fly sends) reaches proxy-app, which exec'ed over the script: an
+    // in-flight request finishes and the process exits 0.
+    let url = format!("http://{addr}/?delay_ms=1000");
+    let in_flight = tokio::spawn(async move {
+        client()
+            .get(url)
+            .header("host", "docs.example.com")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    let peer = tailnet.peer("docs").unwrap().clone();
+    assert!(eventually(Duration::from_secs(5), || peer.requests() == 1).await);
+    Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert_eq!(
+        in_flight
+            .await
+            .unwrap()
+            .expect("in-flight request finished"),
+        200
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(status.success(), "{status}");
+}
