@@ -62,7 +62,7 @@ impl Report {
              - Machine: {cpu}, {cores} cores, {mem}; kernel {kernel}\n\
              - Servers pinned to core 0, wrk and the fake tailnet to core 1: {pinned}\n\
              - Each scenario: a 1 s warm-up per server, then {rounds} alternating runs of {secs} s per server (proxy-app, nginx, proxy-app, nginx, ...); medians reported, requests/s spread as min-max\n\
-             - wrk: 1 thread, `--latency`; nginx: 1 worker, upstream keepalive >= 2x connections, keepalive_requests 1000000, access_log off (proxy-app has no access log in these runs)\n\n",
+             - wrk: 1 thread, `--latency`; nginx: 1 worker, upstream keepalive >= 2x connections, keepalive_requests 1000000, access_log off, and proxy-app's access log off too (metrics stay on)\n\n",
             date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             cpu = cpu_model(),
             mem = command_output("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"]),

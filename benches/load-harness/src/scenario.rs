@@ -12,6 +12,10 @@ pub enum Work {
     PassThrough,
     /// Proxy to the upstream over TLS (verified against the tailnet CA).
     PassThroughTls,
+    /// Answer from the cache (the object is cached by the warm-up).
+    CacheHit,
+    /// Reject with 429 (a 1r/s zone without burst, all load from one client).
+    RateLimited,
 }
 
 /// One scenario.
@@ -55,6 +59,19 @@ pub fn all() -> Vec<Scenario> {
     };
     vec![
         Scenario {
+            name: "cache-hit-1k",
+            about: "cache hit, 1 KiB object, 32 connections",
+            work: Work::CacheHit,
+            ..base.clone()
+        },
+        Scenario {
+            name: "cache-hit-100k",
+            about: "cache hit, 100 KiB object, 32 connections",
+            work: Work::CacheHit,
+            body_size: 100 * 1024,
+            ..base.clone()
+        },
+        Scenario {
             name: "pass-1k",
             about: "pass-through, 1 KiB, upstream keepalive, 32 connections",
             ..base.clone()
@@ -81,6 +98,12 @@ pub fn all() -> Vec<Scenario> {
             name: "conns-1024",
             about: "pass-through, 1 KiB, 1024 connections",
             connections: 1024,
+            ..base.clone()
+        },
+        Scenario {
+            name: "rate-limited",
+            about: "every request over a 1r/s per-IP limit: 429s, 32 connections",
+            work: Work::RateLimited,
             ..base
         },
     ]
@@ -103,23 +126,31 @@ pub struct Upstream<'a> {
 /// proxy-app's config for a scenario.
 pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) -> String {
     let (port, tls) = match s.work {
-        Work::PassThrough => (up.http.port(), String::new()),
         Work::PassThroughTls => (
             up.https.port(),
             format!("tls = true\nca_file = \"{}\"\n", up.ca_file.display()),
         ),
+        _ => (up.http.port(), String::new()),
+    };
+    let site_extra = match s.work {
+        Work::CacheHit => "cache = { valid = { \"200\" = \"1h\" }, ignore_cache_control = true }\n",
+        Work::RateLimited => "rate_limits = [\"strict\"]\n",
+        _ => "",
     };
     let mut out = format!(
         "[server]\nlisten = [\"127.0.0.1:{listen}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
          [resolver]\nnameservers = [\"{dns}\"]\n\n\
+         [access_log]\nenabled = false\n\n\
+         [cache]\nmax_size = \"256m\"\n\n\
+         [rate_limits.strict]\nrate = \"1r/s\"\n\n\
          [upstreams.peer]\naddress = \"{fqdn}:{port}\"\n{tls}\n",
         pool = s.connections.max(128) * 2,
         dns = up.dns,
         fqdn = up.fqdn,
     );
     for i in 0..s.sites {
-        let _ = write!(out, "[sites.s{i}]\nhosts = [\"s{i}.bench.example\"]\n[[sites.s{i}.locations]]\nmatch = \"/\"\nproxy = \"peer\"\n\n");
+        let _ = write!(out, "[sites.s{i}]\nhosts = [\"s{i}.bench.example\"]\n{site_extra}[[sites.s{i}.locations]]\nmatch = \"/\"\nproxy = \"peer\"\n\n");
     }
     out
 }
@@ -128,7 +159,7 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
 /// concurrency, high keepalive_requests on both sides, no access log (proxy-app has none).
 pub fn nginx_config(s: &Scenario, listen: u16, dir: &Path, up: &Upstream<'_>) -> String {
     let (scheme, addr, tls) = match s.work {
-        Work::PassThrough => ("http", up.http, String::new()),
+        Work::PassThrough | Work::CacheHit | Work::RateLimited => ("http", up.http, String::new()),
         Work::PassThroughTls => (
             "https",
             up.https,
@@ -140,11 +171,16 @@ pub fn nginx_config(s: &Scenario, listen: u16, dir: &Path, up: &Upstream<'_>) ->
         ),
     };
     let d = dir.display();
+    let location_extra = match s.work {
+        Work::CacheHit => "proxy_cache edge; proxy_cache_valid 200 1h; proxy_ignore_headers Cache-Control Expires; proxy_cache_key $scheme$host$request_uri; proxy_cache_lock on;",
+        Work::RateLimited => "limit_req zone=strict; limit_req_status 429;",
+        _ => "",
+    };
     let mut servers = String::new();
     for i in 0..s.sites {
         let _ = writeln!(
             servers,
-            "server {{ listen 127.0.0.1:{listen}; server_name s{i}.bench.example; location / {{ proxy_pass {scheme}://peer; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host {fqdn}; {tls} }} }}",
+            "server {{ listen 127.0.0.1:{listen}; server_name s{i}.bench.example; location / {{ proxy_pass {scheme}://peer; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host {fqdn}; {tls} {location_extra} }} }}",
             fqdn = up.fqdn,
         );
     }
@@ -153,6 +189,8 @@ pub fn nginx_config(s: &Scenario, listen: u16, dir: &Path, up: &Upstream<'_>) ->
          events {{ worker_connections 8192; }}\n\
          http {{\n access_log off;\n keepalive_requests 1000000;\n server_names_hash_max_size 4096;\n\
          client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
+         proxy_cache_path {d}/cache levels=1:2 keys_zone=edge:16m max_size=256m inactive=1d use_temp_path=off;\n\
+         limit_req_zone $binary_remote_addr zone=strict:10m rate=1r/s;\n\
          upstream peer {{ server {addr}; keepalive {keepalive}; keepalive_requests 1000000; }}\n\
          server {{ listen 127.0.0.1:{listen} default_server; return 444; }}\n{servers}}}\n",
         keepalive = s.connections.max(128) * 2,
