@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs every check CI runs: formatting, clippy, and the whole test suite (unit, integration
-# against the fake tailnet over real sockets, doc tests). Installs what it needs first.
+# Runs every check CI runs: formatting, clippy, the load harness in --quick mode (checks the
+# harness, asserts no timing), and the whole test suite (unit, integration against the fake
+# tailnet over real sockets, doc tests). Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-packages.sh cmake clang prometheus shellcheck
@@ -10,6 +11,8 @@ export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+benches/run.sh --quick > target/load-harness-quick.md
+echo "load harness: every scenario ran (report in target/load-harness-quick.md)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --locked --doc
