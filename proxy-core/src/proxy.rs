@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::answer::{default_error_page, LocalAnswer};
 use crate::cache::hooks::{self as cache_hooks, CacheRequest};
 use crate::cache::EdgeCache;
-use crate::guard::GuardVerdict;
+use crate::guard::{GuardVerdict, Refusal};
 use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
 use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
 use crate::route::{normalize_host, normalize_path, Action, Location, RedirectVars, Site};
@@ -125,8 +125,14 @@ impl EdgeProxy {
             .guards
             .check(&site, &location, request, ctx.client_ip)
         {
-            GuardVerdict::Pass(delay) => ctx.rate_limit_delay = delay,
-            GuardVerdict::Refuse(answer) => return Decision::Refuse(answer),
+            GuardVerdict::Pass { delay, zones } => {
+                ctx.rate_limit_delay = delay;
+                self.record_guard_pass(ctx, &zones);
+            }
+            GuardVerdict::Refuse(answer, why) => {
+                self.record_refusal(ctx, &site.name, &why);
+                return Decision::Refuse(answer);
+            }
         }
         match &location.action {
             Action::Proxy(upstream) => {
@@ -154,6 +160,47 @@ impl EdgeProxy {
                     location: Some(target.render(&vars)),
                     ..LocalAnswer::text(*status, "")
                 })
+            }
+        }
+    }
+
+    /// Counts a request the rate limits let through (and notes it for the access log).
+    fn record_guard_pass(&self, ctx: &mut RequestCtx, zones: &[String]) {
+        if zones.is_empty() {
+            return;
+        }
+        let outcome = if ctx.rate_limit_delay.is_zero() {
+            "passed"
+        } else {
+            "delayed"
+        };
+        ctx.observe.rate_limit = Some(outcome);
+        if let Some(observability) = &self.observability {
+            for zone in zones {
+                observability.metrics().rate_limit_decision(zone, outcome);
+            }
+        }
+    }
+
+    /// Counts a refusal by a deny rule or a rate limit (and notes it for the access log).
+    fn record_refusal(&self, ctx: &mut RequestCtx, site: &str, why: &Refusal) {
+        let metrics = self.observability.as_ref().map(|o| o.metrics());
+        match why {
+            Refusal::RateLimit(zone) => {
+                ctx.observe.rate_limit = Some("rejected");
+                if let Some(metrics) = metrics {
+                    metrics.rate_limit_decision(zone, "rejected");
+                }
+            }
+            Refusal::UserAgent | Refusal::DenyList | Refusal::AllowList => {
+                let list = match why {
+                    Refusal::UserAgent => "user_agent",
+                    Refusal::DenyList => "deny_list",
+                    _ => "allow_list",
+                };
+                if let Some(metrics) = metrics {
+                    metrics.deny_hit(site, list);
+                }
             }
         }
     }

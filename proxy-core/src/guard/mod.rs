@@ -50,10 +50,38 @@ pub struct LocationGuards {
 /// What the guards decided.
 #[derive(Debug)]
 pub enum GuardVerdict {
-    /// Go on, after holding the request this long (rate-limit `delay` mode).
-    Pass(Duration),
+    /// Go on, after holding the request this long (rate-limit `delay` mode); `zones` names
+    /// the rate-limit zones that counted the request (for metrics).
+    Pass {
+        /// How long to hold the request.
+        delay: Duration,
+        /// Zones that passed it.
+        zones: Vec<String>,
+    },
     /// Answer with this and stop.
-    Refuse(LocalAnswer),
+    Refuse(LocalAnswer, Refusal),
+}
+
+/// Why a request was refused (for metrics and the access log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// A user-agent rule matched.
+    UserAgent,
+    /// The client is on a deny list.
+    DenyList,
+    /// The client is not on the location's allow list.
+    AllowList,
+    /// A rate-limit zone (named) rejected it.
+    RateLimit(String),
+}
+
+impl GuardVerdict {
+    fn pass() -> Self {
+        GuardVerdict::Pass {
+            delay: Duration::ZERO,
+            zones: Vec::new(),
+        }
+    }
 }
 
 impl GuardTable {
@@ -66,21 +94,21 @@ impl GuardTable {
         client_ip: Option<IpAddr>,
     ) -> GuardVerdict {
         let Some(guards) = self.sites.get(&site.name) else {
-            return GuardVerdict::Pass(Duration::ZERO);
+            return GuardVerdict::pass();
         };
         let access = &guards.access;
         // Every User-Agent line counts: a second one must not smuggle a crawler past the rules.
         let mut agents = request.headers.get_all(http::header::USER_AGENT).iter();
         if agents.any(|v| access.is_denied_agent(v.as_bytes())) {
-            return refuse(&access.user_agent_body);
+            return refuse(&access.user_agent_body, Refusal::UserAgent);
         }
         if client_ip.is_some_and(|ip| access.is_denied(ip)) {
-            return refuse(&access.deny_body);
+            return refuse(&access.deny_body, Refusal::DenyList);
         }
         let location_guards = guards.locations.get(&location.index);
         let allow = location_guards.and_then(|l| l.allow.as_ref());
         if allow.is_some_and(|set| !client_ip.is_some_and(|ip| set.contains(ip))) {
-            return refuse(&access.deny_body);
+            return refuse(&access.deny_body, Refusal::AllowList);
         }
         let extra = location_guards.map_or(&[][..], |l| &l.zones[..]);
         rate_limit(&guards.zones, extra, request, client_ip, site, location)
@@ -105,25 +133,31 @@ fn rate_limit(
         })
         .collect();
     if keyed.is_empty() {
-        return GuardVerdict::Pass(Duration::ZERO);
+        return GuardVerdict::pass();
     }
     match acquire_all(&keyed) {
-        LimitOutcome::Pass { delay } => GuardVerdict::Pass(delay),
+        LimitOutcome::Pass { delay } => GuardVerdict::Pass {
+            delay,
+            zones: keyed
+                .iter()
+                .map(|(zone, _)| zone.settings.name.clone())
+                .collect(),
+        },
         LimitOutcome::Reject {
+            zone,
             status,
             retry_after_secs,
-            ..
         } => {
             let mut answer = LocalAnswer::text(status, "too many requests\n");
             answer.headers.push((
                 http::header::RETRY_AFTER,
                 http::HeaderValue::from(retry_after_secs),
             ));
-            GuardVerdict::Refuse(answer)
+            GuardVerdict::Refuse(answer, Refusal::RateLimit(zone))
         }
     }
 }
 
-fn refuse(body: &Bytes) -> GuardVerdict {
-    GuardVerdict::Refuse(LocalAnswer::text(403, body.clone()))
+fn refuse(body: &Bytes, why: Refusal) -> GuardVerdict {
+    GuardVerdict::Refuse(LocalAnswer::text(403, body.clone()), why)
 }
