@@ -307,7 +307,7 @@ async fn concurrent_misses_on_a_static_site_make_one_fetch() {
     let http = common::client();
     let replies = futures_util::future::join_all((0..10).map(|i| {
         let path = if i == 0 {
-            "/locked?delay_ms=500".to_string()
+            "/locked?delay_ms=200".to_string()
         } else {
             format!("/locked?n={i}")
         };
