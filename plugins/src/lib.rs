@@ -7,12 +7,14 @@
 //! | name | what it does |
 //! |---|---|
 //! | `headers` | add, set, remove response headers (every status, like nginx's `always`) and request headers sent upstream; a `security` preset |
+//! | `page` | answer with a fixed status and a page from a local file (e.g. an HTML 403) |
 //! | `static` | files from a local directory: index files, try-files fallback, content types, ETag/Last-Modified with 304, byte ranges, never outside the root |
 //!
 //! Not for: behaviour every request needs (routing, limits, caching); that lives in
 //! `proxy-core`.
 
 pub mod headers;
+pub mod page;
 pub mod static_files;
 
 use proxy_core::plugin::PluginRegistry;
@@ -21,6 +23,7 @@ use proxy_core::plugin::PluginRegistry;
 pub fn builtin_registry() -> PluginRegistry {
     let mut registry = PluginRegistry::new();
     registry.register("headers", headers::HeadersPlugin::from_options);
+    registry.register("page", page::Page::from_options);
     registry.register("static", static_files::StaticFiles::from_options);
     registry
 }
@@ -29,6 +32,9 @@ pub fn builtin_registry() -> PluginRegistry {
 mod tests {
     #[test]
     fn registry_lists_the_builtins() {
-        assert_eq!(super::builtin_registry().names(), vec!["headers", "static"]);
+        assert_eq!(
+            super::builtin_registry().names(),
+            vec!["headers", "page", "static"]
+        );
     }
 }

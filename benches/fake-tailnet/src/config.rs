@@ -54,6 +54,9 @@ pub struct PeerSpec {
     pub name: String,
     /// How the peer answers requests (query parameters can override per request).
     pub response: ResponseSpec,
+    /// Extra names its HTTPS certificate covers besides its fqdn, like a Caddy peer serving
+    /// several virtual hosts (e.g. `docs.ops`).
+    pub tls_names: Vec<String>,
 }
 
 impl PeerSpec {
@@ -62,7 +65,14 @@ impl PeerSpec {
         Self {
             name: name.to_string(),
             response: ResponseSpec::default(),
+            tls_names: Vec::new(),
         }
+    }
+
+    /// The same peer with a certificate that also covers `names` (exact names).
+    pub fn with_tls_names(mut self, names: &[&str]) -> Self {
+        self.tls_names = names.iter().map(|n| n.to_string()).collect();
+        self
     }
 
     /// The same peer with another response.

@@ -141,8 +141,7 @@ impl FakeTailnet {
         let mut peers = Vec::with_capacity(bound.len());
         for (spec, bound) in config.peers.into_iter().zip(bound) {
             let fqdn = format!("{}.{}", spec.name, config.domain);
-            let peer =
-                FakePeer::start(&spec.name, fqdn, spec.response, bound, &shutdown, &runtime)?;
+            let peer = FakePeer::start(&spec, fqdn, bound, &shutdown, &runtime)?;
             state.set_answer(peer.fqdn(), vec![peer.ip()]);
             peers.push(peer);
         }
@@ -256,14 +255,7 @@ impl FakeTailnet {
         exclude.extend(self.peers().map(FakePeer::ip));
         let bound = bind_one(&exclude, *ports)?;
         let fqdn = self.fqdn(&spec.name);
-        let peer = FakePeer::start(
-            &spec.name,
-            fqdn,
-            spec.response,
-            bound,
-            &self.shutdown,
-            &self.runtime,
-        )?;
+        let peer = FakePeer::start(&spec, fqdn, bound, &self.shutdown, &self.runtime)?;
         *ports = (peer.http_addr().port(), peer.https_addr().port());
         self.dns.set_answer(peer.fqdn(), vec![peer.ip()]);
         let _ = slot.set(peer.clone());

@@ -13,7 +13,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::BoundPeer;
-use crate::{http, tls, FakeTailnetError, ResponseSpec};
+use crate::{http, tls, FakeTailnetError, PeerSpec, ResponseSpec};
 
 /// Time allowed for a client to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,14 +81,13 @@ struct PeerInner {
 impl FakePeer {
     /// Starts serving on already bound listeners; `parent` cancels it with the tailnet.
     pub(crate) fn start(
-        name: &str,
+        spec: &PeerSpec,
         fqdn: String,
-        response: ResponseSpec,
         bound: BoundPeer,
         parent: &CancellationToken,
         runtime: &Handle,
     ) -> Result<FakePeer, FakeTailnetError> {
-        let acceptor = TlsAcceptor::from(tls::server_config(&fqdn)?);
+        let acceptor = TlsAcceptor::from(tls::server_config(&fqdn, &spec.tls_names)?);
         let (http, https) = to_tokio(bound.http, bound.https, runtime)?;
         let port = |l: &TcpListener| l.local_addr().map(|a| a.port());
         let ports = port(&http).and_then(|h| Ok((h, port(&https)?)));
@@ -97,14 +96,14 @@ impl FakePeer {
         let (http, https) = (Arc::new(http), Arc::new(https));
         let peer = FakePeer {
             inner: Arc::new(PeerInner {
-                name: name.to_string(),
+                name: spec.name.clone(),
                 fqdn,
                 ip: bound.ip,
                 http_port,
                 https_port,
                 requests: AtomicU64::new(0),
                 seq: AtomicU64::new(0),
-                response: RwLock::new(response),
+                response: RwLock::new(spec.response.clone()),
                 last: Mutex::new(None),
                 listeners: Mutex::new(vec![http.clone(), https.clone()]),
                 stop: parent.child_token(),

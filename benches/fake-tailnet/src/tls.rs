@@ -89,12 +89,16 @@ fn ca_params(common_name: &str) -> CertificateParams {
 
 /// Builds a rustls server config (ring provider, HTTP/1.1 ALPN) with a fresh certificate for
 /// `fqdn` signed by the tailnet CA.
-pub(crate) fn server_config(fqdn: &str) -> Result<Arc<ServerConfig>, FakeTailnetError> {
+pub(crate) fn server_config(
+    fqdn: &str,
+    extra_names: &[String],
+) -> Result<Arc<ServerConfig>, FakeTailnetError> {
     let issuer = Issuer::new(
         ca_params(TAILNET_CA_COMMON_NAME),
         KeyPair::from_pem(TAILNET_CA_KEY_PEM)?,
     );
-    let mut params = CertificateParams::new(vec![fqdn.to_string()])?;
+    let names = std::iter::once(fqdn.to_string()).chain(extra_names.iter().cloned());
+    let mut params = CertificateParams::new(names.collect::<Vec<_>>())?;
     params.distinguished_name.push(DnType::CommonName, fqdn);
     params.use_authority_key_identifier_extension = true;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];

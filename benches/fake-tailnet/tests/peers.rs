@@ -77,6 +77,30 @@ async fn https_verifies_against_tailnet_ca_and_records_sni() {
 }
 
 #[tokio::test]
+async fn extra_tls_names_serve_virtual_hosts_like_caddy() {
+    let config = TailnetConfig {
+        peers: vec![PeerSpec::new("caddy").with_tls_names(&["docs.ops", "git.ops"])],
+        ..TailnetConfig::new(&[])
+    };
+    let tailnet = FakeTailnet::start(config).await.unwrap();
+    let caddy = tailnet.peer("caddy").unwrap();
+    for name in ["docs.ops", "git.ops", caddy.fqdn()] {
+        let tls = tls_connect(caddy.https_addr(), name, TAILNET_CA_PEM)
+            .await
+            .unwrap();
+        let reply = Client::new(tls).await.get(name, "/").await;
+        assert_eq!(reply.status, 200);
+        let seen = caddy.last_request().unwrap();
+        assert_eq!(
+            (seen.sni.as_deref(), seen.header("host")),
+            (Some(name), Some(name))
+        );
+    }
+    let other = tls_connect(caddy.https_addr(), "photos.ops", TAILNET_CA_PEM).await;
+    assert!(other.is_err(), "names not listed are not covered");
+}
+
+#[tokio::test]
 async fn query_overrides_win_over_spec() {
     let tailnet = tailnet(&["docs"]).await;
     let docs = tailnet.peer("docs").unwrap();
