@@ -9,6 +9,8 @@ use std::path::Path;
 
 const TEMPLATE: &str = include_str!("demo.toml");
 
+const LANDING_PAGE: &str = "<!doctype html>\n<html><body><h1>Welcome</h1>\n<p>This landing page is served from local files by the `static` plugin, even when the tailnet is down.</p></body></html>\n";
+
 const ERROR_PAGE: &str = "<!doctype html>\n<html><body><h1>Photos are taking a nap</h1>\n<p>The photo server is unreachable right now (this is the demo's custom 502 page).</p></body></html>\n";
 
 /// Starts the fake tailnet and returns the demo config pointing at it.
@@ -25,6 +27,10 @@ pub fn run(listen: &str, admin: &str) -> anyhow::Result<RuntimeConfig> {
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let ca_file = dir.join("tailnet-ca.pem");
     std::fs::write(&ca_file, TAILNET_CA_PEM).context("writing the demo CA file")?;
+    let landing = dir.join("landing");
+    std::fs::create_dir_all(&landing).context("creating the demo landing page")?;
+    std::fs::write(landing.join("index.html"), LANDING_PAGE)
+        .context("writing the demo landing page")?;
     let error_page = dir.join("photos-502.html");
     std::fs::write(&error_page, ERROR_PAGE).context("writing the demo error page")?;
 
@@ -36,7 +42,8 @@ pub fn run(listen: &str, admin: &str) -> anyhow::Result<RuntimeConfig> {
         .replace("{http_port}", &tailnet.http_port().to_string())
         .replace("{https_port}", &tailnet.https_port().to_string())
         .replace("{ca_file}", &ca_file.display().to_string())
-        .replace("{error_page}", &error_page.display().to_string());
+        .replace("{error_page}", &error_page.display().to_string())
+        .replace("{landing_dir}", &landing.display().to_string());
     let config = load_str_with(
         &text,
         Some(Path::new("demo.toml")),
@@ -56,11 +63,12 @@ fn print_instructions(listen: &str, admin: &str, tailnet: &FakeTailnet) {
         "\nproxy-app demo: fake tailnet `{domain}` with MagicDNS at {dns}\n\
          public listener http://{listen}/\n\n\
          Try:\n  \
-         curl -i http://docs.demo.localhost:{port}/             # proxied over TLS to docs.{domain}; run twice: X-Cache-Status: HIT\n  \
+         curl -i http://docs.demo.localhost:{port}/             # proxied over TLS to docs.{domain}; run twice: X-Cache-Status: HIT; security headers\n  \
          curl -i http://docs.demo.localhost:{port}/robots.txt   # answered at the edge\n  \
          curl -i http://git.demo.localhost:{port}/__echo        # see the forwarded headers\n  \
          curl -i http://git.demo.localhost:{port}/u/repo/archive/main.zip   # redirect\n  \
          curl -i http://photos.demo.localhost:{port}/           # peer down: the site's 502 page\n  \
+         curl -i http://www.demo.localhost:{port}/              # landing page from local files (static plugin)\n  \
          for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}}\\n' http://docs.demo.localhost:{port}/login; done   # 1r/s burst 3: 429s\n  \
          curl -i http://unknown.demo.localhost:{port}/          # unknown host: 421, never forwarded\n  \
          curl -i http://127.0.0.1:{port}/healthz                # health check, any Host\n  \

@@ -177,6 +177,14 @@ async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
         addr,
         "GET /robots.txt HTTP/1.1\r\nHost: docs.demo.localhost\r\nConnection: close\r\n\r\n",
     );
+    let landing = raw_request(
+        addr,
+        "GET / HTTP/1.1\r\nHost: www.demo.localhost\r\nConnection: close\r\n\r\n",
+    );
+    let photos = raw_request(
+        addr,
+        "GET / HTTP/1.1\r\nHost: photos.demo.localhost\r\nConnection: close\r\n\r\n",
+    );
     let _ = child.kill();
     let _ = child.wait();
     let printed = std::fs::read_to_string(dir.path().join("out.log")).unwrap();
@@ -186,6 +194,20 @@ async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
         "{reply}"
     );
     assert!(robots.contains("User-agent: *"), "{robots}");
+    assert!(
+        reply
+            .to_ascii_lowercase()
+            .contains("x-frame-options: sameorigin"),
+        "headers plugin: {reply}"
+    );
+    assert!(
+        landing.starts_with("HTTP/1.1 200") && landing.contains("static"),
+        "static plugin: {landing}"
+    );
+    assert!(
+        photos.starts_with("HTTP/1.1 502") && photos.contains("taking a nap"),
+        "error page: {photos}"
+    );
     assert!(
         printed.contains("curl -i http://docs.demo.localhost:"),
         "{printed}"

@@ -336,3 +336,64 @@ async fn the_demo_limits_docs_login_to_1rps_burst_3() {
     assert_eq!(&codes[..4], [200; 4], "{codes:?}");
     assert!(codes.contains(&429), "{codes:?}");
 }
+
+#[tokio::test]
+async fn decisions_and_deny_hits_are_counted_in_metrics() {
+    let tailnet = tailnet(&["app"]).await;
+    let (port, admin) = (free_port(), free_port());
+    let base: String = base_config(port, &tailnet)
+        .lines()
+        .map(|line| {
+            if line.starts_with("listen = \"127.0.0.1:") {
+                format!("listen = \"127.0.0.1:{admin}\"")
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let config = format!(
+        "{base}\n[rate_limits.tight]\nrate = \"1r/m\"\n[upstreams.app]\naddress = \"app.{}:{}\"\n[sites.app]\nhosts = [\"app.example.com\"]\nrate_limits = [\"tight\"]\n[sites.app.access]\nuser_agent_deny = [\"crawler\"]\n[[sites.app.locations]]\nmatch = \"/\"\nproxy = \"app\"\n",
+        tailnet.domain(),
+        tailnet.http_port()
+    );
+    let proxy = Proxy::start(port, &config);
+    let statuses = [
+        get(&proxy, "app.example.com", "/").await.status,
+        get(&proxy, "app.example.com", "/").await.status,
+        get(&proxy, "app.example.com", "/").await.status,
+    ];
+    assert_eq!(statuses, [200, 429, 429]);
+    let bot = client()
+        .get(proxy.url("/"))
+        .header("host", "app.example.com")
+        .header("user-agent", "SomeCrawler")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bot.status(), 403);
+
+    let expected = [
+        r#"edge_rate_limit_decisions_total{zone="tight",outcome="passed"} 1"#,
+        r#"edge_rate_limit_decisions_total{zone="tight",outcome="rejected"} 2"#,
+        r#"edge_deny_hits_total{host="app",list="user_agent"} 1"#,
+    ];
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = client()
+            .get(format!("http://127.0.0.1:{admin}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if expected.iter().all(|line| text.contains(line)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    for line in expected {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+}

@@ -241,3 +241,49 @@ async fn static_files_serve_a_landing_page_safely() {
         .unwrap();
     assert_eq!(head.headers().get("content-length").unwrap(), "16");
 }
+
+#[tokio::test]
+async fn site_error_pages_replace_local_refusals_and_keep_their_status() {
+    let tailnet = tailnet(&["app"]).await;
+    let port = free_port();
+    let config = format!(
+        "{}\n[upstreams.app]\naddress = \"app.{}:{}\"\n[sites.app]\nhosts = [\"app.example.com\"]\nerror_pages = {{ 403 = \"403.html\", 404 = \"404.html\" }}\n[sites.app.access]\nuser_agent_deny = [\"badbot\"]\n[[sites.app.plugins]]\nuse = \"headers\"\nset = {{ \"x-edge\" = \"1\" }}\n[[sites.app.locations]]\nmatch = \"/app/\"\nproxy = \"app\"\n",
+        base_config(port, &tailnet),
+        tailnet.domain(),
+        tailnet.http_port()
+    );
+    let files: &[(&str, &[u8])] = &[
+        ("403.html", b"<h1>go away, bot</h1>"),
+        ("404.html", b"<h1>nothing here</h1>"),
+    ];
+    let proxy = Proxy::start_with_files(port, &config, files);
+    let denied = Reply::read(
+        client()
+            .get(proxy.url("/app/"))
+            .header("host", "app.example.com")
+            .header("user-agent", "BadBot/1.0")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (denied.status, denied.body.as_str()),
+        (403, "<h1>go away, bot</h1>")
+    );
+    assert_eq!(
+        denied.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(
+        denied.header("x-edge"),
+        Some("1"),
+        "plugins' headers on error pages"
+    );
+    let missing = get(&proxy, "app.example.com", "/elsewhere").await;
+    assert_eq!(
+        (missing.status, missing.body.as_str()),
+        (404, "<h1>nothing here</h1>")
+    );
+    assert_eq!(tailnet.peer("app").unwrap().requests(), 0);
+}
