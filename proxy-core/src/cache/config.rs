@@ -13,7 +13,6 @@ use super::{CacheSettings, DiskSettings};
 const DEFAULT_DISK_MAX_SIZE: usize = 1 << 30;
 use crate::config::error::{KeyPath, Problems};
 use crate::config::file::{CachePolicySection, CacheSection, QueryKeySection};
-use crate::config::units::{parse_duration, parse_size};
 
 /// Default name of the cache status response header.
 pub const DEFAULT_STATUS_HEADER: &str = "x-cache-status";
@@ -140,26 +139,17 @@ impl Checker<'_> {
     }
 
     fn size(&mut self, text: Option<&str>, default: usize, key: KeyPath) -> usize {
-        let Some(text) = text else { return default };
-        match parse_size(text).map(usize::try_from) {
-            Ok(Ok(size)) => size,
-            Ok(Err(_)) => {
-                self.problem(key, format!("size `{text}` is too large"));
-                default
-            }
-            Err(e) => {
-                self.problem(key, e);
-                default
-            }
-        }
+        let Some(size) = self.problems.size(text, key.clone()) else {
+            return default;
+        };
+        usize::try_from(size).unwrap_or_else(|_| {
+            self.problem(key, format!("size `{size}` is too large"));
+            default
+        })
     }
 
     fn duration(&mut self, text: Option<&str>, default: Duration, key: KeyPath) -> Duration {
-        let Some(text) = text else { return default };
-        parse_duration(text).unwrap_or_else(|e| {
-            self.problem(key, e);
-            default
-        })
+        self.problems.duration(text, default, key)
     }
 
     fn header_names(&mut self, names: &[String], key: &KeyPath) -> Vec<HeaderName> {

@@ -14,7 +14,6 @@ use super::file::{
     ConfigFile, LocationSection, PluginSection, ResolverSection, ServerSection, SiteSection,
     StatusOrWord, UpstreamSection,
 };
-use super::units::{parse_duration, parse_size};
 use crate::plugin::{PluginList, PluginRegistry, PluginSetup};
 use crate::route::{
     Action, HostHeader, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
@@ -112,15 +111,11 @@ impl Compiler<'_> {
     }
 
     fn duration(&mut self, value: Option<&str>, default: Duration, key: KeyPath) -> Duration {
-        let Some(text) = value else { return default };
-        parse_duration(text).unwrap_or_else(|e| {
-            self.problem(key, e);
-            default
-        })
+        self.problems.duration(value, default, key)
     }
 
     fn size(&mut self, value: Option<&str>, key: KeyPath) -> Option<u64> {
-        parse_size(value?).map_err(|e| self.problem(key, e)).ok()
+        self.problems.size(value, key)
     }
 
     fn socket_addr(&mut self, text: &str, key: KeyPath) -> Option<SocketAddr> {

@@ -139,6 +139,27 @@ impl Problems {
         self.0.is_empty()
     }
 
+    /// A duration option: `default` when unset, reported (and `default`) when malformed.
+    pub(crate) fn duration(
+        &mut self,
+        text: Option<&str>,
+        default: std::time::Duration,
+        key: KeyPath,
+    ) -> std::time::Duration {
+        let Some(text) = text else { return default };
+        super::units::parse_duration(text).unwrap_or_else(|e| {
+            self.push(key, e);
+            default
+        })
+    }
+
+    /// A size option in bytes: `None` when unset or malformed (malformed is reported).
+    pub(crate) fn size(&mut self, text: Option<&str>, key: KeyPath) -> Option<u64> {
+        super::units::parse_size(text?)
+            .map_err(|e| self.push(key, e))
+            .ok()
+    }
+
     /// Turns the problems into located errors, using `source` (when present) to find lines.
     pub(crate) fn locate(self, source: Option<&SourceText<'_>>) -> ConfigErrors {
         let errors = self
