@@ -16,6 +16,9 @@
 //! - [`client`]: who is asking (`Fly-Client-IP` from trusted proxies only).
 //! - [`limit`], [`access`], [`guard`]: rate limits (nginx `limit_req` semantics, bounded
 //!   memory), deny/allow lists and user-agent rules, run after routing.
+//! - [`plugin`]: the plugin trait and registry that sites and locations attach plugins
+//!   from (built-in plugins live in the `plugins` crate).
+//! - [`service`]: the Pingora services (proxy, resolver, admin) built from a config.
 //!
 //! It is not a server: wiring listeners, signals and the CLI is the embedding app's job
 //! (see `proxy-app`, or `examples/embed.rs` for a minimal one).

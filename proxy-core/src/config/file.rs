@@ -1,7 +1,7 @@
 //! The configuration as written: plain serde structs that mirror the TOML file.
 //!
 //! Nothing here is validated beyond its TOML type; durations and sizes are kept as the strings
-//! the operator wrote. [`super::compile`] turns this into the runtime model and is where every
+//! the operator wrote. the compiler (`config::compile`) turns this into the runtime model and is where every
 //! check lives, so errors can name the key that holds the bad value. Builders in
 //! [`crate::builder`] fill the same structs, so code and TOML produce identical runtimes.
 

@@ -1,4 +1,4 @@
-//! Configuration: TOML in ([`file`]), a validated [`RuntimeConfig`] out ([`load_file`],
+//! Configuration: TOML in ([`file`](mod@file)), a validated [`RuntimeConfig`] out ([`load_file`],
 //! [`load_str`], [`compile_file`]).
 //!
 //! Parsing and meaning are separate: serde only checks TOML types and unknown keys; the
