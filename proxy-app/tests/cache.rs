@@ -499,28 +499,10 @@ proxy = "docs"
     assert_eq!(requests(&tailnet), 2);
 }
 
-/// Kills the demo process when the test ends, pass or fail.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn demo_caches_the_docs_site() {
-    let port = free_port();
-    let child = std::process::Command::new(binary())
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn proxy-app demo");
-    let _guard = KillOnDrop(child);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let demo = Demo::start().await;
+    let addr = demo.addr;
     let request = "GET / HTTP/1.1\r\nHost: docs.demo.localhost\r\nConnection: close\r\n\r\n";
     let mut first = String::new();
     for _ in 0..300 {

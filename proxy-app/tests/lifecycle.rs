@@ -145,30 +145,8 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
 
 #[tokio::test]
 async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let stdout = std::fs::File::create(dir.path().join("out.log")).unwrap();
-    let mut child = Command::new(binary())
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin",
-            &format!("127.0.0.1:{}", free_port()),
-        ])
-        .stdout(stdout)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let ready = eventually(Duration::from_secs(30), || {
-        raw_request(
-            addr,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
-        .starts_with("HTTP/1.1 200")
-    })
-    .await;
+    let demo = Demo::start().await;
+    let addr = demo.addr;
     let reply = raw_request(
         addr,
         "GET / HTTP/1.1\r\nHost: docs.demo.localhost\r\nConnection: close\r\n\r\n",
@@ -185,10 +163,7 @@ async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
         addr,
         "GET / HTTP/1.1\r\nHost: photos.demo.localhost\r\nConnection: close\r\n\r\n",
     );
-    let _ = child.kill();
-    let _ = child.wait();
-    let printed = std::fs::read_to_string(dir.path().join("out.log")).unwrap();
-    assert!(ready, "demo never became ready");
+    let printed = demo.printed();
     assert!(
         reply.starts_with("HTTP/1.1 200") && reply.contains("hello from docs"),
         "{reply}"

@@ -293,28 +293,10 @@ async fn header_keys_limit_by_value_and_skip_requests_without_it() {
     }
 }
 
-/// `proxy-app demo`, killed on drop.
-struct Demo(std::process::Child);
-
-impl Drop for Demo {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 async fn the_demo_limits_docs_login_to_1rps_burst_3() {
-    let port = free_port();
-    let child = std::process::Command::new(binary())
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-        .args(["--admin", &format!("127.0.0.1:{}", free_port())])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("spawn proxy-app demo");
-    let _demo = Demo(child);
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let demo = Demo::start().await;
+    let addr = demo.addr;
     let health = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let ready = eventually(Duration::from_secs(30), || {
         raw_request(addr, health).starts_with("HTTP/1.1 200")

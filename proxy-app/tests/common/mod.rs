@@ -292,3 +292,51 @@ pub fn testdata(path: &str) -> PathBuf {
         .join("../testdata")
         .join(path)
 }
+
+/// `proxy-app demo` on free ports (its fake tailnet runs inside it), killed on drop.
+pub struct Demo {
+    child: Child,
+    /// Public listener.
+    pub addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Starts the demo and waits until its public port answers `/healthz`.
+    pub async fn start() -> Demo {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let stdout = std::fs::File::create(dir.path().join("out.log")).expect("log file");
+        let child = Command::new(binary())
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+            .stdout(stdout)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn proxy-app demo");
+        let demo = Demo {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            dir,
+        };
+        let health = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let ready = eventually(Duration::from_secs(30), || {
+            raw_request(demo.addr, health).starts_with("HTTP/1.1 200")
+        })
+        .await;
+        assert!(ready, "demo never became ready");
+        demo
+    }
+
+    /// What the demo printed so far (the curl commands to try).
+    pub fn printed(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
