@@ -21,15 +21,13 @@ async fn purge_by_url_and_host_through_the_admin_listener() {
     std::env::set_var(&variable, "s3cret-token");
     let config = format!(
         "{}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\ncache = {{ valid = {{ \"200\" = \"1h\" }}, ignore_cache_control = true }}\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
-        base_config(port, &tailnet).replace(
+        base_config_with_admin(port, admin, &tailnet).replace(
             "[admin]\nlisten = \"127.0.0.1:",
             &format!("[admin]\ntoken_env = \"{variable}\"\nlisten = \"127.0.0.1:"),
         ),
         tailnet.domain(),
         tailnet.http_port()
     );
-    // Point the admin listener at a port this test knows.
-    let config = regex_free_admin(&config, admin);
     let proxy = Proxy::start(port, &config);
     let peer = tailnet.peer("docs").unwrap();
     for path in ["/a", "/a", "/b", "/b"] {
@@ -94,19 +92,4 @@ async fn purge_by_url_and_host_through_the_admin_listener() {
             .0,
         400
     );
-}
-
-/// Replaces the admin listen port chosen by `base_config` with `admin`.
-fn regex_free_admin(config: &str, admin: u16) -> String {
-    config
-        .lines()
-        .map(|line| {
-            if line.starts_with("listen = \"127.0.0.1:") && !line.contains('[') {
-                format!("listen = \"127.0.0.1:{admin}\"")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n")
 }

@@ -323,17 +323,7 @@ async fn the_demo_limits_docs_login_to_1rps_burst_3() {
 async fn decisions_and_deny_hits_are_counted_in_metrics() {
     let tailnet = tailnet(&["app"]).await;
     let (port, admin) = (free_port(), free_port());
-    let base: String = base_config(port, &tailnet)
-        .lines()
-        .map(|line| {
-            if line.starts_with("listen = \"127.0.0.1:") {
-                format!("listen = \"127.0.0.1:{admin}\"")
-            } else {
-                line.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let base = base_config_with_admin(port, admin, &tailnet);
     let config = format!(
         "{base}\n[rate_limits.tight]\nrate = \"1r/m\"\n[upstreams.app]\naddress = \"app.{}:{}\"\n[sites.app]\nhosts = [\"app.example.com\"]\nrate_limits = [\"tight\"]\n[sites.app.access]\nuser_agent_deny = [\"crawler\"]\n[[sites.app.locations]]\nmatch = \"/\"\nproxy = \"app\"\n",
         tailnet.domain(),

@@ -109,14 +109,23 @@ fn measure_direct(
 struct Server {
     child: Child,
     addr: SocketAddr,
-    extra_pids: Vec<u32>,
 }
 
 impl Server {
+    /// Waits until the server on `port` answers the scenario's request.
+    fn ready(child: Child, port: u16, s: &Scenario) -> Result<Server> {
+        let server = Server {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        };
+        wait_ready(server.addr, &s.host(), &s.path())?;
+        Ok(server)
+    }
+
+    /// The server process and its children (nginx's worker).
     fn pids(&self) -> Vec<u32> {
         let mut pids = vec![self.child.id()];
         pids.extend(children(self.child.id()));
-        pids.extend(&self.extra_pids);
         pids
     }
 
@@ -173,13 +182,7 @@ fn start_proxy(s: &Scenario, bin: &Path, up: &Upstream<'_>, dir: &Path) -> Resul
         .stderr(log)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    let server = Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        extra_pids: vec![],
-    };
-    wait_ready(server.addr, &s.host(), &s.path())?;
-    Ok(server)
+    Server::ready(child, port, s)
 }
 
 fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
@@ -196,13 +199,7 @@ fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
         .stderr(Stdio::null())
         .spawn()
         .context("starting nginx (apt-get install nginx)")?;
-    let server = Server {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-        extra_pids: vec![],
-    };
-    wait_ready(server.addr, &s.host(), &s.path())?;
-    Ok(server)
+    Server::ready(child, port, s)
 }
 
 fn pinned_command(program: &std::ffi::OsStr) -> Command {

@@ -34,6 +34,11 @@ pub fn tailnet_with(config: TailnetConfig) -> FakeTailnet {
 
 /// The `[server]` and `[resolver]` sections every test config starts with.
 pub fn base_config(listen: u16, tailnet: &FakeTailnet) -> String {
+    base_config_with_admin(listen, free_port(), tailnet)
+}
+
+/// [`base_config`] with the admin listener on a port the test knows.
+pub fn base_config_with_admin(listen: u16, admin: u16, tailnet: &FakeTailnet) -> String {
     format!(
         r#"
 [server]
@@ -53,7 +58,6 @@ max_ttl = "2s"
 timeout = "500ms"
 retry_interval = "300ms"
 "#,
-        admin = free_port(),
         dns = tailnet.dns_addr(),
     )
 }
