@@ -15,6 +15,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+/// mimalloc instead of glibc's malloc: the proxy path makes a few dozen short-lived
+/// allocations per request (header maps, buffers, futures), where glibc's allocator costs
+/// about a fifth of the CPU time (`benches/RESULTS.md`).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// How long start-up waits for the first lookups of upstream names.
 const STARTUP_DNS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 

@@ -234,6 +234,66 @@ async fn head_is_served_from_the_get_entry() {
     assert_eq!(requests(&tailnet), 1);
 }
 
+/// Fresh hits are answered from memory in the request phase; they must look exactly like
+/// pingora-cache's hits: `Age`, length, request id, and ranges and validators still work.
+#[tokio::test]
+async fn fresh_hits_keep_age_length_request_id_ranges_and_validators() {
+    let (tailnet, proxy) = start("", "", "").await;
+    let path = "/fast?header=ETag:%22v7%22";
+    let host = "docs.example.com";
+    let first = send(&proxy, reqwest::Method::GET, host, path, &[]).await;
+    assert_eq!(first.header("x-cache-status"), Some("MISS"));
+
+    let hit = send(
+        &proxy,
+        reqwest::Method::GET,
+        host,
+        path,
+        &[("x-request-id", "fast-1")],
+    )
+    .await;
+    assert_eq!(hit.status, 200);
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    assert_eq!(hit.body, first.body);
+    assert!(hit
+        .header("age")
+        .is_some_and(|age| age.parse::<u64>().is_ok()));
+    assert_eq!(hit.header("etag"), Some("\"v7\""));
+    assert_eq!(hit.header("x-request-id"), Some("fast-1"));
+    let length = first.body.len().to_string();
+    assert_eq!(hit.header("content-length"), Some(length.as_str()));
+
+    let head = send(&proxy, reqwest::Method::HEAD, host, path, &[]).await;
+    assert_eq!(head.header("x-cache-status"), Some("HIT"));
+    assert_eq!(head.header("content-length"), Some(length.as_str()));
+    assert!(head.body.is_empty());
+
+    let range = send(
+        &proxy,
+        reqwest::Method::GET,
+        host,
+        path,
+        &[("range", "bytes=0-4")],
+    )
+    .await;
+    assert_eq!(range.status, 206);
+    assert_eq!(range.body, first.body[..5]);
+    assert_eq!(range.header("x-cache-status"), Some("HIT"));
+
+    let validated = send(
+        &proxy,
+        reqwest::Method::GET,
+        host,
+        path,
+        &[("if-none-match", "\"v7\"")],
+    )
+    .await;
+    assert_eq!(validated.status, 304);
+    assert!(validated.body.is_empty());
+
+    assert_eq!(requests(&tailnet), 1);
+}
+
 #[tokio::test]
 async fn a_head_miss_never_stores_an_empty_body_for_get() {
     let (tailnet, proxy) = start("", "", "").await;

@@ -618,3 +618,30 @@ proxy = "slow"
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn metrics_can_be_switched_off_while_the_access_log_stays() {
+    let tailnet = tailnet(&["docs"]).await;
+    let (port, admin) = (free_port(), free_port());
+    let extra = "[access_log]\npath = \"access.log\"\n";
+    let proxy = Proxy::start(
+        port,
+        &config(port, admin, &tailnet, "metrics = false", extra),
+    );
+    let reply = request(&proxy, "GET", "docs.example.com", "/off?x=1").await;
+    assert_eq!(reply.status, 200);
+    let (status, body) = admin_get(admin, "/metrics", None).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(body.contains("metrics are off"), "{body}");
+    let (status, _) = admin_get(admin, "/healthz", None).await;
+    assert_eq!(status, 200);
+    let line = wait_for_line(&proxy.dir().join("access.log"), "/off?x=1").await;
+    let entry: serde_json::Value = serde_json::from_str(&line).expect("a JSON line");
+    assert_eq!(entry["status"], 200);
+    assert!(
+        entry["upstream_addr"]
+            .as_str()
+            .is_some_and(|a| a.contains(':')),
+        "{line}"
+    );
+}

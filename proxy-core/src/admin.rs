@@ -171,6 +171,10 @@ impl ServeHttp for AdminApp {
         let path = session.req_header().uri.path().to_owned();
         let is_get = session.req_header().method == http::Method::GET;
         match path.as_str() {
+            "/metrics" if is_get && !self.metrics.is_enabled() => text(
+                StatusCode::NOT_FOUND,
+                "metrics are off ([admin] metrics = false)\n",
+            ),
             "/metrics" if is_get => {
                 let mut response = text(StatusCode::OK, self.metrics.render());
                 response.headers_mut().insert(

@@ -92,6 +92,12 @@ impl ConfigBuilder {
         self
     }
 
+    /// Turns metrics recording and `/metrics` on or off (default on).
+    pub fn metrics(mut self, enabled: bool) -> Self {
+        self.file.admin.metrics = Some(enabled);
+        self
+    }
+
     /// Makes `/readyz` also require tailscaled (LocalAPI socket at `path`) to be `Running`.
     pub fn tailscaled_socket(mut self, path: impl Into<String>) -> Self {
         self.file.admin.tailscaled_socket = Some(path.into());

@@ -7,7 +7,7 @@
 //! and access lists, and replaces whatever client-IP header the client sent before the
 //! request goes upstream.
 
-use http::{HeaderMap, HeaderName};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use ipnet::IpNet;
 use pingora::http::RequestHeader;
 use pingora::Result;
@@ -97,13 +97,40 @@ impl ClientIpPolicy {
         client_ip: Option<IpAddr>,
     ) -> Result<()> {
         match client_ip {
-            Some(ip) => request.insert_header(self.header.clone(), ip.to_string())?,
+            Some(ip) => request.insert_header(self.header.clone(), ip_header_value(ip))?,
             None => {
                 request.remove_header(&self.header);
             }
         }
         Ok(())
     }
+}
+
+/// `ip` as a header value. IPv4 (the common case, once per forwarding header and request)
+/// is written digit by digit instead of through `fmt`.
+pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    let IpAddr::V4(v4) = ip else {
+        return HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static(""));
+    };
+    let mut text = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        if i > 0 {
+            text[len] = b'.';
+            len += 1;
+        }
+        if octet >= 100 {
+            text[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            text[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        text[len] = b'0' + octet % 10;
+        len += 1;
+    }
+    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static(""))
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {
@@ -116,6 +143,21 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ip_header_values_match_display() {
+        for text in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "100.64.1.2",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_header_value(ip).to_str().unwrap(), ip.to_string());
+        }
+    }
 
     fn policy(trusted: &[&str], fallback: bool) -> ClientIpPolicy {
         ClientIpPolicy {

@@ -11,11 +11,11 @@ use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::answer::{default_error_page, LocalAnswer};
 use crate::cache::hooks::{self as cache_hooks, CacheRequest};
-use crate::cache::EdgeCache;
+use crate::cache::{CacheStatus, EdgeCache, FreshHit};
 use crate::guard::{GuardVerdict, Refusal};
 use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
 use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
@@ -35,6 +35,8 @@ pub struct RequestCtx {
     pub location: Option<Arc<Location>>,
     /// The upstream this request is forwarded to.
     pub upstream: Option<Arc<Upstream>>,
+    /// The normalised Host of a request for a configured site (empty until routed).
+    pub host: String,
     /// Who is asking.
     pub client_ip: Option<IpAddr>,
     /// Request body limit in bytes (0 = unlimited).
@@ -107,6 +109,7 @@ impl EdgeProxy {
         let Some(site) = ctx.config.router.find(&host).cloned() else {
             return Decision::Refuse(unknown_host(ctx.config.unknown_host));
         };
+        ctx.host = host;
         let normalized = match normalize_path(path) {
             Ok(p) => p,
             Err(e) => return Decision::Refuse(LocalAnswer::text(400, format!("{e}\n")).closing()),
@@ -153,7 +156,7 @@ impl EdgeProxy {
                     request_uri: request.uri.path_and_query().map_or("/", |pq| pq.as_str()),
                     uri: &uri,
                     args: request.uri.query().unwrap_or(""),
-                    host: &host,
+                    host: &ctx.host,
                     scheme: scheme(session),
                 };
                 Decision::Answer(LocalAnswer {
@@ -237,6 +240,45 @@ impl EdgeProxy {
             .try_for_each(|plugin| plugin.response(header, plugin_ctx))
     }
 
+    /// The hot-object fast path: a fresh object held in memory for a proxied location.
+    fn fresh_cache_hit(&self, session: &Session, ctx: &mut RequestCtx) -> Option<FreshHit> {
+        ctx.upstream.as_ref()?;
+        let policy = ctx.location.as_ref().and_then(|l| l.cache.as_ref());
+        let scheme = scheme(session);
+        cache_hooks::fresh_hit(
+            self.cache,
+            session.req_header(),
+            policy,
+            scheme,
+            &ctx.host,
+            &mut ctx.cache,
+        )
+    }
+
+    /// Answers from a fresh cached object with the headers pingora-cache's hit path would
+    /// send (`Age`, the cache status, the request id, plugins' response headers).
+    async fn write_cache_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        hit: FreshHit,
+    ) -> Result<()> {
+        let mut header = hit.response_header(SystemTime::now())?;
+        ctx.observe.cache_status = Some(CacheStatus::Hit.as_str());
+        cache_hooks::add_status_header(&ctx.cache, Some(CacheStatus::Hit), &mut header)?;
+        ctx.observe.tag_response(&mut header)?;
+        self.run_response_plugins(&mut header, ctx)?;
+        let body = hit.body();
+        let header_only = is_head(session.req_header()) || body.is_empty();
+        session
+            .write_response_header(Box::new(header), header_only)
+            .await?;
+        if !header_only {
+            session.write_response_body(Some(body), true).await?;
+        }
+        Ok(())
+    }
+
     /// Writes a local answer: the site's error page for error statuses, plugins' headers.
     async fn write_answer(
         &self,
@@ -269,6 +311,7 @@ impl ProxyHttp for EdgeProxy {
             site: None,
             location: None,
             upstream: None,
+            host: String::new(),
             client_ip: None,
             body_limit: 0,
             body_seen: 0,
@@ -320,6 +363,10 @@ impl ProxyHttp for EdgeProxy {
             },
         };
         let Some(answer) = planned else {
+            if let Some(hit) = self.fresh_cache_hit(session, ctx) {
+                self.write_cache_hit(session, ctx, hit).await?;
+                return Ok(true);
+            }
             return Ok(false);
         };
         if answer.status == 0 {
@@ -363,7 +410,7 @@ impl ProxyHttp for EdgeProxy {
         ctx.observe.upstream_started = Some(Instant::now());
         match upstream.peer() {
             Some(peer) => {
-                ctx.observe.upstream_addr = Some(peer._address.to_string());
+                ctx.observe.upstream_addr = Some(peer._address.clone());
                 Ok(Box::new(peer))
             }
             None => {
@@ -460,7 +507,14 @@ impl ProxyHttp for EdgeProxy {
         if ctx.upstream.is_some() {
             let policy = ctx.location.as_ref().and_then(|l| l.cache.as_ref());
             let scheme = scheme(session);
-            cache_hooks::request_cache_filter(self.cache, session, policy, scheme, &mut ctx.cache);
+            cache_hooks::request_cache_filter(
+                self.cache,
+                session,
+                policy,
+                scheme,
+                &ctx.host,
+                &mut ctx.cache,
+            );
         }
         Ok(())
     }
@@ -639,6 +693,10 @@ fn unknown_host(answer: UnknownHostAnswer) -> LocalAnswer {
         UnknownHostAnswer::Close => LocalAnswer::text(0, "").closing(),
         UnknownHostAnswer::Status(status) => LocalAnswer::text(status, "unknown host\n"),
     }
+}
+
+fn is_head(request: &RequestHeader) -> bool {
+    request.method == http::Method::HEAD
 }
 
 fn is_get_or_head(request: &RequestHeader) -> bool {

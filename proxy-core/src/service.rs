@@ -52,7 +52,7 @@ impl EdgeServices {
     /// log cannot be opened it is turned off with an error logged; use
     /// [`EdgeServices::with_observability`] to handle that yourself.
     pub fn new(server_conf: &Arc<ServerConf>, config: Arc<RuntimeConfig>) -> Self {
-        let observability = Observability::new(&config.observe.access_log).unwrap_or_else(|e| {
+        let observability = Observability::from_settings(&config.observe).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot open the access log; it is off");
             Observability::metrics_only()
         });

@@ -8,8 +8,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use super::{CachePolicy, CacheStatus, EdgeCache};
-use crate::route::normalize_host;
+use super::{CachePolicy, CacheStatus, EdgeCache, FreshHit};
 
 /// The cache state of one request.
 #[derive(Debug, Default)]
@@ -34,6 +33,7 @@ pub fn request_cache_filter(
     session: &mut Session,
     policy: Option<&Arc<CachePolicy>>,
     scheme: &'static str,
+    host: &str,
     state: &mut CacheRequest,
 ) {
     let Some(policy) = policy else { return };
@@ -46,20 +46,49 @@ pub fn request_cache_filter(
         state.bypassed = true;
         return;
     }
-    state.host = request_host(req);
+    state.host = host.to_owned();
     state.scheme = scheme;
     state.enabled = true;
     cache.enable(session);
 }
 
-fn request_host(req: &RequestHeader) -> String {
-    let raw = req
-        .headers
-        .get(http::header::HOST)
-        .map(|v| v.as_bytes())
-        .or_else(|| req.uri.authority().map(|a| a.as_str().as_bytes()))
-        .unwrap_or_default();
-    normalize_host(raw).ok().flatten().unwrap_or_default()
+/// Request headers that need pingora-cache's full hit path (ranges, conditional requests).
+const FULL_PATH_HEADERS: [http::header::HeaderName; 6] = [
+    http::header::RANGE,
+    http::header::IF_RANGE,
+    http::header::IF_NONE_MATCH,
+    http::header::IF_MODIFIED_SINCE,
+    http::header::IF_MATCH,
+    http::header::IF_UNMODIFIED_SINCE,
+];
+
+/// The hot-object fast path, run from `request_filter`: a plain GET or HEAD on a caching
+/// location whose object is fresh and complete in memory is answered from it directly.
+/// Marks the request as a cache hit in `state`. Anything else returns `None` and goes
+/// through [`request_cache_filter`] and pingora-cache as usual.
+pub fn fresh_hit(
+    cache: &'static EdgeCache,
+    req: &RequestHeader,
+    policy: Option<&Arc<CachePolicy>>,
+    scheme: &'static str,
+    host: &str,
+    state: &mut CacheRequest,
+) -> Option<FreshHit> {
+    let policy = policy?;
+    if req.method != http::Method::GET && req.method != http::Method::HEAD {
+        return None;
+    }
+    if FULL_PATH_HEADERS
+        .iter()
+        .any(|name| req.headers.contains_key(name))
+        || policy.bypass.applies(req)
+    {
+        return None;
+    }
+    let key = policy.key.cache_key(scheme, host, req);
+    let hit = cache.storage().fresh_hit(&key, SystemTime::now())?;
+    state.policy = Some(policy.clone());
+    Some(hit)
 }
 
 /// `cache_key_callback`: the key the location's policy builds.

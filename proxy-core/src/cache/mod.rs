@@ -20,7 +20,7 @@ pub use disk::{DiskRecord, DiskTier};
 pub use policy::{Bypass, CacheKeyPolicy, CachePolicy, Freshness, NotStored, QueryKey};
 pub use purge::{PurgeAction, PurgeScope};
 pub use status::CacheStatus;
-pub use storage::{MemoryStorage, PurgeTags};
+pub use storage::{FreshHit, MemoryStorage, PurgeTags};
 
 pub(crate) use config::{check_site_policy, compile_policy, compile_settings};
 

@@ -309,6 +309,27 @@ impl MemoryStorage {
         disk.write(hash, record);
     }
 
+    /// A complete entry for `key` that is fresh at `now`, does not vary, and whose stored
+    /// `Content-Length` matches its body: what the hot-object fast path may answer with
+    /// directly, skipping pingora-cache's per-request state machine. Counts as an access
+    /// for eviction, as a pingora-cache hit does. Anything else (expired, varying, still
+    /// being written, only on disk) returns `None` and takes the full cache path.
+    pub fn fresh_hit(&self, key: &CacheKey, now: SystemTime) -> Option<FreshHit> {
+        let entry = self.lookup_entry(&key.combined_bin())?;
+        let meta = &entry.meta;
+        if meta.variance.is_some() || meta.fresh_until <= now {
+            return None;
+        }
+        let declared = meta.header.headers.get(http::header::CONTENT_LENGTH)?;
+        if declared.to_str().ok()?.parse::<usize>().ok()? != entry.body.len() {
+            return None;
+        }
+        let weight = entry.body.len() + meta.weight();
+        let tracked = CacheEntryKey::key_only(entry.compact.clone());
+        self.eviction.access(&tracked, weight, meta.fresh_until);
+        Some(FreshHit { entry })
+    }
+
     fn lookup_entry(&self, hash: &HashBinary) -> Option<Arc<Entry>> {
         let entry = self.entries.read().get(hash).cloned()?;
         let now = self.now_secs();
@@ -456,6 +477,31 @@ fn streaming_hit(fill: Arc<Fill>) -> (CacheMeta, HitHandler) {
 enum MemoryHit {
     Complete(CompleteHit),
     Partial(PartialHit),
+}
+
+/// A fresh entry found by [`MemoryStorage::fresh_hit`].
+pub struct FreshHit {
+    entry: Arc<Entry>,
+}
+
+impl FreshHit {
+    /// The response header to send: the stored one plus `Age`, as pingora-cache builds it
+    /// for a hit.
+    pub fn response_header(&self, now: SystemTime) -> Result<ResponseHeader> {
+        let mut header = self.entry.meta.header.clone();
+        let age = now
+            .duration_since(self.entry.meta.updated)
+            .unwrap_or_default()
+            .as_secs();
+        header.insert_header(http::header::AGE, age)?;
+        header.set_version(http::Version::HTTP_11);
+        Ok(header)
+    }
+
+    /// The stored body (shared, not copied).
+    pub fn body(&self) -> Bytes {
+        self.entry.body.clone()
+    }
 }
 
 struct CompleteHit {

@@ -84,6 +84,9 @@ pub struct AdminSection {
     /// tailscaled's LocalAPI socket (e.g. "/var/run/tailscale/tailscaled.sock"); when set,
     /// `/readyz` also requires tailscaled to report `Running`.
     pub tailscaled_socket: Option<String>,
+    /// Record Prometheus metrics and serve them on `/metrics`. Default true; off, recording
+    /// costs nothing and `/metrics` answers 404.
+    pub metrics: Option<bool>,
 }
 
 /// `[access_log]`: one JSON line per request.

@@ -116,6 +116,8 @@ impl UpstreamErrorKind {
 
 /// The proxy's metrics and their Prometheus rendering.
 pub struct Metrics {
+    /// Off: every recording method returns at once and nothing is rendered.
+    enabled: bool,
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     in_flight: Gauge,
@@ -124,6 +126,54 @@ pub struct Metrics {
     sites: RwLock<HashMap<String, Arc<SiteHandles>>>,
     /// Upstream response-time histograms by upstream name, for the same reason.
     upstream_durations: RwLock<HashMap<String, Histogram>>,
+    cache_lookups: PairCounters,
+    rate_limit_decisions: PairCounters,
+    deny_hits: PairCounters,
+    upstream_errors: PairCounters,
+}
+
+/// Counters with two labels, kept by label values so that a pair seen before costs two
+/// map lookups, not a key build and a registry lookup (label values are bounded).
+struct PairCounters {
+    name: &'static str,
+    labels: (&'static str, &'static str),
+    seen: RwLock<HashMap<String, HashMap<String, Counter>>>,
+}
+
+impl PairCounters {
+    fn new(name: &'static str, labels: (&'static str, &'static str)) -> Self {
+        Self {
+            name,
+            labels,
+            seen: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, recorder: &PrometheusRecorder, first: &str, second: &str) -> Counter {
+        let cached = self
+            .seen
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(first)
+            .and_then(|inner| inner.get(second))
+            .cloned();
+        if let Some(counter) = cached {
+            return counter;
+        }
+        let key = Metrics::key(
+            self.name,
+            &[(self.labels.0, first), (self.labels.1, second)],
+        );
+        let counter = recorder.register_counter(&key, &METADATA);
+        self.seen
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(first.to_owned())
+            .or_default()
+            .entry(second.to_owned())
+            .or_insert(counter)
+            .clone()
+    }
 }
 
 /// The request metrics of one site.
@@ -161,11 +211,16 @@ impl Metrics {
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA);
         let metrics = Self {
+            enabled: true,
             recorder,
             handle,
             in_flight,
             sites: RwLock::new(HashMap::new()),
             upstream_durations: RwLock::new(HashMap::new()),
+            cache_lookups: PairCounters::new(CACHE_LOOKUPS, ("host", "cache_status")),
+            rate_limit_decisions: PairCounters::new(RATE_LIMIT_DECISIONS, ("zone", "outcome")),
+            deny_hits: PairCounters::new(DENY_HITS, ("host", "list")),
+            upstream_errors: PairCounters::new(UPSTREAM_ERRORS, ("upstream", "kind")),
         };
         metrics.describe_all();
         metrics
@@ -174,6 +229,21 @@ impl Metrics {
         metrics.gauge(DNS_STALE, &[]).set(0.0);
         metrics.counter(ACCESS_LOG_DROPPED, &[]).absolute(0);
         metrics
+    }
+
+    /// Metrics switched off (`[admin] metrics = false`): recording costs one branch and
+    /// [`Self::render`] is empty.
+    pub fn disabled() -> Self {
+        Self {
+            enabled: false,
+            in_flight: Gauge::noop(),
+            ..Self::new()
+        }
+    }
+
+    /// Whether metrics are recorded.
+    pub fn is_enabled(&self) -> bool {
+        self.enabled
     }
 
     fn describe_all(&self) {
@@ -268,6 +338,9 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if !self.enabled {
+            return String::new();
+        }
         self.handle.render()
     }
 
@@ -281,6 +354,9 @@ impl Metrics {
         duration: Duration,
         body_bytes: u64,
     ) {
+        if !self.enabled {
+            return;
+        }
         let handles = self.site_handles(site);
         self.requests_counter(&handles, site, method, status)
             .increment(1);
@@ -343,6 +419,9 @@ impl Metrics {
 
     /// An upstream's response headers arrived after `elapsed`.
     pub fn upstream_response(&self, upstream: &str, elapsed: Duration) {
+        if !self.enabled {
+            return;
+        }
         let cached = self
             .upstream_durations
             .read()
@@ -363,21 +442,28 @@ impl Metrics {
 
     /// A request to `upstream` failed.
     pub fn upstream_error(&self, upstream: &str, kind: UpstreamErrorKind) {
-        self.counter(
-            UPSTREAM_ERRORS,
-            &[("upstream", upstream), ("kind", kind.label())],
-        )
-        .increment(1);
+        if !self.enabled {
+            return;
+        }
+        self.upstream_errors
+            .get(&self.recorder, upstream, kind.label())
+            .increment(1);
     }
 
     /// One MagicDNS lookup finished.
     pub fn dns_lookup(&self, result: DnsLookupResult) {
+        if !self.enabled {
+            return;
+        }
         self.counter(DNS_LOOKUPS, &[("result", result.label())])
             .increment(1);
     }
 
     /// How many names are answered from a stale lookup now.
     pub fn dns_stale_answers(&self, names: usize) {
+        if !self.enabled {
+            return;
+        }
         self.gauge(DNS_STALE, &[]).set(names as f64);
     }
 
@@ -385,29 +471,39 @@ impl Metrics {
     /// HIT, MISS, EXPIRED, STALE, UPDATING, REVALIDATED, BYPASS; anything else counts as
     /// `other`).
     pub fn cache_lookup(&self, site: &str, cache_status: &str) {
+        if !self.enabled {
+            return;
+        }
         let status = super::cache_status_label(cache_status);
-        self.counter(CACHE_LOOKUPS, &[("host", site), ("cache_status", status)])
+        self.cache_lookups
+            .get(&self.recorder, site, status)
             .increment(1);
     }
 
     /// A rate-limit decision in `zone` (a configured zone name) with `outcome` (a fixed
     /// word such as `allowed`, `delayed`, `rejected`).
     pub fn rate_limit_decision(&self, zone: &str, outcome: &'static str) {
-        self.counter(
-            RATE_LIMIT_DECISIONS,
-            &[("zone", zone), ("outcome", outcome)],
-        )
-        .increment(1);
+        if !self.enabled {
+            return;
+        }
+        self.rate_limit_decisions
+            .get(&self.recorder, zone, outcome)
+            .increment(1);
     }
 
     /// A request of `site` refused by the deny list `list` (a configured name).
     pub fn deny_hit(&self, site: &str, list: &str) {
-        self.counter(DENY_HITS, &[("host", site), ("list", list)])
-            .increment(1);
+        if !self.enabled {
+            return;
+        }
+        self.deny_hits.get(&self.recorder, site, list).increment(1);
     }
 
     /// An access-log line was dropped.
     pub fn access_log_dropped(&self) {
+        if !self.enabled {
+            return;
+        }
         self.counter(ACCESS_LOG_DROPPED, &[]).increment(1);
     }
 

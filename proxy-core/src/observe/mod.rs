@@ -76,7 +76,19 @@ pub struct Observability {
 impl Observability {
     /// Fresh metrics and, when enabled, an access log writer per `settings`.
     pub fn new(settings: &AccessLogSettings) -> std::io::Result<Self> {
-        let metrics = Arc::new(Metrics::new());
+        Self::with_metrics(Arc::new(Metrics::new()), settings)
+    }
+
+    /// Metrics (unless `[admin] metrics = false`) and the access log, per `settings`.
+    pub fn from_settings(settings: &ObserveSettings) -> std::io::Result<Self> {
+        let metrics = match settings.admin.metrics {
+            true => Metrics::new(),
+            false => Metrics::disabled(),
+        };
+        Self::with_metrics(Arc::new(metrics), &settings.access_log)
+    }
+
+    fn with_metrics(metrics: Arc<Metrics>, settings: &AccessLogSettings) -> std::io::Result<Self> {
         let access_log = match &settings.target {
             Some(target) => Some(AccessLog::start(
                 target.clone(),

@@ -18,8 +18,8 @@ pub struct RequestRecord {
     pub upstream_started: Option<Instant>,
     /// Time until the upstream's response headers.
     pub upstream_response_time: Option<Duration>,
-    /// The upstream address used.
-    pub upstream_addr: Option<String>,
+    /// The upstream address used (formatted only when a log line is written).
+    pub upstream_addr: Option<pingora::protocols::l4::socket::SocketAddr>,
     /// The upstream's status.
     pub upstream_status: Option<u16>,
     /// Set when the upstream failed before a request was sent (e.g. its name is unresolved).
@@ -153,7 +153,11 @@ impl Observability {
             status,
             body_bytes_sent: bytes,
             request_time: round_ms(elapsed),
-            upstream_addr: record.upstream_addr.clone().unwrap_or_default(),
+            upstream_addr: record
+                .upstream_addr
+                .as_ref()
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             upstream_response_time: record.upstream_response_time.map(round_ms),
             upstream_status: record.upstream_status,
             upstream_cache_status: record.cache_status.unwrap_or_default().to_owned(),

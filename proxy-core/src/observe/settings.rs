@@ -30,6 +30,8 @@ pub struct AdminSettings {
     pub token_env: Option<String>,
     /// tailscaled's LocalAPI socket; when set, `/readyz` also needs `BackendState` Running.
     pub tailscaled_socket: Option<PathBuf>,
+    /// Whether metrics are recorded and served.
+    pub metrics: bool,
 }
 
 /// `[access_log]`, compiled.
@@ -93,6 +95,7 @@ pub(crate) fn compile_observe(
             listen: admin_listen,
             token_env,
             tailscaled_socket: admin.tailscaled_socket.as_ref().map(PathBuf::from),
+            metrics: admin.metrics.unwrap_or(true),
         },
         access_log: AccessLogSettings {
             target,

@@ -6,6 +6,7 @@ use pingora::http::RequestHeader;
 use pingora::Result;
 use std::net::IpAddr;
 
+use crate::client::ip_header_value;
 use crate::route::HostHeader;
 
 /// Sets the forwarding headers on a request about to go upstream.
@@ -22,20 +23,22 @@ pub fn apply_forwarded_headers(
         request.insert_header(http::header::HOST, value.as_str())?;
     }
     if let Some(ip) = client_ip {
-        let ip_text = ip.to_string();
-        let mut forwarded_for = request
+        let ip_text = ip_header_value(ip);
+        let mut earlier = request
             .headers
             .get_all("x-forwarded-for")
             .iter()
             .map(|v| v.as_bytes())
             .filter(|v| !v.is_empty())
-            .collect::<Vec<_>>()
-            .join(&b", "[..]);
-        if !forwarded_for.is_empty() {
+            .peekable();
+        if earlier.peek().is_some() {
+            let mut forwarded_for = earlier.collect::<Vec<_>>().join(&b", "[..]);
             forwarded_for.extend_from_slice(b", ");
+            forwarded_for.extend_from_slice(ip_text.as_bytes());
+            request.insert_header("x-forwarded-for", forwarded_for)?;
+        } else {
+            request.insert_header("x-forwarded-for", ip_text.clone())?;
         }
-        forwarded_for.extend_from_slice(ip_text.as_bytes());
-        request.insert_header("x-forwarded-for", forwarded_for)?;
         request.insert_header("x-real-ip", ip_text)?;
     }
     request.insert_header("x-forwarded-proto", scheme)?;
