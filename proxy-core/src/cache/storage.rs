@@ -313,9 +313,15 @@ impl MemoryStorage {
     /// `Content-Length` matches its body: what the hot-object fast path may answer with
     /// directly, skipping pingora-cache's per-request state machine. Counts as an access
     /// for eviction, as a pingora-cache hit does. Anything else (expired, varying, still
-    /// being written, only on disk) returns `None` and takes the full cache path.
+    /// being written, only on disk) returns `None` and takes the full cache path. The LRU
+    /// is touched at most once a second per entry.
     pub fn fresh_hit(&self, key: &CacheKey, now: SystemTime) -> Option<FreshHit> {
-        let entry = self.lookup_entry(&key.combined_bin())?;
+        let entry = self.entries.read().get(&key.combined_bin()).cloned()?;
+        let now_secs = self.now_secs();
+        if self.is_inactive(&entry, now_secs) {
+            return None; // the full path drops it
+        }
+        let previous_access = entry.last_access.swap(now_secs, Ordering::Relaxed);
         let meta = &entry.meta;
         if meta.variance.is_some() || meta.fresh_until <= now {
             return None;
@@ -324,9 +330,13 @@ impl MemoryStorage {
         if declared.to_str().ok()?.parse::<usize>().ok()? != entry.body.len() {
             return None;
         }
-        let weight = entry.body.len() + meta.weight();
-        let tracked = CacheEntryKey::key_only(entry.compact.clone());
-        self.eviction.access(&tracked, weight, meta.fresh_until);
+        // One LRU touch per entry and second is enough to keep a hot object at the front,
+        // and spares the shard lock on every hit.
+        if previous_access != now_secs {
+            let weight = entry.body.len() + meta.weight();
+            let tracked = CacheEntryKey::key_only(entry.compact.clone());
+            self.eviction.access(&tracked, weight, meta.fresh_until);
+        }
         Some(FreshHit { entry })
     }
 
@@ -701,8 +711,17 @@ mod tests {
     }
 
     async fn write(s: &'static MemoryStorage, key: &CacheKey, body: &[u8]) -> usize {
+        write_with(s, key, &meta(), body).await
+    }
+
+    async fn write_with(
+        s: &'static MemoryStorage,
+        key: &CacheKey,
+        meta: &CacheMeta,
+        body: &[u8],
+    ) -> usize {
         let span = Span::inactive().handle();
-        let mut miss = s.get_miss_handler(key, &meta(), &span).await.unwrap();
+        let mut miss = s.get_miss_handler(key, meta, &span).await.unwrap();
         miss.write_body(Bytes::copy_from_slice(body), true)
             .await
             .unwrap();
@@ -733,6 +752,39 @@ mod tests {
         let (meta, _) = s.lookup(&k, &span).await.unwrap().unwrap();
         assert!(meta.is_fresh(SystemTime::now()));
         assert_eq!(meta.response_header().status.as_u16(), 200);
+    }
+
+    #[tokio::test]
+    async fn fresh_hits_need_a_fresh_complete_non_varying_entry_of_its_length() {
+        let s = storage(1 << 20, Duration::from_secs(600));
+        let now = SystemTime::now();
+        let meta = |variance: Option<HashBinary>| {
+            let mut header = ResponseHeader::build(200, None).unwrap();
+            header.insert_header("content-length", "5").unwrap();
+            let mut meta = CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header);
+            if let Some(variance) = variance {
+                meta.set_variance(variance);
+            }
+            meta
+        };
+        let fresh = key("a.com", "/fresh", "");
+        write_with(s, &fresh, &meta(None), b"hello").await;
+        let hit = s.fresh_hit(&fresh, now).expect("a fresh hit");
+        assert_eq!(&hit.body()[..], b"hello");
+        let header = hit.response_header(now + Duration::from_secs(3)).unwrap();
+        assert_eq!(header.headers.get("age").unwrap(), "3");
+        assert!(s.fresh_hit(&fresh, now + Duration::from_secs(61)).is_none());
+
+        let unknown_length = key("a.com", "/bare", "");
+        write(s, &unknown_length, b"hello").await;
+        assert!(s.fresh_hit(&unknown_length, now).is_none());
+        let wrong_length = key("a.com", "/short", "");
+        write_with(s, &wrong_length, &meta(None), b"hi").await;
+        assert!(s.fresh_hit(&wrong_length, now).is_none());
+        let varying = key("a.com", "/vary", "");
+        write_with(s, &varying, &meta(Some([7; 16])), b"hello").await;
+        assert!(s.fresh_hit(&varying, now).is_none());
+        assert!(s.fresh_hit(&key("b.com", "/fresh", ""), now).is_none());
     }
 
     #[tokio::test]
