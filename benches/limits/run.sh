@@ -3,5 +3,5 @@
 # million distinct client IPs (target: growth under 16 MiB). Release build; prints numbers.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-cargo test --release -p proxy-core --lib bench_decision_cost -- --ignored --nocapture
+cargo bench -p proxy-core --bench rate_limit
 cargo test --release -p proxy-app --test limits_memory -- --ignored --nocapture

@@ -389,32 +389,6 @@ mod tests {
         assert_eq!(passed, 21);
     }
 
-    /// Decision cost, printed (run in release: `benches/limits/run.sh`).
-    #[test]
-    #[ignore = "benchmark"]
-    fn bench_decision_cost() {
-        let z = zone("10r/s", 20, None, DEFAULT_SLOTS);
-        let rounds: u32 = 2_000_000;
-        let hot = ip_key(1);
-        let started = Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(z.acquire(&hot));
-        }
-        let one_key = started.elapsed() / rounds;
-        let started = Instant::now();
-        for n in 0..rounds {
-            std::hint::black_box(z.acquire(&ip_key(n)));
-        }
-        let distinct = started.elapsed() / rounds;
-        let v6 = LimitKey::Ip("2001:db8::1".parse().unwrap());
-        let started = Instant::now();
-        for _ in 0..rounds {
-            std::hint::black_box(acquire_all(&[(&z, hot), (&z, v6)]));
-        }
-        let two_zones = started.elapsed() / rounds;
-        println!("rate-limit decision: {one_key:?} (one client), {distinct:?} (distinct clients), {two_zones:?} (two keys via acquire_all)");
-    }
-
     /// Counters hold the latest arrival time of the keys sharing them, not a sum, so a
     /// crowd that filled every counter leaves no trace once its buckets have drained.
     #[test]
