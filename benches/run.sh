@@ -1,10 +1,19 @@
 #!/usr/bin/env bash
 # Load-tests proxy-app against a local fake tailnet, side by side with nginx, and writes
-# benches/RESULTS.md. Installs nginx and wrk if missing. Loopback only; bounded in time.
+# benches/RESULTS.md. Installs nginx and wrk if missing. Loopback only, except the wan-*
+# scenarios; bounded in time.
 #
-#   benches/run.sh                 # full run (release build), about 10 minutes
+# wan-* scenarios (latency-bound, upstream connection reuse matters): the harness puts the
+# fake peer in a network namespace edgebench-<pid>, joined by a veth pair with a /30 from
+# 10.213.0.0/16 and `tc netem` delay, half the round trip on each end (--netem-delay,
+# default 20ms). Without sch_netem in the kernel the peer adds the delay in user space
+# instead; without root or iproute2 these scenarios are skipped. The namespace is removed
+# on exit, error and Ctrl-C, and a killed run's at the next start.
+#
+#   benches/run.sh                 # full run (release build), about 15 minutes
 #   benches/run.sh --quick         # every scenario briefly, checks the harness (debug build)
 #   benches/run.sh --scenarios pass-1k,conns-256 --duration 5
+#   benches/run.sh --scenarios wan-pass-1k,wan-pass-tls-1k --netem-delay 50ms
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-packages.sh cmake clang nginx wrk

@@ -1,7 +1,8 @@
 //! Picking peer addresses in 127.100.0.0/16 and binding their listeners.
 //!
 //! Many fake tailnets may run at once in different processes, so addresses are random and a
-//! bind conflict (`EADDRINUSE`) just means "try another address".
+//! bind conflict (`EADDRINUSE`) just means "try another address". A peer given a fixed
+//! address ([`crate::PeerSpec::ip`]) is bound there or fails.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashSet;
@@ -79,7 +80,7 @@ fn is_conflict(e: &io::Error) -> bool {
 }
 
 /// Binds HTTP and HTTPS listeners on `ip` at the given ports (0 = ephemeral).
-fn bind_pair(ip: Ipv4Addr, http_port: u16, https_port: u16) -> io::Result<BoundPeer> {
+pub(crate) fn bind_pair(ip: Ipv4Addr, http_port: u16, https_port: u16) -> io::Result<BoundPeer> {
     let http = listen(SocketAddr::from((ip, http_port)))?;
     let https = listen(SocketAddr::from((ip, https_port)))?;
     Ok(BoundPeer { ip, http, https })
@@ -111,19 +112,20 @@ pub(crate) fn bind_at_ports(
     })
 }
 
-/// Binds `count` peers on distinct random addresses sharing one HTTP and one HTTPS port.
+/// Binds one peer per entry of `fixed` (its fixed address, or `None` for a random one),
+/// on distinct addresses sharing one HTTP and one HTTPS port.
 pub(crate) fn bind_peers(
-    count: usize,
+    fixed: &[Option<Ipv4Addr>],
     exclude: &HashSet<Ipv4Addr>,
 ) -> Result<Vec<BoundPeer>, FakeTailnetError> {
     let mut rng = Rng::new();
     for _ in 0..ROUNDS {
-        if let Some(bound) = try_round(&mut rng, count, exclude)? {
+        if let Some(bound) = try_round(&mut rng, fixed, exclude)? {
             return Ok(bound);
         }
     }
     Err(FakeTailnetError::AddressesExhausted {
-        what: format!("{count} peers"),
+        what: format!("{} peers", fixed.len()),
         attempts: ROUNDS,
     })
 }
@@ -131,14 +133,16 @@ pub(crate) fn bind_peers(
 /// One attempt: first peer on ephemeral ports, the rest at those ports; `None` on conflict.
 fn try_round(
     rng: &mut Rng,
-    count: usize,
+    fixed: &[Option<Ipv4Addr>],
     exclude: &HashSet<Ipv4Addr>,
 ) -> Result<Option<Vec<BoundPeer>>, FakeTailnetError> {
     let mut used = exclude.clone();
-    let first_ip = rng.peer_ip(&used);
+    used.extend(fixed.iter().flatten());
+    let first_fixed = fixed.first().copied().flatten();
+    let first_ip = first_fixed.unwrap_or_else(|| rng.peer_ip(&used));
     let first = match bind_pair(first_ip, 0, 0) {
         Ok(bound) => bound,
-        Err(e) if is_conflict(&e) => return Ok(None),
+        Err(e) if is_conflict(&e) && first_fixed.is_none() => return Ok(None),
         Err(e) => return Err(FakeTailnetError::io(format!("bind peer on {first_ip}"), e)),
     };
     let ports = port_of(&first.http).and_then(|h| Ok((h, port_of(&first.https)?)));
@@ -146,15 +150,22 @@ fn try_round(
         ports.map_err(|e| FakeTailnetError::io("read peer listener port", e))?;
     used.insert(first.ip);
     let mut all = vec![first];
-    while all.len() < count {
-        match bind_at_ports(rng, &used, http_port, https_port) {
-            Ok(bound) => {
-                used.insert(bound.ip);
-                all.push(bound);
-            }
-            Err(FakeTailnetError::AddressesExhausted { .. }) => return Ok(None),
-            Err(e) => return Err(e),
-        }
+    for ip in fixed.iter().skip(1) {
+        let bound = match ip {
+            Some(ip) => match bind_pair(*ip, http_port, https_port) {
+                Ok(bound) => bound,
+                // The shared ports are taken there: start over with new ones.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => return Ok(None),
+                Err(e) => return Err(FakeTailnetError::io(format!("bind peer on {ip}"), e)),
+            },
+            None => match bind_at_ports(rng, &used, http_port, https_port) {
+                Ok(bound) => bound,
+                Err(FakeTailnetError::AddressesExhausted { .. }) => return Ok(None),
+                Err(e) => return Err(e),
+            },
+        };
+        used.insert(bound.ip);
+        all.push(bound);
     }
     Ok(Some(all))
 }

@@ -57,6 +57,16 @@ pub struct PeerSpec {
     /// Extra names its HTTPS certificate covers besides its fqdn, like a Caddy peer serving
     /// several virtual hosts (e.g. `docs.ops`).
     pub tls_names: Vec<String>,
+    /// The address to serve on instead of a random one in `127.100.0.0/16`, e.g. a veth
+    /// address in another network namespace. The listeners are created by the thread that
+    /// starts the tailnet (or calls [`crate::FakeTailnet::add_peer`]), so they belong to
+    /// that thread's network namespace. Default none.
+    pub ip: Option<Ipv4Addr>,
+    /// A round-trip time to emulate in user space on every connection, for a slow path
+    /// where the kernel cannot add one (no `tc netem`): bytes in each direction are held
+    /// for half of it, and a new connection's first bytes for one more round trip (the TCP
+    /// handshake the kernel completed at once). Default zero (off).
+    pub emulated_rtt: Duration,
 }
 
 impl PeerSpec {
@@ -66,7 +76,21 @@ impl PeerSpec {
             name: name.to_string(),
             response: ResponseSpec::default(),
             tls_names: Vec::new(),
+            ip: None,
+            emulated_rtt: Duration::ZERO,
         }
+    }
+
+    /// The same peer serving on `ip` (see [`PeerSpec::ip`]).
+    pub fn with_ip(mut self, ip: Ipv4Addr) -> Self {
+        self.ip = Some(ip);
+        self
+    }
+
+    /// The same peer behind an emulated round-trip time (see [`PeerSpec::emulated_rtt`]).
+    pub fn with_emulated_rtt(mut self, rtt: Duration) -> Self {
+        self.emulated_rtt = rtt;
+        self
     }
 
     /// The same peer with a certificate that also covers `names` (exact names).

@@ -2,7 +2,8 @@
 //!
 //! It runs a fake MagicDNS server (UDP and TCP, via hickory-server) answering A queries for
 //! `name.domain`, and one fake peer per name: a random loopback address in `127.100.0.0/16`
-//! serving plain HTTP/1.1 and HTTPS (certificate signed by the committed test CA in
+//! (or a fixed one, e.g. in another network namespace, with an optional emulated round-trip
+//! time) serving plain HTTP/1.1 and HTTPS (certificate signed by the committed test CA in
 //! `testdata/tls/`). All peers of one tailnet share the same two ports, like real tailnet
 //! machines serving on :80 and :443. Peers report what they received, can be told how to
 //! answer (per peer or per request via query parameters), echo requests at `/__echo`, echo
@@ -11,7 +12,8 @@
 //! can change.
 //!
 //! It is **not** a Tailscale implementation: there is no WireGuard, no coordination server,
-//! no IPv6, no HTTP/2, and the TLS material is for tests only. Never expose it beyond loopback.
+//! no IPv6, no HTTP/2, and the TLS material is for tests only. Never expose it beyond loopback
+//! (or a private link to a network namespace on the same host).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), fake_tailnet::FakeTailnetError> {
@@ -24,6 +26,7 @@
 
 mod alloc;
 mod config;
+mod delay;
 mod dns;
 mod error;
 mod http;
@@ -136,7 +139,8 @@ impl FakeTailnet {
             .local_addr()
             .map_err(|e| FakeTailnetError::io("read DNS socket address", e))?;
         let state = Arc::new(DnsState::new(config.ttl));
-        let bound = alloc::bind_peers(config.peers.len(), &reserved_ips(dns_addr))?;
+        let fixed: Vec<_> = config.peers.iter().map(|p| p.ip).collect();
+        let bound = alloc::bind_peers(&fixed, &reserved_ips(dns_addr))?;
         let runtime = Handle::current();
         let mut peers = Vec::with_capacity(bound.len());
         for (spec, bound) in config.peers.into_iter().zip(bound) {
@@ -253,7 +257,7 @@ impl FakeTailnet {
         )?;
         let mut exclude = reserved_ips(self.dns_addr);
         exclude.extend(self.peers().map(FakePeer::ip));
-        let bound = bind_one(&exclude, *ports)?;
+        let bound = bind_one(spec.ip, &exclude, *ports)?;
         let fqdn = self.fqdn(&spec.name);
         let peer = FakePeer::start(&spec, fqdn, bound, &self.shutdown, &self.runtime)?;
         *ports = (peer.http_addr().port(), peer.https_addr().port());
@@ -273,13 +277,19 @@ impl Drop for FakeTailnet {
     }
 }
 
-/// Binds one peer at the shared ports, or on fresh ports if there are none yet.
+/// Binds one peer (at `fixed` if given) at the shared ports, or on fresh ports if there are
+/// none yet.
 fn bind_one(
+    fixed: Option<Ipv4Addr>,
     exclude: &HashSet<Ipv4Addr>,
     (http_port, https_port): (u16, u16),
 ) -> Result<alloc::BoundPeer, FakeTailnetError> {
+    if let (Some(ip), true) = (fixed, http_port != 0) {
+        return alloc::bind_pair(ip, http_port, https_port)
+            .map_err(|e| FakeTailnetError::io(format!("bind peer on {ip}"), e));
+    }
     if http_port == 0 {
-        let mut bound = alloc::bind_peers(1, exclude)?;
+        let mut bound = alloc::bind_peers(&[fixed], exclude)?;
         return bound.pop().ok_or(FakeTailnetError::AddressesExhausted {
             what: "a peer".to_string(),
             attempts: 0,

@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use socket2::SockRef;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::alloc::BoundPeer;
-use crate::{http, tls, FakeTailnetError, PeerSpec, ResponseSpec};
+use crate::{delay, http, tls, FakeTailnetError, PeerSpec, ResponseSpec};
 
 /// Time allowed for a client to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -75,6 +75,7 @@ struct PeerInner {
     response: RwLock<ResponseSpec>,
     last: Mutex<Option<(u64, SeenRequest)>>,
     listeners: Mutex<Vec<Arc<TcpListener>>>,
+    emulated_rtt: Duration,
     stop: CancellationToken,
 }
 
@@ -106,6 +107,7 @@ impl FakePeer {
                 response: RwLock::new(spec.response.clone()),
                 last: Mutex::new(None),
                 listeners: Mutex::new(vec![http.clone(), https.clone()]),
+                emulated_rtt: spec.emulated_rtt,
                 stop: parent.child_token(),
             }),
         };
@@ -124,7 +126,7 @@ impl FakePeer {
         &self.inner.fqdn
     }
 
-    /// The peer's loopback address in 127.100.0.0/16.
+    /// The peer's address: random in 127.100.0.0/16, or the one its [`PeerSpec::ip`] gave.
     pub fn ip(&self) -> Ipv4Addr {
         self.inner.ip
     }
@@ -225,7 +227,14 @@ impl FakePeer {
             match accepted {
                 Ok((stream, _)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(self.clone().serve_stream(stream, tls.clone()));
+                    let rtt = self.inner.emulated_rtt;
+                    if rtt.is_zero() {
+                        tokio::spawn(self.clone().serve_stream(stream, tls.clone()));
+                    } else {
+                        let now = tokio::time::Instant::now();
+                        let line = delay::delay_line(stream, rtt, now, &token);
+                        tokio::spawn(self.clone().serve_stream(line, tls.clone()));
+                    }
                 }
                 Err(_) => tokio::time::sleep(ACCEPT_ERROR_PAUSE).await,
             }
@@ -233,7 +242,10 @@ impl FakePeer {
     }
 
     /// Serves one accepted connection (after a TLS handshake for HTTPS) until stopped.
-    async fn serve_stream(self, stream: TcpStream, tls: Option<TlsAcceptor>) {
+    async fn serve_stream<S>(self, stream: S, tls: Option<TlsAcceptor>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
         let token = self.inner.stop.clone();
         let work = async move {
             let Some(acceptor) = tls else {

@@ -14,6 +14,7 @@ use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body::Frame;
 use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -150,6 +151,88 @@ async fn spec_latency_delays_the_head() {
         .await;
     assert_eq!(reply.status, 200);
     assert!(started.elapsed() >= Duration::from_millis(150));
+}
+
+#[tokio::test]
+async fn a_peer_can_have_a_fixed_address() {
+    // Outside 127.100.0.0/16, where random peers go; port 0 keeps parallel tests apart.
+    let fixed = std::net::Ipv4Addr::new(127, 101, 0, 1);
+    let config = TailnetConfig {
+        peers: vec![
+            PeerSpec::new("random"),
+            PeerSpec::new("fixed").with_ip(fixed),
+        ],
+        ..TailnetConfig::default()
+    };
+    let tailnet = FakeTailnet::start(config).await.unwrap();
+    let peer = tailnet.peer("fixed").unwrap();
+    assert_eq!(peer.ip(), fixed);
+    assert_eq!(peer.http_addr().port(), tailnet.http_port());
+    assert_eq!(tailnet.answer(peer.fqdn()), Some(vec![fixed]));
+    let reply = Client::plain(peer.http_addr())
+        .await
+        .get(peer.fqdn(), "/")
+        .await;
+    assert_eq!(reply.body, "hello from fixed\n");
+    let added = PeerSpec::new("added").with_ip(std::net::Ipv4Addr::new(127, 101, 0, 2));
+    let added = tailnet.add_peer(added).await.unwrap();
+    assert_eq!(added.http_addr().port(), tailnet.http_port());
+
+    // An address this host does not have is an error, not a retry loop.
+    let elsewhere = TailnetConfig {
+        peers: vec![PeerSpec::new("gone").with_ip(std::net::Ipv4Addr::new(192, 0, 2, 1))],
+        ..TailnetConfig::default()
+    };
+    let err = FakeTailnet::start(elsewhere).await.unwrap_err();
+    assert!(err.to_string().contains("192.0.2.1"), "{err}");
+}
+
+#[tokio::test]
+async fn emulated_rtt_delays_new_and_reused_connections() {
+    let rtt = Duration::from_millis(100);
+    let config = TailnetConfig {
+        peers: vec![PeerSpec::new("far").with_emulated_rtt(rtt)],
+        ..TailnetConfig::default()
+    };
+    let tailnet = FakeTailnet::start(config).await.unwrap();
+    let far = tailnet.peer("far").unwrap();
+
+    // New connection: handshake + request = 2 round trips; then 1 per request.
+    let started = Instant::now();
+    let mut client = Client::plain(far.http_addr()).await;
+    assert_eq!(client.get(far.fqdn(), "/").await.status, 200);
+    assert!(started.elapsed() >= 2 * rtt, "{:?}", started.elapsed());
+    let again = Instant::now();
+    let reply = client.get(far.fqdn(), "/?size=100000").await;
+    assert_eq!(reply.body.len(), 100_000);
+    let took = again.elapsed();
+    assert!(took >= rtt && took < 2 * rtt, "{took:?}");
+
+    // TLS 1.3 costs one more round trip.
+    let started = Instant::now();
+    let tls = tls_connect(far.https_addr(), far.fqdn(), TAILNET_CA_PEM)
+        .await
+        .unwrap();
+    let reply = Client::new(tls).await.get(far.fqdn(), "/").await;
+    assert_eq!(reply.status, 200);
+    assert!(started.elapsed() >= 3 * rtt, "{:?}", started.elapsed());
+
+    // Stopping the peer closes connections behind the delay line too.
+    let mut raw = TcpStream::connect(far.http_addr()).await.unwrap();
+    raw.write_all(b"GET / HTTP/1.1\r\nhost: far\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    assert!(raw.read(&mut buf).await.unwrap() > 0);
+    far.stop();
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Ok(n) = raw.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    });
+    assert!(closed.await.is_ok(), "connection still open after stop");
 }
 
 #[tokio::test]

@@ -3,21 +3,27 @@
 //!
 //! The servers run pinned to core 0, the load generator (wrk) and the fake tailnet to core
 //! 1; each scenario alternates proxy-app / nginx / direct runs (A/B/A/B) and reports
-//! medians with their spread. Everything listens on loopback; every run is bounded in time.
-//! Run it through `benches/run.sh`, which builds what it needs first.
+//! medians with their spread. Everything listens on loopback, except the peer of the `wan-*`
+//! scenarios: it gets a network namespace of its own behind a veth pair with a round-trip
+//! delay (see [`netns`]), removed again on exit, on error and on Ctrl-C. Every run is
+//! bounded in time. Run it through `benches/run.sh`, which builds what it needs first.
 
 mod measure;
+mod netns;
 mod report;
 mod scenario;
+mod signals;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use fake_tailnet::{FakeTailnet, TailnetConfig, TAILNET_CA_PEM};
+use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
 use measure::{children, cpu_seconds, peak_rss_mib, wrk, Sample};
-use report::{Report, Row};
-use scenario::{Scenario, Upstream};
+use netns::{DelayMethod, Netns};
+use report::{Report, Row, DIRECT, NO_KEEPALIVE};
+use scenario::{Scenario, Upstream, Work};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,6 +52,9 @@ struct Args {
     /// The command line to record in the report.
     #[arg(long, default_value = "benches/run.sh")]
     command: String,
+    /// Round-trip delay of the `wan-*` scenarios' path (tc netem, half on each veth end).
+    #[arg(long, default_value = "20ms", value_parser = netns::parse_delay)]
+    netem_delay: Duration,
 }
 
 fn main() -> Result<()> {
@@ -54,6 +63,8 @@ fn main() -> Result<()> {
         args.duration = 1;
         args.rounds = 1;
     }
+    signals::install().context("installing signal handlers")?;
+    netns::remove_stale();
     raise_fd_limit();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let pinned = pin_self_to_core(1);
@@ -74,16 +85,40 @@ fn main() -> Result<()> {
 
     let duration = Duration::from_secs(args.duration);
     let mut report = Report::new(&args.command, cores, pinned, duration, args.rounds);
+    let scenarios: Vec<Scenario> = scenario::all()
+        .into_iter()
+        .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
+        .collect();
+    // Declared after `tailnet`, so it is dropped first: its peer, then its namespace.
+    let wan_wanted = scenarios.iter().any(|s| s.wan);
+    let wan = if wan_wanted {
+        WanPeer::start(&tailnet, args.netem_delay).map_err(|e| format!("{e:#}"))
+    } else {
+        Err("not selected".to_string())
+    };
+    match &wan {
+        Ok(wan) => report.note(&wan.describe()),
+        Err(why) if wan_wanted => eprintln!("skipping the wan-* scenarios, no slow path: {why}"),
+        Err(_) => {}
+    }
     let direct = measure_direct(&upstream, 32, duration, args.rounds)?;
-    report.direct(Row::from_samples("direct origin", &direct, 0.0));
-    for scenario in scenario::all() {
-        if !args.scenarios.is_empty() && !args.scenarios.iter().any(|n| n == scenario.name) {
-            continue;
-        }
+    report.direct(Row::from_samples(DIRECT, &direct, 0.0));
+    for scenario in &scenarios {
+        let (up, note) = match (scenario.wan, &wan) {
+            (false, _) => (upstream, None),
+            (true, Ok(wan)) => (
+                wan.upstream(&upstream),
+                Some(scenario::wan_note(scenario, wan.rtt, wan.probe.1)),
+            ),
+            (true, Err(why)) => {
+                report.skipped(scenario, &format!("no slow path ({why})"));
+                continue;
+            }
+        };
         eprintln!("scenario {} ...", scenario.name);
-        let rows = run_scenario(&scenario, &args, &upstream, dir.path(), duration)
+        let rows = run_scenario(scenario, &args, &up, dir.path(), duration)
             .with_context(|| format!("scenario {}", scenario.name))?;
-        report.scenario(&scenario, rows);
+        report.scenario(scenario, rows, note.as_deref());
     }
     let text = report.render();
     println!("{text}");
@@ -105,6 +140,87 @@ fn measure_direct(
         .collect()
 }
 
+/// Name of the peer behind the slow path.
+const WAN_PEER: &str = "wan";
+
+/// The fake peer of the `wan-*` scenarios: in a network namespace of its own, behind a veth
+/// pair with a round-trip delay, and in the root tailnet's DNS.
+struct WanPeer {
+    /// Declared first, so the peer stops before the namespace is removed.
+    tailnet: FakeTailnet,
+    netns: Netns,
+    rtt: Duration,
+    /// A GET over the path on a new connection, and on a reused one.
+    probe: (Duration, Duration),
+}
+
+impl WanPeer {
+    fn start(root: &FakeTailnet, rtt: Duration) -> Result<WanPeer> {
+        let netns = Netns::create(rtt)?;
+        let mut spec = PeerSpec::new(WAN_PEER).with_ip(netns.peer_ip);
+        if let DelayMethod::UserSpace { why } = &netns.method {
+            eprintln!("tc netem unavailable ({why}): the fake peer adds the delay in user space");
+            spec = spec.with_emulated_rtt(rtt);
+        }
+        let config = TailnetConfig {
+            domain: root.domain().to_string(),
+            peers: vec![spec],
+            ..TailnetConfig::default()
+        };
+        let tailnet = netns
+            .run_inside(|| FakeTailnet::start_in_thread(config))?
+            .context("starting the peer in the namespace")?;
+        let peer = tailnet.peer(WAN_PEER).context("peer missing")?;
+        root.set_answer(peer.fqdn(), vec![peer.ip()]);
+        let probe = netns::probe(peer.http_addr(), peer.fqdn()).context("a GET over the path")?;
+        if probe.1 < rtt * 9 / 10 {
+            bail!("the path adds no delay: a GET took {:?}", probe.1);
+        }
+        Ok(WanPeer {
+            tailnet,
+            netns,
+            rtt,
+            probe,
+        })
+    }
+
+    fn peer(&self) -> &fake_tailnet::FakePeer {
+        self.tailnet.peers().next().expect("one peer")
+    }
+
+    /// The upstream for the scenarios: this peer, with the root tailnet's DNS and CA.
+    fn upstream<'a>(&'a self, root: &Upstream<'a>) -> Upstream<'a> {
+        let peer = self.peer();
+        Upstream {
+            fqdn: peer.fqdn(),
+            http: peer.http_addr(),
+            https: peer.https_addr(),
+            ..*root
+        }
+    }
+
+    /// The report's line about the path.
+    fn describe(&self) -> String {
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let half = ms(self.rtt) / 2.0;
+        let how = match &self.netns.method {
+            DelayMethod::Netem => format!("`tc netem` ({half:.1} ms on each veth end)"),
+            DelayMethod::UserSpace { why } => format!(
+                "the fake peer's user-space delay line ({half:.1} ms each way, plus a round trip before a new connection's first bytes), because `tc netem` failed ({why})"
+            ),
+        };
+        format!(
+            "wan-* scenarios: the fake peer runs in network namespace `{ns}` at {peer}, joined by a veth pair to {root} (/30) in the root namespace where the servers, wrk and DNS run; {rtt:.0} ms round trip from {how}. A GET over the path took {first:.1} ms on a new connection and {reused:.1} ms on a reused one.",
+            ns = self.netns.name,
+            peer = self.netns.peer_ip,
+            root = self.netns.root_ip,
+            rtt = ms(self.rtt),
+            first = ms(self.probe.0),
+            reused = ms(self.probe.1),
+        )
+    }
+}
+
 /// A server under test: its process and how to reach it.
 struct Server {
     child: Child,
@@ -114,6 +230,7 @@ struct Server {
 impl Server {
     /// Waits until the server on `port` answers the scenario's request.
     fn ready(child: Child, port: u16, s: &Scenario) -> Result<Server> {
+        signals::track_child(child.id());
         let server = Server {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
@@ -141,8 +258,16 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // nginx's worker and cache manager outlive a killed master: kill them after it
+        // (not before, or the master would start new ones).
+        let kids = children(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
+        for pid in kids {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
+        signals::untrack_child(self.child.id());
     }
 }
 
@@ -154,19 +279,52 @@ fn run_scenario(
     duration: Duration,
 ) -> Result<Vec<Row>> {
     let proxy = start_proxy(s, &args.proxy_bin, up, dir)?;
-    let nginx = start_nginx(s, up, dir)?;
-    // Warm both up (connection pools, TLS sessions) before measuring.
-    proxy.measure(s, Duration::from_secs(1))?;
-    nginx.measure(s, Duration::from_secs(1))?;
+    let nginx = start_nginx(s, up, dir, true)?;
+    // The wan-* pass-through scenarios also show what not reusing upstream connections costs.
+    let no_reuse = match (s.wan, s.work) {
+        (true, Work::PassThrough | Work::PassThroughTls) => Some(start_nginx(s, up, dir, false)?),
+        _ => None,
+    };
+    // Warm them up (connection pools, TLS sessions) before measuring.
+    for server in [Some(&proxy), Some(&nginx), no_reuse.as_ref()]
+        .into_iter()
+        .flatten()
+    {
+        server.measure(s, Duration::from_secs(1))?;
+    }
     let (mut proxy_samples, mut nginx_samples) = (Vec::new(), Vec::new());
+    let (mut no_reuse_samples, mut direct_samples) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds {
         proxy_samples.push(proxy.measure(s, duration)?);
         nginx_samples.push(nginx.measure(s, duration)?);
+        if let Some(no_reuse) = &no_reuse {
+            no_reuse_samples.push(no_reuse.measure(s, duration)?);
+        }
+        if s.wan {
+            direct_samples.push(measure_wan_direct(s, up, duration)?);
+        }
     }
-    Ok(vec![
+    let mut rows = vec![
         Row::from_samples("proxy-app", &proxy_samples, peak_rss_mib(&proxy.pids())),
         Row::from_samples("nginx", &nginx_samples, peak_rss_mib(&nginx.pids())),
-    ])
+    ];
+    if let Some(no_reuse) = &no_reuse {
+        let rss = peak_rss_mib(&no_reuse.pids());
+        rows.push(Row::from_samples(NO_KEEPALIVE, &no_reuse_samples, rss));
+    }
+    if s.wan {
+        rows.push(Row::from_samples(DIRECT, &direct_samples, 0.0));
+    }
+    Ok(rows)
+}
+
+/// wrk straight at the peer behind the slow path, as the scenario reaches it (HTTP or TLS).
+fn measure_wan_direct(s: &Scenario, up: &Upstream<'_>, duration: Duration) -> Result<Sample> {
+    let url = match s.work {
+        Work::PassThroughTls => format!("https://{}{}", up.https, s.path()),
+        _ => format!("http://{}{}", up.http, s.path()),
+    };
+    wrk(&url, up.fqdn, s.connections, duration)
 }
 
 fn start_proxy(s: &Scenario, bin: &Path, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
@@ -185,12 +343,14 @@ fn start_proxy(s: &Scenario, bin: &Path, up: &Upstream<'_>, dir: &Path) -> Resul
     Server::ready(child, port, s)
 }
 
-fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
+fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path, keepalive: bool) -> Result<Server> {
     let port = free_port()?;
-    let nginx_dir = dir.join(format!("{}-nginx", s.name));
+    let suffix = if keepalive { "" } else { "-no-keepalive" };
+    let nginx_dir = dir.join(format!("{}-nginx{suffix}", s.name));
     std::fs::create_dir_all(&nginx_dir)?;
     let config = nginx_dir.join("nginx.conf");
-    std::fs::write(&config, scenario::nginx_config(s, port, &nginx_dir, up))?;
+    let text = scenario::nginx_config(s, port, &nginx_dir, up, keepalive);
+    std::fs::write(&config, text)?;
     let child = pinned_command("nginx".as_ref())
         .arg("-c")
         .arg(&config)
@@ -202,12 +362,22 @@ fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
     Server::ready(child, port, s)
 }
 
+/// A server command, pinned to core 0 and sent SIGTERM if the harness dies (even killed).
 fn pinned_command(program: &std::ffi::OsStr) -> Command {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
-        return Command::new(program);
+    let mut command = if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        Command::new(program)
+    } else {
+        let mut command = Command::new("taskset");
+        command.args(["-c", "0"]).arg(program);
+        command
+    };
+    // SAFETY: prctl is async-signal-safe and the closure touches no shared state.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+            Ok(())
+        });
     }
-    let mut command = Command::new("taskset");
-    command.args(["-c", "0"]).arg(program);
     command
 }
 

@@ -40,6 +40,11 @@ impl Row {
     }
 }
 
+/// Label of the direct-origin rows.
+pub const DIRECT: &str = "direct origin";
+/// Label of the rows of nginx without upstream keepalive.
+pub const NO_KEEPALIVE: &str = "nginx, no upstream keepalive";
+
 /// The whole report.
 pub struct Report {
     header: String,
@@ -81,15 +86,30 @@ impl Report {
         self.direct = Some(row);
     }
 
-    /// One scenario's rows (proxy-app first, then nginx).
-    pub fn scenario(&mut self, s: &Scenario, rows: Vec<Row>) {
+    /// One more line in the header's list.
+    pub fn note(&mut self, line: &str) {
+        let at = self.header.len() - 1;
+        self.header.insert_str(at, &format!("- {line}\n"));
+    }
+
+    /// A scenario that could not run, and why.
+    pub fn skipped(&mut self, s: &Scenario, why: &str) {
+        let _ = writeln!(self.body, "## {} — {}\n\nSkipped: {why}\n", s.name, s.about);
+    }
+
+    /// One scenario's rows (proxy-app first, then nginx, then any others; a direct-origin
+    /// row of its own replaces the global one in the ratios), and an optional note.
+    pub fn scenario(&mut self, s: &Scenario, rows: Vec<Row>, note: Option<&str>) {
         let _ = writeln!(self.body, "## {} — {}\n", s.name, s.about);
+        if let Some(note) = note {
+            let _ = writeln!(self.body, "{note}\n");
+        }
         let _ = writeln!(self.body, "| server | req/s (median) | spread | p50 ms | p99 ms | CPU s / 100k req | peak RSS MiB | non-2xx | socket errors |");
         let _ = writeln!(self.body, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
         for row in &rows {
             write_row(&mut self.body, row);
         }
-        if let [proxy, nginx] = rows.as_slice() {
+        if let [proxy, nginx, others @ ..] = rows.as_slice() {
             let _ = write!(
                 self.body,
                 "\nproxy-app / nginx: **{:.2}x** req/s, {:.2}x CPU per request, p99 {:.2}x",
@@ -97,11 +117,19 @@ impl Report {
                 ratio(proxy.cpu_per_100k, nginx.cpu_per_100k),
                 ratio(proxy.p99_ms, nginx.p99_ms)
             );
-            if let Some(direct) = &self.direct {
+            let own_direct = others.iter().find(|r| r.label == DIRECT);
+            if let Some(direct) = own_direct.or(self.direct.as_ref()) {
                 let _ = write!(
                     self.body,
                     "; proxy-app / direct origin: **{:.2}x** req/s",
                     ratio(proxy.rps, direct.rps)
+                );
+            }
+            if let Some(no_keepalive) = others.iter().find(|r| r.label == NO_KEEPALIVE) {
+                let _ = write!(
+                    self.body,
+                    "; nginx without / with upstream keepalive: **{:.2}x** req/s",
+                    ratio(no_keepalive.rps, nginx.rps)
                 );
             }
             let _ = writeln!(self.body, "\n");
@@ -112,7 +140,7 @@ impl Report {
     pub fn render(&self) -> String {
         let mut out = self.header.clone();
         if let Some(direct) = &self.direct {
-            let _ = writeln!(out, "## direct origin — wrk straight at the fake peer, 1 KiB, 32 connections (the ceiling)\n");
+            let _ = writeln!(out, "## {DIRECT} — wrk straight at the fake peer, 1 KiB, 32 connections (the ceiling)\n");
             let _ = writeln!(out, "| server | req/s (median) | spread | p50 ms | p99 ms | CPU s / 100k req | peak RSS MiB | non-2xx | socket errors |");
             let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
             write_row(&mut out, direct);

@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 /// What the server under test does per request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct Scenario {
     pub connections: u32,
     /// Number of sites configured (the request targets the last one).
     pub sites: usize,
+    /// The upstream is the peer behind the slow path (its own network namespace, a veth
+    /// pair with delay) instead of the loopback peer.
+    pub wan: bool,
 }
 
 impl Scenario {
@@ -56,6 +60,7 @@ pub fn all() -> Vec<Scenario> {
         body_size: 1024,
         connections: 32,
         sites: 1,
+        wan: false,
     };
     vec![
         Scenario {
@@ -104,12 +109,60 @@ pub fn all() -> Vec<Scenario> {
             name: "rate-limited",
             about: "every request over a 1r/s per-IP limit: 429s, 32 connections",
             work: Work::RateLimited,
+            ..base.clone()
+        },
+        Scenario {
+            name: "wan-pass-1k",
+            about: "pass-through to a peer behind a slow path (own network namespace, veth with delay), 1 KiB, 32 connections",
+            wan: true,
+            ..base.clone()
+        },
+        Scenario {
+            name: "wan-pass-tls-1k",
+            about: "pass-through over upstream TLS to the peer behind the slow path, 1 KiB, 32 connections",
+            work: Work::PassThroughTls,
+            wan: true,
+            ..base.clone()
+        },
+        Scenario {
+            name: "wan-cache-hit-1k",
+            about: "cache hit, 1 KiB object, origin behind the slow path, 32 connections",
+            work: Work::CacheHit,
+            wan: true,
             ..base
         },
     ]
 }
 
+/// What the report says about a `wan-*` scenario: the limits the path's round trip sets,
+/// from the configured and the measured round trip (a GET on a reused connection).
+pub fn wan_note(s: &Scenario, configured: Duration, measured: Duration) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let rtt = format!(
+        "Round trip {:.0} ms ({:.1} ms measured)",
+        ms(configured),
+        ms(measured)
+    );
+    let c = s.connections;
+    let reused = f64::from(c) / measured.as_secs_f64();
+    match s.work {
+        Work::PassThrough => format!(
+            "{rtt}: with upstream connections reused, {c} client connections get at most {c} / {m:.1} ms = {reused:.0} req/s; a new upstream connection per request adds a round trip (TCP handshake): {half:.0} req/s.",
+            m = ms(measured),
+            half = reused / 2.0,
+        ),
+        Work::PassThroughTls => format!(
+            "{rtt}: with upstream TLS connections reused, {c} client connections get at most {reused:.0} req/s; a new connection per request adds two round trips (TCP and TLS 1.3 handshakes, even with session resumption): {third:.0} req/s.",
+            third = reused / 3.0,
+        ),
+        _ => format!(
+            "{rtt}: hits never cross the path; the direct row is the origin without a cache ({reused:.0} req/s at most)."
+        ),
+    }
+}
+
 /// Where the upstream lives, for both servers.
+#[derive(Debug, Clone, Copy)]
 pub struct Upstream<'a> {
     /// Tailnet name (proxy-app resolves it through the fake MagicDNS).
     pub fqdn: &'a str,
@@ -157,7 +210,15 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
 
 /// nginx's config for the same scenario: one worker, upstream keepalive at least the client
 /// concurrency, high keepalive_requests on both sides, no access log (proxy-app has none).
-pub fn nginx_config(s: &Scenario, listen: u16, dir: &Path, up: &Upstream<'_>) -> String {
+/// Without `upstream_keepalive`, a new upstream connection per request (the control row of
+/// the `wan-*` scenarios).
+pub fn nginx_config(
+    s: &Scenario,
+    listen: u16,
+    dir: &Path,
+    up: &Upstream<'_>,
+    upstream_keepalive: bool,
+) -> String {
     let (scheme, addr, tls) = match s.work {
         Work::PassThrough | Work::CacheHit | Work::RateLimited => ("http", up.http, String::new()),
         Work::PassThroughTls => (
@@ -191,8 +252,73 @@ pub fn nginx_config(s: &Scenario, listen: u16, dir: &Path, up: &Upstream<'_>) ->
          client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
          proxy_cache_path {d}/cache levels=1:2 keys_zone=edge:16m max_size=256m inactive=1d use_temp_path=off;\n\
          limit_req_zone $binary_remote_addr zone=strict:10m rate=1r/s;\n\
-         upstream peer {{ server {addr}; keepalive {keepalive}; keepalive_requests 1000000; }}\n\
+         upstream peer {{ server {addr};{keepalive} }}\n\
          server {{ listen 127.0.0.1:{listen} default_server; return 444; }}\n{servers}}}\n",
-        keepalive = s.connections.max(128) * 2,
+        keepalive = if upstream_keepalive {
+            format!(
+                " keepalive {}; keepalive_requests 1000000;",
+                s.connections.max(128) * 2
+            )
+        } else {
+            String::new()
+        },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(ca: &Path) -> Upstream<'_> {
+        Upstream {
+            fqdn: "wan.tail0fake.ts.net",
+            http: "10.213.0.6:8080".parse().unwrap(),
+            https: "10.213.0.6:8443".parse().unwrap(),
+            dns: "127.100.100.100:5353".parse().unwrap(),
+            ca_file: ca,
+        }
+    }
+
+    fn named(name: &str) -> Scenario {
+        all().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    #[test]
+    fn nginx_upstream_keepalive_can_be_turned_off() {
+        let (s, dir) = (named("wan-pass-tls-1k"), Path::new("nginx-dir"));
+        let up = upstream(Path::new("ca.pem"));
+        let with = nginx_config(&s, 8000, dir, &up, true);
+        assert!(with.contains("upstream peer { server 10.213.0.6:8443; keepalive 256;"));
+        assert!(with.contains("proxy_pass https://peer;"));
+        let without = nginx_config(&s, 8000, dir, &up, false);
+        assert!(without.contains("upstream peer { server 10.213.0.6:8443; }"));
+        assert!(!without.contains("keepalive 256"));
+    }
+
+    #[test]
+    fn proxy_config_resolves_the_wan_peer_through_dns_with_a_pool() {
+        let up = upstream(Path::new("ca.pem"));
+        let config = proxy_config(&named("wan-pass-1k"), 8000, 8001, &up);
+        assert!(config.contains("address = \"wan.tail0fake.ts.net:8080\""));
+        assert!(config.contains("nameservers = [\"127.100.100.100:5353\"]"));
+        assert!(config.contains("upstream_pool_size = 256"));
+    }
+
+    #[test]
+    fn wan_notes_give_the_round_trip_limits() {
+        let (rtt, measured) = (Duration::from_millis(20), Duration::from_millis(25));
+        let note = wan_note(&named("wan-pass-1k"), rtt, rtt);
+        assert!(note.contains("32 / 20.0 ms = 1600 req/s"), "{note}");
+        assert!(note.contains("800 req/s"), "{note}");
+        let note = wan_note(&named("wan-pass-tls-1k"), rtt, measured);
+        assert!(
+            note.starts_with("Round trip 20 ms (25.0 ms measured)"),
+            "{note}"
+        );
+        assert!(
+            note.contains("1280 req/s") && note.contains("427 req/s"),
+            "{note}"
+        );
+        assert!(all().iter().filter(|s| s.wan).count() == 3);
+    }
 }
