@@ -19,7 +19,7 @@ use clap::Parser;
 use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
 use measure::{children, cpu_seconds, peak_rss_mib, wrk, Sample};
 use netns::{DelayMethod, Netns};
-use report::{Report, Row, DIRECT, NO_KEEPALIVE};
+use report::{Report, Row, DIRECT, NO_KEEPALIVE, UNOBSERVED};
 use scenario::{Scenario, Upstream, Work};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -278,25 +278,51 @@ fn run_scenario(
     dir: &Path,
     duration: Duration,
 ) -> Result<Vec<Row>> {
-    let proxy = start_proxy(s, &args.proxy_bin, up, dir)?;
+    let proxy = start_proxy(s, &args.proxy_bin, up, dir, "")?;
     let nginx = start_nginx(s, up, dir, true)?;
+    // The observed scenario also runs proxy-app without metrics and log: their cost.
+    let unobserved = match s.observed {
+        true => {
+            let plain = Scenario {
+                observed: false,
+                ..s.clone()
+            };
+            Some(start_proxy(
+                &plain,
+                &args.proxy_bin,
+                up,
+                dir,
+                "-unobserved",
+            )?)
+        }
+        false => None,
+    };
     // The wan-* pass-through scenarios also show what not reusing upstream connections costs.
     let no_reuse = match (s.wan, s.work) {
         (true, Work::PassThrough | Work::PassThroughTls) => Some(start_nginx(s, up, dir, false)?),
         _ => None,
     };
     // Warm them up (connection pools, TLS sessions) before measuring.
-    for server in [Some(&proxy), Some(&nginx), no_reuse.as_ref()]
-        .into_iter()
-        .flatten()
+    for server in [
+        Some(&proxy),
+        Some(&nginx),
+        no_reuse.as_ref(),
+        unobserved.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
     {
         server.measure(s, Duration::from_secs(1))?;
     }
     let (mut proxy_samples, mut nginx_samples) = (Vec::new(), Vec::new());
     let (mut no_reuse_samples, mut direct_samples) = (Vec::new(), Vec::new());
+    let mut unobserved_samples = Vec::new();
     for _ in 0..args.rounds {
         proxy_samples.push(proxy.measure(s, duration)?);
         nginx_samples.push(nginx.measure(s, duration)?);
+        if let Some(unobserved) = &unobserved {
+            unobserved_samples.push(unobserved.measure(s, duration)?);
+        }
         if let Some(no_reuse) = &no_reuse {
             no_reuse_samples.push(no_reuse.measure(s, duration)?);
         }
@@ -311,6 +337,10 @@ fn run_scenario(
     if let Some(no_reuse) = &no_reuse {
         let rss = peak_rss_mib(&no_reuse.pids());
         rows.push(Row::from_samples(NO_KEEPALIVE, &no_reuse_samples, rss));
+    }
+    if let Some(unobserved) = &unobserved {
+        let rss = peak_rss_mib(&unobserved.pids());
+        rows.push(Row::from_samples(UNOBSERVED, &unobserved_samples, rss));
     }
     if s.wan {
         rows.push(Row::from_samples(DIRECT, &direct_samples, 0.0));
@@ -327,11 +357,18 @@ fn measure_wan_direct(s: &Scenario, up: &Upstream<'_>, duration: Duration) -> Re
     wrk(&url, up.fqdn, s.connections, duration)
 }
 
-fn start_proxy(s: &Scenario, bin: &Path, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
+/// Starts proxy-app for `s`; `tag` tells its files apart from another proxy-app's.
+fn start_proxy(
+    s: &Scenario,
+    bin: &Path,
+    up: &Upstream<'_>,
+    dir: &Path,
+    tag: &str,
+) -> Result<Server> {
     let port = free_port()?;
-    let config = dir.join(format!("{}-proxy.toml", s.name));
+    let config = dir.join(format!("{}{tag}-proxy.toml", s.name));
     std::fs::write(&config, scenario::proxy_config(s, port, free_port()?, up))?;
-    let log = std::fs::File::create(dir.join(format!("{}-proxy.log", s.name)))?;
+    let log = std::fs::File::create(dir.join(format!("{}{tag}-proxy.log", s.name)))?;
     let child = pinned_command(bin.as_os_str())
         .args(["run", "--config"])
         .arg(&config)

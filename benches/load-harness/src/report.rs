@@ -44,6 +44,8 @@ impl Row {
 pub const DIRECT: &str = "direct origin";
 /// Label of the rows of nginx without upstream keepalive.
 pub const NO_KEEPALIVE: &str = "nginx, no upstream keepalive";
+/// Label of the rows of proxy-app without metrics and access log.
+pub const UNOBSERVED: &str = "proxy-app, no metrics, no log";
 
 /// The whole report.
 pub struct Report {
@@ -67,7 +69,7 @@ impl Report {
              - Machine: {cpu}, {cores} cores, {mem}; kernel {kernel}\n\
              - Servers pinned to core 0, wrk and the fake tailnet to core 1: {pinned}\n\
              - Each scenario: a 1 s warm-up per server, then {rounds} alternating runs of {secs} s per server (proxy-app, nginx, proxy-app, nginx, ...); medians reported, requests/s spread as min-max\n\
-             - wrk: 1 thread, `--latency`; nginx: 1 worker, upstream keepalive >= 2x connections, keepalive_requests 1000000, access_log off, and proxy-app's access log off too (metrics stay on)\n\n",
+             - wrk: 1 thread, `--latency`; nginx: 1 worker, upstream keepalive >= 2x connections, keepalive_requests 1000000, the forwarding headers, request id and cache status header proxy-app adds by default; no access log and no proxy-app metrics, except in `observed-1k` (both log JSON to a file, proxy-app records metrics)\n\n",
             date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             cpu = cpu_model(),
             mem = command_output("sh", &["-c", "free -h | awk '/Mem:/ {print $2}'"]),
@@ -130,6 +132,14 @@ impl Report {
                     self.body,
                     "; nginx without / with upstream keepalive: **{:.2}x** req/s",
                     ratio(no_keepalive.rps, nginx.rps)
+                );
+            }
+            if let Some(unobserved) = others.iter().find(|r| r.label == UNOBSERVED) {
+                let _ = write!(
+                    self.body,
+                    "; proxy-app with / without metrics and access log: **{:.2}x** req/s, {:.2}x CPU per request",
+                    ratio(proxy.rps, unobserved.rps),
+                    ratio(proxy.cpu_per_100k, unobserved.cpu_per_100k)
                 );
             }
             let _ = writeln!(self.body, "\n");

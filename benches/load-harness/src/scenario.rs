@@ -37,6 +37,9 @@ pub struct Scenario {
     /// The upstream is the peer behind the slow path (its own network namespace, a veth
     /// pair with delay) instead of the loopback peer.
     pub wan: bool,
+    /// Metrics and a JSON access log (to a file) on, on both servers; otherwise proxy-app
+    /// records no metrics and neither server logs.
+    pub observed: bool,
 }
 
 impl Scenario {
@@ -61,6 +64,7 @@ pub fn all() -> Vec<Scenario> {
         connections: 32,
         sites: 1,
         wan: false,
+        observed: false,
     };
     vec![
         Scenario {
@@ -79,6 +83,12 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "pass-1k",
             about: "pass-through, 1 KiB, upstream keepalive, 32 connections",
+            ..base.clone()
+        },
+        Scenario {
+            name: "observed-1k",
+            about: "pass-through, 1 KiB, 32 connections, with metrics and a JSON access log to a file (proxy-app also runs without them: the cost of observability)",
+            observed: true,
             ..base.clone()
         },
         Scenario {
@@ -192,15 +202,21 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
     };
     let mut out = format!(
         "[server]\nlisten = [\"127.0.0.1:{listen}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics = {observed}\n\n\
          [resolver]\nnameservers = [\"{dns}\"]\n\n\
-         [access_log]\nenabled = false\n\n\
+         [access_log]\n{log}\n\n\
          [cache]\nmax_size = \"256m\"\n\n\
          [rate_limits.strict]\nrate = \"1r/s\"\n\n\
          [upstreams.peer]\naddress = \"{fqdn}:{port}\"\n{tls}\n",
         pool = s.connections.max(128) * 2,
         dns = up.dns,
         fqdn = up.fqdn,
+        observed = s.observed,
+        log = if s.observed {
+            format!("path = \"{}-access.log\"", s.name)
+        } else {
+            "enabled = false".to_string()
+        },
     );
     for i in 0..s.sites {
         let _ = write!(out, "[sites.s{i}]\nhosts = [\"s{i}.bench.example\"]\n{site_extra}[[sites.s{i}.locations]]\nmatch = \"/\"\nproxy = \"peer\"\n\n");
@@ -208,8 +224,12 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
     out
 }
 
+/// The fields of proxy-app's access log line, as an nginx `log_format`.
+const NGINX_JSON_LOG: &str = r#"'{"time":"$time_iso8601","client_ip":"$remote_addr","remote_addr":"$remote_addr:$remote_port","host":"$host","method":"$request_method","uri":"$request_uri","protocol":"$server_protocol","status":$status,"body_bytes_sent":$body_bytes_sent,"request_time":$request_time,"upstream_addr":"$upstream_addr","upstream_response_time":"$upstream_response_time","upstream_status":"$upstream_status","upstream_cache_status":"$upstream_cache_status","user_agent":"$http_user_agent","referer":"$http_referer","request_id":"$request_id"}'"#;
+
 /// nginx's config for the same scenario: one worker, upstream keepalive at least the client
-/// concurrency, high keepalive_requests on both sides, no access log (proxy-app has none).
+/// concurrency, high keepalive_requests on both sides, the headers proxy-app adds, and an
+/// access log only when proxy-app has one too.
 /// Without `upstream_keepalive`, a new upstream connection per request (the control row of
 /// the `wan-*` scenarios).
 pub fn nginx_config(
@@ -237,18 +257,30 @@ pub fn nginx_config(
         Work::RateLimited => "limit_req zone=strict; limit_req_status 429;",
         _ => "",
     };
+    // What proxy-app does to every proxied request by default: forwarding headers, the
+    // client IP header, a request id both ways, and the cache status on cached locations.
+    let forwarding = "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header Fly-Client-IP $remote_addr; proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always;";
+    let cache_status = match s.work {
+        Work::CacheHit => "add_header X-Cache-Status $upstream_cache_status always;",
+        _ => "",
+    };
     let mut servers = String::new();
     for i in 0..s.sites {
         let _ = writeln!(
             servers,
-            "server {{ listen 127.0.0.1:{listen}; server_name s{i}.bench.example; location / {{ proxy_pass {scheme}://peer; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host {fqdn}; {tls} {location_extra} }} }}",
+            "server {{ listen 127.0.0.1:{listen}; server_name s{i}.bench.example; location / {{ proxy_pass {scheme}://peer; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host {fqdn}; {forwarding} {cache_status} {tls} {location_extra} }} }}",
             fqdn = up.fqdn,
         );
     }
+    let access_log = if s.observed {
+        format!("log_format edge escape=json {NGINX_JSON_LOG}; access_log {d}/access.log edge buffer=64k flush=1s;")
+    } else {
+        "access_log off;".to_string()
+    };
     format!(
         "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log warn;\nworker_rlimit_nofile 65536;\n\
          events {{ worker_connections 8192; }}\n\
-         http {{\n access_log off;\n keepalive_requests 1000000;\n server_names_hash_max_size 4096;\n\
+         http {{\n {access_log}\n keepalive_requests 1000000;\n server_names_hash_max_size 4096;\n\
          client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
          proxy_cache_path {d}/cache levels=1:2 keys_zone=edge:16m max_size=256m inactive=1d use_temp_path=off;\n\
          limit_req_zone $binary_remote_addr zone=strict:10m rate=1r/s;\n\
@@ -320,5 +352,34 @@ mod tests {
             "{note}"
         );
         assert!(all().iter().filter(|s| s.wan).count() == 3);
+    }
+
+    #[test]
+    fn only_the_observed_scenario_logs_and_records_metrics_on_both_servers() {
+        let up = upstream(Path::new("ca.pem"));
+        let dir = Path::new("nginx-dir");
+        let observed = named("observed-1k");
+        let proxy = proxy_config(&observed, 8000, 8001, &up);
+        assert!(
+            proxy.contains("metrics = true") && proxy.contains("path = \"observed-1k-access.log\"")
+        );
+        let nginx = nginx_config(&observed, 8000, dir, &up, true);
+        assert!(
+            nginx.contains("access_log nginx-dir/access.log edge"),
+            "{nginx}"
+        );
+        let plain = named("pass-1k");
+        let proxy = proxy_config(&plain, 8000, 8001, &up);
+        assert!(proxy.contains("metrics = false") && proxy.contains("enabled = false"));
+        let nginx = nginx_config(&plain, 8000, dir, &up, true);
+        assert!(nginx.contains("access_log off;"));
+        // Both servers add the same headers to every proxied request.
+        assert!(
+            nginx.contains("X-Forwarded-For $proxy_add_x_forwarded_for")
+                && nginx.contains("X-Request-Id $request_id")
+        );
+        assert!(!nginx.contains("X-Cache-Status"));
+        let cached = nginx_config(&named("cache-hit-1k"), 8000, dir, &up, true);
+        assert!(cached.contains("add_header X-Cache-Status $upstream_cache_status"));
     }
 }
