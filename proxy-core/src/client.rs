@@ -106,31 +106,13 @@ impl ClientIpPolicy {
     }
 }
 
-/// `ip` as a header value. IPv4 (the common case, once per forwarding header and request)
-/// is written digit by digit instead of through `fmt`.
+/// `ip` as a header value, without `fmt` for IPv4 (once per forwarding header and request).
 pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
-    let IpAddr::V4(v4) = ip else {
-        return HeaderValue::from_str(&ip.to_string()).unwrap_or(HeaderValue::from_static(""));
+    let value = match ip {
+        IpAddr::V4(v4) => HeaderValue::from_str(crate::text::ipv4(v4, &mut [0; 15])),
+        IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
     };
-    let mut text = [0u8; 15];
-    let mut len = 0;
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            text[len] = b'.';
-            len += 1;
-        }
-        if octet >= 100 {
-            text[len] = b'0' + octet / 100;
-            len += 1;
-        }
-        if octet >= 10 {
-            text[len] = b'0' + octet / 10 % 10;
-            len += 1;
-        }
-        text[len] = b'0' + octet % 10;
-        len += 1;
-    }
-    HeaderValue::from_bytes(&text[..len]).unwrap_or(HeaderValue::from_static(""))
+    value.unwrap_or(HeaderValue::from_static(""))
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {

@@ -38,6 +38,7 @@ pub mod proxy;
 pub mod route;
 pub mod runtime;
 pub mod service;
+mod text;
 pub mod upstream;
 
 pub use observe::Observability;

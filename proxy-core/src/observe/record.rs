@@ -141,11 +141,8 @@ impl Observability {
         let record = &ctx.observe;
         AccessLogEntry {
             time: rfc3339_now(),
-            client_ip: ctx.client_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-            remote_addr: session
-                .client_addr()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            client_ip: ctx.client_ip.map(crate::text::ip).unwrap_or_default(),
+            remote_addr: session.client_addr().map(pingora_addr).unwrap_or_default(),
             host: header(http::header::HOST),
             method: request.method.as_str().to_owned(),
             uri: self.redactor().uri(&request.uri.to_string()),
@@ -156,7 +153,7 @@ impl Observability {
             upstream_addr: record
                 .upstream_addr
                 .as_ref()
-                .map(|a| a.to_string())
+                .map(pingora_addr)
                 .unwrap_or_default(),
             upstream_response_time: record.upstream_response_time.map(round_ms),
             upstream_status: record.upstream_status,
@@ -179,6 +176,14 @@ impl Observability {
                 .map(|e| e.etype().as_str().to_owned())
                 .unwrap_or_default(),
         }
+    }
+}
+
+/// A peer address as text (IP sockets without `fmt`).
+fn pingora_addr(addr: &pingora::protocols::l4::socket::SocketAddr) -> String {
+    match addr {
+        pingora::protocols::l4::socket::SocketAddr::Inet(inet) => crate::text::socket_addr(inet),
+        other => other.to_string(),
     }
 }
 
