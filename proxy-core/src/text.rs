@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 const IPV4_MAX: usize = 15;
 
 /// Writes `ip` into `out`, returning the text.
-pub(crate) fn ipv4<'a>(ip: Ipv4Addr, out: &'a mut [u8; IPV4_MAX]) -> &'a str {
+pub(crate) fn ipv4(ip: Ipv4Addr, out: &mut [u8; IPV4_MAX]) -> &str {
     let mut len = 0;
     for (i, octet) in ip.octets().into_iter().enumerate() {
         if i > 0 {
