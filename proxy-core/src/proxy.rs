@@ -520,7 +520,7 @@ impl ProxyHttp for EdgeProxy {
     }
 
     fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
-        cache_hooks::cache_key(session, &ctx.cache)
+        cache_hooks::cache_key(session, &mut ctx.cache)
     }
 
     fn response_cache_filter(

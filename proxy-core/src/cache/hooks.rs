@@ -24,6 +24,8 @@ pub struct CacheRequest {
     own_cookies: Vec<http::HeaderValue>,
     host: String,
     scheme: &'static str,
+    /// The key the fast path built and missed with, kept for `cache_key_callback`.
+    key: Option<CacheKey>,
 }
 
 /// `request_cache_filter`: enables the cache for GET/HEAD on a caching location, unless a
@@ -86,13 +88,20 @@ pub fn fresh_hit(
         return None;
     }
     let key = policy.key.cache_key(scheme, host, req);
-    let hit = cache.storage().fresh_hit(&key, SystemTime::now())?;
+    let Some(hit) = cache.storage().fresh_hit(&key, SystemTime::now()) else {
+        state.key = Some(key);
+        return None;
+    };
     state.policy = Some(policy.clone());
     Some(hit)
 }
 
-/// `cache_key_callback`: the key the location's policy builds.
-pub fn cache_key(session: &Session, state: &CacheRequest) -> Result<CacheKey> {
+/// `cache_key_callback`: the key the location's policy builds (the one the fast path
+/// already built, when it missed).
+pub fn cache_key(session: &Session, state: &mut CacheRequest) -> Result<CacheKey> {
+    if let Some(key) = state.key.take() {
+        return Ok(key);
+    }
     let Some(policy) = state.policy.as_ref() else {
         return Error::e_explain(ErrorType::InternalError, "cache enabled without a policy");
     };
