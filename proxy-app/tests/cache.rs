@@ -241,17 +241,13 @@ async fn fresh_hits_keep_age_length_request_id_ranges_and_validators() {
     let (tailnet, proxy) = start("", "", "").await;
     let path = "/fast?header=ETag:%22v7%22";
     let host = "docs.example.com";
-    let first = send(&proxy, reqwest::Method::GET, host, path, &[]).await;
+    let get = |headers: &'static [(&'static str, &'static str)]| {
+        send(&proxy, reqwest::Method::GET, host, path, headers)
+    };
+    let first = get(&[]).await;
     assert_eq!(first.header("x-cache-status"), Some("MISS"));
 
-    let hit = send(
-        &proxy,
-        reqwest::Method::GET,
-        host,
-        path,
-        &[("x-request-id", "fast-1")],
-    )
-    .await;
+    let hit = get(&[("x-request-id", "fast-1")]).await;
     assert_eq!(hit.status, 200);
     assert_eq!(hit.header("x-cache-status"), Some("HIT"));
     assert_eq!(hit.body, first.body);
@@ -268,26 +264,12 @@ async fn fresh_hits_keep_age_length_request_id_ranges_and_validators() {
     assert_eq!(head.header("content-length"), Some(length.as_str()));
     assert!(head.body.is_empty());
 
-    let range = send(
-        &proxy,
-        reqwest::Method::GET,
-        host,
-        path,
-        &[("range", "bytes=0-4")],
-    )
-    .await;
+    let range = get(&[("range", "bytes=0-4")]).await;
     assert_eq!(range.status, 206);
     assert_eq!(range.body, first.body[..5]);
     assert_eq!(range.header("x-cache-status"), Some("HIT"));
 
-    let validated = send(
-        &proxy,
-        reqwest::Method::GET,
-        host,
-        path,
-        &[("if-none-match", "\"v7\"")],
-    )
-    .await;
+    let validated = get(&[("if-none-match", "\"v7\"")]).await;
     assert_eq!(validated.status, 304);
     assert!(validated.body.is_empty());
 
