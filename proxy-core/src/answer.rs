@@ -77,17 +77,24 @@ impl LocalAnswer {
         if self.close {
             session.set_keepalive(None);
         }
-        let head_only = session.req_header().method == http::Method::HEAD || self.body.is_empty();
-        session
-            .write_response_header(Box::new(header), head_only)
-            .await?;
-        if !head_only {
-            session
-                .write_response_body(Some(self.body.clone()), true)
-                .await?;
-        }
-        Ok(())
+        write_response(session, header, self.body.clone()).await
     }
+}
+
+/// Writes `header` and, unless the request is HEAD or `body` is empty, `body`.
+pub(crate) async fn write_response(
+    session: &mut Session,
+    header: ResponseHeader,
+    body: Bytes,
+) -> Result<()> {
+    let header_only = session.req_header().method == http::Method::HEAD || body.is_empty();
+    session
+        .write_response_header(Box::new(header), header_only)
+        .await?;
+    if !header_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
 }
 
 /// The built-in page for an error status, used when a site configures none.

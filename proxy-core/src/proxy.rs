@@ -264,19 +264,22 @@ impl EdgeProxy {
         hit: FreshHit,
     ) -> Result<()> {
         let mut header = hit.response_header(SystemTime::now())?;
-        ctx.observe.cache_status = Some(CacheStatus::Hit.as_str());
-        cache_hooks::add_status_header(&ctx.cache, Some(CacheStatus::Hit), &mut header)?;
-        ctx.observe.tag_response(&mut header)?;
-        self.run_response_plugins(&mut header, ctx)?;
-        let body = hit.body();
-        let header_only = is_head(session.req_header()) || body.is_empty();
-        session
-            .write_response_header(Box::new(header), header_only)
-            .await?;
-        if !header_only {
-            session.write_response_body(Some(body), true).await?;
-        }
-        Ok(())
+        self.finish_response_header(&mut header, ctx, Some(CacheStatus::Hit))?;
+        crate::answer::write_response(session, header, hit.body()).await
+    }
+
+    /// What every response from the cache or the upstream gets: the cache status (header
+    /// and log), the request id and plugins' response headers.
+    fn finish_response_header(
+        &self,
+        header: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        cache_status: Option<CacheStatus>,
+    ) -> Result<()> {
+        ctx.observe.cache_status = cache_status.map(|s| s.as_str());
+        cache_hooks::add_status_header(&ctx.cache, cache_status, header)?;
+        ctx.observe.tag_response(header)?;
+        self.run_response_plugins(header, ctx)
     }
 
     /// Writes a local answer: the site's error page for error statuses, plugins' headers.
@@ -484,10 +487,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let cache_status = cache_hooks::status(session, &ctx.cache);
-        ctx.observe.cache_status = cache_status.map(|s| s.as_str());
-        cache_hooks::add_status_header(&ctx.cache, cache_status, upstream_response)?;
-        ctx.observe.tag_response(upstream_response)?;
-        self.run_response_plugins(upstream_response, ctx)
+        self.finish_response_header(upstream_response, ctx, cache_status)
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
@@ -693,10 +693,6 @@ fn unknown_host(answer: UnknownHostAnswer) -> LocalAnswer {
         UnknownHostAnswer::Close => LocalAnswer::text(0, "").closing(),
         UnknownHostAnswer::Status(status) => LocalAnswer::text(status, "unknown host\n"),
     }
-}
-
-fn is_head(request: &RequestHeader) -> bool {
-    request.method == http::Method::HEAD
 }
 
 fn is_get_or_head(request: &RequestHeader) -> bool {

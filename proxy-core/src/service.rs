@@ -54,7 +54,7 @@ impl EdgeServices {
     pub fn new(server_conf: &Arc<ServerConf>, config: Arc<RuntimeConfig>) -> Self {
         let observability = Observability::from_settings(&config.observe).unwrap_or_else(|e| {
             tracing::error!(error = %e, "cannot open the access log; it is off");
-            Observability::metrics_only()
+            Observability::without_access_log(&config.observe)
         });
         Self::with_observability(server_conf, config, Arc::new(observability))
     }

@@ -81,11 +81,16 @@ impl Observability {
 
     /// Metrics (unless `[admin] metrics = false`) and the access log, per `settings`.
     pub fn from_settings(settings: &ObserveSettings) -> std::io::Result<Self> {
-        let metrics = match settings.admin.metrics {
-            true => Metrics::new(),
-            false => Metrics::disabled(),
-        };
-        Self::with_metrics(Arc::new(metrics), &settings.access_log)
+        Self::with_metrics(Arc::new(metrics_for(settings)), &settings.access_log)
+    }
+
+    /// Metrics per `settings` and no access log: the fallback when the log cannot be opened.
+    pub fn without_access_log(settings: &ObserveSettings) -> Self {
+        Self {
+            metrics: Arc::new(metrics_for(settings)),
+            access_log: None,
+            redactor: settings.access_log.redactor.clone(),
+        }
     }
 
     fn with_metrics(metrics: Arc<Metrics>, settings: &AccessLogSettings) -> std::io::Result<Self> {
@@ -126,5 +131,13 @@ impl Observability {
     /// The redactor applied to logged URIs.
     pub fn redactor(&self) -> &Redactor {
         &self.redactor
+    }
+}
+
+/// Metrics, unless `[admin] metrics = false`.
+fn metrics_for(settings: &ObserveSettings) -> Metrics {
+    match settings.admin.metrics {
+        true => Metrics::new(),
+        false => Metrics::disabled(),
     }
 }
