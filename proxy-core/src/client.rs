@@ -109,7 +109,7 @@ impl ClientIpPolicy {
 /// `ip` as a header value, without `fmt` for IPv4 (once per forwarding header and request).
 pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
     let value = match ip {
-        IpAddr::V4(v4) => HeaderValue::from_str(crate::text::ipv4(v4, &mut [0; 15])),
+        IpAddr::V4(v4) => HeaderValue::from_bytes(crate::text::ipv4(v4, &mut [0; 15])),
         IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
     };
     value.unwrap_or(HeaderValue::from_static(""))

@@ -6,9 +6,14 @@
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use parking_lot::RwLock;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// Maps of metric handles by label values, looked up once or twice per request: hashed
+/// with foldhash, several times cheaper than the default SipHash on short keys (the keys
+/// are bounded label values, not attacker-chosen).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Prefix of every metric name.
 pub const PREFIX: &str = "edge_";
@@ -145,7 +150,7 @@ impl PairCounters {
         Self {
             name,
             labels,
-            seen: RwLock::new(HashMap::new()),
+            seen: RwLock::new(HashMap::default()),
         }
     }
 
@@ -153,7 +158,6 @@ impl PairCounters {
         let cached = self
             .seen
             .read()
-            .unwrap_or_else(PoisonError::into_inner)
             .get(first)
             .and_then(|inner| inner.get(second))
             .cloned();
@@ -167,7 +171,6 @@ impl PairCounters {
         let counter = recorder.register_counter(&key, &METADATA);
         self.seen
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
             .entry(first.to_owned())
             .or_default()
             .entry(second.to_owned())
@@ -215,8 +218,8 @@ impl Metrics {
             recorder,
             handle,
             in_flight,
-            sites: RwLock::new(HashMap::new()),
-            upstream_durations: RwLock::new(HashMap::new()),
+            sites: RwLock::new(HashMap::default()),
+            upstream_durations: RwLock::new(HashMap::default()),
             cache_lookups: PairCounters::new(CACHE_LOOKUPS, ("host", "cache_status")),
             rate_limit_decisions: PairCounters::new(RATE_LIMIT_DECISIONS, ("zone", "outcome")),
             deny_hits: PairCounters::new(DENY_HITS, ("host", "list")),
@@ -365,23 +368,17 @@ impl Metrics {
     }
 
     fn site_handles(&self, site: &str) -> Arc<SiteHandles> {
-        let cached = self
-            .sites
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(site)
-            .cloned();
+        let cached = self.sites.read().get(site).cloned();
         if let Some(handles) = cached {
             return handles;
         }
         let fresh = Arc::new(SiteHandles {
             duration: self.histogram(REQUEST_DURATION, &[("host", site)]),
             bytes: self.counter(RESPONSE_BYTES, &[("host", site)]),
-            requests: RwLock::new(HashMap::new()),
+            requests: RwLock::new(HashMap::default()),
         });
         self.sites
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
             .entry(site.to_owned())
             .or_insert(fresh)
             .clone()
@@ -394,12 +391,7 @@ impl Metrics {
         method: &'static str,
         status: u16,
     ) -> Counter {
-        let cached = handles
-            .requests
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&(method, status))
-            .cloned();
+        let cached = handles.requests.read().get(&(method, status)).cloned();
         if let Some(counter) = cached {
             return counter;
         }
@@ -411,7 +403,6 @@ impl Metrics {
         handles
             .requests
             .write()
-            .unwrap_or_else(PoisonError::into_inner)
             .entry((method, status))
             .or_insert(counter)
             .clone()
@@ -422,17 +413,11 @@ impl Metrics {
         if !self.enabled {
             return;
         }
-        let cached = self
-            .upstream_durations
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(upstream)
-            .cloned();
+        let cached = self.upstream_durations.read().get(upstream).cloned();
         let histogram = cached.unwrap_or_else(|| {
             let fresh = self.histogram(UPSTREAM_DURATION, &[("upstream", upstream)]);
             self.upstream_durations
                 .write()
-                .unwrap_or_else(PoisonError::into_inner)
                 .entry(upstream.to_owned())
                 .or_insert(fresh)
                 .clone()

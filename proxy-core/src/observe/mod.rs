@@ -8,6 +8,7 @@
 //! outcome), which the log line and metrics pick up at the end.
 
 mod access_log;
+mod json;
 mod metrics;
 mod record;
 mod redact;

@@ -3,11 +3,14 @@
 
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
-use std::time::{Duration, Instant};
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::UNKNOWN_SITE;
-use super::{method_label, AccessLogEntry, InFlight, Observability, UpstreamErrorKind};
+use super::{method_label, AccessLog, AccessLogEntry, InFlight, Observability, UpstreamErrorKind};
 use crate::proxy::RequestCtx;
+use crate::text::AddrText;
 
 /// Per-request observability state, carried in [`RequestCtx::observe`].
 #[derive(Debug, Default)]
@@ -117,73 +120,88 @@ impl Observability {
             }
         }
         if let Some(log) = self.access_log() {
-            log.log(&self.entry(session, error, ctx, status, elapsed, bytes));
+            self.log_line(log, session, error, ctx, status, elapsed, bytes);
         }
     }
 
-    fn entry(
+    /// Writes the request's access-log line. Every field borrows from the request or sits
+    /// on the stack: a line costs no allocation unless a URI needs redacting.
+    #[allow(clippy::too_many_arguments)]
+    fn log_line(
         &self,
+        log: &AccessLog,
         session: &Session,
         error: Option<&Error>,
         ctx: &RequestCtx,
         status: u16,
         elapsed: Duration,
         bytes: u64,
-    ) -> AccessLogEntry {
+    ) {
         let request = session.req_header();
         let header = |name: http::header::HeaderName| {
             request
                 .headers
                 .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .map(|v| String::from_utf8_lossy(v.as_bytes()))
                 .unwrap_or_default()
         };
         let record = &ctx.observe;
-        AccessLogEntry {
-            time: rfc3339_now(),
-            client_ip: ctx.client_ip.map(crate::text::ip).unwrap_or_default(),
-            remote_addr: session.client_addr().map(pingora_addr).unwrap_or_default(),
-            host: header(http::header::HOST),
-            method: request.method.as_str().to_owned(),
-            uri: self.redactor().uri(&request.uri.to_string()),
-            protocol: format!("{:?}", request.version),
+        let mut time = LogTime::default();
+        let client_ip = ctx.client_ip.map(AddrText::ip);
+        let remote_addr = session.client_addr().map(AddrText::peer);
+        let upstream_addr = record.upstream_addr.as_ref().map(AddrText::peer);
+        let host = header(http::header::HOST);
+        let target = request_target(&request.uri);
+        let referer = header(http::header::REFERER);
+        let user_agent = header(http::header::USER_AGENT);
+        log.log(&AccessLogEntry {
+            time: time.now(),
+            client_ip: client_ip.as_ref().map_or("", AddrText::as_str),
+            remote_addr: remote_addr.as_ref().map_or("", AddrText::as_str),
+            host: &host,
+            method: request.method.as_str(),
+            uri: &self.redactor().uri(&target),
+            protocol: protocol(request.version),
             status,
             body_bytes_sent: bytes,
             request_time: round_ms(elapsed),
-            upstream_addr: record
-                .upstream_addr
-                .as_ref()
-                .map(pingora_addr)
-                .unwrap_or_default(),
+            upstream_addr: upstream_addr.as_ref().map_or("", AddrText::as_str),
             upstream_response_time: record.upstream_response_time.map(round_ms),
             upstream_status: record.upstream_status,
-            upstream_cache_status: record.cache_status.unwrap_or_default().to_owned(),
-            rate_limit: record.rate_limit.unwrap_or_default().to_owned(),
-            user_agent: header(http::header::USER_AGENT),
-            referer: self.redactor().uri(&header(http::header::REFERER)),
-            request_id: record.request_id.clone(),
-            site: ctx
-                .site
-                .as_ref()
-                .map(|s| s.name.clone())
-                .unwrap_or_default(),
+            upstream_cache_status: record.cache_status.unwrap_or_default(),
+            rate_limit: record.rate_limit.unwrap_or_default(),
+            user_agent: &user_agent,
+            referer: &self.redactor().uri(&referer),
+            request_id: &record.request_id,
+            site: ctx.site.as_ref().map_or("", |s| s.name.as_str()),
             location: ctx
                 .location
                 .as_ref()
-                .map(|l| l.pattern_text.clone())
-                .unwrap_or_default(),
-            error: error
-                .map(|e| e.etype().as_str().to_owned())
-                .unwrap_or_default(),
-        }
+                .map_or("", |l| l.pattern_text.as_str()),
+            error: error.map_or("", |e| e.etype().as_str()),
+        });
     }
 }
 
-/// A peer address as text (IP sockets without `fmt`).
-fn pingora_addr(addr: &pingora::protocols::l4::socket::SocketAddr) -> String {
-    match addr {
-        pingora::protocols::l4::socket::SocketAddr::Inet(inet) => crate::text::socket_addr(inet),
-        other => other.to_string(),
+/// The request target as received: origin-form borrowed, other forms rendered.
+fn request_target(uri: &http::Uri) -> Cow<'_, str> {
+    match uri.path_and_query() {
+        Some(target) if uri.scheme().is_none() && uri.authority().is_none() => {
+            Cow::Borrowed(target.as_str())
+        }
+        _ => Cow::Owned(uri.to_string()),
+    }
+}
+
+/// The `protocol` field: what `Debug` prints for the version, without `fmt`.
+fn protocol(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/?",
     }
 }
 
@@ -192,10 +210,71 @@ fn round_ms(d: Duration) -> f64 {
     (d.as_secs_f64() * 1000.0).round() / 1000.0
 }
 
-fn rfc3339_now() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+/// RFC 3339 UTC time with milliseconds (`2026-11-23T04:05:06.789Z`), on the stack.
+#[derive(Default)]
+struct LogTime([u8; LOG_TIME_LEN]);
+
+const LOG_TIME_LEN: usize = "2026-11-23T04:05:06.789Z".len();
+
+/// Length of the date-and-seconds part (`2026-11-23T04:05:06`).
+const SECOND_LEN: usize = 19;
+
+thread_local! {
+    /// The last second formatted on this thread: a line copies it instead of formatting
+    /// a date (the seconds since the epoch, then its text).
+    static LAST_SECOND: Cell<(u64, [u8; SECOND_LEN])> = const { Cell::new((u64::MAX, [0; SECOND_LEN])) };
+}
+
+impl LogTime {
+    fn now(&mut self) -> &str {
+        self.at(SystemTime::now())
+    }
+
+    fn at(&mut self, when: SystemTime) -> &str {
+        let since_epoch = when.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let secs = since_epoch.as_secs();
+        let second = LAST_SECOND.with(|last| match last.get() {
+            (cached, text) if cached == secs => text,
+            _ => {
+                let text = second_text(secs);
+                last.set((secs, text));
+                text
+            }
+        });
+        let millis = since_epoch.subsec_millis();
+        self.0[..SECOND_LEN].copy_from_slice(&second);
+        self.0[SECOND_LEN] = b'.';
+        self.0[SECOND_LEN + 1] = b'0' + (millis / 100) as u8;
+        self.0[SECOND_LEN + 2] = b'0' + (millis / 10 % 10) as u8;
+        self.0[SECOND_LEN + 3] = b'0' + (millis % 10) as u8;
+        self.0[SECOND_LEN + 4] = b'Z';
+        // Only ASCII was written.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+/// `2026-11-23T04:05:06` for `secs` after the epoch.
+fn second_text(secs: u64) -> [u8; SECOND_LEN] {
+    let mut text = [b'0'; SECOND_LEN];
+    let Ok(when) = i64::try_from(secs)
+        .map_err(|_| ())
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).map_err(|_| ()))
+    else {
+        return text;
+    };
+    let formatted = format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
+        when.year(),
+        u8::from(when.month()),
+        when.day(),
+        when.hour(),
+        when.minute(),
+        when.second()
+    );
+    if formatted.len() == SECOND_LEN {
+        text.copy_from_slice(formatted.as_bytes());
+    }
+    text
 }
 
 #[cfg(test)]
@@ -222,9 +301,28 @@ mod tests {
     }
 
     #[test]
-    fn time_is_rfc3339() {
-        let t = rfc3339_now();
-        assert_eq!(t.as_bytes()[10], b'T', "{t}");
-        assert!(t.ends_with('Z'), "{t}");
+    fn time_is_rfc3339_with_milliseconds() {
+        let mut time = LogTime::default();
+        let at = UNIX_EPOCH + Duration::from_millis(1_795_406_706_007);
+        assert_eq!(time.at(at), "2026-11-23T04:05:06.007Z");
+        let later = at + Duration::from_millis(1_000_993);
+        assert_eq!(time.at(later), "2026-11-23T04:21:47.000Z");
+        let leap = UNIX_EPOCH + Duration::from_millis(1_835_481_599_999);
+        assert_eq!(time.at(leap), "2028-02-29T23:59:59.999Z");
+    }
+
+    #[test]
+    fn targets_and_versions_read_as_before() {
+        for text in ["/a/b?c=d", "http://h.example/x?y", "h.example:443", "*"] {
+            let uri: http::Uri = text.parse().unwrap();
+            assert_eq!(request_target(&uri), uri.to_string());
+        }
+        for version in [
+            http::Version::HTTP_10,
+            http::Version::HTTP_11,
+            http::Version::HTTP_2,
+        ] {
+            assert_eq!(protocol(version), format!("{version:?}"));
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! Redaction of secrets before anything reaches a log: query parameters named like secrets,
 //! URL credentials, and the values of `Authorization`/`Cookie`-like headers.
 
+use std::borrow::Cow;
+
 /// What replaces a secret.
 pub const REDACTED: &str = "REDACTED";
 
@@ -41,29 +43,45 @@ impl Redactor {
     }
 
     fn is_secret_param(&self, name: &str) -> bool {
+        if !name.contains('%') {
+            return self
+                .params
+                .iter()
+                .any(|p| contains_ignore_ascii_case(name, p));
+        }
         let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
         let lower = decoded.to_ascii_lowercase();
         self.params.iter().any(|p| lower.contains(p.as_str()))
     }
 
-    /// `uri` with the values of secret query parameters and any `user:password@` replaced.
-    pub fn uri(&self, uri: &str) -> String {
+    fn has_secret_param(&self, query: &str) -> bool {
+        query_pairs(query)
+            .filter_map(|pair| split_at_byte(pair, b'='))
+            .any(|(name, _)| self.is_secret_param(name))
+    }
+
+    /// `uri` with the values of secret query parameters and any `user:password@` replaced;
+    /// borrowed when there is nothing to replace.
+    pub fn uri<'u>(&self, uri: &'u str) -> Cow<'u, str> {
         let uri = strip_userinfo(uri);
-        let Some((path, query)) = uri.split_once('?') else {
+        let Some((path, query)) = split_at_byte(&uri, b'?') else {
             return uri;
         };
-        let (query, fragment) = match query.split_once('#') {
+        let (query, fragment) = match split_at_byte(query, b'#') {
             Some((q, f)) => (q, Some(f)),
             None => (query, None),
         };
+        if !self.has_secret_param(query) {
+            return uri;
+        }
         let mut out = String::with_capacity(uri.len());
         out.push_str(path);
         out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
+        for (i, pair) in query_pairs(query).enumerate() {
             if i > 0 {
                 out.push('&');
             }
-            match pair.split_once('=') {
+            match split_at_byte(pair, b'=') {
                 Some((name, _)) if self.is_secret_param(name) => {
                     out.push_str(name);
                     out.push('=');
@@ -76,7 +94,7 @@ impl Redactor {
             out.push('#');
             out.push_str(fragment);
         }
-        out
+        Cow::Owned(out)
     }
 
     /// A header value as it may be logged: secret headers' values are replaced.
@@ -89,16 +107,58 @@ impl Redactor {
     }
 }
 
+/// `text` split around the first `byte` (ASCII), without `str`'s pattern machinery: these
+/// run on every logged request, on short strings.
+fn split_at_byte(text: &str, byte: u8) -> Option<(&str, &str)> {
+    let at = text.bytes().position(|b| b == byte)?;
+    Some((text.get(..at)?, text.get(at + 1..)?))
+}
+
+/// The `&`-separated pairs of a query.
+fn query_pairs(query: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(query);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        match split_at_byte(text, b'&') {
+            Some((pair, more)) => {
+                rest = Some(more);
+                Some(pair)
+            }
+            None => {
+                rest = None;
+                Some(text)
+            }
+        }
+    })
+}
+
+/// Whether `hay` contains `lower_needle` (lower case), ignoring ASCII case.
+fn contains_ignore_ascii_case(hay: &str, lower_needle: &str) -> bool {
+    lower_needle.is_empty()
+        || hay
+            .as_bytes()
+            .windows(lower_needle.len())
+            .any(|w| w.eq_ignore_ascii_case(lower_needle.as_bytes()))
+}
+
 /// Removes `user:password@` from an absolute URI.
-fn strip_userinfo(uri: &str) -> String {
+fn strip_userinfo(uri: &str) -> Cow<'_, str> {
+    // An origin-form target (most requests) has no authority to look into.
+    if uri.is_empty() || uri.starts_with('/') {
+        return Cow::Borrowed(uri);
+    }
     let Some(scheme_end) = uri.find("://") else {
-        return uri.to_owned();
+        return Cow::Borrowed(uri);
     };
     let rest = &uri[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}{REDACTED}@{}", &uri[..scheme_end + 3], &rest[at + 1..]),
-        None => uri.to_owned(),
+        Some(at) => Cow::Owned(format!(
+            "{}{REDACTED}@{}",
+            &uri[..scheme_end + 3],
+            &rest[at + 1..]
+        )),
+        None => Cow::Borrowed(uri),
     }
 }
 
@@ -115,6 +175,13 @@ mod tests {
         );
         assert_eq!(r.uri("/plain"), "/plain");
         assert_eq!(r.uri("/a?my%5Fsecret=s"), "/a?my%5Fsecret=REDACTED");
+        assert_eq!(r.uri("/a?My%54oken=s"), "/a?My%54oken=REDACTED");
+        assert!(matches!(r.uri("/a?page=2&q=x#f"), Cow::Borrowed(_)));
+        assert_eq!(
+            r.uri("/a?&&token&token=&=x&"),
+            "/a?&&token&token=REDACTED&=x&"
+        );
+        assert_eq!(r.uri("/a?b=1?token=2"), "/a?b=1?token=2");
     }
 
     #[test]
