@@ -23,6 +23,15 @@ pub(super) fn stored_body(data: &[u8]) -> Bytes {
     Bytes::copy_from_slice(data)
 }
 
+/// A body read back from disk, kept as [`stored_body`] would keep it; a small one is not
+/// copied.
+pub(super) fn restored_body(body: Bytes) -> Bytes {
+    if body.len() < PAGED_BODY_MIN {
+        return body;
+    }
+    paged_copy(&body).map_or(body, Bytes::from_owner)
+}
+
 /// `data` copied into a fresh read-only anonymous mapping, unmapped when dropped.
 ///
 /// Each entry adds at most one mapping, and fewer in practice: the kernel places new
@@ -75,5 +84,15 @@ mod tests {
         assert_eq!(&heap[..], &small[..]);
         assert!(!in_read_only_pages(&heap));
         assert!(stored_body(b"").is_empty());
+
+        let restored = restored_body(Bytes::from(large.clone()));
+        assert_eq!(&restored[..], &large[..]);
+        assert!(in_read_only_pages(&restored));
+        let kept = Bytes::from(small);
+        assert_eq!(
+            restored_body(kept.clone()).as_ptr(),
+            kept.as_ptr(),
+            "not copied"
+        );
     }
 }

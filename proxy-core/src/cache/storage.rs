@@ -3,9 +3,9 @@
 //! Unlike pingora-cache's test-only `MemCache`, metadata is kept in parsed form (a hit
 //! clones a `ResponseHeader` instead of decompressing and re-parsing it), bodies are shared
 //! `Bytes` (a hit copies nothing; large ones in pages of their own, see [`super::body`]),
-//! fills of a declared length reserve it up front, the byte bound is enforced by pingora-cache's LRU
-//! eviction manager, entries unread for `inactive` are dropped, and purges reach every
-//! variant of a URL or everything of a host.
+//! fills of a declared length reserve it up front, the byte bound is enforced by
+//! pingora-cache's LRU eviction manager, entries unread for `inactive` are dropped, and
+//! purges reach every variant of a URL or everything of a host.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
-use super::body::stored_body;
+use super::body::{restored_body, stored_body};
 use super::disk::{DiskRecord, DiskTier};
 use pingora::cache::CacheEntryKey;
 
@@ -277,7 +277,7 @@ impl MemoryStorage {
         };
         let entry = Arc::new(Entry {
             meta: StoredMeta::from_meta(&meta),
-            body: stored_body(&record.body),
+            body: restored_body(record.body),
             compact: key.to_compact(),
             tags: record.tags,
             last_access: AtomicU64::new(self.now_secs()),
