@@ -3,11 +3,14 @@
 //!
 //! The servers run pinned to core 0, the load generator (wrk) and the fake tailnet to core
 //! 1; each scenario alternates proxy-app / nginx / direct runs (A/B/A/B) and reports
-//! medians with their spread. Everything listens on loopback, except the peer of the `wan-*`
-//! scenarios: it gets a network namespace of its own behind a veth pair with a round-trip
-//! delay (see [`netns`]), removed again on exit, on error and on Ctrl-C. Every run is
-//! bounded in time. Run it through `benches/run.sh`, which builds what it needs first.
+//! medians with their spread; the `cache-fill-*` scenarios instead fill proxy-app's cache
+//! with distinct objects and report its memory (see [`fill`]). Everything listens on
+//! loopback, except the peer of the `wan-*` scenarios: it gets a network namespace of its
+//! own behind a veth pair with a round-trip delay (see [`netns`]), removed again on exit, on
+//! error and on Ctrl-C. Every run is bounded in time. Run it through `benches/run.sh`, which
+//! builds what it needs first.
 
+mod fill;
 mod measure;
 mod netns;
 mod report;
@@ -19,7 +22,7 @@ use clap::Parser;
 use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
 use measure::{children, cpu_seconds, peak_rss_mib, wrk, Sample};
 use netns::{DelayMethod, Netns};
-use report::{Report, Row, DIRECT, NO_KEEPALIVE, UNOBSERVED};
+use report::{FillRow, Report, Row, DIRECT, LAZY_COMMIT, NO_KEEPALIVE, UNOBSERVED};
 use scenario::{Scenario, Upstream, Work};
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -88,6 +91,7 @@ fn main() -> Result<()> {
     let scenarios: Vec<Scenario> = scenario::all()
         .into_iter()
         .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
+        .map(|s| if args.quick { s.quick() } else { s })
         .collect();
     // Declared after `tailnet`, so it is dropped first: its peer, then its namespace.
     let wan_wanted = scenarios.iter().any(|s| s.wan);
@@ -116,6 +120,12 @@ fn main() -> Result<()> {
             }
         };
         eprintln!("scenario {} ...", scenario.name);
+        if scenario.work == Work::CacheFill {
+            let rows = run_fill_scenario(scenario, &args, &up, dir.path())
+                .with_context(|| format!("scenario {}", scenario.name))?;
+            report.fill(scenario, rows, args.rounds);
+            continue;
+        }
         let rows = run_scenario(scenario, &args, &up, dir.path(), duration)
             .with_context(|| format!("scenario {}", scenario.name))?;
         report.scenario(scenario, rows, note.as_deref());
@@ -278,7 +288,7 @@ fn run_scenario(
     dir: &Path,
     duration: Duration,
 ) -> Result<Vec<Row>> {
-    let proxy = start_proxy(s, &args.proxy_bin, up, dir, "")?;
+    let proxy = start_proxy(s, &args.proxy_bin, up, dir, "", &[])?;
     let nginx = start_nginx(s, up, dir, true)?;
     // The observed scenario also runs proxy-app without metrics and log: their cost.
     let unobserved = match s.observed {
@@ -293,6 +303,7 @@ fn run_scenario(
                 up,
                 dir,
                 "-unobserved",
+                &[],
             )?)
         }
         false => None,
@@ -348,6 +359,21 @@ fn run_scenario(
     Ok(rows)
 }
 
+/// Fills proxy-app's cache, as started by default and as `fly/fly.toml` starts it.
+fn run_fill_scenario(
+    s: &Scenario,
+    args: &Args,
+    up: &Upstream<'_>,
+    dir: &Path,
+) -> Result<Vec<FillRow>> {
+    let eager = fill::run(s, args, up, dir, &[])?;
+    let lazy = fill::run(s, args, up, dir, &[("MIMALLOC_ARENA_EAGER_COMMIT", "0")])?;
+    Ok(vec![
+        FillRow::from_samples("proxy-app", s, &eager),
+        FillRow::from_samples(LAZY_COMMIT, s, &lazy),
+    ])
+}
+
 /// wrk straight at the peer behind the slow path, as the scenario reaches it (HTTP or TLS).
 fn measure_wan_direct(s: &Scenario, up: &Upstream<'_>, duration: Duration) -> Result<Sample> {
     let url = match s.work {
@@ -357,13 +383,15 @@ fn measure_wan_direct(s: &Scenario, up: &Upstream<'_>, duration: Duration) -> Re
     wrk(&url, up.fqdn, s.connections, duration)
 }
 
-/// Starts proxy-app for `s`; `tag` tells its files apart from another proxy-app's.
+/// Starts proxy-app for `s` with `env` added; `tag` tells its files apart from another
+/// proxy-app's.
 fn start_proxy(
     s: &Scenario,
     bin: &Path,
     up: &Upstream<'_>,
     dir: &Path,
     tag: &str,
+    env: &[(&str, &str)],
 ) -> Result<Server> {
     let port = free_port()?;
     let config = dir.join(format!("{}{tag}-proxy.toml", s.name));
@@ -373,6 +401,7 @@ fn start_proxy(
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

@@ -119,10 +119,20 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
 
 /// Peak resident memory (VmHWM) of the processes, in MiB.
 pub fn peak_rss_mib(pids: &[u32]) -> f64 {
+    status_mib(pids, "VmHWM:")
+}
+
+/// Resident memory (VmRSS) of the processes now, in MiB.
+pub fn rss_mib(pids: &[u32]) -> f64 {
+    status_mib(pids, "VmRSS:")
+}
+
+/// The sum of one kB field of the processes' /proc status, in MiB.
+fn status_mib(pids: &[u32], field: &str) -> f64 {
     pids.iter()
         .filter_map(|pid| std::fs::read_to_string(format!("/proc/{pid}/status")).ok())
         .filter_map(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let line = status.lines().find(|l| l.starts_with(field))?;
             line.split_whitespace().nth(1)?.parse::<f64>().ok()
         })
         .sum::<f64>()

@@ -1,5 +1,6 @@
 //! The Markdown report: medians with spread, and ratios against nginx and the direct origin.
 
+use crate::fill::FillSample;
 use crate::measure::{median, Sample};
 use crate::scenario::Scenario;
 use std::fmt::Write as _;
@@ -40,10 +41,38 @@ impl Row {
     }
 }
 
+/// One server's results in a `cache-fill-*` scenario (medians of its fills).
+#[derive(Debug, Clone)]
+pub struct FillRow {
+    label: &'static str,
+    cache_mib: usize,
+    seconds: f64,
+    before_mib: f64,
+    peak_mib: f64,
+    end_mib: f64,
+}
+
+impl FillRow {
+    /// Medians of some fills of `s`.
+    pub fn from_samples(label: &'static str, s: &Scenario, samples: &[FillSample]) -> Self {
+        let of = |field: fn(&FillSample) -> f64| median(samples.iter().map(field).collect());
+        Self {
+            label,
+            cache_mib: s.cache_mib,
+            seconds: of(|f| f.seconds),
+            before_mib: of(|f| f.before_mib),
+            peak_mib: of(|f| f.peak_mib),
+            end_mib: of(|f| f.end_mib),
+        }
+    }
+}
+
 /// Label of the direct-origin rows.
 pub const DIRECT: &str = "direct origin";
 /// Label of the rows of nginx without upstream keepalive.
 pub const NO_KEEPALIVE: &str = "nginx, no upstream keepalive";
+/// Label of the fill rows of proxy-app with mimalloc's lazy arena commit (as deployed).
+pub const LAZY_COMMIT: &str = "proxy-app, MIMALLOC_ARENA_EAGER_COMMIT=0";
 /// Label of the rows of proxy-app without metrics and access log.
 pub const UNOBSERVED: &str = "proxy-app, no metrics, no log";
 
@@ -146,6 +175,33 @@ impl Report {
         }
     }
 
+    /// A `cache-fill-*` scenario's rows: memory against the cache's `max_size`.
+    pub fn fill(&mut self, s: &Scenario, rows: Vec<FillRow>, rounds: usize) {
+        let _ = writeln!(self.body, "## {} — {}\n", s.name, s.about);
+        let _ = writeln!(
+            self.body,
+            "`max_size` {} MiB, {} objects of {} KiB; medians of {rounds} fill(s), each by a fresh process.\n",
+            s.cache_mib,
+            s.fill_objects(),
+            s.body_size / 1024
+        );
+        let _ = writeln!(self.body, "| server | fill s | RSS before MiB | peak RSS MiB | RSS at end MiB | peak RSS / max_size |");
+        let _ = writeln!(self.body, "|---|---:|---:|---:|---:|---:|");
+        for r in &rows {
+            let _ = writeln!(
+                self.body,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.1} | **{:.2}x** |",
+                r.label,
+                r.seconds,
+                r.before_mib,
+                r.peak_mib,
+                r.end_mib,
+                ratio(r.peak_mib, r.cache_mib as f64)
+            );
+        }
+        self.body.push('\n');
+    }
+
     /// The Markdown text.
     pub fn render(&self) -> String {
         let mut out = self.header.clone();
@@ -202,4 +258,39 @@ fn cpu_model() -> String {
         .find(|l| l.starts_with("model name"))
         .and_then(|l| l.split_once(':'))
         .map_or("unknown CPU".into(), |(_, v)| v.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fill_reports_medians_and_peak_rss_against_max_size() {
+        let s = crate::scenario::all()
+            .into_iter()
+            .find(|s| s.name == "cache-fill-100k")
+            .unwrap();
+        let fill = |peak_mib| FillSample {
+            seconds: 5.0,
+            before_mib: 20.0,
+            peak_mib,
+            end_mib: 200.0,
+        };
+        let rows = vec![FillRow::from_samples(
+            "proxy-app",
+            &s,
+            &[fill(250.0), fill(220.0), fill(230.0)],
+        )];
+        let mut report = Report::new("test", 2, true, Duration::from_secs(1), 3);
+        report.fill(&s, rows, 3);
+        let text = report.render();
+        assert!(
+            text.contains("`max_size` 200 MiB, 6144 objects of 100 KiB"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| proxy-app | 5.0 | 20.0 | 230.0 | 200.0 | **1.15x** |"),
+            "{text}"
+        );
+    }
 }

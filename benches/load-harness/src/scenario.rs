@@ -17,6 +17,9 @@ pub enum Work {
     CacheHit,
     /// Reject with 429 (a 1r/s zone without burst, all load from one client).
     RateLimited,
+    /// Fetch distinct cacheable objects one after another (see [`Scenario::fill_objects`]),
+    /// then read the server's memory.
+    CacheFill,
 }
 
 /// One scenario.
@@ -40,6 +43,8 @@ pub struct Scenario {
     /// Metrics and a JSON access log (to a file) on, on both servers; otherwise proxy-app
     /// records no metrics and neither server logs.
     pub observed: bool,
+    /// proxy-app's cache `max_size`, MiB.
+    pub cache_mib: usize,
 }
 
 impl Scenario {
@@ -51,6 +56,27 @@ impl Scenario {
     /// The request path (the fake peer reads the body size from the query).
     pub fn path(&self) -> String {
         format!("/bench?size={}", self.body_size)
+    }
+
+    /// Distinct objects a fill fetches: three times what the cache holds.
+    pub fn fill_objects(&self) -> usize {
+        3 * (self.cache_mib << 20) / self.body_size.max(1)
+    }
+
+    /// The path of a fill's `i`-th object.
+    pub fn fill_path(&self, i: usize) -> String {
+        format!("/obj/{i}?size={}", self.body_size)
+    }
+
+    /// The scenario as `--quick` runs it: a fill of a 16 MiB cache; others unchanged.
+    pub fn quick(self) -> Scenario {
+        match self.work {
+            Work::CacheFill => Scenario {
+                cache_mib: 16,
+                ..self
+            },
+            _ => self,
+        }
     }
 }
 
@@ -65,6 +91,7 @@ pub fn all() -> Vec<Scenario> {
         sites: 1,
         wan: false,
         observed: false,
+        cache_mib: 256,
     };
     vec![
         Scenario {
@@ -78,6 +105,15 @@ pub fn all() -> Vec<Scenario> {
             about: "cache hit, 100 KiB object, 32 connections",
             work: Work::CacheHit,
             body_size: 100 * 1024,
+            ..base.clone()
+        },
+        Scenario {
+            name: "cache-fill-100k",
+            about: "distinct 100 KiB objects fetched one after another on one connection until proxy-app's cache (`max_size` 200 MiB; 16 MiB with `--quick`) has been filled three times over; nginx's proxy_cache keeps bodies in files (the page cache, not its RSS), so it has no row",
+            work: Work::CacheFill,
+            body_size: 100 * 1024,
+            connections: 1,
+            cache_mib: 200,
             ..base.clone()
         },
         Scenario {
@@ -196,7 +232,9 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
         _ => (up.http.port(), String::new()),
     };
     let site_extra = match s.work {
-        Work::CacheHit => "cache = { valid = { \"200\" = \"1h\" }, ignore_cache_control = true }\n",
+        Work::CacheHit | Work::CacheFill => {
+            "cache = { valid = { \"200\" = \"1h\" }, ignore_cache_control = true }\n"
+        }
         Work::RateLimited => "rate_limits = [\"strict\"]\n",
         _ => "",
     };
@@ -205,10 +243,11 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
          [admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics = {observed}\n\n\
          [resolver]\nnameservers = [\"{dns}\"]\n\n\
          [access_log]\n{log}\n\n\
-         [cache]\nmax_size = \"256m\"\n\n\
+         [cache]\nmax_size = \"{cache}m\"\n\n\
          [rate_limits.strict]\nrate = \"1r/s\"\n\n\
          [upstreams.peer]\naddress = \"{fqdn}:{port}\"\n{tls}\n",
         pool = s.connections.max(128) * 2,
+        cache = s.cache_mib,
         dns = up.dns,
         fqdn = up.fqdn,
         observed = s.observed,
@@ -240,7 +279,9 @@ pub fn nginx_config(
     upstream_keepalive: bool,
 ) -> String {
     let (scheme, addr, tls) = match s.work {
-        Work::PassThrough | Work::CacheHit | Work::RateLimited => ("http", up.http, String::new()),
+        Work::PassThrough | Work::CacheHit | Work::CacheFill | Work::RateLimited => {
+            ("http", up.http, String::new())
+        }
         Work::PassThroughTls => (
             "https",
             up.https,
@@ -253,7 +294,7 @@ pub fn nginx_config(
     };
     let d = dir.display();
     let location_extra = match s.work {
-        Work::CacheHit => "proxy_cache edge; proxy_cache_valid 200 1h; proxy_ignore_headers Cache-Control Expires; proxy_cache_key $scheme$host$request_uri; proxy_cache_lock on;",
+        Work::CacheHit | Work::CacheFill => "proxy_cache edge; proxy_cache_valid 200 1h; proxy_ignore_headers Cache-Control Expires; proxy_cache_key $scheme$host$request_uri; proxy_cache_lock on;",
         Work::RateLimited => "limit_req zone=strict; limit_req_status 429;",
         _ => "",
     };
@@ -261,7 +302,9 @@ pub fn nginx_config(
     // client IP header, a request id both ways, and the cache status on cached locations.
     let forwarding = "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header Fly-Client-IP $remote_addr; proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always;";
     let cache_status = match s.work {
-        Work::CacheHit => "add_header X-Cache-Status $upstream_cache_status always;",
+        Work::CacheHit | Work::CacheFill => {
+            "add_header X-Cache-Status $upstream_cache_status always;"
+        }
         _ => "",
     };
     let mut servers = String::new();
@@ -334,6 +377,21 @@ mod tests {
         assert!(config.contains("address = \"wan.tail0fake.ts.net:8080\""));
         assert!(config.contains("nameservers = [\"127.100.100.100:5353\"]"));
         assert!(config.contains("upstream_pool_size = 256"));
+    }
+
+    #[test]
+    fn the_fill_fetches_three_caches_of_distinct_objects_and_shrinks_when_quick() {
+        let up = upstream(Path::new("ca.pem"));
+        let fill = named("cache-fill-100k");
+        assert_eq!(fill.fill_objects(), 6144);
+        assert_eq!(fill.fill_path(7), "/obj/7?size=102400");
+        let config = proxy_config(&fill, 8000, 8001, &up);
+        assert!(config.contains("max_size = \"200m\"") && config.contains("ignore_cache_control"));
+        let quick = fill.quick();
+        assert_eq!((quick.cache_mib, quick.fill_objects()), (16, 491));
+        assert!(proxy_config(&quick, 8000, 8001, &up).contains("max_size = \"16m\""));
+        let hit = named("cache-hit-1k").quick();
+        assert!(proxy_config(&hit, 8000, 8001, &up).contains("max_size = \"256m\""));
     }
 
     #[test]

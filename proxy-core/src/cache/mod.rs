@@ -8,6 +8,7 @@
 //! so no request ever reference-counts them), hence [`EdgeCache::leak`]. A config reload
 //! keeps the cache it started with; changing `[cache]` sizes needs a restart.
 
+mod body;
 mod config;
 mod disk;
 pub mod hooks;
@@ -76,7 +77,8 @@ impl EdgeCache {
     /// Creates the cache and leaks it: pingora-cache requires `'static` storage, eviction
     /// manager and lock. Call once per process (per [`crate::EdgeProxy`]).
     pub fn leak(settings: CacheSettings) -> &'static EdgeCache {
-        let mut storage = MemoryStorage::new(settings.max_size, settings.inactive);
+        let mut storage = MemoryStorage::new(settings.max_size, settings.inactive)
+            .with_max_object_size(settings.max_object_size);
         if let Some(disk) = &settings.disk {
             match DiskTier::open(&disk.path, disk.max_size) {
                 Ok(tier) => storage = storage.with_disk(tier),

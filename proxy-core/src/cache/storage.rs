@@ -2,9 +2,10 @@
 //!
 //! Unlike pingora-cache's test-only `MemCache`, metadata is kept in parsed form (a hit
 //! clones a `ResponseHeader` instead of decompressing and re-parsing it), bodies are shared
-//! `Bytes` (a hit copies nothing), the byte bound is enforced by pingora-cache's LRU
-//! eviction manager, entries unread for `inactive` are dropped, and purges reach every
-//! variant of a URL or everything of a host.
+//! `Bytes` (a hit copies nothing; large ones in pages of their own, see [`super::body`]),
+//! fills of a declared length reserve it up front, the byte bound is enforced by
+//! pingora-cache's LRU eviction manager, entries unread for `inactive` are dropped, and
+//! purges reach every variant of a URL or everything of a host.
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -28,6 +29,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
+use super::body::{restored_body, stored_body};
 use super::disk::{DiskRecord, DiskTier};
 use pingora::cache::CacheEntryKey;
 
@@ -130,6 +132,7 @@ pub struct MemoryStorage {
     epoch: Instant,
     last_sweep: AtomicU64,
     disk: Option<Arc<DiskTier>>,
+    max_object_size: usize,
 }
 
 impl MemoryStorage {
@@ -144,6 +147,15 @@ impl MemoryStorage {
             epoch: Instant::now(),
             last_sweep: AtomicU64::new(0),
             disk: None,
+            max_object_size: max_size,
+        }
+    }
+
+    /// Bounds the buffer a fill reserves up front for a declared `Content-Length`.
+    pub fn with_max_object_size(self, max_object_size: usize) -> Self {
+        Self {
+            max_object_size,
+            ..self
         }
     }
 
@@ -265,7 +277,7 @@ impl MemoryStorage {
         };
         let entry = Arc::new(Entry {
             meta: StoredMeta::from_meta(&meta),
-            body: record.body,
+            body: restored_body(record.body),
             compact: key.to_compact(),
             tags: record.tags,
             last_access: AtomicU64::new(self.now_secs()),
@@ -402,10 +414,11 @@ impl Storage for MemoryStorage {
         let hash = key.combined_bin();
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
         let (state, _) = watch::channel(FillState::Partial(0));
+        let capacity = declared_length(meta).map_or(0, |n| n.min(self.max_object_size));
         let fill = Arc::new(Fill {
             id,
             meta: StoredMeta::from_meta(meta),
-            body: RwLock::new(Vec::new()),
+            body: RwLock::new(Vec::with_capacity(capacity)),
             state,
             compact: key.to_compact(),
             tags: key.extensions.get::<PurgeTags>().cloned(),
@@ -633,7 +646,7 @@ impl HandleMiss for MemoryMiss {
     async fn finish(self: Box<Self>) -> Result<MissFinishType> {
         let storage = self.storage;
         // Copied, not taken: streaming readers may still be reading the fill's buffer.
-        let body = Bytes::copy_from_slice(&self.fill.body.read());
+        let body = stored_body(&self.fill.body.read());
         self.fill
             .state
             .send_replace(FillState::Complete(body.len()));
@@ -673,6 +686,12 @@ impl Drop for MemoryMiss {
             fills.remove(&self.hash);
         }
     }
+}
+
+/// The response's `Content-Length`, if it declares a valid one.
+fn declared_length(meta: &CacheMeta) -> Option<usize> {
+    let value = meta.headers().get(http::header::CONTENT_LENGTH)?;
+    value.to_str().ok()?.parse().ok()
 }
 
 fn clone_meta(meta: &StoredMeta) -> StoredMeta {
@@ -785,6 +804,61 @@ mod tests {
         write_with(s, &varying, &meta(Some([7; 16])), b"hello").await;
         assert!(s.fresh_hit(&varying, now).is_none());
         assert!(s.fresh_hit(&key("b.com", "/fresh", ""), now).is_none());
+    }
+
+    fn meta_of_length(length: usize) -> CacheMeta {
+        let mut header = ResponseHeader::build(200, None).unwrap();
+        header.insert_header("content-length", length).unwrap();
+        let now = SystemTime::now();
+        CacheMeta::new(now + Duration::from_secs(60), now, 0, 0, header)
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn large_bodies_round_trip_in_pages_and_small_ones_on_the_heap() {
+        use crate::cache::body::in_read_only_pages;
+        let s = storage(1 << 20, Duration::from_secs(600));
+        let span = Span::inactive().handle();
+        let body: Vec<u8> = (0..100 * 1024).map(|i| (i % 251) as u8).collect();
+        let large = key("a.com", "/large", "");
+        let meta = meta_of_length(body.len());
+        let mut miss = s.get_miss_handler(&large, &meta, &span).await.unwrap();
+        for chunk in body.chunks(64 * 1024) {
+            let chunk = Bytes::copy_from_slice(chunk);
+            miss.write_body(chunk, false).await.unwrap();
+        }
+        miss.write_body(Bytes::new(), true).await.unwrap();
+        miss.finish().await.unwrap();
+        let (_, mut hit) = s.lookup(&large, &span).await.unwrap().unwrap();
+        let read = hit.read_body().await.unwrap().unwrap();
+        assert_eq!(&read[..], &body[..]);
+        assert!(in_read_only_pages(&read));
+        let fresh = s.fresh_hit(&large, SystemTime::now()).unwrap();
+        assert!(in_read_only_pages(&fresh.body()));
+
+        let small = key("a.com", "/small", "");
+        write(s, &small, b"hello").await;
+        let (_, mut hit) = s.lookup(&small, &span).await.unwrap().unwrap();
+        let read = hit.read_body().await.unwrap().unwrap();
+        assert_eq!(&read[..], b"hello");
+        assert!(!in_read_only_pages(&read));
+    }
+
+    #[tokio::test]
+    async fn fills_reserve_the_declared_length_up_to_the_largest_object() {
+        let s = MemoryStorage::new(1 << 20, Duration::from_secs(600)).with_max_object_size(4096);
+        let s: &'static MemoryStorage = Box::leak(Box::new(s));
+        let span = Span::inactive().handle();
+        let capacity = |k: &CacheKey| s.fills.read()[&k.combined_bin()].body.read().capacity();
+        let (declared, huge) = (key("a.com", "/d", ""), key("a.com", "/h", ""));
+        let _first = s
+            .get_miss_handler(&declared, &meta_of_length(3000), &span)
+            .await;
+        let _second = s
+            .get_miss_handler(&huge, &meta_of_length(1 << 30), &span)
+            .await;
+        assert_eq!(capacity(&declared), 3000);
+        assert_eq!(capacity(&huge), 4096);
     }
 
     #[tokio::test]
