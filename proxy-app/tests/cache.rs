@@ -259,8 +259,18 @@ async fn fresh_hits_keep_age_length_request_id_ranges_and_validators() {
     let length = first.body.len().to_string();
     assert_eq!(hit.header("content-length"), Some(length.as_str()));
 
+    // Later hits start from a header prepared by the first: every value is this request's.
+    let again = get(&[("x-request-id", "fast-2")]).await;
+    assert_eq!(again.header("x-request-id"), Some("fast-2"));
+    for name in ["x-cache-status", "x-request-id", "age"] {
+        let values: Vec<_> = again.headers.get_all(name).iter().collect();
+        assert_eq!(values.len(), 1, "{name}: {values:?}");
+        assert!(!values[0].is_empty(), "{name} is empty");
+    }
+
     let head = send(&proxy, reqwest::Method::HEAD, host, path, &[]).await;
     assert_eq!(head.header("x-cache-status"), Some("HIT"));
+    assert!(head.header("x-request-id").is_some_and(|id| !id.is_empty()));
     assert_eq!(head.header("content-length"), Some(length.as_str()));
     assert!(head.body.is_empty());
 
