@@ -7,7 +7,7 @@ mod tailnet_wait;
 
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
-use pingora::server::Server;
+use pingora::server::{RunArgs, Server};
 use proxy_core::config::load_file_with;
 use proxy_core::{server_conf, EdgeServices, RuntimeConfig};
 use std::io::IsTerminal;
@@ -117,8 +117,8 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a Pingora server for `config`; returns only on a startup error (Pingora exits the
-/// process when it shuts down).
+/// Runs a Pingora server for `config` until it shuts down, then writes the access-log lines
+/// still waiting and exits; returns only on a startup error.
 fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
     let conf = server_conf(&config.server);
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
@@ -127,7 +127,8 @@ fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
     let admin = config.observe.admin.listen;
     let services = EdgeServices::new(&server.configuration, Arc::new(config));
     services.prime_resolver(STARTUP_DNS_WAIT);
-    if let Some(log) = services.observability.access_log() {
+    let access_log = services.observability.access_log().cloned();
+    if let Some(log) = &access_log {
         // SIGUSR1 reopens the access-log file (after logrotate moved it).
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, log.reopen_flag())?;
     }
@@ -136,7 +137,11 @@ fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
     server.add_service(services.proxy);
     tracing::info!(%admin, "admin listener (metrics, health, readiness)");
     tracing::info!(?listen, "proxy-app {} serving", env!("CARGO_PKG_VERSION"));
-    server.run_forever()
+    server.run(RunArgs::default());
+    if let Some(log) = access_log {
+        log.finish();
+    }
+    std::process::exit(0)
 }
 
 #[cfg(test)]

@@ -104,7 +104,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let tailnet = tailnet(&["slow"]).await;
     let port = free_port();
     let config = format!(
-        "{}\n[upstreams.slow]\naddress = \"slow.{}:{}\"\n[sites.slow]\nhosts = [\"slow.example.com\"]\n[[sites.slow.locations]]\nmatch = \"/\"\nproxy = \"slow\"\n",
+        "{}\n[access_log]\npath = \"access.log\"\n[upstreams.slow]\naddress = \"slow.{}:{}\"\n[sites.slow]\nhosts = [\"slow.example.com\"]\n[[sites.slow.locations]]\nmatch = \"/\"\nproxy = \"slow\"\n",
         base_config(port, &tailnet),
         tailnet.domain(),
         tailnet.http_port()
@@ -141,6 +141,9 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
         .wait_exit(Duration::from_secs(15))
         .expect("exits after the grace period");
     assert!(status.success(), "exit status {status}");
+    // The drained request's log line was written before the process exited.
+    let log = std::fs::read_to_string(proxy.dir().join("access.log")).unwrap_or_default();
+    assert!(log.contains(r#""uri":"/?delay_ms=1500""#), "{log}");
 }
 
 #[tokio::test]

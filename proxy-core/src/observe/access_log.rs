@@ -11,6 +11,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use super::json::{json_key, JsonObject};
@@ -144,12 +145,21 @@ struct Pending {
 
 /// Held by every [`AccessLog`] clone; dropping the last one stops the writer.
 #[derive(Debug)]
-struct WriterHandle(Arc<Shared>);
+struct WriterHandle {
+    shared: Arc<Shared>,
+    writer: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl WriterHandle {
+    fn close(&self) {
+        self.shared.pending.lock().closed = true;
+        self.shared.wake.notify_one();
+    }
+}
 
 impl Drop for WriterHandle {
     fn drop(&mut self) {
-        self.0.pending.lock().closed = true;
-        self.0.wake.notify_one();
+        self.close();
     }
 }
 
@@ -162,10 +172,11 @@ impl AccessLog {
     ) -> io::Result<Self> {
         let sink = Sink::open(&target)?;
         let log = Self::unstarted(capacity, metrics);
-        let shared = log.handle.0.clone();
-        std::thread::Builder::new()
+        let shared = log.handle.shared.clone();
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_batches(&shared, sink, &target))?;
+        *log.handle.writer.lock() = Some(writer);
         Ok(log)
     }
 
@@ -177,7 +188,10 @@ impl AccessLog {
             capacity: capacity.max(1),
         };
         Self {
-            handle: Arc::new(WriterHandle(Arc::new(shared))),
+            handle: Arc::new(WriterHandle {
+                shared: Arc::new(shared),
+                writer: Mutex::new(None),
+            }),
             metrics,
         }
     }
@@ -185,7 +199,7 @@ impl AccessLog {
     /// Queues one entry; never blocks on I/O. When `capacity` lines already wait, the
     /// line is dropped and counted.
     pub fn log(&self, entry: &AccessLogEntry<'_>) {
-        let shared = &self.handle.0;
+        let shared = &self.handle.shared;
         let mut pending = shared.pending.lock();
         if pending.lines >= shared.capacity {
             drop(pending);
@@ -199,15 +213,24 @@ impl AccessLog {
         }
     }
 
+    /// Writes every waiting line and stops the writer; lines logged later are lost. Call
+    /// once the server has stopped, before the process exits.
+    pub fn finish(&self) {
+        self.handle.close();
+        if let Some(writer) = self.handle.writer.lock().take() {
+            let _ = writer.join();
+        }
+    }
+
     /// Asks the writer to reopen its file (call on SIGUSR1 after rotating it).
     pub fn reopen(&self) {
-        self.handle.0.reopen.store(true, Ordering::Relaxed);
+        self.handle.shared.reopen.store(true, Ordering::Relaxed);
     }
 
     /// The flag [`AccessLog::reopen`] sets, for a signal handler that may only store to an
     /// atomic (e.g. `signal_hook::flag::register`).
     pub fn reopen_flag(&self) -> Arc<AtomicBool> {
-        self.handle.0.reopen.clone()
+        self.handle.shared.reopen.clone()
     }
 }
 
@@ -354,6 +377,20 @@ mod tests {
             String::from_utf8(line).unwrap(),
             String::from_utf8(expected).unwrap()
         );
+    }
+
+    #[test]
+    fn finish_writes_waiting_lines_before_returning() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let target = AccessLogTarget::File(path.clone());
+        let log = AccessLog::start(target, 16, Arc::new(Metrics::new())).unwrap();
+        for _ in 0..3 {
+            log.log(&AccessLogEntry::default());
+        }
+        log.finish();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 3);
     }
 
     #[test]
