@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Load-tests proxy-app against a local fake tailnet, side by side with nginx, and writes
-# benches/RESULTS.md. Installs nginx and wrk if missing. Loopback only, except the wan-*
+# benches/RESULTS.md. Installs nginx, wrk and valgrind if missing (observed-1k counts
+# proxy-app's instructions per request under callgrind). Loopback only, except the wan-*
 # scenarios; bounded in time.
 #
 # wan-* scenarios (latency-bound, upstream connection reuse matters): the harness puts the
@@ -16,7 +17,7 @@
 #   benches/run.sh --scenarios wan-pass-1k,wan-pass-tls-1k --netem-delay 50ms
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-packages.sh cmake clang nginx wrk
+scripts/ensure-packages.sh cmake clang nginx wrk valgrind
 
 profile=release
 out=(--out benches/RESULTS.md)

@@ -4,12 +4,14 @@
 //! The servers run pinned to core 0, the load generator (wrk) and the fake tailnet to core
 //! 1; each scenario alternates proxy-app / nginx / direct runs (A/B/A/B) and reports
 //! medians with their spread; the `cache-fill-*` scenarios instead fill proxy-app's cache
-//! with distinct objects and report its memory (see [`fill`]). Everything listens on
+//! with distinct objects and report its memory (see [`fill`]); `observed-1k` also counts
+//! proxy-app's instructions per request under callgrind (see [`callgrind`]). Everything listens on
 //! loopback, except the peer of the `wan-*` scenarios: it gets a network namespace of its
 //! own behind a veth pair with a round-trip delay (see [`netns`]), removed again on exit, on
 //! error and on Ctrl-C. Every run is bounded in time. Run it through `benches/run.sh`, which
 //! builds what it needs first.
 
+mod callgrind;
 mod fill;
 mod measure;
 mod netns;
@@ -128,6 +130,14 @@ fn main() -> Result<()> {
         }
         let rows = run_scenario(scenario, &args, &up, dir.path(), duration)
             .with_context(|| format!("scenario {}", scenario.name))?;
+        // wrk's req/s are too noisy for a few percent: count instructions too.
+        let note = match scenario.observed {
+            true => Some(
+                callgrind::observed_note(scenario, &args, &up, dir.path())
+                    .with_context(|| format!("scenario {}, callgrind", scenario.name))?,
+            ),
+            false => note,
+        };
         report.scenario(scenario, rows, note.as_deref());
     }
     let text = report.render();
@@ -240,12 +250,17 @@ struct Server {
 impl Server {
     /// Waits until the server on `port` answers the scenario's request.
     fn ready(child: Child, port: u16, s: &Scenario) -> Result<Server> {
+        Server::ready_within(child, port, s, Duration::from_secs(20))
+    }
+
+    /// Waits at most `limit` until the server on `port` answers the scenario's request.
+    fn ready_within(child: Child, port: u16, s: &Scenario, limit: Duration) -> Result<Server> {
         signals::track_child(child.id());
         let server = Server {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], port)),
         };
-        wait_ready(server.addr, &s.host(), &s.path())?;
+        wait_ready(server.addr, &s.host(), &s.path(), limit)?;
         Ok(server)
     }
 
@@ -393,9 +408,7 @@ fn start_proxy(
     tag: &str,
     env: &[(&str, &str)],
 ) -> Result<Server> {
-    let port = free_port()?;
-    let config = dir.join(format!("{}{tag}-proxy.toml", s.name));
-    std::fs::write(&config, scenario::proxy_config(s, port, free_port()?, up))?;
+    let (config, port) = write_proxy_config(s, up, dir, tag)?;
     let log = std::fs::File::create(dir.join(format!("{}{tag}-proxy.log", s.name)))?;
     let child = pinned_command(bin.as_os_str())
         .args(["run", "--config"])
@@ -407,6 +420,19 @@ fn start_proxy(
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
     Server::ready(child, port, s)
+}
+
+/// Writes proxy-app's config for `s` on free ports; returns its path and the listen port.
+fn write_proxy_config(
+    s: &Scenario,
+    up: &Upstream<'_>,
+    dir: &Path,
+    tag: &str,
+) -> Result<(PathBuf, u16)> {
+    let port = free_port()?;
+    let config = dir.join(format!("{}{tag}-proxy.toml", s.name));
+    std::fs::write(&config, scenario::proxy_config(s, port, free_port()?, up))?;
+    Ok((config, port))
 }
 
 fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path, keepalive: bool) -> Result<Server> {
@@ -478,8 +504,8 @@ fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn wait_ready(addr: SocketAddr, host: &str, path: &str) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(20);
+fn wait_ready(addr: SocketAddr, host: &str, path: &str, limit: Duration) -> Result<()> {
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if get_status(addr, host, path).is_some_and(|status| status == "200") {
             return Ok(());
