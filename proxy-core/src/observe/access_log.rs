@@ -125,6 +125,10 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 /// A batch buffer grown past this is not kept for the next batch.
 const KEEP_BUFFER: usize = 1 << 20;
 
+/// Bytes allowed to wait per line of capacity: lines carry client-chosen text (URI, User-Agent,
+/// Referer), so a stalled writer must be bounded in bytes too, not only in lines.
+const BYTES_PER_LINE: usize = 2048;
+
 /// What requests and the writer thread share.
 #[derive(Debug)]
 struct Shared {
@@ -164,7 +168,8 @@ impl Drop for WriterHandle {
 }
 
 impl AccessLog {
-    /// Opens `target` and starts the writer thread; at most `capacity` lines wait.
+    /// Opens `target` and starts the writer thread; at most `capacity` lines (and
+    /// `capacity` x 2 KiB) wait.
     pub fn start(
         target: AccessLogTarget,
         capacity: usize,
@@ -196,12 +201,14 @@ impl AccessLog {
         }
     }
 
-    /// Queues one entry; never blocks on I/O. When `capacity` lines already wait, the
-    /// line is dropped and counted.
+    /// Queues one entry; never blocks on I/O. When `capacity` lines or their bytes already
+    /// wait, the line is dropped and counted.
     pub fn log(&self, entry: &AccessLogEntry<'_>) {
         let shared = &self.handle.shared;
         let mut pending = shared.pending.lock();
-        if pending.lines >= shared.capacity {
+        if pending.lines >= shared.capacity
+            || pending.bytes.len() >= shared.capacity.saturating_mul(BYTES_PER_LINE)
+        {
             drop(pending);
             self.metrics.access_log_dropped();
             return;
@@ -352,6 +359,22 @@ mod tests {
         for _ in 0..3 {
             log.log(&AccessLogEntry::default());
         }
+        assert!(metrics.render().contains("edge_access_log_dropped_total 2"));
+    }
+
+    #[test]
+    fn waiting_bytes_are_bounded_too() {
+        let metrics = Arc::new(Metrics::new());
+        let log = AccessLog::unstarted(4, metrics.clone());
+        let long = "a".repeat(3 * BYTES_PER_LINE);
+        let entry = AccessLogEntry {
+            uri: &long,
+            ..Default::default()
+        };
+        for _ in 0..4 {
+            log.log(&entry);
+        }
+        // Two long lines pass 4 x 2 KiB: the next two are dropped though lines are free.
         assert!(metrics.render().contains("edge_access_log_dropped_total 2"));
     }
 
