@@ -9,6 +9,7 @@
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use http::HeaderValue;
 use parking_lot::RwLock;
 use pingora::cache::eviction::lru::Manager;
 use pingora::cache::eviction::EvictionManager;
@@ -65,7 +66,7 @@ impl StoredMeta {
             stale_while_revalidate: meta.stale_while_revalidate_sec(),
             stale_if_error: meta.stale_if_error_sec(),
             variance: meta.variance(),
-            header: meta.response_header_copy(),
+            header: detached(meta.response_header()),
         }
     }
 
@@ -92,6 +93,41 @@ impl StoredMeta {
             .map(|(name, value)| name.as_str().len() + value.len() + 4)
             .sum::<usize>()
             + ENTRY_OVERHEAD
+    }
+}
+
+/// A copy of `header` that owns its bytes. A parsed header's values and name spellings are
+/// slices of the buffer the response was read into (with the first body bytes); a cached
+/// header must not keep that whole buffer alive for as long as the entry lives.
+fn detached(header: &ResponseHeader) -> ResponseHeader {
+    let copy = |value: &HeaderValue| {
+        HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
+    };
+    let size = Some(header.headers.len());
+    let built = match header.has_case() {
+        true => ResponseHeader::build(header.status, size),
+        false => ResponseHeader::build_no_case(header.status, size),
+    };
+    let Ok(mut owned) = built else {
+        return header.clone();
+    };
+    owned.set_version(header.version);
+    let mut appended = Ok(());
+    if header.has_case() {
+        for (name, value) in header.case_header_iter() {
+            let name = String::from_utf8_lossy(name.as_slice()).into_owned();
+            appended = appended.and_then(|()| owned.append_header(name, copy(value)).map(|_| ()));
+        }
+    } else {
+        for (name, value) in header.headers.iter() {
+            appended =
+                appended.and_then(|()| owned.append_header(name.clone(), copy(value)).map(|_| ()));
+        }
+    }
+    let reason = header.get_reason_phrase().map(str::to_owned);
+    match appended.and_then(|()| owned.set_reason_phrase(reason.as_deref())) {
+        Ok(()) => owned,
+        Err(_) => header.clone(),
     }
 }
 
@@ -804,6 +840,30 @@ mod tests {
         write_with(s, &varying, &meta(Some([7; 16])), b"hello").await;
         assert!(s.fresh_hit(&varying, now).is_none());
         assert!(s.fresh_hit(&key("b.com", "/fresh", ""), now).is_none());
+    }
+
+    #[test]
+    fn detached_headers_keep_status_spelling_order_and_reason() {
+        let wire = |h: &ResponseHeader| {
+            let mut buf = Vec::new();
+            h.header_to_h1_wire(&mut buf);
+            (
+                h.status,
+                h.version,
+                h.get_reason_phrase().map(str::to_owned),
+                buf,
+            )
+        };
+        let mut header = ResponseHeader::build(203, None).unwrap();
+        header.append_header("ETag", "\"v1\"").unwrap();
+        header.append_header("set-COOKIE", "a=1").unwrap();
+        header.append_header("Set-Cookie", "b=2").unwrap();
+        header.append_header("x-Custom", "é".as_bytes()).unwrap();
+        header.set_reason_phrase(Some("Fine")).unwrap();
+        assert_eq!(wire(&detached(&header)), wire(&header));
+        let mut plain = ResponseHeader::build_no_case(404, None).unwrap();
+        plain.append_header("content-length", "0").unwrap();
+        assert_eq!(wire(&detached(&plain)), wire(&plain));
     }
 
     fn meta_of_length(length: usize) -> CacheMeta {
