@@ -10,6 +10,7 @@ use crate::measure::wrk;
 use crate::scenario::{Scenario, Upstream};
 use crate::Server;
 use anyhow::{bail, Context, Result};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -132,20 +133,12 @@ fn start(
     tag: &str,
     out_file: &Path,
 ) -> Result<Server> {
-    let (config, port) = crate::write_proxy_config(s, up, dir, tag)?;
-    let log = std::fs::File::create(dir.join(format!("{}{tag}-callgrind.log", s.name)))?;
-    let child = crate::pinned_command("valgrind".as_ref())
-        .arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out_file.display()))
-        .arg(bin)
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .context("starting valgrind")?;
-    Server::ready_within(child, port, s, START_DEADLINE).context("proxy-app under callgrind")
+    let mut out_arg = OsString::from("--callgrind-out-file=");
+    out_arg.push(out_file);
+    let wrapper = ["valgrind".into(), "--tool=callgrind".into(), out_arg];
+    let tag = format!("{tag}-callgrind");
+    crate::start_proxy_under(s, bin, up, dir, &tag, &[], &wrapper, START_DEADLINE)
+        .context("proxy-app under callgrind")
 }
 
 /// Sends callgrind_control's `option` (`-z` zero, `-d` dump) to process `pid`; returns

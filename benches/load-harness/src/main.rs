@@ -26,6 +26,7 @@ use measure::{children, cpu_seconds, peak_rss_mib, wrk, Sample};
 use netns::{DelayMethod, Netns};
 use report::{FillRow, Report, Row, DIRECT, LAZY_COMMIT, NO_KEEPALIVE, UNOBSERVED};
 use scenario::{Scenario, Upstream, Work};
+use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
@@ -163,6 +164,9 @@ fn measure_direct(
 /// Name of the peer behind the slow path.
 const WAN_PEER: &str = "wan";
 
+/// How long a server may take to answer its scenario's request after starting.
+const READY_LIMIT: Duration = Duration::from_secs(20);
+
 /// The fake peer of the `wan-*` scenarios: in a network namespace of its own, behind a veth
 /// pair with a round-trip delay, and in the root tailnet's DNS.
 struct WanPeer {
@@ -250,7 +254,7 @@ struct Server {
 impl Server {
     /// Waits until the server on `port` answers the scenario's request.
     fn ready(child: Child, port: u16, s: &Scenario) -> Result<Server> {
-        Server::ready_within(child, port, s, Duration::from_secs(20))
+        Server::ready_within(child, port, s, READY_LIMIT)
     }
 
     /// Waits at most `limit` until the server on `port` answers the scenario's request.
@@ -408,9 +412,30 @@ fn start_proxy(
     tag: &str,
     env: &[(&str, &str)],
 ) -> Result<Server> {
+    start_proxy_under(s, bin, up, dir, tag, env, &[], READY_LIMIT)
+}
+
+/// [`start_proxy`] with proxy-app's command line after `wrapper` (a tool such as valgrind),
+/// given `limit` to answer.
+#[allow(clippy::too_many_arguments)]
+fn start_proxy_under(
+    s: &Scenario,
+    bin: &Path,
+    up: &Upstream<'_>,
+    dir: &Path,
+    tag: &str,
+    env: &[(&str, &str)],
+    wrapper: &[OsString],
+    limit: Duration,
+) -> Result<Server> {
     let (config, port) = write_proxy_config(s, up, dir, tag)?;
     let log = std::fs::File::create(dir.join(format!("{}{tag}-proxy.log", s.name)))?;
-    let child = pinned_command(bin.as_os_str())
+    let (program, args) = match wrapper.split_first() {
+        Some((tool, tool_args)) => (tool.as_os_str(), [tool_args, &[bin.into()]].concat()),
+        None => (bin.as_os_str(), Vec::new()),
+    };
+    let child = pinned_command(program)
+        .args(args)
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -418,8 +443,8 @@ fn start_proxy(
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    Server::ready(child, port, s)
+        .with_context(|| format!("starting {}", program.to_string_lossy()))?;
+    Server::ready_within(child, port, s, limit)
 }
 
 /// Writes proxy-app's config for `s` on free ports; returns its path and the listen port.

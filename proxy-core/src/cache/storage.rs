@@ -100,35 +100,31 @@ impl StoredMeta {
 /// slices of the buffer the response was read into (with the first body bytes); a cached
 /// header must not keep that whole buffer alive for as long as the entry lives.
 fn detached(header: &ResponseHeader) -> ResponseHeader {
+    owned_copy(header).unwrap_or_else(|_| header.clone())
+}
+
+fn owned_copy(header: &ResponseHeader) -> Result<ResponseHeader> {
     let copy = |value: &HeaderValue| {
         HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone())
     };
     let size = Some(header.headers.len());
-    let built = match header.has_case() {
-        true => ResponseHeader::build(header.status, size),
-        false => ResponseHeader::build_no_case(header.status, size),
-    };
-    let Ok(mut owned) = built else {
-        return header.clone();
+    let mut owned = match header.has_case() {
+        true => ResponseHeader::build(header.status, size)?,
+        false => ResponseHeader::build_no_case(header.status, size)?,
     };
     owned.set_version(header.version);
-    let mut appended = Ok(());
     if header.has_case() {
         for (name, value) in header.case_header_iter() {
             let name = String::from_utf8_lossy(name.as_slice()).into_owned();
-            appended = appended.and_then(|()| owned.append_header(name, copy(value)).map(|_| ()));
+            owned.append_header(name, copy(value))?;
         }
     } else {
-        for (name, value) in header.headers.iter() {
-            appended =
-                appended.and_then(|()| owned.append_header(name.clone(), copy(value)).map(|_| ()));
+        for (name, value) in &header.headers {
+            owned.append_header(name.clone(), copy(value))?;
         }
     }
-    let reason = header.get_reason_phrase().map(str::to_owned);
-    match appended.and_then(|()| owned.set_reason_phrase(reason.as_deref())) {
-        Ok(()) => owned,
-        Err(_) => header.clone(),
-    }
+    owned.set_reason_phrase(header.get_reason_phrase())?;
+    Ok(owned)
 }
 
 /// A complete entry.
@@ -374,8 +370,7 @@ impl MemoryStorage {
         if meta.variance.is_some() || meta.fresh_until <= now {
             return None;
         }
-        let declared = meta.header.headers.get(http::header::CONTENT_LENGTH)?;
-        if declared.to_str().ok()?.parse::<usize>().ok()? != entry.body.len() {
+        if declared_length(&meta.header)? != entry.body.len() {
             return None;
         }
         // One LRU touch per entry and second is enough to keep a hot object at the front,
@@ -450,7 +445,8 @@ impl Storage for MemoryStorage {
         let hash = key.combined_bin();
         let id = self.next_fill.fetch_add(1, Ordering::Relaxed);
         let (state, _) = watch::channel(FillState::Partial(0));
-        let capacity = declared_length(meta).map_or(0, |n| n.min(self.max_object_size));
+        let capacity =
+            declared_length(meta.response_header()).map_or(0, |n| n.min(self.max_object_size));
         let fill = Arc::new(Fill {
             id,
             meta: StoredMeta::from_meta(meta),
@@ -725,8 +721,8 @@ impl Drop for MemoryMiss {
 }
 
 /// The response's `Content-Length`, if it declares a valid one.
-fn declared_length(meta: &CacheMeta) -> Option<usize> {
-    let value = meta.headers().get(http::header::CONTENT_LENGTH)?;
+fn declared_length(header: &ResponseHeader) -> Option<usize> {
+    let value = header.headers.get(http::header::CONTENT_LENGTH)?;
     value.to_str().ok()?.parse().ok()
 }
 

@@ -135,7 +135,12 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     reopen: Arc<AtomicBool>,
+    /// Lines that may wait.
     capacity: usize,
+    /// Bytes that may wait.
+    max_bytes: usize,
+    /// The waiting lines at which the writer is woken before its interval ends.
+    wake_at: usize,
 }
 
 /// Lines waiting for the writer.
@@ -143,7 +148,8 @@ struct Shared {
 struct Pending {
     bytes: Vec<u8>,
     lines: usize,
-    /// Set when the last [`AccessLog`] clone is gone: write what is left and stop.
+    /// Set by [`AccessLog::finish`] or when the last clone is gone: write what is left and
+    /// stop.
     closed: bool,
 }
 
@@ -186,11 +192,14 @@ impl AccessLog {
     }
 
     fn unstarted(capacity: usize, metrics: Arc<Metrics>) -> Self {
+        let capacity = capacity.max(1);
         let shared = Shared {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             reopen: Arc::new(AtomicBool::new(false)),
-            capacity: capacity.max(1),
+            capacity,
+            max_bytes: capacity.saturating_mul(BYTES_PER_LINE),
+            wake_at: (capacity / 2).max(1),
         };
         Self {
             handle: Arc::new(WriterHandle {
@@ -206,16 +215,14 @@ impl AccessLog {
     pub fn log(&self, entry: &AccessLogEntry<'_>) {
         let shared = &self.handle.shared;
         let mut pending = shared.pending.lock();
-        if pending.lines >= shared.capacity
-            || pending.bytes.len() >= shared.capacity.saturating_mul(BYTES_PER_LINE)
-        {
+        if pending.lines >= shared.capacity || pending.bytes.len() >= shared.max_bytes {
             drop(pending);
             self.metrics.access_log_dropped();
             return;
         }
         entry.write_line(&mut pending.bytes);
         pending.lines += 1;
-        if pending.lines == (shared.capacity / 2).max(1) {
+        if pending.lines == shared.wake_at {
             shared.wake.notify_one();
         }
     }

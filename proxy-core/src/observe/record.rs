@@ -256,10 +256,10 @@ impl LogTime {
 /// `2026-11-23T04:05:06` for `secs` after the epoch.
 fn second_text(secs: u64) -> [u8; SECOND_LEN] {
     let mut text = [b'0'; SECOND_LEN];
-    let Ok(when) = i64::try_from(secs)
-        .map_err(|_| ())
-        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).map_err(|_| ()))
-    else {
+    let when = i64::try_from(secs)
+        .ok()
+        .and_then(|s| time::OffsetDateTime::from_unix_timestamp(s).ok());
+    let Some(when) = when else {
         return text;
     };
     let formatted = format!(

@@ -43,15 +43,11 @@ impl Redactor {
     }
 
     fn is_secret_param(&self, name: &str) -> bool {
-        if !name.contains('%') {
-            return self
-                .params
-                .iter()
-                .any(|p| contains_ignore_ascii_case(name, p));
-        }
+        // Borrowed, without a copy, when the name has nothing percent-encoded.
         let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
-        let lower = decoded.to_ascii_lowercase();
-        self.params.iter().any(|p| lower.contains(p.as_str()))
+        self.params
+            .iter()
+            .any(|p| contains_ignore_ascii_case(&decoded, p))
     }
 
     fn has_secret_param(&self, query: &str) -> bool {
