@@ -24,17 +24,40 @@ const ESCAPES: [u8; 256] = {
 
 const HEX: &[u8; 16] = b"0123456789abcdef";
 
-/// The key of a field with its punctuation, built at compile time: `{"name":` for the
-/// first field of an object (`json_key!(first "name")`), `,"name":` for the others.
+/// The key of a field with its punctuation, built at compile time by [`json_key!`]:
+/// `{"name":` for the first field of an object (`json_key!(first "name")`), `,"name":` for
+/// the others, and the same followed by the opening quote for string values.
+#[derive(Clone, Copy)]
+pub(crate) struct JsonKey {
+    plain: &'static str,
+    before_string: &'static str,
+}
+
 macro_rules! json_key {
     (first $name:literal) => {
-        concat!("{\"", $name, "\":")
+        $crate::observe::json::JsonKey::new(
+            concat!("{\"", $name, "\":"),
+            concat!("{\"", $name, "\":\""),
+        )
     };
     ($name:literal) => {
-        concat!(",\"", $name, "\":")
+        $crate::observe::json::JsonKey::new(
+            concat!(",\"", $name, "\":"),
+            concat!(",\"", $name, "\":\""),
+        )
     };
 }
 pub(crate) use json_key;
+
+impl JsonKey {
+    /// Used by [`json_key!`] only.
+    pub(crate) const fn new(plain: &'static str, before_string: &'static str) -> Self {
+        Self {
+            plain,
+            before_string,
+        }
+    }
+}
 
 /// One JSON object being appended to a buffer, field by field; keys come from
 /// [`json_key!`] (plain ASCII identifiers that need no escaping), and [`JsonObject::end`]
@@ -56,29 +79,36 @@ impl<'o> JsonObject<'o> {
 
     /// A string field.
     #[inline(always)]
-    pub(crate) fn str(&mut self, key: &'static str, value: &str) {
-        self.out.extend_from_slice(key.as_bytes());
-        write_str(self.out, value);
+    pub(crate) fn str(&mut self, key: JsonKey, value: &str) {
+        let bytes = value.as_bytes();
+        if is_plain(bytes) {
+            self.out.extend_from_slice(key.before_string.as_bytes());
+            self.out.extend_from_slice(bytes);
+        } else {
+            self.out.extend_from_slice(key.plain.as_bytes());
+            write_escaped_str(self.out, bytes);
+        }
+        self.out.push(b'"');
     }
 
     /// An unsigned integer field.
     #[inline(always)]
-    pub(crate) fn uint(&mut self, key: &'static str, value: impl itoa::Integer) {
-        self.out.extend_from_slice(key.as_bytes());
+    pub(crate) fn uint(&mut self, key: JsonKey, value: impl itoa::Integer) {
+        self.out.extend_from_slice(key.plain.as_bytes());
         self.out
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
     /// A number field; `null` when not finite, as serde_json writes it.
     #[inline(always)]
-    pub(crate) fn float(&mut self, key: &'static str, value: f64) {
-        self.out.extend_from_slice(key.as_bytes());
+    pub(crate) fn float(&mut self, key: JsonKey, value: f64) {
+        self.out.extend_from_slice(key.plain.as_bytes());
         write_float(self.out, value);
     }
 
     /// An optional integer field (`null` when absent).
     #[inline(always)]
-    pub(crate) fn opt_uint(&mut self, key: &'static str, value: Option<impl itoa::Integer>) {
+    pub(crate) fn opt_uint(&mut self, key: JsonKey, value: Option<impl itoa::Integer>) {
         match value {
             Some(v) => self.uint(key, v),
             None => self.null(key),
@@ -87,7 +117,7 @@ impl<'o> JsonObject<'o> {
 
     /// An optional number field (`null` when absent).
     #[inline(always)]
-    pub(crate) fn opt_float(&mut self, key: &'static str, value: Option<f64>) {
+    pub(crate) fn opt_float(&mut self, key: JsonKey, value: Option<f64>) {
         match value {
             Some(v) => self.float(key, v),
             None => self.null(key),
@@ -95,8 +125,8 @@ impl<'o> JsonObject<'o> {
     }
 
     #[inline(always)]
-    fn null(&mut self, key: &'static str) {
-        self.out.extend_from_slice(key.as_bytes());
+    fn null(&mut self, key: JsonKey) {
+        self.out.extend_from_slice(key.plain.as_bytes());
         self.out.extend_from_slice(b"null");
     }
 }
@@ -113,9 +143,11 @@ fn write_float(out: &mut Vec<u8>, value: f64) {
         return;
     }
     if value.is_sign_positive() && value < MILLIS_MAX {
-        let millis = (value * 1000.0).round();
-        if millis / 1000.0 == value {
-            write_millis(out, millis as u64);
+        // Rounded to the nearest millisecond (a truncating cast, no libm call); values
+        // that are not whole milliseconds fail the check and take the general path.
+        let millis = (value * 1000.0 + 0.5) as u64;
+        if millis as f64 / 1000.0 == value {
+            write_millis(out, millis);
             return;
         }
     }
@@ -125,7 +157,11 @@ fn write_float(out: &mut Vec<u8>, value: f64) {
 
 /// `millis` / 1000 as a decimal: `0.0`, `0.005`, `1.5`, `12.25`.
 fn write_millis(out: &mut Vec<u8>, millis: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(millis / 1000).as_bytes());
+    match millis / 1000 {
+        // Most requests take under ten seconds: one digit, no copy.
+        secs @ 0..=9 => out.push(b'0' + secs as u8),
+        secs => out.extend_from_slice(itoa::Buffer::new().format(secs).as_bytes()),
+    }
     out.push(b'.');
     let fraction = millis % 1000;
     let digits = [
@@ -138,7 +174,10 @@ fn write_millis(out: &mut Vec<u8>, millis: u64) {
         (d, _) if d != b'0' => 2,
         _ => 1,
     };
-    out.extend_from_slice(&digits[..keep]);
+    // Byte by byte: a copy of 1 to 3 bytes would be a `memcpy` call.
+    for &digit in &digits[..keep] {
+        out.push(digit);
+    }
 }
 
 /// Whether any of 8 bytes needs escaping: a control byte, `"` or `\`. Exact about
@@ -154,30 +193,28 @@ fn any_escape(word: u64) -> bool {
     (below_space | quote_zero | backslash_zero) & HIGHS != 0
 }
 
-/// Whether `bytes` can go into a JSON string as they are: checked 8 at a time, the last
-/// few padded with spaces.
+/// Whether `bytes` can go into a JSON string as they are. Eight or more bytes are checked
+/// a word at a time, the tail as the last eight bytes (overlapping the words before it,
+/// which is harmless for a yes/no answer and needs no copy); shorter ones byte by byte.
+#[inline(always)]
 fn is_plain(bytes: &[u8]) -> bool {
-    let mut words = bytes.chunks_exact(8);
-    let words_plain = words
-        .by_ref()
-        .filter_map(|word| <[u8; 8]>::try_from(word).ok())
-        .all(|word| !any_escape(u64::from_le_bytes(word)));
-    let rest = words.remainder();
-    let mut last = [b' '; 8];
-    last[..rest.len()].copy_from_slice(rest);
-    words_plain && !any_escape(u64::from_le_bytes(last))
+    let Some(last) = bytes.last_chunk::<8>() else {
+        return bytes.iter().all(|&b| ESCAPES[usize::from(b)] == 0);
+    };
+    bytes
+        .chunks_exact(8)
+        .filter_map(|word| <&[u8; 8]>::try_from(word).ok())
+        .chain([last])
+        .all(|word| !any_escape(u64::from_le_bytes(*word)))
 }
 
-/// `value` as a JSON string. Most log values need no escape and are copied whole.
-fn write_str(out: &mut Vec<u8>, value: &str) {
-    let bytes = value.as_bytes();
+/// `bytes` after an opening quote, for a string that needs escapes: kept out of line, as
+/// most log values need none and are copied whole.
+#[cold]
+#[inline(never)]
+fn write_escaped_str(out: &mut Vec<u8>, bytes: &[u8]) {
     out.push(b'"');
-    if is_plain(bytes) {
-        out.extend_from_slice(bytes);
-    } else {
-        write_escaped(out, bytes);
-    }
-    out.push(b'"');
+    write_escaped(out, bytes);
 }
 
 /// `bytes` with escapes written between runs of plain bytes.
@@ -205,6 +242,13 @@ fn write_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
 mod tests {
     use super::*;
 
+    /// `value` written as a field's value, without its key.
+    fn string_field(value: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        JsonObject::new(&mut out).str(json_key!(first "k"), value);
+        out.split_off(br#"{"k":"#.len())
+    }
+
     #[test]
     fn strings_are_escaped_as_serde_json_escapes_them() {
         let tricky = [
@@ -218,22 +262,20 @@ mod tests {
             "\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}\u{1f}x",
         ];
         for s in tricky {
-            let mut out = Vec::new();
-            write_str(&mut out, s);
-            assert_eq!(out, serde_json::to_vec(s).unwrap(), "{s:?}");
+            assert_eq!(string_field(s), serde_json::to_vec(s).unwrap(), "{s:?}");
         }
     }
 
     #[test]
     fn every_escape_is_found_at_every_offset() {
         for byte in (0u8..0x80).chain([b'"', b'\\']) {
-            for offset in 0..17 {
+            // The escape in the words, in the overlapping tail, and as the last byte.
+            for (offset, after) in (0..17).flat_map(|o| [(o, ""), (o, "b"), (o, "bcdefghij")]) {
                 let mut text = "a".repeat(offset);
                 text.push(char::from(byte));
-                text.push_str("bcdefghij");
-                let mut out = Vec::new();
-                write_str(&mut out, &text);
-                assert_eq!(out, serde_json::to_vec(&text).unwrap(), "{text:?}");
+                text.push_str(after);
+                let expected = serde_json::to_vec(&text).unwrap();
+                assert_eq!(string_field(&text), expected, "{text:?}");
             }
         }
     }

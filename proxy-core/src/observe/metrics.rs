@@ -154,15 +154,16 @@ impl PairCounters {
         }
     }
 
-    fn get(&self, recorder: &PrometheusRecorder, first: &str, second: &str) -> Counter {
-        let cached = self
+    /// Adds one to the counter of (`first`, `second`), registering it the first time.
+    fn increment(&self, recorder: &PrometheusRecorder, first: &str, second: &str) {
+        if let Some(counter) = self
             .seen
             .read()
             .get(first)
             .and_then(|inner| inner.get(second))
-            .cloned();
-        if let Some(counter) = cached {
-            return counter;
+        {
+            counter.increment(1);
+            return;
         }
         let key = Metrics::key(
             self.name,
@@ -175,7 +176,7 @@ impl PairCounters {
             .or_default()
             .entry(second.to_owned())
             .or_insert(counter)
-            .clone()
+            .increment(1);
     }
 }
 
@@ -184,6 +185,22 @@ struct SiteHandles {
     duration: Histogram,
     bytes: Counter,
     requests: RwLock<HashMap<(&'static str, u16), Counter>>,
+}
+
+impl SiteHandles {
+    /// Records one request; false, recording nothing, when its (method, status) counter
+    /// has not been registered yet.
+    fn record(&self, method: &'static str, status: u16, duration: Duration, bytes: u64) -> bool {
+        let requests = self.requests.read();
+        let Some(counter) = requests.get(&(method, status)) else {
+            return false;
+        };
+        counter.increment(1);
+        drop(requests);
+        self.duration.record(duration.as_secs_f64());
+        self.bytes.increment(bytes);
+        true
+    }
 }
 
 impl std::fmt::Debug for Metrics {
@@ -360,18 +377,21 @@ impl Metrics {
         if !self.enabled {
             return;
         }
+        // Handles seen before are used under the read locks, without cloning them.
+        let recorded = self
+            .sites
+            .read()
+            .get(site)
+            .is_some_and(|handles| handles.record(method, status, duration, body_bytes));
+        if recorded {
+            return;
+        }
         let handles = self.site_handles(site);
-        self.requests_counter(&handles, site, method, status)
-            .increment(1);
-        handles.duration.record(duration.as_secs_f64());
-        handles.bytes.increment(body_bytes);
+        self.requests_counter(&handles, site, method, status);
+        handles.record(method, status, duration, body_bytes);
     }
 
     fn site_handles(&self, site: &str) -> Arc<SiteHandles> {
-        let cached = self.sites.read().get(site).cloned();
-        if let Some(handles) = cached {
-            return handles;
-        }
         let fresh = Arc::new(SiteHandles {
             duration: self.histogram(REQUEST_DURATION, &[("host", site)]),
             bytes: self.counter(RESPONSE_BYTES, &[("host", site)]),
@@ -390,11 +410,7 @@ impl Metrics {
         site: &str,
         method: &'static str,
         status: u16,
-    ) -> Counter {
-        let cached = handles.requests.read().get(&(method, status)).cloned();
-        if let Some(counter) = cached {
-            return counter;
-        }
+    ) {
         let status_text = status.to_string();
         let counter = self.counter(
             REQUESTS_TOTAL,
@@ -404,8 +420,7 @@ impl Metrics {
             .requests
             .write()
             .entry((method, status))
-            .or_insert(counter)
-            .clone()
+            .or_insert(counter);
     }
 
     /// An upstream's response headers arrived after `elapsed`.
@@ -413,16 +428,16 @@ impl Metrics {
         if !self.enabled {
             return;
         }
-        let cached = self.upstream_durations.read().get(upstream).cloned();
-        let histogram = cached.unwrap_or_else(|| {
-            let fresh = self.histogram(UPSTREAM_DURATION, &[("upstream", upstream)]);
-            self.upstream_durations
-                .write()
-                .entry(upstream.to_owned())
-                .or_insert(fresh)
-                .clone()
-        });
-        histogram.record(elapsed.as_secs_f64());
+        if let Some(histogram) = self.upstream_durations.read().get(upstream) {
+            histogram.record(elapsed.as_secs_f64());
+            return;
+        }
+        let fresh = self.histogram(UPSTREAM_DURATION, &[("upstream", upstream)]);
+        self.upstream_durations
+            .write()
+            .entry(upstream.to_owned())
+            .or_insert(fresh)
+            .record(elapsed.as_secs_f64());
     }
 
     /// A request to `upstream` failed.
@@ -431,8 +446,7 @@ impl Metrics {
             return;
         }
         self.upstream_errors
-            .get(&self.recorder, upstream, kind.label())
-            .increment(1);
+            .increment(&self.recorder, upstream, kind.label());
     }
 
     /// One MagicDNS lookup finished.
@@ -460,9 +474,7 @@ impl Metrics {
             return;
         }
         let status = super::cache_status_label(cache_status);
-        self.cache_lookups
-            .get(&self.recorder, site, status)
-            .increment(1);
+        self.cache_lookups.increment(&self.recorder, site, status);
     }
 
     /// A rate-limit decision in `zone` (a configured zone name) with `outcome` (a fixed
@@ -472,8 +484,7 @@ impl Metrics {
             return;
         }
         self.rate_limit_decisions
-            .get(&self.recorder, zone, outcome)
-            .increment(1);
+            .increment(&self.recorder, zone, outcome);
     }
 
     /// A request of `site` refused by the deny list `list` (a configured name).
@@ -481,7 +492,7 @@ impl Metrics {
         if !self.enabled {
             return;
         }
-        self.deny_hits.get(&self.recorder, site, list).increment(1);
+        self.deny_hits.increment(&self.recorder, site, list);
     }
 
     /// An access-log line was dropped.

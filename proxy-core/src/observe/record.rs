@@ -5,12 +5,13 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::UNKNOWN_SITE;
 use super::{method_label, AccessLog, AccessLogEntry, InFlight, Observability, UpstreamErrorKind};
 use crate::proxy::RequestCtx;
-use crate::text::AddrText;
+use crate::text::{Texts, LINE_TEXT_MAX};
 
 /// Per-request observability state, carried in [`RequestCtx::observe`].
 #[derive(Debug, Default)]
@@ -138,26 +139,23 @@ impl Observability {
         bytes: u64,
     ) {
         let request = session.req_header();
-        let header = |name: http::header::HeaderName| {
-            request
-                .headers
-                .get(name)
-                .map(|v| String::from_utf8_lossy(v.as_bytes()))
-                .unwrap_or_default()
-        };
+        let logged = LoggedHeaders::of(&request.headers);
         let record = &ctx.observe;
-        let mut time = LogTime::default();
-        let client_ip = ctx.client_ip.map(AddrText::ip);
-        let remote_addr = session.client_addr().map(AddrText::peer);
-        let upstream_addr = record.upstream_addr.as_ref().map(AddrText::peer);
-        let host = header(http::header::HOST);
+        let mut texts = Texts::<LINE_TEXT_MAX>::new();
+        let time = texts.ascii(&log_time(SystemTime::now()));
+        let client_ip = ctx.client_ip.map(|ip| texts.ip(ip));
+        let remote_addr = session.client_addr().map(|addr| texts.peer(addr));
+        let upstream_addr = record.upstream_addr.as_ref().map(|addr| texts.peer(addr));
+        let texts = texts.as_str();
+        let text = |range: Option<Range<usize>>| range.and_then(|r| texts.get(r)).unwrap_or("");
+        let host = header_text(logged.host);
         let target = request_target(&request.uri);
-        let referer = header(http::header::REFERER);
-        let user_agent = header(http::header::USER_AGENT);
+        let referer = header_text(logged.referer);
+        let user_agent = header_text(logged.user_agent);
         log.log(&AccessLogEntry {
-            time: time.now(),
-            client_ip: client_ip.as_ref().map_or("", AddrText::as_str),
-            remote_addr: remote_addr.as_ref().map_or("", AddrText::as_str),
+            time: text(Some(time)),
+            client_ip: text(client_ip),
+            remote_addr: text(remote_addr),
             host: &host,
             method: request.method.as_str(),
             uri: &self.redactor().uri(&target),
@@ -165,7 +163,7 @@ impl Observability {
             status,
             body_bytes_sent: bytes,
             request_time: round_ms(elapsed),
-            upstream_addr: upstream_addr.as_ref().map_or("", AddrText::as_str),
+            upstream_addr: text(upstream_addr),
             upstream_response_time: record.upstream_response_time.map(round_ms),
             upstream_status: record.upstream_status,
             upstream_cache_status: record.cache_status.unwrap_or_default(),
@@ -180,6 +178,43 @@ impl Observability {
                 .map_or("", |l| l.pattern_text.as_str()),
             error: error.map_or("", |e| e.etype().as_str()),
         });
+    }
+}
+
+/// The request headers a log line shows (the first value of each).
+#[derive(Default)]
+struct LoggedHeaders<'r> {
+    host: Option<&'r http::HeaderValue>,
+    referer: Option<&'r http::HeaderValue>,
+    user_agent: Option<&'r http::HeaderValue>,
+}
+
+impl<'r> LoggedHeaders<'r> {
+    /// Found in one pass over the headers, which costs less than three hashed lookups
+    /// for the dozen headers a browser sends.
+    fn of(headers: &'r http::HeaderMap) -> Self {
+        let mut found = Self::default();
+        for (name, value) in headers {
+            let slot = match *name {
+                http::header::HOST => &mut found.host,
+                http::header::REFERER => &mut found.referer,
+                http::header::USER_AGENT => &mut found.user_agent,
+                _ => continue,
+            };
+            slot.get_or_insert(value);
+        }
+        found
+    }
+}
+
+/// A header value as log text: borrowed when it is UTF-8, else with replacement characters.
+fn header_text(value: Option<&http::HeaderValue>) -> Cow<'_, str> {
+    let Some(value) = value else {
+        return Cow::Borrowed("");
+    };
+    match std::str::from_utf8(value.as_bytes()) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value.as_bytes()),
     }
 }
 
@@ -205,15 +240,17 @@ fn protocol(version: http::Version) -> &'static str {
     }
 }
 
-/// Seconds with millisecond precision, like nginx's `$request_time`.
+/// Seconds with millisecond precision (rounded to the nearest), like nginx's
+/// `$request_time`.
 fn round_ms(d: Duration) -> f64 {
-    (d.as_secs_f64() * 1000.0).round() / 1000.0
+    let millis = d
+        .as_secs()
+        .saturating_mul(1000)
+        .saturating_add(u64::from((d.subsec_nanos() + 500_000) / 1_000_000));
+    millis as f64 / 1000.0
 }
 
-/// RFC 3339 UTC time with milliseconds (`2026-11-23T04:05:06.789Z`), on the stack.
-#[derive(Default)]
-struct LogTime([u8; LOG_TIME_LEN]);
-
+/// Length of an RFC 3339 UTC time with milliseconds.
 const LOG_TIME_LEN: usize = "2026-11-23T04:05:06.789Z".len();
 
 /// Length of the date-and-seconds part (`2026-11-23T04:05:06`).
@@ -225,32 +262,27 @@ thread_local! {
     static LAST_SECOND: Cell<(u64, [u8; SECOND_LEN])> = const { Cell::new((u64::MAX, [0; SECOND_LEN])) };
 }
 
-impl LogTime {
-    fn now(&mut self) -> &str {
-        self.at(SystemTime::now())
-    }
-
-    fn at(&mut self, when: SystemTime) -> &str {
-        let since_epoch = when.duration_since(UNIX_EPOCH).unwrap_or_default();
-        let secs = since_epoch.as_secs();
-        let second = LAST_SECOND.with(|last| match last.get() {
-            (cached, text) if cached == secs => text,
-            _ => {
-                let text = second_text(secs);
-                last.set((secs, text));
-                text
-            }
-        });
-        let millis = since_epoch.subsec_millis();
-        self.0[..SECOND_LEN].copy_from_slice(&second);
-        self.0[SECOND_LEN] = b'.';
-        self.0[SECOND_LEN + 1] = b'0' + (millis / 100) as u8;
-        self.0[SECOND_LEN + 2] = b'0' + (millis / 10 % 10) as u8;
-        self.0[SECOND_LEN + 3] = b'0' + (millis % 10) as u8;
-        self.0[SECOND_LEN + 4] = b'Z';
-        // Only ASCII was written.
-        std::str::from_utf8(&self.0).unwrap_or_default()
-    }
+/// `when` as RFC 3339 UTC time with milliseconds (`2026-11-23T04:05:06.789Z`), in ASCII.
+fn log_time(when: SystemTime) -> [u8; LOG_TIME_LEN] {
+    let since_epoch = when.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since_epoch.as_secs();
+    let second = LAST_SECOND.with(|last| match last.get() {
+        (cached, text) if cached == secs => text,
+        _ => {
+            let text = second_text(secs);
+            last.set((secs, text));
+            text
+        }
+    });
+    let millis = since_epoch.subsec_millis();
+    let mut time = [0; LOG_TIME_LEN];
+    time[..SECOND_LEN].copy_from_slice(&second);
+    time[SECOND_LEN] = b'.';
+    time[SECOND_LEN + 1] = b'0' + (millis / 100) as u8;
+    time[SECOND_LEN + 2] = b'0' + (millis / 10 % 10) as u8;
+    time[SECOND_LEN + 3] = b'0' + (millis % 10) as u8;
+    time[SECOND_LEN + 4] = b'Z';
+    time
 }
 
 /// `2026-11-23T04:05:06` for `secs` after the epoch.
@@ -301,14 +333,45 @@ mod tests {
     }
 
     #[test]
+    fn logged_headers_are_the_first_values() {
+        let mut headers = http::HeaderMap::new();
+        headers.append("x-other", "o".parse().unwrap());
+        headers.append(http::header::USER_AGENT, "first".parse().unwrap());
+        headers.append(http::header::HOST, "h.example".parse().unwrap());
+        headers.append(http::header::USER_AGENT, "second".parse().unwrap());
+        headers.append(
+            http::header::REFERER,
+            b"caf\xe9".as_slice().try_into().unwrap(),
+        );
+        let logged = LoggedHeaders::of(&headers);
+        assert_eq!(header_text(logged.host), "h.example");
+        assert_eq!(header_text(logged.user_agent), "first");
+        assert_eq!(header_text(logged.referer), "caf\u{fffd}");
+        assert_eq!(
+            header_text(LoggedHeaders::of(&http::HeaderMap::new()).host),
+            ""
+        );
+    }
+
+    #[test]
+    fn durations_round_to_the_nearest_millisecond() {
+        let ms = |secs, nanos| round_ms(Duration::new(secs, nanos));
+        assert_eq!(ms(0, 0), 0.0);
+        assert_eq!(ms(0, 499_999), 0.0);
+        assert_eq!(ms(0, 500_000), 0.001);
+        assert_eq!(ms(1, 234_499_999), 1.234);
+        assert_eq!(ms(2, 999_500_000), 3.0);
+        assert_eq!(ms(86_400, 7_000_000), 86_400.007);
+    }
+
+    #[test]
     fn time_is_rfc3339_with_milliseconds() {
-        let mut time = LogTime::default();
         let at = UNIX_EPOCH + Duration::from_millis(1_795_406_706_007);
-        assert_eq!(time.at(at), "2026-11-23T04:05:06.007Z");
+        assert_eq!(&log_time(at), b"2026-11-23T04:05:06.007Z");
         let later = at + Duration::from_millis(1_000_993);
-        assert_eq!(time.at(later), "2026-11-23T04:21:47.000Z");
+        assert_eq!(&log_time(later), b"2026-11-23T04:21:47.000Z");
         let leap = UNIX_EPOCH + Duration::from_millis(1_835_481_599_999);
-        assert_eq!(time.at(leap), "2028-02-29T23:59:59.999Z");
+        assert_eq!(&log_time(leap), b"2028-02-29T23:59:59.999Z");
     }
 
     #[test]

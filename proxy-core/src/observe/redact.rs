@@ -43,8 +43,11 @@ impl Redactor {
     }
 
     fn is_secret_param(&self, name: &str) -> bool {
-        // Borrowed, without a copy, when the name has nothing percent-encoded.
-        let decoded = percent_encoding::percent_decode_str(name).decode_utf8_lossy();
+        // Most names have nothing percent-encoded: they are matched as they are.
+        let decoded = match name.as_bytes().contains(&b'%') {
+            true => percent_encoding::percent_decode_str(name).decode_utf8_lossy(),
+            false => Cow::Borrowed(name),
+        };
         self.params
             .iter()
             .any(|p| contains_ignore_ascii_case(&decoded, p))
