@@ -2,6 +2,7 @@
 //! a TOML file. All proxy behaviour lives in `proxy-core`; this binary parses the command
 //! line, loads the config, and runs a Pingora server.
 
+mod alloc;
 mod demo;
 mod tailnet_wait;
 
@@ -19,7 +20,7 @@ use std::sync::Arc;
 /// allocations per request (header maps, buffers, futures), where glibc's allocator costs
 /// about a fifth of the CPU time (`benches/RESULTS.md`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: alloc::Allocator = alloc::Allocator;
 
 /// How long start-up waits for the first lookups of upstream names.
 const STARTUP_DNS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
