@@ -263,7 +263,8 @@ impl EdgeProxy {
         ctx: &mut RequestCtx,
         hit: FreshHit,
     ) -> Result<()> {
-        let mut header = hit.response_header(SystemTime::now())?;
+        let status_name = cache_hooks::status_header_name(&ctx.cache);
+        let mut header = hit.response_header(SystemTime::now(), status_name)?;
         self.finish_response_header(&mut header, ctx, Some(CacheStatus::Hit))?;
         crate::answer::write_response(session, header, hit.body()).await
     }

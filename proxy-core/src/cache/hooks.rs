@@ -179,6 +179,11 @@ pub fn status(session: &Session, state: &CacheRequest) -> Option<CacheStatus> {
     }
 }
 
+/// The name of the cache-status header the request's location sends, if any.
+pub fn status_header_name(state: &CacheRequest) -> Option<&http::HeaderName> {
+    state.policy.as_ref().and_then(|p| p.status_header.as_ref())
+}
+
 /// Adds the cache status header (and this visitor's own cookies, see below) to a response.
 pub fn add_status_header(
     state: &CacheRequest,
@@ -192,10 +197,12 @@ pub fn add_status_header(
             resp.append_header(http::header::SET_COOKIE, cookie.clone())?;
         }
     }
-    let Some(name) = state.policy.as_ref().and_then(|p| p.status_header.as_ref()) else {
+    let Some(name) = status_header_name(state) else {
         return Ok(());
     };
     match status {
+        // A fresh hit's header comes with it (see `FreshHit::response_header`).
+        Some(status) if resp.headers.get(name).is_some_and(|v| v == status.as_str()) => Ok(()),
         Some(status) => resp.insert_header(name.clone(), status.as_str()),
         None => Ok(()),
     }

@@ -26,7 +26,7 @@ use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
@@ -135,6 +135,16 @@ struct Entry {
     tags: Option<PurgeTags>,
     /// Seconds since the storage's epoch when it was last read or written.
     last_access: AtomicU64,
+    /// The header a fresh hit sends, with the cache-status header already saying `HIT`:
+    /// built by the first fast hit, so later hits clone it instead of inserting a header
+    /// (a custom header name costs two allocations and two map inserts in Pingora).
+    hit_header: OnceLock<HitHeader>,
+}
+
+/// A stored header with `<status name>: HIT` added.
+struct HitHeader {
+    status_name: http::HeaderName,
+    header: ResponseHeader,
 }
 
 #[derive(Clone, Copy)]
@@ -313,6 +323,7 @@ impl MemoryStorage {
             compact: key.to_compact(),
             tags: record.tags,
             last_access: AtomicU64::new(self.now_secs()),
+            hit_header: OnceLock::new(),
         });
         let weight = entry.body.len() + entry.meta.weight();
         self.entries.write().insert(hash, entry.clone());
@@ -502,6 +513,7 @@ impl Storage for MemoryStorage {
             compact: old.compact.clone(),
             tags: old.tags.clone(),
             last_access: AtomicU64::new(self.now_secs()),
+            hit_header: OnceLock::new(),
         });
         entries.insert(hash, updated.clone());
         drop(entries);
@@ -541,15 +553,40 @@ pub struct FreshHit {
 
 impl FreshHit {
     /// The response header to send: the stored one plus `Age`, as pingora-cache builds it
-    /// for a hit.
-    pub fn response_header(&self, now: SystemTime) -> Result<ResponseHeader> {
-        let mut header = self.entry.meta.header.clone();
+    /// for a hit, and `status_name` (the location's cache-status header, if it sends one)
+    /// saying `HIT`.
+    pub fn response_header(
+        &self,
+        now: SystemTime,
+        status_name: Option<&http::HeaderName>,
+    ) -> Result<ResponseHeader> {
+        let mut header = match status_name {
+            Some(name) => self.hit_header(name)?,
+            None => self.entry.meta.header.clone(),
+        };
         let age = now
             .duration_since(self.entry.meta.updated)
             .unwrap_or_default()
             .as_secs();
         header.insert_header(http::header::AGE, age)?;
         header.set_version(http::Version::HTTP_11);
+        Ok(header)
+    }
+
+    /// The stored header with `name: HIT`, kept in the entry for the next hit (for the
+    /// first name asked for; another name is added to a copy each time).
+    fn hit_header(&self, name: &http::HeaderName) -> Result<ResponseHeader> {
+        if let Some(kept) = self.entry.hit_header.get() {
+            if kept.status_name == name {
+                return Ok(kept.header.clone());
+            }
+        }
+        let mut header = self.entry.meta.header.clone();
+        header.insert_header(name.clone(), super::CacheStatus::Hit.as_str())?;
+        self.entry.hit_header.get_or_init(|| HitHeader {
+            status_name: name.clone(),
+            header: header.clone(),
+        });
         Ok(header)
     }
 
@@ -689,6 +726,7 @@ impl HandleMiss for MemoryMiss {
             compact: self.fill.compact.clone(),
             tags: self.fill.tags.clone(),
             last_access: AtomicU64::new(storage.now_secs()),
+            hit_header: OnceLock::new(),
         });
         {
             // Commit only if this fill is still the current one (a purge, or a newer fill
@@ -822,8 +860,28 @@ mod tests {
         write_with(s, &fresh, &meta(None), b"hello").await;
         let hit = s.fresh_hit(&fresh, now).expect("a fresh hit");
         assert_eq!(&hit.body()[..], b"hello");
-        let header = hit.response_header(now + Duration::from_secs(3)).unwrap();
+        let header = hit
+            .response_header(now + Duration::from_secs(3), None)
+            .unwrap();
         assert_eq!(header.headers.get("age").unwrap(), "3");
+        assert!(header.headers.get("x-cache-status").is_none());
+        // The status header: added on the first hit, kept for the next ones, and another
+        // name gets its own copy.
+        let status = http::HeaderName::from_static("x-cache-status");
+        for later in [4, 5] {
+            let at = now + Duration::from_secs(later);
+            let header = hit.response_header(at, Some(&status)).unwrap();
+            assert_eq!(header.headers.get("x-cache-status").unwrap(), "HIT");
+            assert_eq!(header.headers.get("age").unwrap(), &later.to_string());
+            assert_eq!(header.headers.get_all("x-cache-status").iter().count(), 1);
+        }
+        let other = http::HeaderName::from_static("x-edge-cache");
+        let header = hit.response_header(now, Some(&other)).unwrap();
+        assert_eq!(header.headers.get("x-edge-cache").unwrap(), "HIT");
+        assert!(header.headers.get("x-cache-status").is_none());
+        let again = s.fresh_hit(&fresh, now).expect("still fresh");
+        let plain = again.response_header(now, None).unwrap();
+        assert!(plain.headers.get("x-cache-status").is_none());
         assert!(s.fresh_hit(&fresh, now + Duration::from_secs(61)).is_none());
 
         let unknown_length = key("a.com", "/bare", "");

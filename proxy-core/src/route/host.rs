@@ -22,14 +22,20 @@ pub fn normalize_host(raw: &[u8]) -> Result<Option<String>, HostError> {
     if host.is_empty() {
         return Ok(None);
     }
-    let valid = host
-        .iter()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':'));
-    if !valid || host.starts_with(b".") || host.windows(2).any(|w| w == b"..") {
-        return Err(HostError::Invalid);
+    // One pass: every byte allowed (all ASCII), no empty label (a leading dot or `..`),
+    // lower-cased as it is copied.
+    let mut text = String::with_capacity(host.len());
+    let mut previous = b'.';
+    for &b in host {
+        let allowed =
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':');
+        if !allowed || (b == b'.' && previous == b'.') {
+            return Err(HostError::Invalid);
+        }
+        text.push(char::from(b.to_ascii_lowercase()));
+        previous = b;
     }
-    let text = std::str::from_utf8(host).map_err(|_| HostError::Invalid)?;
-    Ok(Some(text.to_ascii_lowercase()))
+    Ok(Some(text))
 }
 
 fn strip_port(raw: &[u8]) -> Result<&[u8], HostError> {
@@ -126,9 +132,11 @@ mod tests {
         );
         assert_eq!(n("[::1]:8080").unwrap().as_deref(), Some("[::1]"));
         assert_eq!(n("").unwrap(), None);
-        assert!(n("a b").is_err());
-        assert!(n("a/b").is_err());
         assert!(n("host:port").is_err());
         assert!(n("a..b").is_err());
+        assert!(n(".a").is_err());
+        assert!(n("é.example").is_err());
+        assert!(n(".").unwrap().is_none());
+        assert_eq!(n("A_B-c.D:1").unwrap().as_deref(), Some("a_b-c.d"));
     }
 }
