@@ -6,8 +6,9 @@
 
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use parking_lot::RwLock;
+use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Maps of metric handles by label values, looked up once or twice per request: hashed
@@ -135,6 +136,53 @@ pub struct Metrics {
     rate_limit_decisions: PairCounters,
     deny_hits: PairCounters,
     upstream_errors: PairCounters,
+    /// Folds histogram samples into buckets between scrapes (none when disabled).
+    _upkeep: Option<Upkeep>,
+}
+
+/// How often histogram samples are folded into their buckets. The exporter keeps every
+/// sample (8 bytes) until then, so without it an unscraped proxy's memory would grow with
+/// every request.
+const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// A thread that runs the exporter's upkeep every interval; stopped and joined on drop.
+struct Upkeep {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Upkeep {
+    /// `None` if the thread cannot be started: samples are then folded at each scrape.
+    fn start(handle: PrometheusHandle, interval: Duration) -> Option<Self> {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("metrics-upkeep".into())
+            .spawn(move || {
+                let (stopped, wake) = &*flag;
+                let mut stopped = stopped.lock();
+                while !*stopped {
+                    if wake.wait_for(&mut stopped, interval).timed_out() {
+                        MutexGuard::unlocked(&mut stopped, || handle.run_upkeep());
+                    }
+                }
+            })
+            .ok()?;
+        Some(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Upkeep {
+    fn drop(&mut self) {
+        *self.stop.0.lock() = true;
+        self.stop.1.notify_one();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// Counters with two labels, kept by label values so that a pair seen before costs two
@@ -221,6 +269,10 @@ static METADATA: Metadata<'static> =
 impl Metrics {
     /// A fresh set of metrics, with build info set.
     pub fn new() -> Self {
+        Self::with_upkeep(Some(UPKEEP_INTERVAL))
+    }
+
+    fn with_upkeep(upkeep_interval: Option<Duration>) -> Self {
         let builder = PrometheusBuilder::new();
         // set_buckets only fails on an empty slice.
         let builder = match builder.set_buckets(BUCKETS) {
@@ -230,6 +282,7 @@ impl Metrics {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA);
+        let upkeep = upkeep_interval.and_then(|every| Upkeep::start(handle.clone(), every));
         let metrics = Self {
             enabled: true,
             recorder,
@@ -241,6 +294,7 @@ impl Metrics {
             rate_limit_decisions: PairCounters::new(RATE_LIMIT_DECISIONS, ("zone", "outcome")),
             deny_hits: PairCounters::new(DENY_HITS, ("host", "list")),
             upstream_errors: PairCounters::new(UPSTREAM_ERRORS, ("upstream", "kind")),
+            _upkeep: upkeep,
         };
         metrics.describe_all();
         metrics
@@ -257,7 +311,7 @@ impl Metrics {
         Self {
             enabled: false,
             in_flight: Gauge::noop(),
-            ..Self::new()
+            ..Self::with_upkeep(None)
         }
     }
 
@@ -523,6 +577,29 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upkeep_between_scrapes_keeps_every_sample() {
+        let m = Metrics::with_upkeep(Some(Duration::from_millis(5)));
+        for round in 0..3 {
+            for _ in 0..500 {
+                m.request("docs", "GET", 200, Duration::from_millis(3), 1);
+            }
+            if round < 2 {
+                std::thread::sleep(Duration::from_millis(30));
+            }
+        }
+        let text = m.render();
+        assert!(
+            text.contains(r#"edge_request_duration_seconds_count{host="docs"} 1500"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"edge_request_duration_seconds_bucket{host="docs",le="0.005"} 1500"#),
+            "{text}"
+        );
+        drop(m);
+    }
 
     #[test]
     fn render_has_prefixed_names_help_and_exact_counts() {
