@@ -349,10 +349,11 @@ fn run_scenario(
     let mut unobserved_samples = Vec::new();
     for _ in 0..args.rounds {
         proxy_samples.push(proxy.measure(s, duration)?);
-        nginx_samples.push(nginx.measure(s, duration)?);
+        // Right after proxy-app, so that each pair meets the same machine (see `paired`).
         if let Some(unobserved) = &unobserved {
             unobserved_samples.push(unobserved.measure(s, duration)?);
         }
+        nginx_samples.push(nginx.measure(s, duration)?);
         if let Some(no_reuse) = &no_reuse {
             no_reuse_samples.push(no_reuse.measure(s, duration)?);
         }
@@ -370,7 +371,8 @@ fn run_scenario(
     }
     if let Some(unobserved) = &unobserved {
         let rss = peak_rss_mib(&unobserved.pids());
-        rows.push(Row::from_samples(UNOBSERVED, &unobserved_samples, rss));
+        let row = Row::from_samples(UNOBSERVED, &unobserved_samples, rss);
+        rows.push(row.paired(&proxy_samples, &unobserved_samples));
     }
     if s.wan {
         rows.push(Row::from_samples(DIRECT, &direct_samples, 0.0));
