@@ -263,9 +263,13 @@ impl EdgeProxy {
         ctx: &mut RequestCtx,
         hit: FreshHit,
     ) -> Result<()> {
+        // The stored header comes with the cache-status header already saying HIT; a
+        // fresh hit carries no visitor's cookies, so nothing else of
+        // `finish_response_header` applies.
         let status_name = cache_hooks::status_header_name(&ctx.cache);
         let mut header = hit.response_header(SystemTime::now(), status_name)?;
-        self.finish_response_header(&mut header, ctx, Some(CacheStatus::Hit))?;
+        ctx.observe.cache_status = Some(CacheStatus::Hit.as_str());
+        self.tag_response(&mut header, ctx)?;
         crate::answer::write_response(session, header, hit.body()).await
     }
 
@@ -279,6 +283,11 @@ impl EdgeProxy {
     ) -> Result<()> {
         ctx.observe.cache_status = cache_status.map(|s| s.as_str());
         cache_hooks::add_status_header(&ctx.cache, cache_status, header)?;
+        self.tag_response(header, ctx)
+    }
+
+    /// The request id and plugins' response headers.
+    fn tag_response(&self, header: &mut ResponseHeader, ctx: &mut RequestCtx) -> Result<()> {
         ctx.observe.tag_response(header)?;
         self.run_response_plugins(header, ctx)
     }

@@ -201,8 +201,6 @@ pub fn add_status_header(
         return Ok(());
     };
     match status {
-        // A fresh hit's header comes with it (see `FreshHit::response_header`).
-        Some(status) if resp.headers.get(name).is_some_and(|v| v == status.as_str()) => Ok(()),
         Some(status) => resp.insert_header(name.clone(), status.as_str()),
         None => Ok(()),
     }

@@ -441,11 +441,14 @@ impl Metrics {
             return;
         }
         let handles = self.site_handles(site);
-        self.requests_counter(&handles, site, method, status);
+        self.register_requests_counter(&handles, site, method, status);
         handles.record(method, status, duration, body_bytes);
     }
 
     fn site_handles(&self, site: &str) -> Arc<SiteHandles> {
+        if let Some(handles) = self.sites.read().get(site) {
+            return handles.clone();
+        }
         let fresh = Arc::new(SiteHandles {
             duration: self.histogram(REQUEST_DURATION, &[("host", site)]),
             bytes: self.counter(RESPONSE_BYTES, &[("host", site)]),
@@ -458,7 +461,7 @@ impl Metrics {
             .clone()
     }
 
-    fn requests_counter(
+    fn register_requests_counter(
         &self,
         handles: &SiteHandles,
         site: &str,

@@ -132,6 +132,8 @@ mod tests {
         );
         assert_eq!(n("[::1]:8080").unwrap().as_deref(), Some("[::1]"));
         assert_eq!(n("").unwrap(), None);
+        assert!(n("a b").is_err());
+        assert!(n("a/b").is_err());
         assert!(n("host:port").is_err());
         assert!(n("a..b").is_err());
         assert!(n(".a").is_err());
