@@ -25,6 +25,20 @@ use crate::upstream::{apply_forwarded_headers, Upstream};
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 
+/// Headers set on a fresh hit's header after it is built: the request id (by
+/// `tag_response`) and `Connection` (by Pingora, which also sets `Date`). A kept hit header
+/// carries them already, so setting them replaces a value.
+static HIT_PRESET: [(http::HeaderName, http::HeaderValue); 2] = [
+    (
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("keep-alive"),
+    ),
+    (
+        http::HeaderName::from_static(REQUEST_ID_HEADER),
+        http::HeaderValue::from_static(""),
+    ),
+];
+
 /// Per-request state shared by every phase, so no phase recomputes another's work.
 pub struct RequestCtx {
     /// The config this request runs on (a reload mid-request does not affect it).
@@ -267,7 +281,7 @@ impl EdgeProxy {
         // fresh hit carries no visitor's cookies, so nothing else of
         // `finish_response_header` applies.
         let status_name = cache_hooks::status_header_name(&ctx.cache);
-        let mut header = hit.response_header(SystemTime::now(), status_name)?;
+        let mut header = hit.response_header(SystemTime::now(), status_name, &HIT_PRESET)?;
         ctx.observe.cache_status = Some(CacheStatus::Hit.as_str());
         self.tag_response(&mut header, ctx)?;
         crate::answer::write_response(session, header, hit.body()).await

@@ -80,15 +80,18 @@ pub fn fresh_hit(
     if req.method != http::Method::GET && req.method != http::Method::HEAD {
         return None;
     }
-    if FULL_PATH_HEADERS
-        .iter()
-        .any(|name| req.headers.contains_key(name))
+    // One pass over the request's few headers costs less than six hashed lookups.
+    if req
+        .headers
+        .keys()
+        .any(|name| FULL_PATH_HEADERS.contains(name))
         || policy.bypass.applies(req)
     {
         return None;
     }
-    let key = policy.key.cache_key(scheme, host, req);
+    let mut key = policy.key.lookup_key(scheme, host, req);
     let Some(hit) = cache.storage().fresh_hit(&key, SystemTime::now()) else {
+        super::policy::tag_for_purge(&mut key, host, req);
         state.key = Some(key);
         return None;
     };

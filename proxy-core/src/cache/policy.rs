@@ -98,13 +98,28 @@ impl CacheKeyPolicy {
 
     /// The pingora cache key for a request, tagged with host and path for purges.
     pub fn cache_key(&self, scheme: &str, host: &str, req: &RequestHeader) -> CacheKey {
-        let mut key = CacheKey::new(self.primary(scheme, host, req), host);
-        key.extensions.insert(PurgeTags {
-            host: host.into(),
-            path: req.uri.path().into(),
-        });
+        let mut key = self.lookup_key(scheme, host, req);
+        tag_for_purge(&mut key, host, req);
         key
     }
+
+    /// The key for `req` without the purge tags that storing an entry needs: enough to
+    /// look one up. Its hash is computed once here; pingora-cache asks for it several
+    /// times per request, and each time would hash the key again.
+    pub fn lookup_key(&self, scheme: &str, host: &str, req: &RequestHeader) -> CacheKey {
+        let mut key = CacheKey::new(self.primary(scheme, host, req), host);
+        key.set_primary_bin_override(pingora::cache::key::CacheHashKey::primary_bin(&key));
+        key
+    }
+}
+
+/// Attaches what purging by host or URL matches an entry on to a key from
+/// [`CacheKeyPolicy::lookup_key`].
+pub fn tag_for_purge(key: &mut CacheKey, host: &str, req: &RequestHeader) {
+    key.extensions.insert(PurgeTags {
+        host: host.into(),
+        path: req.uri.path().into(),
+    });
 }
 
 fn param_name(param: &str) -> &str {

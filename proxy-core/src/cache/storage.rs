@@ -7,6 +7,7 @@
 //! pingora-cache's LRU eviction manager, entries unread for `inactive` are dropped, and
 //! purges reach every variant of a URL or everything of a host.
 
+use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -24,15 +25,18 @@ use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta};
 use pingora::http::ResponseHeader;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::body::{restored_body, stored_body};
 use super::disk::{DiskRecord, DiskTier};
 use pingora::cache::CacheEntryKey;
+
+/// Maps keyed by cache-key hashes (blake2 outputs). foldhash, seeded per process, costs a
+/// tenth of SipHash on them; the keys' own hashing already resists chosen collisions.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Shards of the LRU (independent locks, so concurrent admissions rarely contend).
 const LRU_SHARDS: usize = 16;
@@ -135,15 +139,18 @@ struct Entry {
     tags: Option<PurgeTags>,
     /// Seconds since the storage's epoch when it was last read or written.
     last_access: AtomicU64,
-    /// The header a fresh hit sends, with the cache-status header already saying `HIT`:
-    /// built by the first fast hit, so later hits clone it instead of inserting a header
-    /// (a custom header name costs two allocations and two map inserts in Pingora).
-    hit_header: OnceLock<HitHeader>,
+    /// The header fresh hits send, built by the first hit of each second: later hits
+    /// clone it instead of inserting headers (an insert into a cloned header grows both
+    /// of Pingora's maps, a few hundred instructions each).
+    hit_header: ArcSwapOption<HitHeader>,
 }
 
-/// A stored header with `<status name>: HIT` added.
+/// A stored header as a fresh hit sends it, and what it was built for.
 struct HitHeader {
-    status_name: http::HeaderName,
+    status_name: Option<http::HeaderName>,
+    preset: &'static [(http::HeaderName, http::HeaderValue)],
+    age: u64,
+    date_secs: u64,
     header: ResponseHeader,
 }
 
@@ -181,8 +188,8 @@ impl MemoryStorage {
     /// Storage holding at most `max_size` bytes; entries unread for `inactive` are dropped.
     pub fn new(max_size: usize, inactive: Duration) -> Self {
         Self {
-            entries: RwLock::new(HashMap::new()),
-            fills: RwLock::new(HashMap::new()),
+            entries: RwLock::new(HashMap::default()),
+            fills: RwLock::new(HashMap::default()),
             next_fill: AtomicU64::new(1),
             eviction: Manager::with_capacity(max_size, 1024),
             inactive,
@@ -323,7 +330,7 @@ impl MemoryStorage {
             compact: key.to_compact(),
             tags: record.tags,
             last_access: AtomicU64::new(self.now_secs()),
-            hit_header: OnceLock::new(),
+            hit_header: ArcSwapOption::empty(),
         });
         let weight = entry.body.len() + entry.meta.weight();
         self.entries.write().insert(hash, entry.clone());
@@ -513,7 +520,7 @@ impl Storage for MemoryStorage {
             compact: old.compact.clone(),
             tags: old.tags.clone(),
             last_access: AtomicU64::new(self.now_secs()),
-            hit_header: OnceLock::new(),
+            hit_header: ArcSwapOption::empty(),
         });
         entries.insert(hash, updated.clone());
         drop(entries);
@@ -552,41 +559,53 @@ pub struct FreshHit {
 }
 
 impl FreshHit {
-    /// The response header to send: the stored one plus `Age`, as pingora-cache builds it
-    /// for a hit, and `status_name` (the location's cache-status header, if it sends one)
-    /// saying `HIT`.
+    /// The response header to send at `now`: the stored one plus `Age` and `Date`, as
+    /// pingora-cache and Pingora build them for a hit, and `status_name` (the location's
+    /// cache-status header, if it sends one) saying `HIT`. `preset` names headers the
+    /// caller sets on every response after this (the request id, Pingora's `Connection`):
+    /// the copy carries them with the given values, so that setting them replaces a value
+    /// instead of growing the copied header. The header is built once per entry and
+    /// second (per `Age` and `Date`) and cloned for the other hits.
     pub fn response_header(
         &self,
         now: SystemTime,
         status_name: Option<&http::HeaderName>,
+        preset: &'static [(http::HeaderName, http::HeaderValue)],
     ) -> Result<ResponseHeader> {
-        let mut header = match status_name {
-            Some(name) => self.hit_header(name)?,
-            None => self.entry.meta.header.clone(),
-        };
         let age = now
             .duration_since(self.entry.meta.updated)
             .unwrap_or_default()
             .as_secs();
-        header.insert_header(http::header::AGE, age)?;
-        header.set_version(http::Version::HTTP_11);
-        Ok(header)
-    }
-
-    /// The stored header with `name: HIT`, kept in the entry for the next hit (for the
-    /// first name asked for; another name is added to a copy each time).
-    fn hit_header(&self, name: &http::HeaderName) -> Result<ResponseHeader> {
-        if let Some(kept) = self.entry.hit_header.get() {
-            if kept.status_name == name {
+        let date_secs = now
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        if let Some(kept) = &*self.entry.hit_header.load() {
+            if kept.age == age
+                && kept.date_secs == date_secs
+                && kept.status_name.as_ref() == status_name
+                && std::ptr::eq(kept.preset, preset)
+            {
                 return Ok(kept.header.clone());
             }
         }
         let mut header = self.entry.meta.header.clone();
-        header.insert_header(name.clone(), super::CacheStatus::Hit.as_str())?;
-        self.entry.hit_header.get_or_init(|| HitHeader {
-            status_name: name.clone(),
+        if let Some(name) = status_name {
+            header.insert_header(name.clone(), super::CacheStatus::Hit.as_str())?;
+        }
+        header.insert_header(http::header::AGE, age)?;
+        header.insert_header(http::header::DATE, httpdate::fmt_http_date(now))?;
+        for (name, value) in preset {
+            header.insert_header(name.clone(), value.clone())?;
+        }
+        header.set_version(http::Version::HTTP_11);
+        self.entry.hit_header.store(Some(Arc::new(HitHeader {
+            status_name: status_name.cloned(),
+            preset,
+            age,
+            date_secs,
             header: header.clone(),
-        });
+        })));
         Ok(header)
     }
 
@@ -726,7 +745,7 @@ impl HandleMiss for MemoryMiss {
             compact: self.fill.compact.clone(),
             tags: self.fill.tags.clone(),
             last_access: AtomicU64::new(storage.now_secs()),
-            hit_header: OnceLock::new(),
+            hit_header: ArcSwapOption::empty(),
         });
         {
             // Commit only if this fill is still the current one (a purge, or a newer fill
@@ -861,26 +880,39 @@ mod tests {
         let hit = s.fresh_hit(&fresh, now).expect("a fresh hit");
         assert_eq!(&hit.body()[..], b"hello");
         let header = hit
-            .response_header(now + Duration::from_secs(3), None)
+            .response_header(now + Duration::from_secs(3), None, &[])
             .unwrap();
         assert_eq!(header.headers.get("age").unwrap(), "3");
         assert!(header.headers.get("x-cache-status").is_none());
-        // The status header: added on the first hit, kept for the next ones, and another
-        // name gets its own copy.
+        // The status header, `Age`, `Date` and the preset headers: built by the first hit
+        // of a second, kept for the next ones; another name gets its own copy.
+        static PRESET: [(http::HeaderName, http::HeaderValue); 1] = [(
+            http::HeaderName::from_static("x-request-id"),
+            http::HeaderValue::from_static(""),
+        )];
         let status = http::HeaderName::from_static("x-cache-status");
-        for later in [4, 5] {
+        for later in [4, 4, 5, 5] {
             let at = now + Duration::from_secs(later);
-            let header = hit.response_header(at, Some(&status)).unwrap();
+            let mut header = hit.response_header(at, Some(&status), &PRESET).unwrap();
             assert_eq!(header.headers.get("x-cache-status").unwrap(), "HIT");
             assert_eq!(header.headers.get("age").unwrap(), &later.to_string());
+            assert_eq!(
+                header.headers.get("date").unwrap(),
+                &httpdate::fmt_http_date(at)
+            );
             assert_eq!(header.headers.get_all("x-cache-status").iter().count(), 1);
+            assert_eq!(header.headers.get("x-request-id").unwrap(), "");
+            // Setting a preset header replaces its value (and does not touch the kept copy).
+            header.insert_header("x-request-id", "r1").unwrap();
+            assert_eq!(header.headers.get_all("x-request-id").iter().count(), 1);
         }
         let other = http::HeaderName::from_static("x-edge-cache");
-        let header = hit.response_header(now, Some(&other)).unwrap();
+        let header = hit.response_header(now, Some(&other), &[]).unwrap();
         assert_eq!(header.headers.get("x-edge-cache").unwrap(), "HIT");
         assert!(header.headers.get("x-cache-status").is_none());
+        assert!(header.headers.get("x-request-id").is_none());
         let again = s.fresh_hit(&fresh, now).expect("still fresh");
-        let plain = again.response_header(now, None).unwrap();
+        let plain = again.response_header(now, None, &[]).unwrap();
         assert!(plain.headers.get("x-cache-status").is_none());
         assert!(s.fresh_hit(&fresh, now + Duration::from_secs(61)).is_none());
 
