@@ -262,7 +262,13 @@ async fn fresh_hits_keep_age_length_request_id_ranges_and_validators() {
     // Later hits start from a header prepared by the first: every value is this request's.
     let again = get(&[("x-request-id", "fast-2")]).await;
     assert_eq!(again.header("x-request-id"), Some("fast-2"));
-    for name in ["x-cache-status", "x-request-id", "age", "date", "connection"] {
+    for name in [
+        "x-cache-status",
+        "x-request-id",
+        "age",
+        "date",
+        "connection",
+    ] {
         let values: Vec<_> = again.headers.get_all(name).iter().collect();
         assert_eq!(values.len(), 1, "{name}: {values:?}");
         assert!(!values[0].is_empty(), "{name} is empty");
@@ -272,7 +278,10 @@ async fn fresh_hits_keep_age_length_request_id_ranges_and_validators() {
     let skew = std::time::SystemTime::now()
         .duration_since(date)
         .unwrap_or_default();
-    assert!(skew < std::time::Duration::from_secs(5), "Date is {skew:?} old");
+    assert!(
+        skew < std::time::Duration::from_secs(5),
+        "Date is {skew:?} old"
+    );
 
     let head = send(&proxy, reqwest::Method::HEAD, host, path, &[]).await;
     assert_eq!(head.header("x-cache-status"), Some("HIT"));

@@ -363,7 +363,8 @@ fn run_scenario(
     }
     let mut rows = vec![
         Row::from_samples("proxy-app", &proxy_samples, peak_rss_mib(&proxy.pids())),
-        Row::from_samples("nginx", &nginx_samples, peak_rss_mib(&nginx.pids())),
+        Row::from_samples("nginx", &nginx_samples, peak_rss_mib(&nginx.pids()))
+            .paired(&proxy_samples, &nginx_samples),
     ];
     if let Some(no_reuse) = &no_reuse {
         let rss = peak_rss_mib(&no_reuse.pids());
