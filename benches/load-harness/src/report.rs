@@ -308,10 +308,7 @@ mod tests {
         let (rps, cpu) = row.pairs.unwrap();
         assert!((rps - 0.95).abs() < 1e-9, "{rps}");
         assert!((cpu - 100.0 / 95.0).abs() < 1e-9, "{cpu}");
-        let s = crate::scenario::all()
-            .into_iter()
-            .find(|s| s.name == "observed-1k")
-            .unwrap();
+        let s = crate::scenario::named("observed-1k");
         let mut report = Report::new("test", 2, true, Duration::from_secs(1), 3);
         let proxy_row = Row::from_samples("proxy-app", &proxy, 0.0);
         let nginx_row = Row::from_samples("nginx", &own, 0.0).paired(&proxy, &own);
@@ -329,10 +326,7 @@ mod tests {
 
     #[test]
     fn a_fill_reports_medians_and_peak_rss_against_max_size() {
-        let s = crate::scenario::all()
-            .into_iter()
-            .find(|s| s.name == "cache-fill-100k")
-            .unwrap();
+        let s = crate::scenario::named("cache-fill-100k");
         let fill = |peak_mib| FillSample {
             seconds: 5.0,
             before_mib: 20.0,

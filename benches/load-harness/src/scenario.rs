@@ -340,6 +340,12 @@ pub fn nginx_config(
     )
 }
 
+/// The scenario called `name`, for tests.
+#[cfg(test)]
+pub fn named(name: &str) -> Scenario {
+    all().into_iter().find(|s| s.name == name).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -352,10 +358,6 @@ mod tests {
             dns: "127.100.100.100:5353".parse().unwrap(),
             ca_file: ca,
         }
-    }
-
-    fn named(name: &str) -> Scenario {
-        all().into_iter().find(|s| s.name == name).unwrap()
     }
 
     #[test]
