@@ -713,3 +713,106 @@ async fn unusable_disk_path_degrades_to_memory_caching() {
     assert_eq!(status_of(&proxy, "docs.example.com", "/d").await, "HIT");
     assert!(proxy.logs().contains("cache disk tier unavailable"));
 }
+
+/// Whether this process runs as root (mount namespaces and tmpfs mounts need it).
+fn running_as_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| out.stdout.trim_ascii() == b"0")
+}
+
+#[tokio::test]
+async fn full_disk_degrades_to_memory_caching() {
+    if !running_as_root() {
+        eprintln!("skipped: a tmpfs in a private mount namespace needs root");
+        return;
+    }
+    let tailnet = tailnet(&["docs"]).await;
+    // The disk tier's directory is a 96 KiB tmpfs, mounted in a mount namespace of the
+    // proxy's own: room for two 40 KB entries, not three. The tier's own bound is far
+    // larger, so the third write fails with ENOSPC, as on a full disk.
+    let mountpoint = tempfile::tempdir().expect("temp dir");
+    let storage = format!(
+        "[cache]\n[cache.disk]\npath = \"{}\"\nmax_size = \"10m\"",
+        mountpoint.path().display()
+    );
+    let wrapper = [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        r#"mount -t tmpfs -o size=96k tmpfs "$0" && exec "$@""#,
+    ];
+    let mut wrapper = wrapper.to_vec();
+    let mountpoint_arg = mountpoint.path().display().to_string();
+    wrapper.push(&mountpoint_arg);
+    let port = free_port();
+    let proxy = Proxy::start_under(
+        &wrapper,
+        port,
+        &config(port, &tailnet, &storage, "", ""),
+        &[],
+    );
+    // The tier's directory as the proxy sees it, inside its mount namespace.
+    let disk = std::path::PathBuf::from(format!("/proc/{}/root", proxy.pid())).join(
+        mountpoint
+            .path()
+            .strip_prefix("/")
+            .expect("absolute temp dir"),
+    );
+    let body = "x".repeat(40_000);
+    for path in ["/a?size=40000", "/b?size=40000"] {
+        let reply = get(&proxy, "docs.example.com", path).await;
+        assert_eq!(
+            (reply.status, reply.header("x-cache-status")),
+            (200, Some("MISS"))
+        );
+        assert_eq!(reply.body, body, "{path}");
+    }
+    assert!(
+        eventually(Duration::from_secs(10), || entry_files(&disk).len() == 2).await,
+        "two entries fit on the disk tier"
+    );
+
+    let reply = get(&proxy, "docs.example.com", "/c?size=40000").await;
+    assert_eq!(
+        (reply.status, reply.header("x-cache-status")),
+        (200, Some("MISS"))
+    );
+    assert_eq!(reply.body, body);
+    assert!(
+        eventually(Duration::from_secs(10), || proxy
+            .logs()
+            .lines()
+            .any(|line| line.contains("cache disk write failed")
+                && line.contains("No space left on device")))
+        .await,
+        "the failed write is logged:\n{}",
+        proxy.logs()
+    );
+    // The full disk costs the tier its copy, not the client its answer or memory its copy;
+    // no partial file is left behind.
+    for path in ["/a?size=40000", "/c?size=40000"] {
+        let reply = get(&proxy, "docs.example.com", path).await;
+        assert_eq!(
+            (reply.status, reply.header("x-cache-status")),
+            (200, Some("HIT"))
+        );
+        assert_eq!(reply.body, body, "{path}");
+    }
+    assert_eq!(requests(&tailnet), 3);
+    let files: Vec<_> = std::fs::read_dir(&disk)
+        .expect("read the tier's directory")
+        .filter_map(|item| item.ok().map(|i| i.path()))
+        .collect();
+    assert_eq!(entry_files(&disk).len(), 2, "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|p| p.extension().is_some_and(|e| e == "tmp")),
+        "{files:?}"
+    );
+}

@@ -79,6 +79,18 @@ impl Proxy {
 
     /// Like [`Proxy::start`], with extra files written next to the config first.
     pub fn start_with_files(port: u16, config: &str, files: &[(&str, &[u8])]) -> Proxy {
+        Self::start_under(&[], port, config, files)
+    }
+
+    /// Like [`Proxy::start_with_files`], with `proxy-app run ...` appended to `wrapper`'s
+    /// arguments (e.g. a program that sets up a mount namespace and then execs it). The
+    /// wrapper must exec the proxy, so that the process started is the proxy's.
+    pub fn start_under(
+        wrapper: &[&str],
+        port: u16,
+        config: &str,
+        files: &[(&str, &[u8])],
+    ) -> Proxy {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, content) in files {
             let path = dir.path().join(name);
@@ -90,7 +102,15 @@ impl Proxy {
         let config_path = dir.path().join("proxy.toml");
         std::fs::write(&config_path, config).expect("write config");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("log file");
-        let child = Command::new(binary())
+        let mut command = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut command = Command::new(program);
+                command.args(args).arg(binary());
+                command
+            }
+            None => Command::new(binary()),
+        };
+        let child = command
             .args(["run", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
