@@ -10,7 +10,8 @@ use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
 use proxy_core::config::load_file_with;
-use proxy_core::{server_conf, EdgeServices, RuntimeConfig};
+use proxy_core::{server_conf, ConfigReloader, EdgeServices, RuntimeConfig};
+use signal_hook::iterator::Signals;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,16 +73,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run {
-            config,
+            config: path,
             wait_for_tailnet,
-        } => load(&config).and_then(|config| {
+        } => load(&path).and_then(|config| {
             if let Some(limit) = wait_for_tailnet {
                 tailnet_wait::wait_for_tailnet(&config, limit)?;
             }
-            serve(config)
+            serve(config, Some(path))
         }),
         Command::Check { config } => check(&config),
-        Command::Demo { listen, admin } => demo::run(&listen, &admin).and_then(serve),
+        Command::Demo { listen, admin } => {
+            demo::run(&listen, &admin).and_then(|config| serve(config, None))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -119,8 +122,9 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Runs a Pingora server for `config` until it shuts down, then writes the access-log lines
-/// still waiting and exits; returns only on a startup error.
-fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
+/// still waiting and exits; returns only on a startup error. SIGHUP reloads the config
+/// from `config_file`, if it came from one.
+fn serve(config: RuntimeConfig, config_file: Option<PathBuf>) -> anyhow::Result<()> {
     let conf = server_conf(&config.server);
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
     server.bootstrap();
@@ -133,6 +137,7 @@ fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
         // SIGUSR1 reopens the access-log file (after logrotate moved it).
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, log.reopen_flag())?;
     }
+    reload_on_sighup(config_file, services.reloader())?;
     server.add_service(services.resolver);
     server.add_service(services.admin);
     server.add_service(services.proxy);
@@ -143,6 +148,53 @@ fn serve(config: RuntimeConfig) -> anyhow::Result<()> {
         log.finish();
     }
     std::process::exit(0)
+}
+
+/// SIGHUP reloads `config_file` on a thread of its own (the demo, which has no file, only
+/// logs that). Without a handler, SIGHUP would end the process.
+fn reload_on_sighup(config_file: Option<PathBuf>, reloader: ConfigReloader) -> anyhow::Result<()> {
+    let mut signals = Signals::new([signal_hook::consts::SIGHUP])?;
+    std::thread::Builder::new()
+        .name("config-reload".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match &config_file {
+                    Some(path) => reload(path, &reloader),
+                    None => tracing::warn!("SIGHUP: the demo has no config file to reload"),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Loads `path` and swaps it in; a config that does not load is logged with every error,
+/// and the running one stays.
+fn reload(path: &std::path::Path, reloader: &ConfigReloader) {
+    let config = match load(path) {
+        Ok(config) => config,
+        Err(e) => {
+            reloader.reject();
+            tracing::error!(
+                "config reload rejected, the running config stays: {}: {e:#}",
+                path.display()
+            );
+            return;
+        }
+    };
+    let report = reloader.reload(config);
+    if !report.needs_restart.is_empty() {
+        tracing::warn!(
+            sections = ?report.needs_restart,
+            "these sections changed but only take effect on a restart; their running values stay"
+        );
+    }
+    tracing::info!(
+        sites = report.sites,
+        upstreams = report.upstreams,
+        rate_limit_zones_kept = report.zones_kept,
+        "config reloaded from {}",
+        path.display()
+    );
 }
 
 #[cfg(test)]

@@ -191,3 +191,125 @@ async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
         "{printed}"
     );
 }
+
+/// A config for `sites` (short names, each `NAME.example.com` proxied to the peer `NAME`),
+/// listening on `listen`.
+fn sites_config(
+    listen: u16,
+    admin: u16,
+    tailnet: &fake_tailnet::FakeTailnet,
+    sites: &[&str],
+) -> String {
+    let mut config = base_config_with_admin(listen, admin, tailnet);
+    for name in sites {
+        config += &format!(
+            "\n[upstreams.{name}]\naddress = \"{name}.{d}:{p}\"\n[sites.{name}]\nhosts = [\"{name}.example.com\"]\n[[sites.{name}.locations]]\nmatch = \"/\"\nproxy = \"{name}\"\n",
+            d = tailnet.domain(),
+            p = tailnet.http_port(),
+        );
+    }
+    config
+}
+
+async fn status_and_body(proxy: &Proxy, host: &str) -> (u16, String) {
+    let reply = get(proxy, host, "/").await;
+    (reply.status, reply.body)
+}
+
+async fn metrics(admin: u16) -> String {
+    let response = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("scrape /metrics");
+    response.text().await.unwrap_or_default()
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_broken() {
+    let tailnet = tailnet(&["docs", "git"]).await;
+    let (port, admin) = (free_port(), free_port());
+    let proxy = Proxy::start(port, &sites_config(port, admin, &tailnet, &["docs"]));
+    let config_path = proxy.dir().join("proxy.toml");
+    assert_eq!(status_and_body(&proxy, "docs.example.com").await.0, 200);
+    assert_eq!(status_and_body(&proxy, "git.example.com").await.0, 421);
+
+    // A new site on an upstream name the resolver has not seen yet.
+    std::fs::write(
+        &config_path,
+        sites_config(port, admin, &tailnet, &["docs", "git"]),
+    )
+    .unwrap();
+    proxy.signal("HUP");
+    let mut reloaded = false;
+    for _ in 0..50 {
+        if status_and_body(&proxy, "git.example.com").await == (200, "hello from git\n".into()) {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        reloaded,
+        "the new site serves after SIGHUP:\n{}",
+        proxy.logs()
+    );
+    assert_eq!(status_and_body(&proxy, "docs.example.com").await.0, 200);
+
+    // A broken config is refused with its errors; the running one stays.
+    std::fs::write(&config_path, "[sites.docs]\nhosts = [\"docs.example.com\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"nowhere\"\n").unwrap();
+    proxy.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || proxy
+            .logs()
+            .contains("config reload rejected"))
+        .await,
+        "{}",
+        proxy.logs()
+    );
+    assert!(
+        proxy.logs().contains("unknown upstream `nowhere`"),
+        "{}",
+        proxy.logs()
+    );
+    assert_eq!(status_and_body(&proxy, "git.example.com").await.0, 200);
+    let text = metrics(admin).await;
+    assert!(
+        text.contains("edge_config_reloads_total{result=\"applied\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edge_config_reloads_total{result=\"rejected\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("edge_config_last_reload_successful 0"),
+        "{text}"
+    );
+
+    // A new listen address needs a restart: it is named, and the old listener keeps serving
+    // the rest of the new config (here: without the git site).
+    let moved = sites_config(free_port(), admin, &tailnet, &["docs"]);
+    std::fs::write(&config_path, moved).unwrap();
+    proxy.signal("HUP");
+    assert!(
+        eventually(Duration::from_secs(5), || proxy.logs().lines().any(|l| l
+            .contains("only take effect on a restart")
+            && l.contains("server")))
+        .await,
+        "{}",
+        proxy.logs()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || raw_request(
+            proxy.addr,
+            "GET / HTTP/1.1\r\nHost: git.example.com\r\nConnection: close\r\n\r\n"
+        )
+        .starts_with("HTTP/1.1 421"))
+        .await
+    );
+    assert_eq!(status_and_body(&proxy, "docs.example.com").await.0, 200);
+    assert!(metrics(admin)
+        .await
+        .contains("edge_config_last_reload_successful 1"));
+}

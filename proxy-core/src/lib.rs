@@ -18,7 +18,8 @@
 //!   memory), deny/allow lists and user-agent rules, run after routing.
 //! - [`plugin`]: the plugin trait and registry that sites and locations attach plugins
 //!   from (built-in plugins live in the `plugins` crate).
-//! - [`service`]: the Pingora services (proxy, resolver, admin) built from a config.
+//! - [`service`]: the Pingora services (proxy, resolver, admin) built from a config;
+//!   [`reload`]: swapping a new config into them while they run.
 //!
 //! It is not a server: wiring listeners, signals and the CLI is the embedding app's job
 //! (see `proxy-app`, or `examples/embed.rs` for a minimal one).
@@ -35,6 +36,7 @@ pub mod limit;
 pub mod observe;
 pub mod plugin;
 pub mod proxy;
+pub mod reload;
 pub mod route;
 pub mod runtime;
 pub mod service;
@@ -43,6 +45,7 @@ pub mod upstream;
 
 pub use observe::Observability;
 pub use proxy::{EdgeProxy, RequestCtx};
+pub use reload::{ConfigReloader, ReloadReport};
 pub use runtime::{RuntimeConfig, ServerSettings, UnknownHostAnswer};
 pub use service::{server_conf, EdgeServices};
 pub use upstream::MagicDnsResolver;

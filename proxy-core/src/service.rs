@@ -14,6 +14,7 @@ use crate::admin::AdminApp;
 use crate::cache::EdgeCache;
 use crate::observe::{LocalApiClient, Observability};
 use crate::proxy::EdgeProxy;
+use crate::reload::ConfigReloader;
 use crate::runtime::{RuntimeConfig, ServerSettings};
 use crate::upstream::MagicDnsResolver;
 
@@ -23,7 +24,7 @@ pub struct EdgeServices {
     pub proxy: Service<HttpProxy<EdgeProxy>>,
     /// Keeps upstream names resolved.
     pub resolver: GenBackgroundService<MagicDnsResolver>,
-    /// Swap a new config in here to reload (then call [`MagicDnsResolver::adopt`]).
+    /// The config the proxy runs on; reload through [`EdgeServices::reloader`].
     pub config: Arc<ArcSwap<RuntimeConfig>>,
     /// The resolver, for readiness checks and reloads.
     pub resolver_handle: Arc<MagicDnsResolver>,
@@ -36,6 +37,15 @@ pub struct EdgeServices {
 }
 
 impl EdgeServices {
+    /// What swaps a new config into these services while they run ([`ConfigReloader`]).
+    pub fn reloader(&self) -> ConfigReloader {
+        ConfigReloader::new(
+            self.config.clone(),
+            self.resolver_handle.clone(),
+            self.observability.metrics().clone(),
+        )
+    }
+
     /// Resolves every upstream name once (waiting at most `limit`), so the proxy does not
     /// answer 502 while the first lookups are in flight. Call before running the server.
     pub fn prime_resolver(&self, limit: Duration) {

@@ -113,6 +113,36 @@ impl GuardTable {
         let extra = location_guards.map_or(&[][..], |l| &l.zones[..]);
         rate_limit(&guards.zones, extra, request, client_ip, site, location)
     }
+
+    /// Takes over the counters of `previous`'s zones that have the same name and settings,
+    /// so that a reload does not hand every client a fresh burst (nginx keeps a
+    /// `limit_req_zone` across reloads the same way). Returns how many zones were kept.
+    pub fn keep_zone_state(&mut self, previous: &GuardTable) -> usize {
+        let mut kept = 0;
+        for (name, zone) in &mut self.zones {
+            if let Some(old) = previous.zones.get(name) {
+                if old.settings == zone.settings {
+                    *zone = old.clone();
+                    kept += 1;
+                }
+            }
+        }
+        let zones = &self.zones;
+        let share = |list: &mut Vec<Arc<LimitZone>>| {
+            for zone in list {
+                if let Some(shared) = zones.get(&zone.settings.name) {
+                    *zone = shared.clone();
+                }
+            }
+        };
+        for site in self.sites.values_mut() {
+            share(&mut site.zones);
+            for location in site.locations.values_mut() {
+                share(&mut location.zones);
+            }
+        }
+        kept
+    }
 }
 
 fn rate_limit(

@@ -45,6 +45,10 @@ pub const DENY_HITS: &str = "edge_deny_hits_total";
 pub const ACCESS_LOG_DROPPED: &str = "edge_access_log_dropped_total";
 /// `edge_build_info{version}`: always 1.
 pub const BUILD_INFO: &str = "edge_build_info";
+/// `edge_config_reloads_total{result}`: reloads applied or rejected.
+pub const CONFIG_RELOADS: &str = "edge_config_reloads_total";
+/// `edge_config_last_reload_successful`: 1 unless the last reload was rejected.
+pub const CONFIG_LAST_RELOAD_OK: &str = "edge_config_last_reload_successful";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -61,6 +65,8 @@ pub const METRIC_NAMES: &[&str] = &[
     DENY_HITS,
     ACCESS_LOG_DROPPED,
     BUILD_INFO,
+    CONFIG_RELOADS,
+    CONFIG_LAST_RELOAD_OK,
 ];
 
 /// Histogram buckets in seconds: from a cache hit to a slow upstream.
@@ -302,6 +308,7 @@ impl Metrics {
             .set(1.0);
         metrics.gauge(DNS_STALE, &[]).set(0.0);
         metrics.counter(ACCESS_LOG_DROPPED, &[]).absolute(0);
+        metrics.gauge(CONFIG_LAST_RELOAD_OK, &[]).set(1.0);
         metrics
     }
 
@@ -351,6 +358,10 @@ impl Metrics {
                 ACCESS_LOG_DROPPED,
                 "Access-log lines dropped because the writer lagged.",
             ),
+            (
+                CONFIG_RELOADS,
+                "Config reloads, by result (applied or rejected).",
+            ),
         ];
         for (name, help) in counters {
             self.recorder
@@ -379,6 +390,10 @@ impl Metrics {
             (
                 BUILD_INFO,
                 "Always 1; the version label says which build runs.",
+            ),
+            (
+                CONFIG_LAST_RELOAD_OK,
+                "1 unless the last config reload was rejected (the old config still runs).",
             ),
         ];
         for (name, help) in gauges {
@@ -558,6 +573,18 @@ impl Metrics {
             return;
         }
         self.counter(ACCESS_LOG_DROPPED, &[]).increment(1);
+    }
+
+    /// A config reload was applied, or rejected (the running config stays).
+    pub fn config_reload(&self, applied: bool) {
+        if !self.enabled {
+            return;
+        }
+        let result = if applied { "applied" } else { "rejected" };
+        self.counter(CONFIG_RELOADS, &[("result", result)])
+            .increment(1);
+        self.gauge(CONFIG_LAST_RELOAD_OK, &[])
+            .set(if applied { 1.0 } else { 0.0 });
     }
 
     /// Counts a request as in flight until the guard drops.

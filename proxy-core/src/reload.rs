@@ -1,0 +1,217 @@
+//! [`ConfigReloader`]: swaps a newly compiled [`RuntimeConfig`] into a running proxy.
+//!
+//! A reload changes what requests see: sites, hosts, locations, upstreams, cache policies,
+//! guards (deny and allow lists, user-agent rules, rate limits), plugins, the client-IP
+//! policy, the health path and the unknown-host answer. Requests already running finish on
+//! the config they started with.
+//!
+//! What the process bound when it started stays as it is: listeners, threads and shutdown
+//! timings (`[server]`), the admin listener and the access log (`[admin]`,
+//! `[access_log]`), the resolver's nameservers and timings (`[resolver]`) and the cache's
+//! storage (`[cache]`). A reload that changes those keeps the running values and names the
+//! sections, so the operator knows a restart is needed for them.
+//!
+//! It is not a file watcher or a signal handler: the embedding app decides when to reload
+//! and where the new config comes from (`proxy-app` reloads its file on SIGHUP).
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+
+use crate::observe::Metrics;
+use crate::runtime::RuntimeConfig;
+use crate::upstream::MagicDnsResolver;
+
+/// Applies new configs to a running proxy, atomically.
+#[derive(Clone)]
+pub struct ConfigReloader {
+    config: Arc<ArcSwap<RuntimeConfig>>,
+    resolver: Arc<MagicDnsResolver>,
+    metrics: Arc<Metrics>,
+}
+
+/// What a reload applied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReloadReport {
+    /// Sections that changed but need a restart; their running values were kept.
+    pub needs_restart: Vec<&'static str>,
+    /// Rate-limit zones whose counters carried over (same name and settings).
+    pub zones_kept: usize,
+    /// Sites in the config now running.
+    pub sites: usize,
+    /// Upstreams in the config now running.
+    pub upstreams: usize,
+}
+
+impl ConfigReloader {
+    /// A reloader for the proxy reading `config`, whose upstream names `resolver` keeps
+    /// resolved; reloads are counted in `metrics`.
+    pub fn new(
+        config: Arc<ArcSwap<RuntimeConfig>>,
+        resolver: Arc<MagicDnsResolver>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            config,
+            resolver,
+            metrics,
+        }
+    }
+
+    /// The config requests run on now.
+    pub fn current(&self) -> Arc<RuntimeConfig> {
+        self.config.load_full()
+    }
+
+    /// Swaps `next` in. Upstream names already resolved keep their last answer, so no
+    /// request sees an unresolved upstream because of the reload; the resolver starts
+    /// tracking names that are new.
+    pub fn reload(&self, mut next: RuntimeConfig) -> ReloadReport {
+        let running = self.config.load_full();
+        let needs_restart = keep_startup_settings(&mut next, &running);
+        let zones_kept = next.guards.keep_zone_state(&running.guards);
+        self.resolver.adopt(&next);
+        let report = ReloadReport {
+            needs_restart,
+            zones_kept,
+            sites: next.router.sites().count(),
+            upstreams: next.upstreams.len(),
+        };
+        self.config.store(Arc::new(next));
+        self.metrics.config_reload(true);
+        report
+    }
+
+    /// Records a reload that was not applied (the new config did not load); the running
+    /// config stays.
+    pub fn reject(&self) {
+        self.metrics.config_reload(false);
+    }
+}
+
+/// Puts the running values of startup-bound sections back into `next`; returns the names
+/// of those that differed.
+fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> Vec<&'static str> {
+    let mut kept = Vec::new();
+    if next.server != running.server {
+        next.server = running.server.clone();
+        kept.push("server");
+    }
+    if next.observe.admin != running.observe.admin {
+        next.observe.admin = running.observe.admin.clone();
+        kept.push("admin");
+    }
+    if next.observe.access_log != running.observe.access_log {
+        next.observe.access_log = running.observe.access_log.clone();
+        kept.push("access_log");
+    }
+    if next.resolver != running.resolver {
+        next.resolver = running.resolver.clone();
+        kept.push("resolver");
+    }
+    if next.cache != running.cache {
+        next.cache = running.cache.clone();
+        kept.push("cache");
+    }
+    kept
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::load_str;
+
+    fn compile(text: &str) -> RuntimeConfig {
+        match load_str(text, None, std::path::Path::new(".")) {
+            Ok(config) => config,
+            Err(errors) => panic!("config does not compile:\n{errors}"),
+        }
+    }
+
+    const BASE: &str = r#"
+[server]
+listen = ["127.0.0.1:8080"]
+
+[rate_limits.per_ip]
+rate = "10r/s"
+burst = 5
+
+[rate_limits.strict]
+rate = "1r/s"
+
+[upstreams.docs]
+address = "127.0.0.1:9000"
+
+[sites.docs]
+hosts = ["docs.example.com"]
+rate_limits = ["per_ip", "strict"]
+
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+"#;
+
+    fn reloader(config: RuntimeConfig) -> ConfigReloader {
+        let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));
+        ConfigReloader::new(
+            Arc::new(ArcSwap::from_pointee(config)),
+            resolver,
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[test]
+    fn startup_sections_keep_their_running_values_and_are_named() {
+        let reloader = reloader(compile(BASE));
+        let changed = BASE.replace("127.0.0.1:8080", "127.0.0.1:8081")
+            + "\n[cache]\nmax_size = \"1m\"\n[resolver]\nnameservers = [\"127.0.0.1:53\"]\n";
+        let changed = changed.replace("docs.example.com", "docs.example.org");
+        let report = reloader.reload(compile(&changed));
+        assert_eq!(report.needs_restart, ["server", "resolver", "cache"]);
+        let running = reloader.current();
+        assert_eq!(running.server.listen[0].port(), 8080);
+        assert!(running.router.find("docs.example.org").is_some());
+        assert!(running.router.find("docs.example.com").is_none());
+        let rendered = reloader.metrics.render();
+        assert!(
+            rendered.contains("edge_config_reloads_total{result=\"applied\"} 1"),
+            "{rendered}"
+        );
+    }
+
+    #[test]
+    fn unchanged_zones_keep_their_counters_and_changed_ones_start_afresh() {
+        let reloader = reloader(compile(BASE));
+        let strict_before = reloader.current().guards.zones["strict"].clone();
+        let per_ip_before = reloader.current().guards.zones["per_ip"].clone();
+        let report = reloader.reload(compile(&BASE.replace("burst = 5", "burst = 6")));
+        assert_eq!(report.zones_kept, 1);
+        let running = reloader.current();
+        let strict = &running.guards.zones["strict"];
+        assert!(Arc::ptr_eq(strict, &strict_before));
+        assert!(!Arc::ptr_eq(
+            &running.guards.zones["per_ip"],
+            &per_ip_before
+        ));
+        // The site's own list points at the kept zone too, not at a fresh copy.
+        let site_zones = &running.guards.sites["docs"].zones;
+        assert!(site_zones.iter().any(|z| Arc::ptr_eq(z, &strict_before)));
+        assert!(!site_zones.iter().any(|z| Arc::ptr_eq(z, &per_ip_before)));
+    }
+
+    #[test]
+    fn a_rejected_reload_is_counted_and_changes_nothing() {
+        let reloader = reloader(compile(BASE));
+        let before = reloader.current();
+        reloader.reject();
+        assert!(Arc::ptr_eq(&before, &reloader.current()));
+        let rendered = reloader.metrics.render();
+        assert!(
+            rendered.contains("edge_config_reloads_total{result=\"rejected\"} 1"),
+            "{rendered}"
+        );
+        assert!(
+            rendered.contains("edge_config_last_reload_successful 0"),
+            "{rendered}"
+        );
+    }
+}
