@@ -4,14 +4,14 @@
 
 mod alloc;
 mod demo;
+mod signals;
 mod tailnet_wait;
 
 use clap::{Parser, Subcommand};
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server};
 use proxy_core::config::load_file_with;
-use proxy_core::{server_conf, ConfigReloader, EdgeServices, RuntimeConfig};
-use signal_hook::iterator::Signals;
+use proxy_core::{server_conf, EdgeServices, RuntimeConfig};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -39,11 +39,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve with the given config until SIGTERM (graceful) or SIGINT (fast).
+    /// Serve with the given config until SIGTERM (graceful) or SIGINT (fast); SIGHUP
+    /// reloads the config.
     Run {
         /// Path to the TOML config.
         #[arg(long, short)]
         config: PathBuf,
+        /// Take the listening sockets over from a running proxy-app (zero-downtime binary
+        /// upgrade): start this, then send SIGQUIT to the old process. Both use the
+        /// config's `[server] upgrade_sock`.
+        #[arg(long)]
+        upgrade: bool,
         /// Before opening the public listener, wait until tailscaled reports `Running`
         /// (at most TIMEOUT, default 60s; exits with an error after). Uses
         /// `admin.tailscaled_socket`, else tailscaled's default socket.
@@ -74,16 +80,23 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run {
             config: path,
+            upgrade,
             wait_for_tailnet,
         } => load(&path).and_then(|config| {
+            if upgrade && config.server.upgrade_sock.is_none() {
+                anyhow::bail!(
+                    "--upgrade needs `upgrade_sock` in [server] of {}, the same socket the running process uses",
+                    path.display()
+                );
+            }
             if let Some(limit) = wait_for_tailnet {
                 tailnet_wait::wait_for_tailnet(&config, limit)?;
             }
-            serve(config, Some(path))
+            serve(config, Some(path), upgrade)
         }),
         Command::Check { config } => check(&config),
         Command::Demo { listen, admin } => {
-            demo::run(&listen, &admin).and_then(|config| serve(config, None))
+            demo::run(&listen, &admin).and_then(|config| serve(config, None, false))
         }
     };
     match result {
@@ -123,11 +136,16 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 
 /// Runs a Pingora server for `config` until it shuts down, then writes the access-log lines
 /// still waiting and exits; returns only on a startup error. SIGHUP reloads the config
-/// from `config_file`, if it came from one.
-fn serve(config: RuntimeConfig, config_file: Option<PathBuf>) -> anyhow::Result<()> {
+/// from `config_file`, if it came from one. With `upgrade`, the listening sockets come from
+/// the running process (once it gets SIGQUIT) instead of being opened.
+fn serve(config: RuntimeConfig, config_file: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     let conf = server_conf(&config.server);
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);
-    server.bootstrap();
+    let options = Opt {
+        upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(options, conf);
+    let can_upgrade = config.server.upgrade_sock.is_some();
     let listen = config.server.listen.clone();
     let admin = config.observe.admin.listen;
     let services = EdgeServices::new(&server.configuration, Arc::new(config));
@@ -137,64 +155,27 @@ fn serve(config: RuntimeConfig, config_file: Option<PathBuf>) -> anyhow::Result<
         // SIGUSR1 reopens the access-log file (after logrotate moved it).
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, log.reopen_flag())?;
     }
-    reload_on_sighup(config_file, services.reloader())?;
+    signals::reload_on_sighup(config_file, services.reloader())?;
     server.add_service(services.resolver);
     server.add_service(services.admin);
     server.add_service(services.proxy);
+    // After the upstream names resolved: an upgrading process takes the sockets over ready
+    // to serve (bootstrap waits for the old process to send them).
+    if upgrade {
+        tracing::info!(
+            "waiting for the running process to hand its sockets over (send it SIGQUIT)"
+        );
+    }
+    server.bootstrap();
     tracing::info!(%admin, "admin listener (metrics, health, readiness)");
     tracing::info!(?listen, "proxy-app {} serving", env!("CARGO_PKG_VERSION"));
-    server.run(RunArgs::default());
+    server.run(RunArgs {
+        shutdown_signal: Box::new(signals::ShutdownSignals { can_upgrade }),
+    });
     if let Some(log) = access_log {
         log.finish();
     }
     std::process::exit(0)
-}
-
-/// SIGHUP reloads `config_file` on a thread of its own (the demo, which has no file, only
-/// logs that). Without a handler, SIGHUP would end the process.
-fn reload_on_sighup(config_file: Option<PathBuf>, reloader: ConfigReloader) -> anyhow::Result<()> {
-    let mut signals = Signals::new([signal_hook::consts::SIGHUP])?;
-    std::thread::Builder::new()
-        .name("config-reload".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                match &config_file {
-                    Some(path) => reload(path, &reloader),
-                    None => tracing::warn!("SIGHUP: the demo has no config file to reload"),
-                }
-            }
-        })?;
-    Ok(())
-}
-
-/// Loads `path` and swaps it in; a config that does not load is logged with every error,
-/// and the running one stays.
-fn reload(path: &std::path::Path, reloader: &ConfigReloader) {
-    let config = match load(path) {
-        Ok(config) => config,
-        Err(e) => {
-            reloader.reject();
-            tracing::error!(
-                "config reload rejected, the running config stays: {}: {e:#}",
-                path.display()
-            );
-            return;
-        }
-    };
-    let report = reloader.reload(config);
-    if !report.needs_restart.is_empty() {
-        tracing::warn!(
-            sections = ?report.needs_restart,
-            "these sections changed but only take effect on a restart; their running values stay"
-        );
-    }
-    tracing::info!(
-        sites = report.sites,
-        upstreams = report.upstreams,
-        rate_limit_zones_kept = report.zones_kept,
-        "config reloaded from {}",
-        path.display()
-    );
 }
 
 #[cfg(test)]

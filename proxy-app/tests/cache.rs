@@ -752,6 +752,7 @@ async fn full_disk_degrades_to_memory_caching() {
     let port = free_port();
     let proxy = Proxy::start_under(
         &wrapper,
+        &[],
         port,
         &config(port, &tailnet, &storage, "", ""),
         &[],

@@ -78,6 +78,7 @@ fn check_rejects_broken_configs_naming_file_line_and_key() {
         ("proxy = \"docs\"", "proxy = \"docs\"\nreturn = { status = 200 }", "edge.toml:9: sites.docs.locations[0]: a location needs exactly one action"),
         ("tls = true", "tls = \"yes\"", "edge.toml:4: upstreams.docs.tls: invalid type"),
         ("[[sites.docs.locations]]", "[sites.dup]\nhosts = [\"DOCS.example.com\"]\n[[sites.dup.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n\n[[sites.docs.locations]]", "edge.toml:10: sites.dup.hosts[0]: duplicate host `docs.example.com`: already served by site `docs`"),
+        ("[upstreams.docs]", "[server]\nupgrade_sock = \"/nonexistent-dir/upgrade.sock\"\n\n[upstreams.docs]", "edge.toml:3: server.upgrade_sock: `/nonexistent-dir/upgrade.sock` is not a socket path in an existing directory"),
     ];
     for (from, to, expected) in cases {
         assert!(GOOD.contains(from), "bad case: {from}");
@@ -312,4 +313,116 @@ async fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_broken() {
     assert!(metrics(admin)
         .await
         .contains("edge_config_last_reload_successful 1"));
+}
+
+/// GETs `docs.example.com` on a new connection each time until `stop` is set; returns how
+/// many answered 200 and the answers that did not.
+fn request_until(
+    addr: std::net::SocketAddr,
+    stop: &std::sync::atomic::AtomicBool,
+) -> (u32, Vec<String>) {
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let response = raw_request(
+            addr,
+            "GET / HTTP/1.1\r\nHost: docs.example.com\r\nConnection: close\r\n\r\n",
+        );
+        if response.starts_with("HTTP/1.1 200") {
+            ok += 1;
+        } else {
+            failed.push(response.lines().next().unwrap_or("no answer").to_string());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    (ok, failed)
+}
+
+#[tokio::test]
+async fn sigquit_hands_the_listeners_to_a_process_started_with_upgrade() {
+    let tailnet = tailnet(&["docs"]).await;
+    let (port, admin) = (free_port(), free_port());
+    let sock_dir = tempfile::tempdir().unwrap();
+    let sock = sock_dir.path().join("upgrade.sock");
+    let config = sites_config(port, admin, &tailnet, &["docs"]).replacen(
+        "[server]\n",
+        &format!("[server]\nupgrade_sock = \"{}\"\n", sock.display()),
+        1,
+    );
+    let mut old = Proxy::start(port, &config);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (addr, stop) = (old.addr, stop.clone());
+        std::thread::spawn(move || request_until(addr, &stop))
+    };
+
+    // The new process binds the upgrade socket and waits there for the old one's sockets.
+    let mut new = Proxy::start_under(&[], &["--upgrade"], port, &config, &[]);
+    assert!(
+        eventually(Duration::from_secs(10), || sock.exists()).await,
+        "the new process listens on the upgrade socket:\n{}",
+        new.logs()
+    );
+    old.signal("QUIT");
+    let status = old
+        .wait_exit(Duration::from_secs(30))
+        .expect("the old process exits after handing over");
+    assert!(status.success(), "exit status {status}:\n{}", old.logs());
+    assert!(
+        old.logs().contains("listener sockets sent"),
+        "{}",
+        old.logs()
+    );
+    // Served by the new process alone now, on the same port, admin listener included.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (ok, failed) = load.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "requests failed during the handover: {failed:?}"
+    );
+    assert!(ok > 50, "only {ok} requests during the handover");
+    assert!(new.try_exit_status_is_none(), "{}", new.logs());
+    assert_eq!(get(&new, "docs.example.com", "/").await.status, 200);
+    let metrics = client()
+        .get(format!("http://127.0.0.1:{admin}/metrics"))
+        .send()
+        .await
+        .expect("the new process serves the admin listener");
+    assert_eq!(metrics.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn sigquit_without_an_upgrade_socket_shuts_down_gracefully() {
+    let tailnet = tailnet(&["docs"]).await;
+    let (port, admin) = (free_port(), free_port());
+    let config = sites_config(port, admin, &tailnet, &["docs"]);
+    let mut proxy = Proxy::start(port, &config);
+    proxy.signal("QUIT");
+    let status = proxy
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after the grace period");
+    assert!(status.success(), "exit status {status}");
+    assert!(
+        proxy
+            .logs()
+            .contains("SIGQUIT without [server] upgrade_sock"),
+        "{}",
+        proxy.logs()
+    );
+
+    // --upgrade needs the socket in the config, and says so.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(&path, &config).unwrap();
+    let out = Command::new(binary())
+        .args(["run", "--upgrade", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--upgrade needs `upgrade_sock`"),
+        "{stderr}"
+    );
 }

@@ -35,6 +35,8 @@ pub struct ServerSettings {
     pub shutdown_timeout: Duration,
     /// Idle upstream connections kept for reuse, across all upstreams.
     pub upstream_pool_size: usize,
+    /// Where listening sockets are handed to a new process on SIGQUIT, if anywhere.
+    pub upgrade_sock: Option<std::path::PathBuf>,
 }
 
 /// A compiled configuration.

@@ -114,13 +114,19 @@ impl EdgeServices {
     }
 }
 
-/// Pingora's server configuration for these settings (threads, shutdown, upstream pool).
+/// Pingora's server configuration for these settings (threads, shutdown, upstream pool,
+/// upgrade socket).
 pub fn server_conf(settings: &ServerSettings) -> ServerConf {
     ServerConf {
         threads: settings.threads,
         grace_period_seconds: Some(whole_seconds(settings.grace_period)),
         graceful_shutdown_timeout_seconds: Some(whole_seconds(settings.shutdown_timeout)),
         upstream_keepalive_pool_size: settings.upstream_pool_size,
+        upgrade_sock: settings
+            .upgrade_sock
+            .as_ref()
+            .map(|path| path.to_string_lossy().into_owned())
+            .unwrap_or_default(),
         ..ServerConf::default()
     }
 }

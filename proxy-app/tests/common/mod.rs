@@ -79,14 +79,16 @@ impl Proxy {
 
     /// Like [`Proxy::start`], with extra files written next to the config first.
     pub fn start_with_files(port: u16, config: &str, files: &[(&str, &[u8])]) -> Proxy {
-        Self::start_under(&[], port, config, files)
+        Self::start_under(&[], &[], port, config, files)
     }
 
-    /// Like [`Proxy::start_with_files`], with `proxy-app run ...` appended to `wrapper`'s
-    /// arguments (e.g. a program that sets up a mount namespace and then execs it). The
-    /// wrapper must exec the proxy, so that the process started is the proxy's.
+    /// Like [`Proxy::start_with_files`], with `args` after `run --config FILE`, and the
+    /// whole `proxy-app run ...` appended to `wrapper`'s arguments (e.g. a program that
+    /// sets up a mount namespace and then execs it). The wrapper must exec the proxy, so
+    /// that the process started is the proxy's.
     pub fn start_under(
         wrapper: &[&str],
+        args: &[&str],
         port: u16,
         config: &str,
         files: &[(&str, &[u8])],
@@ -113,6 +115,7 @@ impl Proxy {
         let child = command
             .args(["run", "--config"])
             .arg(&config_path)
+            .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr)

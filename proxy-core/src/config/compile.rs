@@ -178,7 +178,29 @@ impl Compiler<'_> {
                 key.key("shutdown_timeout"),
             ),
             upstream_pool_size: s.upstream_pool_size.unwrap_or(128),
+            upgrade_sock: self.upgrade_sock(s.upgrade_sock.as_deref(), key.key("upgrade_sock")),
         }
+    }
+
+    /// The upgrade socket's path; its directory must exist (the new process binds it there).
+    fn upgrade_sock(&mut self, text: Option<&str>, key: KeyPath) -> Option<PathBuf> {
+        let path = resolve_path(self.base_dir, text?);
+        let usable = path.file_name().is_some()
+            && path.to_str().is_some()
+            && path
+                .parent()
+                .is_some_and(|dir| dir.as_os_str().is_empty() || dir.is_dir());
+        if !usable {
+            self.problem(
+                key,
+                format!(
+                    "`{}` is not a socket path in an existing directory",
+                    path.display()
+                ),
+            );
+            return None;
+        }
+        Some(path)
     }
 
     fn health_path(&mut self, s: &ServerSection, key: &KeyPath) -> Option<String> {

@@ -60,6 +60,10 @@ pub struct ServerSection {
     pub unknown_host: Option<StatusOrWord>,
     /// Idle upstream connections kept for reuse, across all upstreams. Default 128.
     pub upstream_pool_size: Option<usize>,
+    /// Unix socket through which a new process started with `--upgrade` takes over the
+    /// listening sockets when this one gets SIGQUIT (zero-downtime binary upgrade). Unset:
+    /// SIGQUIT shuts down gracefully, like SIGTERM.
+    pub upgrade_sock: Option<String>,
 }
 
 /// A value that is either a status code or a keyword (`unknown_host = 421` or `"close"`).
