@@ -3,6 +3,7 @@
 //! ([`AdminApp`]). An embedder adds them to its own `pingora::server::Server`.
 
 use arc_swap::ArcSwap;
+use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::services::background::GenBackgroundService;
@@ -85,7 +86,7 @@ impl EdgeServices {
         let cache = proxy.cache();
         let mut service = http_proxy_service_with_name(server_conf, proxy, "edge proxy");
         for addr in listen {
-            service.add_tcp(&addr.to_string());
+            service.add_listener(public_listener(addr));
         }
         let token = admin_settings
             .token_env
@@ -112,6 +113,14 @@ impl EdgeServices {
             cache,
         }
     }
+}
+
+/// A public listener. Its connections read straight from the socket into the HTTP
+/// parser's own buffer: Pingora's default 64 KiB read buffer per connection (there for TLS
+/// records, which this listener never terminates) would copy every request twice and
+/// hold 64 KiB for each idle keep-alive connection.
+fn public_listener(addr: std::net::SocketAddr) -> ListenerConfig {
+    ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
 }
 
 /// Pingora's server configuration for these settings (threads, shutdown, upstream pool,
