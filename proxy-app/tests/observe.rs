@@ -52,23 +52,6 @@ return = {{ status = 200, body = "robots\n" }}
     )
 }
 
-/// GET on the admin listener; returns status and body.
-async fn admin_get(admin: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = client().get(format!("http://127.0.0.1:{admin}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("admin request");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
-async fn scrape(admin: u16) -> String {
-    let (status, body) = admin_get(admin, "/metrics", None).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
 /// Scrapes until `done` holds (at most 10 s); returns the last scrape either way.
 async fn scrape_until(admin: u16, done: impl Fn(&str) -> bool) -> String {
     let mut text = String::new();

@@ -92,27 +92,36 @@ impl ConfigReloader {
 /// of those that differed.
 fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> Vec<&'static str> {
     let mut kept = Vec::new();
-    if next.server != running.server {
-        next.server = running.server.clone();
-        kept.push("server");
-    }
-    if next.observe.admin != running.observe.admin {
-        next.observe.admin = running.observe.admin.clone();
-        kept.push("admin");
-    }
-    if next.observe.access_log != running.observe.access_log {
-        next.observe.access_log = running.observe.access_log.clone();
-        kept.push("access_log");
-    }
-    if next.resolver != running.resolver {
-        next.resolver = running.resolver.clone();
-        kept.push("resolver");
-    }
-    if next.cache != running.cache {
-        next.cache = running.cache.clone();
-        kept.push("cache");
-    }
+    keep_running(&mut next.server, &running.server, "server", &mut kept);
+    keep_running(
+        &mut next.observe.admin,
+        &running.observe.admin,
+        "admin",
+        &mut kept,
+    );
+    let access_log = &running.observe.access_log;
+    keep_running(
+        &mut next.observe.access_log,
+        access_log,
+        "access_log",
+        &mut kept,
+    );
+    keep_running(&mut next.resolver, &running.resolver, "resolver", &mut kept);
+    keep_running(&mut next.cache, &running.cache, "cache", &mut kept);
     kept
+}
+
+/// Sets `next` back to `running` if they differ, noting `name` in `kept`.
+fn keep_running<T: PartialEq + Clone>(
+    next: &mut T,
+    running: &T,
+    name: &'static str,
+    kept: &mut Vec<&'static str>,
+) {
+    if next != running {
+        *next = running.clone();
+        kept.push(name);
+    }
 }
 
 #[cfg(test)]

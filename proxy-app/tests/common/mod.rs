@@ -232,6 +232,24 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// GET on the admin listener; returns status and body.
+pub async fn admin_get(admin: u16, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = client().get(format!("http://127.0.0.1:{admin}{path}"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+/// The admin listener's `/metrics` text (asserting it answered 200).
+pub async fn scrape(admin: u16) -> String {
+    let (status, body) = admin_get(admin, "/metrics", None).await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
 /// An HTTP client that never uses a system proxy and never follows redirects.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder()
