@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use http::header::{HeaderName, HeaderValue};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::proxy::Session;
-use proxy_core::plugin::{Plugin, PluginCtx, PluginOptions, PluginSetup};
+use proxy_core::plugin::{Plugin, PluginCtx, PluginError, PluginOptions, PluginSetup};
 use std::sync::Arc;
 
 /// The `security` preset: the headers real deployments repeat on every location.
@@ -48,6 +48,13 @@ pub struct HeadersPlugin {
 impl HeadersPlugin {
     /// Builds the plugin from its config options.
     pub fn from_options(
+        options: &PluginOptions,
+        setup: PluginSetup<'_>,
+    ) -> Result<Arc<dyn Plugin>, PluginError> {
+        Self::parse_options(options, setup).map_err(PluginError::Options)
+    }
+
+    fn parse_options(
         options: &PluginOptions,
         _setup: PluginSetup<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
@@ -172,6 +179,7 @@ mod tests {
             HeadersPlugin::from_options(&options(text), setup())
                 .err()
                 .unwrap()
+                .to_string()
         };
         assert!(err("colour = 1").contains("unknown option `colour`"));
         assert!(err("preset = \"paranoid\"").contains("unknown preset"));

@@ -16,8 +16,8 @@
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::proxy::Session;
-use proxy_core::answer::LocalAnswer;
-use proxy_core::plugin::{Plugin, PluginCtx, PluginOptions, PluginSetup, RequestFlow};
+use proxy_core::plugin::{Plugin, PluginCtx, PluginError, PluginOptions, PluginSetup, RequestFlow};
+use proxy_core::LocalAnswer;
 use std::sync::Arc;
 
 /// Largest page file accepted: pages are held in memory for the life of the config.
@@ -34,6 +34,13 @@ pub struct Page {
 impl Page {
     /// Builds the plugin from its config options.
     pub fn from_options(
+        options: &PluginOptions,
+        setup: PluginSetup<'_>,
+    ) -> Result<Arc<dyn Plugin>, PluginError> {
+        Self::parse_options(options, setup).map_err(PluginError::Options)
+    }
+
+    fn parse_options(
         options: &PluginOptions,
         setup: PluginSetup<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {
@@ -117,7 +124,7 @@ mod tests {
 
     fn build(options: &str, dir: &std::path::Path) -> Result<Arc<dyn Plugin>, String> {
         let options: toml::Table = options.parse().map_err(|e| format!("{e}"))?;
-        Page::from_options(&options, PluginSetup { base_dir: dir })
+        Page::from_options(&options, PluginSetup { base_dir: dir }).map_err(|e| e.to_string())
     }
 
     #[test]

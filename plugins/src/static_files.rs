@@ -21,10 +21,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use pingora::proxy::Session;
-use proxy_core::answer::LocalAnswer;
 use proxy_core::config::units::parse_size;
-use proxy_core::plugin::{Plugin, PluginCtx, PluginOptions, PluginSetup, RequestFlow};
+use proxy_core::plugin::{Plugin, PluginCtx, PluginError, PluginOptions, PluginSetup, RequestFlow};
 use proxy_core::route::normalize_path;
+use proxy_core::LocalAnswer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -42,6 +42,13 @@ pub struct StaticFiles {
 impl StaticFiles {
     /// Builds the plugin from its config options.
     pub fn from_options(
+        options: &PluginOptions,
+        setup: PluginSetup<'_>,
+    ) -> Result<Arc<dyn Plugin>, PluginError> {
+        Self::parse_options(options, setup).map_err(PluginError::Options)
+    }
+
+    fn parse_options(
         options: &PluginOptions,
         setup: PluginSetup<'_>,
     ) -> Result<Arc<dyn Plugin>, String> {

@@ -15,7 +15,6 @@ use proxy_core::{server_conf, EdgeServices, RuntimeConfig};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 /// mimalloc instead of glibc's malloc: the proxy path makes a few dozen short-lived
 /// allocations per request (header maps, buffers, futures), where glibc's allocator costs
@@ -83,7 +82,7 @@ fn main() -> ExitCode {
             upgrade,
             wait_for_tailnet,
         } => load(&path).and_then(|config| {
-            if upgrade && config.server.upgrade_sock.is_none() {
+            if upgrade && config.server().upgrade_sock().is_none() {
                 anyhow::bail!(
                     "--upgrade needs `upgrade_sock` in [server] of {}, the same socket the running process uses",
                     path.display()
@@ -128,8 +127,8 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
     println!(
         "{}: ok ({} sites, {} upstreams)",
         path.display(),
-        config.router.sites().count(),
-        config.upstreams.len()
+        config.sites().count(),
+        config.upstreams().count()
     );
     Ok(())
 }
@@ -139,26 +138,24 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 /// from `config_file`, if it came from one. With `upgrade`, the listening sockets come from
 /// the running process (once it gets SIGQUIT) instead of being opened.
 fn serve(config: RuntimeConfig, config_file: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
-    let conf = server_conf(&config.server);
+    let conf = server_conf(config.server());
     let options = Opt {
         upgrade,
         ..Opt::default()
     };
     let mut server = Server::new_with_opt_and_conf(options, conf);
-    let can_upgrade = config.server.upgrade_sock.is_some();
-    let listen = config.server.listen.clone();
-    let admin = config.observe.admin.listen;
-    let services = EdgeServices::new(&server.configuration, Arc::new(config));
+    let can_upgrade = config.server().upgrade_sock().is_some();
+    let listen = config.server().listen().to_vec();
+    let admin = config.admin().listen();
+    let services = EdgeServices::new(&server.configuration, config);
     services.prime_resolver(STARTUP_DNS_WAIT);
-    let access_log = services.observability.access_log().cloned();
+    let access_log = services.observability().access_log().cloned();
     if let Some(log) = &access_log {
         // SIGUSR1 reopens the access-log file (after logrotate moved it).
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, log.reopen_flag())?;
     }
     signals::reload_on_sighup(config_file, services.reloader())?;
-    server.add_service(services.resolver);
-    server.add_service(services.admin);
-    server.add_service(services.proxy);
+    services.add_to(&mut server);
     // After the upstream names resolved: an upgrading process takes the sockets over ready
     // to serve (bootstrap waits for the old process to send them).
     if upgrade {

@@ -20,11 +20,9 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
 /// Waits until tailscaled reports `Running`, at most `limit`.
 pub fn wait_for_tailnet(config: &RuntimeConfig, limit: Duration) -> anyhow::Result<()> {
     let socket = config
-        .observe
-        .admin
-        .tailscaled_socket
-        .clone()
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_SOCKET));
+        .admin()
+        .tailscaled_socket()
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), PathBuf::from);
     let client = LocalApiClient::new(socket);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

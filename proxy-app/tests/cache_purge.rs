@@ -10,19 +10,17 @@ use proxy_core::cache::{EdgeCache, PurgeScope};
 use proxy_core::config::load_str;
 use proxy_core::{server_conf, EdgeServices};
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Starts the proxy in a background thread of this process; returns its cache.
 fn start_in_process(port: u16, config: &str) -> &'static EdgeCache {
     let config = load_str(config, None, Path::new(".")).expect("valid config");
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), server_conf(&config.server));
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), server_conf(config.server()));
     server.bootstrap();
-    let services = EdgeServices::new(&server.configuration, Arc::new(config));
+    let services = EdgeServices::new(&server.configuration, config);
     services.prime_resolver(Duration::from_secs(5));
-    let cache = services.cache;
-    server.add_service(services.resolver);
-    server.add_service(services.proxy);
+    let cache = services.cache();
+    services.add_to(&mut server);
     // Runs until the test process exits.
     std::thread::spawn(move || server.run(RunArgs::default()));
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));

@@ -40,15 +40,9 @@ fn bench_client_ip(c: &mut Criterion) {
         .iter()
         .map(|net| net.parse().expect("valid CIDR"))
         .collect();
-    let policy = ClientIpPolicy {
-        trusted_proxies: trusted.clone(),
-        ..ClientIpPolicy::default()
-    };
-    let with_fallback = ClientIpPolicy {
-        trusted_proxies: trusted,
-        forwarded_for_fallback: true,
-        ..ClientIpPolicy::default()
-    };
+    let header = http::HeaderName::from_static("fly-client-ip");
+    let policy = ClientIpPolicy::new(trusted.clone(), header.clone(), false);
+    let with_fallback = ClientIpPolicy::new(trusted, header, true);
     let fly_peer = ip("172.19.0.2");
     // (bench name, policy, peer, request, the client that must be found)
     let cases = [

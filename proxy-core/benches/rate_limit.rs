@@ -12,8 +12,9 @@
 //! Run with `cargo bench -p proxy-core --bench rate_limit`.
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use proxy_core::config::file::DEFAULT_SLOTS;
 use proxy_core::limit::{
-    acquire_all, LimitOutcome, LimitZone, Rate, ZoneKey, ZoneSettings, ZoneVerdict, DEFAULT_SLOTS,
+    acquire_all, LimitOutcome, LimitZone, Rate, ZoneKey, ZoneSettings, ZoneVerdict,
 };
 use std::net::{IpAddr, Ipv4Addr};
 

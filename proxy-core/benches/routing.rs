@@ -5,8 +5,8 @@
 //! Run with `cargo bench -p proxy-core --bench routing`.
 
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion};
-use proxy_core::builder::{ConfigBuilder, LocationBuilder, SiteBuilder};
-use proxy_core::route::{normalize_host, normalize_path, LocationTable};
+use proxy_core::config::{ConfigBuilder, LocationBuilder, SiteBuilder};
+use proxy_core::route::{normalize_host, normalize_path, Site};
 use proxy_core::RuntimeConfig;
 
 /// `sites` sites: one serving `*.preview.example.net`, the others one exact host each.
@@ -34,10 +34,10 @@ fn bench_hosts(c: &mut Criterion) {
             ("miss", "unknown.example.org", None),
         ];
         for (name, host, expected) in cases {
-            let found = config.router.find(host).map(|site| site.name.as_str());
+            let found = config.site_for_host(host).map(|site| site.name());
             assert_eq!(found, expected, "{host} with {sites} sites");
             group.bench_with_input(BenchmarkId::new(name, sites), host, |b, host| {
-                b.iter(|| config.router.find(black_box(host)).is_some())
+                b.iter(|| config.site_for_host(black_box(host)).is_some())
             });
         }
     }
@@ -75,11 +75,7 @@ fn location_table() -> RuntimeConfig {
 
 fn bench_locations(c: &mut Criterion) {
     let config = location_table();
-    let table: &LocationTable = &config
-        .router
-        .find("docs.example.com")
-        .expect("site")
-        .locations;
+    let site: &Site = config.site_for_host("docs.example.com").expect("site");
     // (bench name, normalised path, the location that must win)
     let cases = [
         ("exact", "/robots.txt", "= /robots.txt"),
@@ -94,10 +90,12 @@ fn bench_locations(c: &mut Criterion) {
     ];
     let mut group = c.benchmark_group("location");
     for (name, path, expected) in cases {
-        let found = table.find(path.as_bytes()).map(|l| l.pattern_text.as_str());
+        let found = site
+            .location_for_path(path.as_bytes())
+            .map(|l| l.pattern_text());
         assert_eq!(found, Some(expected), "{path}");
         group.bench_function(name, |b| {
-            b.iter(|| table.find(black_box(path.as_bytes())).is_some())
+            b.iter(|| site.location_for_path(black_box(path.as_bytes())).is_some())
         });
     }
     group.finish();

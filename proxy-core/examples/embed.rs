@@ -9,9 +9,8 @@
 
 use pingora::server::configuration::Opt;
 use pingora::server::Server;
-use proxy_core::builder::{ConfigBuilder, LocationBuilder, SiteBuilder, UpstreamBuilder};
+use proxy_core::config::{ConfigBuilder, LocationBuilder, SiteBuilder, UpstreamBuilder};
 use proxy_core::{server_conf, EdgeServices};
-use std::sync::Arc;
 
 fn main() {
     // The same runtime a TOML file would compile to; errors name the offending key.
@@ -34,22 +33,17 @@ fn main() {
                 .location(LocationBuilder::new("= /ping").respond(200, "pong\n"))
                 .location(LocationBuilder::new("^~ /old/").redirect(301, "/new$request_uri")),
         )
-        .build();
-    let config = match config {
-        Ok(config) => config,
-        Err(errors) => {
+        .build()
+        .unwrap_or_else(|errors| {
             eprintln!("invalid config:\n{errors}");
-            std::process::exit(1);
-        }
-    };
+            std::process::exit(1)
+        });
 
-    let mut server = Server::new_with_opt_and_conf(Opt::default(), server_conf(&config.server));
+    let mut server = Server::new_with_opt_and_conf(Opt::default(), server_conf(config.server()));
     server.bootstrap();
-    let services = EdgeServices::new(&server.configuration, Arc::new(config));
-    // Keep `services.config` to swap in a new config later (hot reload).
-    server.add_service(services.resolver);
-    server.add_service(services.proxy);
-    // /metrics, /healthz, /readyz on 127.0.0.1:9091 (the default admin address).
-    server.add_service(services.admin);
+    let services = EdgeServices::new(&server.configuration, config);
+    // Keep `services.reloader()` to swap in a new config later (hot reload).
+    // The proxy, the MagicDNS resolver, and /metrics, /healthz, /readyz on 127.0.0.1:9091.
+    services.add_to(&mut server);
     server.run_forever();
 }

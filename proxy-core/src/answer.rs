@@ -1,11 +1,56 @@
 //! Responses the proxy writes itself: fixed returns, redirects, health answers and error
-//! pages. One function builds them all so every local answer gets the same headers.
+//! pages. One function builds them all so every local answer gets the same headers, and one
+//! decides what an error becomes ([`Reply::for_error`]).
 
 use bytes::Bytes;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
-use pingora::Result;
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::borrow::Cow;
+
+/// What the proxy does instead of forwarding a request.
+#[derive(Debug)]
+pub enum Reply {
+    /// Send this answer.
+    Send(LocalAnswer),
+    /// Close the connection without a response (nginx's `return 444`; a client that is gone).
+    Close,
+}
+
+impl Reply {
+    /// What an error that ended a request becomes: 504 for upstream timeouts, 502 for
+    /// other upstream failures, 408/400 for a client's, nothing when the client is gone.
+    /// Always closes the connection afterwards.
+    pub fn for_error(e: &Error) -> Reply {
+        let status = match (e.etype(), e.esource()) {
+            (ErrorType::HTTPStatus(code), _) => *code,
+            (
+                ErrorType::ConnectTimedout
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+                | ErrorType::TLSHandshakeTimedout,
+                ErrorSource::Upstream,
+            ) => 504,
+            (_, ErrorSource::Upstream) => 502,
+            (
+                ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed,
+                ErrorSource::Downstream,
+            ) => return Reply::Close,
+            (ErrorType::ReadTimedout, ErrorSource::Downstream) => 408,
+            (_, ErrorSource::Downstream) => 400,
+            _ => 500,
+        };
+        Reply::Send(LocalAnswer::html(status, default_error_page(status)).closing())
+    }
+
+    /// The status this reply sends (0 for [`Reply::Close`]), as Pingora's logs count it.
+    pub fn status(&self) -> u16 {
+        match self {
+            Reply::Send(answer) => answer.status,
+            Reply::Close => 0,
+        }
+    }
+}
 
 /// A response written by the proxy rather than an upstream.
 #[derive(Debug, Clone)]
@@ -98,7 +143,7 @@ pub(crate) async fn write_response(
 }
 
 /// The built-in page for an error status, used when a site configures none.
-pub fn default_error_page(status: u16) -> Bytes {
+pub(crate) fn default_error_page(status: u16) -> Bytes {
     let reason = http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())
@@ -106,4 +151,41 @@ pub fn default_error_page(status: u16) -> Bytes {
     Bytes::from(format!(
         "<!doctype html>\n<html><head><title>{status} {reason}</title></head>\n<body><h1>{status} {reason}</h1></body></html>\n"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_nginx_statuses() {
+        let up = |t| *Error::new(t).into_up();
+        let down = |t| *Error::new(t).into_down();
+        assert_eq!(
+            Reply::for_error(&up(ErrorType::ConnectTimedout)).status(),
+            504
+        );
+        assert_eq!(Reply::for_error(&up(ErrorType::ReadTimedout)).status(), 504);
+        assert_eq!(
+            Reply::for_error(&up(ErrorType::ConnectRefused)).status(),
+            502
+        );
+        assert_eq!(
+            Reply::for_error(&down(ErrorType::ReadTimedout)).status(),
+            408
+        );
+        assert_eq!(
+            Reply::for_error(&down(ErrorType::InvalidHTTPHeader)).status(),
+            400
+        );
+        assert!(matches!(
+            Reply::for_error(&down(ErrorType::ConnectionClosed)),
+            Reply::Close
+        ));
+        let too_large = Error::new(ErrorType::HTTPStatus(413));
+        match Reply::for_error(&too_large) {
+            Reply::Send(answer) => assert!(answer.status == 413 && answer.close),
+            Reply::Close => panic!("413 expected"),
+        }
+    }
 }

@@ -13,32 +13,35 @@ use pingora::http::RequestHeader;
 use pingora::Result;
 use std::net::IpAddr;
 
-/// Default client-IP header (Fly.io's).
-pub const DEFAULT_CLIENT_IP_HEADER: &str = "Fly-Client-IP";
-
 /// How the client address is found.
 #[derive(Debug, Clone)]
 pub struct ClientIpPolicy {
-    /// Peers whose client-IP header is believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// The header naming the client.
-    pub header: HeaderName,
-    /// When a trusted peer sent no usable header, use the rightmost untrusted
-    /// `X-Forwarded-For` entry.
-    pub forwarded_for_fallback: bool,
-}
-
-impl Default for ClientIpPolicy {
-    fn default() -> Self {
-        Self {
-            trusted_proxies: Vec::new(),
-            header: HeaderName::from_static("fly-client-ip"),
-            forwarded_for_fallback: false,
-        }
-    }
+    trusted_proxies: Vec<IpNet>,
+    header: HeaderName,
+    forwarded_for_fallback: bool,
 }
 
 impl ClientIpPolicy {
+    /// A policy believing `header` from peers in `trusted_proxies`; with
+    /// `forwarded_for_fallback`, a trusted peer that sent no usable header is asked through
+    /// the rightmost untrusted `X-Forwarded-For` entry.
+    pub fn new(
+        trusted_proxies: Vec<IpNet>,
+        header: HeaderName,
+        forwarded_for_fallback: bool,
+    ) -> Self {
+        Self {
+            trusted_proxies,
+            header,
+            forwarded_for_fallback,
+        }
+    }
+
+    /// The header naming the client when the peer is trusted.
+    pub fn header(&self) -> &HeaderName {
+        &self.header
+    }
+
     /// Whether `ip` is a trusted proxy.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
         self.trusted_proxies.iter().any(|net| net.contains(&ip))
@@ -107,7 +110,7 @@ impl ClientIpPolicy {
 }
 
 /// `ip` as a header value, without `fmt` for IPv4 (once per forwarding header and request).
-pub fn ip_header_value(ip: IpAddr) -> HeaderValue {
+pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {
     let value = match ip {
         IpAddr::V4(v4) => HeaderValue::from_bytes(crate::text::ipv4(v4, &mut [0; 15])),
         IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
@@ -142,11 +145,11 @@ mod tests {
     }
 
     fn policy(trusted: &[&str], fallback: bool) -> ClientIpPolicy {
-        ClientIpPolicy {
-            trusted_proxies: trusted.iter().map(|t| t.parse().unwrap()).collect(),
-            forwarded_for_fallback: fallback,
-            ..ClientIpPolicy::default()
-        }
+        ClientIpPolicy::new(
+            trusted.iter().map(|t| t.parse().unwrap()).collect(),
+            HeaderName::from_static("fly-client-ip"),
+            fallback,
+        )
     }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -2,50 +2,71 @@
 //!
 //! The library behind a programmable edge proxy that puts services living on a Tailscale
 //! tailnet on the public internet. It provides [`EdgeProxy`], a Pingora
-//! [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation, and everything it runs on:
-//!
-//! - [`config`]: TOML in, a validated [`RuntimeConfig`] out, with errors naming file, line
-//!   and key; [`builder`] builds the same runtime from code.
-//! - [`route`]: Host -> site -> location (nginx matching rules on normalised paths).
-//! - [`upstream`]: tailnet upstreams resolved through MagicDNS in the background
-//!   ([`MagicDnsResolver`]), TLS with SNI and verification, forwarding headers.
-//! - [`answer`]: local answers (returns, redirects, health, error pages).
-//! - [`observe`]: Prometheus metrics, the JSON access log, request ids, tailscaled
-//!   readiness; [`admin`]: the admin listener serving them.
-//! - [`cache`]: response caching on pingora-cache (bounded memory storage, policies, purge).
-//! - [`client`]: who is asking (`Fly-Client-IP` from trusted proxies only).
-//! - [`limit`], [`access`], [`guard`]: rate limits (nginx `limit_req` semantics, bounded
-//!   memory), deny/allow lists and user-agent rules, run after routing.
-//! - [`plugin`]: the plugin trait and registry that sites and locations attach plugins
-//!   from (built-in plugins live in the `plugins` crate).
-//! - [`service`]: the Pingora services (proxy, resolver, admin) built from a config;
-//!   [`reload`]: swapping a new config into them while they run.
+//! [`ProxyHttp`](pingora::proxy::ProxyHttp) implementation, the services it runs in
+//! ([`EdgeServices`]), and the config language that drives both ([`config`]).
 //!
 //! It is not a server: wiring listeners, signals and the CLI is the embedding app's job
-//! (see `proxy-app`, or `examples/embed.rs` for a minimal one).
+//! (see `proxy-app`, or `examples/embed.rs` for a minimal one). It is not a place for
+//! optional policies either: those are plugins ([`plugin`]), like the `plugins` crate's.
+//!
+//! # Map of the code
+//!
+//! One request, phase by phase (the table in [`EdgeProxy`]'s module says the same per
+//! Pingora hook):
+//!
+//! | step | module | config it reads |
+//! |---|---|---|
+//! | who is asking | [`client`] | `[client]` |
+//! | framing, health path, Host -> site -> location, the location's action | [`route`] | `[server]` `health_path`/`unknown_host`, `[sites.*]`, `[[sites.*.locations]]` |
+//! | body size, user agents, deny and allow lists, rate limits | [`guard`] (with [`access`], [`limit`]) | `max_body_size`, `[sites.*.access]`, `allow`, `[rate_limits.*]` |
+//! | plugins | [`plugin`] | `[[sites.*.plugins]]`, `[[sites.*.locations.plugins]]` |
+//! | cache policy and storage | [`cache`] | `cache = {...}`, `[cache]` |
+//! | upstream peers, MagicDNS, forwarding headers | [`upstream`] | `[upstreams.*]`, `[resolver]` |
+//! | local answers and error pages | `answer` ([`LocalAnswer`], [`Reply`]) | `return`, `redirect`, `error_pages` |
+//! | metrics, access log, request ids | [`observe`] | `[admin] metrics`, `[access_log]` |
+//! | the admin listener | [`admin`] | `[admin]` |
+//!
+//! And around it:
+//!
+//! | what | module |
+//! |---|---|
+//! | TOML / builders -> compiled model, every check, every default | [`config`] (`file.rs`: keys and defaults; `compile/<section>.rs`: checks) |
+//! | the compiled model | [`RuntimeConfig`], [`route::Site`], [`route::Location`] |
+//! | the per-request state | [`RequestCtx`] |
+//! | starting what runs (proxy, admin, resolver, deny-list watching) | [`EdgeServices`] |
+//! | swapping a new config in | [`ConfigReloader`] |
+//!
+//! Dependencies between modules go one way: `config` -> `model` -> `route` -> `guard`,
+//! `plugin`, `cache`, `upstream` -> leaves (`access`, `limit`, `client`, `observe`,
+//! `answer`); `proxy`, `service`, `reload` and `admin` sit on top. Nothing at request time
+//! reads the plain config data.
+
+#![deny(missing_docs)]
+#![warn(unreachable_pub)]
+#![forbid(unsafe_code)]
 
 pub mod access;
 pub mod admin;
-pub mod answer;
-pub mod builder;
+mod answer;
 pub mod cache;
 pub mod client;
 pub mod config;
 pub mod guard;
+mod hostname;
 pub mod limit;
+mod model;
 pub mod observe;
 pub mod plugin;
-pub mod proxy;
-pub mod reload;
+mod proxy;
+mod reload;
 pub mod route;
-pub mod runtime;
-pub mod service;
+mod service;
 mod text;
 pub mod upstream;
 
-pub use observe::Observability;
+pub use answer::{LocalAnswer, Reply};
+pub use model::{AdminSettings, RuntimeConfig, ServerSettings};
 pub use proxy::{EdgeProxy, RequestCtx};
 pub use reload::{ConfigReloader, ReloadReport};
-pub use runtime::{RuntimeConfig, ServerSettings, UnknownHostAnswer};
 pub use service::{server_conf, EdgeServices};
 pub use upstream::MagicDnsResolver;

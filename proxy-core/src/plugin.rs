@@ -7,6 +7,14 @@
 //!
 //! Every method has a default that does nothing, so a plugin implements only the phases it
 //! needs. Plugins see the request context read-only through [`PluginCtx`].
+//!
+//! | phase | method | may |
+//! |---|---|---|
+//! | after routing and the location's guards | [`Plugin::request`] | answer the request itself |
+//! | before the request goes upstream | [`Plugin::upstream_request`] | change the upstream request |
+//! | on the upstream's response header, before caching | [`Plugin::upstream_response`] | change what is cached |
+//! | before any response header is sent | [`Plugin::response`] | change every response |
+//! | after the response | [`Plugin::logging`] | observe the outcome |
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -18,17 +26,78 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::answer::LocalAnswer;
-use crate::route::{Location, Site};
 
 /// What a plugin sees of the request: who is asking and what the router matched.
-#[derive(Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct PluginCtx<'a> {
-    /// The client's address (see the client identity rules).
-    pub client_ip: Option<IpAddr>,
-    /// The matched site.
-    pub site: &'a Site,
-    /// The matched location, if any matched.
-    pub location: Option<&'a Location>,
+    client_ip: Option<IpAddr>,
+    site: &'a str,
+    location: Option<(&'a str, usize)>,
+}
+
+impl<'a> PluginCtx<'a> {
+    /// The context of a request from `client_ip` matched to the site named `site` and,
+    /// unless it matched none, the location with pattern text and index `location`.
+    pub fn new(
+        client_ip: Option<IpAddr>,
+        site: &'a str,
+        location: Option<(&'a str, usize)>,
+    ) -> Self {
+        Self {
+            client_ip,
+            site,
+            location,
+        }
+    }
+
+    /// The client's address (`Fly-Client-IP` from a trusted proxy, else the peer's).
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    /// The matched site's name (`[sites.NAME]`).
+    pub fn site_name(&self) -> &'a str {
+        self.site
+    }
+
+    /// The matched location's pattern as written in the config, if a location matched.
+    pub fn location_pattern(&self) -> Option<&'a str> {
+        self.location.map(|(pattern, _)| pattern)
+    }
+
+    /// The matched location's position in its site's list, if a location matched.
+    pub fn location_index(&self) -> Option<usize> {
+        self.location.map(|(_, index)| index)
+    }
+}
+
+/// Why a plugin could not be built from its config, reported at the plugin's config key
+/// with file and line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PluginError {
+    /// No plugin is registered under this name.
+    #[error("unknown plugin `{name}` (available: {available})")]
+    Unknown {
+        /// The name the config used.
+        name: String,
+        /// The registered names, for the message.
+        available: String,
+    },
+    /// The plugin's options are wrong; the message says how, in words an operator can act on.
+    #[error("{0}")]
+    Options(String),
+}
+
+impl From<String> for PluginError {
+    fn from(message: String) -> Self {
+        PluginError::Options(message)
+    }
+}
+
+impl From<&str> for PluginError {
+    fn from(message: &str) -> Self {
+        PluginError::Options(message.to_string())
+    }
 }
 
 /// What the request phase decided.
@@ -86,7 +155,7 @@ pub type PluginOptions = toml::Table;
 /// Builds a plugin from its options, or says (in words an operator can act on) what is
 /// wrong with them. The error is reported at the plugin's config key with file and line.
 pub type PluginFactory = Arc<
-    dyn Fn(&PluginOptions, PluginSetup<'_>) -> std::result::Result<Arc<dyn Plugin>, String>
+    dyn Fn(&PluginOptions, PluginSetup<'_>) -> std::result::Result<Arc<dyn Plugin>, PluginError>
         + Send
         + Sync,
 >;
@@ -121,7 +190,7 @@ impl PluginRegistry {
     pub fn register(
         &mut self,
         name: impl Into<String>,
-        factory: impl Fn(&PluginOptions, PluginSetup<'_>) -> std::result::Result<Arc<dyn Plugin>, String>
+        factory: impl Fn(&PluginOptions, PluginSetup<'_>) -> std::result::Result<Arc<dyn Plugin>, PluginError>
             + Send
             + Sync
             + 'static,
@@ -136,17 +205,17 @@ impl PluginRegistry {
         name: &str,
         options: &PluginOptions,
         setup: PluginSetup<'_>,
-    ) -> std::result::Result<Arc<dyn Plugin>, String> {
+    ) -> std::result::Result<Arc<dyn Plugin>, PluginError> {
         match self.factories.get(name) {
             Some(factory) => factory(options, setup),
-            None => Err(format!(
-                "unknown plugin `{name}` (available: {})",
-                if self.factories.is_empty() {
+            None => Err(PluginError::Unknown {
+                name: name.to_string(),
+                available: if self.factories.is_empty() {
                     "none".to_string()
                 } else {
                     self.names().join(", ")
-                }
-            )),
+                },
+            }),
         }
     }
 
@@ -164,52 +233,16 @@ impl fmt::Debug for PluginRegistry {
     }
 }
 
-/// The plugins attached to a site or a location, in config order.
-#[derive(Clone, Default)]
-pub struct PluginList(Vec<Arc<dyn Plugin>>);
-
-impl PluginList {
-    /// A list from built plugins.
-    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
-        Self(plugins)
-    }
-
-    /// The plugins in call order.
-    pub fn as_slice(&self) -> &[Arc<dyn Plugin>] {
-        &self.0
-    }
-}
-
-impl fmt::Debug for PluginList {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "PluginList({} plugins)", self.0.len())
-    }
-}
-
-/// The plugins that apply to one request: the site's, then the location's.
+/// The plugins one request runs, in call order: for a location, the site's it inherits and
+/// then its own, put together once when the config is compiled.
 #[derive(Clone, Default)]
 pub struct PluginChain {
     plugins: Vec<Arc<dyn Plugin>>,
 }
 
 impl PluginChain {
-    /// The chain for a site and (optionally) a location.
-    pub fn for_request(site: &Site, location: Option<&Location>) -> Self {
-        let location_plugins = location.map(|l| l.plugins.as_slice()).unwrap_or_default();
-        let inherit = location.is_none_or(|l| l.site_plugins);
-        let site_plugins = if inherit {
-            site.plugins.as_slice()
-        } else {
-            &[]
-        };
-        if site_plugins.is_empty() && location_plugins.is_empty() {
-            return Self::default();
-        }
-        let plugins = site_plugins
-            .iter()
-            .chain(location_plugins)
-            .cloned()
-            .collect();
+    /// A chain of built plugins, in call order.
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
         Self { plugins }
     }
 

@@ -17,8 +17,8 @@
 use arc_swap::ArcSwap;
 use std::sync::Arc;
 
+use crate::model::RuntimeConfig;
 use crate::observe::Metrics;
-use crate::runtime::RuntimeConfig;
 use crate::upstream::MagicDnsResolver;
 
 /// Applies new configs to a running proxy, atomically.
@@ -68,12 +68,12 @@ impl ConfigReloader {
     pub fn reload(&self, mut next: RuntimeConfig) -> ReloadReport {
         let running = self.config.load_full();
         let needs_restart = keep_startup_settings(&mut next, &running);
-        let zones_kept = next.guards.keep_zone_state(&running.guards);
-        self.resolver.adopt(&next);
+        let zones_kept = keep_zone_counters(&next, &running);
+        self.resolver.adopt(next.upstreams.values());
         let report = ReloadReport {
             needs_restart,
             zones_kept,
-            sites: next.router.sites().count(),
+            sites: next.sites().count(),
             upstreams: next.upstreams.len(),
         };
         self.config.store(Arc::new(next));
@@ -93,22 +93,28 @@ impl ConfigReloader {
 fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> Vec<&'static str> {
     let mut kept = Vec::new();
     keep_running(&mut next.server, &running.server, "server", &mut kept);
-    keep_running(
-        &mut next.observe.admin,
-        &running.observe.admin,
-        "admin",
-        &mut kept,
-    );
-    let access_log = &running.observe.access_log;
-    keep_running(
-        &mut next.observe.access_log,
-        access_log,
-        "access_log",
-        &mut kept,
-    );
+    keep_running(&mut next.admin, &running.admin, "admin", &mut kept);
+    let access_log = &running.access_log;
+    keep_running(&mut next.access_log, access_log, "access_log", &mut kept);
     keep_running(&mut next.resolver, &running.resolver, "resolver", &mut kept);
     keep_running(&mut next.cache, &running.cache, "cache", &mut kept);
     kept
+}
+
+/// Hands the counters of `running`'s zones to `next`'s zones of the same name and settings,
+/// so that a reload does not hand every client a fresh burst (nginx keeps a
+/// `limit_req_zone` across reloads the same way). Returns how many zones were kept. `next`
+/// has served no request yet, so its zones have counted nothing.
+fn keep_zone_counters(next: &RuntimeConfig, running: &RuntimeConfig) -> usize {
+    next.zones
+        .iter()
+        .filter(|(name, zone)| {
+            running
+                .zones
+                .get(*name)
+                .is_some_and(|old| zone.keep_counters(old))
+        })
+        .count()
 }
 
 /// Sets `next` back to `running` if they differ, noting `name` in `kept`.
@@ -178,8 +184,8 @@ proxy = "docs"
         assert_eq!(report.needs_restart, ["server", "resolver", "cache"]);
         let running = reloader.current();
         assert_eq!(running.server.listen[0].port(), 8080);
-        assert!(running.router.find("docs.example.org").is_some());
-        assert!(running.router.find("docs.example.com").is_none());
+        assert!(running.site_for_host("docs.example.org").is_some());
+        assert!(running.site_for_host("docs.example.com").is_none());
         let rendered = reloader.metrics.render();
         assert!(
             rendered.contains("edge_config_reloads_total{result=\"applied\"} 1"),
@@ -190,21 +196,32 @@ proxy = "docs"
     #[test]
     fn unchanged_zones_keep_their_counters_and_changed_ones_start_afresh() {
         let reloader = reloader(compile(BASE));
-        let strict_before = reloader.current().guards.zones["strict"].clone();
-        let per_ip_before = reloader.current().guards.zones["per_ip"].clone();
+        let before = reloader.current();
+        let (strict_before, per_ip_before) = (&before.zones["strict"], &before.zones["per_ip"]);
+        let client = Some("192.0.2.1".parse().unwrap());
+        let request = pingora::http::RequestHeader::build("GET", b"/", None).unwrap();
+        let location = |config: &RuntimeConfig| {
+            let site = config.site_for_host("docs.example.com").cloned().unwrap();
+            site.location_for_path(b"/").cloned().unwrap()
+        };
+        // One request counts in both zones (and uses strict's one token).
+        let first_location = location(&before);
+        let first = first_location.guards().check(&request, client, ("docs", 0));
+        assert!(matches!(first, crate::guard::GuardVerdict::Pass { .. }));
         let report = reloader.reload(compile(&BASE.replace("burst = 5", "burst = 6")));
         assert_eq!(report.zones_kept, 1);
         let running = reloader.current();
-        let strict = &running.guards.zones["strict"];
-        assert!(Arc::ptr_eq(strict, &strict_before));
-        assert!(!Arc::ptr_eq(
-            &running.guards.zones["per_ip"],
-            &per_ip_before
-        ));
-        // The site's own list points at the kept zone too, not at a fresh copy.
-        let site_zones = &running.guards.sites["docs"].zones;
-        assert!(site_zones.iter().any(|z| Arc::ptr_eq(z, &strict_before)));
-        assert!(!site_zones.iter().any(|z| Arc::ptr_eq(z, &per_ip_before)));
+        assert!(running.zones["strict"].shares_counters_with(strict_before));
+        assert!(!running.zones["per_ip"].shares_counters_with(per_ip_before));
+        // The location counts with the kept counters: strict's token is still spent.
+        let second_location = location(&running);
+        let second = second_location
+            .guards()
+            .check(&request, client, ("docs", 0));
+        assert!(
+            matches!(second, crate::guard::GuardVerdict::Refuse(_, crate::guard::Refusal::RateLimit(ref zone)) if zone == "strict"),
+            "{second:?}"
+        );
     }
 
     #[test]

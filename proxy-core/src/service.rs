@@ -1,48 +1,106 @@
-//! Pingora services for an [`EdgeProxy`]: the public proxy service and the MagicDNS
-//! resolver's background service, built from a [`RuntimeConfig`], plus the admin listener
-//! ([`AdminApp`]). An embedder adds them to its own `pingora::server::Server`.
+//! [`EdgeServices`]: the Pingora services an edge proxy runs, built from a compiled
+//! [`RuntimeConfig`]: the public proxy, the admin listener, and the background work the
+//! config needs (MagicDNS resolution, deny-list files watched for changes). This is where
+//! anything that runs is started; compiling a config starts nothing.
 
 use arc_swap::ArcSwap;
+use async_trait::async_trait;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
 use pingora::server::configuration::ServerConf;
-use pingora::services::background::GenBackgroundService;
+use pingora::server::{Server, ShutdownWatch};
+use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::admin::AdminApp;
+use crate::access::DenyList;
+use crate::admin::{AdminApp, PurgeAction};
 use crate::cache::EdgeCache;
+use crate::model::{RuntimeConfig, ServerSettings};
 use crate::observe::{LocalApiClient, Observability};
 use crate::proxy::EdgeProxy;
 use crate::reload::ConfigReloader;
-use crate::runtime::{RuntimeConfig, ServerSettings};
 use crate::upstream::MagicDnsResolver;
 
-/// The services an edge proxy needs, ready to add to a Pingora server.
+/// The services an edge proxy needs. Build them with [`EdgeServices::new`], then
+/// [`EdgeServices::add_to`] a Pingora server.
 pub struct EdgeServices {
-    /// The public HTTP proxy, listening on every configured address.
-    pub proxy: Service<HttpProxy<EdgeProxy>>,
-    /// Keeps upstream names resolved.
-    pub resolver: GenBackgroundService<MagicDnsResolver>,
-    /// The config the proxy runs on; reload through [`EdgeServices::reloader`].
-    pub config: Arc<ArcSwap<RuntimeConfig>>,
-    /// The resolver, for readiness checks and reloads.
-    pub resolver_handle: Arc<MagicDnsResolver>,
-    /// The admin listener (`/metrics`, `/healthz`, `/readyz`, admin actions).
-    pub admin: Service<AdminApp>,
-    /// Metrics and access log shared by the proxy, the resolver and the admin listener.
-    pub observability: Arc<Observability>,
-    /// The response cache, for purges from the admin side ([`EdgeCache::purge`]).
-    pub cache: &'static EdgeCache,
+    proxy: Service<HttpProxy<EdgeProxy>>,
+    admin: AdminApp,
+    admin_listen: std::net::SocketAddr,
+    background: GenBackgroundService<EdgeBackground>,
+    config: Arc<ArcSwap<RuntimeConfig>>,
+    resolver: Arc<MagicDnsResolver>,
+    observability: Arc<Observability>,
+    cache: &'static EdgeCache,
 }
 
 impl EdgeServices {
+    /// Builds the services for `config`, using the server's configuration. If the access
+    /// log cannot be opened it is turned off with an error logged; use
+    /// [`EdgeServices::with_observability`] to handle that yourself.
+    pub fn new(server_conf: &Arc<ServerConf>, config: RuntimeConfig) -> Self {
+        let metrics = config.admin.metrics;
+        let observability = Observability::start(metrics, &config.access_log).unwrap_or_else(|e| {
+            tracing::error!(error = %e, "cannot open the access log; it is off");
+            Observability::without_access_log(metrics, &config.access_log)
+        });
+        Self::with_observability(server_conf, config, Arc::new(observability))
+    }
+
+    /// Builds the services for `config`, recording into `observability`. Creates the
+    /// process's response cache (see [`EdgeCache::leak`]): build these once per process.
+    pub fn with_observability(
+        server_conf: &Arc<ServerConf>,
+        config: RuntimeConfig,
+        observability: Arc<Observability>,
+    ) -> Self {
+        let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));
+        resolver.set_metrics(observability.metrics().clone());
+        resolver.adopt(config.upstreams.values());
+        let cache = EdgeCache::leak(config.cache.clone());
+        let listen = config.server.listen.clone();
+        let admin_settings = config.admin.clone();
+        let config = Arc::new(ArcSwap::from_pointee(config));
+        let proxy = EdgeProxy::new(config.clone(), cache).with_observability(observability.clone());
+        let mut proxy = http_proxy_service_with_name(server_conf, proxy, "edge proxy");
+        for addr in listen {
+            proxy.add_listener(public_listener(addr));
+        }
+        let mut admin_app = AdminApp::new(
+            observability.metrics().clone(),
+            resolver.clone(),
+            config.clone(),
+            admin_settings
+                .tailscaled_socket
+                .clone()
+                .map(LocalApiClient::new),
+            admin_settings.token(),
+        );
+        // Cache purges are admin actions: behind the token, never on the public port.
+        admin_app.add_action("purge", Arc::new(PurgeAction::new(cache)));
+        let background = EdgeBackground {
+            resolver: resolver.clone(),
+            config: config.clone(),
+        };
+        Self {
+            proxy,
+            admin: admin_app,
+            admin_listen: admin_settings.listen,
+            background: GenBackgroundService::new("edge background".into(), Arc::new(background)),
+            config,
+            resolver,
+            observability,
+            cache,
+        }
+    }
+
     /// What swaps a new config into these services while they run ([`ConfigReloader`]).
     pub fn reloader(&self) -> ConfigReloader {
         ConfigReloader::new(
             self.config.clone(),
-            self.resolver_handle.clone(),
+            self.resolver.clone(),
             self.observability.metrics().clone(),
         )
     }
@@ -54,63 +112,80 @@ impl EdgeServices {
             .enable_all()
             .build();
         match runtime {
-            Ok(runtime) => runtime.block_on(self.resolver_handle.prime(limit)),
+            Ok(runtime) => runtime.block_on(self.resolver.prime(limit)),
             Err(e) => tracing::warn!(error = %e, "cannot prime the resolver"),
         }
     }
 
-    /// Builds the services for `config`, using the server's configuration. If the access
-    /// log cannot be opened it is turned off with an error logged; use
-    /// [`EdgeServices::with_observability`] to handle that yourself.
-    pub fn new(server_conf: &Arc<ServerConf>, config: Arc<RuntimeConfig>) -> Self {
-        let observability = Observability::from_settings(&config.observe).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot open the access log; it is off");
-            Observability::without_access_log(&config.observe)
-        });
-        Self::with_observability(server_conf, config, Arc::new(observability))
+    /// The resolver keeping upstream names resolved (for readiness checks).
+    pub fn resolver(&self) -> &Arc<MagicDnsResolver> {
+        &self.resolver
     }
 
-    /// Builds the services for `config`, recording into `observability`.
-    pub fn with_observability(
-        server_conf: &Arc<ServerConf>,
-        config: Arc<RuntimeConfig>,
-        observability: Arc<Observability>,
-    ) -> Self {
-        let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));
-        resolver.set_metrics(observability.metrics().clone());
-        resolver.adopt(&config);
-        let listen = config.server.listen.clone();
-        let admin_settings = config.observe.admin.clone();
-        let proxy = EdgeProxy::new(config).with_observability(observability.clone());
-        let handle = proxy.config_handle();
-        let cache = proxy.cache();
-        let mut service = http_proxy_service_with_name(server_conf, proxy, "edge proxy");
-        for addr in listen {
-            service.add_listener(public_listener(addr));
-        }
-        let token = admin_settings
-            .token_env
-            .as_deref()
-            .and_then(|name| std::env::var(name).ok());
-        let mut admin_app = AdminApp::new(
-            observability.metrics().clone(),
-            resolver.clone(),
-            handle.clone(),
-            admin_settings.tailscaled_socket.map(LocalApiClient::new),
-            token,
+    /// Metrics and access log shared by the proxy, the resolver and the admin listener.
+    pub fn observability(&self) -> &Arc<Observability> {
+        &self.observability
+    }
+
+    /// The response cache, for purges from outside the admin listener
+    /// ([`EdgeCache::purge`]).
+    pub fn cache(&self) -> &'static EdgeCache {
+        self.cache
+    }
+
+    /// The admin app, to add actions to it ([`AdminApp::add_action`]) before serving.
+    pub fn admin_mut(&mut self) -> &mut AdminApp {
+        &mut self.admin
+    }
+
+    /// Adds every service to `server`: the public proxy, the admin listener and the
+    /// background work.
+    pub fn add_to(self, server: &mut Server) {
+        let mut admin = Service::new("admin".into(), self.admin);
+        admin.add_tcp(&self.admin_listen.to_string());
+        server.add_service(self.background);
+        server.add_service(admin);
+        server.add_service(self.proxy);
+    }
+}
+
+/// What runs beside the listeners for as long as the server does.
+struct EdgeBackground {
+    resolver: Arc<MagicDnsResolver>,
+    config: Arc<ArcSwap<RuntimeConfig>>,
+}
+
+#[async_trait]
+impl BackgroundService for EdgeBackground {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        tokio::join!(
+            self.resolver.run(shutdown.clone()),
+            watch_deny_lists(&self.config, shutdown)
         );
-        // Cache purges are admin actions: behind the token, never on the public port.
-        admin_app.add_action("purge", Arc::new(crate::cache::PurgeAction::new(cache)));
-        let mut admin = Service::new("admin".into(), admin_app);
-        admin.add_tcp(&admin_settings.listen.to_string());
-        Self {
-            proxy: service,
-            resolver: GenBackgroundService::new("magicdns resolver".into(), resolver.clone()),
-            config: handle,
-            resolver_handle: resolver,
-            admin,
-            observability,
-            cache,
+    }
+}
+
+/// Re-reads the deny-list files of the running config when they change, until shutdown.
+/// The lists of a config swapped out by a reload are no longer polled.
+async fn watch_deny_lists(config: &ArcSwap<RuntimeConfig>, mut shutdown: ShutdownWatch) {
+    let mut tick = tokio::time::interval(DenyList::POLL_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.changed() => return,
+        }
+        let lists = config.load().deny_lists.clone();
+        if lists.is_empty() {
+            continue;
+        }
+        // File reads block: keep them off the runtime's workers.
+        let refreshed = tokio::task::spawn_blocking(move || {
+            lists.iter().for_each(|list| {
+                list.refresh();
+            })
+        });
+        if let Err(e) = refreshed.await {
+            tracing::warn!(error = %e, "deny-list refresh failed");
         }
     }
 }

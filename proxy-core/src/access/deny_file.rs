@@ -1,18 +1,18 @@
 //! [`DenyList`]: a deny list backed by a file and reloaded when the file changes.
 //!
-//! A background thread polls the file's metadata; on a change it parses the file and swaps
-//! the new set in atomically, so requests never wait and never see a half-read list. The
-//! thread holds only a weak reference and ends once the config that owns the list is gone.
+//! A list reads its file when it is created. Whoever runs the proxy calls
+//! [`DenyList::refresh`] now and then (the edge services do, every
+//! [`DenyList::POLL_INTERVAL`]): it compares the file's metadata and, on a change, parses the
+//! file and swaps the new set in atomically, so requests never wait and never see a
+//! half-read list.
 
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use super::ip_set::{parse_ip_list, IpSet};
-
-/// How often the file's metadata is checked.
-const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
 /// What identifies a version of the file without reading it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,25 +29,34 @@ enum FileStamp {
 pub struct DenyList {
     path: PathBuf,
     set: ArcSwap<IpSet>,
+    /// What the set was read from.
+    stamp: Mutex<FileStamp>,
 }
 
 impl DenyList {
-    /// Reads `path` now (a missing file is an empty list and a warning) and starts watching
-    /// it for changes.
-    pub fn watch(path: PathBuf) -> Arc<Self> {
-        let list = Arc::new(Self {
+    /// How often the edge services check deny-list files for changes.
+    pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+
+    /// Reads `path` now; a missing or unreadable file is an empty list and a warning (the
+    /// program that writes it, such as fail2ban, may create it later).
+    pub fn load(path: PathBuf) -> Self {
+        let list = Self {
             set: ArcSwap::from_pointee(IpSet::default()),
+            stamp: Mutex::new(FileStamp::Missing),
             path,
-        });
-        let stamp = list.reload();
-        let weak = Arc::downgrade(&list);
-        let spawned = std::thread::Builder::new()
-            .name("deny-list-watch".into())
-            .spawn(move || watch_loop(weak, stamp));
-        if let Err(e) = spawned {
-            tracing::warn!(path = %list.path.display(), error = %e, "cannot watch deny list; changes need a restart");
-        }
+        };
+        *list.stamp.lock() = list.reload();
         list
+    }
+
+    /// Reads the file again if it changed since it was last read; returns whether it did.
+    pub fn refresh(&self) -> bool {
+        let mut last = self.stamp.lock();
+        if stamp(&self.path) == *last {
+            return false;
+        }
+        *last = self.reload();
+        true
     }
 
     /// Whether `ip` is denied.
@@ -106,43 +115,23 @@ fn stamp(path: &Path) -> FileStamp {
     }
 }
 
-fn watch_loop(list: Weak<DenyList>, mut last: FileStamp) {
-    loop {
-        std::thread::sleep(POLL_INTERVAL);
-        let Some(list) = list.upgrade() else { return };
-        if stamp(&list.path) != last {
-            last = list.reload();
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn missing_file_is_empty_and_later_creation_is_picked_up() {
-        let dir = tempfile_dir();
-        let path = dir.join("deny.txt");
-        let list = DenyList::watch(path.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("deny.txt");
+        let list = DenyList::load(path.clone());
         assert!(list.is_empty());
+        assert!(!list.refresh(), "nothing changed");
         std::fs::write(&path, "192.0.2.1\n").unwrap();
-        let ip = "192.0.2.1".parse().unwrap();
-        let picked_up = (0..50).any(|_| {
-            std::thread::sleep(Duration::from_millis(100));
-            list.contains(ip)
-        });
-        assert!(picked_up, "the new file was not loaded");
-        let _ = std::fs::remove_dir_all(dir);
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(format!(
-            "deny-list-test-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+        assert!(list.refresh());
+        assert!(list.contains("192.0.2.1".parse().unwrap()));
+        std::fs::write(&path, "192.0.2.2\n192.0.2.3\n").unwrap();
+        assert!(list.refresh());
+        assert_eq!(list.len(), 2);
+        assert!(!list.contains("192.0.2.1".parse().unwrap()));
     }
 }

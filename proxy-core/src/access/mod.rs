@@ -16,17 +16,39 @@ use std::sync::Arc;
 /// A site's access rules.
 #[derive(Debug, Default)]
 pub struct SiteAccess {
-    /// Deny lists (one per file).
-    pub deny_lists: Vec<Arc<DenyList>>,
-    /// Body of the 403 for denied clients (and locations' allow lists).
-    pub deny_body: Bytes,
-    /// User agents refused.
-    pub user_agents: Option<UserAgentRules>,
-    /// Body of the 403 for refused user agents.
-    pub user_agent_body: Bytes,
+    deny_lists: Vec<Arc<DenyList>>,
+    deny_body: Bytes,
+    user_agents: Option<UserAgentRules>,
+    user_agent_body: Bytes,
 }
 
 impl SiteAccess {
+    /// Rules from deny lists and user-agent rules; refused user agents get
+    /// `user_agent_body`, or `deny_body` when it is `None`.
+    pub fn new(
+        deny_lists: Vec<Arc<DenyList>>,
+        user_agents: Option<UserAgentRules>,
+        deny_body: Bytes,
+        user_agent_body: Option<Bytes>,
+    ) -> Self {
+        Self {
+            deny_lists,
+            user_agent_body: user_agent_body.unwrap_or_else(|| deny_body.clone()),
+            deny_body,
+            user_agents,
+        }
+    }
+
+    /// Body of the 403 for denied clients (and locations' allow lists).
+    pub fn deny_body(&self) -> &Bytes {
+        &self.deny_body
+    }
+
+    /// Body of the 403 for refused user agents.
+    pub fn user_agent_body(&self) -> &Bytes {
+        &self.user_agent_body
+    }
+
     /// Whether `ip` is on one of the deny lists.
     pub fn is_denied(&self, ip: IpAddr) -> bool {
         self.deny_lists.iter().any(|list| list.contains(ip))

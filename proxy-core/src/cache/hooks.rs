@@ -12,7 +12,7 @@ use super::{CachePolicy, CacheStatus, EdgeCache, FreshHit};
 
 /// The cache state of one request.
 #[derive(Debug, Default)]
-pub struct CacheRequest {
+pub(crate) struct CacheRequest {
     /// The policy of the matched location, if it caches.
     pub policy: Option<Arc<CachePolicy>>,
     /// Whether pingora-cache was enabled for the request.
@@ -30,7 +30,7 @@ pub struct CacheRequest {
 
 /// `request_cache_filter`: enables the cache for GET/HEAD on a caching location, unless a
 /// bypass rule applies.
-pub fn request_cache_filter(
+pub(crate) fn request_cache_filter(
     cache: &'static EdgeCache,
     session: &mut Session,
     policy: Option<&Arc<CachePolicy>>,
@@ -68,7 +68,7 @@ const FULL_PATH_HEADERS: [http::header::HeaderName; 6] = [
 /// location whose object is fresh and complete in memory is answered from it directly.
 /// Marks the request as a cache hit in `state`. Anything else returns `None` and goes
 /// through [`request_cache_filter`] and pingora-cache as usual.
-pub fn fresh_hit(
+pub(crate) fn fresh_hit(
     cache: &'static EdgeCache,
     req: &RequestHeader,
     policy: Option<&Arc<CachePolicy>>,
@@ -101,7 +101,7 @@ pub fn fresh_hit(
 
 /// `cache_key_callback`: the key the location's policy builds (the one the fast path
 /// already built, when it missed).
-pub fn cache_key(session: &Session, state: &mut CacheRequest) -> Result<CacheKey> {
+pub(crate) fn cache_key(session: &Session, state: &mut CacheRequest) -> Result<CacheKey> {
     if let Some(key) = state.key.take() {
         return Ok(key);
     }
@@ -114,7 +114,7 @@ pub fn cache_key(session: &Session, state: &mut CacheRequest) -> Result<CacheKey
 }
 
 /// `response_cache_filter`: whether and how long to store the response.
-pub fn response_cacheable(
+pub(crate) fn response_cacheable(
     state: &mut CacheRequest,
     req: &RequestHeader,
     resp: &ResponseHeader,
@@ -138,7 +138,7 @@ pub fn response_cacheable(
 
 /// `cache_vary_filter`: the variance of the request for the headers the origin's `Vary`
 /// names (a request without one of them varies on its absence).
-pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
     let names: Vec<String> = meta
         .headers()
         .get_all(http::header::VARY)
@@ -162,7 +162,7 @@ pub fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
 /// `should_serve_stale`: within the entry's windows (checked by pingora-cache), serve stale
 /// while revalidating, or when the upstream failed (connect error, timeout, or one of the
 /// configured statuses).
-pub fn should_serve_stale(state: &CacheRequest, error: Option<&Error>) -> bool {
+pub(crate) fn should_serve_stale(state: &CacheRequest, error: Option<&Error>) -> bool {
     let Some(error) = error else { return true };
     match state.policy.as_ref() {
         Some(policy) => policy.freshness.stale_on_error(error),
@@ -172,7 +172,7 @@ pub fn should_serve_stale(state: &CacheRequest, error: Option<&Error>) -> bool {
 
 /// `response_filter`: the cache status header, and the fetching visitor's own cookies.
 /// The nginx-style cache status of this request, if the cache was consulted.
-pub fn status(session: &Session, state: &CacheRequest) -> Option<CacheStatus> {
+pub(crate) fn status(session: &Session, state: &CacheRequest) -> Option<CacheStatus> {
     if state.bypassed {
         Some(CacheStatus::Bypass)
     } else if state.enabled {
@@ -183,12 +183,12 @@ pub fn status(session: &Session, state: &CacheRequest) -> Option<CacheStatus> {
 }
 
 /// The name of the cache-status header the request's location sends, if any.
-pub fn status_header_name(state: &CacheRequest) -> Option<&http::HeaderName> {
+pub(crate) fn status_header_name(state: &CacheRequest) -> Option<&http::HeaderName> {
     state.policy.as_ref().and_then(|p| p.status_header.as_ref())
 }
 
 /// Adds the cache status header (and this visitor's own cookies, see below) to a response.
-pub fn add_status_header(
+pub(crate) fn add_status_header(
     state: &CacheRequest,
     status: Option<CacheStatus>,
     resp: &mut ResponseHeader,

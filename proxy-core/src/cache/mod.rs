@@ -9,9 +9,8 @@
 //! keeps the cache it started with; changing `[cache]` sizes needs a restart.
 
 mod body;
-mod config;
 mod disk;
-pub mod hooks;
+pub(crate) mod hooks;
 mod policy;
 mod purge;
 mod status;
@@ -19,11 +18,9 @@ mod storage;
 
 pub use disk::{DiskRecord, DiskTier};
 pub use policy::{Bypass, CacheKeyPolicy, CachePolicy, Freshness, NotStored, QueryKey};
-pub use purge::{PurgeAction, PurgeScope};
+pub use purge::PurgeScope;
 pub use status::CacheStatus;
 pub use storage::{FreshHit, MemoryStorage, PurgeTags};
-
-pub(crate) use config::{check_site_policy, compile_policy, compile_settings};
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::CacheOptionOverrides;
@@ -54,18 +51,6 @@ pub struct DiskSettings {
     pub max_size: u64,
 }
 
-impl Default for CacheSettings {
-    fn default() -> Self {
-        Self {
-            max_size: 256 << 20,
-            max_object_size: 16 << 20,
-            inactive: Duration::from_secs(600),
-            lock_timeout: Duration::from_secs(5),
-            disk: None,
-        }
-    }
-}
-
 /// The process's cache: storage, eviction and the lock that collapses concurrent misses.
 pub struct EdgeCache {
     storage: MemoryStorage,
@@ -75,7 +60,8 @@ pub struct EdgeCache {
 
 impl EdgeCache {
     /// Creates the cache and leaks it: pingora-cache requires `'static` storage, eviction
-    /// manager and lock. Call once per process (per [`crate::EdgeProxy`]).
+    /// manager and lock. Call once per process; [`crate::EdgeServices`] does, and hands the
+    /// same cache to every config a reload swaps in.
     pub fn leak(settings: CacheSettings) -> &'static EdgeCache {
         let mut storage = MemoryStorage::new(settings.max_size, settings.inactive)
             .with_max_object_size(settings.max_object_size);

@@ -37,17 +37,6 @@ pub struct CacheKeyPolicy {
     pub headers: Vec<HeaderName>,
 }
 
-impl Default for CacheKeyPolicy {
-    fn default() -> Self {
-        Self {
-            scheme: true,
-            host: true,
-            query: QueryKey::Full,
-            headers: Vec::new(),
-        }
-    }
-}
-
 impl CacheKeyPolicy {
     /// The primary key text for a request. Components are separated by a byte that cannot
     /// occur in a host, path or header value, so distinct requests never collide.
@@ -115,7 +104,7 @@ impl CacheKeyPolicy {
 
 /// Attaches what purging by host or URL matches an entry on to a key from
 /// [`CacheKeyPolicy::lookup_key`].
-pub fn tag_for_purge(key: &mut CacheKey, host: &str, req: &RequestHeader) {
+pub(crate) fn tag_for_purge(key: &mut CacheKey, host: &str, req: &RequestHeader) {
     key.extensions.insert(PurgeTags {
         host: host.into(),
         path: req.uri.path().into(),
@@ -135,16 +124,6 @@ pub struct Bypass {
     pub cookies: Vec<String>,
     /// Any of these query parameters present.
     pub query: Vec<String>,
-}
-
-impl Default for Bypass {
-    fn default() -> Self {
-        Self {
-            headers: vec![http::header::AUTHORIZATION],
-            cookies: Vec::new(),
-            query: Vec::new(),
-        }
-    }
 }
 
 impl Bypass {
@@ -195,21 +174,6 @@ pub struct Freshness {
     pub stale_if_error: Duration,
     /// Upstream statuses that count as errors for stale-if-error.
     pub stale_if_error_statuses: Vec<u16>,
-}
-
-impl Default for Freshness {
-    fn default() -> Self {
-        let ten_minutes = Duration::from_secs(600);
-        Self {
-            valid: [(200, ten_minutes), (301, ten_minutes), (302, ten_minutes)].into(),
-            valid_any: None,
-            ignore_cache_control: false,
-            ignore_set_cookie: false,
-            stale_while_revalidate: Duration::ZERO,
-            stale_if_error: Duration::ZERO,
-            stale_if_error_statuses: vec![500, 502, 503, 504],
-        }
-    }
 }
 
 /// Why a response is not stored.
@@ -333,7 +297,7 @@ fn secs(d: Duration) -> u32 {
 }
 
 /// A location's cache policy.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachePolicy {
     /// What makes the key.
     pub key: CacheKeyPolicy,
@@ -349,6 +313,16 @@ pub struct CachePolicy {
 mod tests {
     use super::*;
 
+    /// The policy a `cache = {}` table compiles to: every key at its default.
+    fn defaults() -> CachePolicy {
+        let text = "[upstreams.u]\naddress = \"127.0.0.1:1\"\n[sites.s]\nhosts = [\"s\"]\ncache = {}\n[[sites.s.locations]]\nmatch = \"/\"\nproxy = \"u\"\n";
+        let config =
+            crate::config::load_str(text, None, std::path::Path::new(".")).expect("valid config");
+        let site = config.site_for_host("s").expect("site");
+        let location = site.location_for_path(b"/").expect("location");
+        CachePolicy::clone(location.cache().expect("a cache policy"))
+    }
+
     fn req(uri: &str) -> RequestHeader {
         RequestHeader::build("GET", uri.as_bytes(), None).unwrap()
     }
@@ -363,7 +337,7 @@ mod tests {
 
     #[test]
     fn host_and_scheme_separate_keys() {
-        let p = CacheKeyPolicy::default();
+        let p = defaults().key;
         let r = req("/a?x=1");
         assert_ne!(
             p.primary("http", "a.com", &r),
@@ -385,7 +359,7 @@ mod tests {
         let key = |query: QueryKey, uri: &str| {
             CacheKeyPolicy {
                 query,
-                ..CacheKeyPolicy::default()
+                ..defaults().key
             }
             .primary("http", "h", &req(uri))
         };
@@ -410,7 +384,7 @@ mod tests {
     fn chosen_headers_are_in_the_key() {
         let p = CacheKeyPolicy {
             headers: vec![HeaderName::from_static("accept-language")],
-            ..CacheKeyPolicy::default()
+            ..defaults().key
         };
         let mut fr = req("/");
         fr.insert_header("accept-language", "fr").unwrap();
@@ -425,7 +399,7 @@ mod tests {
         let b = Bypass {
             cookies: vec!["session".into()],
             query: vec!["nocache".into()],
-            ..Bypass::default()
+            ..defaults().bypass
         };
         let mut auth = req("/");
         auth.insert_header("authorization", "Bearer x").unwrap();
@@ -439,7 +413,7 @@ mod tests {
 
     #[test]
     fn nginx_precedence_and_refusals() {
-        let f = Freshness::default();
+        let f = defaults().freshness;
         let now = SystemTime::now();
         let ttl = |meta: CacheMeta| meta.fresh_until().duration_since(now).unwrap();
         let both = resp(200, &[("cache-control", "max-age=60, s-maxage=120")]);
@@ -461,7 +435,7 @@ mod tests {
         );
         let ignoring = Freshness {
             ignore_cache_control: true,
-            ..Freshness::default()
+            ..defaults().freshness
         };
         let forbids = resp(200, &[("cache-control", "no-store, max-age=5")]);
         assert_eq!(
@@ -474,11 +448,11 @@ mod tests {
     fn set_cookie_refused_or_stripped() {
         let r = resp(200, &[("set-cookie", "id=alice")]);
         let now = SystemTime::now();
-        let f = Freshness::default();
+        let f = defaults().freshness;
         assert_eq!(f.decide(&r, now).unwrap_err(), NotStored::SetCookie);
         let ignoring = Freshness {
             ignore_set_cookie: true,
-            ..Freshness::default()
+            ..defaults().freshness
         };
         let meta = ignoring.decide(&r, now).unwrap();
         assert!(meta.headers().get("set-cookie").is_none());

@@ -1,9 +1,16 @@
-//! The configuration as written: plain serde structs that mirror the TOML file.
+//! The configuration as written: plain serde structs that mirror the TOML file, with each
+//! key's default as a constant beside it.
 //!
 //! Nothing here is validated beyond its TOML type; durations and sizes are kept as the strings
-//! the operator wrote. the compiler (`config::compile`) turns this into the runtime model and is where every
-//! check lives, so errors can name the key that holds the bad value. Builders in
-//! [`crate::builder`] fill the same structs, so code and TOML produce identical runtimes.
+//! the operator wrote. The compiler (`config::compile`) turns this into the runtime model and
+//! is where every check lives, so errors can name the key that holds the bad value. The
+//! builders ([`super::ConfigBuilder`]) fill the same structs, so code and TOML produce
+//! identical runtimes.
+//!
+//! Every key has one doc comment here, ending in `Default: ...`. Defaults are written in the
+//! config's own syntax (`"10s"`, `"1m"`) and compiled by the same code as an operator's value,
+//! so a default cannot mean something different from the same text in a file. The README's
+//! configuration tables are checked against these comments and constants by a test.
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,29 +47,46 @@ pub struct ConfigFile {
     pub rate_limits: BTreeMap<String, RateLimitSection>,
 }
 
+/// Default of [`ServerSection::listen`].
+pub const DEFAULT_LISTEN: &[&str] = &["0.0.0.0:8080"];
+/// Default of [`ServerSection::grace_period`].
+pub const DEFAULT_GRACE_PERIOD: &str = "10s";
+/// Default of [`ServerSection::shutdown_timeout`].
+pub const DEFAULT_SHUTDOWN_TIMEOUT: &str = "5s";
+/// Default of [`ServerSection::health_path`].
+pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
+/// Default of [`ServerSection::unknown_host`].
+pub const DEFAULT_UNKNOWN_HOST: &str = "close";
+/// Default of [`ServerSection::upstream_pool_size`].
+pub const DEFAULT_UPSTREAM_POOL_SIZE: usize = 128;
+
 /// `[server]`: process-wide settings of the public listener.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerSection {
-    /// Public listen addresses, e.g. `["0.0.0.0:8080", "[::]:8080"]`. Default `0.0.0.0:8080`.
+    /// Public listen addresses, e.g. `["0.0.0.0:8080", "[::]:8080"]`.
+    /// Default: [`DEFAULT_LISTEN`].
     pub listen: Option<Vec<String>>,
     /// Worker threads. Default: the number of CPUs.
     pub threads: Option<usize>,
-    /// How long in-flight requests may run after SIGTERM before the process stops. Default "10s".
+    /// How long in-flight requests may run after SIGTERM before the process stops.
+    /// Default: [`DEFAULT_GRACE_PERIOD`].
     pub grace_period: Option<String>,
-    /// After the grace period, how long runtimes get to wind down. Default "5s".
+    /// After the grace period, how long runtimes get to wind down.
+    /// Default: [`DEFAULT_SHUTDOWN_TIMEOUT`].
     pub shutdown_timeout: Option<String>,
-    /// Path answered `200 OK` locally for any Host (Fly health checks). Default "/healthz";
-    /// an empty string turns it off.
+    /// Path answered `200 OK` locally for any Host (Fly health checks); `""` turns it off.
+    /// Default: [`DEFAULT_HEALTH_PATH`].
     pub health_path: Option<String>,
     /// What a request for a Host no site serves gets: `"close"` (drop the connection, like
-    /// nginx's 444) or a status code such as 421 or 404. Default "close".
+    /// nginx's 444) or a status code such as 421 or 404. Default: [`DEFAULT_UNKNOWN_HOST`].
     pub unknown_host: Option<StatusOrWord>,
-    /// Idle upstream connections kept for reuse, across all upstreams. Default 128.
+    /// Idle upstream connections kept for reuse, across all upstreams.
+    /// Default: [`DEFAULT_UPSTREAM_POOL_SIZE`].
     pub upstream_pool_size: Option<usize>,
     /// Unix socket through which a new process started with `--upgrade` takes over the
     /// listening sockets when this one gets SIGQUIT (zero-downtime binary upgrade). Unset:
-    /// SIGQUIT shuts down gracefully, like SIGTERM.
+    /// SIGQUIT shuts down gracefully, like SIGTERM. Default: none.
     pub upgrade_sock: Option<String>,
 }
 
@@ -76,147 +100,226 @@ pub enum StatusOrWord {
     Word(String),
 }
 
+/// Default of [`AdminSection::listen`].
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9091";
+/// Default of [`AdminSection::metrics`].
+pub const DEFAULT_METRICS: bool = true;
+
 /// `[admin]`: the admin listener, never the public port.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AdminSection {
-    /// Admin listen address. Default "127.0.0.1:9091".
+    /// Admin listen address. Default: [`DEFAULT_ADMIN_LISTEN`].
     pub listen: Option<String>,
     /// Name of the environment variable holding the bearer token for admin actions
-    /// (config summary, cache purge). Unset (or the variable empty): admin actions are off.
+    /// (config summary, cache purge); unset, or the variable empty: admin actions are off.
+    /// Default: none.
     pub token_env: Option<String>,
     /// tailscaled's LocalAPI socket (e.g. "/var/run/tailscale/tailscaled.sock"); when set,
-    /// `/readyz` also requires tailscaled to report `Running`.
+    /// `/readyz` also requires tailscaled to report `Running`. Default: none.
     pub tailscaled_socket: Option<String>,
-    /// Record Prometheus metrics and serve them on `/metrics`. Default true; off, recording
-    /// costs nothing and `/metrics` answers 404.
+    /// Record Prometheus metrics and serve them on `/metrics`; off, recording costs nothing
+    /// and `/metrics` answers 404. Default: [`DEFAULT_METRICS`].
     pub metrics: Option<bool>,
 }
+
+/// Default of [`AccessLogSection::enabled`].
+pub const DEFAULT_ACCESS_LOG_ENABLED: bool = true;
+/// Default of [`AccessLogSection::path`]: standard output.
+pub const DEFAULT_ACCESS_LOG_PATH: &str = "-";
+/// Default of [`AccessLogSection::redact_query_params`].
+pub const DEFAULT_REDACT_QUERY_PARAMS: &[&str] = &["token", "key", "password", "secret"];
+/// Default of [`AccessLogSection::queue_size`]: a few seconds of a busy proxy.
+pub const DEFAULT_ACCESS_LOG_QUEUE_SIZE: usize = 8192;
 
 /// `[access_log]`: one JSON line per request.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct AccessLogSection {
-    /// Write the access log. Default true.
+    /// Write the access log. Default: [`DEFAULT_ACCESS_LOG_ENABLED`].
     pub enabled: Option<bool>,
-    /// A file (relative to the config file), reopened on SIGUSR1; `"-"` or unset: stdout.
+    /// A file (relative to the config file), reopened on SIGUSR1; `"-"`: stdout.
+    /// Default: [`DEFAULT_ACCESS_LOG_PATH`].
     pub path: Option<String>,
     /// Query parameters whose names contain any of these (case-insensitive) are logged as
-    /// `REDACTED`. Default `["token", "key", "password", "secret"]`.
+    /// `REDACTED`. Default: [`DEFAULT_REDACT_QUERY_PARAMS`].
     pub redact_query_params: Option<Vec<String>>,
-    /// Lines queued for the writer before new ones are dropped (and counted). Default 8192.
+    /// Lines queued for the writer before new ones are dropped (and counted).
+    /// Default: [`DEFAULT_ACCESS_LOG_QUEUE_SIZE`].
     pub queue_size: Option<usize>,
 }
+
+/// Default of [`ResolverSection::nameservers`] (MagicDNS).
+pub const DEFAULT_NAMESERVERS: &[&str] = &["100.100.100.100:53"];
+/// Default of [`ResolverSection::min_ttl`].
+pub const DEFAULT_MIN_TTL: &str = "5s";
+/// Default of [`ResolverSection::max_ttl`].
+pub const DEFAULT_MAX_TTL: &str = "5m";
+/// Default of [`ResolverSection::timeout`].
+pub const DEFAULT_RESOLVER_TIMEOUT: &str = "2s";
+/// Default of [`ResolverSection::retry_interval`].
+pub const DEFAULT_RETRY_INTERVAL: &str = "2s";
 
 /// `[resolver]`: how upstream names are resolved.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ResolverSection {
-    /// DNS servers as `ip` or `ip:port`. Default `["100.100.100.100:53"]` (MagicDNS).
+    /// DNS servers as `ip` or `ip:port`. Default: [`DEFAULT_NAMESERVERS`].
     pub nameservers: Option<Vec<String>>,
-    /// Answers are refreshed no sooner than this, whatever their TTL. Default "5s".
+    /// Answers are refreshed no sooner than this, whatever their TTL.
+    /// Default: [`DEFAULT_MIN_TTL`].
     pub min_ttl: Option<String>,
-    /// Answers are refreshed at least this often, whatever their TTL. Default "5m".
+    /// Answers are refreshed at least this often, whatever their TTL.
+    /// Default: [`DEFAULT_MAX_TTL`].
     pub max_ttl: Option<String>,
-    /// Time allowed for one lookup. Default "2s".
+    /// Time allowed for one lookup. Default: [`DEFAULT_RESOLVER_TIMEOUT`].
     pub timeout: Option<String>,
-    /// Delay before retrying a failed lookup. Default "2s".
+    /// Delay before retrying a failed lookup (the last good answer stays in use).
+    /// Default: [`DEFAULT_RETRY_INTERVAL`].
     pub retry_interval: Option<String>,
 }
+
+/// Default of [`UpstreamSection::tls`].
+pub const DEFAULT_TLS: bool = false;
+/// Default of [`UpstreamSection::verify`].
+pub const DEFAULT_VERIFY: bool = true;
+/// Default of [`UpstreamSection::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "10s";
+/// Default of [`UpstreamSection::read_timeout`].
+pub const DEFAULT_READ_TIMEOUT: &str = "60s";
+/// Default of [`UpstreamSection::write_timeout`].
+pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
+/// Default of [`UpstreamSection::idle_timeout`].
+pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 
 /// `[upstreams.NAME]`: a service on the tailnet.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     /// `host:port`, where host is a tailnet name (`docs.tailXXXX.ts.net`) or an IP address.
+    /// Required.
     pub address: String,
-    /// Speak TLS to the upstream. Default false.
-    #[serde(default)]
-    pub tls: bool,
+    /// Speak TLS to the upstream. Default: [`DEFAULT_TLS`].
+    pub tls: Option<bool>,
     /// SNI (and the name the certificate must carry). Default: the host of `address`.
     pub sni: Option<String>,
-    /// Verify the upstream certificate. Default true; `false` is an explicit opt-out.
+    /// Verify the upstream certificate; `false` is an explicit opt-out.
+    /// Default: [`DEFAULT_VERIFY`].
     pub verify: Option<bool>,
     /// PEM file of CA certificates to verify against instead of the system roots.
+    /// Default: none.
     pub ca_file: Option<String>,
     /// Host header sent upstream: a literal, or `"$host"` to pass the client's.
     /// Default: the host of `address` (nginx's `$proxy_host`).
     pub host_header: Option<String>,
-    /// Time to establish a TCP connection (and TLS handshake). Default "10s".
+    /// Time to establish a TCP connection (and TLS handshake).
+    /// Default: [`DEFAULT_CONNECT_TIMEOUT`].
     pub connect_timeout: Option<String>,
-    /// Longest wait for bytes from the upstream. Default "60s".
+    /// Longest wait for bytes from the upstream; exceeded: 504.
+    /// Default: [`DEFAULT_READ_TIMEOUT`].
     pub read_timeout: Option<String>,
-    /// Longest wait to write to the upstream. Default "60s".
+    /// Longest wait to write to the upstream. Default: [`DEFAULT_WRITE_TIMEOUT`].
     pub write_timeout: Option<String>,
-    /// How long an idle pooled connection is kept. Default "60s".
+    /// How long an idle pooled connection is kept. Default: [`DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Option<String>,
 }
+
+/// Default of [`SiteSection::max_body_size`] (nginx's `client_max_body_size`).
+pub const DEFAULT_MAX_BODY_SIZE: &str = "1m";
 
 /// `[sites.NAME]`: one public service.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SiteSection {
-    /// Hosts served: exact names or `*.example.com` wildcards.
+    /// Hosts served: exact names or `*.example.com` wildcards. Required.
     pub hosts: Vec<String>,
-    /// Largest accepted request body; `"0"` means unlimited. Default "1m" (nginx's default).
+    /// Largest accepted request body; `"0"` means unlimited; above it: 413.
+    /// Default: [`DEFAULT_MAX_BODY_SIZE`].
     pub max_body_size: Option<String>,
-    /// Error pages by status (`"502" = "errors/502.html"`), for 502, 503 and 504 answers.
-    /// Paths are relative to the config file.
+    /// Error pages by status (`"502" = "errors/502.html"`), for any 4xx/5xx the proxy
+    /// answers itself. Paths are relative to the config file. Default: none.
     #[serde(default)]
     pub error_pages: BTreeMap<String, String>,
-    /// Locations, in file order (which matters for regex locations).
+    /// Locations, in file order (which matters for regex locations). Required.
     #[serde(default)]
     pub locations: Vec<LocationSection>,
     /// Plugins for every request of the site, in order (before location plugins).
+    /// Default: none.
     #[serde(default)]
     pub plugins: Vec<PluginSection>,
     /// Cache policy defaults for every location of the site (a location's own `cache` wins,
-    /// key by key).
+    /// key by key). Default: none (nothing cached).
     pub cache: Option<CachePolicySection>,
-    /// Rate-limit zones applied to every request of the site.
+    /// Rate-limit zones applied to every request of the site. Default: none.
     #[serde(default)]
     pub rate_limits: Vec<String>,
-    /// Deny lists and user-agent rules of the site.
+    /// Deny lists and user-agent rules of the site. Default: none.
     pub access: Option<SiteAccessSection>,
 }
+
+/// Default of [`SiteAccessSection::deny_body`].
+pub const DEFAULT_DENY_BODY: &str = "forbidden\n";
+
+/// `[sites.NAME.access]`: who may not use a site at all.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteAccessSection {
+    /// Files of denied IPs/CIDRs (one per line, or nginx `geo` lines `1.2.3.4 1;` as
+    /// fail2ban writes them), reloaded when they change. Default: none.
+    #[serde(default)]
+    pub deny_files: Vec<String>,
+    /// Body of the 403 sent to denied clients. Default: [`DEFAULT_DENY_BODY`].
+    pub deny_body: Option<String>,
+    /// Case-insensitive regexes; a matching `User-Agent` gets 403. Default: none.
+    #[serde(default)]
+    pub user_agent_deny: Vec<String>,
+    /// Body of the 403 sent to denied user agents. Default: `deny_body`.
+    pub user_agent_body: Option<String>,
+}
+
+/// Default of [`LocationSection::site_plugins`].
+pub const DEFAULT_SITE_PLUGINS: bool = true;
 
 /// `[[sites.NAME.locations]]`: what to do for a set of paths.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LocationSection {
     /// nginx location syntax: `"/prefix/"`, `"= /exact"`, `"^~ /priority-prefix/"`,
-    /// `"~ regex"` or `"~* case-insensitive-regex"`.
+    /// `"~ regex"` or `"~* case-insensitive-regex"`. Required.
     #[serde(rename = "match")]
     pub pattern: String,
-    /// Proxy to the named upstream.
+    /// Proxy to the named upstream. Default: none.
     pub proxy: Option<String>,
-    /// Answer locally with a fixed response.
+    /// Answer locally with a fixed response. Default: none.
     #[serde(rename = "return")]
     pub respond: Option<ReturnSection>,
-    /// Answer with a redirect.
+    /// Answer with a redirect. Default: none.
     pub redirect: Option<RedirectSection>,
-    /// Host header override for this location (wins over the upstream's).
+    /// Host header override for this location (wins over the upstream's). Default: none.
     pub host_header: Option<String>,
-    /// Body size limit for this location (wins over the site's).
+    /// Body size limit for this location (wins over the site's). Default: the site's.
     pub max_body_size: Option<String>,
-    /// Plugins for requests of this location, in order (after the site's).
+    /// Plugins for requests of this location, in order (after the site's). Default: none.
     #[serde(default)]
     pub plugins: Vec<PluginSection>,
-    /// Whether the site's plugins also run for this location. Default true.
+    /// Whether the site's plugins also run for this location.
+    /// Default: [`DEFAULT_SITE_PLUGINS`].
     pub site_plugins: Option<bool>,
     /// Cache policy for this location (each key set here wins over the site's `cache`).
+    /// Default: the site's.
     pub cache: Option<CachePolicySection>,
-    /// Rate-limit zones applied to this location, on top of the site's.
+    /// Rate-limit zones applied to this location, on top of the site's. Default: none.
     #[serde(default)]
     pub rate_limits: Vec<String>,
     /// Only clients in these IPs/CIDRs may use this location; others get 403.
+    /// Default: everyone.
     pub allow: Option<Vec<String>>,
 }
 
 /// `[[sites.NAME.plugins]]` / `[[sites.NAME.locations.plugins]]`: a plugin and its options.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 pub struct PluginSection {
-    /// The registered plugin name, e.g. `"headers"`.
+    /// The registered plugin name, e.g. `"headers"`. Required.
     #[serde(rename = "use")]
     pub name: String,
     /// Everything else in the table: the plugin's own options, which it validates.
@@ -224,100 +327,152 @@ pub struct PluginSection {
     pub options: toml::Table,
 }
 
+/// Default of [`ReturnSection::status`].
+pub const DEFAULT_RETURN_STATUS: u16 = 200;
+/// Default of [`ReturnSection::content_type`].
+pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
+
 /// `return = { status = 200, body = "...", content_type = "..." }`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReturnSection {
-    /// Status code. Default 200.
+    /// Status code. Default: [`DEFAULT_RETURN_STATUS`].
     pub status: Option<u16>,
-    /// Body text. Default empty.
+    /// Body text. Default: empty.
     #[serde(default)]
     pub body: String,
-    /// Content type. Default "text/plain; charset=utf-8".
+    /// Content type. Default: [`DEFAULT_CONTENT_TYPE`].
     pub content_type: Option<String>,
 }
+
+/// Default of [`RedirectSection::status`].
+pub const DEFAULT_REDIRECT_STATUS: u16 = 302;
 
 /// `redirect = { status = 301, to = "https://example.com$request_uri" }`.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectSection {
-    /// 301, 302 (default), 303, 307 or 308.
+    /// 301, 302, 303, 307 or 308. Default: [`DEFAULT_REDIRECT_STATUS`].
     pub status: Option<u16>,
     /// Target, with `$request_uri`, `$uri`, `$args`, `$host` and `$scheme` substituted.
+    /// Required.
     pub to: String,
 }
+
+/// Default of [`CacheSection::max_size`].
+pub const DEFAULT_CACHE_MAX_SIZE: &str = "256m";
+/// Default of [`CacheSection::max_object_size`].
+pub const DEFAULT_CACHE_MAX_OBJECT_SIZE: &str = "16m";
+/// Default of [`CacheSection::inactive`].
+pub const DEFAULT_CACHE_INACTIVE: &str = "10m";
+/// Default of [`CacheSection::lock_timeout`].
+pub const DEFAULT_CACHE_LOCK_TIMEOUT: &str = "5s";
 
 /// `[cache]`: the shared response cache storage.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheSection {
     /// Bytes kept in memory (bodies and headers); least recently used entries are evicted
-    /// above it. Default "256m".
+    /// above it. Default: [`DEFAULT_CACHE_MAX_SIZE`].
     pub max_size: Option<String>,
-    /// Largest response stored; larger ones are proxied, not cached. Default "16m".
+    /// Largest response stored; larger ones are proxied, not cached.
+    /// Default: [`DEFAULT_CACHE_MAX_OBJECT_SIZE`].
     pub max_object_size: Option<String>,
-    /// Entries not read for this long are dropped, fresh or not (nginx `inactive`). Default "10m".
+    /// Entries not read for this long are dropped, fresh or not (nginx `inactive`).
+    /// Default: [`DEFAULT_CACHE_INACTIVE`].
     pub inactive: Option<String>,
     /// How long concurrent misses wait for the one upstream fetch before going upstream
-    /// themselves, uncached (nginx `proxy_cache_lock_timeout`). Default "5s".
+    /// themselves, uncached (nginx `proxy_cache_lock_timeout`).
+    /// Default: [`DEFAULT_CACHE_LOCK_TIMEOUT`].
     pub lock_timeout: Option<String>,
-    /// A disk tier behind memory, so entries survive a restart.
+    /// A disk tier behind memory, so entries survive a restart. Default: none.
     pub disk: Option<CacheDiskSection>,
 }
+
+/// Default of [`CacheDiskSection::max_size`].
+pub const DEFAULT_CACHE_DISK_MAX_SIZE: &str = "1g";
 
 /// `[cache.disk]`: the cache's disk tier.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheDiskSection {
-    /// Cache directory, relative to the config file; created if missing.
+    /// Cache directory, relative to the config file; created if missing. Required.
     pub path: String,
-    /// Bytes of entry files kept on disk. Default "1g".
+    /// Bytes of entry files kept on disk. Default: [`DEFAULT_CACHE_DISK_MAX_SIZE`].
     pub max_size: Option<String>,
 }
+
+/// Default of [`CachePolicySection::enabled`] once a `cache` table is present.
+pub const DEFAULT_CACHE_ENABLED: bool = true;
+/// Default of [`CachePolicySection::key_scheme`].
+pub const DEFAULT_KEY_SCHEME: bool = true;
+/// Default of [`CachePolicySection::key_host`].
+pub const DEFAULT_KEY_HOST: bool = true;
+/// Default of [`CachePolicySection::key_query`].
+pub const DEFAULT_KEY_QUERY: &str = "full";
+/// Default of [`CachePolicySection::valid`] (nginx's `proxy_cache_valid 10m`).
+pub const DEFAULT_VALID: &[(&str, &str)] = &[("200", "10m"), ("301", "10m"), ("302", "10m")];
+/// Default of [`CachePolicySection::ignore_cache_control`].
+pub const DEFAULT_IGNORE_CACHE_CONTROL: bool = false;
+/// Default of [`CachePolicySection::ignore_set_cookie`].
+pub const DEFAULT_IGNORE_SET_COOKIE: bool = false;
+/// Default of [`CachePolicySection::bypass_headers`].
+pub const DEFAULT_BYPASS_HEADERS: &[&str] = &["Authorization"];
+/// Default of [`CachePolicySection::stale_while_revalidate`].
+pub const DEFAULT_STALE_WHILE_REVALIDATE: &str = "0s";
+/// Default of [`CachePolicySection::stale_if_error`].
+pub const DEFAULT_STALE_IF_ERROR: &str = "0s";
+/// Default of [`CachePolicySection::stale_if_error_statuses`].
+pub const DEFAULT_STALE_IF_ERROR_STATUSES: &[u16] = &[500, 502, 503, 504];
+/// Default of [`CachePolicySection::status_header`].
+pub const DEFAULT_STATUS_HEADER: &str = "X-Cache-Status";
 
 /// `cache = { ... }` on a site or location: what is cached, under which key, for how long.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CachePolicySection {
-    /// Cache responses here. Default true once a `cache` table is present; `false` turns a
-    /// site's caching off for one location.
+    /// Cache responses here once a `cache` table is present; `false` turns a site's caching
+    /// off for one location. Default: [`DEFAULT_CACHE_ENABLED`].
     pub enabled: Option<bool>,
-    /// Include the scheme (http/https) in the key. Default true.
+    /// Include the scheme (http/https) in the key. Default: [`DEFAULT_KEY_SCHEME`].
     pub key_scheme: Option<bool>,
-    /// Include the host in the key. Default true, so two sites never share entries.
+    /// Include the host in the key, so two sites never share entries.
+    /// Default: [`DEFAULT_KEY_HOST`].
     pub key_host: Option<bool>,
-    /// The query in the key: "full" (default), "none", "sorted", or a list of parameter names
-    /// to keep (an allowlist, sorted).
+    /// The query in the key: "full", "none", "sorted", or a list of parameter names to keep
+    /// (an allowlist, sorted). Default: [`DEFAULT_KEY_QUERY`].
     pub key_query: Option<QueryKeySection>,
     /// Request headers whose values are part of the key, e.g. `["Accept-Language"]`.
+    /// Default: none.
     pub key_headers: Option<Vec<String>>,
-    /// Freshness by status when the origin says nothing (or is ignored): `{ "200" = "1d",
-    /// "404" = "1m", "any" = "5m" }`. Default `{ "200" = "10m", "301" = "10m", "302" = "10m" }`
-    /// as nginx's `proxy_cache_valid 10m`.
+    /// Freshness by status when the origin says nothing (or is ignored), e.g.
+    /// `{ "200" = "1d", "404" = "1m", "any" = "5m" }`. Default: [`DEFAULT_VALID`].
     pub valid: Option<BTreeMap<String, String>>,
     /// Ignore the origin's `Cache-Control` and `Expires` (nginx `proxy_ignore_headers
-    /// Cache-Control Expires`). Default false: they are honoured.
+    /// Cache-Control Expires`). Default: [`DEFAULT_IGNORE_CACHE_CONTROL`].
     pub ignore_cache_control: Option<bool>,
     /// Cache responses carrying `Set-Cookie` anyway; the stored copy has `Set-Cookie` removed.
-    /// Default false: such responses are not cached.
+    /// Default: [`DEFAULT_IGNORE_SET_COOKIE`].
     pub ignore_set_cookie: Option<bool>,
-    /// Requests carrying any of these headers skip the cache. Default `["Authorization"]`.
+    /// Requests carrying any of these headers skip the cache.
+    /// Default: [`DEFAULT_BYPASS_HEADERS`].
     pub bypass_headers: Option<Vec<String>>,
-    /// Requests carrying any of these cookies skip the cache.
+    /// Requests carrying any of these cookies skip the cache. Default: none.
     pub bypass_cookies: Option<Vec<String>>,
-    /// Requests carrying any of these query parameters skip the cache.
+    /// Requests carrying any of these query parameters skip the cache. Default: none.
     pub bypass_query: Option<Vec<String>>,
     /// Serve a stale entry at once and refresh it in the background for this long after it
-    /// expires (the origin's `stale-while-revalidate` wins when honoured). Default "0s".
+    /// expires (the origin's `stale-while-revalidate` wins when honoured).
+    /// Default: [`DEFAULT_STALE_WHILE_REVALIDATE`].
     pub stale_while_revalidate: Option<String>,
     /// Serve a stale entry when the upstream fails, for this long after it expires (the
-    /// origin's `stale-if-error` wins when honoured). Default "0s".
+    /// origin's `stale-if-error` wins when honoured). Default: [`DEFAULT_STALE_IF_ERROR`].
     pub stale_if_error: Option<String>,
     /// Upstream statuses that count as errors for `stale_if_error` (connect errors and
-    /// timeouts always do). Default `[500, 502, 503, 504]`.
+    /// timeouts always do). Default: [`DEFAULT_STALE_IF_ERROR_STATUSES`].
     pub stale_if_error_statuses: Option<Vec<u16>>,
     /// Name of the response header carrying the cache status; "" turns it off.
-    /// Default "X-Cache-Status".
+    /// Default: [`DEFAULT_STATUS_HEADER`].
     pub status_header: Option<String>,
 }
 
@@ -331,56 +486,59 @@ pub enum QueryKeySection {
     Allow(Vec<String>),
 }
 
+/// Default of [`ClientSection::ip_header`] (Fly.io's).
+pub const DEFAULT_IP_HEADER: &str = "Fly-Client-IP";
+/// Default of [`ClientSection::forwarded_for_fallback`].
+pub const DEFAULT_FORWARDED_FOR_FALLBACK: bool = false;
+
 /// `[client]`: how the client address is found.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientSection {
-    /// CIDRs of TCP peers whose client-IP header is believed. Default: none (the header is
-    /// never believed and the peer address is the client).
+    /// CIDRs of TCP peers whose client-IP header is believed; with none, the header is never
+    /// believed and the peer address is the client. Default: none.
     pub trusted_proxies: Option<Vec<String>>,
-    /// Header naming the client when the peer is trusted. Default "Fly-Client-IP".
+    /// Header naming the client when the peer is trusted. Default: [`DEFAULT_IP_HEADER`].
     pub ip_header: Option<String>,
     /// When a trusted peer sent no usable header, take the rightmost untrusted entry of
-    /// `X-Forwarded-For`. Default false.
+    /// `X-Forwarded-For`. Default: [`DEFAULT_FORWARDED_FOR_FALLBACK`].
     pub forwarded_for_fallback: Option<bool>,
 }
+
+/// Default of [`RateLimitSection::burst`].
+pub const DEFAULT_BURST: u32 = 0;
+/// Default of [`RateLimitSection::key`].
+pub const DEFAULT_ZONE_KEY: &str = "client_ip";
+/// Default of [`RateLimitSection::ipv6_prefix`].
+pub const DEFAULT_IPV6_PREFIX: u8 = 64;
+/// Default of [`RateLimitSection::status`].
+pub const DEFAULT_LIMIT_STATUS: u16 = 429;
+/// Default of [`RateLimitSection::dry_run`].
+pub const DEFAULT_DRY_RUN: bool = false;
+/// Default of [`RateLimitSection::slots`].
+pub const DEFAULT_SLOTS: usize = 16384;
 
 /// `[rate_limits.NAME]`: a rate-limit zone with nginx `limit_req` semantics.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
-    /// `"10r/s"` or `"30r/m"`.
+    /// `"10r/s"` or `"30r/m"`. Required.
     pub rate: String,
-    /// Requests allowed above the rate before rejecting. Default 0.
+    /// Requests allowed above the rate before rejecting. Default: [`DEFAULT_BURST`].
     pub burst: Option<u32>,
     /// The first `delay` excess requests pass at once, later ones (within the burst) are
     /// delayed to the rate. Default: no delay at all (nginx's `nodelay`).
     pub delay: Option<u32>,
-    /// `"client_ip"` (default), `"client_ip+location"` or `"header:NAME"`.
+    /// `"client_ip"`, `"client_ip+location"` or `"header:NAME"`.
+    /// Default: [`DEFAULT_ZONE_KEY`].
     pub key: Option<String>,
-    /// IPv6 clients are counted per prefix of this length. Default 64.
+    /// IPv6 clients are counted per prefix of this length. Default: [`DEFAULT_IPV6_PREFIX`].
     pub ipv6_prefix: Option<u8>,
-    /// Status of rejections. Default 429.
+    /// Status of rejections. Default: [`DEFAULT_LIMIT_STATUS`].
     pub status: Option<u16>,
-    /// Only log and count rejections, never reject. Default false.
+    /// Only log and count rejections, never reject. Default: [`DEFAULT_DRY_RUN`].
     pub dry_run: Option<bool>,
-    /// Counters per row of the sketch (memory is 4 rows x 8 bytes x slots). Default 16384.
+    /// Counters per row of the sketch (memory is 4 rows x 8 bytes x slots).
+    /// Default: [`DEFAULT_SLOTS`].
     pub slots: Option<usize>,
-}
-
-/// `[sites.NAME.access]`: who may not use a site at all.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct SiteAccessSection {
-    /// Files of denied IPs/CIDRs (one per line, or nginx `geo` lines `1.2.3.4 1;` as
-    /// fail2ban writes them), reloaded when they change.
-    #[serde(default)]
-    pub deny_files: Vec<String>,
-    /// Body of the 403 sent to denied clients. Default "forbidden\n".
-    pub deny_body: Option<String>,
-    /// Case-insensitive regexes; a matching `User-Agent` gets 403.
-    #[serde(default)]
-    pub user_agent_deny: Vec<String>,
-    /// Body of the 403 sent to denied user agents. Default: `deny_body`.
-    pub user_agent_body: Option<String>,
 }

@@ -1,24 +1,27 @@
-//! Configuration: TOML in ([`file`](mod@file)), a validated [`RuntimeConfig`] out ([`load_file`],
-//! [`load_str`], [`compile_file`]).
+//! Configuration, input to model: TOML in ([`file`](mod@file)), a validated
+//! [`RuntimeConfig`] out ([`load_file`], [`load_str`], [`compile_file`]), or the same built
+//! from code ([`ConfigBuilder`]).
 //!
 //! Parsing and meaning are separate: serde only checks TOML types and unknown keys; the
-//! compiler checks everything else and names the file, line and key of every problem.
+//! compiler checks everything else and names the file, line and key of every problem. This
+//! module is the only owner of config keys: a key's serde field, default and doc comment live
+//! in [`file`](mod@file), its checks in one file of the compiler, and its builder method in
+//! [`builder`](mod@builder). Nothing at request time reads the plain config data.
 
+mod builder;
 mod compile;
-pub(crate) mod error;
+mod error;
 pub mod file;
 pub mod units;
 
-pub(crate) use compile::resolve_path;
-pub use compile::{DEFAULT_ADMIN_LISTEN, DEFAULT_LISTEN, DEFAULT_MAX_BODY_SIZE};
-pub(crate) use error::Problems;
+pub use builder::{ConfigBuilder, LocationBuilder, RateLimitBuilder, SiteBuilder, UpstreamBuilder};
 pub use error::{ConfigError, ConfigErrors, KeyPath, KeySegment};
 pub use file::ConfigFile;
 
 use std::path::Path;
 
+use crate::model::RuntimeConfig;
 use crate::plugin::PluginRegistry;
-use crate::runtime::RuntimeConfig;
 use error::SourceText;
 
 /// Reads, parses and compiles a config file that uses no plugins. Relative paths inside it

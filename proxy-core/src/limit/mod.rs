@@ -39,4 +39,4 @@ mod zone;
 pub use key::fold_ip;
 pub use key::{LimitKey, ZoneKey};
 pub use rate::Rate;
-pub use zone::{acquire_all, LimitOutcome, LimitZone, ZoneSettings, ZoneVerdict, DEFAULT_SLOTS};
+pub use zone::{acquire_all, LimitOutcome, LimitZone, ZoneSettings, ZoneVerdict};

@@ -3,7 +3,7 @@
 use pingora_limits::estimator::Estimator;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::key::{fold_ip, LimitKey, ZoneKey};
@@ -12,9 +12,6 @@ use super::rate::Rate;
 /// Rows of the count-min sketch: each row is an independent hash, and a key is
 /// over-counted only if it collides in all of them.
 const SKETCH_ROWS: usize = 4;
-
-/// Default counters per row.
-pub const DEFAULT_SLOTS: usize = 16384;
 
 /// A zone's settings, as compiled from config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,11 +38,20 @@ pub struct ZoneSettings {
 }
 
 /// A rate-limit zone: settings plus bounded-memory counters.
+///
+/// The counters are created on the zone's first request, or taken over from the zone of the
+/// same name and settings in the config running before a reload ([`LimitZone::keep_counters`]),
+/// so compiling a config allocates none and a reload hands no client a fresh burst.
 pub struct LimitZone {
     /// Settings.
     pub settings: ZoneSettings,
     /// Nanoseconds between requests at the zone's rate (GCRA's emission interval).
     interval_ns: i64,
+    counters: OnceLock<Arc<Counters>>,
+}
+
+/// A zone's state, shared with the zone that replaces it on a reload.
+struct Counters {
     /// Per-key theoretical arrival time, in nanoseconds since `epoch`: one single-row
     /// pingora-limits estimator per row, so each row can be raised on its own (conservative
     /// update: a counter holds the latest arrival time of the keys hashed to it, not a sum).
@@ -55,6 +61,19 @@ pub struct LimitZone {
     /// so racing requests are decided one after the other and counted exactly.
     lock: Mutex<()>,
     rejected: AtomicU64,
+}
+
+impl Counters {
+    fn new(slots: usize) -> Self {
+        Self {
+            rows: (0..SKETCH_ROWS)
+                .map(|_| Estimator::new(1, slots.max(1)))
+                .collect(),
+            epoch: Instant::now(),
+            lock: Mutex::new(()),
+            rejected: AtomicU64::new(0),
+        }
+    }
 }
 
 impl std::fmt::Debug for LimitZone {
@@ -83,23 +102,43 @@ pub enum ZoneVerdict {
 }
 
 impl LimitZone {
-    /// A zone with empty counters.
+    /// A zone whose counters start empty on its first request.
     pub fn new(settings: ZoneSettings) -> Self {
         Self {
             interval_ns: settings.rate.emission_interval_ns(),
-            rows: (0..SKETCH_ROWS)
-                .map(|_| Estimator::new(1, settings.slots.max(1)))
-                .collect(),
-            epoch: Instant::now(),
-            lock: Mutex::new(()),
-            rejected: AtomicU64::new(0),
+            counters: OnceLock::new(),
             settings,
         }
     }
 
+    /// Takes over `previous`'s counters if it has the same settings and this zone has not
+    /// counted anything yet (nginx keeps a `limit_req_zone` across reloads the same way);
+    /// returns whether it did.
+    pub fn keep_counters(&self, previous: &LimitZone) -> bool {
+        if previous.settings != self.settings {
+            return false;
+        }
+        self.counters.set(previous.counters().clone()).is_ok()
+    }
+
+    /// Whether this zone counts with the same counters as `other`.
+    pub fn shares_counters_with(&self, other: &LimitZone) -> bool {
+        match (self.counters.get(), other.counters.get()) {
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+
+    fn counters(&self) -> &Arc<Counters> {
+        self.counters
+            .get_or_init(|| Arc::new(Counters::new(self.settings.slots)))
+    }
+
     /// Rejections (or, in dry run, would-be rejections) so far.
     pub fn rejected_total(&self) -> u64 {
-        self.rejected.load(Ordering::Relaxed)
+        self.counters
+            .get()
+            .map_or(0, |c| c.rejected.load(Ordering::Relaxed))
     }
 
     /// Bytes of counters this zone holds, whatever the number of clients.
@@ -143,12 +182,15 @@ impl LimitZone {
     }
 
     fn now(&self) -> i64 {
-        i64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
+        i64::try_from(self.counters().epoch.elapsed().as_nanos()).unwrap_or(i64::MAX)
     }
 
     fn lock(&self) -> MutexGuard<'_, ()> {
         // The mutex guards no data, so a poisoned one is as good as a healthy one.
-        self.lock.lock().unwrap_or_else(|e| e.into_inner())
+        self.counters()
+            .lock
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The key's estimated arrival time: the lowest of its counters, each of which is the
@@ -156,7 +198,8 @@ impl LimitZone {
     fn estimate(&self, key: &LimitKey<'_>) -> i64 {
         // The sketch counts in `isize`; nanosecond clocks need 64 bits, as every target
         // Pingora runs on has.
-        self.rows
+        self.counters()
+            .rows
             .iter()
             .map(|row| row.get(key) as i64)
             .min()
@@ -173,7 +216,7 @@ impl LimitZone {
         let estimate = self.estimate(key);
         let excess = estimate.max(now) - now;
         if excess > tolerance {
-            self.rejected.fetch_add(1, Ordering::Relaxed);
+            self.counters().rejected.fetch_add(1, Ordering::Relaxed);
             return ZoneVerdict::Reject {
                 retry_after: Duration::from_nanos(u64::try_from(excess - tolerance).unwrap_or(0)),
             };
@@ -193,7 +236,7 @@ impl LimitZone {
     /// its true arrival time, and a counter is ahead of now only while a key hashed to it
     /// has a non-empty bucket.
     fn commit(&self, key: &LimitKey<'_>, arrival: i64) {
-        for row in self.rows.iter() {
+        for row in self.counters().rows.iter() {
             let current = row.get(key) as i64;
             if current < arrival {
                 row.incr(key, (arrival - current) as isize);
@@ -262,6 +305,7 @@ mod tests {
     use super::*;
 
     const SECOND: i64 = 1_000_000_000;
+    const SLOTS: usize = 16384;
 
     fn zone(rate: &str, burst: u32, delay: Option<u32>, slots: usize) -> LimitZone {
         LimitZone::new(ZoneSettings {
@@ -289,7 +333,7 @@ mod tests {
 
     #[test]
     fn burst_of_thirty_at_10rps_burst_20_gives_21_passes() {
-        let z = zone("10r/s", 20, None, DEFAULT_SLOTS);
+        let z = zone("10r/s", 20, None, SLOTS);
         let key = ip_key(1);
         assert_eq!(passes(&z, &key, 30, 5 * SECOND), 21);
         assert_eq!(z.rejected_total(), 9);
@@ -302,7 +346,7 @@ mod tests {
 
     #[test]
     fn rejection_says_when_to_retry() {
-        let z = zone("1r/s", 0, None, DEFAULT_SLOTS);
+        let z = zone("1r/s", 0, None, SLOTS);
         let key = ip_key(1);
         assert!(matches!(
             z.acquire_at(&key, SECOND),
@@ -318,7 +362,7 @@ mod tests {
 
     #[test]
     fn delay_mode_delays_excess_beyond_n_and_still_rejects_beyond_burst() {
-        let z = zone("10r/s", 5, Some(2), DEFAULT_SLOTS);
+        let z = zone("10r/s", 5, Some(2), SLOTS);
         let key = ip_key(1);
         let delays: Vec<Option<u64>> = (0..8)
             .map(|_| match z.acquire_at(&key, SECOND) {
@@ -343,7 +387,7 @@ mod tests {
 
     #[test]
     fn clients_are_counted_separately() {
-        let z = zone("1r/m", 2, None, DEFAULT_SLOTS);
+        let z = zone("1r/m", 2, None, SLOTS);
         for n in 0..100 {
             assert_eq!(passes(&z, &ip_key(n), 5, SECOND), 3, "client {n}");
         }
@@ -374,7 +418,7 @@ mod tests {
 
     #[test]
     fn racing_threads_of_one_client_get_exactly_rate_plus_burst() {
-        let z = std::sync::Arc::new(zone("1r/m", 20, None, DEFAULT_SLOTS));
+        let z = std::sync::Arc::new(zone("1r/m", 20, None, SLOTS));
         let threads: Vec<_> = (0..8)
             .map(|_| {
                 let z = z.clone();
@@ -404,7 +448,7 @@ mod tests {
     /// With fewer active clients than counters, new clients are not held back by others.
     #[test]
     fn moderate_crowds_do_not_limit_new_clients() {
-        let z = zone("10r/s", 5, None, DEFAULT_SLOTS);
+        let z = zone("10r/s", 5, None, SLOTS);
         let first_requests = (0..2_000)
             .filter(|n| matches!(z.acquire_at(&ip_key(*n), SECOND), ZoneVerdict::Pass { .. }))
             .count();
@@ -413,17 +457,17 @@ mod tests {
 
     #[test]
     fn memory_is_fixed_by_slots() {
-        let z = zone("10r/s", 20, None, DEFAULT_SLOTS);
+        let z = zone("10r/s", 20, None, SLOTS);
         for n in 0..100_000 {
             z.acquire_at(&ip_key(n), SECOND);
         }
-        assert_eq!(z.memory_bytes(), 4 * 8 * DEFAULT_SLOTS);
+        assert_eq!(z.memory_bytes(), 4 * 8 * SLOTS);
     }
 
     #[test]
     fn a_request_rejected_by_one_zone_is_counted_in_none() {
-        let wide = zone("1r/m", 5, None, DEFAULT_SLOTS);
-        let narrow = zone("1r/m", 0, None, DEFAULT_SLOTS);
+        let wide = zone("1r/m", 5, None, SLOTS);
+        let narrow = zone("1r/m", 0, None, SLOTS);
         let key = ip_key(1);
         let both = [(&wide, key), (&narrow, key)];
         assert!(matches!(acquire_all(&both), LimitOutcome::Pass { .. }));

@@ -20,35 +20,35 @@ type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState
 pub const PREFIX: &str = "edge_";
 
 /// `edge_requests_total{host,method,status}`.
-pub const REQUESTS_TOTAL: &str = "edge_requests_total";
+pub(crate) const REQUESTS_TOTAL: &str = "edge_requests_total";
 /// `edge_request_duration_seconds{host}` histogram.
-pub const REQUEST_DURATION: &str = "edge_request_duration_seconds";
+pub(crate) const REQUEST_DURATION: &str = "edge_request_duration_seconds";
 /// `edge_response_bytes_total{host}`: body bytes sent to clients.
-pub const RESPONSE_BYTES: &str = "edge_response_bytes_total";
+pub(crate) const RESPONSE_BYTES: &str = "edge_response_bytes_total";
 /// `edge_requests_in_flight`: requests being served now.
-pub const REQUESTS_IN_FLIGHT: &str = "edge_requests_in_flight";
+pub(crate) const REQUESTS_IN_FLIGHT: &str = "edge_requests_in_flight";
 /// `edge_upstream_response_duration_seconds{upstream}` histogram: time to response headers.
-pub const UPSTREAM_DURATION: &str = "edge_upstream_response_duration_seconds";
+pub(crate) const UPSTREAM_DURATION: &str = "edge_upstream_response_duration_seconds";
 /// `edge_upstream_errors_total{upstream,kind}`.
-pub const UPSTREAM_ERRORS: &str = "edge_upstream_errors_total";
+pub(crate) const UPSTREAM_ERRORS: &str = "edge_upstream_errors_total";
 /// `edge_dns_lookups_total{result}`.
-pub const DNS_LOOKUPS: &str = "edge_dns_lookups_total";
+pub(crate) const DNS_LOOKUPS: &str = "edge_dns_lookups_total";
 /// `edge_dns_stale_answers`: names currently answered from a stale (last good) lookup.
-pub const DNS_STALE: &str = "edge_dns_stale_answers";
+pub(crate) const DNS_STALE: &str = "edge_dns_stale_answers";
 /// `edge_cache_lookups_total{host,cache_status}`.
-pub const CACHE_LOOKUPS: &str = "edge_cache_lookups_total";
+pub(crate) const CACHE_LOOKUPS: &str = "edge_cache_lookups_total";
 /// `edge_rate_limit_decisions_total{zone,outcome}`.
-pub const RATE_LIMIT_DECISIONS: &str = "edge_rate_limit_decisions_total";
+pub(crate) const RATE_LIMIT_DECISIONS: &str = "edge_rate_limit_decisions_total";
 /// `edge_deny_hits_total{host,list}`.
-pub const DENY_HITS: &str = "edge_deny_hits_total";
+pub(crate) const DENY_HITS: &str = "edge_deny_hits_total";
 /// `edge_access_log_dropped_total`: access-log lines dropped because the writer lagged.
-pub const ACCESS_LOG_DROPPED: &str = "edge_access_log_dropped_total";
+pub(crate) const ACCESS_LOG_DROPPED: &str = "edge_access_log_dropped_total";
 /// `edge_build_info{version}`: always 1.
-pub const BUILD_INFO: &str = "edge_build_info";
+pub(crate) const BUILD_INFO: &str = "edge_build_info";
 /// `edge_config_reloads_total{result}`: reloads applied or rejected.
-pub const CONFIG_RELOADS: &str = "edge_config_reloads_total";
+pub(crate) const CONFIG_RELOADS: &str = "edge_config_reloads_total";
 /// `edge_config_last_reload_successful`: 1 unless the last reload was rejected.
-pub const CONFIG_LAST_RELOAD_OK: &str = "edge_config_last_reload_successful";
+pub(crate) const CONFIG_LAST_RELOAD_OK: &str = "edge_config_last_reload_successful";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[

@@ -13,18 +13,14 @@ mod metrics;
 mod record;
 mod redact;
 mod request_id;
-mod settings;
 pub mod tailscaled;
 
 pub use access_log::{AccessLog, AccessLogEntry, AccessLogTarget};
 pub use metrics::{DnsLookupResult, InFlight, Metrics, UpstreamErrorKind, METRIC_NAMES, PREFIX};
-pub use record::{upstream_error_kind, RequestRecord};
+pub use record::{upstream_error_kind, RequestFacts, RequestRecord};
 pub use redact::{Redactor, DEFAULT_SECRET_PARAMS, REDACTED};
 pub use request_id::{is_well_formed, new_request_id, request_id_for, REQUEST_ID_HEADER};
-pub use settings::{AccessLogSettings, AdminSettings, ObserveSettings};
 pub use tailscaled::{LocalApiClient, LocalApiError};
-
-pub(crate) use settings::compile_observe;
 
 use std::sync::Arc;
 
@@ -74,23 +70,30 @@ pub struct Observability {
     redactor: Redactor,
 }
 
+/// `[access_log]`, compiled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    /// Where lines go; `None` turns the access log off.
+    pub target: Option<AccessLogTarget>,
+    /// Lines queued before new ones are dropped.
+    pub queue_size: usize,
+    /// Redaction of logged URIs.
+    pub redactor: Redactor,
+}
+
 impl Observability {
-    /// Fresh metrics and, when enabled, an access log writer per `settings`.
-    pub fn new(settings: &AccessLogSettings) -> std::io::Result<Self> {
-        Self::with_metrics(Arc::new(Metrics::new()), settings)
+    /// Metrics (recorded when `metrics` is true) and, when `access_log` has a target, an
+    /// access log writer.
+    pub fn start(metrics: bool, access_log: &AccessLogSettings) -> std::io::Result<Self> {
+        Self::with_metrics(Arc::new(metrics_for(metrics)), access_log)
     }
 
-    /// Metrics (unless `[admin] metrics = false`) and the access log, per `settings`.
-    pub fn from_settings(settings: &ObserveSettings) -> std::io::Result<Self> {
-        Self::with_metrics(Arc::new(metrics_for(settings)), &settings.access_log)
-    }
-
-    /// Metrics per `settings` and no access log: the fallback when the log cannot be opened.
-    pub fn without_access_log(settings: &ObserveSettings) -> Self {
+    /// Metrics and no access log: the fallback when the log cannot be opened.
+    pub fn without_access_log(metrics: bool, access_log: &AccessLogSettings) -> Self {
         Self {
-            metrics: Arc::new(metrics_for(settings)),
+            metrics: Arc::new(metrics_for(metrics)),
             access_log: None,
-            redactor: settings.access_log.redactor.clone(),
+            redactor: access_log.redactor.clone(),
         }
     }
 
@@ -136,8 +139,8 @@ impl Observability {
 }
 
 /// Metrics, unless `[admin] metrics = false`.
-fn metrics_for(settings: &ObserveSettings) -> Metrics {
-    match settings.admin.metrics {
+fn metrics_for(enabled: bool) -> Metrics {
+    match enabled {
         true => Metrics::new(),
         false => Metrics::disabled(),
     }

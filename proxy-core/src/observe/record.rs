@@ -5,17 +5,19 @@ use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType};
 use std::borrow::Cow;
 use std::cell::Cell;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::UNKNOWN_SITE;
 use super::{method_label, AccessLog, AccessLogEntry, InFlight, Observability, UpstreamErrorKind};
-use crate::proxy::RequestCtx;
 use crate::text::{Texts, LINE_TEXT_MAX};
 
-/// Per-request observability state, carried in [`RequestCtx::observe`].
-#[derive(Debug, Default)]
+/// Per-request observability state, carried in the proxy's request context.
+#[derive(Debug)]
 pub struct RequestRecord {
+    /// When the request started.
+    pub started: Instant,
     /// The request id (kept from `X-Request-Id` or generated).
     pub request_id: String,
     /// When an upstream was chosen.
@@ -39,11 +41,20 @@ pub struct RequestRecord {
 }
 
 impl RequestRecord {
-    /// A record counting the request as in flight (when metrics are on) until dropped.
+    /// A record of a request starting now, counted as in flight (when metrics are on) until
+    /// dropped.
     pub fn new(observability: Option<&Observability>) -> Self {
         Self {
+            started: Instant::now(),
+            request_id: String::new(),
+            upstream_started: None,
+            upstream_response_time: None,
+            upstream_addr: None,
+            upstream_status: None,
+            upstream_error: None,
+            cache_status: None,
+            rate_limit: None,
             _in_flight: observability.map(|o| o.metrics().in_flight()),
-            ..Self::default()
         }
     }
 }
@@ -88,24 +99,45 @@ pub fn upstream_error_kind(e: &Error) -> Option<UpstreamErrorKind> {
     })
 }
 
+/// What the log line and metrics need to know of a finished request besides its session:
+/// what routing found and what the request recorded on its way.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestFacts<'a> {
+    /// The matched site's name.
+    pub site: Option<&'a str>,
+    /// The matched location's pattern, as written in the config.
+    pub location: Option<&'a str>,
+    /// The upstream the request was forwarded to.
+    pub upstream: Option<&'a str>,
+    /// Who asked.
+    pub client_ip: Option<IpAddr>,
+    /// What the request recorded on its way.
+    pub record: &'a RequestRecord,
+}
+
 impl Observability {
     /// Records one finished request: metrics, then the access-log line. Called from the
     /// `logging` phase.
-    pub fn finish_request(&self, session: &Session, error: Option<&Error>, ctx: &RequestCtx) {
-        let site = ctx.site.as_ref().map_or(UNKNOWN_SITE, |s| s.name.as_str());
+    pub fn finish_request(
+        &self,
+        session: &Session,
+        error: Option<&Error>,
+        facts: RequestFacts<'_>,
+    ) {
+        let site = facts.site.unwrap_or(UNKNOWN_SITE);
         let request = session.req_header();
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        let elapsed = ctx.started.elapsed();
+        let record = facts.record;
+        let elapsed = record.started.elapsed();
         let bytes = session.body_bytes_sent() as u64;
-        let record = &ctx.observe;
         let metrics = self.metrics();
         metrics.request(site, method_label(&request.method), status, elapsed, bytes);
         if let Some(cache_status) = record.cache_status {
             metrics.cache_lookup(site, cache_status);
         }
-        if let Some(upstream) = &ctx.upstream {
+        if let Some(upstream) = facts.upstream {
             if let Some(time) = record.upstream_response_time {
-                metrics.upstream_response(&upstream.name, time);
+                metrics.upstream_response(upstream, time);
             }
             let kind = record
                 .upstream_error
@@ -117,11 +149,11 @@ impl Observability {
                         .map(|_| UpstreamErrorKind::Status5xx)
                 });
             if let Some(kind) = kind {
-                metrics.upstream_error(&upstream.name, kind);
+                metrics.upstream_error(upstream, kind);
             }
         }
         if let Some(log) = self.access_log() {
-            self.log_line(log, session, error, ctx, status, elapsed, bytes);
+            self.log_line(log, session, error, facts, status, elapsed, bytes);
         }
     }
 
@@ -133,17 +165,17 @@ impl Observability {
         log: &AccessLog,
         session: &Session,
         error: Option<&Error>,
-        ctx: &RequestCtx,
+        facts: RequestFacts<'_>,
         status: u16,
         elapsed: Duration,
         bytes: u64,
     ) {
         let request = session.req_header();
         let logged = LoggedHeaders::of(&request.headers);
-        let record = &ctx.observe;
+        let record = facts.record;
         let mut texts = Texts::<LINE_TEXT_MAX>::new();
         let time = texts.ascii(&log_time(SystemTime::now()));
-        let client_ip = ctx.client_ip.map(|ip| texts.ip(ip));
+        let client_ip = facts.client_ip.map(|ip| texts.ip(ip));
         let remote_addr = session.client_addr().map(|addr| texts.peer(addr));
         let upstream_addr = record.upstream_addr.as_ref().map(|addr| texts.peer(addr));
         let texts = texts.as_str();
@@ -171,11 +203,8 @@ impl Observability {
             user_agent: &user_agent,
             referer: &self.redactor().uri(&referer),
             request_id: &record.request_id,
-            site: ctx.site.as_ref().map_or("", |s| s.name.as_str()),
-            location: ctx
-                .location
-                .as_ref()
-                .map_or("", |l| l.pattern_text.as_str()),
+            site: facts.site.unwrap_or(""),
+            location: facts.location.unwrap_or(""),
             error: error.map_or("", |e| e.etype().as_str()),
         });
     }

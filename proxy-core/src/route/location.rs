@@ -9,8 +9,10 @@ use regex::bytes::Regex;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::plugin::PluginList;
-use crate::upstream::Upstream;
+use crate::cache::CachePolicy;
+use crate::guard::Guards;
+use crate::plugin::PluginChain;
+use crate::upstream::{HostHeader, Upstream};
 
 /// How a location matches request paths (the part of nginx's `location` line before `{`).
 #[derive(Debug, Clone)]
@@ -99,56 +101,85 @@ pub enum Action {
     },
 }
 
-/// Where a header value comes from when sent upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostHeader {
-    /// The client's Host header, unchanged (`"$host"`).
-    Client,
-    /// A fixed value.
-    Fixed(String),
-}
-
-impl HostHeader {
-    /// Parses `"$host"` or a literal host name.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        if text == "$host" || text == "$http_host" {
-            return Ok(Self::Client);
-        }
-        let valid = !text.is_empty()
-            && text.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_' | b'[' | b']')
-            });
-        if valid {
-            Ok(Self::Fixed(text.to_string()))
-        } else {
-            Err(format!(
-                "invalid host header `{text}`: expected a host name or \"$host\""
-            ))
-        }
-    }
-}
-
-/// A location of a site, compiled.
+/// A location of a site, compiled: how it matches, what it does, and everything that applies
+/// to its requests (guards, plugins, cache policy).
 #[derive(Debug)]
 pub struct Location {
+    index: usize,
+    pattern_text: String,
+    pattern: LocationPattern,
+    action: Action,
+    host_header: Option<HostHeader>,
+    plugins: PluginChain,
+    cache: Option<Arc<CachePolicy>>,
+    guards: Guards,
+}
+
+impl Location {
+    /// A location; `plugins` is the whole chain its requests run (the site's it inherits,
+    /// then its own).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        index: usize,
+        pattern_text: String,
+        pattern: LocationPattern,
+        action: Action,
+        host_header: Option<HostHeader>,
+        plugins: PluginChain,
+        cache: Option<Arc<CachePolicy>>,
+        guards: Guards,
+    ) -> Self {
+        Self {
+            index,
+            pattern_text,
+            pattern,
+            action,
+            host_header,
+            plugins,
+            cache,
+            guards,
+        }
+    }
+
     /// Position in the site's list (for logs and metrics).
-    pub index: usize,
+    pub fn index(&self) -> usize {
+        self.index
+    }
+
     /// The pattern as written in the config.
-    pub pattern_text: String,
+    pub fn pattern_text(&self) -> &str {
+        &self.pattern_text
+    }
+
     /// How it matches.
-    pub pattern: LocationPattern,
+    pub fn pattern(&self) -> &LocationPattern {
+        &self.pattern
+    }
+
     /// What it does.
-    pub action: Action,
+    pub fn action(&self) -> &Action {
+        &self.action
+    }
+
     /// Host header override (wins over the upstream's).
-    pub host_header: Option<HostHeader>,
-    /// Body size limit override (`Some(0)` = unlimited).
-    pub max_body_size: Option<u64>,
-    /// Plugins for requests of this location (run after the site's).
-    pub plugins: PluginList,
-    /// Whether the site's plugins run for this location too.
-    pub site_plugins: bool,
+    pub fn host_header(&self) -> Option<&HostHeader> {
+        self.host_header.as_ref()
+    }
+
+    /// The plugins its requests run, in call order.
+    pub fn plugins(&self) -> &PluginChain {
+        &self.plugins
+    }
+
     /// Cache policy, if responses here are cached.
-    pub cache: Option<Arc<crate::cache::CachePolicy>>,
+    pub fn cache(&self) -> Option<&Arc<CachePolicy>> {
+        self.cache.as_ref()
+    }
+
+    /// The checks its requests pass before the action: body size, access rules, rate limits.
+    pub fn guards(&self) -> &Guards {
+        &self.guards
+    }
 }
 
 /// One part of a redirect target.
@@ -312,21 +343,20 @@ mod tests {
             .iter()
             .enumerate()
             .map(|(index, text)| {
-                Arc::new(Location {
+                Arc::new(Location::new(
                     index,
-                    pattern_text: text.to_string(),
-                    pattern: LocationPattern::parse(text).unwrap(),
-                    action: Action::Return {
+                    text.to_string(),
+                    LocationPattern::parse(text).unwrap(),
+                    Action::Return {
                         status: 200,
                         content_type: String::new(),
                         body: Bytes::new(),
                     },
-                    host_header: None,
-                    max_body_size: None,
-                    plugins: PluginList::default(),
-                    site_plugins: true,
-                    cache: None,
-                })
+                    None,
+                    PluginChain::default(),
+                    None,
+                    Guards::default(),
+                ))
             })
             .collect();
         LocationTable::new(locations).unwrap()

@@ -1,34 +1,128 @@
-//! Which site and location serve a request: Host routing, path normalisation, location
-//! matching, and the local answers (returns, redirects, error pages) that end a request early.
+//! Which site and location serve a request, and what happens before any of their rules run:
+//! framing checks, the health path, Host parsing, path normalisation, location matching
+//! (nginx rules), and what the matched location's action means for this request.
+//!
+//! The compiled sites and locations live here too ([`Site`], [`Location`]): a location owns
+//! its action, guards, plugins and cache policy, so routing hands the proxy everything a
+//! request needs in one step.
 
 mod host;
 mod location;
 mod path;
+mod request;
 
-pub use host::{normalize_host, HostError, HostRouter};
+pub use crate::hostname::{normalize_host, HostError};
+pub use host::HostRouter;
 pub use location::{
-    Action, HostHeader, Location, LocationPattern, LocationTable, RedirectTarget, RedirectVars,
+    Action, Location, LocationPattern, LocationTable, RedirectTarget, RedirectVars,
 };
 pub use path::{normalize_path, PathError};
+pub(crate) use request::{Next, Routed, Routing};
 
 use bytes::Bytes;
-
-use crate::plugin::PluginList;
 use std::collections::HashMap;
+use std::sync::Arc;
 
-/// A site: the hosts it answers for, its locations, and its error pages.
+use crate::plugin::PluginChain;
+
+/// What a request for a Host that no site serves gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownHostAnswer {
+    /// Close the connection without a response (nginx's `return 444`).
+    Close,
+    /// Answer with this status and a short body.
+    Status(u16),
+}
+
+/// The `[server]` keys that decide what happens before any site matches.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoutingSettings {
+    /// Path answered 200 locally for any Host, if any.
+    pub health_path: Option<String>,
+    /// Answer for unknown hosts.
+    pub unknown_host: UnknownHostAnswer,
+}
+
+/// Every site by host, and the settings routing applies before a site matches.
+#[derive(Debug)]
+pub struct Routes {
+    router: HostRouter,
+    settings: RoutingSettings,
+}
+
+impl Routes {
+    /// Routes over `router` with `settings`.
+    pub fn new(router: HostRouter, settings: RoutingSettings) -> Self {
+        Self { router, settings }
+    }
+
+    /// The site serving a normalised host, if any.
+    pub fn site_for_host(&self, host: &str) -> Option<&Arc<Site>> {
+        self.router.find(host)
+    }
+
+    /// Every site, once each, in no particular order.
+    pub fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
+        self.router.sites()
+    }
+
+    /// The routing settings.
+    pub fn settings(&self) -> &RoutingSettings {
+        &self.settings
+    }
+}
+
+/// A site: the hosts it answers for, its locations, its error pages and its plugins.
 #[derive(Debug)]
 pub struct Site {
+    name: String,
+    hosts: Vec<String>,
+    locations: LocationTable,
+    error_pages: HashMap<u16, Bytes>,
+    plugins: PluginChain,
+}
+
+impl Site {
+    /// A site; `plugins` run for requests that match no location (each location carries the
+    /// site's plugins it inherits in its own chain).
+    pub fn new(
+        name: String,
+        hosts: Vec<String>,
+        locations: LocationTable,
+        error_pages: HashMap<u16, Bytes>,
+        plugins: PluginChain,
+    ) -> Self {
+        Self {
+            name,
+            hosts,
+            locations,
+            error_pages,
+            plugins,
+        }
+    }
+
     /// The site's name from the config (`[sites.NAME]`); also its metrics label.
-    pub name: String,
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     /// Host patterns as configured (normalised to lowercase).
-    pub hosts: Vec<String>,
-    /// Locations, indexed for matching.
-    pub locations: LocationTable,
-    /// Largest request body accepted, in bytes; 0 means unlimited.
-    pub max_body_size: u64,
-    /// Error page bodies (HTML) by status, used for every error the proxy answers itself.
-    pub error_pages: HashMap<u16, Bytes>,
-    /// Plugins for every request of the site (run before the location's).
-    pub plugins: PluginList,
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
+    }
+
+    /// The location serving a normalised path, by nginx's precedence rules.
+    pub fn location_for_path(&self, path: &[u8]) -> Option<&Arc<Location>> {
+        self.locations.find(path)
+    }
+
+    /// The error page (HTML) the site serves for `status`, if it configures one.
+    pub fn error_page(&self, status: u16) -> Option<&Bytes> {
+        self.error_pages.get(&status)
+    }
+
+    /// The site's own plugins.
+    pub fn plugins(&self) -> &PluginChain {
+        &self.plugins
+    }
 }

@@ -6,8 +6,8 @@ use pingora::http::RequestHeader;
 use pingora::Result;
 use std::net::IpAddr;
 
+use super::HostHeader;
 use crate::client::ip_header_value;
-use crate::route::HostHeader;
 
 /// Sets the forwarding headers on a request about to go upstream.
 ///

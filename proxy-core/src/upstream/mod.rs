@@ -14,7 +14,34 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::route::HostHeader;
+/// Where a header value comes from when sent upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostHeader {
+    /// The client's Host header, unchanged (`"$host"`).
+    Client,
+    /// A fixed value.
+    Fixed(String),
+}
+
+impl HostHeader {
+    /// Parses `"$host"` or a literal host name.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        if text == "$host" || text == "$http_host" {
+            return Ok(Self::Client);
+        }
+        let valid = !text.is_empty()
+            && text.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_' | b'[' | b']')
+            });
+        if valid {
+            Ok(Self::Fixed(text.to_string()))
+        } else {
+            Err(format!(
+                "invalid host header `{text}`: expected a host name or \"$host\""
+            ))
+        }
+    }
+}
 
 /// TLS settings for an upstream.
 #[derive(Debug, Clone)]
@@ -38,17 +65,6 @@ pub struct UpstreamTimeouts {
     pub write: Duration,
     /// How long an idle pooled connection is kept.
     pub idle: Duration,
-}
-
-impl Default for UpstreamTimeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(10),
-            read: Duration::from_secs(60),
-            write: Duration::from_secs(60),
-            idle: Duration::from_secs(60),
-        }
-    }
 }
 
 /// A named upstream, compiled.

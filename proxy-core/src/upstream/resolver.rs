@@ -19,8 +19,8 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use super::Upstream;
 use crate::observe::{DnsLookupResult, Metrics};
-use crate::runtime::RuntimeConfig;
 
 /// The current addresses of one name. Shared between the resolver and every upstream that
 /// uses the name.
@@ -81,22 +81,11 @@ pub struct ResolverSettings {
     pub retry_interval: Duration,
 }
 
-impl Default for ResolverSettings {
-    fn default() -> Self {
-        Self {
-            nameservers: vec![SocketAddr::from(([100, 100, 100, 100], 53))],
-            min_ttl: Duration::from_secs(5),
-            max_ttl: Duration::from_secs(300),
-            timeout: Duration::from_secs(2),
-            retry_interval: Duration::from_secs(2),
-        }
-    }
-}
-
 /// Resolves upstream names through MagicDNS in the background.
 ///
 /// Run it as a Pingora background service (it implements [`BackgroundService`]), and call
-/// [`MagicDnsResolver::adopt`] with each compiled config to say which names to keep resolved.
+/// [`MagicDnsResolver::adopt`] with the upstreams of each compiled config to say which names to
+/// keep resolved.
 pub struct MagicDnsResolver {
     settings: ResolverSettings,
     slots: Mutex<HashMap<String, Arc<AddrSlot>>>,
@@ -142,10 +131,10 @@ impl MagicDnsResolver {
     ///
     /// A name already tracked hands its last answer to the new config's slot, so a reload
     /// never makes a resolved upstream unavailable.
-    pub fn adopt(&self, config: &RuntimeConfig) {
+    pub fn adopt<'u>(&self, upstreams: impl IntoIterator<Item = &'u Arc<Upstream>>) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::new();
-        for upstream in config.upstreams.values().filter(|u| u.needs_resolution()) {
+        for upstream in upstreams.into_iter().filter(|u| u.needs_resolution()) {
             let key = upstream.host.trim_end_matches('.').to_ascii_lowercase();
             if let Some(previous) = slots.get(&key).and_then(|slot| slot.current()) {
                 if upstream.addrs.current().is_none() {

@@ -105,7 +105,7 @@ impl LocationBuilder {
 
 #[cfg(test)]
 mod tests {
-    use crate::builder::*;
+    use crate::config::*;
 
     #[test]
     fn builds_the_same_guards_as_toml() {
@@ -129,8 +129,9 @@ mod tests {
             .build()
             .expect("valid config");
         assert!(config.client.is_trusted("172.20.0.1".parse().unwrap()));
-        let site = &config.guards.sites["docs"];
-        assert_eq!(site.locations[&1].zones[0].settings.status, 503);
-        assert!(site.access.is_denied_agent(b"gptbot"));
+        let site = config.site_for_host("docs.example.com").expect("site");
+        let login = site.location_for_path(b"/login").expect("location");
+        assert_eq!(login.guards().zones()[0].settings.status, 503);
+        assert!(login.guards().access().is_denied_agent(b"gptbot"));
     }
 }

@@ -14,8 +14,12 @@
 //! environment variable holding it): then every `/admin/` path answers 403. A missing or
 //! wrong token gets 401. Tokens are compared in constant time.
 //!
-//! To add an action to the listener [`crate::EdgeServices`] built, reach the app through
-//! Pingora's service: `services.admin.app_logic_mut()` then [`AdminApp::add_action`].
+//! To add an action to the listener [`crate::EdgeServices`] built, call
+//! [`crate::EdgeServices::admin_mut`] then [`AdminApp::add_action`] before serving.
+
+mod purge;
+
+pub use purge::PurgeAction;
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
@@ -26,8 +30,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
+use crate::model::RuntimeConfig;
 use crate::observe::{LocalApiClient, Metrics};
-use crate::runtime::RuntimeConfig;
 use crate::upstream::MagicDnsResolver;
 
 /// An admin action served at `/admin/NAME` once the bearer token checks out.
@@ -129,13 +133,11 @@ impl AdminApp {
     fn config_summary(&self) -> Response<Vec<u8>> {
         let config = self.config.load();
         let sites: Vec<_> = config
-            .router
             .sites()
-            .map(|site| serde_json::json!({ "name": site.name }))
+            .map(|site| serde_json::json!({ "name": site.name() }))
             .collect();
         let upstreams: Vec<_> = config
-            .upstreams
-            .values()
+            .upstreams()
             .map(|u| {
                 let addrs: Vec<String> = u
                     .addrs

@@ -2,7 +2,7 @@
 //! file and go through the same compiler, so code and TOML can never disagree.
 //!
 //! ```
-//! use proxy_core::builder::{ConfigBuilder, LocationBuilder, SiteBuilder, UpstreamBuilder};
+//! use proxy_core::config::{ConfigBuilder, LocationBuilder, SiteBuilder, UpstreamBuilder};
 //!
 //! let config = ConfigBuilder::new()
 //!     .listen("127.0.0.1:8080")
@@ -16,7 +16,7 @@
 //!     )
 //!     .build()
 //!     .expect("valid config");
-//! assert!(config.router.find("docs.example.com").is_some());
+//! assert!(config.site_for_host("docs.example.com").is_some());
 //! ```
 
 use std::path::PathBuf;
@@ -24,13 +24,13 @@ use std::path::PathBuf;
 mod guards;
 pub use guards::RateLimitBuilder;
 
-use crate::config::file::{
+use super::file::{
     ConfigFile, LocationSection, PluginSection, RedirectSection, ReturnSection, SiteSection,
     StatusOrWord, UpstreamSection,
 };
-use crate::config::{compile_file, ConfigErrors};
+use super::{compile_file, ConfigErrors};
+use crate::model::RuntimeConfig;
 use crate::plugin::PluginRegistry;
-use crate::runtime::RuntimeConfig;
 
 /// Builds a whole config.
 #[derive(Debug, Clone, Default)]
@@ -182,7 +182,7 @@ impl UpstreamBuilder {
 
     /// Speak TLS (SNI defaults to the host; verification on).
     pub fn tls(mut self) -> Self {
-        self.0.tls = true;
+        self.0.tls = Some(true);
         self
     }
 
@@ -268,7 +268,7 @@ impl SiteBuilder {
 
     /// Caches responses of every location of the site with this policy (a location's own
     /// policy wins, key by key). `CachePolicySection::default()` caches with the defaults.
-    pub fn cache(mut self, policy: crate::config::file::CachePolicySection) -> Self {
+    pub fn cache(mut self, policy: super::file::CachePolicySection) -> Self {
         self.0.cache = Some(policy);
         self
     }
@@ -328,7 +328,7 @@ impl LocationBuilder {
     }
 
     /// Sets this location's cache policy (wins over the site's, key by key).
-    pub fn cache(mut self, policy: crate::config::file::CachePolicySection) -> Self {
+    pub fn cache(mut self, policy: super::file::CachePolicySection) -> Self {
         self.0.cache = Some(policy);
         self
     }

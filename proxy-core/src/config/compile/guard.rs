@@ -1,0 +1,223 @@
+//! `[rate_limits.NAME]`, `[sites.NAME.access]`, and the guard keys of sites and locations
+//! (`rate_limits`, `allow`): everything checked after routing and before a location acts.
+
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{list_or_none, Compiler};
+use crate::access::{DenyList, IpSet, SiteAccess, UserAgentRules};
+use crate::config::error::KeyPath;
+use crate::config::file::{
+    RateLimitSection, SiteAccessSection, DEFAULT_BURST, DEFAULT_DENY_BODY, DEFAULT_DRY_RUN,
+    DEFAULT_IPV6_PREFIX, DEFAULT_LIMIT_STATUS, DEFAULT_SLOTS, DEFAULT_ZONE_KEY,
+};
+use crate::limit::{LimitZone, Rate, ZoneKey, ZoneSettings};
+
+/// The zones that compiled, by name, and every zone declared (valid or not), so that a
+/// reference to an invalid zone is not reported a second time as unknown.
+pub(super) type ZoneRefs<'a> = (
+    &'a BTreeMap<String, Arc<LimitZone>>,
+    &'a BTreeMap<String, RateLimitSection>,
+);
+
+impl Compiler<'_> {
+    pub(super) fn zones(
+        &mut self,
+        all: &BTreeMap<String, RateLimitSection>,
+        key: &KeyPath,
+    ) -> BTreeMap<String, Arc<LimitZone>> {
+        all.iter()
+            .filter_map(|(name, s)| {
+                let settings = self.zone(name, s, &key.key(name))?;
+                Some((name.clone(), Arc::new(LimitZone::new(settings))))
+            })
+            .collect()
+    }
+
+    fn zone(&mut self, name: &str, s: &RateLimitSection, key: &KeyPath) -> Option<ZoneSettings> {
+        let rate = Rate::parse(&s.rate)
+            .map_err(|e| self.problem(key.key("rate"), e))
+            .ok();
+        let burst = s.burst.unwrap_or(DEFAULT_BURST);
+        if let Some(delay) = s.delay.filter(|d| *d > burst) {
+            self.problem(
+                key.key("delay"),
+                format!("delay ({delay}) cannot exceed burst ({burst})"),
+            );
+        }
+        let zone_key = ZoneKey::parse(s.key.as_deref().unwrap_or(DEFAULT_ZONE_KEY))
+            .map_err(|e| self.problem(key.key("key"), e))
+            .ok();
+        let ipv6_prefix = s.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
+        if ipv6_prefix > 128 {
+            self.problem(
+                key.key("ipv6_prefix"),
+                format!("ipv6_prefix must be 0 to 128, got {ipv6_prefix}"),
+            );
+        }
+        let status = self.status(
+            s.status,
+            DEFAULT_LIMIT_STATUS,
+            400..=599,
+            "status must be from 400 to 599 (e.g. 429, 503)",
+            key.key("status"),
+        );
+        let slots = s.slots.unwrap_or(DEFAULT_SLOTS);
+        if !(64..=1 << 24).contains(&slots) {
+            self.problem(
+                key.key("slots"),
+                format!("slots must be from 64 to 16777216, got {slots}"),
+            );
+        }
+        Some(ZoneSettings {
+            name: name.to_string(),
+            rate: rate?,
+            burst,
+            delay: s.delay,
+            key: zone_key?,
+            ipv6_prefix: ipv6_prefix.min(128),
+            status,
+            dry_run: s.dry_run.unwrap_or(DEFAULT_DRY_RUN),
+            slots,
+        })
+    }
+
+    /// A site's deny lists and user-agent rules. Deny files are read now; watching them
+    /// for changes is the running service's job, so each list is also noted in `deny_lists`.
+    pub(super) fn site_access(
+        &mut self,
+        s: Option<&SiteAccessSection>,
+        key: &KeyPath,
+        deny_lists: &mut Vec<Arc<DenyList>>,
+    ) -> Arc<SiteAccess> {
+        let Some(s) = s else {
+            return Arc::new(SiteAccess::new(
+                Vec::new(),
+                None,
+                Bytes::from_static(DEFAULT_DENY_BODY.as_bytes()),
+                None,
+            ));
+        };
+        let deny_body = Bytes::from(
+            s.deny_body
+                .clone()
+                .unwrap_or_else(|| DEFAULT_DENY_BODY.into()),
+        );
+        let user_agents = if s.user_agent_deny.is_empty() {
+            None
+        } else {
+            UserAgentRules::new(&s.user_agent_deny)
+                .map_err(|(i, e)| self.problem(key.key("user_agent_deny").index(i), e))
+                .ok()
+        };
+        let lists: Vec<Arc<DenyList>> = s
+            .deny_files
+            .iter()
+            .map(|path| Arc::new(DenyList::load(self.path(path))))
+            .collect();
+        deny_lists.extend(lists.iter().cloned());
+        Arc::new(SiteAccess::new(
+            lists,
+            user_agents,
+            deny_body,
+            s.user_agent_body.clone().map(Bytes::from),
+        ))
+    }
+
+    /// A location's allow list.
+    pub(super) fn allow_list(&mut self, list: &[String], key: &KeyPath) -> IpSet {
+        let mut set = IpSet::default();
+        for (i, text) in list.iter().enumerate() {
+            if let Some(net) = self.cidr(text, key.index(i)) {
+                set.insert(net);
+            }
+        }
+        set
+    }
+
+    /// The zones a site or location names.
+    pub(super) fn zone_refs(
+        &mut self,
+        names: &[String],
+        (zones, declared): ZoneRefs<'_>,
+        key: &KeyPath,
+    ) -> Vec<Arc<LimitZone>> {
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            match zones.get(name) {
+                Some(zone) => out.push(zone.clone()),
+                // Declared but invalid: already reported at the zone itself.
+                None if declared.contains_key(name) => {}
+                None => {
+                    let known = list_or_none(declared.keys().map(String::as_str));
+                    self.problem(
+                        key.index(i),
+                        format!("unknown rate limit zone `{name}` (defined: {known})"),
+                    );
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use std::path::Path;
+
+    const BASE: &str = "[upstreams.docs]\naddress = \"docs.tail1.ts.net:80\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\n";
+
+    fn errors(extra: &str) -> String {
+        match load_str(extra, Some(Path::new("edge.toml")), Path::new(".")) {
+            Ok(_) => "no error".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_zones_and_references_name_their_keys() {
+        let text = format!(
+            "[client]\ntrusted_proxies = [\"172.16.0.0/12\", \"nope\"]\nip_header = \"X-Forwarded-For\"\n[rate_limits.login]\nrate = \"5r/h\"\nburst = 2\ndelay = 3\nstatus = 200\n\n{BASE}rate_limits = [\"missing\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nallow = [\"10.0.0.0/33\"]\n"
+        );
+        let e = errors(&text);
+        for expected in [
+            "edge.toml:2: client.trusted_proxies[1]: invalid IP or CIDR `nope`",
+            "edge.toml:3: client.ip_header: X-Forwarded-For cannot be",
+            "edge.toml:5: rate_limits.login.rate: invalid rate `5r/h`",
+            "edge.toml:7: rate_limits.login.delay: delay (3) cannot exceed burst (2)",
+            "edge.toml:8: rate_limits.login.status:",
+            "sites.docs.rate_limits[0]: unknown rate limit zone `missing`",
+            "sites.docs.locations[0].allow[0]: invalid IP or CIDR `10.0.0.0/33`",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn valid_guards_compile_and_attach_to_their_locations() {
+        let text = format!(
+            "[client]\ntrusted_proxies = [\"127.0.0.0/8\"]\nip_header = \"X-Client\"\n[rate_limits.site]\nrate = \"10r/s\"\n[rate_limits.login]\nrate = \"30r/m\"\nburst = 3\nkey = \"client_ip+location\"\n{BASE}rate_limits = [\"site\"]\n[sites.docs.access]\nuser_agent_deny = [\"GPTBot\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n[[sites.docs.locations]]\nmatch = \"/login\"\nproxy = \"docs\"\nrate_limits = [\"login\", \"site\"]\nallow = [\"192.0.2.0/24\"]\n"
+        );
+        let config = load_str(&text, None, Path::new(".")).expect("valid");
+        assert_eq!(config.client.header().as_str(), "x-client");
+        let site = config.site_for_host("docs.example.com").expect("site");
+        let root = site.location_for_path(b"/").expect("root location");
+        let login = site.location_for_path(b"/login").expect("login location");
+        let names = |l: &crate::route::Location| -> Vec<String> {
+            l.guards()
+                .zones()
+                .iter()
+                .map(|z| z.settings.name.clone())
+                .collect()
+        };
+        assert_eq!(names(root), ["site"]);
+        // A zone named by both the site and the location counts a request once.
+        assert_eq!(names(login), ["site", "login"]);
+        assert_eq!(login.guards().zones()[1].settings.burst, 3);
+        assert!(root.guards().allow().is_none());
+        assert!(login.guards().allow().is_some());
+        assert!(root.guards().access().is_denied_agent(b"GPTBot/1.0"));
+    }
+}

@@ -1,0 +1,310 @@
+//! `[sites.NAME]` and `[[sites.NAME.locations]]`: hosts, locations, actions, error pages and
+//! plugins. Each location is compiled whole: it owns its action, plugins, cache policy and
+//! guards, so nothing at request time looks a location's rules up anywhere else.
+
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use super::guard::ZoneRefs;
+use super::{is_valid_dns_name, list_or_none, Compiler};
+use crate::access::{DenyList, SiteAccess};
+use crate::config::error::KeyPath;
+use crate::config::file::{
+    LocationSection, PluginSection, SiteSection, DEFAULT_CONTENT_TYPE, DEFAULT_MAX_BODY_SIZE,
+    DEFAULT_REDIRECT_STATUS, DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
+};
+use crate::guard::Guards;
+use crate::limit::LimitZone;
+use crate::plugin::{Plugin, PluginChain, PluginSetup};
+use crate::route::{
+    Action, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
+};
+use crate::upstream::Upstream;
+
+/// What a site's locations inherit from it.
+struct SiteParts<'s> {
+    section: &'s SiteSection,
+    max_body_size: u64,
+    plugins: Vec<Arc<dyn Plugin>>,
+    access: Arc<SiteAccess>,
+    zones: Vec<Arc<LimitZone>>,
+}
+
+impl Compiler<'_> {
+    /// Every site, in a router by host; the deny lists they read, for the watcher.
+    pub(super) fn sites(
+        &mut self,
+        all: &BTreeMap<String, SiteSection>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        zones: ZoneRefs<'_>,
+        key: &KeyPath,
+    ) -> (HostRouter, Vec<Arc<DenyList>>) {
+        let mut router = HostRouter::default();
+        let mut owners: HashMap<String, String> = HashMap::new();
+        let mut deny_lists = Vec::new();
+        for (name, section) in all {
+            let key = key.key(name);
+            self.check_name("site", name, &key);
+            let hosts = self.site_hosts(name, section, &key, &mut owners);
+            let site = self.site(
+                name,
+                hosts,
+                section,
+                upstreams,
+                zones,
+                &mut deny_lists,
+                &key,
+            );
+            let Some(site) = site else { continue };
+            let site = Arc::new(site);
+            for host in site.hosts() {
+                router.insert(host, site.clone());
+            }
+        }
+        (router, deny_lists)
+    }
+
+    fn site_hosts(
+        &mut self,
+        site: &str,
+        s: &SiteSection,
+        key: &KeyPath,
+        owners: &mut HashMap<String, String>,
+    ) -> Vec<String> {
+        if s.hosts.is_empty() {
+            self.problem(key.key("hosts"), "a site needs at least one host");
+        }
+        let mut hosts = Vec::new();
+        for (i, raw) in s.hosts.iter().enumerate() {
+            let key = key.key("hosts").index(i);
+            let host = raw.trim_end_matches('.').to_ascii_lowercase();
+            let name_part = host.strip_prefix("*.").unwrap_or(&host);
+            if !is_valid_dns_name(name_part) && name_part.parse::<IpAddr>().is_err() {
+                self.problem(key, format!("invalid host `{raw}`: expected a name like \"docs.example.com\" or a wildcard like \"*.example.com\" (no port, no path)"));
+                continue;
+            }
+            if let Some(other) = owners.insert(host.clone(), site.to_string()) {
+                self.problem(
+                    key,
+                    format!("duplicate host `{host}`: already served by site `{other}`"),
+                );
+                continue;
+            }
+            hosts.push(host);
+        }
+        hosts
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn site(
+        &mut self,
+        name: &str,
+        hosts: Vec<String>,
+        s: &SiteSection,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        zones: ZoneRefs<'_>,
+        deny_lists: &mut Vec<Arc<DenyList>>,
+        key: &KeyPath,
+    ) -> Option<Site> {
+        let parts = SiteParts {
+            section: s,
+            max_body_size: self.size(
+                s.max_body_size.as_deref(),
+                DEFAULT_MAX_BODY_SIZE,
+                key.key("max_body_size"),
+            ),
+            plugins: self.plugins(&s.plugins, &key.key("plugins")),
+            access: self.site_access(s.access.as_ref(), &key.key("access"), deny_lists),
+            zones: self.zone_refs(&s.rate_limits, zones, &key.key("rate_limits")),
+        };
+        let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
+        self.check_site_policy(s.cache.as_ref(), &key.key("cache"));
+        if s.locations.is_empty() {
+            self.problem(key.key("locations"), "a site needs at least one location, e.g. [[sites.NAME.locations]] match = \"/\" proxy = \"UPSTREAM\"");
+        }
+        let locations = s
+            .locations
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                let key = key.key("locations").index(i);
+                self.location(i, l, &parts, upstreams, zones, &key)
+            })
+            .map(Arc::new)
+            .collect();
+        let locations = LocationTable::new(locations)
+            .map_err(|(i, e)| self.problem(key.key("locations").index(i).key("match"), e))
+            .ok()?;
+        Some(Site::new(
+            name.to_string(),
+            hosts,
+            locations,
+            error_pages,
+            PluginChain::new(parts.plugins),
+        ))
+    }
+
+    /// The plugins a site or location attaches, built by the registry.
+    fn plugins(&mut self, sections: &[PluginSection], key: &KeyPath) -> Vec<Arc<dyn Plugin>> {
+        let setup = PluginSetup {
+            base_dir: self.base_dir,
+        };
+        let plugins = self.plugins;
+        sections
+            .iter()
+            .enumerate()
+            .filter_map(|(i, section)| {
+                plugins
+                    .build(&section.name, &section.options, setup)
+                    .map_err(|e| self.problem(key.index(i), e.to_string()))
+                    .ok()
+            })
+            .collect()
+    }
+
+    fn error_pages(
+        &mut self,
+        pages: &BTreeMap<String, String>,
+        key: &KeyPath,
+    ) -> HashMap<u16, Bytes> {
+        let mut out = HashMap::new();
+        for (status, path) in pages {
+            let key = key.key(status);
+            let code = match status.parse::<u16>() {
+                Ok(code) if (400..=599).contains(&code) => code,
+                _ => {
+                    self.problem(
+                        key,
+                        format!("error page key `{status}` must be a status from 400 to 599"),
+                    );
+                    continue;
+                }
+            };
+            if let Some(body) = self.read_file(path, key) {
+                out.insert(code, Bytes::from(body));
+            }
+        }
+        out
+    }
+
+    fn location(
+        &mut self,
+        index: usize,
+        l: &LocationSection,
+        site: &SiteParts<'_>,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        zones: ZoneRefs<'_>,
+        key: &KeyPath,
+    ) -> Option<Location> {
+        let pattern = LocationPattern::parse(&l.pattern)
+            .map_err(|e| self.problem(key.key("match"), e))
+            .ok();
+        let action = self.action(l, upstreams, key);
+        let host_header = l
+            .host_header
+            .as_deref()
+            .and_then(|text| self.host_header(text, key.key("host_header")));
+        let max_body_size = match l.max_body_size.as_deref() {
+            Some(text) => self.size(Some(text), DEFAULT_MAX_BODY_SIZE, key.key("max_body_size")),
+            None => site.max_body_size,
+        };
+        let own_plugins = self.plugins(&l.plugins, &key.key("plugins"));
+        let inherit = l.site_plugins.unwrap_or(DEFAULT_SITE_PLUGINS);
+        let site_plugins = if inherit { &site.plugins[..] } else { &[] };
+        let plugins = PluginChain::new(site_plugins.iter().cloned().chain(own_plugins).collect());
+        let cache = self.location_policy(
+            site.section.cache.as_ref(),
+            l.cache.as_ref(),
+            &key.key("cache"),
+        );
+        let mut location_zones = self.zone_refs(&l.rate_limits, zones, &key.key("rate_limits"));
+        // A zone named by both the site and the location counts a request once.
+        location_zones.retain(|zone| !site.zones.iter().any(|z| Arc::ptr_eq(z, zone)));
+        let guards = Guards::new(
+            max_body_size,
+            site.access.clone(),
+            l.allow
+                .as_ref()
+                .map(|list| self.allow_list(list, &key.key("allow"))),
+            site.zones.iter().cloned().chain(location_zones).collect(),
+        );
+        Some(Location::new(
+            index,
+            l.pattern.clone(),
+            pattern?,
+            action?,
+            host_header,
+            plugins,
+            cache,
+            guards,
+        ))
+    }
+
+    fn action(
+        &mut self,
+        l: &LocationSection,
+        upstreams: &BTreeMap<String, Arc<Upstream>>,
+        key: &KeyPath,
+    ) -> Option<Action> {
+        let count = [l.proxy.is_some(), l.respond.is_some(), l.redirect.is_some()]
+            .iter()
+            .filter(|x| **x)
+            .count();
+        if count == 0 && !l.plugins.is_empty() {
+            // A plugins-only location (e.g. static files): when no plugin answers, 404.
+            return Some(Action::Return {
+                status: 404,
+                content_type: DEFAULT_CONTENT_TYPE.into(),
+                body: Bytes::from_static(b"not found\n"),
+            });
+        }
+        if count != 1 {
+            self.problem(key.clone(), "a location needs exactly one action: `proxy = \"UPSTREAM\"`, `return = { ... }` or `redirect = { ... }` (or only plugins)");
+            return None;
+        }
+        if let Some(name) = &l.proxy {
+            let Some(upstream) = upstreams.get(name) else {
+                let known = list_or_none(upstreams.keys().map(String::as_str));
+                self.problem(
+                    key.key("proxy"),
+                    format!("unknown upstream `{name}` (defined: {known})"),
+                );
+                return None;
+            };
+            return Some(Action::Proxy(upstream.clone()));
+        }
+        if let Some(r) = &l.respond {
+            let status = r.status.unwrap_or(DEFAULT_RETURN_STATUS);
+            if !(100..=599).contains(&status) {
+                self.problem(
+                    key.key("return").key("status"),
+                    format!("invalid status {status}"),
+                );
+                return None;
+            }
+            return Some(Action::Return {
+                status,
+                content_type: r
+                    .content_type
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_CONTENT_TYPE.into()),
+                body: Bytes::from(r.body.clone()),
+            });
+        }
+        let r = l.redirect.as_ref()?;
+        let status = r.status.unwrap_or(DEFAULT_REDIRECT_STATUS);
+        if ![301, 302, 303, 307, 308].contains(&status) {
+            self.problem(
+                key.key("redirect").key("status"),
+                format!("redirect status must be 301, 302, 303, 307 or 308, got {status}"),
+            );
+            return None;
+        }
+        let target = RedirectTarget::parse(&r.to)
+            .map_err(|e| self.problem(key.key("redirect").key("to"), e))
+            .ok()?;
+        Some(Action::Redirect { status, target })
+    }
+}

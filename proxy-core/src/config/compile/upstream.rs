@@ -1,0 +1,237 @@
+//! `[resolver]` and `[upstreams.NAME]`: how tailnet names are resolved, and the services
+//! locations proxy to.
+
+use pingora::tls::x509::X509;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use super::{is_valid_dns_name, Compiler};
+use crate::config::error::KeyPath;
+use crate::config::file::{
+    ResolverSection, UpstreamSection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DEFAULT_NAMESERVERS, DEFAULT_READ_TIMEOUT,
+    DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY_INTERVAL, DEFAULT_TLS, DEFAULT_VERIFY,
+    DEFAULT_WRITE_TIMEOUT,
+};
+use crate::upstream::{
+    AddrSlot, HostHeader, ResolverSettings, Upstream, UpstreamTimeouts, UpstreamTls,
+};
+
+impl Compiler<'_> {
+    pub(super) fn resolver(&mut self, r: &ResolverSection, key: &KeyPath) -> ResolverSettings {
+        let default_servers: Vec<String> =
+            DEFAULT_NAMESERVERS.iter().map(|s| s.to_string()).collect();
+        let servers = r.nameservers.as_ref().unwrap_or(&default_servers);
+        if servers.is_empty() {
+            self.problem(
+                key.key("nameservers"),
+                "at least one nameserver is required",
+            );
+        }
+        let nameservers = servers
+            .iter()
+            .enumerate()
+            .filter_map(|(i, text)| {
+                let addr = parse_nameserver(text);
+                if addr.is_none() {
+                    self.problem(key.key("nameservers").index(i), format!("invalid nameserver `{text}`: expected an IP address, optionally with :port"));
+                }
+                addr
+            })
+            .collect();
+        let settings = ResolverSettings {
+            nameservers,
+            min_ttl: self.duration(r.min_ttl.as_deref(), DEFAULT_MIN_TTL, key.key("min_ttl")),
+            max_ttl: self.duration(r.max_ttl.as_deref(), DEFAULT_MAX_TTL, key.key("max_ttl")),
+            timeout: self.duration(
+                r.timeout.as_deref(),
+                DEFAULT_RESOLVER_TIMEOUT,
+                key.key("timeout"),
+            ),
+            retry_interval: self.duration(
+                r.retry_interval.as_deref(),
+                DEFAULT_RETRY_INTERVAL,
+                key.key("retry_interval"),
+            ),
+        };
+        if settings.min_ttl > settings.max_ttl {
+            self.problem(key.key("min_ttl"), "min_ttl is larger than max_ttl");
+        }
+        settings
+    }
+
+    pub(super) fn upstreams(
+        &mut self,
+        all: &BTreeMap<String, UpstreamSection>,
+        key: &KeyPath,
+    ) -> BTreeMap<String, Arc<Upstream>> {
+        // Upstreams naming the same host share one address slot, resolved once.
+        let mut slots: HashMap<String, Arc<AddrSlot>> = HashMap::new();
+        let mut out = BTreeMap::new();
+        for (name, section) in all {
+            let key = key.key(name);
+            self.check_name("upstream", name, &key);
+            if let Some(upstream) = self.upstream(name, section, &key, &mut slots) {
+                out.insert(name.clone(), Arc::new(upstream));
+            }
+        }
+        out
+    }
+
+    fn upstream(
+        &mut self,
+        name: &str,
+        u: &UpstreamSection,
+        key: &KeyPath,
+        slots: &mut HashMap<String, Arc<AddrSlot>>,
+    ) -> Option<Upstream> {
+        let (host, port) = parse_host_port(&u.address)
+            .map_err(|e| self.problem(key.key("address"), e))
+            .ok()?;
+        let tls = self.upstream_tls(u, &host, key);
+        let host_header = match u.host_header.as_deref() {
+            Some(text) => self.host_header(text, key.key("host_header"))?,
+            None => HostHeader::Fixed(default_host_header(&host, port, tls.is_some())),
+        };
+        let timeouts = UpstreamTimeouts {
+            connect: self.duration(
+                u.connect_timeout.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+                key.key("connect_timeout"),
+            ),
+            read: self.duration(
+                u.read_timeout.as_deref(),
+                DEFAULT_READ_TIMEOUT,
+                key.key("read_timeout"),
+            ),
+            write: self.duration(
+                u.write_timeout.as_deref(),
+                DEFAULT_WRITE_TIMEOUT,
+                key.key("write_timeout"),
+            ),
+            idle: self.duration(
+                u.idle_timeout.as_deref(),
+                DEFAULT_IDLE_TIMEOUT,
+                key.key("idle_timeout"),
+            ),
+        };
+        let addrs = match host.parse::<IpAddr>() {
+            Ok(ip) => Arc::new(AddrSlot::fixed(vec![ip])),
+            Err(_) => slots.entry(host.clone()).or_default().clone(),
+        };
+        Some(Upstream::new(
+            name.to_string(),
+            host,
+            port,
+            tls,
+            host_header,
+            timeouts,
+            addrs,
+        ))
+    }
+
+    /// A Host header value (`"$host"` or a literal), for upstreams and locations.
+    pub(super) fn host_header(&mut self, text: &str, key: KeyPath) -> Option<HostHeader> {
+        HostHeader::parse(text)
+            .map_err(|e| self.problem(key, e))
+            .ok()
+    }
+
+    fn upstream_tls(
+        &mut self,
+        u: &UpstreamSection,
+        host: &str,
+        key: &KeyPath,
+    ) -> Option<UpstreamTls> {
+        if !u.tls.unwrap_or(DEFAULT_TLS) {
+            for (field, set) in [
+                ("sni", u.sni.is_some()),
+                ("verify", u.verify.is_some()),
+                ("ca_file", u.ca_file.is_some()),
+            ] {
+                if set {
+                    self.problem(
+                        key.key(field),
+                        format!("`{field}` has no effect without `tls = true`"),
+                    );
+                }
+            }
+            return None;
+        }
+        let sni = u.sni.clone().unwrap_or_else(|| host.to_string());
+        if !is_valid_dns_name(&sni) && sni.parse::<IpAddr>().is_err() {
+            self.problem(
+                key.key("sni"),
+                format!("invalid SNI `{sni}`: expected a DNS name"),
+            );
+        }
+        let ca = u
+            .ca_file
+            .as_deref()
+            .and_then(|path| self.ca_file(path, key.key("ca_file")));
+        Some(UpstreamTls {
+            sni,
+            verify: u.verify.unwrap_or(DEFAULT_VERIFY),
+            ca,
+        })
+    }
+
+    fn ca_file(&mut self, path: &str, key: KeyPath) -> Option<Arc<Box<[X509]>>> {
+        let pem = self.read_file(path, key.clone())?;
+        match X509::stack_from_pem(&pem) {
+            Ok(certs) if !certs.is_empty() => Some(Arc::new(certs.into_boxed_slice())),
+            Ok(_) => {
+                self.problem(key, format!("`{path}` holds no PEM certificate"));
+                None
+            }
+            Err(e) => {
+                self.problem(key, format!("`{path}` is not a PEM certificate file: {e}"));
+                None
+            }
+        }
+    }
+}
+
+/// nginx's `$proxy_host`: the host, with the port unless it is the scheme's default.
+fn default_host_header(host: &str, port: u16, tls: bool) -> String {
+    let default_port = if tls { 443 } else { 80 };
+    let host = match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host.to_string(),
+    };
+    if port == default_port {
+        host
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn parse_nameserver(text: &str) -> Option<SocketAddr> {
+    text.parse::<SocketAddr>().ok().or_else(|| {
+        text.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, 53))
+    })
+}
+
+/// Splits `host:port` (IPv6 in brackets); the port is required.
+fn parse_host_port(address: &str) -> Result<(String, u16), String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok((addr.ip().to_string(), addr.port()));
+    }
+    let hint = "expected host:port, e.g. \"docs.tailXXXX.ts.net:443\" or \"100.64.0.7:8080\"";
+    let (host, port) = address
+        .rsplit_once(':')
+        .ok_or_else(|| format!("address `{address}` has no port: {hint}"))?;
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("address `{address}` has an invalid port: {hint}"))?;
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if !is_valid_dns_name(&host) {
+        return Err(format!("address `{address}` has an invalid host: {hint}"));
+    }
+    Ok((host, port))
+}

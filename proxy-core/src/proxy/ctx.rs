@@ -1,0 +1,140 @@
+//! [`RequestCtx`]: what one request carries from phase to phase, grouped by what it
+//! describes, so no phase recomputes another's work.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::cache::hooks::CacheRequest;
+use crate::model::RuntimeConfig;
+use crate::observe::{Observability, RequestFacts, RequestRecord};
+use crate::plugin::{PluginChain, PluginCtx};
+use crate::route::{Location, Site};
+use crate::upstream::Upstream;
+
+/// Per-request state shared by every phase.
+pub struct RequestCtx {
+    /// The config this request runs on (a reload mid-request does not affect it).
+    pub(crate) config: Arc<RuntimeConfig>,
+    /// Who is asking.
+    pub(crate) client_ip: Option<IpAddr>,
+    /// What routing found.
+    pub(crate) route: RouteState,
+    /// The request body seen so far against the location's limit.
+    pub(crate) body: BodyLimit,
+    /// The cache's state for this request.
+    pub(crate) cache: CacheRequest,
+    /// Request id, timings, upstream outcome, cache status and rate-limit outcome, for the
+    /// log line and metrics.
+    pub(crate) record: RequestRecord,
+}
+
+/// What routing found for a request.
+#[derive(Debug, Default)]
+pub(crate) struct RouteState {
+    /// The normalised Host of a request for a configured site (empty until routed).
+    pub(crate) host: String,
+    pub(crate) site: Option<Arc<Site>>,
+    pub(crate) location: Option<Arc<Location>>,
+    /// The upstream this request is forwarded to, once nothing answers it first.
+    pub(crate) upstream: Option<Arc<Upstream>>,
+}
+
+/// Request body bytes seen so far, against a limit (0 = unlimited).
+#[derive(Debug, Default)]
+pub(crate) struct BodyLimit {
+    pub(crate) limit: u64,
+    seen: u64,
+}
+
+impl BodyLimit {
+    /// Counts `bytes` more; returns whether the body is now over the limit.
+    pub(crate) fn add(&mut self, bytes: usize) -> bool {
+        self.seen += bytes as u64;
+        self.limit > 0 && self.seen > self.limit
+    }
+}
+
+impl RequestCtx {
+    pub(crate) fn new(config: Arc<RuntimeConfig>, observability: Option<&Observability>) -> Self {
+        Self {
+            config,
+            client_ip: None,
+            route: RouteState::default(),
+            body: BodyLimit::default(),
+            cache: CacheRequest::default(),
+            record: RequestRecord::new(observability),
+        }
+    }
+
+    /// The config this request runs on.
+    pub fn config(&self) -> &Arc<RuntimeConfig> {
+        &self.config
+    }
+
+    /// Who is asking (`Fly-Client-IP` from a trusted proxy, else the peer).
+    pub fn client_ip(&self) -> Option<IpAddr> {
+        self.client_ip
+    }
+
+    /// The matched site, once routed.
+    pub fn site(&self) -> Option<&Arc<Site>> {
+        self.route.site.as_ref()
+    }
+
+    /// The matched location, once routed.
+    pub fn location(&self) -> Option<&Arc<Location>> {
+        self.route.location.as_ref()
+    }
+
+    /// The upstream the request goes to, once decided.
+    pub fn upstream(&self) -> Option<&Arc<Upstream>> {
+        self.route.upstream.as_ref()
+    }
+
+    /// The request id (kept from `X-Request-Id` or generated).
+    pub fn request_id(&self) -> &str {
+        &self.record.request_id
+    }
+
+    /// The plugins this request runs and what they see of it; `None` when there are none
+    /// (no site matched, or its chain is empty).
+    pub(crate) fn plugins(&self) -> Option<(&PluginChain, PluginCtx<'_>)> {
+        let site = self.route.site.as_deref()?;
+        let location = self.route.location.as_deref();
+        let chain = location.map_or(site.plugins(), Location::plugins);
+        if chain.is_empty() {
+            return None;
+        }
+        let matched = location.map(|l| (l.pattern_text(), l.index()));
+        Some((chain, PluginCtx::new(self.client_ip, site.name(), matched)))
+    }
+
+    /// What the log line and metrics need to know of this request.
+    pub(crate) fn facts(&self) -> RequestFacts<'_> {
+        RequestFacts {
+            site: self.route.site.as_deref().map(Site::name),
+            location: self.route.location.as_deref().map(Location::pattern_text),
+            upstream: self.route.upstream.as_deref().map(|u| u.name.as_str()),
+            client_ip: self.client_ip,
+            record: &self.record,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn body_limit_counts_across_chunks_and_zero_is_unlimited() {
+        let mut body = BodyLimit {
+            limit: 10,
+            ..BodyLimit::default()
+        };
+        assert!(!body.add(6));
+        assert!(!body.add(4));
+        assert!(body.add(1));
+        let mut unlimited = BodyLimit::default();
+        assert!(!unlimited.add(usize::MAX / 2));
+    }
+}

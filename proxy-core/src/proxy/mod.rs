@@ -1,0 +1,517 @@
+//! [`EdgeProxy`]: the `ProxyHttp` implementation. It coordinates and decides nothing itself:
+//! each phase hands the request to the module that owns that step.
+//!
+//! | phase | owner | what happens |
+//! |---|---|---|
+//! | `early_request_filter` | [`crate::client`], `observe` | who is asking; the request id |
+//! | `request_filter` | [`crate::route`] | framing, health path, Host -> site -> location, and what the location's action means |
+//! | | [`crate::guard`] | declared body size, user-agent and deny rules, allow lists, rate limits |
+//! | | [`crate::plugin`] | the request phase of the location's plugins (may answer) |
+//! | | `cache` | the hot-object fast path: a fresh hit is answered here |
+//! | `request_body_filter` | `ctx` | the body limit, counted as the body streams |
+//! | `request_cache_filter`, `cache_key_callback`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable, key, cacheability, variance, stale |
+//! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
+//! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, plugins |
+//! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
+//! | `response_filter` | `cache`, `observe`, plugins | cache status header, request id, plugins |
+//! | `fail_to_proxy` | [`crate::answer`] | what an error becomes; the site's error page |
+//! | `logging` | [`crate::observe`], plugins | one metrics update and one access-log line |
+
+mod ctx;
+
+pub use ctx::RequestCtx;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora::cache::key::HashBinary;
+use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use crate::answer::{LocalAnswer, Reply};
+use crate::cache::hooks as cache_hooks;
+use crate::cache::{CacheStatus, EdgeCache, FreshHit};
+use crate::guard::{GuardVerdict, Refusal};
+use crate::model::RuntimeConfig;
+use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
+use crate::plugin::RequestFlow;
+use crate::route::{Next, Routed, Routing};
+use crate::upstream::apply_forwarded_headers;
+
+/// Headers set on a fresh hit's header after it is built: the request id (by
+/// `tag_response`) and `Connection` (by Pingora, which also sets `Date`). A kept hit header
+/// carries them already, so setting them replaces a value.
+static HIT_PRESET: [(http::HeaderName, http::HeaderValue); 2] = [
+    (
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("keep-alive"),
+    ),
+    (
+        http::HeaderName::from_static(REQUEST_ID_HEADER),
+        http::HeaderValue::from_static(""),
+    ),
+];
+
+/// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
+/// it atomically while in-flight requests finish on the config they started with.
+pub struct EdgeProxy {
+    config: Arc<ArcSwap<RuntimeConfig>>,
+    observability: Option<Arc<Observability>>,
+    cache: &'static EdgeCache,
+}
+
+impl EdgeProxy {
+    /// A proxy serving the config in `config` (swap a new one in to reload; see
+    /// [`crate::ConfigReloader`]), caching in `cache`.
+    pub fn new(config: Arc<ArcSwap<RuntimeConfig>>, cache: &'static EdgeCache) -> Self {
+        Self {
+            config,
+            observability: None,
+            cache,
+        }
+    }
+
+    /// The same proxy recording metrics and access-log lines into `observability`.
+    pub fn with_observability(mut self, observability: Arc<Observability>) -> Self {
+        self.observability = Some(observability);
+        self
+    }
+
+    /// Adopts what routing found (the site, the location and its body limit); returns
+    /// what the location does next.
+    fn enter_site(&self, ctx: &mut RequestCtx, routed: Routed) -> Next {
+        if let Some(location) = &routed.location {
+            ctx.body.limit = location.guards().body_limit();
+        }
+        ctx.route.host = routed.host;
+        ctx.route.site = Some(routed.site);
+        ctx.route.location = routed.location;
+        routed.next
+    }
+
+    /// Runs the matched location's guards; a refusal is the reply to send.
+    async fn guard(&self, session: &Session, ctx: &mut RequestCtx) -> Option<LocalAnswer> {
+        let (site, location) = (ctx.route.site.as_deref()?, ctx.route.location.as_deref()?);
+        let verdict = location.guards().check(
+            session.req_header(),
+            ctx.client_ip,
+            (site.name(), location.index()),
+        );
+        match verdict {
+            GuardVerdict::Pass { delay, zones } => {
+                self.record_rate_limit_pass(&mut ctx.record, &zones, delay.is_zero());
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                None
+            }
+            GuardVerdict::Refuse(answer, why) => {
+                self.record_refusal(&mut ctx.record, site.name(), &why);
+                Some(answer)
+            }
+        }
+    }
+
+    /// Counts a request the rate limits let through (and notes it for the access log).
+    fn record_rate_limit_pass(&self, record: &mut RequestRecord, zones: &[&str], at_once: bool) {
+        if zones.is_empty() {
+            return;
+        }
+        let outcome = if at_once { "passed" } else { "delayed" };
+        record.rate_limit = Some(outcome);
+        if let Some(observability) = &self.observability {
+            for zone in zones {
+                observability.metrics().rate_limit_decision(zone, outcome);
+            }
+        }
+    }
+
+    /// Counts a refusal by a deny rule or a rate limit (and notes it for the access log).
+    fn record_refusal(&self, record: &mut RequestRecord, site: &str, why: &Refusal) {
+        let metrics = self.observability.as_ref().map(|o| o.metrics());
+        if let Refusal::RateLimit(zone) = why {
+            record.rate_limit = Some("rejected");
+            if let Some(metrics) = metrics {
+                metrics.rate_limit_decision(zone, "rejected");
+            }
+        }
+        if let (Some(list), Some(metrics)) = (why.access_list(), metrics) {
+            metrics.deny_hit(site, list);
+        }
+    }
+
+    /// Runs the request phase of the plugins; the first answer wins.
+    async fn run_request_plugins(
+        &self,
+        session: &mut Session,
+        ctx: &RequestCtx,
+    ) -> Result<Option<LocalAnswer>> {
+        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+            return Ok(None);
+        };
+        for plugin in chain.iter() {
+            if let RequestFlow::Answer(answer) = plugin.request(session, plugin_ctx).await? {
+                return Ok(Some(answer));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Runs the response phase of the plugins on a header about to be sent.
+    fn run_response_plugins(&self, header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+            return Ok(());
+        };
+        chain
+            .iter()
+            .try_for_each(|plugin| plugin.response(header, plugin_ctx))
+    }
+
+    /// The hot-object fast path: a fresh object held in memory for a proxied location.
+    fn fresh_cache_hit(&self, session: &Session, ctx: &mut RequestCtx) -> Option<FreshHit> {
+        let policy = ctx.route.location.as_ref().and_then(|l| l.cache());
+        cache_hooks::fresh_hit(
+            self.cache,
+            session.req_header(),
+            policy,
+            scheme(session),
+            &ctx.route.host,
+            &mut ctx.cache,
+        )
+    }
+
+    /// Answers from a fresh cached object with the headers pingora-cache's hit path would
+    /// send (`Age`, the cache status, the request id, plugins' response headers).
+    async fn write_cache_hit(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        hit: FreshHit,
+    ) -> Result<()> {
+        // The stored header comes with the cache-status header already saying HIT; a
+        // fresh hit carries no visitor's cookies, so nothing else of
+        // `finish_response_header` applies.
+        let status_name = cache_hooks::status_header_name(&ctx.cache);
+        let mut header = hit.response_header(SystemTime::now(), status_name, &HIT_PRESET)?;
+        ctx.record.cache_status = Some(CacheStatus::Hit.as_str());
+        self.tag_response(&mut header, ctx)?;
+        crate::answer::write_response(session, header, hit.body()).await
+    }
+
+    /// What every response from the cache or the upstream gets: the cache status (header
+    /// and log), the request id and plugins' response headers.
+    fn finish_response_header(
+        &self,
+        header: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+        cache_status: Option<CacheStatus>,
+    ) -> Result<()> {
+        ctx.record.cache_status = cache_status.map(|s| s.as_str());
+        cache_hooks::add_status_header(&ctx.cache, cache_status, header)?;
+        self.tag_response(header, ctx)
+    }
+
+    /// The request id and plugins' response headers.
+    fn tag_response(&self, header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
+        ctx.record.tag_response(header)?;
+        self.run_response_plugins(header, ctx)
+    }
+
+    /// Sends a reply the proxy makes itself: the site's error page for error statuses,
+    /// plugins' headers; or closes the connection without a response.
+    async fn send(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
+        let mut answer = match reply {
+            Reply::Send(answer) => answer,
+            Reply::Close => {
+                session.set_keepalive(None);
+                return Ok(());
+            }
+        };
+        let site = ctx.route.site.as_deref();
+        if let Some(page) = site.and_then(|site| site.error_page(answer.status)) {
+            answer.body = page.clone();
+            answer.content_type = LocalAnswer::html(0, "").content_type;
+        }
+        let mut header = answer.response_header()?;
+        self.tag_response(&mut header, ctx)?;
+        answer.write(session, header).await
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for EdgeProxy {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.config.load_full(), self.observability.as_deref())
+    }
+
+    async fn early_request_filter(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let peer = match session.client_addr() {
+            Some(PeerAddr::Inet(addr)) => Some(addr.ip()),
+            _ => None,
+        };
+        ctx.record.request_id = crate::observe::request_id_for(session.req_header());
+        ctx.client_ip = ctx
+            .config
+            .client
+            .client_ip(peer, &session.req_header().headers);
+        Ok(())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        let config = ctx.config.clone();
+        let raw_head = || {
+            let h1 = session.as_downstream().as_http1()?;
+            Some(h1.get_headers_raw_bytes())
+        };
+        let routed = match config
+            .routes
+            .route(session.req_header(), scheme(session), raw_head)
+        {
+            Routing::Answered(reply) => return self.send(session, ctx, reply).await.map(|_| true),
+            Routing::Site(routed) => routed,
+        };
+        let next = self.enter_site(ctx, routed);
+        if let Some(refusal) = self.guard(session, ctx).await {
+            return self
+                .send(session, ctx, Reply::Send(refusal))
+                .await
+                .map(|_| true);
+        }
+        if let Some(answer) = self.run_request_plugins(session, ctx).await? {
+            return self
+                .send(session, ctx, Reply::Send(answer))
+                .await
+                .map(|_| true);
+        }
+        match next {
+            Next::Answer(answer) => self
+                .send(session, ctx, Reply::Send(answer))
+                .await
+                .map(|_| true),
+            Next::Proxy(upstream) => {
+                ctx.route.upstream = Some(upstream);
+                let Some(hit) = self.fresh_cache_hit(session, ctx) else {
+                    return Ok(false);
+                };
+                self.write_cache_hit(session, ctx, hit).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let Some(chunk) = body else { return Ok(()) };
+        if ctx.body.add(chunk.len()) {
+            return Error::e_explain(
+                ErrorType::HTTPStatus(413),
+                "request body larger than the limit",
+            );
+        }
+        Ok(())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let Some(upstream) = ctx.route.upstream.as_ref() else {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "no upstream selected for this request",
+            );
+        };
+        ctx.record.upstream_started = Some(Instant::now());
+        match upstream.peer() {
+            Some(peer) => {
+                ctx.record.upstream_addr = Some(peer._address.clone());
+                Ok(Box::new(peer))
+            }
+            None => {
+                ctx.record.upstream_error = Some(UpstreamErrorKind::Dns);
+                let e = Error::explain(
+                    ErrorType::ConnectNoRoute,
+                    format!(
+                        "upstream `{}`: `{}` has not resolved yet",
+                        upstream.name, upstream.host
+                    ),
+                );
+                Err(e.into_up())
+            }
+        }
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.record.request_id.as_str())?;
+        let Some(upstream) = ctx.route.upstream.as_ref() else {
+            return Ok(());
+        };
+        let host_header = ctx
+            .route
+            .location
+            .as_ref()
+            .and_then(|l| l.host_header())
+            .unwrap_or(&upstream.host_header);
+        ctx.config
+            .client
+            .set_upstream_header(upstream_request, ctx.client_ip)?;
+        apply_forwarded_headers(
+            upstream_request,
+            host_header,
+            ctx.client_ip,
+            scheme(session),
+        )?;
+        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+            return Ok(());
+        };
+        for plugin in chain.iter() {
+            plugin
+                .upstream_request(session, upstream_request, plugin_ctx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        ctx.record.upstream_responded(upstream_response);
+        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+            return Ok(());
+        };
+        chain
+            .iter()
+            .try_for_each(|plugin| plugin.upstream_response(upstream_response, plugin_ctx))
+    }
+
+    async fn response_filter(
+        &self,
+        session: &mut Session,
+        upstream_response: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let cache_status = cache_hooks::status(session, &ctx.cache);
+        self.finish_response_header(upstream_response, ctx, cache_status)
+    }
+
+    async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        if let Some(observability) = &self.observability {
+            observability.finish_request(session, error, ctx.facts());
+        }
+        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+            return;
+        };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        for plugin in chain.iter() {
+            plugin.logging(session, status, plugin_ctx);
+        }
+    }
+
+    fn request_cache_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<()> {
+        if ctx.route.upstream.is_none() {
+            return Ok(());
+        }
+        let policy = ctx.route.location.as_ref().and_then(|l| l.cache());
+        let scheme = scheme(session);
+        cache_hooks::request_cache_filter(
+            self.cache,
+            session,
+            policy,
+            scheme,
+            &ctx.route.host,
+            &mut ctx.cache,
+        );
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, session: &Session, ctx: &mut RequestCtx) -> Result<CacheKey> {
+        cache_hooks::cache_key(session, &mut ctx.cache)
+    }
+
+    fn response_cache_filter(
+        &self,
+        session: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<RespCacheable> {
+        Ok(cache_hooks::response_cacheable(
+            &mut ctx.cache,
+            session.req_header(),
+            resp,
+        ))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &CacheMeta,
+        _ctx: &mut RequestCtx,
+        req: &RequestHeader,
+    ) -> Option<HashBinary> {
+        cache_hooks::variance(meta, req)
+    }
+
+    fn should_serve_stale(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+        error: Option<&Error>,
+    ) -> bool {
+        cache_hooks::should_serve_stale(&ctx.cache, error)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let reply = Reply::for_error(e);
+        let error_code = reply.status();
+        if matches!(reply, Reply::Send(_)) && session.response_written().is_none() {
+            if let Err(write_error) = self.send(session, ctx, reply).await {
+                tracing::debug!(error = %write_error, "could not write error response");
+            }
+        }
+        FailToProxy {
+            error_code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+fn scheme(session: &Session) -> &'static str {
+    let tls = session
+        .digest()
+        .is_some_and(|digest| digest.ssl_digest.is_some());
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
