@@ -14,6 +14,8 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# proxy-core is a library for embedders: its docs must build without a broken or private link.
+RUSTDOCFLAGS="-D warnings" cargo doc -p proxy-core -p plugins --no-deps --locked
 benches/run.sh --quick > target/load-harness-quick.md
 echo "load harness: every scenario ran (report in target/load-harness-quick.md)"
 if cargo nextest --version >/dev/null 2>&1; then

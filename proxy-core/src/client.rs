@@ -2,7 +2,7 @@
 //!
 //! On Fly.io the TCP peer is Fly's edge proxy, which names the real client in
 //! `Fly-Client-IP`. That header is only believed when the peer is a trusted proxy
-//! ([`ClientIpPolicy::trusted_proxies`]); from any other peer anyone could forge it, so the
+//! (`[client] trusted_proxies`); from any other peer anyone could forge it, so the
 //! peer address is the client. The result feeds `X-Real-IP`/`X-Forwarded-For`, rate limits
 //! and access lists, and replaces whatever client-IP header the client sent before the
 //! request goes upstream.

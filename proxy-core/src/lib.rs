@@ -18,10 +18,10 @@
 //! |---|---|---|
 //! | who is asking | [`client`] | `[client]` |
 //! | framing, health path, Host -> site -> location, the location's action | [`route`] | `[server]` `health_path`/`unknown_host`, `[sites.*]`, `[[sites.*.locations]]` |
-//! | body size, user agents, deny and allow lists, rate limits | [`guard`] (with [`access`], [`limit`]) | `max_body_size`, `[sites.*.access]`, `allow`, `[rate_limits.*]` |
+//! | body size, user agents, deny and allow lists, rate limits | `guard` (with `access`, [`limit`]) | `max_body_size`, `[sites.*.access]`, `allow`, `[rate_limits.*]` |
 //! | plugins | [`plugin`] | `[[sites.*.plugins]]`, `[[sites.*.locations.plugins]]` |
 //! | cache policy and storage | [`cache`] | `cache = {...}`, `[cache]` |
-//! | upstream peers, MagicDNS, forwarding headers | [`upstream`] | `[upstreams.*]`, `[resolver]` |
+//! | upstream peers, MagicDNS, forwarding headers | `upstream` ([`Upstream`], [`MagicDnsResolver`]) | `[upstreams.*]`, `[resolver]` |
 //! | local answers and error pages | `answer` ([`LocalAnswer`], [`Reply`]) | `return`, `redirect`, `error_pages` |
 //! | metrics, access log, request ids | [`observe`] | `[admin] metrics`, `[access_log]` |
 //! | the admin listener | [`admin`] | `[admin]` |
@@ -45,13 +45,13 @@
 #![warn(unreachable_pub)]
 #![forbid(unsafe_code)]
 
-pub mod access;
+mod access;
 pub mod admin;
 mod answer;
 pub mod cache;
 pub mod client;
 pub mod config;
-pub mod guard;
+mod guard;
 mod hostname;
 pub mod limit;
 mod model;
@@ -62,11 +62,11 @@ mod reload;
 pub mod route;
 mod service;
 mod text;
-pub mod upstream;
+mod upstream;
 
 pub use answer::{LocalAnswer, Reply};
 pub use model::{AdminSettings, RuntimeConfig, ServerSettings};
 pub use proxy::{EdgeProxy, RequestCtx};
 pub use reload::{ConfigReloader, ReloadReport};
 pub use service::{server_conf, EdgeServices};
-pub use upstream::MagicDnsResolver;
+pub use upstream::{MagicDnsResolver, ResolverSettings, Upstream};

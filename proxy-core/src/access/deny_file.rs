@@ -26,7 +26,7 @@ enum FileStamp {
 
 /// A deny list read from a file.
 #[derive(Debug)]
-pub struct DenyList {
+pub(crate) struct DenyList {
     path: PathBuf,
     set: ArcSwap<IpSet>,
     /// What the set was read from.
@@ -35,11 +35,11 @@ pub struct DenyList {
 
 impl DenyList {
     /// How often the edge services check deny-list files for changes.
-    pub const POLL_INTERVAL: Duration = Duration::from_millis(500);
+    pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(500);
 
     /// Reads `path` now; a missing or unreadable file is an empty list and a warning (the
     /// program that writes it, such as fail2ban, may create it later).
-    pub fn load(path: PathBuf) -> Self {
+    pub(crate) fn load(path: PathBuf) -> Self {
         let list = Self {
             set: ArcSwap::from_pointee(IpSet::default()),
             stamp: Mutex::new(FileStamp::Missing),
@@ -50,7 +50,7 @@ impl DenyList {
     }
 
     /// Reads the file again if it changed since it was last read; returns whether it did.
-    pub fn refresh(&self) -> bool {
+    pub(crate) fn refresh(&self) -> bool {
         let mut last = self.stamp.lock();
         if stamp(&self.path) == *last {
             return false;
@@ -60,23 +60,20 @@ impl DenyList {
     }
 
     /// Whether `ip` is denied.
-    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: std::net::IpAddr) -> bool {
         self.set.load().contains(ip)
     }
 
     /// Entries currently loaded.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.set.load().len()
     }
 
     /// Whether the list is currently empty.
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// The file this list is read from.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     /// Reads the file and swaps the new set in; returns the stamp of what was read.

@@ -7,14 +7,14 @@ use std::net::IpAddr;
 /// IP addresses and networks. Single addresses (most of a fail2ban list) are a hash
 /// lookup; networks are scanned.
 #[derive(Debug, Clone, Default)]
-pub struct IpSet {
+pub(crate) struct IpSet {
     addrs: HashSet<IpAddr>,
     nets: Vec<IpNet>,
 }
 
 impl IpSet {
     /// Adds an address or network. A `/32` or `/128` is stored as an address.
-    pub fn insert(&mut self, net: IpNet) {
+    pub(crate) fn insert(&mut self, net: IpNet) {
         if net.prefix_len() == net.max_prefix_len() {
             self.addrs.insert(net.addr());
         } else {
@@ -23,25 +23,20 @@ impl IpSet {
     }
 
     /// Whether `ip` is in the set.
-    pub fn contains(&self, ip: IpAddr) -> bool {
+    pub(crate) fn contains(&self, ip: IpAddr) -> bool {
         let ip = ip.to_canonical();
         self.addrs.contains(&ip) || self.nets.iter().any(|net| net.contains(&ip))
     }
 
     /// Entries in the set.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.addrs.len() + self.nets.len()
-    }
-
-    /// Whether the set is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
 /// A line of a list file that was skipped.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListWarning {
+pub(crate) struct ListWarning {
     /// 1-based line number.
     pub line: usize,
     /// Why it was skipped.
@@ -49,7 +44,7 @@ pub struct ListWarning {
 }
 
 /// Parses one IP or CIDR (`"192.0.2.1"`, `"2001:db8::/32"`).
-pub fn parse_net(text: &str) -> Option<IpNet> {
+pub(crate) fn parse_net(text: &str) -> Option<IpNet> {
     text.parse::<IpNet>()
         .ok()
         .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
@@ -59,7 +54,7 @@ pub fn parse_net(text: &str) -> Option<IpNet> {
 /// fail2ban's nginx actions write them; a value of `0` means "not listed"). `#` starts a
 /// comment; blank lines and geo `default` lines are ignored. Bad lines are skipped and
 /// reported, never fatal: a half-written fail2ban file must not empty the list.
-pub fn parse_ip_list(text: &str) -> (IpSet, Vec<ListWarning>) {
+pub(crate) fn parse_ip_list(text: &str) -> (IpSet, Vec<ListWarning>) {
     let mut set = IpSet::default();
     let mut warnings = Vec::new();
     for (i, raw) in text.lines().enumerate() {

@@ -5,9 +5,9 @@ mod deny_file;
 mod ip_set;
 mod user_agent;
 
-pub use deny_file::DenyList;
-pub use ip_set::{parse_ip_list, parse_net, IpSet, ListWarning};
-pub use user_agent::UserAgentRules;
+pub(crate) use deny_file::DenyList;
+pub(crate) use ip_set::{parse_net, IpSet};
+pub(crate) use user_agent::UserAgentRules;
 
 use bytes::Bytes;
 use std::net::IpAddr;
@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 /// A site's access rules.
 #[derive(Debug, Default)]
-pub struct SiteAccess {
+pub(crate) struct SiteAccess {
     deny_lists: Vec<Arc<DenyList>>,
     deny_body: Bytes,
     user_agents: Option<UserAgentRules>,
@@ -25,7 +25,7 @@ pub struct SiteAccess {
 impl SiteAccess {
     /// Rules from deny lists and user-agent rules; refused user agents get
     /// `user_agent_body`, or `deny_body` when it is `None`.
-    pub fn new(
+    pub(crate) fn new(
         deny_lists: Vec<Arc<DenyList>>,
         user_agents: Option<UserAgentRules>,
         deny_body: Bytes,
@@ -40,22 +40,22 @@ impl SiteAccess {
     }
 
     /// Body of the 403 for denied clients (and locations' allow lists).
-    pub fn deny_body(&self) -> &Bytes {
+    pub(crate) fn deny_body(&self) -> &Bytes {
         &self.deny_body
     }
 
     /// Body of the 403 for refused user agents.
-    pub fn user_agent_body(&self) -> &Bytes {
+    pub(crate) fn user_agent_body(&self) -> &Bytes {
         &self.user_agent_body
     }
 
     /// Whether `ip` is on one of the deny lists.
-    pub fn is_denied(&self, ip: IpAddr) -> bool {
+    pub(crate) fn is_denied(&self, ip: IpAddr) -> bool {
         self.deny_lists.iter().any(|list| list.contains(ip))
     }
 
     /// Whether the `User-Agent` value is refused.
-    pub fn is_denied_agent(&self, user_agent: &[u8]) -> bool {
+    pub(crate) fn is_denied_agent(&self, user_agent: &[u8]) -> bool {
         self.user_agents
             .as_ref()
             .is_some_and(|rules| rules.matches(user_agent))

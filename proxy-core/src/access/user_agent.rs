@@ -4,13 +4,13 @@ use regex::bytes::{RegexSet, RegexSetBuilder};
 
 /// Compiled user-agent deny rules.
 #[derive(Debug, Clone)]
-pub struct UserAgentRules {
+pub(crate) struct UserAgentRules {
     set: RegexSet,
 }
 
 impl UserAgentRules {
     /// Compiles the patterns (case-insensitive). The error names the first bad pattern.
-    pub fn new(patterns: &[String]) -> Result<Self, (usize, String)> {
+    pub(crate) fn new(patterns: &[String]) -> Result<Self, (usize, String)> {
         for (i, pattern) in patterns.iter().enumerate() {
             if let Err(e) = RegexSetBuilder::new([pattern]).build() {
                 let reason = e.to_string();
@@ -30,7 +30,7 @@ impl UserAgentRules {
     }
 
     /// Whether a `User-Agent` value matches any rule.
-    pub fn matches(&self, user_agent: &[u8]) -> bool {
+    pub(crate) fn matches(&self, user_agent: &[u8]) -> bool {
         self.set.is_match(user_agent)
     }
 }

@@ -1,7 +1,7 @@
-//! Response caching on pingora-cache: an in-memory, byte-bounded [`MemoryStorage`] with
+//! Response caching on pingora-cache: an in-memory, byte-bounded storage with
 //! LRU eviction, per-location [`CachePolicy`] (key, bypass, freshness, stale windows),
 //! nginx-style [`CacheStatus`] words, purges ([`EdgeCache::purge_url`],
-//! [`EdgeCache::purge_host`]), and an optional [`DiskTier`] behind memory.
+//! [`EdgeCache::purge_host`]), and an optional disk tier behind memory (`[cache.disk]`).
 //!
 //! [`EdgeCache`] is created once per process and lives for the rest of it: pingora-cache
 //! takes its storage, eviction manager and cache lock as `&'static` references (its design,
@@ -16,11 +16,11 @@ mod purge;
 mod status;
 mod storage;
 
-pub use disk::{DiskRecord, DiskTier};
+pub(crate) use disk::DiskTier;
 pub use policy::{Bypass, CacheKeyPolicy, CachePolicy, Freshness, NotStored, QueryKey};
 pub use purge::PurgeScope;
 pub use status::CacheStatus;
-pub use storage::{FreshHit, MemoryStorage, PurgeTags};
+pub(crate) use storage::{FreshHit, MemoryStorage};
 
 use pingora::cache::lock::{CacheKeyLockImpl, CacheLock};
 use pingora::cache::CacheOptionOverrides;

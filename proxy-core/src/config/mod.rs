@@ -6,7 +6,7 @@
 //! compiler checks everything else and names the file, line and key of every problem. This
 //! module is the only owner of config keys: a key's serde field, default and doc comment live
 //! in [`file`](mod@file), its checks in one file of the compiler, and its builder method in
-//! [`builder`](mod@builder). Nothing at request time reads the plain config data.
+//! [`ConfigBuilder`]. Nothing at request time reads the plain config data.
 
 mod builder;
 mod compile;
@@ -69,7 +69,7 @@ pub fn load_str_with(
     compile::compile(&parsed, base_dir, plugins).map_err(|problems| problems.locate(Some(&source)))
 }
 
-/// Compiles config data built in code (see [`crate::builder`]).
+/// Compiles config data built in code (see [`ConfigBuilder`]).
 pub fn compile_file(
     file: &ConfigFile,
     base_dir: &Path,

@@ -15,7 +15,7 @@ use crate::limit::{acquire_all, LimitKey, LimitOutcome, LimitZone};
 
 /// One location's guards.
 #[derive(Debug, Default)]
-pub struct Guards {
+pub(crate) struct Guards {
     /// Largest request body accepted, in bytes; 0 means unlimited.
     body_limit: u64,
     /// The site's deny lists and user-agent rules (shared by its locations).
@@ -28,7 +28,7 @@ pub struct Guards {
 
 /// What the guards decided.
 #[derive(Debug)]
-pub enum GuardVerdict<'g> {
+pub(crate) enum GuardVerdict<'g> {
     /// Go on, after holding the request for `delay` (rate-limit `delay` mode).
     Pass {
         /// How long to hold the request.
@@ -42,7 +42,7 @@ pub enum GuardVerdict<'g> {
 
 /// Why a request was refused (for metrics and the access log).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Refusal {
+pub(crate) enum Refusal {
     /// The declared body is larger than the location accepts.
     BodyTooLarge,
     /// A user-agent rule matched.
@@ -57,7 +57,7 @@ pub enum Refusal {
 
 impl Refusal {
     /// The `list` label of the deny-hit metric, for refusals by an access rule.
-    pub fn access_list(&self) -> Option<&'static str> {
+    pub(crate) fn access_list(&self) -> Option<&'static str> {
         match self {
             Refusal::UserAgent => Some("user_agent"),
             Refusal::DenyList => Some("deny_list"),
@@ -84,28 +84,31 @@ impl Guards {
     }
 
     /// Largest request body accepted, in bytes; 0 means unlimited.
-    pub fn body_limit(&self) -> u64 {
+    pub(crate) fn body_limit(&self) -> u64 {
         self.body_limit
     }
 
     /// The site's deny lists and user-agent rules.
-    pub fn access(&self) -> &SiteAccess {
+    #[cfg(test)]
+    pub(crate) fn access(&self) -> &SiteAccess {
         &self.access
     }
 
     /// The location's allow list, if it has one.
-    pub fn allow(&self) -> Option<&IpSet> {
+    #[cfg(test)]
+    pub(crate) fn allow(&self) -> Option<&IpSet> {
         self.allow.as_ref()
     }
 
     /// The rate-limit zones that count this location's requests.
-    pub fn zones(&self) -> &[Arc<LimitZone>] {
+    #[cfg(test)]
+    pub(crate) fn zones(&self) -> &[Arc<LimitZone>] {
         &self.zones
     }
 
     /// Runs the guards for a request from `client_ip` to the location `location` (site
     /// name and location index, for zones keyed per location).
-    pub fn check(
+    pub(crate) fn check(
         &self,
         request: &RequestHeader,
         client_ip: Option<IpAddr>,

@@ -2,9 +2,9 @@
 //! request ids, secret redaction, and tailscaled readiness ([`LocalApiClient`]).
 //!
 //! [`Observability`] owns all of it; [`crate::EdgeProxy`] calls
-//! [`Observability::finish_request`] from its `logging` phase, once per request. Other
+//! `Observability::finish_request` from its `logging` phase, once per request. Other
 //! modules record their own facts through [`Metrics`] (cache lookups, rate-limit decisions,
-//! deny-list hits) and through the request's [`RequestRecord`] (cache status, rate-limit
+//! deny-list hits) and through the request's record (cache status, rate-limit
 //! outcome), which the log line and metrics pick up at the end.
 
 mod access_log;
@@ -17,9 +17,9 @@ pub mod tailscaled;
 
 pub use access_log::{AccessLog, AccessLogEntry, AccessLogTarget};
 pub use metrics::{DnsLookupResult, InFlight, Metrics, UpstreamErrorKind, METRIC_NAMES, PREFIX};
-pub use record::{upstream_error_kind, RequestFacts, RequestRecord};
-pub use redact::{Redactor, DEFAULT_SECRET_PARAMS, REDACTED};
-pub use request_id::{is_well_formed, new_request_id, request_id_for, REQUEST_ID_HEADER};
+pub(crate) use record::{RequestFacts, RequestRecord};
+pub use redact::Redactor;
+pub(crate) use request_id::{request_id_for, REQUEST_ID_HEADER};
 pub use tailscaled::{LocalApiClient, LocalApiError};
 
 use std::sync::Arc;
@@ -111,15 +111,6 @@ impl Observability {
             access_log,
             redactor: settings.redactor.clone(),
         })
-    }
-
-    /// Metrics only, no access log.
-    pub fn metrics_only() -> Self {
-        Self {
-            metrics: Arc::new(Metrics::new()),
-            access_log: None,
-            redactor: Redactor::default(),
-        }
     }
 
     /// The metrics.

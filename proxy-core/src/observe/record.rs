@@ -15,7 +15,7 @@ use crate::text::{Texts, LINE_TEXT_MAX};
 
 /// Per-request observability state, carried in the proxy's request context.
 #[derive(Debug)]
-pub struct RequestRecord {
+pub(crate) struct RequestRecord {
     /// When the request started.
     pub started: Instant,
     /// The request id (kept from `X-Request-Id` or generated).
@@ -43,7 +43,7 @@ pub struct RequestRecord {
 impl RequestRecord {
     /// A record of a request starting now, counted as in flight (when metrics are on) until
     /// dropped.
-    pub fn new(observability: Option<&Observability>) -> Self {
+    pub(crate) fn new(observability: Option<&Observability>) -> Self {
         Self {
             started: Instant::now(),
             request_id: String::new(),
@@ -61,13 +61,13 @@ impl RequestRecord {
 
 impl RequestRecord {
     /// Notes the upstream's status and how long its response headers took.
-    pub fn upstream_responded(&mut self, response: &pingora::http::ResponseHeader) {
+    pub(crate) fn upstream_responded(&mut self, response: &pingora::http::ResponseHeader) {
         self.upstream_status = Some(response.status.as_u16());
         self.upstream_response_time = self.upstream_started.map(|t| t.elapsed());
     }
 
     /// Adds the request id to a response going to the client.
-    pub fn tag_response(
+    pub(crate) fn tag_response(
         &self,
         response: &mut pingora::http::ResponseHeader,
     ) -> pingora::Result<()> {
@@ -76,7 +76,7 @@ impl RequestRecord {
 }
 
 /// The kind of an upstream failure, or `None` if `e` is not one.
-pub fn upstream_error_kind(e: &Error) -> Option<UpstreamErrorKind> {
+pub(crate) fn upstream_error_kind(e: &Error) -> Option<UpstreamErrorKind> {
     if e.esource() != &ErrorSource::Upstream {
         return None;
     }
@@ -102,7 +102,7 @@ pub fn upstream_error_kind(e: &Error) -> Option<UpstreamErrorKind> {
 /// What the log line and metrics need to know of a finished request besides its session:
 /// what routing found and what the request recorded on its way.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestFacts<'a> {
+pub(crate) struct RequestFacts<'a> {
     /// The matched site's name.
     pub site: Option<&'a str>,
     /// The matched location's pattern, as written in the config.
@@ -118,7 +118,7 @@ pub struct RequestFacts<'a> {
 impl Observability {
     /// Records one finished request: metrics, then the access-log line. Called from the
     /// `logging` phase.
-    pub fn finish_request(
+    pub(crate) fn finish_request(
         &self,
         session: &Session,
         error: Option<&Error>,

@@ -4,10 +4,7 @@
 use std::borrow::Cow;
 
 /// What replaces a secret.
-pub const REDACTED: &str = "REDACTED";
-
-/// Query parameter name fragments redacted by default.
-pub const DEFAULT_SECRET_PARAMS: &[&str] = &["token", "key", "password", "secret"];
+pub(crate) const REDACTED: &str = "REDACTED";
 
 /// Headers whose values are never logged.
 const SECRET_HEADERS: &[&str] = &[
@@ -25,12 +22,6 @@ pub struct Redactor {
     /// Whether a byte (lower-cased) begins some fragment: a name is compared with the
     /// fragments only where one could begin, so most names are passed over in one scan.
     starts: [bool; 256],
-}
-
-impl Default for Redactor {
-    fn default() -> Self {
-        Self::new(DEFAULT_SECRET_PARAMS.iter().map(|s| s.to_string()))
-    }
 }
 
 impl Redactor {
@@ -168,10 +159,16 @@ fn strip_userinfo(uri: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::file::DEFAULT_REDACT_QUERY_PARAMS;
+
+    /// The redactor of `[access_log]` at its default.
+    fn defaults() -> Redactor {
+        Redactor::new(DEFAULT_REDACT_QUERY_PARAMS.iter().map(|p| p.to_string()))
+    }
 
     #[test]
     fn secret_query_values_are_replaced_others_kept() {
-        let r = Redactor::default();
+        let r = defaults();
         assert_eq!(
             r.uri("/a?access_token=abc&page=2&API_KEY=k&password=p&x#frag"),
             "/a?access_token=REDACTED&page=2&API_KEY=REDACTED&password=REDACTED&x#frag"
@@ -189,7 +186,7 @@ mod tests {
 
     #[test]
     fn fragments_are_found_anywhere_in_a_name_in_any_case() {
-        let r = Redactor::default();
+        let r = defaults();
         assert_eq!(
             r.uri("/a?xTOKEN=1&mytokenx=2&tok=3&Passwd=4&PASSWORD_HASH=5&k=6&key=7&akey=8&ke=9"),
             "/a?xTOKEN=REDACTED&mytokenx=REDACTED&tok=3&Passwd=4&PASSWORD_HASH=REDACTED&k=6\
@@ -214,7 +211,7 @@ mod tests {
 
     #[test]
     fn secret_headers_are_redacted() {
-        let r = Redactor::default();
+        let r = defaults();
         assert_eq!(r.header("Authorization", "Bearer x"), REDACTED);
         assert_eq!(r.header("cookie", "a=b"), REDACTED);
         assert_eq!(r.header("user-agent", "curl"), "curl");

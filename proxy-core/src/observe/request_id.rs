@@ -4,14 +4,14 @@
 use pingora::http::RequestHeader;
 
 /// The header carrying the id, to the upstream and back to the client.
-pub const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// Longest incoming id kept; longer ones are replaced (they would bloat every log line).
 const MAX_LEN: usize = 128;
 
 /// Whether `id` may be kept: 1 to 128 characters of letters, digits, `-`, `_`, `.`, `:`
 /// (UUIDs, hex and most tracing ids), so it is safe in logs and headers.
-pub fn is_well_formed(id: &str) -> bool {
+pub(crate) fn is_well_formed(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_LEN
         && id
@@ -20,7 +20,7 @@ pub fn is_well_formed(id: &str) -> bool {
 }
 
 /// The request's id: its own `X-Request-Id` if well-formed, else a new random UUID.
-pub fn request_id_for(request: &RequestHeader) -> String {
+pub(crate) fn request_id_for(request: &RequestHeader) -> String {
     match request
         .headers
         .get(REQUEST_ID_HEADER)
@@ -33,7 +33,7 @@ pub fn request_id_for(request: &RequestHeader) -> String {
 
 /// A new random id (UUID v4, hyphenated), from a thread-local generator seeded by the OS
 /// (no system call per request).
-pub fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> String {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Uuid::new_v4()
         .hyphenated()

@@ -8,7 +8,7 @@ use super::Site;
 /// Finds the site for a normalised host: exact names in O(1), then the longest matching
 /// `*.suffix` wildcard (one lookup per label of the host).
 #[derive(Debug, Default)]
-pub struct HostRouter {
+pub(crate) struct HostRouter {
     exact: HashMap<String, Arc<Site>>,
     /// Keyed by the suffix including its leading dot: `*.example.com` -> `.example.com`.
     wildcard: HashMap<String, Arc<Site>>,
@@ -24,7 +24,7 @@ impl HostRouter {
     }
 
     /// The site serving `host` (already normalised), if any.
-    pub fn find(&self, host: &str) -> Option<&Arc<Site>> {
+    pub(crate) fn find(&self, host: &str) -> Option<&Arc<Site>> {
         if let Some(site) = self.exact.get(host) {
             return Some(site);
         }
@@ -36,7 +36,7 @@ impl HostRouter {
     }
 
     /// Every site, once each, in no particular order.
-    pub fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
+    pub(crate) fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
         let mut seen: Vec<&Arc<Site>> = Vec::new();
         for site in self.exact.values().chain(self.wildcard.values()) {
             if !seen.iter().any(|s| Arc::ptr_eq(s, site)) {

@@ -162,7 +162,7 @@ impl Location {
     }
 
     /// Host header override (wins over the upstream's).
-    pub fn host_header(&self) -> Option<&HostHeader> {
+    pub(crate) fn host_header(&self) -> Option<&HostHeader> {
         self.host_header.as_ref()
     }
 
@@ -177,7 +177,7 @@ impl Location {
     }
 
     /// The checks its requests pass before the action: body size, access rules, rate limits.
-    pub fn guards(&self) -> &Guards {
+    pub(crate) fn guards(&self) -> &Guards {
         &self.guards
     }
 }
@@ -267,7 +267,7 @@ impl RedirectTarget {
 
 /// A site's locations, indexed for nginx-order matching.
 #[derive(Debug, Default)]
-pub struct LocationTable {
+pub(crate) struct LocationTable {
     exact: HashMap<Vec<u8>, Arc<Location>>,
     /// Prefix and priority-prefix locations, longest first.
     prefixes: Vec<Arc<Location>>,
@@ -306,7 +306,7 @@ impl LocationTable {
     }
 
     /// The location serving a normalised path, if any.
-    pub fn find(&self, path: &[u8]) -> Option<&Arc<Location>> {
+    pub(crate) fn find(&self, path: &[u8]) -> Option<&Arc<Location>> {
         if let Some(location) = self.exact.get(path) {
             return Some(location);
         }

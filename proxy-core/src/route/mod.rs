@@ -12,10 +12,9 @@ mod path;
 mod request;
 
 pub use crate::hostname::{normalize_host, HostError};
-pub use host::HostRouter;
-pub use location::{
-    Action, Location, LocationPattern, LocationTable, RedirectTarget, RedirectVars,
-};
+pub(crate) use host::HostRouter;
+pub use location::{Action, Location, LocationPattern, RedirectTarget};
+pub(crate) use location::{LocationTable, RedirectVars};
 pub use path::{normalize_path, PathError};
 pub(crate) use request::{Next, Routed, Routing};
 
@@ -36,7 +35,7 @@ pub enum UnknownHostAnswer {
 
 /// The `[server]` keys that decide what happens before any site matches.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoutingSettings {
+pub(crate) struct RoutingSettings {
     /// Path answered 200 locally for any Host, if any.
     pub health_path: Option<String>,
     /// Answer for unknown hosts.
@@ -45,29 +44,29 @@ pub struct RoutingSettings {
 
 /// Every site by host, and the settings routing applies before a site matches.
 #[derive(Debug)]
-pub struct Routes {
+pub(crate) struct Routes {
     router: HostRouter,
     settings: RoutingSettings,
 }
 
 impl Routes {
     /// Routes over `router` with `settings`.
-    pub fn new(router: HostRouter, settings: RoutingSettings) -> Self {
+    pub(crate) fn new(router: HostRouter, settings: RoutingSettings) -> Self {
         Self { router, settings }
     }
 
     /// The site serving a normalised host, if any.
-    pub fn site_for_host(&self, host: &str) -> Option<&Arc<Site>> {
+    pub(crate) fn site_for_host(&self, host: &str) -> Option<&Arc<Site>> {
         self.router.find(host)
     }
 
     /// Every site, once each, in no particular order.
-    pub fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
+    pub(crate) fn sites(&self) -> impl Iterator<Item = &Arc<Site>> {
         self.router.sites()
     }
 
     /// The routing settings.
-    pub fn settings(&self) -> &RoutingSettings {
+    pub(crate) fn settings(&self) -> &RoutingSettings {
         &self.settings
     }
 }
@@ -85,7 +84,7 @@ pub struct Site {
 impl Site {
     /// A site; `plugins` run for requests that match no location (each location carries the
     /// site's plugins it inherits in its own chain).
-    pub fn new(
+    pub(crate) fn new(
         name: String,
         hosts: Vec<String>,
         locations: LocationTable,

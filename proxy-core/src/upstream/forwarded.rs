@@ -13,7 +13,7 @@ use crate::client::ip_header_value;
 ///
 /// `X-Forwarded-For` gets the client appended to any list already present (nginx's
 /// `$proxy_add_x_forwarded_for`); `X-Real-IP` and `X-Forwarded-Proto` are replaced.
-pub fn apply_forwarded_headers(
+pub(crate) fn apply_forwarded_headers(
     request: &mut RequestHeader,
     host: &HostHeader,
     client_ip: Option<IpAddr>,

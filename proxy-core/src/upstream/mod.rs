@@ -4,8 +4,9 @@
 mod forwarded;
 mod resolver;
 
-pub use forwarded::apply_forwarded_headers;
-pub use resolver::{AddrSlot, MagicDnsResolver, ResolverSettings};
+pub(crate) use forwarded::apply_forwarded_headers;
+pub(crate) use resolver::AddrSlot;
+pub use resolver::{MagicDnsResolver, ResolverSettings};
 
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::tls::x509::X509;
@@ -16,7 +17,7 @@ use std::time::Duration;
 
 /// Where a header value comes from when sent upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostHeader {
+pub(crate) enum HostHeader {
     /// The client's Host header, unchanged (`"$host"`).
     Client,
     /// A fixed value.
@@ -25,7 +26,7 @@ pub enum HostHeader {
 
 impl HostHeader {
     /// Parses `"$host"` or a literal host name.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         if text == "$host" || text == "$http_host" {
             return Ok(Self::Client);
         }
@@ -45,7 +46,7 @@ impl HostHeader {
 
 /// TLS settings for an upstream.
 #[derive(Debug, Clone)]
-pub struct UpstreamTls {
+pub(crate) struct UpstreamTls {
     /// Server name sent in the handshake and checked against the certificate.
     pub sni: String,
     /// Whether the certificate chain and name are verified.
@@ -56,7 +57,7 @@ pub struct UpstreamTls {
 
 /// Connection timeouts for an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UpstreamTimeouts {
+pub(crate) struct UpstreamTimeouts {
     /// TCP connect plus TLS handshake.
     pub connect: Duration,
     /// Longest wait for bytes from the upstream.
@@ -71,26 +72,42 @@ pub struct UpstreamTimeouts {
 #[derive(Debug)]
 pub struct Upstream {
     /// Name from the config (`[upstreams.NAME]`); also its metrics label.
-    pub name: String,
+    pub(crate) name: String,
     /// Host part of the address: a tailnet name or an IP literal.
-    pub host: String,
-    /// Port.
-    pub port: u16,
-    /// TLS, when the upstream speaks it.
-    pub tls: Option<UpstreamTls>,
-    /// Host header sent upstream.
-    pub host_header: HostHeader,
-    /// Timeouts.
-    pub timeouts: UpstreamTimeouts,
+    pub(crate) host: String,
+    pub(crate) port: u16,
+    pub(crate) tls: Option<UpstreamTls>,
+    pub(crate) host_header: HostHeader,
     /// Current addresses, kept fresh by the resolver (fixed for IP literals).
-    pub addrs: Arc<AddrSlot>,
+    pub(crate) addrs: Arc<AddrSlot>,
     /// Peer with every option set; only its address changes per request.
     template: HttpPeer,
 }
 
 impl Upstream {
+    /// Name from the config (`[upstreams.NAME]`); also its metrics label.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The address as configured: a tailnet name or an IP literal, and the port.
+    pub fn address(&self) -> (&str, u16) {
+        (&self.host, self.port)
+    }
+
+    /// Whether the upstream speaks TLS.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The addresses in use now (`None` until the name first resolves), and whether they
+    /// are kept past a failed refresh.
+    pub fn resolved(&self) -> (Option<Arc<Vec<IpAddr>>>, bool) {
+        (self.addrs.current(), self.addrs.is_stale())
+    }
+
     /// Builds an upstream; `addrs` is shared with the resolver for tailnet names.
-    pub fn new(
+    pub(crate) fn new(
         name: String,
         host: String,
         port: u16,
@@ -106,7 +123,6 @@ impl Upstream {
             port,
             tls,
             host_header,
-            timeouts,
             addrs,
             template,
         }

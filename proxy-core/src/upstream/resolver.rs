@@ -25,7 +25,7 @@ use crate::observe::{DnsLookupResult, Metrics};
 /// The current addresses of one name. Shared between the resolver and every upstream that
 /// uses the name.
 #[derive(Debug, Default)]
-pub struct AddrSlot {
+pub(crate) struct AddrSlot {
     addrs: ArcSwapOption<Vec<IpAddr>>,
     next: AtomicUsize,
     stale: AtomicBool,
@@ -33,14 +33,14 @@ pub struct AddrSlot {
 
 impl AddrSlot {
     /// A slot holding fixed addresses (IP-literal upstreams).
-    pub fn fixed(addrs: Vec<IpAddr>) -> Self {
+    pub(crate) fn fixed(addrs: Vec<IpAddr>) -> Self {
         let slot = Self::default();
         slot.store(addrs);
         slot
     }
 
     /// The next address, round-robin over the answer; `None` if never resolved.
-    pub fn pick(&self) -> Option<IpAddr> {
+    pub(crate) fn pick(&self) -> Option<IpAddr> {
         let guard = self.addrs.load();
         let addrs = guard.as_ref()?;
         if addrs.len() == 1 {
@@ -51,12 +51,12 @@ impl AddrSlot {
     }
 
     /// The current answer, if any.
-    pub fn current(&self) -> Option<Arc<Vec<IpAddr>>> {
+    pub(crate) fn current(&self) -> Option<Arc<Vec<IpAddr>>> {
         self.addrs.load_full()
     }
 
     /// Whether the answer in use is kept past a failed refresh.
-    pub fn is_stale(&self) -> bool {
+    pub(crate) fn is_stale(&self) -> bool {
         self.stale.load(Ordering::Relaxed)
     }
 
