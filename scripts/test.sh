@@ -14,6 +14,10 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The production build (the Fly image) leaves the demo out: it must build, lint and pass its
+# own unit tests without it.
+cargo clippy -p proxy-app --no-default-features --all-targets --locked -- -D warnings
+cargo test -p proxy-app --no-default-features --locked --bin proxy-app
 # proxy-core is a library for embedders: its docs must build without a broken or private link.
 RUSTDOCFLAGS="-D warnings" cargo doc -p proxy-core -p plugins --no-deps --locked
 benches/run.sh --quick > target/load-harness-quick.md

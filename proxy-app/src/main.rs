@@ -3,6 +3,7 @@
 //! line, loads the config, and runs a Pingora server.
 
 mod alloc;
+#[cfg(feature = "demo")]
 mod demo;
 mod signals;
 mod tailnet_wait;
@@ -63,6 +64,7 @@ enum Command {
         config: PathBuf,
     },
     /// Run a self-contained demo: a fake tailnet in-process and the proxy in front of it.
+    #[cfg(feature = "demo")]
     Demo {
         /// Public listen address.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -94,6 +96,7 @@ fn main() -> ExitCode {
             serve(config, Some(path), upgrade)
         }),
         Command::Check { config } => check(&config),
+        #[cfg(feature = "demo")]
         Command::Demo { listen, admin } => {
             demo::run(&listen, &admin).and_then(|config| serve(config, None, false))
         }
@@ -183,6 +186,12 @@ mod tests {
     #[test]
     fn cli_is_well_formed() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_demo_is_a_default_feature_only() {
+        let parsed = Cli::try_parse_from(["proxy-app", "demo"]);
+        assert_eq!(parsed.is_ok(), cfg!(feature = "demo"));
     }
 
     #[test]

@@ -566,6 +566,7 @@ proxy = "docs"
     assert_eq!(requests(&tailnet), 2);
 }
 
+#[cfg(feature = "demo")]
 #[tokio::test]
 async fn demo_caches_the_docs_site() {
     let demo = Demo::start().await;

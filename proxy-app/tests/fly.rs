@@ -123,7 +123,7 @@ fn dockerfile_builds_checks_and_runs_unprivileged() {
         text.contains("apt-get install -y --no-install-recommends cmake clang"),
         "BoringSSL's build needs cmake and clang"
     );
-    assert!(text.contains("cargo build --release --locked -p proxy-app"));
+    assert!(text.contains("cargo build --release --locked -p proxy-app --no-default-features"));
     assert!(
         text.contains("sha256sum -c"),
         "the tailscale download is checksum-verified"

@@ -147,6 +147,7 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     assert!(log.contains(r#""uri":"/?delay_ms=1500""#), "{log}");
 }
 
+#[cfg(feature = "demo")]
 #[tokio::test]
 async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
     let demo = Demo::start().await;

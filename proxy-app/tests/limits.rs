@@ -293,6 +293,7 @@ async fn header_keys_limit_by_value_and_skip_requests_without_it() {
     }
 }
 
+#[cfg(feature = "demo")]
 #[tokio::test]
 async fn the_demo_limits_docs_login_to_1rps_burst_3() {
     let demo = Demo::start().await;

@@ -11,6 +11,7 @@ use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,12 +25,15 @@ use crate::reload::ConfigReloader;
 use crate::upstream::MagicDnsResolver;
 
 /// The services an edge proxy needs. Build them with [`EdgeServices::new`], then
-/// [`EdgeServices::add_to`] a Pingora server.
+/// [`EdgeServices::add_to`] a Pingora server, which listens where the config says; or take
+/// the apps with [`EdgeServices::into_apps`] to serve them on sockets of your own.
 pub struct EdgeServices {
-    proxy: Service<HttpProxy<EdgeProxy>>,
+    server_conf: Arc<ServerConf>,
+    proxy: EdgeProxy,
+    listen: Vec<SocketAddr>,
     admin: AdminApp,
-    admin_listen: std::net::SocketAddr,
-    background: GenBackgroundService<EdgeBackground>,
+    admin_listen: SocketAddr,
+    background: EdgeBackground,
     config: Arc<ArcSwap<RuntimeConfig>>,
     resolver: Arc<MagicDnsResolver>,
     observability: Arc<Observability>,
@@ -64,10 +68,6 @@ impl EdgeServices {
         let admin_settings = config.admin.clone();
         let config = Arc::new(ArcSwap::from_pointee(config));
         let proxy = EdgeProxy::new(config.clone(), cache).with_observability(observability.clone());
-        let mut proxy = http_proxy_service_with_name(server_conf, proxy, "edge proxy");
-        for addr in listen {
-            proxy.add_listener(public_listener(addr));
-        }
         let mut admin_app = AdminApp::new(
             observability.metrics().clone(),
             resolver.clone(),
@@ -85,10 +85,12 @@ impl EdgeServices {
             config: config.clone(),
         };
         Self {
+            server_conf: server_conf.clone(),
             proxy,
+            listen,
             admin: admin_app,
             admin_listen: admin_settings.listen,
-            background: GenBackgroundService::new("edge background".into(), Arc::new(background)),
+            background,
             config,
             resolver,
             observability,
@@ -141,16 +143,48 @@ impl EdgeServices {
     /// Adds every service to `server`: the public proxy, the admin listener and the
     /// background work.
     pub fn add_to(self, server: &mut Server) {
+        let mut proxy = http_proxy_service_with_name(&self.server_conf, self.proxy, "edge proxy");
+        for addr in self.listen {
+            proxy.add_listener(public_listener(addr));
+        }
         let mut admin = Service::new("admin".into(), self.admin);
         admin.add_tcp(&self.admin_listen.to_string());
-        server.add_service(self.background);
+        let background = Arc::new(self.background);
+        server.add_service(GenBackgroundService::new(
+            "edge background".into(),
+            background,
+        ));
         server.add_service(admin);
-        server.add_service(self.proxy);
+        server.add_service(proxy);
+    }
+
+    /// The apps without listeners, for serving on sockets you already hold (inherited from
+    /// a supervisor, or bound by a test): hand each accepted connection of the public
+    /// listener to the proxy app and each admin connection to the admin app (for example
+    /// with Pingora's `Service::handle_event`), and run the background work until shutdown.
+    /// The config's `listen` and `[admin] listen` addresses are not used.
+    pub fn into_apps(self) -> EdgeApps {
+        EdgeApps {
+            proxy: Arc::new(pingora::proxy::http_proxy(&self.server_conf, self.proxy)),
+            admin: Arc::new(self.admin),
+            background: Arc::new(self.background),
+        }
     }
 }
 
-/// What runs beside the listeners for as long as the server does.
-struct EdgeBackground {
+/// The apps of [`EdgeServices`], to serve on sockets of your own ([`EdgeServices::into_apps`]).
+pub struct EdgeApps {
+    /// The public proxy.
+    pub proxy: Arc<HttpProxy<EdgeProxy>>,
+    /// The admin listener's app.
+    pub admin: Arc<AdminApp>,
+    /// What must run beside them until shutdown: MagicDNS resolution and deny-list watching.
+    pub background: Arc<EdgeBackground>,
+}
+
+/// What runs beside the listeners for as long as the server does: MagicDNS resolution of
+/// the upstream names and re-reading deny-list files that changed.
+pub struct EdgeBackground {
     resolver: Arc<MagicDnsResolver>,
     config: Arc<ArcSwap<RuntimeConfig>>,
 }
@@ -194,7 +228,7 @@ async fn watch_deny_lists(config: &ArcSwap<RuntimeConfig>, mut shutdown: Shutdow
 /// parser's own buffer: Pingora's default 64 KiB read buffer per connection (there for TLS
 /// records, which this listener never terminates) would copy every request twice and
 /// hold 64 KiB for each idle keep-alive connection.
-fn public_listener(addr: std::net::SocketAddr) -> ListenerConfig {
+fn public_listener(addr: SocketAddr) -> ListenerConfig {
     ListenerConfig::tcp(addr.to_string()).l4_buffer(L4BufferSettings::default().read(0))
 }
 
