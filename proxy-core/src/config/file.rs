@@ -332,7 +332,7 @@ pub const DEFAULT_RETURN_STATUS: u16 = 200;
 /// Default of [`ReturnSection::content_type`].
 pub const DEFAULT_CONTENT_TYPE: &str = "text/plain; charset=utf-8";
 
-/// `return = { status = 200, body = "...", content_type = "..." }`.
+/// `return = { }` on a location: answer locally with a fixed response.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReturnSection {
@@ -348,7 +348,7 @@ pub struct ReturnSection {
 /// Default of [`RedirectSection::status`].
 pub const DEFAULT_REDIRECT_STATUS: u16 = 302;
 
-/// `redirect = { status = 301, to = "https://example.com$request_uri" }`.
+/// `redirect = { }` on a location: answer with a redirect.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RedirectSection {
@@ -427,7 +427,7 @@ pub const DEFAULT_STALE_IF_ERROR_STATUSES: &[u16] = &[500, 502, 503, 504];
 /// Default of [`CachePolicySection::status_header`].
 pub const DEFAULT_STATUS_HEADER: &str = "X-Cache-Status";
 
-/// `cache = { ... }` on a site or location: what is cached, under which key, for how long.
+/// `cache = { }` on a site or location: what is cached, under which key, for how long.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CachePolicySection {
