@@ -68,5 +68,5 @@ pub use answer::{LocalAnswer, Reply};
 pub use model::{AdminSettings, RuntimeConfig, ServerSettings};
 pub use proxy::{EdgeProxy, RequestCtx};
 pub use reload::{ConfigReloader, ReloadReport};
-pub use service::{server_conf, EdgeApps, EdgeBackground, EdgeServices};
+pub use service::{serve_listener, server_conf, EdgeApps, EdgeBackground, EdgeServices};
 pub use upstream::{MagicDnsResolver, ResolverSettings, Upstream};

@@ -5,13 +5,17 @@
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::{GetSocketDigest, SocketDigest};
 use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,8 +164,8 @@ impl EdgeServices {
 
     /// The apps without listeners, for serving on sockets you already hold (inherited from
     /// a supervisor, or bound by a test): hand each accepted connection of the public
-    /// listener to the proxy app and each admin connection to the admin app (for example
-    /// with Pingora's `Service::handle_event`), and run the background work until shutdown.
+    /// listener to the proxy app and each admin connection to the admin app
+    /// ([`serve_listener`] does), and run the background work until shutdown.
     /// The config's `listen` and `[admin] listen` addresses are not used.
     pub fn into_apps(self) -> EdgeApps {
         EdgeApps {
@@ -169,6 +173,53 @@ impl EdgeServices {
             admin: Arc::new(self.admin),
             background: Arc::new(self.background),
         }
+    }
+}
+
+/// Serves `app` on `listener` (a socket you already hold) as a Pingora listening service
+/// does, until `shutdown` turns true: each accepted connection gets its peer's address (what
+/// the client identity and `X-Real-IP` are read from) and `TCP_NODELAY`, then is handed to
+/// the app, reused while it keeps alive. Use it for [`EdgeApps::proxy`] and
+/// [`EdgeApps::admin`].
+pub async fn serve_listener<A>(
+    listener: std::net::TcpListener,
+    app: Arc<A>,
+    mut shutdown: ShutdownWatch,
+) where
+    A: ServerApp + Send + Sync + 'static,
+{
+    let listener = match listener
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpListener::from_std(listener))
+    {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot serve on the listener");
+            return;
+        }
+    };
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let tcp = match accepted {
+            Ok((tcp, _)) => tcp,
+            Err(e) => {
+                // As Pingora does (e.g. out of file descriptors): back off, keep serving.
+                tracing::error!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let digest = SocketDigest::from_raw_fd(tcp.as_raw_fd());
+        let mut stream = Stream::from(tcp);
+        stream.set_socket_digest(digest);
+        if let Err(e) = stream.set_nodelay() {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tokio::spawn(Service::<A>::handle_event(Box::new(stream), app, shutdown));
     }
 }
 

@@ -4,7 +4,7 @@ mod common;
 
 use common::*;
 
-fn three_sites(port: u16, tailnet: &fake_tailnet::FakeTailnet) -> String {
+fn three_sites(tailnet: &fake_tailnet::FakeTailnet) -> String {
     let d = tailnet.domain();
     let p = tailnet.http_port();
     format!(
@@ -34,15 +34,14 @@ hosts = ["photos.example.com"]
 match = "/"
 proxy = "photos"
 "#,
-        base = base_config(port, tailnet)
+        base = base_config(tailnet)
     )
 }
 
 #[tokio::test]
 async fn three_sites_reach_three_peers() {
     let tailnet = tailnet(&["docs", "git", "photos"]).await;
-    let port = free_port();
-    let proxy = Proxy::start(port, &three_sites(port, &tailnet));
+    let proxy = Edge::start(&three_sites(&tailnet));
     for (host, peer) in [
         ("docs.example.com", "docs"),
         ("git.example.com", "git"),
@@ -60,8 +59,7 @@ async fn three_sites_reach_three_peers() {
 #[tokio::test]
 async fn host_matching_ignores_case_port_and_trailing_dot_and_supports_wildcards() {
     let tailnet = tailnet(&["docs", "git", "photos"]).await;
-    let port = free_port();
-    let proxy = Proxy::start(port, &three_sites(port, &tailnet));
+    let proxy = Edge::start(&three_sites(&tailnet));
     for host in [
         "DOCS.Example.com",
         "docs.example.com:8443",
@@ -87,8 +85,7 @@ async fn host_matching_ignores_case_port_and_trailing_dot_and_supports_wildcards
 #[tokio::test]
 async fn unknown_and_missing_host_are_never_forwarded() {
     let tailnet = tailnet(&["docs", "git", "photos"]).await;
-    let port = free_port();
-    let proxy = Proxy::start(port, &three_sites(port, &tailnet));
+    let proxy = Edge::start(&three_sites(&tailnet));
     assert_eq!(get(&proxy, "evil.example.net", "/").await.status, 421);
     assert_eq!(get(&proxy, "example.com", "/").await.status, 421);
     let http10 = raw_request(proxy.addr, "GET / HTTP/1.0\r\n\r\n");
@@ -105,14 +102,13 @@ async fn unknown_and_missing_host_are_never_forwarded() {
 #[tokio::test]
 async fn unknown_host_close_drops_the_connection() {
     let tailnet = tailnet(&["docs"]).await;
-    let port = free_port();
     let config = format!(
         "{}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
-        base_config(port, &tailnet).replace("unknown_host = 421", "unknown_host = \"close\""),
+        base_config(&tailnet).replace("unknown_host = 421", "unknown_host = \"close\""),
         tailnet.domain(),
         tailnet.http_port()
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     let reply = raw_request(
         proxy.addr,
         "GET / HTTP/1.1\r\nHost: other.example.com\r\n\r\n",
@@ -123,7 +119,7 @@ async fn unknown_host_close_drops_the_connection() {
     assert_eq!(tailnet.peer("docs").unwrap().requests(), 0);
 }
 
-fn precedence_config(port: u16, tailnet: &fake_tailnet::FakeTailnet) -> String {
+fn precedence_config(tailnet: &fake_tailnet::FakeTailnet) -> String {
     let rule = |m: &str, body: &str| {
         format!("[[sites.s.locations]]\nmatch = '{m}'\nreturn = {{ status = 200, body = \"{body}\" }}\n")
     };
@@ -136,15 +132,14 @@ fn precedence_config(port: u16, tailnet: &fake_tailnet::FakeTailnet) -> String {
         rule("~* \\.(png|jpg)$", "iregex"),
         rule("/static/deep/", "longer-prefix"),
         rule("/admin/", "admin-prefix"),
-        base = base_config(port, tailnet)
+        base = base_config(tailnet)
     )
 }
 
 #[tokio::test]
 async fn location_precedence_follows_nginx() {
     let tailnet = tailnet(&[]).await;
-    let port = free_port();
-    let proxy = Proxy::start(port, &precedence_config(port, &tailnet));
+    let proxy = Edge::start(&precedence_config(&tailnet));
     let cases = [
         ("/exact", "exact"),                     // = beats everything
         ("/exact/more", "root-prefix"),          // = is not a prefix
@@ -180,7 +175,6 @@ async fn location_precedence_follows_nginx() {
 #[tokio::test]
 async fn returns_redirects_and_original_uri_upstream() {
     let tailnet = tailnet(&["app"]).await;
-    let port = free_port();
     let config = format!(
         r#"{base}
 [upstreams.app]
@@ -203,11 +197,11 @@ redirect = {{ status = 302, to = "https://app.{d}$request_uri" }}
 match = "^~ /old/"
 redirect = {{ status = 301, to = "$scheme://$host/new$uri?$args" }}
 "#,
-        base = base_config(port, &tailnet),
+        base = base_config(&tailnet),
         d = tailnet.domain(),
         p = tailnet.http_port()
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     let robots = get(&proxy, "app.example.com", "/robots.txt").await;
     assert_eq!(
         (robots.status, robots.body.as_str()),
@@ -249,14 +243,13 @@ redirect = {{ status = 301, to = "$scheme://$host/new$uri?$args" }}
 #[tokio::test]
 async fn ambiguous_framing_and_bad_hosts_are_refused() {
     let tailnet = tailnet(&["app"]).await;
-    let port = free_port();
     let config = format!(
         "{}\n[upstreams.app]\naddress = \"app.{}:{}\"\n[sites.app]\nhosts = [\"app.example.com\"]\n[[sites.app.locations]]\nmatch = \"/\"\nproxy = \"app\"\n",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         tailnet.domain(),
         tailnet.http_port()
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     let cases = [
         ("TE and CL", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         ("two hosts", "GET / HTTP/1.1\r\nHost: app.example.com\r\nHost: other.example.com\r\n\r\n"),

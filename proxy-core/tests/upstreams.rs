@@ -23,7 +23,6 @@ fn http_upstream(name: &str, peer: &str, tailnet: &FakeTailnet, extra: &str) -> 
 #[tokio::test]
 async fn tls_upstream_uses_sni_and_verifies_against_the_ca() {
     let tailnet = tailnet(&["docs"]).await;
-    let port = free_port();
     let tls = |name: &str, ca: &std::path::Path| {
         format!(
             "\n[upstreams.{name}]\naddress = \"docs.{}:{}\"\ntls = true\nca_file = \"{}\"\n",
@@ -34,13 +33,13 @@ async fn tls_upstream_uses_sni_and_verifies_against_the_ca() {
     };
     let config = format!(
         "{}{}{}{}{}",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         tls("good", &ca_cert_pem_path()),
         tls("wrongca", &wrong_ca_pem_path()),
         site("good", "good", ""),
         site("wrongca", "wrongca", "")
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
 
     let reply = get(&proxy, "good.example.com", "/").await;
     assert_eq!(
@@ -73,7 +72,6 @@ async fn tls_upstream_uses_sni_and_verifies_against_the_ca() {
 #[tokio::test]
 async fn tls_with_wrong_sni_is_refused_unless_verification_is_off() {
     let tailnet = tailnet(&["docs"]).await;
-    let port = free_port();
     let upstream = |name: &str, extra: &str| {
         format!(
             "\n[upstreams.{name}]\naddress = \"docs.{}:{}\"\ntls = true\nsni = \"other.example.com\"\n{extra}\n",
@@ -83,7 +81,7 @@ async fn tls_with_wrong_sni_is_refused_unless_verification_is_off() {
     };
     let config = format!(
         "{}{}{}{}{}",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         upstream(
             "strict",
             &format!("ca_file = \"{}\"", ca_cert_pem_path().display())
@@ -92,7 +90,7 @@ async fn tls_with_wrong_sni_is_refused_unless_verification_is_off() {
         site("strict", "strict", ""),
         site("insecure", "insecure", "")
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     assert_eq!(get(&proxy, "strict.example.com", "/").await.status, 502);
     let reply = get(&proxy, "insecure.example.com", "/").await;
     assert_eq!(reply.status, 200, "explicit opt-out skips verification");
@@ -103,16 +101,15 @@ async fn tls_with_wrong_sni_is_refused_unless_verification_is_off() {
 #[tokio::test]
 async fn forwarded_headers_and_host_overrides() {
     let tailnet = tailnet(&["app"]).await;
-    let port = free_port();
     let config = format!(
         "{}{}{}{}{}[[sites.plain.locations]]\nmatch = \"/override/\"\nproxy = \"plain\"\nhost_header = \"internal.app\"\n",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         http_upstream("plain", "app", &tailnet, ""),
         http_upstream("passhost", "app", &tailnet, "host_header = \"$host\""),
         site("passhost", "passhost", ""),
         site("plain", "plain", ""),
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     let peer = tailnet.peer("app").unwrap();
 
     let reply = client()
@@ -161,17 +158,16 @@ async fn forwarded_headers_and_host_overrides() {
 #[tokio::test]
 async fn peer_down_gives_502_with_the_site_error_page() {
     let tailnet = tailnet(&["app", "other"]).await;
-    let port = free_port();
     let page = "<html><body>our own 502 page</body></html>";
     let config = format!(
         "{}{}{}{}{}",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         http_upstream("app", "app", &tailnet, "connect_timeout = \"2s\""),
         http_upstream("other", "other", &tailnet, ""),
         site("app", "app", "error_pages = { 502 = \"502.html\" }"),
         site("other", "other", "")
     );
-    let proxy = Proxy::start_with_files(port, &config, &[("502.html", page.as_bytes())]);
+    let proxy = Edge::start_with_files(&config, &[("502.html", page.as_bytes())]);
     tailnet.peer("app").unwrap().stop();
     tailnet.peer("other").unwrap().stop();
     let reply = get(&proxy, "app.example.com", "/").await;
@@ -192,14 +188,13 @@ async fn peer_down_gives_502_with_the_site_error_page() {
 #[tokio::test]
 async fn slow_peer_gives_504_after_the_read_timeout() {
     let tailnet = tailnet(&["slow"]).await;
-    let port = free_port();
     let config = format!(
         "{}{}{}",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         http_upstream("slow", "slow", &tailnet, "read_timeout = \"500ms\""),
         site("slow", "slow", "error_pages = { 504 = \"504.html\" }")
     );
-    let proxy = Proxy::start_with_files(port, &config, &[("504.html", b"too slow, sorry")]);
+    let proxy = Edge::start_with_files(&config, &[("504.html", b"too slow, sorry")]);
     let reply = get(&proxy, "slow.example.com", "/?delay_ms=3000").await;
     assert_eq!(
         (reply.status, reply.body.as_str()),
@@ -216,14 +211,13 @@ async fn websocket_echo_through_the_proxy() {
     use tokio_tungstenite::tungstenite::Message;
 
     let tailnet = tailnet(&["ws"]).await;
-    let port = free_port();
     let config = format!(
         "{}{}{}",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         http_upstream("ws", "ws", &tailnet, ""),
         site("ws", "ws", "")
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     let mut request = format!("ws://{}/__ws", proxy.addr)
         .into_client_request()
         .unwrap();
@@ -261,7 +255,6 @@ async fn every_websocket_outlives_its_handshake_over_plain_and_tls_upstreams() {
     use tokio_tungstenite::tungstenite::Message;
 
     let tailnet = tailnet(&["ws"]).await;
-    let port = free_port();
     let tls = format!(
         "\n[upstreams.wss]\naddress = \"ws.{}:{}\"\ntls = true\nca_file = \"{}\"\n",
         tailnet.domain(),
@@ -270,13 +263,13 @@ async fn every_websocket_outlives_its_handshake_over_plain_and_tls_upstreams() {
     );
     let config = format!(
         "{}{}{}{}{}",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         http_upstream("ws", "ws", &tailnet, ""),
         tls,
         site("ws", "ws", ""),
         site("wss", "wss", "")
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     // Over TLS the upstream's 101 came first about once in thirty to a hundred handshakes here.
     for (host, handshakes) in [("ws.example.com", 40), ("wss.example.com", 300)] {
         for i in 0..handshakes {
@@ -302,14 +295,13 @@ async fn every_websocket_outlives_its_handshake_over_plain_and_tls_upstreams() {
 #[tokio::test]
 async fn large_upload_streams_with_bounded_memory() {
     let tailnet = tailnet(&["upload"]).await;
-    let port = free_port();
     let config = format!(
         "{}{}{}",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         http_upstream("upload", "upload", &tailnet, ""),
         site("upload", "upload", "max_body_size = \"100m\"")
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     // Warm up so the baseline includes the connection pools and runtime.
     assert_eq!(get(&proxy, "upload.example.com", "/").await.status, 200);
     let before = proxy.peak_rss_kib();
@@ -350,14 +342,13 @@ async fn large_upload_streams_with_bounded_memory() {
 #[tokio::test]
 async fn body_limits_answer_413() {
     let tailnet = tailnet(&["app"]).await;
-    let port = free_port();
     let config = format!(
         "{}{}{}[[sites.app.locations]]\nmatch = \"/big/\"\nproxy = \"app\"\nmax_body_size = \"0\"\n",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         http_upstream("app", "app", &tailnet, ""),
         site("app", "app", "max_body_size = \"1k\"")
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
     let post = |path: &'static str, body: reqwest::Body| {
         client()
             .post(proxy.url(path))
@@ -380,7 +371,6 @@ async fn body_limits_answer_413() {
         413,
         "declared length over the limit"
     );
-    let requests = tailnet.peer("app").unwrap().requests();
     // Chunked bodies (no declared length) are cut off once they pass the limit.
     let chunks =
         futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 512])));
@@ -389,7 +379,6 @@ async fn body_limits_answer_413() {
         reply.map(|r| r.status().as_u16() == 413).unwrap_or(true),
         "chunked body over the limit is refused"
     );
-    let _ = requests;
     assert_eq!(
         post("/big/x", vec![b'a'; 2 << 20].into())
             .await

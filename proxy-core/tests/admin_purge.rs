@@ -3,9 +3,10 @@
 mod common;
 
 use common::*;
+use std::net::SocketAddr;
 
-async fn admin_post(admin: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = client().post(format!("http://127.0.0.1:{admin}{path}"));
+async fn admin_post(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    let mut request = client().post(format!("http://{admin}{path}"));
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }
@@ -16,19 +17,19 @@ async fn admin_post(admin: u16, path: &str, token: Option<&str>) -> (u16, String
 #[tokio::test]
 async fn purge_by_url_and_host_through_the_admin_listener() {
     let tailnet = tailnet(&["docs"]).await;
-    let (port, admin) = (free_port(), free_port());
     let variable = format!("PURGE_TEST_TOKEN_{}", std::process::id());
     std::env::set_var(&variable, "s3cret-token");
     let config = format!(
         "{}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\ncache = {{ valid = {{ \"200\" = \"1h\" }}, ignore_cache_control = true }}\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
-        base_config_with_admin(port, admin, &tailnet).replace(
+        base_config(&tailnet).replace(
             "[admin]\nlisten = \"127.0.0.1:",
             &format!("[admin]\ntoken_env = \"{variable}\"\nlisten = \"127.0.0.1:"),
         ),
         tailnet.domain(),
         tailnet.http_port()
     );
-    let proxy = Proxy::start(port, &config);
+    let proxy = Edge::start(&config);
+    let admin = proxy.admin_addr;
     let peer = tailnet.peer("docs").unwrap();
     for path in ["/a", "/a", "/b", "/b"] {
         get(&proxy, "docs.example.com", path).await;

@@ -1,0 +1,72 @@
+//! Purge through proxy-core's API ([`proxy_core::cache::EdgeCache::purge`]), the way the
+//! admin listener calls it, with the cache handle the in-process harness keeps.
+
+mod common;
+
+use common::*;
+use proxy_core::cache::PurgeScope;
+
+async fn status_of(proxy: &Edge, host: &str, path: &str) -> String {
+    status_in(proxy, host, path, "en").await
+}
+
+/// The cache status of a GET in language `lang` (a separate entry per language).
+async fn status_in(proxy: &Edge, host: &str, path: &str, lang: &str) -> String {
+    let response = client()
+        .get(proxy.url(path))
+        .header("host", host)
+        .header("accept-language", lang)
+        .send()
+        .await
+        .expect("request through the proxy");
+    let reply = Reply::read(response).await;
+    reply.header("x-cache-status").unwrap_or("-").to_string()
+}
+
+#[tokio::test]
+async fn purge_by_url_and_by_host() {
+    let tailnet = tailnet(&["docs"]).await;
+    let config = format!(
+        r#"{base}
+[upstreams.docs]
+address = "docs.{d}:{p}"
+[sites.docs]
+hosts = ["docs.example.com", "wiki.example.com"]
+cache = {{ key_headers = ["Accept-Language"] }}
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+"#,
+        base = base_config(&tailnet),
+        d = tailnet.domain(),
+        p = tailnet.http_port(),
+    );
+    let proxy = Edge::start(&config);
+    let cache = proxy.cache();
+    let docs = "docs.example.com";
+    for path in ["/a", "/a?v=2", "/b"] {
+        assert_eq!(status_of(&proxy, docs, path).await, "MISS");
+        assert_eq!(status_of(&proxy, docs, path).await, "HIT");
+    }
+    assert_eq!(status_in(&proxy, docs, "/a", "fr").await, "MISS");
+    assert_eq!(status_in(&proxy, docs, "/a", "fr").await, "HIT");
+    assert_eq!(status_of(&proxy, "wiki.example.com", "/a").await, "MISS");
+
+    // By URL: every query string and variant of the path, on that host only.
+    let url = PurgeScope::Url {
+        host: "Docs.Example.com:8080".into(),
+        path: "/a?ignored=1".into(),
+    };
+    assert_eq!(cache.purge(&url), 3);
+    assert_eq!(status_of(&proxy, docs, "/a").await, "MISS");
+    assert_eq!(status_in(&proxy, docs, "/a", "fr").await, "MISS");
+    assert_eq!(status_of(&proxy, docs, "/a?v=2").await, "MISS");
+    assert_eq!(status_of(&proxy, docs, "/b").await, "HIT");
+    assert_eq!(status_of(&proxy, "wiki.example.com", "/a").await, "HIT");
+
+    // By host: everything of that host, nothing of the other.
+    assert_eq!(cache.purge(&PurgeScope::Host(docs.into())), 4);
+    assert_eq!(status_of(&proxy, docs, "/b").await, "MISS");
+    assert_eq!(status_of(&proxy, "wiki.example.com", "/a").await, "HIT");
+    assert_eq!(cache.purge_host("nothing.example.com"), 0);
+}
