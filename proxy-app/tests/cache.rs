@@ -1,6 +1,5 @@
-//! Response caching where it needs the `proxy-app` process: the demo's cache, a disk tier
-//! that cannot be used (seen in the process's log), and a full disk (the proxy run in a mount
-//! namespace of its own). The rest of caching is tested in-process in proxy-core's
+//! Response caching where it needs the `proxy-app` process: the demo's cache and a full disk
+//! (the proxy run in a mount namespace of its own). The rest of caching is tested in-process in proxy-core's
 //! `tests/cache.rs`.
 
 mod common;
@@ -12,13 +11,7 @@ use std::time::Duration;
 /// One site (`docs.example.com` and `wiki.example.com`) proxying to the `docs` peer, with
 /// `site_cache` as the site's cache policy, `locations` appended, and `storage` (a `[cache]`
 /// section, or "") before it.
-fn config(
-    port: u16,
-    tailnet: &FakeTailnet,
-    storage: &str,
-    site_cache: &str,
-    locations: &str,
-) -> String {
+fn config(tailnet: &FakeTailnet, storage: &str, site_cache: &str, locations: &str) -> String {
     format!(
         r#"{base}
 {storage}
@@ -35,7 +28,7 @@ match = "/"
 proxy = "docs"
 {locations}
 "#,
-        base = base_config(port, tailnet),
+        base = base_config(tailnet),
         d = tailnet.domain(),
         p = tailnet.http_port(),
     )
@@ -43,12 +36,6 @@ proxy = "docs"
 
 fn requests(tailnet: &FakeTailnet) -> u64 {
     tailnet.peer("docs").map_or(0, |p| p.requests())
-}
-
-/// The `X-Cache-Status` of a GET.
-async fn status_of(proxy: &Proxy, host: &str, path: &str) -> String {
-    let reply = get(proxy, host, path).await;
-    reply.header("x-cache-status").unwrap_or("-").to_string()
 }
 
 #[cfg(feature = "demo")]
@@ -79,22 +66,6 @@ fn entry_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
                 .collect()
         })
         .unwrap_or_default()
-}
-
-#[tokio::test]
-async fn unusable_disk_path_degrades_to_memory_caching() {
-    let tailnet = tailnet(&["docs"]).await;
-    let blocker = tempfile::NamedTempFile::new().expect("temp file");
-    // A directory cannot be created below a regular file.
-    let storage = format!(
-        "[cache]\n[cache.disk]\npath = \"{}/cache\"",
-        blocker.path().display()
-    );
-    let port = free_port();
-    let proxy = Proxy::start(port, &config(port, &tailnet, &storage, "", ""));
-    assert_eq!(status_of(&proxy, "docs.example.com", "/d").await, "MISS");
-    assert_eq!(status_of(&proxy, "docs.example.com", "/d").await, "HIT");
-    assert!(proxy.logs().contains("cache disk tier unavailable"));
 }
 
 /// Whether this process runs as root (mount namespaces and tmpfs mounts need it).
@@ -132,14 +103,7 @@ async fn full_disk_degrades_to_memory_caching() {
     let mut wrapper = wrapper.to_vec();
     let mountpoint_arg = mountpoint.path().display().to_string();
     wrapper.push(&mountpoint_arg);
-    let port = free_port();
-    let proxy = Proxy::start_under(
-        &wrapper,
-        &[],
-        port,
-        &config(port, &tailnet, &storage, "", ""),
-        &[],
-    );
+    let proxy = Proxy::start_under(&wrapper, &[], &config(&tailnet, &storage, "", ""), &[]);
     // The tier's directory as the proxy sees it, inside its mount namespace.
     let disk = std::path::PathBuf::from(format!("/proc/{}/root", proxy.pid())).join(
         mountpoint

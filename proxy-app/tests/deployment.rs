@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::{free_port, raw_request, tailnet_with, testdata, Proxy, Reply};
+use common::{
+    raw_request, tailnet_with, testdata, Proxy, Reply, Served, ADMIN_LISTEN, PUBLIC_LISTEN,
+};
 use fake_tailnet::{FakePeer, FakeTailnet, PeerSpec, ResponseSpec, TailnetConfig};
 use futures_util::{SinkExt, StreamExt};
 use std::time::Duration;
@@ -44,8 +46,7 @@ impl Deployment {
             peers: vec![PeerSpec::new("caddy").with_tls_names(VHOSTS)],
             ..TailnetConfig::new(&[])
         });
-        let port = free_port();
-        let mut config = rewrite(&production_config(), port, &tailnet);
+        let mut config = rewrite(&production_config(), &tailnet);
         if let Some((ttl, swr)) = blog_windows {
             config = shorten_blog_windows(&config, ttl, swr);
         }
@@ -59,7 +60,7 @@ impl Deployment {
             })
             .collect();
         let files: Vec<(&str, &[u8])> = contents.iter().map(|(n, c)| (*n, c.as_slice())).collect();
-        let proxy = Proxy::start_with_files(port, &config, &files);
+        let proxy = Proxy::start_with_files(&config, &files);
         Deployment { proxy, tailnet }
     }
 
@@ -130,19 +131,19 @@ fn swap(text: &str, from: &str, to: &str) -> String {
     text.replace(from, to)
 }
 
-fn rewrite(config: &str, port: u16, tailnet: &FakeTailnet) -> String {
+fn rewrite(config: &str, tailnet: &FakeTailnet) -> String {
     let ca = fake_tailnet::ca_pem_file().unwrap();
     let caddy = format!("{}:{}", tailnet.fqdn("caddy"), tailnet.https_port());
     let config = swap(
         config,
         r#"listen = ["0.0.0.0:8080", "[::]:8080"]"#,
-        &format!(r#"listen = ["127.0.0.1:{port}"]"#),
+        &format!(r#"listen = ["{PUBLIC_LISTEN}"]"#),
     );
     let config = swap(&config, "threads = 2", "threads = 1");
     let config = swap(
         &config,
         r#"listen = "127.0.0.1:9091""#,
-        &format!(r#"listen = "127.0.0.1:{}""#, free_port()),
+        &format!(r#"listen = "{ADMIN_LISTEN}""#),
     );
     let config = swap(
         &config,

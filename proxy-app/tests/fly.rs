@@ -219,10 +219,9 @@ async fn start_script_opens_the_public_port_only_after_running_and_drains_on_sig
     let bin = stand_ins(dir.path());
     let socket = dir.path().join("tailscaled.sock");
     let localapi = FakeLocalApi::start(&socket, "Starting").unwrap();
-    let port = free_port();
     let config = format!(
         "{}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
-        base_config(port, &tailnet).replace("[admin]\n", &format!("[admin]\ntailscaled_socket = \"{}\"\n", socket.display())),
+        base_config(&tailnet).replace("[admin]\n", &format!("[admin]\ntailscaled_socket = \"{}\"\n", socket.display())),
         tailnet.domain(),
         tailnet.http_port()
     );
@@ -242,12 +241,14 @@ async fn start_script_opens_the_public_port_only_after_running_and_drains_on_sig
         .stderr(std::fs::File::create(dir.path().join("start.log")).unwrap())
         .spawn()
         .unwrap();
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let pid = child.id();
     let healthz = || {
-        raw_request(
-            addr,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        )
+        public_listener(pid).map_or(String::new(), |addr| {
+            raw_request(
+                addr,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+        })
     };
 
     // tailscaled started and `tailscale up` ran with the key and hostname...
@@ -273,7 +274,11 @@ async fn start_script_opens_the_public_port_only_after_running_and_drains_on_sig
         eventually(Duration::from_secs(10), || localapi.requests() >= 2).await,
         "proxy-app never asked the LocalAPI"
     );
-    assert_eq!(healthz(), "", "public port open before Running");
+    assert_eq!(
+        public_listener(pid),
+        None,
+        "public port open before Running"
+    );
 
     localapi.set_state("Running");
     assert!(
@@ -286,6 +291,7 @@ async fn start_script_opens_the_public_port_only_after_running_and_drains_on_sig
 
     // SIGTERM (what Fly sends) reaches proxy-app, which exec'ed over the script: an
     // in-flight request finishes and the process exits 0.
+    let addr = public_listener(pid).expect("the public listener");
     let url = format!("http://{addr}/?delay_ms=1000");
     let in_flight = tokio::spawn(async move {
         client()

@@ -103,14 +103,13 @@ fn version_is_printed() {
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     let tailnet = tailnet(&["slow"]).await;
-    let port = free_port();
     let config = format!(
         "{}\n[access_log]\npath = \"access.log\"\n[upstreams.slow]\naddress = \"slow.{}:{}\"\n[sites.slow]\nhosts = [\"slow.example.com\"]\n[[sites.slow.locations]]\nmatch = \"/\"\nproxy = \"slow\"\n",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         tailnet.domain(),
         tailnet.http_port()
     );
-    let mut proxy = Proxy::start(port, &config);
+    let mut proxy = Proxy::start(&config);
     let url = proxy.url("/?delay_ms=1500");
     let in_flight = tokio::spawn(async move {
         client()
@@ -194,15 +193,9 @@ async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
     );
 }
 
-/// A config for `sites` (short names, each `NAME.example.com` proxied to the peer `NAME`),
-/// listening on `listen`.
-fn sites_config(
-    listen: u16,
-    admin: u16,
-    tailnet: &fake_tailnet::FakeTailnet,
-    sites: &[&str],
-) -> String {
-    let mut config = base_config_with_admin(listen, admin, tailnet);
+/// A config for `sites` (short names, each `NAME.example.com` proxied to the peer `NAME`).
+fn sites_config(tailnet: &fake_tailnet::FakeTailnet, sites: &[&str]) -> String {
+    let mut config = base_config(tailnet);
     for name in sites {
         config += &format!(
             "\n[upstreams.{name}]\naddress = \"{name}.{d}:{p}\"\n[sites.{name}]\nhosts = [\"{name}.example.com\"]\n[[sites.{name}.locations]]\nmatch = \"/\"\nproxy = \"{name}\"\n",
@@ -221,18 +214,13 @@ async fn status_and_body(proxy: &Proxy, host: &str) -> (u16, String) {
 #[tokio::test]
 async fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_broken() {
     let tailnet = tailnet(&["docs", "git"]).await;
-    let (port, admin) = (free_port(), free_port());
-    let proxy = Proxy::start(port, &sites_config(port, admin, &tailnet, &["docs"]));
+    let proxy = Proxy::start(&sites_config(&tailnet, &["docs"]));
     let config_path = proxy.dir().join("proxy.toml");
     assert_eq!(status_and_body(&proxy, "docs.example.com").await.0, 200);
     assert_eq!(status_and_body(&proxy, "git.example.com").await.0, 421);
 
     // A new site on an upstream name the resolver has not seen yet.
-    std::fs::write(
-        &config_path,
-        sites_config(port, admin, &tailnet, &["docs", "git"]),
-    )
-    .unwrap();
+    std::fs::write(&config_path, sites_config(&tailnet, &["docs", "git"])).unwrap();
     proxy.signal("HUP");
     let mut reloaded = false;
     for _ in 0..50 {
@@ -266,7 +254,7 @@ async fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_broken() {
         proxy.logs()
     );
     assert_eq!(status_and_body(&proxy, "git.example.com").await.0, 200);
-    let text = scrape(admin).await;
+    let text = scrape(proxy.admin).await;
     assert!(
         text.contains("edge_config_reloads_total{result=\"applied\"} 1"),
         "{text}"
@@ -282,7 +270,7 @@ async fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_broken() {
 
     // A new listen address needs a restart: it is named, and the old listener keeps serving
     // the rest of the new config (here: without the git site).
-    let moved = sites_config(free_port(), admin, &tailnet, &["docs"]);
+    let moved = sites_config(&tailnet, &["docs"]).replace(PUBLIC_LISTEN, "127.0.0.3:0");
     std::fs::write(&config_path, moved).unwrap();
     proxy.signal("HUP");
     assert!(
@@ -302,9 +290,15 @@ async fn sighup_reloads_the_config_and_keeps_it_when_the_new_one_is_broken() {
         .await
     );
     assert_eq!(status_and_body(&proxy, "docs.example.com").await.0, 200);
-    assert!(scrape(admin)
+    assert!(scrape(proxy.admin)
         .await
         .contains("edge_config_last_reload_successful 1"));
+    let listening = proxy.listening();
+    assert!(
+        listening.contains(&proxy.addr)
+            && !listening.iter().any(|a| a.ip().to_string() == "127.0.0.3"),
+        "{listening:?}"
+    );
 }
 
 /// GETs `docs.example.com` on a new connection each time until `stop` is set; returns how
@@ -332,15 +326,14 @@ fn request_until(
 #[tokio::test]
 async fn sigquit_hands_the_listeners_to_a_process_started_with_upgrade() {
     let tailnet = tailnet(&["docs"]).await;
-    let (port, admin) = (free_port(), free_port());
     let sock_dir = tempfile::tempdir().unwrap();
     let sock = sock_dir.path().join("upgrade.sock");
-    let config = sites_config(port, admin, &tailnet, &["docs"]).replacen(
+    let config = sites_config(&tailnet, &["docs"]).replacen(
         "[server]\n",
         &format!("[server]\nupgrade_sock = \"{}\"\n", sock.display()),
         1,
     );
-    let mut old = Proxy::start(port, &config);
+    let mut old = Proxy::start(&config);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let load = {
         let (addr, stop) = (old.addr, stop.clone());
@@ -348,7 +341,7 @@ async fn sigquit_hands_the_listeners_to_a_process_started_with_upgrade() {
     };
 
     // The new process binds the upgrade socket and waits there for the old one's sockets.
-    let mut new = Proxy::start_under(&[], &["--upgrade"], port, &config, &[]);
+    let mut new = Proxy::spawn_under(&[], &["--upgrade"], &config, &[]);
     assert!(
         eventually(Duration::from_secs(10), || sock.exists()).await,
         "the new process listens on the upgrade socket:\n{}",
@@ -364,7 +357,9 @@ async fn sigquit_hands_the_listeners_to_a_process_started_with_upgrade() {
         "{}",
         old.logs()
     );
-    // Served by the new process alone now, on the same port, admin listener included.
+    // Served by the new process alone now, on the same sockets, admin listener included.
+    new.wait_ready();
+    assert_eq!((new.addr, new.admin), (old.addr, old.admin));
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (ok, failed) = load.join().unwrap();
@@ -376,15 +371,14 @@ async fn sigquit_hands_the_listeners_to_a_process_started_with_upgrade() {
     assert!(new.try_exit_status_is_none(), "{}", new.logs());
     assert_eq!(get(&new, "docs.example.com", "/").await.status, 200);
     // The new process serves the admin listener too.
-    scrape(admin).await;
+    scrape(new.admin).await;
 }
 
 #[tokio::test]
 async fn sigquit_without_an_upgrade_socket_shuts_down_gracefully() {
     let tailnet = tailnet(&["docs"]).await;
-    let (port, admin) = (free_port(), free_port());
-    let config = sites_config(port, admin, &tailnet, &["docs"]);
-    let mut proxy = Proxy::start(port, &config);
+    let config = sites_config(&tailnet, &["docs"]);
+    let mut proxy = Proxy::start(&config);
     proxy.signal("QUIT");
     let status = proxy
         .wait_exit(Duration::from_secs(15))

@@ -20,7 +20,7 @@ fn clients() -> u32 {
 const CONNECTIONS: u32 = 32;
 const WARM_UP: u32 = 20_000;
 
-fn config(port: u16, tailnet: &fake_tailnet::FakeTailnet) -> String {
+fn config(tailnet: &fake_tailnet::FakeTailnet) -> String {
     format!(
         r#"{base}
 [client]
@@ -38,7 +38,7 @@ rate_limits = ["site"]
 match = "/"
 return = {{ status = 200, body = "ok\n" }}
 "#,
-        base = base_config(port, tailnet)
+        base = base_config(tailnet)
     )
 }
 
@@ -89,8 +89,7 @@ async fn one_connection(addr: std::net::SocketAddr, ips: std::ops::Range<u32>) -
 #[ignore = "benchmark: one million requests; run benches/limits/run.sh"]
 async fn rss_stays_bounded_with_a_million_client_ips() {
     let tailnet = tailnet(&[]).await;
-    let port = free_port();
-    let proxy = Proxy::start(port, &config(port, &tailnet));
+    let proxy = Proxy::start(&config(&tailnet));
     assert!(spray(&proxy, 0..WARM_UP).await > 0);
     let before = proxy.rss_kib();
     let clients = clients();

@@ -7,25 +7,24 @@ mod common;
 
 use common::*;
 use fake_tailnet::{FakeLocalApi, FakeTailnet};
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A config with a known admin port: `[server]`, `[admin]` (plus `admin_extra` lines),
-/// `[resolver]`, one `docs` upstream and site, then `extra`.
-fn config(port: u16, admin: u16, tailnet: &FakeTailnet, admin_extra: &str, extra: &str) -> String {
+/// `[server]`, `[admin]` (plus `admin_extra` lines), `[resolver]`, one `docs` upstream and
+/// site, then `extra`.
+fn config(tailnet: &FakeTailnet, admin_extra: &str, extra: &str) -> String {
     format!(
         r#"
 [server]
-listen = ["127.0.0.1:{port}"]
+listen = ["{PUBLIC_LISTEN}"]
 threads = 1
 grace_period = "1s"
 shutdown_timeout = "1s"
 unknown_host = 421
 
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "{ADMIN_LISTEN}"
 {admin_extra}
 
 [resolver]
@@ -57,9 +56,8 @@ return = {{ status = 200, body = "robots\n" }}
 #[tokio::test]
 async fn access_log_lines_are_json_with_redaction_and_reopen_on_sigusr1() {
     let tailnet = tailnet(&["docs"]).await;
-    let (port, admin) = (free_port(), free_port());
     let extra = "[access_log]\npath = \"access.log\"\nredact_query_params = [\"token\", \"sig\"]\n";
-    let proxy = Proxy::start(port, &config(port, admin, &tailnet, "", extra));
+    let proxy = Proxy::start(&config(&tailnet, "", extra));
     let response = client()
         .get(proxy.url("/page?token=s3cret-tok&page=2&sig=s3cret-sig"))
         .header("host", "docs.example.com")
@@ -156,12 +154,7 @@ async fn wait_for_tailnet_holds_the_listener_until_running_and_gives_up_after_th
     let admin_extra = format!("tailscaled_socket = \"{}\"", localapi.path().display());
 
     // Gives up: exits with an error naming the state.
-    let (port, admin) = (free_port(), free_port());
-    let child = spawn_waiting(
-        &config(port, admin, &tailnet, &admin_extra, ""),
-        dir.path(),
-        "300ms",
-    );
+    let child = spawn_waiting(&config(&tailnet, &admin_extra, ""), dir.path(), "300ms");
     let out = child.wait_with_output().expect("wait");
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -169,32 +162,29 @@ async fn wait_for_tailnet_holds_the_listener_until_running_and_gives_up_after_th
 
     // Waits: no listener while Starting, serves once Running.
     localapi.set_state("Starting");
-    let (port, admin) = (free_port(), free_port());
-    let mut child = spawn_waiting(
-        &config(port, admin, &tailnet, &admin_extra, ""),
-        dir.path(),
-        "60s",
-    );
-    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut child = spawn_waiting(&config(&tailnet, &admin_extra, ""), dir.path(), "60s");
     let before = localapi.requests();
     let polled = eventually(Duration::from_secs(10), || {
         localapi.requests() >= before + 2
     })
     .await;
     assert!(polled, "proxy-app never asked the LocalAPI");
-    assert!(
-        std::net::TcpStream::connect(addr).is_err(),
-        "public listener open before the tailnet is up"
+    assert_eq!(
+        listening_addrs(child.id()),
+        [],
+        "a listener open before the tailnet is up"
     );
     localapi.set_state("Running");
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut serving = false;
     while Instant::now() < deadline {
-        let answer = raw_request(
-            addr,
-            "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        );
-        if answer.starts_with("HTTP/1.1 200") {
+        let answer = public_listener(child.id()).map(|addr| {
+            raw_request(
+                addr,
+                "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+        });
+        if answer.is_some_and(|a| a.starts_with("HTTP/1.1 200")) {
             serving = true;
             break;
         }

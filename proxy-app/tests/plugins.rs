@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use std::process::Command;
 
-fn config(port: u16, tailnet: &fake_tailnet::FakeTailnet) -> String {
+fn config(tailnet: &fake_tailnet::FakeTailnet) -> String {
     format!(
         r#"{base}
 [upstreams.app]
@@ -45,7 +45,7 @@ return = {{ status = 200, body = "User-agent: *\n" }}
 match = "/down/"
 proxy = "down"
 "#,
-        base = base_config(port, tailnet),
+        base = base_config(tailnet),
         d = tailnet.domain(),
         p = tailnet.http_port()
     )
@@ -62,8 +62,7 @@ const SECURITY: [&str; 4] = [
 async fn headers_plugin_applies_to_every_response_and_merges_site_and_location() {
     let tailnet = tailnet(&["app", "down"]).await;
     tailnet.peer("down").unwrap().stop();
-    let port = free_port();
-    let proxy = Proxy::start(port, &config(port, &tailnet));
+    let proxy = Proxy::start(&config(&tailnet));
 
     // Proxied, local return, 404-free error (502 from a down peer): all get the site headers.
     for (path, status) in [
@@ -125,10 +124,9 @@ fn plugin_errors_name_the_line() {
 #[tokio::test]
 async fn static_files_serve_a_landing_page_safely() {
     let tailnet = tailnet(&[]).await;
-    let port = free_port();
     let config = format!(
         "{}\n[sites.apex]\nhosts = [\"example.com\"]\n[[sites.apex.locations]]\nmatch = \"/\"\nplugins = [{{ use = \"static\", root = \"site\", try_files = [\"$uri\", \"$uri/\", \"/index.html\"], cache_control = \"public, max-age=60\" }}]\n[[sites.apex.locations]]\nmatch = \"^~ /strict/\"\nplugins = [{{ use = \"static\", root = \"site\" }}]\n",
-        base_config(port, &tailnet)
+        base_config(&tailnet)
     );
     let files: &[(&str, &[u8])] = &[
         ("site/index.html", b"<h1>home</h1>"),
@@ -137,7 +135,7 @@ async fn static_files_serve_a_landing_page_safely() {
         ("site/.secret", b"hidden"),
         ("site/strict/.keep", b""),
     ];
-    let proxy = Proxy::start_with_files(port, &config, files);
+    let proxy = Proxy::start_with_files(&config, files);
     // A symlink out of the root, added while running (files are looked up per request).
     std::os::unix::fs::symlink("/etc/hostname", proxy.dir().join("site/escape")).unwrap();
 
@@ -245,10 +243,9 @@ async fn static_files_serve_a_landing_page_safely() {
 #[tokio::test]
 async fn site_error_pages_replace_local_refusals_and_keep_their_status() {
     let tailnet = tailnet(&["app"]).await;
-    let port = free_port();
     let config = format!(
         "{}\n[upstreams.app]\naddress = \"app.{}:{}\"\n[sites.app]\nhosts = [\"app.example.com\"]\nerror_pages = {{ 403 = \"403.html\", 404 = \"404.html\" }}\n[sites.app.access]\nuser_agent_deny = [\"badbot\"]\n[[sites.app.plugins]]\nuse = \"headers\"\nset = {{ \"x-edge\" = \"1\" }}\n[[sites.app.locations]]\nmatch = \"/app/\"\nproxy = \"app\"\n",
-        base_config(port, &tailnet),
+        base_config(&tailnet),
         tailnet.domain(),
         tailnet.http_port()
     );
@@ -256,7 +253,7 @@ async fn site_error_pages_replace_local_refusals_and_keep_their_status() {
         ("403.html", b"<h1>go away, bot</h1>"),
         ("404.html", b"<h1>nothing here</h1>"),
     ];
-    let proxy = Proxy::start_with_files(port, &config, files);
+    let proxy = Proxy::start_with_files(&config, files);
     let denied = Reply::read(
         client()
             .get(proxy.url("/app/"))

@@ -139,3 +139,32 @@ async fn user_agent_rules_refuse_before_rate_limits_count() {
     assert_eq!(send(&proxy, "/", ip, "Firefox").await.status, 429);
     assert_eq!(tailnet.peer("docs").unwrap().requests(), 1);
 }
+
+#[tokio::test]
+async fn fail2ban_geo_format_is_parsed_and_bad_lines_are_named() {
+    let tailnet = tailnet(&["docs"]).await;
+    let text = config(
+        &tailnet,
+        "[sites.docs.access]\ndeny_files = [\"ban.conf\", \"absent.conf\"]\n",
+        "",
+    );
+    let ban =
+        b"# fail2ban\n198.51.100.7 1;\nthis is not an address\n198.51.100.8 1;\n2001:db8::/32 1;\n";
+    let proxy = Edge::start_with_files(&text, &[("ban.conf", ban)]);
+    for ip in ["198.51.100.7", "198.51.100.8", "2001:db8::1"] {
+        let reply = send(&proxy, "/", ip, "curl/8").await;
+        assert_eq!(
+            (reply.status, reply.body.as_str()),
+            (403, "forbidden\n"),
+            "{ip}"
+        );
+    }
+    assert_eq!(status_of(&proxy, "198.51.100.9").await, 200);
+    let logs = proxy.logs();
+    assert!(logs.contains("ban.conf:3: line skipped"), "{logs}");
+    // A missing file is an empty list and a warning, not a failure.
+    assert!(
+        logs.contains("absent.conf") && logs.contains("treating it as empty"),
+        "{logs}"
+    );
+}

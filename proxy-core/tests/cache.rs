@@ -667,3 +667,18 @@ async fn disk_tier_survives_a_restart_and_rejects_a_corrupted_file() {
     }
     assert_eq!(requests(&tailnet), 4);
 }
+
+#[tokio::test]
+async fn unusable_disk_path_degrades_to_memory_caching() {
+    let tailnet = tailnet(&["docs"]).await;
+    let blocker = tempfile::NamedTempFile::new().expect("temp file");
+    // A directory cannot be created below a regular file.
+    let storage = format!(
+        "[cache]\n[cache.disk]\npath = \"{}/cache\"",
+        blocker.path().display()
+    );
+    let proxy = Edge::start(&config(&tailnet, &storage, "", ""));
+    assert_eq!(status_of(&proxy, "docs.example.com", "/d").await, "MISS");
+    assert_eq!(status_of(&proxy, "docs.example.com", "/d").await, "HIT");
+    assert!(proxy.logs().contains("cache disk tier unavailable"));
+}

@@ -1,55 +1,48 @@
 //! Shared harness for proxy-app's integration tests: runs the real `proxy-app` binary against
 //! an in-process fake tailnet, over real loopback sockets.
+//!
+//! Ports: a test config listens on port 0 ([`PUBLIC_LISTEN`], [`ADMIN_LISTEN`]), so the
+//! kernel gives the proxy free ports as it binds them and the proxy holds them from then on;
+//! the harness then reads the addresses the process really listens on from the kernel's
+//! socket table (`/proc`). No port is ever bound, released and bound again, so no test can
+//! race another for one. Public and admin listeners are told apart by their loopback address.
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use fake_tailnet::{FakeTailnet, TailnetConfig};
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+pub use testkit::*;
+
+use fake_tailnet::FakeTailnet;
+use std::collections::HashSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+/// Where test configs put the public listener: the kernel picks the port.
+pub const PUBLIC_LISTEN: &str = "127.0.0.1:0";
+/// Where test configs put the admin listener: another loopback address, port from the kernel.
+pub const ADMIN_LISTEN: &str = "127.0.0.2:0";
+const PUBLIC_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 1);
+const ADMIN_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 
 /// The `proxy-app` binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_proxy-app")
 }
 
-/// A free TCP port on 127.0.0.1 (bound then released; the proxy binds it right after).
-pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("local addr").port()
-}
-
-/// Starts a fake tailnet with the given peers (short names), on its own runtime thread so
-/// that blocking test code (starting the proxy, raw sockets) never stalls its DNS or peers.
-pub async fn tailnet(peers: &[&str]) -> FakeTailnet {
-    tailnet_with(TailnetConfig::new(peers))
-}
-
-/// Starts a fake tailnet from a full config, on its own runtime thread.
-pub fn tailnet_with(config: TailnetConfig) -> FakeTailnet {
-    FakeTailnet::start_in_thread(config).expect("start fake tailnet")
-}
-
-/// The `[server]` and `[resolver]` sections every test config starts with.
-pub fn base_config(listen: u16, tailnet: &FakeTailnet) -> String {
-    base_config_with_admin(listen, free_port(), tailnet)
-}
-
-/// [`base_config`] with the admin listener on a port the test knows.
-pub fn base_config_with_admin(listen: u16, admin: u16, tailnet: &FakeTailnet) -> String {
+/// The `[server]`, `[admin]` and `[resolver]` sections every test config starts with.
+pub fn base_config(tailnet: &FakeTailnet) -> String {
     format!(
         r#"
 [server]
-listen = ["127.0.0.1:{listen}"]
+listen = ["{PUBLIC_LISTEN}"]
 threads = 1
 grace_period = "3s"
 shutdown_timeout = "1s"
 unknown_host = 421
 
 [admin]
-listen = "127.0.0.1:{admin}"
+listen = "{ADMIN_LISTEN}"
 
 [resolver]
 nameservers = ["{dns}"]
@@ -62,34 +55,150 @@ retry_interval = "300ms"
     )
 }
 
+/// The TCP addresses a process and its descendants listen on, read from the kernel: the
+/// sockets among their open files that `/proc/net/tcp{,6}` lists as listening.
+pub fn listening_addrs(pid: u32) -> Vec<SocketAddr> {
+    let mut inodes = HashSet::new();
+    for pid in process_tree(pid) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Ok(target) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
+            let target = target.to_string_lossy();
+            if let Some(inode) = target
+                .strip_prefix("socket:[")
+                .and_then(|t| t.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_string());
+            }
+        }
+    }
+    let mut addrs = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // sl local rem st tx:rx tr:when retrnsmt uid timeout inode
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if *state == "0A" && inodes.contains(*inode) {
+                addrs.extend(parse_proc_addr(local));
+            }
+        }
+    }
+    addrs
+}
+
+/// `pid` and every process below it (a wrapper's child, a script's proxy).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(child) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        // The parent pid follows the command name, which sits in parentheses.
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(ppid) = ppid {
+            parents.push((child, ppid));
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    tree
+}
+
+/// `0100007F:1F90` (IPv4, bytes in host order) or its 32-digit IPv6 form.
+fn parse_proc_addr(text: &str) -> Option<SocketAddr> {
+    let (ip, port) = text.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let ip = match ip.len() {
+        8 => IpAddr::from(u32::from_str_radix(ip, 16).ok()?.to_le_bytes()),
+        32 => {
+            let mut bytes = [0u8; 16];
+            for (word, chunk) in ip.as_bytes().chunks(8).enumerate() {
+                let value = u32::from_str_radix(std::str::from_utf8(chunk).ok()?, 16).ok()?;
+                bytes[word * 4..word * 4 + 4].copy_from_slice(&value.to_le_bytes());
+            }
+            IpAddr::from(bytes)
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// The public listener of `pid` (or of a process below it), once it listens.
+pub fn public_listener(pid: u32) -> Option<SocketAddr> {
+    listener_on(pid, PUBLIC_IP)
+}
+
+/// The address `pid` (or a process below it) listens on at `ip`, once it does.
+fn listener_on(pid: u32, ip: Ipv4Addr) -> Option<SocketAddr> {
+    listening_addrs(pid)
+        .into_iter()
+        .find(|addr| addr.ip() == IpAddr::V4(ip))
+}
+
 /// A running `proxy-app run` process. Killed on drop.
 pub struct Proxy {
     child: Option<Child>,
     /// Public listener.
     pub addr: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
     dir: tempfile::TempDir,
 }
 
 impl Proxy {
-    /// Writes `config` (use `{port}` where the public port goes... or pass a full config made
-    /// with [`base_config`]) and starts the proxy; waits until `/healthz` answers.
-    pub fn start(port: u16, config: &str) -> Proxy {
-        Self::start_with_files(port, config, &[])
+    /// Writes `config` (made with [`base_config`], or listening on [`PUBLIC_LISTEN`] and
+    /// [`ADMIN_LISTEN`]) and starts the proxy; waits until `/healthz` answers.
+    pub fn start(config: &str) -> Proxy {
+        Self::start_with_files(config, &[])
     }
 
     /// Like [`Proxy::start`], with extra files written next to the config first.
-    pub fn start_with_files(port: u16, config: &str, files: &[(&str, &[u8])]) -> Proxy {
-        Self::start_under(&[], &[], port, config, files)
+    pub fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Proxy {
+        Self::start_under(&[], &[], config, files)
     }
 
     /// Like [`Proxy::start_with_files`], with `args` after `run --config FILE`, and the
     /// whole `proxy-app run ...` appended to `wrapper`'s arguments (e.g. a program that
-    /// sets up a mount namespace and then execs it). The wrapper must exec the proxy, so
-    /// that the process started is the proxy's.
+    /// sets up a mount namespace and then execs it).
     pub fn start_under(
         wrapper: &[&str],
         args: &[&str],
-        port: u16,
+        config: &str,
+        files: &[(&str, &[u8])],
+    ) -> Proxy {
+        let mut proxy = Self::spawn_under(wrapper, args, config, files);
+        proxy.wait_ready();
+        proxy
+    }
+
+    /// Like [`Proxy::start_under`] without waiting: the addresses are unknown until
+    /// [`Proxy::wait_ready`] returns (e.g. a process that waits for an upgrade handover).
+    pub fn spawn_under(
+        wrapper: &[&str],
+        args: &[&str],
         config: &str,
         files: &[(&str, &[u8])],
     ) -> Proxy {
@@ -121,36 +230,39 @@ impl Proxy {
             .stderr(stderr)
             .spawn()
             .expect("spawn proxy-app");
-        let mut proxy = Proxy {
+        let unbound = SocketAddr::from(([0, 0, 0, 0], 0));
+        Proxy {
             child: Some(child),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: unbound,
+            admin: unbound,
             dir,
-        };
-        proxy.wait_ready();
-        proxy
+        }
     }
 
-    fn wait_ready(&mut self) {
+    /// Waits until the process listens on both addresses and answers `/healthz`.
+    pub fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Some(status) = self.try_exit_status() {
                 panic!("proxy-app exited early ({status}):\n{}", self.logs());
             }
-            let response = raw_request(
-                self.addr,
-                "GET /healthz HTTP/1.1\r\nHost: ready.check\r\nConnection: close\r\n\r\n",
-            );
-            if response.starts_with("HTTP/1.1 200") {
-                return;
+            let pid = self.pid();
+            if let (Some(public), Some(admin)) =
+                (listener_on(pid, PUBLIC_IP), listener_on(pid, ADMIN_IP))
+            {
+                self.addr = public;
+                self.admin = admin;
+                let response = raw_request(
+                    public,
+                    "GET /healthz HTTP/1.1\r\nHost: ready.check\r\nConnection: close\r\n\r\n",
+                );
+                if response.starts_with("HTTP/1.1 200") {
+                    return;
+                }
             }
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         panic!("proxy-app did not become ready:\n{}", self.logs());
-    }
-
-    /// A URL on the public listener.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
     }
 
     /// The process's stderr so far.
@@ -168,14 +280,14 @@ impl Proxy {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// What the process listens on now.
+    pub fn listening(&self) -> Vec<SocketAddr> {
+        listening_addrs(self.pid())
+    }
+
     /// Sends a signal (e.g. "TERM", "HUP") to the process.
     pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.pid().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
+        send_signal(self.pid(), name);
     }
 
     /// Exit status if the process has exited.
@@ -213,6 +325,12 @@ impl Proxy {
     }
 }
 
+impl Served for Proxy {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -220,6 +338,16 @@ impl Drop for Proxy {
             let _ = child.wait();
         }
     }
+}
+
+/// Sends the signal `name` ("TERM", "HUP", ...) to `pid`.
+pub fn send_signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} failed");
 }
 
 fn proc_status_kib(pid: u32, field: &str) -> u64 {
@@ -232,113 +360,8 @@ fn proc_status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// GET on the admin listener; returns status and body.
-pub async fn admin_get(admin: u16, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = client().get(format!("http://127.0.0.1:{admin}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("admin request");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
-/// The admin listener's `/metrics` text (asserting it answered 200).
-pub async fn scrape(admin: u16) -> String {
-    let (status, body) = admin_get(admin, "/metrics", None).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// An HTTP client that never uses a system proxy and never follows redirects.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build client")
-}
-
-/// GET `path` with the given Host header; returns status, headers and body text.
-pub async fn get(proxy: &Proxy, host: &str, path: &str) -> Reply {
-    let response = client()
-        .get(proxy.url(path))
-        .header("host", host)
-        .send()
-        .await
-        .expect("request through the proxy");
-    Reply::read(response).await
-}
-
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Reply {
-    /// Reads a reqwest response.
-    pub async fn read(response: reqwest::Response) -> Reply {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.text().await.expect("read body");
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// A header value as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// Sends raw bytes and reads until the server closes or 2 s pass; returns what came back
-/// (empty if the connection was closed without a response).
-pub fn raw_request(addr: SocketAddr, request: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(request.as_bytes()).is_err() {
-        return String::new();
-    }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Polls `check` every 100 ms until it is true or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    check()
-}
-
-/// Path of a file in the repository's `testdata/`.
-pub fn testdata(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../testdata")
-        .join(path)
-}
-
-/// `proxy-app demo` on free ports (its fake tailnet runs inside it), killed on drop.
+/// `proxy-app demo` listening on ports the kernel picks (its fake tailnet runs inside it),
+/// killed on drop.
 pub struct Demo {
     child: Child,
     /// Public listener.
@@ -349,33 +372,42 @@ pub struct Demo {
 impl Demo {
     /// Starts the demo and waits until its public port answers `/healthz`.
     pub async fn start() -> Demo {
-        let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir");
         let stdout = std::fs::File::create(dir.path().join("out.log")).expect("log file");
-        let child = Command::new(binary())
-            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
-            .args(["--admin", &format!("127.0.0.1:{}", free_port())])
+        let mut child = Command::new(binary())
+            .args(["demo", "--listen", PUBLIC_LISTEN, "--admin", ADMIN_LISTEN])
             .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn proxy-app demo");
-        let demo = Demo {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            dir,
-        };
+        let pid = child.id();
         let health = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        let mut addr = None;
         let ready = eventually(Duration::from_secs(30), || {
-            raw_request(demo.addr, health).starts_with("HTTP/1.1 200")
+            addr = listener_on(pid, PUBLIC_IP);
+            addr.is_some_and(|addr| raw_request(addr, health).starts_with("HTTP/1.1 200"))
         })
         .await;
-        assert!(ready, "demo never became ready");
-        demo
+        if !ready {
+            let _ = child.kill();
+            panic!("demo never became ready");
+        }
+        Demo {
+            child,
+            addr: addr.expect("listening"),
+            dir,
+        }
     }
 
     /// What the demo printed so far (the curl commands to try).
     pub fn printed(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("out.log")).unwrap_or_default()
+    }
+}
+
+impl Served for Demo {
+    fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 

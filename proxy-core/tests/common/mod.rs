@@ -8,7 +8,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of the harness
 
-use fake_tailnet::{FakeTailnet, TailnetConfig};
+pub use testkit::*;
+
+use fake_tailnet::FakeTailnet;
 use pingora::server::ShutdownWatch;
 use pingora::services::background::BackgroundService;
 use proxy_core::cache::EdgeCache;
@@ -16,27 +18,16 @@ use proxy_core::config::load_str;
 use proxy_core::observe::Observability;
 use proxy_core::{serve_listener, server_conf, ConfigReloader, EdgeServices, RuntimeConfig};
 use std::cell::RefCell;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// How long start-up waits for the first lookups of upstream names (as `proxy-app run`).
 const STARTUP_DNS_WAIT: Duration = Duration::from_secs(5);
-
-/// Starts a fake tailnet with the given peers (short names), on its own runtime thread so
-/// that blocking test code (starting the proxy, raw sockets) never stalls its DNS or peers.
-pub async fn tailnet(peers: &[&str]) -> FakeTailnet {
-    tailnet_with(TailnetConfig::new(peers))
-}
-
-/// Starts a fake tailnet from a full config, on its own runtime thread.
-pub fn tailnet_with(config: TailnetConfig) -> FakeTailnet {
-    FakeTailnet::start_in_thread(config).expect("start fake tailnet")
-}
 
 /// The `[server]`, `[admin]` and `[resolver]` sections every test config starts with. The
 /// listen addresses are placeholders: [`Edge`] serves listeners it binds itself.
@@ -155,11 +146,6 @@ impl Edge {
         );
     }
 
-    /// A URL on the public listener.
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{}", self.addr, path)
-    }
-
     /// The directory relative paths of the config name (for files the test edits while the
     /// proxy runs).
     pub fn dir(&self) -> &Path {
@@ -201,6 +187,12 @@ impl Edge {
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|v| v.parse().ok())
             .unwrap_or(0)
+    }
+}
+
+impl Served for Edge {
+    fn addr(&self) -> SocketAddr {
+        self.addr
     }
 }
 
@@ -319,103 +311,4 @@ impl Write for LogWriter {
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
-}
-
-/// GET on the admin listener; returns status and body.
-pub async fn admin_get(admin: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
-    let mut request = client().get(format!("http://{admin}{path}"));
-    if let Some(token) = token {
-        request = request.bearer_auth(token);
-    }
-    let response = request.send().await.expect("admin request");
-    let status = response.status().as_u16();
-    (status, response.text().await.unwrap_or_default())
-}
-
-/// The admin listener's `/metrics` text (asserting it answered 200).
-pub async fn scrape(admin: SocketAddr) -> String {
-    let (status, body) = admin_get(admin, "/metrics", None).await;
-    assert_eq!(status, 200, "{body}");
-    body
-}
-
-/// An HTTP client that never uses a system proxy and never follows redirects.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("build client")
-}
-
-/// GET `path` with the given Host header; returns status, headers and body text.
-pub async fn get(proxy: &Edge, host: &str, path: &str) -> Reply {
-    let response = client()
-        .get(proxy.url(path))
-        .header("host", host)
-        .send()
-        .await
-        .expect("request through the proxy");
-    Reply::read(response).await
-}
-
-/// A response, read whole.
-#[derive(Debug)]
-pub struct Reply {
-    pub status: u16,
-    pub headers: reqwest::header::HeaderMap,
-    pub body: String,
-}
-
-impl Reply {
-    /// Reads a reqwest response.
-    pub async fn read(response: reqwest::Response) -> Reply {
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.text().await.expect("read body");
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// A header value as text.
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-}
-
-/// Sends raw bytes and reads until the server closes or 2 s pass; returns what came back
-/// (empty if the connection was closed without a response).
-pub fn raw_request(addr: SocketAddr, request: &str) -> String {
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
-        return String::new();
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(2)));
-    if stream.write_all(request.as_bytes()).is_err() {
-        return String::new();
-    }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        match stream.read(&mut buf) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => out.extend_from_slice(&buf[..n]),
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Polls `check` every 100 ms until it is true or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    check()
 }
