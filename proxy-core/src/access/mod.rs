@@ -39,6 +39,11 @@ impl SiteAccess {
         }
     }
 
+    /// Whether any deny list or user-agent rule exists.
+    pub(crate) fn has_rules(&self) -> bool {
+        !self.deny_lists.is_empty() || self.user_agents.is_some()
+    }
+
     /// Body of the 403 for denied clients (and locations' allow lists).
     pub(crate) fn deny_body(&self) -> &Bytes {
         &self.deny_body

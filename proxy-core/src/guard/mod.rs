@@ -24,6 +24,9 @@ pub(crate) struct Guards {
     allow: Option<IpSet>,
     /// Rate-limit zones: the site's, then the location's own.
     zones: Vec<Arc<LimitZone>>,
+    /// Whether anything beyond the body limit is checked (most locations check nothing
+    /// else, and their requests skip the header lookups).
+    rules: bool,
 }
 
 /// What the guards decided.
@@ -75,11 +78,13 @@ impl Guards {
         allow: Option<IpSet>,
         zones: Vec<Arc<LimitZone>>,
     ) -> Self {
+        let rules = access.has_rules() || allow.is_some() || !zones.is_empty();
         Self {
             body_limit,
             access,
             allow,
             zones,
+            rules,
         }
     }
 
@@ -116,6 +121,9 @@ impl Guards {
     ) -> GuardVerdict<'_> {
         if let Some(answer) = self.check_declared_length(request) {
             return GuardVerdict::Refuse(answer, Refusal::BodyTooLarge);
+        }
+        if !self.rules {
+            return GuardVerdict::pass();
         }
         let access = &self.access;
         // Every User-Agent line counts: a second one must not smuggle a crawler past the rules.

@@ -76,17 +76,7 @@ impl Routes {
         };
         let location = site.location_for_path(&normalized).cloned();
         let next = match &location {
-            Some(location) => {
-                let uri = String::from_utf8_lossy(&normalized);
-                let vars = RedirectVars {
-                    request_uri: request.uri.path_and_query().map_or("/", |pq| pq.as_str()),
-                    uri: &uri,
-                    args: request.uri.query().unwrap_or(""),
-                    host: &host,
-                    scheme,
-                };
-                next_for(location.action(), &vars)
-            }
+            Some(location) => next_for(location.action(), request, &normalized, &host, scheme),
             None => Next::Answer(LocalAnswer::text(404, "not found\n")),
         };
         Routing::Site(Routed {
@@ -98,8 +88,14 @@ impl Routes {
     }
 }
 
-/// What `action` does for a request with `vars`.
-fn next_for(action: &Action, vars: &RedirectVars<'_>) -> Next {
+/// What `action` does for `request`, whose normalised path is `path`.
+fn next_for(
+    action: &Action,
+    request: &RequestHeader,
+    path: &[u8],
+    host: &str,
+    scheme: &'static str,
+) -> Next {
     match action {
         Action::Proxy(upstream) => Next::Proxy(upstream.clone()),
         Action::Return {
@@ -110,10 +106,20 @@ fn next_for(action: &Action, vars: &RedirectVars<'_>) -> Next {
             content_type: content_type.clone().into(),
             ..LocalAnswer::text(*status, body.clone())
         }),
-        Action::Redirect { status, target } => Next::Answer(LocalAnswer {
-            location: Some(target.render(vars)),
-            ..LocalAnswer::text(*status, "")
-        }),
+        Action::Redirect { status, target } => {
+            let uri = String::from_utf8_lossy(path);
+            let vars = RedirectVars {
+                request_uri: request.uri.path_and_query().map_or("/", |pq| pq.as_str()),
+                uri: &uri,
+                args: request.uri.query().unwrap_or(""),
+                host,
+                scheme,
+            };
+            Next::Answer(LocalAnswer {
+                location: Some(target.render(&vars)),
+                ..LocalAnswer::text(*status, "")
+            })
+        }
     }
 }
 
