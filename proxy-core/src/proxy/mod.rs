@@ -32,7 +32,7 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorType, Result};
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::answer::{LocalAnswer, Reply};
 use crate::cache::hooks as cache_hooks;
@@ -95,25 +95,33 @@ impl EdgeProxy {
         routed.next
     }
 
-    /// Runs the matched location's guards; a refusal is the reply to send.
-    async fn guard(&self, session: &Session, ctx: &mut RequestCtx) -> Option<LocalAnswer> {
-        let (site, location) = (ctx.route.site.as_deref()?, ctx.route.location.as_deref()?);
-        let verdict = location.guards().check(
-            session.req_header(),
-            ctx.client_ip,
-            (site.name(), location.index()),
-        );
-        match verdict {
+    /// Routes the request and runs its location's guards: what the location does next and how
+    /// long rate limiting holds the request first, or the reply that ends it here.
+    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(Next, Duration), Reply> {
+        let raw_head = || {
+            let h1 = session.as_downstream().as_http1()?;
+            Some(h1.get_headers_raw_bytes())
+        };
+        let request = session.req_header();
+        let routed = match ctx.config.routes.route(request, scheme(session), raw_head) {
+            Routing::Answered(reply) => return Err(reply),
+            Routing::Site(routed) => routed,
+        };
+        let next = self.enter_site(ctx, routed);
+        let (Some(site), Some(location)) =
+            (ctx.route.site.as_deref(), ctx.route.location.as_deref())
+        else {
+            return Ok((next, Duration::ZERO));
+        };
+        let client = (site.name(), location.index());
+        match location.guards().check(request, ctx.client_ip, client) {
             GuardVerdict::Pass { delay, zones } => {
                 self.record_rate_limit_pass(&mut ctx.record, &zones, delay.is_zero());
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                None
+                Ok((next, delay))
             }
             GuardVerdict::Refuse(answer, why) => {
                 self.record_refusal(&mut ctx.record, site.name(), &why);
-                Some(answer)
+                Err(Reply::Send(answer))
             }
         }
     }
@@ -270,45 +278,31 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let config = ctx.config.clone();
-        let raw_head = || {
-            let h1 = session.as_downstream().as_http1()?;
-            Some(h1.get_headers_raw_bytes())
-        };
-        let routed = match config
-            .routes
-            .route(session.req_header(), scheme(session), raw_head)
-        {
-            Routing::Answered(reply) => return self.send(session, ctx, reply).await.map(|_| true),
-            Routing::Site(routed) => routed,
-        };
-        let next = self.enter_site(ctx, routed);
-        if let Some(refusal) = self.guard(session, ctx).await {
-            return self
-                .send(session, ctx, Reply::Send(refusal))
-                .await
-                .map(|_| true);
-        }
-        if let Some(answer) = self.run_request_plugins(session, ctx).await? {
-            return self
-                .send(session, ctx, Reply::Send(answer))
-                .await
-                .map(|_| true);
-        }
-        match next {
-            Next::Answer(answer) => self
-                .send(session, ctx, Reply::Send(answer))
-                .await
-                .map(|_| true),
-            Next::Proxy(upstream) => {
-                ctx.route.upstream = Some(upstream);
-                let Some(hit) = self.fresh_cache_hit(session, ctx) else {
-                    return Ok(false);
+        let reply = match self.admit(session, ctx) {
+            Err(reply) => reply,
+            Ok((next, delay)) => {
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
+                let answer = match ctx.plugins().is_some() {
+                    true => self.run_request_plugins(session, ctx).await?,
+                    false => None,
                 };
-                self.write_cache_hit(session, ctx, hit).await?;
-                Ok(true)
+                match (answer, next) {
+                    (Some(answer), _) | (None, Next::Answer(answer)) => Reply::Send(answer),
+                    (None, Next::Proxy(upstream)) => {
+                        ctx.route.upstream = Some(upstream);
+                        let Some(hit) = self.fresh_cache_hit(session, ctx) else {
+                            return Ok(false);
+                        };
+                        self.write_cache_hit(session, ctx, hit).await?;
+                        return Ok(true);
+                    }
+                }
             }
-        }
+        };
+        self.send(session, ctx, reply).await?;
+        Ok(true)
     }
 
     async fn request_body_filter(
