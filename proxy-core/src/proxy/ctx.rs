@@ -37,6 +37,9 @@ pub(crate) struct RouteState {
     pub(crate) location: Option<Arc<Location>>,
     /// The upstream this request is forwarded to, once nothing answers it first.
     pub(crate) upstream: Option<Arc<Upstream>>,
+    /// Whether the matched site or location has plugins (most have none, and every phase
+    /// asks).
+    pub(crate) has_plugins: bool,
 }
 
 /// Request body bytes seen so far, against a limit (0 = unlimited).
@@ -99,6 +102,9 @@ impl RequestCtx {
     /// The plugins this request runs and what they see of it; `None` when there are none
     /// (no site matched, or its chain is empty).
     pub(crate) fn plugins(&self) -> Option<(&PluginChain, PluginCtx<'_>)> {
+        if !self.route.has_plugins {
+            return None;
+        }
         let site = self.route.site.as_deref()?;
         let location = self.route.location.as_deref();
         let chain = location.map_or(site.plugins(), Location::plugins);

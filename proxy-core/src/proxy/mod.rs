@@ -89,6 +89,11 @@ impl EdgeProxy {
         if let Some(location) = &routed.location {
             ctx.body.limit = location.guards().body_limit();
         }
+        let plugins = routed
+            .location
+            .as_deref()
+            .map_or(routed.site.plugins(), |l| l.plugins());
+        ctx.route.has_plugins = !plugins.is_empty();
         ctx.route.host = routed.host;
         ctx.route.site = Some(routed.site);
         ctx.route.location = routed.location;
@@ -97,7 +102,11 @@ impl EdgeProxy {
 
     /// Routes the request and runs its location's guards: what the location does next and how
     /// long rate limiting holds the request first, or the reply that ends it here.
-    fn admit(&self, session: &Session, ctx: &mut RequestCtx) -> Result<(Next, Duration), Reply> {
+    fn admit(
+        &self,
+        session: &Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<(Next, Duration), Box<Reply>> {
         let raw_head = || {
             let h1 = session.as_downstream().as_http1()?;
             Some(h1.get_headers_raw_bytes())
@@ -121,7 +130,7 @@ impl EdgeProxy {
             }
             GuardVerdict::Refuse(answer, why) => {
                 self.record_refusal(&mut ctx.record, site.name(), &why);
-                Err(Reply::Send(answer))
+                Err(Box::new(Reply::Send(answer)))
             }
         }
     }
@@ -279,7 +288,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         let reply = match self.admit(session, ctx) {
-            Err(reply) => reply,
+            Err(reply) => *reply,
             Ok((next, delay)) => {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
@@ -289,7 +298,8 @@ impl ProxyHttp for EdgeProxy {
                     false => None,
                 };
                 match (answer, next) {
-                    (Some(answer), _) | (None, Next::Answer(answer)) => Reply::Send(answer),
+                    (Some(answer), _) => Reply::Send(answer),
+                    (None, Next::Answer(answer)) => Reply::Send(*answer),
                     (None, Next::Proxy(upstream)) => {
                         ctx.route.upstream = Some(upstream);
                         let Some(hit) = self.fresh_cache_hit(session, ctx) else {

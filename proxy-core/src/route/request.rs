@@ -14,8 +14,9 @@ use crate::upstream::Upstream;
 #[derive(Debug)]
 pub(crate) enum Routing {
     /// Answered before any site is known: a health check, a malformed request, an unknown
-    /// host. No site rule (plugin, error page) applies.
-    Answered(Reply),
+    /// host. No site rule (plugin, error page) applies. Boxed, like [`Next::Answer`]: the
+    /// common case is a proxied request, which should not move a whole answer around.
+    Answered(Box<Reply>),
     /// A site serves the request's host.
     Site(Routed),
 }
@@ -37,7 +38,7 @@ pub(crate) enum Next {
     /// Forward to this upstream.
     Proxy(Arc<Upstream>),
     /// Answer locally (a `return`, a rendered redirect, or a 404 when no location matched).
-    Answer(LocalAnswer),
+    Answer(Box<LocalAnswer>),
 }
 
 impl Routes {
@@ -50,34 +51,38 @@ impl Routes {
         raw_head: impl FnOnce() -> Option<bytes::Bytes>,
     ) -> Routing {
         if let Some(answer) = check_framing(request, raw_head) {
-            return Routing::Answered(Reply::Send(answer));
+            return Routing::Answered(Box::new(Reply::Send(answer)));
         }
         let path = request.uri.path();
         let settings = self.settings();
         if settings.health_path.as_deref() == Some(path) && is_get_or_head(request) {
-            return Routing::Answered(Reply::Send(LocalAnswer::text(200, "ok\n")));
+            return Routing::Answered(Box::new(Reply::Send(LocalAnswer::text(200, "ok\n"))));
         }
         let host = match request_host(request) {
             HostLookup::Found(host) => host,
-            HostLookup::Missing => return Routing::Answered(unknown_host(settings.unknown_host)),
+            HostLookup::Missing => {
+                return Routing::Answered(Box::new(unknown_host(settings.unknown_host)))
+            }
             HostLookup::Invalid(why) => {
-                return Routing::Answered(Reply::Send(LocalAnswer::text(400, why).closing()))
+                return Routing::Answered(Box::new(Reply::Send(
+                    LocalAnswer::text(400, why).closing(),
+                )))
             }
         };
         let Some(site) = self.site_for_host(&host).cloned() else {
-            return Routing::Answered(unknown_host(settings.unknown_host));
+            return Routing::Answered(Box::new(unknown_host(settings.unknown_host)));
         };
         let normalized = match normalize_path(path) {
             Ok(p) => p,
             Err(e) => {
                 let answer = LocalAnswer::text(400, format!("{e}\n")).closing();
-                return Routing::Answered(Reply::Send(answer));
+                return Routing::Answered(Box::new(Reply::Send(answer)));
             }
         };
         let location = site.location_for_path(&normalized).cloned();
         let next = match &location {
             Some(location) => next_for(location.action(), request, &normalized, &host, scheme),
-            None => Next::Answer(LocalAnswer::text(404, "not found\n")),
+            None => Next::Answer(Box::new(LocalAnswer::text(404, "not found\n"))),
         };
         Routing::Site(Routed {
             host,
@@ -102,10 +107,10 @@ fn next_for(
             status,
             content_type,
             body,
-        } => Next::Answer(LocalAnswer {
+        } => Next::Answer(Box::new(LocalAnswer {
             content_type: content_type.clone().into(),
             ..LocalAnswer::text(*status, body.clone())
-        }),
+        })),
         Action::Redirect { status, target } => {
             let uri = String::from_utf8_lossy(path);
             let vars = RedirectVars {
@@ -115,10 +120,10 @@ fn next_for(
                 host,
                 scheme,
             };
-            Next::Answer(LocalAnswer {
+            Next::Answer(Box::new(LocalAnswer {
                 location: Some(target.render(&vars)),
                 ..LocalAnswer::text(*status, "")
-            })
+            }))
         }
     }
 }
@@ -237,7 +242,7 @@ proxy = "docs"
 
     fn answered(routing: Routing) -> Reply {
         match routing {
-            Routing::Answered(reply) => reply,
+            Routing::Answered(reply) => *reply,
             Routing::Site(routed) => panic!("routed to {}", routed.site.name()),
         }
     }
