@@ -4,6 +4,8 @@
 # tailnet over real sockets, doc tests). Installs what it needs first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# cmake and clang build BoringSSL; prometheus is the server the telemetry tests push to
+# (remote write) and promtool checks fly/alerts.yml; shellcheck checks fly/start.sh.
 scripts/ensure-packages.sh cmake clang prometheus shellcheck
 
 # Two cores: keep builds from starving the tests' own servers.
@@ -18,6 +20,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # own unit tests without it.
 cargo clippy -p proxy-app --no-default-features --all-targets --locked -- -D warnings
 cargo test -p proxy-app --no-default-features --locked --bin proxy-app
+# The fuzz targets' entry points (feature `fuzzing`) lint clean and replay their seed corpus,
+# every past finding included; scripts/fuzz.sh runs them under libFuzzer.
+cargo clippy -p proxy-core --features fuzzing --all-targets --locked -- -D warnings
+cargo test -p proxy-core --features fuzzing --locked --test fuzz_corpus
 # proxy-core is a library for embedders: its docs must build without a broken or private link.
 RUSTDOCFLAGS="-D warnings" cargo doc -p proxy-core -p plugins --no-deps --locked
 benches/run.sh --quick > target/load-harness-quick.md

@@ -137,9 +137,10 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 }
 
 /// Runs a Pingora server for `config` until it shuts down, then writes the access-log lines
-/// still waiting and exits; returns only on a startup error. SIGHUP reloads the config
-/// from `config_file`, if it came from one. With `upgrade`, the listening sockets come from
-/// the running process (once it gets SIGQUIT) instead of being opened.
+/// still waiting, pushes what telemetry still holds, and exits; returns only on a startup
+/// error. SIGHUP reloads the config from `config_file`, if it came from one. With `upgrade`,
+/// the listening sockets come from the running process (once it gets SIGQUIT) instead of
+/// being opened.
 fn serve(config: RuntimeConfig, config_file: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
     let conf = server_conf(config.server());
     let options = Opt {
@@ -150,9 +151,12 @@ fn serve(config: RuntimeConfig, config_file: Option<PathBuf>, upgrade: bool) -> 
     let can_upgrade = config.server().upgrade_sock().is_some();
     let listen = config.server().listen().to_vec();
     let admin = config.admin().listen();
+    let grace_period = config.server().grace_period();
     let services = EdgeServices::new(&server.configuration, config);
     services.prime_resolver(STARTUP_DNS_WAIT);
     let access_log = services.observability().access_log().cloned();
+    let open_connections = services.open_connections();
+    let telemetry = services.telemetry().clone();
     if let Some(log) = &access_log {
         // SIGUSR1 reopens the access-log file (after logrotate moved it).
         signal_hook::flag::register(signal_hook::consts::SIGUSR1, log.reopen_flag())?;
@@ -169,12 +173,19 @@ fn serve(config: RuntimeConfig, config_file: Option<PathBuf>, upgrade: bool) -> 
     server.bootstrap();
     tracing::info!(%admin, "admin listener (metrics, health, readiness)");
     tracing::info!(?listen, "proxy-app {} serving", env!("CARGO_PKG_VERSION"));
+    // A graceful shutdown ends as soon as no client connection is left, not after the
+    // whole grace period.
+    let drained = move || open_connections.count() == 0;
     server.run(RunArgs {
         shutdown_signal: Box::new(signals::ShutdownSignals { can_upgrade }),
+        drained: Some(Box::new(drained)),
     });
     if let Some(log) = access_log {
         log.finish();
     }
+    // The last lines and a last metrics snapshot go to the homelab, within the grace
+    // period (one try per sink: a homelab that is down costs at most its push timeout).
+    telemetry.flush(grace_period);
     std::process::exit(0)
 }
 

@@ -68,11 +68,22 @@ fn fly_toml_agrees_with_proxy_toml() {
         Some("SIGTERM"),
         "proxy-app drains on SIGTERM"
     );
-    let grace = humantime::parse_duration(server["grace_period"].as_str().unwrap()).unwrap();
-    let kill_timeout = fly_toml["kill_timeout"].as_integer().unwrap() as u64;
+    // Fly must not kill the process while it drains, winds down or makes its last push.
+    let duration =
+        |value: &toml::Value| humantime::parse_duration(value.as_str().unwrap()).unwrap();
+    let grace = duration(&server["grace_period"]);
+    let shutdown = duration(&server["shutdown_timeout"]);
+    let telemetry = proxy["telemetry"].as_table().unwrap();
+    let last_push = ["prometheus", "loki"]
+        .iter()
+        .map(|sink| duration(&telemetry[*sink]["timeout"]))
+        .max()
+        .unwrap();
+    let kill_timeout = Duration::from_secs(fly_toml["kill_timeout"].as_integer().unwrap() as u64);
     assert!(
-        kill_timeout > grace.as_secs(),
-        "kill_timeout {kill_timeout}s must exceed the grace period {grace:?}"
+        kill_timeout > grace + shutdown + last_push,
+        "kill_timeout {kill_timeout:?} must exceed the grace period {grace:?}, the shutdown \
+         timeout {shutdown:?} and the last telemetry push {last_push:?}"
     );
 
     let metrics = fly_toml["metrics"].as_table().unwrap();
@@ -327,4 +338,149 @@ async fn start_script_opens_the_public_port_only_after_running_and_drains_on_sig
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(status.success(), "{status}");
+}
+
+#[test]
+fn tailscale_is_pinned_with_its_published_checksum() {
+    let fly_toml = toml_file("fly.toml");
+    let args = fly_toml["build"]["args"].as_table().unwrap();
+    assert_eq!(args["TAILSCALE_VERSION"].as_str(), Some("1.102.3"));
+    // The SHA-256 of tailscale_1.102.3_amd64.tgz, as published next to it.
+    assert_eq!(
+        args["TAILSCALE_SHA256"].as_str(),
+        Some("36ddd9b51be57ffc2990cf76323cfa13643bfbb1b8a969f6183fa164741cdef5")
+    );
+    let dockerfile = std::fs::read_to_string(fly("Dockerfile")).unwrap();
+    for arg in ["ARG TAILSCALE_VERSION", "ARG TAILSCALE_SHA256"] {
+        assert!(dockerfile.contains(arg), "{arg}");
+    }
+    assert!(
+        dockerfile.contains("echo \"${TAILSCALE_SHA256}  /tmp/tailscale.tgz\" | sha256sum -c -")
+    );
+    assert!(dockerfile.contains("tailscale_${TAILSCALE_VERSION}_amd64.tgz"));
+}
+
+/// The receivers `proxy.toml` pushes to: (host, port) of each URL.
+fn telemetry_receivers(proxy: &toml::Table) -> Vec<(String, u16)> {
+    let telemetry = proxy["telemetry"]
+        .as_table()
+        .expect("[telemetry] in proxy.toml");
+    [("prometheus", "remote_write"), ("loki", "url")]
+        .iter()
+        .map(|(sink, key)| {
+            let url = telemetry[*sink][*key].as_str().unwrap();
+            let rest = url.strip_prefix("https://").expect("HTTPS to the homelab");
+            let authority = rest.split('/').next().unwrap();
+            match authority.split_once(':') {
+                Some((host, port)) => (host.to_owned(), port.parse().unwrap()),
+                None => (authority.to_owned(), 443),
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn proxy_toml_ships_metrics_and_logs_to_the_homelab_over_the_tailnet() {
+    let proxy = toml_file("proxy.toml");
+    let telemetry = proxy["telemetry"].as_table().unwrap();
+    assert_eq!(
+        telemetry["labels"]["instance"].as_str(),
+        Some("flyio-proxy"),
+        "the label Alloy put on every series and stream"
+    );
+    assert_eq!(
+        telemetry["loki"]["labels"]["job"].as_str(),
+        Some("flyio-nginx")
+    );
+    for (host, _) in telemetry_receivers(&proxy) {
+        assert!(host.ends_with(".ts.net"), "{host} is a tailnet name");
+    }
+    for sink in ["prometheus", "loki"] {
+        let section = telemetry[sink].as_table().unwrap();
+        assert_ne!(section.get("verify").and_then(|v| v.as_bool()), Some(false));
+        // Secrets are named, never written: only `*_env` keys may refer to credentials.
+        for key in section.keys() {
+            assert!(
+                !key.contains("token") && !key.contains("password") || key.ends_with("_env"),
+                "{sink}.{key}"
+            );
+        }
+    }
+}
+
+#[test]
+fn the_runbook_acl_grants_exactly_the_backends_and_the_two_write_endpoints() {
+    let runbook = std::fs::read_to_string(fly("README.md")).unwrap();
+    let section = runbook
+        .split("## Least-privilege tailnet ACL")
+        .nth(1)
+        .expect("an ACL section");
+    let json = section
+        .split("```json")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("a policy block");
+    let policy: serde_json::Value = serde_json::from_str(json).expect("the policy parses");
+    let grants = policy["grants"].as_array().unwrap();
+
+    let proxy = toml_file("proxy.toml");
+    let mut ports: Vec<u16> = proxy["upstreams"]
+        .as_table()
+        .unwrap()
+        .values()
+        .map(|u| port_of(u["address"].as_str().unwrap()) as u16)
+        .collect();
+    ports.extend(telemetry_receivers(&proxy).iter().map(|(_, port)| *port));
+    assert_eq!(
+        grants.len(),
+        ports.len(),
+        "one grant per upstream and per telemetry receiver"
+    );
+    let mut granted: Vec<u16> = Vec::new();
+    let mut destinations = std::collections::BTreeSet::new();
+    for grant in grants {
+        assert_eq!(grant["src"], serde_json::json!(["tag:edge"]), "{grant}");
+        let dst = grant["dst"].as_array().unwrap();
+        assert_eq!(dst.len(), 1, "{grant}");
+        let dst = dst[0].as_str().unwrap();
+        assert!(dst.starts_with("tag:") && dst != "tag:edge", "{grant}");
+        assert!(destinations.insert(dst.to_owned()), "{dst} granted twice");
+        let ip = grant["ip"].as_array().unwrap();
+        assert_eq!(ip.len(), 1, "{grant}");
+        let port = ip[0].as_str().unwrap().strip_prefix("tcp:").unwrap();
+        granted.push(port.parse().unwrap());
+    }
+    ports.sort_unstable();
+    granted.sort_unstable();
+    assert_eq!(granted, ports);
+    for tag in &destinations {
+        assert!(policy["tagOwners"][tag].is_array(), "{tag} has an owner");
+    }
+}
+
+#[test]
+fn alert_rules_pass_promtool_and_use_exported_metrics() {
+    let out = Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(fly("alerts.yml"))
+        .output()
+        .expect("promtool is installed by scripts/test.sh");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rules = std::fs::read_to_string(fly("alerts.yml")).unwrap();
+    let names: Vec<&str> = rules
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|word| word.starts_with("edge_"))
+        .collect();
+    assert!(names.len() >= 3, "{names:?}");
+    for name in names {
+        assert!(
+            proxy_core::observe::METRIC_NAMES.contains(&name),
+            "alerts.yml uses {name}, which the proxy does not export"
+        );
+    }
 }

@@ -146,6 +146,21 @@ async fn sigterm_lets_in_flight_requests_finish_and_refuses_new_ones() {
     assert!(log.contains(r#""uri":"/?delay_ms=1500""#), "{log}");
 }
 
+#[tokio::test]
+async fn sigterm_with_nothing_in_flight_exits_without_waiting_out_the_grace_period() {
+    let tailnet = tailnet(&["docs"]).await;
+    let config = sites_config(&tailnet, &["docs"])
+        .replace("grace_period = \"3s\"", "grace_period = \"60s\"");
+    let mut proxy = Proxy::start(&config);
+    assert_eq!(get(&proxy, "docs.example.com", "/").await.status, 200);
+    proxy.signal("TERM");
+    // Far less than the 60 s grace period: nothing was in flight.
+    let status = proxy
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits once drained, before the grace period ends");
+    assert!(status.success(), "exit status {status}");
+}
+
 #[cfg(feature = "demo")]
 #[tokio::test]
 async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {

@@ -24,6 +24,7 @@
 //! | upstream peers, MagicDNS, forwarding headers | `upstream` ([`Upstream`], [`MagicDnsResolver`]) | `[upstreams.*]`, `[resolver]` |
 //! | local answers and error pages | `answer` ([`LocalAnswer`], [`Reply`]) | `return`, `redirect`, `error_pages` |
 //! | metrics, access log, request ids | [`observe`] | `[admin] metrics`, `[access_log]` |
+//! | metrics and log lines pushed to the homelab (off the request path) | [`telemetry`] | `[telemetry]` |
 //! | the admin listener | [`admin`] | `[admin]` |
 //!
 //! And around it:
@@ -33,7 +34,7 @@
 //! | TOML / builders -> compiled model, every check, every default | [`config`] (`file.rs`: keys and defaults; `compile/<section>.rs`: checks) |
 //! | the compiled model | [`RuntimeConfig`], [`route::Site`], [`route::Location`] |
 //! | the per-request state | [`RequestCtx`] |
-//! | starting what runs (proxy, admin, resolver, deny-list watching) | [`EdgeServices`] |
+//! | starting what runs (proxy, admin, resolver, deny-list watching, telemetry shippers) | [`EdgeServices`] |
 //! | swapping a new config in | [`ConfigReloader`] |
 //!
 //! Dependencies between modules go one way: `config` -> `model` -> `route` -> `guard`,
@@ -51,6 +52,8 @@ mod answer;
 pub mod cache;
 pub mod client;
 pub mod config;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod guard;
 mod hostname;
 pub mod limit;
@@ -61,6 +64,7 @@ mod proxy;
 mod reload;
 pub mod route;
 mod service;
+pub mod telemetry;
 mod text;
 mod upstream;
 

@@ -18,6 +18,7 @@ use crate::client::ClientIpPolicy;
 use crate::limit::LimitZone;
 use crate::observe::AccessLogSettings;
 use crate::route::{Routes, Site};
+use crate::telemetry::TelemetrySettings;
 use crate::upstream::{ResolverSettings, Upstream};
 
 /// `[server]`, compiled: listeners, threads, shutdown. Bound when the process starts.
@@ -29,6 +30,23 @@ pub struct ServerSettings {
     pub(crate) shutdown_timeout: Duration,
     pub(crate) upstream_pool_size: usize,
     pub(crate) upgrade_sock: Option<PathBuf>,
+    pub(crate) client: ClientConnectionSettings,
+}
+
+/// How client connections are bounded in time and size (`[server]`): nginx's
+/// `client_header_timeout`, `client_body_timeout`, `send_timeout`, `keepalive_timeout`,
+/// `keepalive_requests`, `large_client_header_buffers` and a cap like `worker_connections`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ClientConnectionSettings {
+    pub(crate) header_timeout: Duration,
+    pub(crate) body_timeout: Duration,
+    pub(crate) send_timeout: Duration,
+    pub(crate) keepalive_timeout: Duration,
+    pub(crate) keepalive_requests: u32,
+    pub(crate) max_header_line: usize,
+    pub(crate) max_header_size: usize,
+    pub(crate) max_headers: usize,
+    pub(crate) max_connections: usize,
 }
 
 impl ServerSettings {
@@ -101,6 +119,8 @@ pub struct RuntimeConfig {
     pub(crate) zones: BTreeMap<String, Arc<LimitZone>>,
     /// Every deny list the sites read, for the service that watches their files.
     pub(crate) deny_lists: Vec<Arc<DenyList>>,
+    /// `[telemetry]`: metrics and log lines pushed to the homelab.
+    pub(crate) telemetry: TelemetrySettings,
 }
 
 impl RuntimeConfig {
@@ -152,5 +172,10 @@ impl RuntimeConfig {
     /// `[client]`: how the client address is found.
     pub fn client(&self) -> &ClientIpPolicy {
         &self.client
+    }
+
+    /// `[telemetry]`: what is pushed to the homelab's Prometheus and Loki.
+    pub fn telemetry(&self) -> &TelemetrySettings {
+        &self.telemetry
     }
 }

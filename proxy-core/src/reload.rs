@@ -7,9 +7,11 @@
 //!
 //! What the process bound when it started stays as it is: listeners, threads and shutdown
 //! timings (`[server]`), the admin listener and the access log (`[admin]`,
-//! `[access_log]`), the resolver's nameservers and timings (`[resolver]`) and the cache's
-//! storage (`[cache]`). A reload that changes those keeps the running values and names the
-//! sections, so the operator knows a restart is needed for them.
+//! `[access_log]`), the resolver's nameservers and timings (`[resolver]`), the cache's
+//! storage (`[cache]`) and the telemetry shippers (`[telemetry]`: receivers, buffers and
+//! labels; the receivers' names stay resolved). A reload that changes those keeps the
+//! running values and names the sections, so the operator knows a restart is needed for
+//! them.
 //!
 //! It is not a file watcher or a signal handler: the embedding app decides when to reload
 //! and where the new config comes from (`proxy-app` reloads its file on SIGHUP).
@@ -69,7 +71,8 @@ impl ConfigReloader {
         let running = self.config.load_full();
         let needs_restart = keep_startup_settings(&mut next, &running);
         let zones_kept = keep_zone_counters(&next, &running);
-        self.resolver.adopt(next.upstreams.values());
+        self.resolver
+            .adopt(next.upstreams.values(), next.telemetry().endpoint_names());
         let report = ReloadReport {
             needs_restart,
             zones_kept,
@@ -98,6 +101,8 @@ fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> V
     keep_running(&mut next.access_log, access_log, "access_log", &mut kept);
     keep_running(&mut next.resolver, &running.resolver, "resolver", &mut kept);
     keep_running(&mut next.cache, &running.cache, "cache", &mut kept);
+    let telemetry = &running.telemetry;
+    keep_running(&mut next.telemetry, telemetry, "telemetry", &mut kept);
     kept
 }
 

@@ -5,27 +5,31 @@
 
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::apps::ServerApp;
 use pingora::listeners::{L4BufferSettings, ListenerConfig};
+use pingora::protocols::http::v1::server::RequestHeadLimits;
 use pingora::protocols::l4::stream::Stream;
 use pingora::protocols::{GetSocketDigest, SocketDigest};
-use pingora::proxy::{http_proxy_service_with_name, HttpProxy};
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, GenBackgroundService};
 use pingora::services::listening::Service;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::DenyList;
 use crate::admin::{AdminApp, PurgeAction};
 use crate::cache::EdgeCache;
-use crate::model::{RuntimeConfig, ServerSettings};
-use crate::observe::{LocalApiClient, Observability};
+use crate::model::{ClientConnectionSettings, RuntimeConfig, ServerSettings};
+use crate::observe::{ClientClose, LocalApiClient, Metrics, Observability};
 use crate::proxy::EdgeProxy;
 use crate::reload::ConfigReloader;
+use crate::telemetry::TelemetryShippers;
 use crate::upstream::MagicDnsResolver;
 
 /// The services an edge proxy needs. Build them with [`EdgeServices::new`], then
@@ -33,6 +37,8 @@ use crate::upstream::MagicDnsResolver;
 /// the apps with [`EdgeServices::into_apps`] to serve them on sockets of your own.
 pub struct EdgeServices {
     server_conf: Arc<ServerConf>,
+    client_settings: ClientConnectionSettings,
+    open_connections: OpenConnections,
     proxy: EdgeProxy,
     listen: Vec<SocketAddr>,
     admin: AdminApp,
@@ -42,6 +48,7 @@ pub struct EdgeServices {
     resolver: Arc<MagicDnsResolver>,
     observability: Arc<Observability>,
     cache: &'static EdgeCache,
+    telemetry: Arc<TelemetryShippers>,
 }
 
 impl EdgeServices {
@@ -50,15 +57,24 @@ impl EdgeServices {
     /// [`EdgeServices::with_observability`] to handle that yourself.
     pub fn new(server_conf: &Arc<ServerConf>, config: RuntimeConfig) -> Self {
         let metrics = config.admin.metrics;
-        let observability = Observability::start(metrics, &config.access_log).unwrap_or_else(|e| {
-            tracing::error!(error = %e, "cannot open the access log; it is off");
-            Observability::without_access_log(metrics, &config.access_log)
-        });
+        // Lines shipped to Loki are formatted even when the file/stdout log is off.
+        let ship = config.telemetry.ships_log_lines();
+        let observability = Observability::start_shipping(metrics, &config.access_log, ship)
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot open the access log; it is off");
+                let mut nowhere = config.access_log.clone();
+                nowhere.target = None;
+                Observability::start_shipping(metrics, &nowhere, ship)
+                    .unwrap_or_else(|_| Observability::without_access_log(metrics, &nowhere))
+            });
         Self::with_observability(server_conf, config, Arc::new(observability))
     }
 
     /// Builds the services for `config`, recording into `observability`. Creates the
     /// process's response cache (see [`EdgeCache::leak`]): build these once per process.
+    /// With `[telemetry.loki]`, the access log of `observability` feeds the Loki shipper:
+    /// build it with [`Observability::start_shipping`] so that it has one even when the
+    /// file/stdout log is off.
     pub fn with_observability(
         server_conf: &Arc<ServerConf>,
         config: RuntimeConfig,
@@ -66,9 +82,28 @@ impl EdgeServices {
     ) -> Self {
         let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));
         resolver.set_metrics(observability.metrics().clone());
-        resolver.adopt(config.upstreams.values());
+        resolver.adopt(
+            config.upstreams.values(),
+            config.telemetry().endpoint_names(),
+        );
+        let telemetry = Arc::new(TelemetryShippers::new(
+            &config.telemetry,
+            observability.metrics(),
+            &resolver,
+        ));
+        if let Some(feed) = telemetry.log_feed() {
+            match observability.access_log() {
+                Some(log) => {
+                    log.ship_to(feed);
+                }
+                None => tracing::warn!(
+                    "[telemetry.loki] gets no lines: this Observability has no access log"
+                ),
+            }
+        }
         let cache = EdgeCache::leak(config.cache.clone());
         let listen = config.server.listen.clone();
+        let client_settings = config.server.client.clone();
         let admin_settings = config.admin.clone();
         let config = Arc::new(ArcSwap::from_pointee(config));
         let proxy = EdgeProxy::new(config.clone(), cache).with_observability(observability.clone());
@@ -87,9 +122,12 @@ impl EdgeServices {
         let background = EdgeBackground {
             resolver: resolver.clone(),
             config: config.clone(),
+            telemetry: telemetry.clone(),
         };
         Self {
             server_conf: server_conf.clone(),
+            client_settings,
+            open_connections: OpenConnections::default(),
             proxy,
             listen,
             admin: admin_app,
@@ -99,7 +137,14 @@ impl EdgeServices {
             resolver,
             observability,
             cache,
+            telemetry,
         }
+    }
+
+    /// The shippers pushing metrics and access-log lines to the homelab (`[telemetry]`):
+    /// flush them once the server has stopped ([`TelemetryShippers::flush`]).
+    pub fn telemetry(&self) -> &Arc<TelemetryShippers> {
+        &self.telemetry
     }
 
     /// What swaps a new config into these services while they run ([`ConfigReloader`]).
@@ -139,6 +184,12 @@ impl EdgeServices {
         self.cache
     }
 
+    /// The client connections open on the public listeners, counted as they come and go
+    /// (e.g. to end a graceful shutdown once none is left).
+    pub fn open_connections(&self) -> OpenConnections {
+        self.open_connections.clone()
+    }
+
     /// The admin app, to add actions to it ([`AdminApp::add_action`]) before serving.
     pub fn admin_mut(&mut self) -> &mut AdminApp {
         &mut self.admin
@@ -147,7 +198,8 @@ impl EdgeServices {
     /// Adds every service to `server`: the public proxy, the admin listener and the
     /// background work.
     pub fn add_to(self, server: &mut Server) {
-        let mut proxy = http_proxy_service_with_name(&self.server_conf, self.proxy, "edge proxy");
+        let app = self.public_app();
+        let mut proxy = Service::new("edge proxy".into(), app);
         for addr in self.listen {
             proxy.add_listener(public_listener(addr));
         }
@@ -168,11 +220,105 @@ impl EdgeServices {
     /// ([`serve_listener`] does), and run the background work until shutdown.
     /// The config's `listen` and `[admin] listen` addresses are not used.
     pub fn into_apps(self) -> EdgeApps {
+        let proxy = Arc::new(self.public_app());
         EdgeApps {
-            proxy: Arc::new(pingora::proxy::http_proxy(&self.server_conf, self.proxy)),
+            proxy,
             admin: Arc::new(self.admin),
             background: Arc::new(self.background),
         }
+    }
+
+    /// The public proxy app: Pingora's HTTP proxy over [`EdgeProxy`], reading request heads
+    /// within the `[server]` limits, behind the connection cap.
+    fn public_app(&self) -> ConnectionLimit<HttpProxy<EdgeProxy>> {
+        let settings = &self.client_settings;
+        let mut proxy = pingora::proxy::http_proxy(&self.server_conf, self.proxy.clone());
+        let mut options = HttpServerOptions::default();
+        options.h1_request_head = RequestHeadLimits {
+            timeout: Some(settings.header_timeout),
+            max_line: settings.max_header_line,
+            max_size: settings.max_header_size,
+            max_headers: settings.max_headers,
+        };
+        options.h1_pipelining = true;
+        options.h1_keepalive_timeout = Some(settings.keepalive_timeout);
+        // Pingora counts the reuses after the first request.
+        options.keepalive_request_limit = Some(settings.keepalive_requests.saturating_sub(1));
+        proxy.server_options = Some(options);
+        ConnectionLimit {
+            inner: Arc::new(proxy),
+            open: self.open_connections.clone(),
+            max: settings.max_connections,
+            metrics: self.observability.metrics().clone(),
+        }
+    }
+}
+
+/// A server app that closes connections beyond `max` open at once (nginx's
+/// `worker_connections`), counting each in `edge_client_closes_total{reason="max_connections"}`,
+/// so that slow clients cannot take every file descriptor.
+pub struct ConnectionLimit<A> {
+    inner: Arc<A>,
+    open: OpenConnections,
+    max: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl<A> ConnectionLimit<A> {
+    /// `inner` behind a cap of `max` connections, counting them in `open`.
+    pub fn new(inner: A, max: usize, open: OpenConnections, metrics: Arc<Metrics>) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            open,
+            max,
+            metrics,
+        }
+    }
+}
+
+/// A count of open connections, shared by whoever holds a clone.
+#[derive(Debug, Clone, Default)]
+pub struct OpenConnections(Arc<AtomicUsize>);
+
+impl OpenConnections {
+    /// Connections open now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// One open connection, counted until dropped (also when its task is cancelled).
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: pingora::protocols::Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<pingora::protocols::Stream> {
+        let open = &self.open.0;
+        if open.fetch_add(1, Ordering::Relaxed) >= self.max {
+            open.fetch_sub(1, Ordering::Relaxed);
+            self.metrics.client_closed(ClientClose::MaxConnections);
+            tracing::debug!(
+                max = self.max,
+                "max_connections open: closing a new connection"
+            );
+            return None;
+        }
+        let _open = OpenConnection(open.clone());
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
     }
 }
 
@@ -225,27 +371,33 @@ pub async fn serve_listener<A>(
 
 /// The apps of [`EdgeServices`], to serve on sockets of your own ([`EdgeServices::into_apps`]).
 pub struct EdgeApps {
-    /// The public proxy.
-    pub proxy: Arc<HttpProxy<EdgeProxy>>,
+    /// The public proxy (behind the `[server] max_connections` cap).
+    pub proxy: Arc<ConnectionLimit<HttpProxy<EdgeProxy>>>,
     /// The admin listener's app.
     pub admin: Arc<AdminApp>,
-    /// What must run beside them until shutdown: MagicDNS resolution and deny-list watching.
+    /// What must run beside them until shutdown: MagicDNS resolution, deny-list watching
+    /// and the telemetry shippers.
     pub background: Arc<EdgeBackground>,
 }
 
 /// What runs beside the listeners for as long as the server does: MagicDNS resolution of
-/// the upstream names and re-reading deny-list files that changed.
+/// the upstream and telemetry names, re-reading deny-list files that changed, and pushing
+/// telemetry to the homelab.
 pub struct EdgeBackground {
     resolver: Arc<MagicDnsResolver>,
     config: Arc<ArcSwap<RuntimeConfig>>,
+    telemetry: Arc<TelemetryShippers>,
 }
 
 #[async_trait]
 impl BackgroundService for EdgeBackground {
     async fn start(&self, shutdown: ShutdownWatch) {
+        // Telemetry keeps pushing after shutdown (what the draining requests log) until the
+        // runtime stops; the rest is the embedder's final `TelemetryShippers::flush`.
         tokio::join!(
             self.resolver.run(shutdown.clone()),
-            watch_deny_lists(&self.config, shutdown)
+            watch_deny_lists(&self.config, shutdown.clone()),
+            self.telemetry.run(shutdown)
         );
     }
 }

@@ -6,6 +6,8 @@ mod ip_set;
 mod user_agent;
 
 pub(crate) use deny_file::DenyList;
+#[cfg(feature = "fuzzing")]
+pub(crate) use ip_set::parse_ip_list;
 pub(crate) use ip_set::{parse_net, IpSet};
 pub(crate) use user_agent::UserAgentRules;
 

@@ -26,7 +26,7 @@ pub use guards::RateLimitBuilder;
 
 use super::file::{
     ConfigFile, LocationSection, PluginSection, RedirectSection, ReturnSection, SiteSection,
-    StatusOrWord, UpstreamSection,
+    StatusOrWord, TelemetrySection, UpstreamSection,
 };
 use super::{compile_file, ConfigErrors};
 use crate::model::RuntimeConfig;
@@ -113,6 +113,13 @@ impl ConfigBuilder {
     /// Turns the access log off.
     pub fn access_log_off(mut self) -> Self {
         self.file.access_log.enabled = Some(false);
+        self
+    }
+
+    /// Sets `[telemetry]`: labels, and the Prometheus and Loki receivers metrics and
+    /// access-log lines are pushed to.
+    pub fn telemetry(mut self, telemetry: TelemetrySection) -> Self {
+        self.file.telemetry = telemetry;
         self
     }
 

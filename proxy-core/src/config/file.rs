@@ -45,6 +45,9 @@ pub struct ConfigFile {
     /// Named rate-limit zones (nginx `limit_req_zone`), attached to sites and locations.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitSection>,
+    /// Metrics and access-log lines pushed to the homelab's Prometheus and Loki.
+    #[serde(default)]
+    pub telemetry: TelemetrySection,
 }
 
 /// Default of [`ServerSection::listen`].
@@ -59,6 +62,24 @@ pub const DEFAULT_HEALTH_PATH: &str = "/healthz";
 pub const DEFAULT_UNKNOWN_HOST: &str = "close";
 /// Default of [`ServerSection::upstream_pool_size`].
 pub const DEFAULT_UPSTREAM_POOL_SIZE: usize = 128;
+/// Default of [`ServerSection::client_header_timeout`] (nginx's).
+pub const DEFAULT_CLIENT_HEADER_TIMEOUT: &str = "60s";
+/// Default of [`ServerSection::client_body_timeout`] (nginx's).
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: &str = "60s";
+/// Default of [`ServerSection::send_timeout`] (nginx's).
+pub const DEFAULT_SEND_TIMEOUT: &str = "60s";
+/// Default of [`ServerSection::keepalive_timeout`] (nginx's).
+pub const DEFAULT_KEEPALIVE_TIMEOUT: &str = "75s";
+/// Default of [`ServerSection::keepalive_requests`] (nginx's).
+pub const DEFAULT_KEEPALIVE_REQUESTS: u32 = 1000;
+/// Default of [`ServerSection::max_header_line`] (nginx's `large_client_header_buffers 4 8k`).
+pub const DEFAULT_MAX_HEADER_LINE: &str = "8k";
+/// Default of [`ServerSection::max_header_size`] (nginx's four 8k buffers).
+pub const DEFAULT_MAX_HEADER_SIZE: &str = "32k";
+/// Default of [`ServerSection::max_headers`].
+pub const DEFAULT_MAX_HEADERS: usize = 100;
+/// Default of [`ServerSection::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// `[server]`: process-wide settings of the public listener.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -88,6 +109,33 @@ pub struct ServerSection {
     /// listening sockets when this one gets SIGQUIT (zero-downtime binary upgrade). Unset:
     /// SIGQUIT shuts down gracefully, like SIGTERM. Default: none.
     pub upgrade_sock: Option<String>,
+    /// A client must send a whole request head within this long of its first byte (of the
+    /// connection's start, for its first request); a slower one is closed.
+    /// Default: [`DEFAULT_CLIENT_HEADER_TIMEOUT`].
+    pub client_header_timeout: Option<String>,
+    /// Longest wait between two reads of a request body; exceeded: 408.
+    /// Default: [`DEFAULT_CLIENT_BODY_TIMEOUT`].
+    pub client_body_timeout: Option<String>,
+    /// Longest wait for a client to take the next part of a response; exceeded: closed.
+    /// Default: [`DEFAULT_SEND_TIMEOUT`].
+    pub send_timeout: Option<String>,
+    /// How long a keep-alive connection may idle between requests before it is closed.
+    /// Default: [`DEFAULT_KEEPALIVE_TIMEOUT`].
+    pub keepalive_timeout: Option<String>,
+    /// Requests one connection may carry; the last one's answer closes it.
+    /// Default: [`DEFAULT_KEEPALIVE_REQUESTS`].
+    pub keepalive_requests: Option<u32>,
+    /// Longest request line (414 above it) or header line (400). Default:
+    /// [`DEFAULT_MAX_HEADER_LINE`].
+    pub max_header_line: Option<String>,
+    /// Longest whole request head (400 above it); bytes past it are never buffered.
+    /// Default: [`DEFAULT_MAX_HEADER_SIZE`].
+    pub max_header_size: Option<String>,
+    /// Most header lines in a request (400 above it). Default: [`DEFAULT_MAX_HEADERS`].
+    pub max_headers: Option<usize>,
+    /// Client connections open at once across the public listeners; one more is closed
+    /// at once. Default: [`DEFAULT_MAX_CONNECTIONS`].
+    pub max_connections: Option<usize>,
 }
 
 /// A value that is either a status code or a keyword (`unknown_host = 421` or `"close"`).
@@ -191,6 +239,9 @@ pub const DEFAULT_READ_TIMEOUT: &str = "60s";
 pub const DEFAULT_WRITE_TIMEOUT: &str = "60s";
 /// Default of [`UpstreamSection::idle_timeout`].
 pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
+/// Default of [`UpstreamSection::max_response_header`] (nginx's `proxy_buffer_size` is 4k or
+/// 8k, one memory page).
+pub const DEFAULT_MAX_RESPONSE_HEADER: &str = "8k";
 
 /// `[upstreams.NAME]`: a service on the tailnet.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -222,6 +273,9 @@ pub struct UpstreamSection {
     pub write_timeout: Option<String>,
     /// How long an idle pooled connection is kept. Default: [`DEFAULT_IDLE_TIMEOUT`].
     pub idle_timeout: Option<String>,
+    /// Largest response head (status line and headers) accepted from the upstream; a larger
+    /// one is a 502. Default: [`DEFAULT_MAX_RESPONSE_HEADER`].
+    pub max_response_header: Option<String>,
 }
 
 /// Default of [`SiteSection::max_body_size`] (nginx's `client_max_body_size`).
@@ -541,4 +595,113 @@ pub struct RateLimitSection {
     /// Counters per row of the sketch (memory is 4 rows x 8 bytes x slots).
     /// Default: [`DEFAULT_SLOTS`].
     pub slots: Option<usize>,
+}
+
+/// Default of [`TelemetrySection::min_backoff`].
+pub const DEFAULT_TELEMETRY_MIN_BACKOFF: &str = "500ms";
+/// Default of [`TelemetrySection::max_backoff`].
+pub const DEFAULT_TELEMETRY_MAX_BACKOFF: &str = "30s";
+
+/// `[telemetry]`: what leaves the machine for the homelab (Grafana Alloy's job before):
+/// labels on everything shipped, and how failed pushes are retried.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySection {
+    /// Labels added to every pushed series and every Loki stream, e.g.
+    /// `{ instance = "flyio-proxy" }`; a series' own label of the same name wins.
+    /// Default: `instance` = `$FLY_APP_NAME`, else the host name.
+    pub labels: Option<BTreeMap<String, String>>,
+    /// First wait before retrying a failed push; doubled after each failure.
+    /// Default: [`DEFAULT_TELEMETRY_MIN_BACKOFF`].
+    pub min_backoff: Option<String>,
+    /// Longest wait between retries. Default: [`DEFAULT_TELEMETRY_MAX_BACKOFF`].
+    pub max_backoff: Option<String>,
+    /// Push metrics to Prometheus (`remote_write`). Default: none.
+    pub prometheus: Option<TelemetryPrometheusSection>,
+    /// Push access-log lines to Loki. Default: none.
+    pub loki: Option<TelemetryLokiSection>,
+}
+
+/// Default of [`TelemetryPrometheusSection::interval`].
+pub const DEFAULT_REMOTE_WRITE_INTERVAL: &str = "15s";
+/// Default of [`TelemetryPrometheusSection::timeout`] and [`TelemetryLokiSection::timeout`].
+pub const DEFAULT_TELEMETRY_TIMEOUT: &str = "10s";
+/// Default of [`TelemetryPrometheusSection::verify`] and [`TelemetryLokiSection::verify`].
+pub const DEFAULT_TELEMETRY_VERIFY: bool = true;
+/// Default of [`TelemetryPrometheusSection::buffer`]: an hour of 1,500 series at 15s.
+pub const DEFAULT_REMOTE_WRITE_BUFFER: usize = 360000;
+
+/// `[telemetry.prometheus]`: the series `/metrics` serves, pushed with Prometheus'
+/// remote-write protocol (protobuf + snappy), histograms included.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryPrometheusSection {
+    /// The receiver, e.g. `"https://prometheus.tailXXXX.ts.net/api/v1/write"`; its host is
+    /// resolved through `[resolver]` (MagicDNS). Required.
+    pub remote_write: String,
+    /// How often the metrics are read and pushed. Default: [`DEFAULT_REMOTE_WRITE_INTERVAL`].
+    pub interval: Option<String>,
+    /// Longest wait for one push (connect, send, answer).
+    /// Default: [`DEFAULT_TELEMETRY_TIMEOUT`].
+    pub timeout: Option<String>,
+    /// Samples kept while the receiver is unreachable; past it the oldest pushes are dropped
+    /// and counted. Default: [`DEFAULT_REMOTE_WRITE_BUFFER`].
+    pub buffer: Option<usize>,
+    /// Environment variable holding a bearer token sent as `Authorization`. Default: none.
+    pub bearer_token_env: Option<String>,
+    /// User name for basic auth (with `basic_auth_password_env`). Default: none.
+    pub basic_auth_user: Option<String>,
+    /// Environment variable holding the basic-auth password. Default: none.
+    pub basic_auth_password_env: Option<String>,
+    /// PEM file of CA certificates to verify the receiver against instead of the built-in
+    /// web roots. Default: none.
+    pub ca_file: Option<String>,
+    /// Verify the receiver's certificate; `false` is an explicit opt-out.
+    /// Default: [`DEFAULT_TELEMETRY_VERIFY`].
+    pub verify: Option<bool>,
+}
+
+/// Default of [`TelemetryLokiSection::labels`] (`[telemetry] labels` are added to them).
+pub const DEFAULT_LOKI_LABELS: &[(&str, &str)] = &[("job", "proxy-app")];
+/// Default of [`TelemetryLokiSection::batch_size`].
+pub const DEFAULT_LOKI_BATCH_SIZE: usize = 1000;
+/// Default of [`TelemetryLokiSection::max_wait`].
+pub const DEFAULT_LOKI_MAX_WAIT: &str = "1s";
+/// Default of [`TelemetryLokiSection::buffer`].
+pub const DEFAULT_LOKI_BUFFER: usize = 50000;
+
+/// `[telemetry.loki]`: each access-log line, as redacted, pushed to Loki as one entry with
+/// its request time (protobuf + snappy, as Loki's own clients send it).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryLokiSection {
+    /// The push endpoint, e.g. `"https://loki.tailXXXX.ts.net/loki/api/v1/push"`; its host
+    /// is resolved through `[resolver]` (MagicDNS). Required.
+    pub url: String,
+    /// Stream labels, few and fixed (never per-request values: those are in the line).
+    /// Default: [`DEFAULT_LOKI_LABELS`].
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Lines per push at most. Default: [`DEFAULT_LOKI_BATCH_SIZE`].
+    pub batch_size: Option<usize>,
+    /// Longest a line waits for its batch to fill before it is pushed anyway.
+    /// Default: [`DEFAULT_LOKI_MAX_WAIT`].
+    pub max_wait: Option<String>,
+    /// Lines kept while Loki is unreachable (and 2 KiB per line in bytes); past it the
+    /// oldest are dropped and counted. Default: [`DEFAULT_LOKI_BUFFER`].
+    pub buffer: Option<usize>,
+    /// Longest wait for one push (connect, send, answer).
+    /// Default: [`DEFAULT_TELEMETRY_TIMEOUT`].
+    pub timeout: Option<String>,
+    /// Environment variable holding a bearer token sent as `Authorization`. Default: none.
+    pub bearer_token_env: Option<String>,
+    /// User name for basic auth (with `basic_auth_password_env`). Default: none.
+    pub basic_auth_user: Option<String>,
+    /// Environment variable holding the basic-auth password. Default: none.
+    pub basic_auth_password_env: Option<String>,
+    /// PEM file of CA certificates to verify Loki against instead of the built-in web
+    /// roots. Default: none.
+    pub ca_file: Option<String>,
+    /// Verify Loki's certificate; `false` is an explicit opt-out.
+    /// Default: [`DEFAULT_TELEMETRY_VERIFY`].
+    pub verify: Option<bool>,
 }

@@ -3,6 +3,10 @@
 //! (sooner when it is half full), so requests neither wait on a disk or a pipe nor wake a
 //! thread per line. At most the configured number of lines wait; more are dropped and
 //! counted (`edge_access_log_dropped_total`).
+//!
+//! The writer thread also hands each batch to a [`LogFeed`] if one is attached
+//! ([`AccessLog::ship_to`]): the Loki shipper gets the very lines written, off the request
+//! path and without formatting them twice.
 
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
@@ -10,7 +14,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,6 +28,14 @@ pub enum AccessLogTarget {
     Stdout,
     /// A file, appended to, reopened after [`AccessLog::reopen`] (log rotation).
     File(PathBuf),
+}
+
+/// Receives the access log's lines, as written (redacted JSON), on the log's writer thread:
+/// never on the request path. Implemented by the Loki shipper.
+pub trait LogFeed: Send + Sync + std::fmt::Debug {
+    /// One or more whole lines, each ending in `\n`, in the order they were logged. Must
+    /// not block for long: the writer waits for it.
+    fn lines(&self, lines: &[u8]);
 }
 
 /// One access-log line, borrowing its text from the request it describes. Field names
@@ -135,6 +147,8 @@ struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
     reopen: Arc<AtomicBool>,
+    /// Where written lines are handed on, once attached.
+    feed: OnceLock<Arc<dyn LogFeed>>,
     /// Lines that may wait.
     capacity: usize,
     /// Bytes that may wait.
@@ -182,13 +196,35 @@ impl AccessLog {
         metrics: Arc<Metrics>,
     ) -> io::Result<Self> {
         let sink = Sink::open(&target)?;
+        Self::start_sink(sink, Some(target), capacity, metrics)
+    }
+
+    /// A log that formats and queues lines like [`AccessLog::start`] but writes them
+    /// nowhere: they only go to the feed attached with [`AccessLog::ship_to`] (the file
+    /// or stdout log is off, the lines are still shipped).
+    pub fn start_without_target(capacity: usize, metrics: Arc<Metrics>) -> io::Result<Self> {
+        Self::start_sink(Sink::Nowhere, None, capacity, metrics)
+    }
+
+    fn start_sink(
+        sink: Sink,
+        target: Option<AccessLogTarget>,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
         let log = Self::unstarted(capacity, metrics);
         let shared = log.handle.shared.clone();
         let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_batches(&shared, sink, &target))?;
+            .spawn(move || write_batches(&shared, sink, target.as_ref()))?;
         *log.handle.writer.lock() = Some(writer);
         Ok(log)
+    }
+
+    /// Hands every batch written from now on to `feed` as well (once; false if a feed
+    /// is attached already).
+    pub fn ship_to(&self, feed: Arc<dyn LogFeed>) -> bool {
+        self.handle.shared.feed.set(feed).is_ok()
     }
 
     fn unstarted(capacity: usize, metrics: Arc<Metrics>) -> Self {
@@ -197,6 +233,7 @@ impl AccessLog {
             pending: Mutex::new(Pending::default()),
             wake: Condvar::new(),
             reopen: Arc::new(AtomicBool::new(false)),
+            feed: OnceLock::new(),
             capacity,
             max_bytes: capacity.saturating_mul(BYTES_PER_LINE),
             wake_at: (capacity / 2).max(1),
@@ -251,6 +288,8 @@ impl AccessLog {
 enum Sink {
     Stdout(io::Stdout),
     File(File),
+    /// Lines only go to the feed.
+    Nowhere,
 }
 
 impl Sink {
@@ -269,6 +308,7 @@ impl Sink {
                 out.flush()
             }
             Self::File(file) => file.write_all(batch),
+            Self::Nowhere => Ok(()),
         }
     }
 }
@@ -279,7 +319,7 @@ fn open_append(path: &Path) -> io::Result<File> {
 
 /// The writer thread: every [`FLUSH_INTERVAL`], or when woken early, takes the waiting
 /// lines and writes them with one call; reopens the file on request.
-fn write_batches(shared: &Shared, mut sink: Sink, target: &AccessLogTarget) {
+fn write_batches(shared: &Shared, mut sink: Sink, target: Option<&AccessLogTarget>) {
     let mut batch = Vec::new();
     loop {
         let closed = {
@@ -292,10 +332,15 @@ fn write_batches(shared: &Shared, mut sink: Sink, target: &AccessLogTarget) {
             pending.closed
         };
         // Checked before writing, so lines logged after `reopen()` go to the new file.
-        reopen_if_asked(&mut sink, target, &shared.reopen);
+        if let Some(target) = target {
+            reopen_if_asked(&mut sink, target, &shared.reopen);
+        }
         if !batch.is_empty() {
             if let Err(e) = sink.write_batch(&batch) {
                 tracing::warn!(error = %e, "cannot write the access log");
+            }
+            if let Some(feed) = shared.feed.get() {
+                feed.lines(&batch);
             }
             batch.clear();
             if batch.capacity() > KEEP_BUFFER {
@@ -421,6 +466,40 @@ mod tests {
         log.finish();
         let text = std::fs::read_to_string(&path).unwrap();
         assert_eq!(text.lines().count(), 3);
+    }
+
+    #[derive(Debug, Default)]
+    struct Collected(Mutex<Vec<u8>>);
+
+    impl LogFeed for Collected {
+        fn lines(&self, lines: &[u8]) {
+            self.0.lock().extend_from_slice(lines);
+        }
+    }
+
+    #[test]
+    fn a_feed_gets_the_lines_written_even_without_a_target() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let target = AccessLogTarget::File(path.clone());
+        for log in [
+            AccessLog::start(target, 16, Arc::new(Metrics::new())).unwrap(),
+            AccessLog::start_without_target(16, Arc::new(Metrics::new())).unwrap(),
+        ] {
+            let feed = Arc::new(Collected::default());
+            assert!(log.ship_to(feed.clone()));
+            log.log(&AccessLogEntry {
+                status: 201,
+                ..Default::default()
+            });
+            log.log(&AccessLogEntry::default());
+            log.finish();
+            let fed = String::from_utf8(feed.0.lock().clone()).unwrap();
+            assert_eq!(fed.lines().count(), 2);
+            assert!(fed.starts_with("{\"time\""), "{fed}");
+            assert!(fed.contains("\"status\":201"), "{fed}");
+        }
+        assert_eq!(std::fs::read_to_string(&path).unwrap().lines().count(), 2);
     }
 
     #[test]

@@ -49,6 +49,19 @@ pub(crate) const BUILD_INFO: &str = "edge_build_info";
 pub(crate) const CONFIG_RELOADS: &str = "edge_config_reloads_total";
 /// `edge_config_last_reload_successful`: 1 unless the last reload was rejected.
 pub(crate) const CONFIG_LAST_RELOAD_OK: &str = "edge_config_last_reload_successful";
+/// `edge_telemetry_shipped_total{sink}`: samples or lines a receiver accepted.
+pub(crate) const TELEMETRY_SHIPPED: &str = "edge_telemetry_shipped_total";
+/// `edge_telemetry_failed_total{sink}`: samples or lines in pushes that failed (a retried
+/// push counts each time).
+pub(crate) const TELEMETRY_FAILED: &str = "edge_telemetry_failed_total";
+/// `edge_telemetry_dropped_total{sink,reason}`: samples or lines lost.
+pub(crate) const TELEMETRY_DROPPED: &str = "edge_telemetry_dropped_total";
+/// `edge_telemetry_buffered{sink}`: samples or lines waiting to be pushed.
+pub(crate) const TELEMETRY_BUFFERED: &str = "edge_telemetry_buffered";
+/// `edge_telemetry_last_success_timestamp_seconds{sink}`: when a push last succeeded.
+pub(crate) const TELEMETRY_LAST_SUCCESS: &str = "edge_telemetry_last_success_timestamp_seconds";
+/// `edge_client_closes_total{reason}`: client connections closed by a limit or timeout.
+pub(crate) const CLIENT_CLOSES: &str = "edge_client_closes_total";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -67,6 +80,12 @@ pub const METRIC_NAMES: &[&str] = &[
     BUILD_INFO,
     CONFIG_RELOADS,
     CONFIG_LAST_RELOAD_OK,
+    TELEMETRY_SHIPPED,
+    TELEMETRY_FAILED,
+    TELEMETRY_DROPPED,
+    TELEMETRY_BUFFERED,
+    TELEMETRY_LAST_SUCCESS,
+    CLIENT_CLOSES,
 ];
 
 /// Histogram buckets in seconds: from a cache hit to a slow upstream.
@@ -362,6 +381,10 @@ impl Metrics {
                 CONFIG_RELOADS,
                 "Config reloads, by result (applied or rejected).",
             ),
+            (
+                CLIENT_CLOSES,
+                "Client connections closed by a timeout or a limit, by reason.",
+            ),
         ];
         for (name, help) in counters {
             self.recorder
@@ -587,10 +610,147 @@ impl Metrics {
             .set(if applied { 1.0 } else { 0.0 });
     }
 
+    /// A client connection was closed by a timeout or a limit.
+    pub fn client_closed(&self, reason: ClientClose) {
+        if !self.enabled {
+            return;
+        }
+        self.counter(CLIENT_CLOSES, &[("reason", reason.label())])
+            .increment(1);
+    }
+
+    /// A telemetry sink (`prometheus`, `loki`) exists: its series are described and start
+    /// at zero.
+    pub fn telemetry_sink(&self, sink: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        let counters = [
+            (
+                TELEMETRY_SHIPPED,
+                "Samples (prometheus) or lines (loki) the homelab accepted, by sink.",
+            ),
+            (
+                TELEMETRY_FAILED,
+                "Samples or lines in pushes that failed, by sink (each retry counts again).",
+            ),
+            (
+                TELEMETRY_DROPPED,
+                "Samples or lines lost, by sink and reason (buffer_full, rejected).",
+            ),
+        ];
+        for (name, help) in counters {
+            self.recorder
+                .describe_counter(KeyName::from(name), None, help.into());
+        }
+        let gauges = [
+            (
+                TELEMETRY_BUFFERED,
+                "Samples or lines waiting to be pushed, by sink.",
+            ),
+            (
+                TELEMETRY_LAST_SUCCESS,
+                "Unix time of the last successful push, by sink (0: none yet).",
+            ),
+        ];
+        for (name, help) in gauges {
+            self.recorder
+                .describe_gauge(KeyName::from(name), None, help.into());
+        }
+        self.counter(TELEMETRY_SHIPPED, &[("sink", sink)])
+            .absolute(0);
+        self.counter(TELEMETRY_FAILED, &[("sink", sink)])
+            .absolute(0);
+        for reason in ["buffer_full", "rejected"] {
+            self.counter(TELEMETRY_DROPPED, &[("sink", sink), ("reason", reason)])
+                .absolute(0);
+        }
+        self.gauge(TELEMETRY_BUFFERED, &[("sink", sink)]).set(0.0);
+        self.gauge(TELEMETRY_LAST_SUCCESS, &[("sink", sink)])
+            .set(0.0);
+    }
+
+    /// A push to `sink` succeeded with `items` samples or lines.
+    pub fn telemetry_shipped(&self, sink: &'static str, items: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.counter(TELEMETRY_SHIPPED, &[("sink", sink)])
+            .increment(items as u64);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        self.gauge(TELEMETRY_LAST_SUCCESS, &[("sink", sink)])
+            .set(now.as_secs_f64());
+    }
+
+    /// A push of `items` samples or lines to `sink` failed.
+    pub fn telemetry_failed(&self, sink: &'static str, items: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.counter(TELEMETRY_FAILED, &[("sink", sink)])
+            .increment(items as u64);
+    }
+
+    /// `items` samples or lines of `sink` were lost for `reason` (`buffer_full`: the
+    /// oldest made room; `rejected`: the receiver refused them for good).
+    pub fn telemetry_dropped(&self, sink: &'static str, reason: &'static str, items: usize) {
+        if !self.enabled || items == 0 {
+            return;
+        }
+        self.counter(TELEMETRY_DROPPED, &[("sink", sink), ("reason", reason)])
+            .increment(items as u64);
+    }
+
+    /// `items` samples or lines of `sink` wait to be pushed.
+    pub fn telemetry_buffered(&self, sink: &'static str, items: usize) {
+        if !self.enabled {
+            return;
+        }
+        self.gauge(TELEMETRY_BUFFERED, &[("sink", sink)])
+            .set(items as f64);
+    }
+
     /// Counts a request as in flight until the guard drops.
     pub fn in_flight(&self) -> InFlight {
         self.in_flight.increment(1.0);
         InFlight(self.in_flight.clone())
+    }
+}
+
+/// Why the proxy closed a client connection (the `reason` label of
+/// `edge_client_closes_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientClose {
+    /// The request head did not arrive within `client_header_timeout`.
+    HeaderTimeout,
+    /// The request head was over `max_header_line`, `max_header_size` or `max_headers`.
+    HeaderTooLarge,
+    /// A request body stalled for `client_body_timeout`.
+    BodyTimeout,
+    /// The client took no response bytes for `send_timeout`.
+    SendTimeout,
+    /// The connection idled past `keepalive_timeout`.
+    KeepaliveTimeout,
+    /// The connection carried `keepalive_requests` requests.
+    KeepaliveRequests,
+    /// `max_connections` were open already.
+    MaxConnections,
+}
+
+impl ClientClose {
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ClientClose::HeaderTimeout => "header_timeout",
+            ClientClose::HeaderTooLarge => "header_too_large",
+            ClientClose::BodyTimeout => "body_timeout",
+            ClientClose::SendTimeout => "send_timeout",
+            ClientClose::KeepaliveTimeout => "keepalive_timeout",
+            ClientClose::KeepaliveRequests => "keepalive_requests",
+            ClientClose::MaxConnections => "max_connections",
+        }
     }
 }
 

@@ -9,14 +9,18 @@
 
 mod access_log;
 mod json;
+mod log_budget;
 mod metrics;
 mod record;
 mod redact;
 mod request_id;
 pub mod tailscaled;
 
-pub use access_log::{AccessLog, AccessLogEntry, AccessLogTarget};
-pub use metrics::{DnsLookupResult, InFlight, Metrics, UpstreamErrorKind, METRIC_NAMES, PREFIX};
+pub use access_log::{AccessLog, AccessLogEntry, AccessLogTarget, LogFeed};
+pub(crate) use log_budget::LogBudget;
+pub use metrics::{
+    ClientClose, DnsLookupResult, InFlight, Metrics, UpstreamErrorKind, METRIC_NAMES, PREFIX,
+};
 pub(crate) use record::{RequestFacts, RequestRecord};
 pub use redact::Redactor;
 pub(crate) use request_id::{request_id_for, REQUEST_ID_HEADER};
@@ -86,6 +90,26 @@ impl Observability {
     /// access log writer.
     pub fn start(metrics: bool, access_log: &AccessLogSettings) -> std::io::Result<Self> {
         Self::with_metrics(Arc::new(metrics_for(metrics)), access_log)
+    }
+
+    /// Like [`Observability::start`], but with `ship_lines` the access log's lines are
+    /// formatted even when it has no target, for a shipper attached with
+    /// [`AccessLog::ship_to`] (`[telemetry.loki]` with `[access_log] enabled = false`).
+    pub fn start_shipping(
+        metrics: bool,
+        access_log: &AccessLogSettings,
+        ship_lines: bool,
+    ) -> std::io::Result<Self> {
+        let metrics = Arc::new(metrics_for(metrics));
+        if !ship_lines || access_log.target.is_some() {
+            return Self::with_metrics(metrics, access_log);
+        }
+        let log = AccessLog::start_without_target(access_log.queue_size, metrics.clone())?;
+        Ok(Self {
+            metrics,
+            access_log: Some(log),
+            redactor: access_log.redactor.clone(),
+        })
     }
 
     /// Metrics and no access log: the fallback when the log cannot be opened.

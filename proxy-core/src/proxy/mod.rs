@@ -28,9 +28,9 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{DownstreamEnd, FailToProxy, ProxyHttp, Session};
 use pingora::upstreams::peer::HttpPeer;
-use pingora::{Error, ErrorType, Result};
+use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -39,7 +39,9 @@ use crate::cache::hooks as cache_hooks;
 use crate::cache::{CacheStatus, EdgeCache, FreshHit};
 use crate::guard::{GuardVerdict, Refusal};
 use crate::model::RuntimeConfig;
-use crate::observe::{Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER};
+use crate::observe::{
+    ClientClose, LogBudget, Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER,
+};
 use crate::plugin::RequestFlow;
 use crate::route::{Next, Routed, Routing};
 use crate::upstream::apply_forwarded_headers;
@@ -58,13 +60,20 @@ static HIT_PRESET: [(http::HeaderName, http::HeaderValue); 2] = [
     ),
 ];
 
-/// The edge proxy. Cheap to share: the config sits behind an [`ArcSwap`] so a reload swaps
-/// it atomically while in-flight requests finish on the config they started with.
+/// The edge proxy. Cheap to share and to clone: the config sits behind an [`ArcSwap`] so a
+/// reload swaps it atomically while in-flight requests finish on the config they started
+/// with.
+#[derive(Clone)]
 pub struct EdgeProxy {
     config: Arc<ArcSwap<RuntimeConfig>>,
     observability: Option<Arc<Observability>>,
     cache: &'static EdgeCache,
+    /// Failed requests logged per second; the rest are counted in a summary line.
+    error_log: Arc<LogBudget>,
 }
+
+/// Failed requests logged at ERROR per second (each is counted in metrics regardless).
+const ERROR_LINES_PER_SECOND: u32 = 10;
 
 impl EdgeProxy {
     /// A proxy serving the config in `config` (swap a new one in to reload; see
@@ -74,6 +83,7 @@ impl EdgeProxy {
             config,
             observability: None,
             cache,
+            error_log: Arc::new(LogBudget::new(ERROR_LINES_PER_SECOND)),
         }
     }
 
@@ -283,7 +293,32 @@ impl ProxyHttp for EdgeProxy {
             .config
             .client
             .client_ip(peer, &session.req_header().headers);
+        // Between two reads of the body, and for the client to take each part of the answer.
+        let limits = &ctx.config.server.client;
+        session.set_read_timeout(Some(limits.body_timeout));
+        session.set_write_timeout(Some(limits.send_timeout));
         Ok(())
+    }
+
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        !self.error_log.allow("failed request")
+    }
+
+    fn downstream_ended(&self, end: DownstreamEnd<'_>) {
+        let reason = match end {
+            DownstreamEnd::IdleTimeout => ClientClose::KeepaliveTimeout,
+            DownstreamEnd::HeadError(e) => match e.etype() {
+                ErrorType::ReadTimedout => ClientClose::HeaderTimeout,
+                ErrorType::HTTPStatus(status) => {
+                    tracing::info!(status, error = %e, "request head refused");
+                    ClientClose::HeaderTooLarge
+                }
+                _ => return,
+            },
+        };
+        if let Some(observability) = &self.observability {
+            observability.metrics().client_closed(reason);
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
@@ -427,6 +462,9 @@ impl ProxyHttp for EdgeProxy {
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
         if let Some(observability) = &self.observability {
             observability.finish_request(session, error, ctx.facts());
+            if let Some(reason) = client_close(session, error) {
+                observability.metrics().client_closed(reason);
+            }
         }
         let Some((chain, plugin_ctx)) = ctx.plugins() else {
             return;
@@ -507,6 +545,20 @@ impl ProxyHttp for EdgeProxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Why this request's client connection closes, if a client limit closes it: a body or a
+/// send timeout, or the last request `keepalive_requests` allows.
+fn client_close(session: &Session, error: Option<&Error>) -> Option<ClientClose> {
+    if let Some(e) = error.filter(|e| e.esource() == &ErrorSource::Downstream) {
+        return match e.etype() {
+            ErrorType::ReadTimedout => Some(ClientClose::BodyTimeout),
+            ErrorType::WriteTimedout => Some(ClientClose::SendTimeout),
+            _ => None,
+        };
+    }
+    let last = session.get_keepalive_reuses_remaining() == Some(0);
+    (last && session.get_keepalive().is_some()).then_some(ClientClose::KeepaliveRequests)
 }
 
 fn scheme(session: &Session) -> &'static str {

@@ -55,7 +55,7 @@ pub(crate) struct UpstreamTls {
     pub ca: Option<Arc<Box<[X509]>>>,
 }
 
-/// Connection timeouts for an upstream.
+/// Connection timeouts and limits for an upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UpstreamTimeouts {
     /// TCP connect plus TLS handshake.
@@ -66,6 +66,8 @@ pub(crate) struct UpstreamTimeouts {
     pub write: Duration,
     /// How long an idle pooled connection is kept.
     pub idle: Duration,
+    /// Largest response head accepted, in bytes (nginx's `proxy_buffer_size`).
+    pub max_response_header: usize,
 }
 
 /// A named upstream, compiled.
@@ -176,6 +178,7 @@ fn peer_template(
     options.read_timeout = Some(timeouts.read);
     options.write_timeout = Some(timeouts.write);
     options.idle_timeout = Some(timeouts.idle);
+    options.max_response_head = Some(timeouts.max_response_header);
     if let Some(tls) = tls {
         options.verify_cert = tls.verify;
         options.verify_hostname = tls.verify;

@@ -1,8 +1,10 @@
-//! MagicDNS resolution of upstream names, off the request path.
+//! MagicDNS resolution of upstream names (and of the telemetry receivers'), off the request
+//! path.
 //!
 //! A background task looks up every tracked name, stores the answer in the name's
 //! [`AddrSlot`], and refreshes it when its TTL (clamped to the configured bounds) runs out.
-//! When a refresh fails the last good answer stays in use. Requests only read slots.
+//! When a refresh fails the last good answer stays in use. Requests and telemetry pushes
+//! only read slots.
 
 use arc_swap::ArcSwapOption;
 use async_trait::async_trait;
@@ -66,6 +68,19 @@ impl AddrSlot {
     }
 }
 
+/// A name the resolver keeps resolved, and whether an upstream needs it (readiness waits
+/// for those only).
+#[derive(Debug)]
+struct Tracked {
+    slot: Arc<AddrSlot>,
+    upstream: bool,
+}
+
+/// How a name is keyed: lowercase, without a trailing dot.
+fn name_key(name: &str) -> String {
+    name.trim_end_matches('.').to_ascii_lowercase()
+}
+
 /// Resolver settings (the `[resolver]` section, compiled).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResolverSettings {
@@ -84,13 +99,20 @@ pub struct ResolverSettings {
 /// Resolves upstream names through MagicDNS in the background.
 ///
 /// Run it as a Pingora background service (it implements [`BackgroundService`]), and call
-/// [`MagicDnsResolver::adopt`] with the upstreams of each compiled config to say which names to
-/// keep resolved.
+/// [`MagicDnsResolver::adopt`] with each compiled config to say which names to keep resolved.
 pub struct MagicDnsResolver {
     settings: ResolverSettings,
-    slots: Mutex<HashMap<String, Arc<AddrSlot>>>,
+    slots: Mutex<HashMap<String, Tracked>>,
     names_changed: Notify,
     metrics: OnceLock<Arc<Metrics>>,
+}
+
+impl std::fmt::Debug for MagicDnsResolver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MagicDnsResolver")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MagicDnsResolver {
@@ -127,39 +149,73 @@ impl MagicDnsResolver {
         &self.settings
     }
 
-    /// Starts tracking the upstream names of a compiled config, replacing what was tracked.
+    /// Starts tracking the names of a compiled config, replacing what was tracked: its
+    /// `upstreams`' and `receivers`, other names to keep resolved (the telemetry receivers of
+    /// `[telemetry]`).
     ///
     /// A name already tracked hands its last answer to the new config's slot, so a reload
-    /// never makes a resolved upstream unavailable.
-    pub fn adopt<'u>(&self, upstreams: impl IntoIterator<Item = &'u Arc<Upstream>>) {
+    /// never makes a resolved upstream or receiver unavailable.
+    pub fn adopt<'c>(
+        &self,
+        upstreams: impl IntoIterator<Item = &'c Arc<Upstream>>,
+        receivers: impl IntoIterator<Item = &'c str>,
+    ) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::new();
         for upstream in upstreams.into_iter().filter(|u| u.needs_resolution()) {
-            let key = upstream.host.trim_end_matches('.').to_ascii_lowercase();
-            if let Some(previous) = slots.get(&key).and_then(|slot| slot.current()) {
+            let key = name_key(&upstream.host);
+            if let Some(previous) = slots.get(&key).and_then(|t| t.slot.current()) {
                 if upstream.addrs.current().is_none() {
                     upstream.addrs.store(previous.as_ref().clone());
                 }
             }
-            next.insert(key, upstream.addrs.clone());
+            let slot = upstream.addrs.clone();
+            next.insert(
+                key,
+                Tracked {
+                    slot,
+                    upstream: true,
+                },
+            );
+        }
+        // Receivers have no slot of their own in the config: they keep the one they had,
+        // or share an upstream's.
+        for name in receivers {
+            let key = name_key(name);
+            let slot = slots.get(&key).map(|t| t.slot.clone()).unwrap_or_default();
+            next.entry(key).or_insert(Tracked {
+                slot,
+                upstream: false,
+            });
         }
         *slots = next;
         drop(slots);
         self.names_changed.notify_one();
     }
 
-    /// Whether every tracked name has resolved at least once.
-    pub fn all_resolved(&self) -> bool {
+    /// The addresses `name` resolved to last, if it is tracked and has resolved: what
+    /// telemetry pushes connect to. Reads the table only, never looks anything up.
+    pub fn addresses(&self, name: &str) -> Option<Arc<Vec<IpAddr>>> {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots.values().all(|slot| slot.current().is_some())
+        slots.get(&name_key(name))?.slot.current()
     }
 
-    /// Names that have never resolved.
+    /// Whether every upstream name has resolved at least once (telemetry receivers do not
+    /// count: a homelab that is down never makes the proxy unready).
+    pub fn all_resolved(&self) -> bool {
+        let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
+        slots
+            .values()
+            .filter(|t| t.upstream)
+            .all(|t| t.slot.current().is_some())
+    }
+
+    /// Upstream names that have never resolved.
     pub fn unresolved(&self) -> Vec<String> {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mut names: Vec<String> = slots
             .iter()
-            .filter(|(_, slot)| slot.current().is_none())
+            .filter(|(_, t)| t.upstream && t.slot.current().is_none())
             .map(|(name, _)| name.clone())
             .collect();
         names.sort();
@@ -168,7 +224,10 @@ impl MagicDnsResolver {
 
     fn tracked(&self) -> Vec<(String, Arc<AddrSlot>)> {
         let slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
-        slots.iter().map(|(n, s)| (n.clone(), s.clone())).collect()
+        slots
+            .iter()
+            .map(|(n, t)| (n.clone(), t.slot.clone()))
+            .collect()
     }
 
     fn build_client(&self) -> Result<TokioResolver, String> {

@@ -16,6 +16,7 @@ use pingora::services::background::BackgroundService;
 use proxy_core::cache::EdgeCache;
 use proxy_core::config::load_str;
 use proxy_core::observe::Observability;
+use proxy_core::telemetry::TelemetryShippers;
 use proxy_core::{serve_listener, server_conf, ConfigReloader, EdgeServices, RuntimeConfig};
 use std::cell::RefCell;
 use std::io::Write;
@@ -76,6 +77,8 @@ struct Handles {
     cache: &'static EdgeCache,
     reloader: ConfigReloader,
     observability: Arc<Observability>,
+    telemetry: Arc<TelemetryShippers>,
+    grace_period: Duration,
 }
 
 impl Edge {
@@ -173,6 +176,11 @@ impl Edge {
         &self.handles.reloader
     }
 
+    /// The telemetry shippers ([`EdgeServices::telemetry`]).
+    pub fn telemetry(&self) -> &Arc<TelemetryShippers> {
+        &self.handles.telemetry
+    }
+
     /// Metrics and access log ([`EdgeServices::observability`]).
     pub fn observability(&self) -> &Arc<Observability> {
         &self.handles.observability
@@ -206,6 +214,7 @@ impl Drop for Edge {
         if let Some(log) = self.handles.observability.access_log() {
             log.finish();
         }
+        self.handles.telemetry.flush(self.handles.grace_period);
     }
 }
 
@@ -220,12 +229,15 @@ fn serve(
     ready: mpsc::Sender<Handles>,
 ) {
     let _logging = tracing::dispatcher::set_default(&logs);
+    let config_grace_period = config.server().grace_period();
     let services = EdgeServices::new(&Arc::new(server_conf(config.server())), config);
     services.prime_resolver(STARTUP_DNS_WAIT);
     let handles = Handles {
         cache: services.cache(),
         reloader: services.reloader(),
         observability: services.observability().clone(),
+        telemetry: services.telemetry().clone(),
+        grace_period: config_grace_period,
     };
     let apps = services.into_apps();
     let runtime = tokio::runtime::Builder::new_multi_thread()

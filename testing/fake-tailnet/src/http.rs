@@ -132,6 +132,12 @@ fn apply_override(plan: &mut Plan, key: &str, value: String) -> Result<(), Strin
             plan.headers
                 .push((name.trim().to_string(), val.trim().to_string()));
         }
+        "header_size" => {
+            // A response head this many bytes larger, in one `X-Padding` header.
+            let size = usize::try_from(number(&value)?).map_err(|_| "bad header_size")?;
+            plan.headers
+                .push(("X-Padding".to_string(), "p".repeat(size)));
+        }
         _ => {}
     }
     Ok(())

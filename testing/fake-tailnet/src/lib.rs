@@ -49,7 +49,7 @@ pub use error::FakeTailnetError;
 pub use localapi::FakeLocalApi;
 pub use peer::{FakePeer, SeenRequest};
 pub use tls::{
-    ca_cert_pem_path, ca_pem_file, generate_ca_pem, tls_testdata_dir, write_ca_pem,
+    ca_cert_pem_path, ca_pem_file, generate_ca_pem, server_config, tls_testdata_dir, write_ca_pem,
     wrong_ca_pem_path, TAILNET_CA_COMMON_NAME, TAILNET_CA_FILE, TAILNET_CA_PEM,
     WRONG_CA_COMMON_NAME, WRONG_CA_PEM,
 };

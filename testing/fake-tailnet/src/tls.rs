@@ -88,8 +88,9 @@ fn ca_params(common_name: &str) -> CertificateParams {
 }
 
 /// Builds a rustls server config (ring provider, HTTP/1.1 ALPN) with a fresh certificate for
-/// `fqdn` signed by the tailnet CA.
-pub(crate) fn server_config(
+/// `fqdn` (and `extra_names`) signed by the tailnet CA: what a peer, or a test's own server
+/// on the tailnet, presents.
+pub fn server_config(
     fqdn: &str,
     extra_names: &[String],
 ) -> Result<Arc<ServerConfig>, FakeTailnetError> {

@@ -3,14 +3,17 @@
 //! What the workspace's integration tests share, whatever runs the proxy (proxy-core's
 //! in-process harness or the `proxy-app` binary): the fake tailnet on its own thread, an HTTP
 //! client that never uses a system proxy or follows redirects, whole responses, raw requests
-//! over a socket, polling, and the admin listener's endpoints. It depends on nothing of the
-//! proxy's, so every crate's tests can use it.
+//! over a socket, polling, the admin listener's endpoints, and the receivers of the proxy's
+//! telemetry ([`telemetry`]: a Loki push endpoint, a gate, a real Prometheus). It depends on
+//! nothing of the proxy's, so every crate's tests can use it.
 //!
 //! Not for: starting a proxy (each crate's `tests/common` does, its own way), or assertions.
 
 #![deny(missing_docs)]
 
 pub use fake_tailnet;
+
+pub mod telemetry;
 
 use fake_tailnet::{FakeTailnet, TailnetConfig};
 use std::io::{Read, Write};

@@ -99,7 +99,7 @@ use subrequest::{BodyMode, Ctx as SubrequestCtx};
 
 pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeType};
 pub use proxy_purge::PurgeStatus;
-pub use proxy_trait::{FailToProxy, ProxyHttp, ProxyWarnLogContext};
+pub use proxy_trait::{DownstreamEnd, FailToProxy, ProxyHttp, ProxyWarnLogContext};
 
 pub mod prelude {
     pub use crate::{http_proxy, http_proxy_service, ProxyHttp, ProxyWarnLogContext, Session};
@@ -343,11 +343,28 @@ where
                 debug!("Successfully get a new request");
             }
             Ok(false) => {
+                if downstream_session.idle_timed_out() {
+                    self.inner.downstream_ended(DownstreamEnd::IdleTimeout);
+                }
                 return None; // TODO: close connection?
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                self.inner.downstream_ended(DownstreamEnd::HeadError(&e));
+                if let HTTPStatus(code) = e.etype {
+                    // A head over the limits (patched in): answered like nginx, then closed.
+                    debug!("Refusing request head: {e}");
+                    downstream_session
+                        .respond_error(code)
+                        .await
+                        .unwrap_or_else(|e| {
+                            debug!("failed to send error response to downstream: {e}");
+                        });
+                } else if matches!(e.etype, ReadTimedout) {
+                    // A head that did not arrive in time (patched in): closed without an
+                    // answer, as nginx does on `client_header_timeout`.
+                    debug!("Request head timed out: {e}");
+                } else if matches!(e.etype, InvalidHTTPHeader) {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()

@@ -41,6 +41,9 @@ where
         SV::CTX: Send + Sync,
     {
         client_session.read_timeout = peer.options.read_timeout;
+        if let Some(max) = peer.options.max_response_head {
+            client_session.max_response_head = max;
+        }
         client_session.write_timeout = peer.options.write_timeout;
 
         // phase 2 send to upstream

@@ -543,6 +543,12 @@ pub trait ProxyHttp {
     ) {
     }
 
+    /// A downstream connection ended before a request could be read (patched in): the
+    /// keepalive timeout ended its idle wait, or its request head failed (timed out, over the
+    /// limits, malformed). Called once, before the connection closes; must not block.
+    /// Default: nothing.
+    fn downstream_ended(&self, _end: DownstreamEnd<'_>) {}
+
     /// A value of true means that the log message will be suppressed. The default value is false.
     ///
     /// See also: [`Self::suppress_proxy_warn_log`].
@@ -754,4 +760,15 @@ pub trait ProxyHttp {
 pub struct FailToProxy {
     pub error_code: u16,
     pub can_reuse_downstream: bool,
+}
+
+/// Why a downstream connection ended before a request could be read (patched in), for
+/// [`ProxyHttp::downstream_ended`].
+#[derive(Debug)]
+pub enum DownstreamEnd<'a> {
+    /// The connection idled past its keepalive timeout between requests.
+    IdleTimeout,
+    /// The request head failed: `ReadTimedout` (it did not arrive in time),
+    /// `HTTPStatus(code)` (over a limit, answered with `code`), or another error.
+    HeadError(&'a Error),
 }

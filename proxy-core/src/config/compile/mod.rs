@@ -12,6 +12,7 @@ mod guard;
 mod observe;
 mod server;
 mod site;
+mod telemetry;
 mod upstream;
 
 use http::HeaderName;
@@ -48,6 +49,7 @@ pub(crate) fn compile(
     let cache = c.cache_settings(file.cache.as_ref(), &root.key("cache"));
     let client = c.client(&file.client, &root.key("client"));
     let zones = c.zones(&file.rate_limits, &root.key("rate_limits"));
+    let telemetry = c.telemetry(&file.telemetry, admin.metrics, &root.key("telemetry"));
     let (router, deny_lists) = c.sites(
         &file.sites,
         &upstreams,
@@ -68,6 +70,7 @@ pub(crate) fn compile(
         deny_lists,
         upstreams,
         zones,
+        telemetry,
     })
 }
 
@@ -91,6 +94,15 @@ impl Compiler<'_> {
         let fallback = super::units::parse_duration(default).unwrap_or_default();
         self.problems
             .duration(Some(value.unwrap_or(default)), fallback, key)
+    }
+
+    /// A duration key that must be more than zero.
+    fn positive_duration(&mut self, value: Option<&str>, default: &str, key: KeyPath) -> Duration {
+        let duration = self.duration(value, default, key.clone());
+        if duration.is_zero() {
+            self.problem(key, "must be longer than 0s");
+        }
+        duration
     }
 
     /// A size key in bytes: its value, or `default` (config syntax) when unset.

@@ -18,17 +18,10 @@ impl Compiler<'_> {
         let listen = self
             .socket_addr(listen_text, key.key("listen"))
             .unwrap_or_else(|| std::net::SocketAddr::from(([127, 0, 0, 1], 9091)));
-        let token_env = s.token_env.clone().filter(|name| {
-            let valid =
-                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !valid {
-                self.problem(
-                    key.key("token_env"),
-                    format!("`{name}` is not an environment variable name (letters, digits, '_')"),
-                );
-            }
-            valid
-        });
+        let token_env = s
+            .token_env
+            .clone()
+            .filter(|name| self.env_var_name(name, key.key("token_env")));
         AdminSettings {
             listen,
             token_env,

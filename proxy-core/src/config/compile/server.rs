@@ -6,11 +6,15 @@ use std::path::PathBuf;
 use super::Compiler;
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    ServerSection, StatusOrWord, DEFAULT_GRACE_PERIOD, DEFAULT_HEALTH_PATH, DEFAULT_LISTEN,
+    ServerSection, StatusOrWord, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT,
+    DEFAULT_GRACE_PERIOD, DEFAULT_HEALTH_PATH, DEFAULT_KEEPALIVE_REQUESTS,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS,
+    DEFAULT_MAX_HEADER_LINE, DEFAULT_MAX_HEADER_SIZE, DEFAULT_SEND_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UNKNOWN_HOST, DEFAULT_UPSTREAM_POOL_SIZE,
 };
-use crate::model::ServerSettings;
+use crate::model::{ClientConnectionSettings, ServerSettings};
 use crate::route::{RoutingSettings, UnknownHostAnswer};
+use std::time::Duration;
 
 impl Compiler<'_> {
     pub(super) fn server(&mut self, s: &ServerSection, key: &KeyPath) -> ServerSettings {
@@ -46,6 +50,90 @@ impl Compiler<'_> {
             ),
             upstream_pool_size: s.upstream_pool_size.unwrap_or(DEFAULT_UPSTREAM_POOL_SIZE),
             upgrade_sock: self.upgrade_sock(s.upgrade_sock.as_deref(), key.key("upgrade_sock")),
+            client: self.client_connections(s, key),
+        }
+    }
+
+    fn client_connections(&mut self, s: &ServerSection, key: &KeyPath) -> ClientConnectionSettings {
+        let max_header_line = self.memory_size(
+            s.max_header_line.as_deref(),
+            DEFAULT_MAX_HEADER_LINE,
+            key.key("max_header_line"),
+        );
+        let max_header_size = self.memory_size(
+            s.max_header_size.as_deref(),
+            DEFAULT_MAX_HEADER_SIZE,
+            key.key("max_header_size"),
+        );
+        // httparse, which reads heads, holds at most 256 header lines.
+        let max_headers = s.max_headers.unwrap_or(DEFAULT_MAX_HEADERS);
+        if !(1..=256).contains(&max_headers) {
+            self.problem(
+                key.key("max_headers"),
+                format!("max_headers must be from 1 to 256, got {max_headers}"),
+            );
+        }
+        // A request line shorter than "GET / HTTP/1.1" could never pass.
+        if !(64..=1 << 20).contains(&max_header_line) {
+            self.problem(
+                key.key("max_header_line"),
+                format!("max_header_line must be from 64 bytes to 1m, got {max_header_line} bytes"),
+            );
+        }
+        if max_header_size < max_header_line || max_header_size > 1 << 20 {
+            self.problem(
+                key.key("max_header_size"),
+                format!("max_header_size must be at least max_header_line ({max_header_line} bytes) and at most 1m, got {max_header_size} bytes"),
+            );
+        }
+        let keepalive_requests = s.keepalive_requests.unwrap_or(DEFAULT_KEEPALIVE_REQUESTS);
+        if keepalive_requests == 0 {
+            self.problem(
+                key.key("keepalive_requests"),
+                "keepalive_requests must be at least 1",
+            );
+        }
+        let max_connections = s.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            self.problem(
+                key.key("max_connections"),
+                "max_connections must be at least 1",
+            );
+        }
+        let keepalive_timeout = self.duration(
+            s.keepalive_timeout.as_deref(),
+            DEFAULT_KEEPALIVE_TIMEOUT,
+            key.key("keepalive_timeout"),
+        );
+        // Pingora counts keepalive in whole seconds (0 would mean "forever").
+        if keepalive_timeout < Duration::from_secs(1) {
+            self.problem(
+                key.key("keepalive_timeout"),
+                "keepalive_timeout must be at least 1s",
+            );
+        }
+        ClientConnectionSettings {
+            header_timeout: self.positive_duration(
+                s.client_header_timeout.as_deref(),
+                DEFAULT_CLIENT_HEADER_TIMEOUT,
+                key.key("client_header_timeout"),
+            ),
+            body_timeout: self.positive_duration(
+                s.client_body_timeout.as_deref(),
+                DEFAULT_CLIENT_BODY_TIMEOUT,
+                key.key("client_body_timeout"),
+            ),
+            send_timeout: self.positive_duration(
+                s.send_timeout.as_deref(),
+                DEFAULT_SEND_TIMEOUT,
+                key.key("send_timeout"),
+            ),
+            keepalive_timeout,
+            keepalive_requests,
+            max_header_line,
+            max_header_size,
+            max_headers,
+            max_connections,
         }
     }
 

@@ -10,9 +10,9 @@ use super::{is_valid_dns_name, Compiler};
 use crate::config::error::KeyPath;
 use crate::config::file::{
     ResolverSection, UpstreamSection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DEFAULT_NAMESERVERS, DEFAULT_READ_TIMEOUT,
-    DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY_INTERVAL, DEFAULT_TLS, DEFAULT_VERIFY,
-    DEFAULT_WRITE_TIMEOUT,
+    DEFAULT_MAX_RESPONSE_HEADER, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DEFAULT_NAMESERVERS,
+    DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY_INTERVAL, DEFAULT_TLS,
+    DEFAULT_VERIFY, DEFAULT_WRITE_TIMEOUT,
 };
 use crate::upstream::{
     AddrSlot, HostHeader, ResolverSettings, Upstream, UpstreamTimeouts, UpstreamTls,
@@ -114,6 +114,11 @@ impl Compiler<'_> {
                 u.idle_timeout.as_deref(),
                 DEFAULT_IDLE_TIMEOUT,
                 key.key("idle_timeout"),
+            ),
+            max_response_header: self.memory_size(
+                u.max_response_header.as_deref(),
+                DEFAULT_MAX_RESPONSE_HEADER,
+                key.key("max_response_header"),
             ),
         };
         let addrs = match host.parse::<IpAddr>() {

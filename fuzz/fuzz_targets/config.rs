@@ -1,0 +1,4 @@
+#![no_main]
+//! `proxy_core::fuzzing::config_text`: must never panic or hang on any input.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| proxy_core::fuzzing::config_text(data));

@@ -1,0 +1,343 @@
+//! What a client (or an origin) cannot do to the edge: hold connections idle or half-sent past
+//! the client timeouts, send heads over the limits, open more than `max_connections`, or get
+//! pipelined requests mishandled; and an origin's oversized response head. Raw sockets, short
+//! configured limits.
+
+mod common;
+
+use common::*;
+use fake_tailnet::FakeTailnet;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+/// A site with a local answer at `/` and the `app` peer behind `/up/`, with `server` lines
+/// added to `[server]`.
+fn config(tailnet: &FakeTailnet, server: &str) -> String {
+    let base = base_config(tailnet).replacen("[server]\n", &format!("[server]\n{server}\n"), 1);
+    format!(
+        r#"{base}
+[upstreams.app]
+address = "app.{d}:{p}"
+
+[sites.app]
+hosts = ["app.example.com"]
+max_body_size = "0"
+
+[[sites.app.locations]]
+match = "/"
+return = {{ status = 200, body = "ok\n" }}
+
+[[sites.app.locations]]
+match = "/up/"
+proxy = "app"
+"#,
+        d = tailnet.domain(),
+        p = tailnet.http_port(),
+    )
+}
+
+fn connect(edge: &Edge) -> TcpStream {
+    let stream = TcpStream::connect(edge.addr).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .expect("read timeout");
+    stream
+}
+
+/// Reads one response off `stream`: its status line and headers, and a body of its
+/// `Content-Length`.
+fn read_response(stream: &mut TcpStream) -> String {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return String::from_utf8_lossy(&head).into_owned(),
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let length = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).expect("read body");
+    head + &String::from_utf8_lossy(&body)
+}
+
+/// Whether the server closed `stream` (its reads end, or it was reset) before the stream's
+/// read timeout.
+fn closed_by_server(stream: &mut TcpStream) -> bool {
+    let mut rest = Vec::new();
+    match stream.read_to_end(&mut rest) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+        ),
+    }
+}
+
+/// `edge_client_closes_total{reason}` once it reaches `want` (a close is counted as the
+/// connection ends, which the client may see first), or its value after 10 s.
+async fn closes(edge: &Edge, reason: &str, want: u64) -> u64 {
+    let needle = format!("edge_client_closes_total{{reason=\"{reason}\"}} ");
+    let mut value = 0;
+    for _ in 0..100 {
+        let text = scrape(edge.admin_addr).await;
+        value = text
+            .lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0);
+        if value >= want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    value
+}
+
+const GET: &str = "GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n";
+
+#[tokio::test]
+async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "keepalive_timeout = \"1s\""));
+    let mut stream = connect(&edge);
+    stream.write_all(GET.as_bytes()).unwrap();
+    let reply = read_response(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert!(closed_by_server(&mut stream), "idle connection still open");
+    assert_eq!(closes(&edge, "keepalive_timeout", 1).await, 1);
+}
+
+#[tokio::test]
+async fn a_connection_carries_keepalive_requests_and_then_closes() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "keepalive_requests = 3"));
+    let mut stream = connect(&edge);
+    for n in 1..=3 {
+        stream.write_all(GET.as_bytes()).unwrap();
+        let reply = read_response(&mut stream);
+        assert!(reply.starts_with("HTTP/1.1 200"), "request {n}: {reply}");
+        let closing = reply.to_ascii_lowercase().contains("connection: close");
+        assert_eq!(closing, n == 3, "request {n}: {reply}");
+    }
+    assert!(closed_by_server(&mut stream));
+    assert_eq!(closes(&edge, "keepalive_requests", 1).await, 1);
+}
+
+#[tokio::test]
+async fn a_head_trickling_in_is_cut_off_at_client_header_timeout() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "client_header_timeout = \"1s\""));
+    // A slowloris: one header byte every 200 ms, each read well within any per-read
+    // timeout; the head as a whole is bounded.
+    let mut stream = connect(&edge);
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\nX-Slow: ")
+        .unwrap();
+    let mut cut = false;
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(200));
+        if stream.write_all(b"a").is_err() {
+            cut = true;
+            break;
+        }
+    }
+    assert!(
+        cut || closed_by_server(&mut stream),
+        "the slow head was never cut"
+    );
+    // A connection that sends nothing at all is closed too.
+    let mut silent = connect(&edge);
+    assert!(closed_by_server(&mut silent));
+    assert_eq!(closes(&edge, "header_timeout", 2).await, 2);
+    assert_eq!(tailnet.peer("app").unwrap().requests(), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_body_gets_408_after_client_body_timeout() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "client_body_timeout = \"1s\""));
+    let mut stream = connect(&edge);
+    stream
+        .write_all(b"POST /up/x HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let reply = read_response(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 408"), "{reply}");
+    assert_eq!(closes(&edge, "body_timeout", 1).await, 1);
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_after_send_timeout() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "send_timeout = \"1s\""));
+    let mut stream = connect(&edge);
+    // 64 MiB: far more than the socket buffers hold, so the proxy's writes stall.
+    stream
+        .write_all(b"GET /up/big?size=67108864 HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    stream.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    assert_eq!(
+        closes(&edge, "send_timeout", 1).await,
+        1,
+        "the stalled send was never given up"
+    );
+}
+
+#[tokio::test]
+async fn heads_over_the_limits_are_answered_at_the_edge_and_never_forwarded() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, ""));
+    let long = "a".repeat(9000);
+    let cases = [
+        (
+            format!("GET /up/{long} HTTP/1.1\r\nHost: app.example.com\r\n\r\n"),
+            "414",
+        ),
+        (
+            format!("GET /up/ HTTP/1.1\r\nHost: app.example.com\r\nX-Long: {long}\r\n\r\n"),
+            "400",
+        ),
+        (
+            format!(
+                "GET /up/ HTTP/1.1\r\nHost: app.example.com\r\n{}\r\n",
+                (0..5)
+                    .map(|i| format!("X-{i}: {}\r\n", "b".repeat(7000)))
+                    .collect::<String>()
+            ),
+            "400",
+        ),
+        (
+            format!(
+                "GET /up/ HTTP/1.1\r\nHost: app.example.com\r\n{}\r\n",
+                (0..101)
+                    .map(|i| format!("X-{i}: v\r\n"))
+                    .collect::<String>()
+            ),
+            "400",
+        ),
+    ];
+    for (request, status) in &cases {
+        let reply = raw_request(edge.addr, request);
+        assert!(
+            reply.starts_with(&format!("HTTP/1.1 {status}")),
+            "want {status}: {}",
+            reply.lines().next().unwrap_or("no answer")
+        );
+    }
+    // An unterminated 1 MiB head: refused after the limit, without reading the rest.
+    let mut stream = connect(&edge);
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let _ = stream.write_all(b"GET /up/ HTTP/1.1\r\nHost: app.example.com\r\nX-Big: ");
+            let _ = stream.write_all(&vec![b'c'; 1 << 20]);
+        })
+    };
+    let reply = read_response(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    writer.join().unwrap();
+    assert_eq!(
+        tailnet.peer("app").unwrap().requests(),
+        0,
+        "a refused head reached the peer"
+    );
+    assert_eq!(closes(&edge, "header_too_large", 5).await, 5);
+    // Heads within the limits pass.
+    let ok = raw_request(
+        edge.addr,
+        &format!(
+            "GET /up/{} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
+            "d".repeat(7000)
+        ),
+    );
+    assert!(
+        ok.starts_with("HTTP/1.1 200"),
+        "{}",
+        ok.lines().next().unwrap_or("")
+    );
+}
+
+#[tokio::test]
+async fn connections_beyond_max_connections_are_closed_at_once() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "max_connections = 3"));
+    // Three clients, each served once and then idling on its keep-alive connection.
+    let held: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            let mut stream = connect(&edge);
+            stream.write_all(GET.as_bytes()).unwrap();
+            assert!(read_response(&mut stream).starts_with("HTTP/1.1 200"));
+            stream
+        })
+        .collect();
+    let mut extra = connect(&edge);
+    assert!(closed_by_server(&mut extra), "a fourth connection was kept");
+    assert_eq!(closes(&edge, "max_connections", 1).await, 1);
+    drop(held);
+    // Once they are gone, a new client is served again.
+    let served = eventually(Duration::from_secs(10), || {
+        raw_request(
+            edge.addr,
+            "GET / HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n",
+        )
+        .starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(served);
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, ""));
+    let mut stream = connect(&edge);
+    let three: String = ["/up/a", "/", "/up/c"]
+        .iter()
+        .map(|path| format!("GET {path} HTTP/1.1\r\nHost: app.example.com\r\n\r\n"))
+        .collect();
+    stream.write_all(three.as_bytes()).unwrap();
+    for expected in ["hello from app", "ok", "hello from app"] {
+        let reply = read_response(&mut stream);
+        assert!(
+            reply.starts_with("HTTP/1.1 200") && reply.contains(expected),
+            "{reply}"
+        );
+    }
+    // A second request sent while the first is still upstream waits its turn.
+    stream
+        .write_all(b"GET /up/slow?delay_ms=300 HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    stream.write_all(GET.as_bytes()).unwrap();
+    let slow = read_response(&mut stream);
+    let fast = read_response(&mut stream);
+    assert!(
+        slow.starts_with("HTTP/1.1 200") && slow.contains("hello from app"),
+        "{slow}"
+    );
+    assert!(
+        fast.starts_with("HTTP/1.1 200") && fast.ends_with("ok\n"),
+        "{fast}"
+    );
+}
+
+#[tokio::test]
+async fn an_origin_response_head_over_max_response_header_is_a_502() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, ""));
+    let small = get(&edge, "app.example.com", "/up/a?header_size=1000").await;
+    assert_eq!(small.status, 200);
+    let big = get(&edge, "app.example.com", "/up/b?header_size=10000").await;
+    assert_eq!(big.status, 502, "{big:?}");
+}
