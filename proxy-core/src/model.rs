@@ -15,7 +15,7 @@ use std::time::Duration;
 use crate::access::DenyList;
 use crate::cache::CacheSettings;
 use crate::client::ClientIpPolicy;
-use crate::limit::LimitZone;
+use crate::limit::{ConcurrencyZone, LimitZone};
 use crate::observe::AccessLogSettings;
 use crate::route::{Routes, Site};
 use crate::telemetry::TelemetrySettings;
@@ -117,6 +117,8 @@ pub struct RuntimeConfig {
     pub(crate) upstreams: BTreeMap<String, Arc<Upstream>>,
     /// Every rate-limit zone, by name (locations hold the same zones).
     pub(crate) zones: BTreeMap<String, Arc<LimitZone>>,
+    /// Every connection-limit zone, by name (locations hold the same zones).
+    pub(crate) connection_zones: BTreeMap<String, Arc<ConcurrencyZone>>,
     /// Every deny list the sites read, for the service that watches their files.
     pub(crate) deny_lists: Vec<Arc<DenyList>>,
     /// `[telemetry]`: metrics and log lines pushed to the homelab.

@@ -36,7 +36,7 @@ pub struct ConfigReloader {
 pub struct ReloadReport {
     /// Sections that changed but need a restart; their running values were kept.
     pub needs_restart: Vec<&'static str>,
-    /// Rate-limit zones whose counters carried over (same name and settings).
+    /// Rate- and connection-limit zones whose counters carried over (same name and settings).
     pub zones_kept: usize,
     /// Sites in the config now running.
     pub sites: usize,
@@ -111,15 +111,20 @@ fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> V
 /// `limit_req_zone` across reloads the same way). Returns how many zones were kept. `next`
 /// has served no request yet, so its zones have counted nothing.
 fn keep_zone_counters(next: &RuntimeConfig, running: &RuntimeConfig) -> usize {
-    next.zones
-        .iter()
-        .filter(|(name, zone)| {
-            running
-                .zones
-                .get(*name)
-                .is_some_and(|old| zone.keep_counters(old))
-        })
-        .count()
+    let rate = next.zones.iter().filter(|(name, zone)| {
+        running
+            .zones
+            .get(*name)
+            .is_some_and(|old| zone.keep_counters(old))
+    });
+    // Requests in progress across the reload still count in their connection-limit zones.
+    let connection = next.connection_zones.iter().filter(|(name, zone)| {
+        running
+            .connection_zones
+            .get(*name)
+            .is_some_and(|old| zone.keep_counts(old))
+    });
+    rate.count() + connection.count()
 }
 
 /// Sets `next` back to `running` if they differ, noting `name` in `kept`.

@@ -288,11 +288,12 @@ impl OpenConnections {
 }
 
 /// One open connection, counted until dropped (also when its task is cancelled).
-struct OpenConnection(Arc<AtomicUsize>);
+struct OpenConnection(Arc<AtomicUsize>, Arc<Metrics>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.client_connections(-1.0);
     }
 }
 
@@ -313,7 +314,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
             );
             return None;
         }
-        let _open = OpenConnection(open.clone());
+        self.metrics.client_connections(1.0);
+        let _open = OpenConnection(open.clone(), self.metrics.clone());
         self.inner.process_new(stream, shutdown).await
     }
 

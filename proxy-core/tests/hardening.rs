@@ -103,6 +103,18 @@ async fn closes(edge: &Edge, reason: &str, want: u64) -> u64 {
     value
 }
 
+/// Whether `edge_client_connections` reaches `open` within 10 s.
+async fn eventually_connections(edge: &Edge, open: u64) -> bool {
+    let want = format!("edge_client_connections {open}\n");
+    for _ in 0..100 {
+        if scrape(edge.admin_addr).await.contains(&want) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
 const GET: &str = "GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n";
 
 #[tokio::test]
@@ -272,6 +284,8 @@ async fn heads_over_the_limits_are_answered_at_the_edge_and_never_forwarded() {
 async fn connections_beyond_max_connections_are_closed_at_once() {
     let tailnet = tailnet(&["app"]).await;
     let edge = Edge::start(&config(&tailnet, "max_connections = 3"));
+    // The start-up health check's connection is gone (it may end just after its answer).
+    assert!(eventually_connections(&edge, 0).await);
     // Three clients, each served once and then idling on its keep-alive connection.
     let held: Vec<TcpStream> = (0..3)
         .map(|_| {
@@ -281,6 +295,7 @@ async fn connections_beyond_max_connections_are_closed_at_once() {
             stream
         })
         .collect();
+    assert!(eventually_connections(&edge, 3).await);
     let mut extra = connect(&edge);
     assert!(closed_by_server(&mut extra), "a fourth connection was kept");
     assert_eq!(closes(&edge, "max_connections", 1).await, 1);

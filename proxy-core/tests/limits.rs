@@ -318,3 +318,60 @@ async fn decisions_and_deny_hits_are_counted_in_metrics() {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
 }
+
+#[tokio::test]
+async fn connection_limits_bound_the_requests_one_client_has_in_progress() {
+    let tailnet = tailnet(&["docs"]).await;
+    let zones =
+        "[connection_limits.two]\nmax = 2\n[connection_limits.watch]\nmax = 1\ndry_run = true\n";
+    let locations = "[[sites.docs.locations]]\nmatch = \"/slow/\"\nproxy = \"docs\"\nconnection_limits = [\"two\", \"watch\"]\n";
+    let proxy = Edge::start(&config(&tailnet, TRUST_LOOPBACK, zones, "", locations));
+    let slow = "/slow/x?delay_ms=1500";
+    // Three at once from one client: two in progress, the third refused at once.
+    let (a, b, c) = tokio::join!(
+        send_as(&proxy, slow, "198.51.100.1"),
+        send_as(&proxy, slow, "198.51.100.1"),
+        async {
+            // Sent once the first two are in progress: the peer has them (for 1.5 s).
+            let peer = tailnet.peer("docs").expect("peer");
+            eventually(std::time::Duration::from_secs(10), || peer.requests() == 2).await;
+            let refused = send_as(&proxy, slow, "198.51.100.1").await;
+            // Another client has places of its own.
+            let other = send_as(&proxy, slow, "198.51.100.2").await;
+            (refused, other)
+        }
+    );
+    let (refused, other) = c;
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.body, "too many requests in progress\n");
+    assert_eq!(other.status, 200);
+    // Once they are done, the client has its places back; elsewhere it is not limited.
+    assert_eq!(send_as(&proxy, slow, "198.51.100.1").await.status, 200);
+    assert_eq!(
+        statuses(&proxy, "/", "198.51.100.1", 3).await,
+        [200, 200, 200]
+    );
+    let text = scrape(proxy.admin_addr).await;
+    assert!(
+        text.contains(r#"edge_connection_limit_rejections_total{zone="two"} 1"#),
+        "{text}"
+    );
+    // The dry-run zone (max 1) refused nothing, though two were in progress at once.
+    assert!(!text.contains(r#"edge_connection_limit_rejections_total{zone="watch"}"#));
+}
+
+#[tokio::test]
+async fn ipv6_clients_share_their_64_in_connection_limits() {
+    let tailnet = tailnet(&["docs"]).await;
+    let zones = "[connection_limits.one]\nmax = 1\n";
+    let locations = "[[sites.docs.locations]]\nmatch = \"/slow/\"\nproxy = \"docs\"\nconnection_limits = [\"one\"]\n";
+    let proxy = Edge::start(&config(&tailnet, TRUST_LOOPBACK, zones, "", locations));
+    let slow = "/slow/x?delay_ms=1500";
+    let (first, second) = tokio::join!(send_as(&proxy, slow, "2001:db8:1:2::1"), async {
+        let peer = tailnet.peer("docs").expect("peer");
+        eventually(std::time::Duration::from_secs(10), || peer.requests() == 1).await;
+        send_as(&proxy, slow, "2001:db8:1:2::ffff").await
+    });
+    assert_eq!((first.status, second.status), (200, 503));
+}

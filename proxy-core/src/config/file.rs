@@ -45,6 +45,10 @@ pub struct ConfigFile {
     /// Named rate-limit zones (nginx `limit_req_zone`), attached to sites and locations.
     #[serde(default)]
     pub rate_limits: BTreeMap<String, RateLimitSection>,
+    /// Named zones of requests in progress at once (nginx `limit_conn_zone`), attached to sites
+    /// and locations.
+    #[serde(default)]
+    pub connection_limits: BTreeMap<String, ConnectionLimitSection>,
     /// Metrics and access-log lines pushed to the homelab's Prometheus and Loki.
     #[serde(default)]
     pub telemetry: TelemetrySection,
@@ -307,6 +311,9 @@ pub struct SiteSection {
     /// Rate-limit zones applied to every request of the site. Default: none.
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    /// Connection-limit zones applied to every request of the site. Default: none.
+    #[serde(default)]
+    pub connection_limits: Vec<String>,
     /// Deny lists and user-agent rules of the site. Default: none.
     pub access: Option<SiteAccessSection>,
 }
@@ -365,6 +372,9 @@ pub struct LocationSection {
     /// Rate-limit zones applied to this location, on top of the site's. Default: none.
     #[serde(default)]
     pub rate_limits: Vec<String>,
+    /// Connection-limit zones applied to this location, on top of the site's. Default: none.
+    #[serde(default)]
+    pub connection_limits: Vec<String>,
     /// Only clients in these IPs/CIDRs may use this location; others get 403.
     /// Default: everyone.
     pub allow: Option<Vec<String>>,
@@ -557,6 +567,29 @@ pub struct ClientSection {
     /// When a trusted peer sent no usable header, take the rightmost untrusted entry of
     /// `X-Forwarded-For`. Default: [`DEFAULT_FORWARDED_FOR_FALLBACK`].
     pub forwarded_for_fallback: Option<bool>,
+}
+
+/// Default of [`ConnectionLimitSection::key`].
+pub const DEFAULT_CONNECTION_KEY: &str = "client_ip";
+/// Default of [`ConnectionLimitSection::status`] (nginx's `limit_conn_status`).
+pub const DEFAULT_CONNECTION_LIMIT_STATUS: u16 = 503;
+
+/// `[connection_limits.NAME]`: how many requests of one client may be in progress at once, with
+/// nginx `limit_conn` semantics (a request counts from when its head was read until it ends).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionLimitSection {
+    /// Requests of one key in progress at once; one more is refused. Required.
+    pub max: u32,
+    /// `"client_ip"`, `"client_ip+location"` or `"header:NAME"`.
+    /// Default: [`DEFAULT_CONNECTION_KEY`].
+    pub key: Option<String>,
+    /// IPv6 clients are counted per prefix of this length. Default: [`DEFAULT_IPV6_PREFIX`].
+    pub ipv6_prefix: Option<u8>,
+    /// Status of refusals. Default: [`DEFAULT_CONNECTION_LIMIT_STATUS`].
+    pub status: Option<u16>,
+    /// Only log and count refusals, never refuse. Default: [`DEFAULT_DRY_RUN`].
+    pub dry_run: Option<bool>,
 }
 
 /// Default of [`RateLimitSection::burst`].

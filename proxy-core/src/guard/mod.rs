@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use crate::access::{IpSet, SiteAccess};
 use crate::answer::LocalAnswer;
-use crate::limit::{acquire_all, LimitKey, LimitOutcome, LimitZone};
+use crate::limit::{
+    acquire_all, ConcurrencyPermit, ConcurrencyZone, LimitKey, LimitOutcome, LimitZone,
+};
 
 /// One location's guards.
 #[derive(Debug, Default)]
@@ -24,6 +26,8 @@ pub(crate) struct Guards {
     allow: Option<IpSet>,
     /// Rate-limit zones: the site's, then the location's own.
     zones: Vec<Arc<LimitZone>>,
+    /// Connection-limit zones: the site's, then the location's own.
+    connection_zones: Vec<Arc<ConcurrencyZone>>,
     /// Whether anything beyond the body limit is checked (most locations check nothing
     /// else, and their requests skip the header lookups).
     rules: bool,
@@ -38,6 +42,8 @@ pub(crate) enum GuardVerdict<'g> {
         delay: Duration,
         /// The rate-limit zones that counted the request (for metrics).
         zones: Vec<&'g str>,
+        /// The request's places in the connection-limit zones, held until it ends.
+        permits: Vec<ConcurrencyPermit>,
     },
     /// Answer with this and stop.
     Refuse(LocalAnswer, Refusal),
@@ -56,6 +62,9 @@ pub(crate) enum Refusal {
     AllowList,
     /// A rate-limit zone (named) rejected it.
     RateLimit(String),
+    /// A connection-limit zone (named) had as many of its key's requests in progress as
+    /// it allows.
+    ConnectionLimit(String),
 }
 
 impl Refusal {
@@ -65,7 +74,7 @@ impl Refusal {
             Refusal::UserAgent => Some("user_agent"),
             Refusal::DenyList => Some("deny_list"),
             Refusal::AllowList => Some("allow_list"),
-            Refusal::BodyTooLarge | Refusal::RateLimit(_) => None,
+            Refusal::BodyTooLarge | Refusal::RateLimit(_) | Refusal::ConnectionLimit(_) => None,
         }
     }
 }
@@ -77,13 +86,18 @@ impl Guards {
         access: Arc<SiteAccess>,
         allow: Option<IpSet>,
         zones: Vec<Arc<LimitZone>>,
+        connection_zones: Vec<Arc<ConcurrencyZone>>,
     ) -> Self {
-        let rules = access.has_rules() || allow.is_some() || !zones.is_empty();
+        let rules = access.has_rules()
+            || allow.is_some()
+            || !zones.is_empty()
+            || !connection_zones.is_empty();
         Self {
             body_limit,
             access,
             allow,
             zones,
+            connection_zones,
             rules,
         }
     }
@@ -138,7 +152,48 @@ impl Guards {
         if self.allow.as_ref().is_some_and(|set| !allowed(set)) {
             return refuse(access.deny_body(), Refusal::AllowList);
         }
-        self.rate_limit(request, client_ip, location)
+        match self.rate_limit(request, client_ip, location) {
+            GuardVerdict::Pass { delay, zones, .. } => {
+                match self.connection_limit(request, client_ip, location) {
+                    Ok(permits) => GuardVerdict::Pass {
+                        delay,
+                        zones,
+                        permits,
+                    },
+                    Err(zone) => {
+                        let answer = LocalAnswer::text(
+                            zone.settings.status,
+                            "too many requests in progress\n",
+                        );
+                        let refusal = Refusal::ConnectionLimit(zone.settings.name.clone());
+                        GuardVerdict::Refuse(answer, refusal)
+                    }
+                }
+            }
+            refused => refused,
+        }
+    }
+
+    /// A place in each connection-limit zone that counts the request, or the first zone
+    /// that is full (the places already taken are given back).
+    fn connection_limit(
+        &self,
+        request: &RequestHeader,
+        client_ip: Option<IpAddr>,
+        location: (&str, usize),
+    ) -> Result<Vec<ConcurrencyPermit>, &ConcurrencyZone> {
+        let mut permits = Vec::new();
+        for zone in &self.connection_zones {
+            let header = |name: &http::HeaderName| request.headers.get(name).map(|v| v.as_bytes());
+            let Some(key) = zone.key_for(client_ip, header, location) else {
+                continue;
+            };
+            match zone.acquire(&key) {
+                Some(permit) => permits.push(permit),
+                None => return Err(zone),
+            }
+        }
+        Ok(permits)
     }
 
     /// 413 before reading a body whose declared length is over the limit.
@@ -184,6 +239,7 @@ impl Guards {
                     .iter()
                     .map(|(zone, _)| zone.settings.name.as_str())
                     .collect(),
+                permits: Vec::new(),
             },
             LimitOutcome::Reject {
                 zone,
@@ -206,6 +262,7 @@ impl GuardVerdict<'_> {
         GuardVerdict::Pass {
             delay: Duration::ZERO,
             zones: Vec::new(),
+            permits: Vec::new(),
         }
     }
 }

@@ -34,6 +34,30 @@ impl ZoneKey {
     }
 }
 
+impl ZoneKey {
+    /// The key a request from `client_ip` to `location` (site name, location index) is
+    /// counted under, with IPv6 addresses folded to `ipv6_prefix` bits; `None`: the request
+    /// is not limited (no client address, or the keyed header is missing or empty).
+    pub fn key_for<'a>(
+        &self,
+        client_ip: Option<IpAddr>,
+        ipv6_prefix: u8,
+        header: impl FnOnce(&HeaderName) -> Option<&'a [u8]>,
+        location: (&'a str, usize),
+    ) -> Option<LimitKey<'a>> {
+        let folded = client_ip.map(|ip| fold_ip(ip, ipv6_prefix));
+        match self {
+            ZoneKey::ClientIp => folded.map(LimitKey::Ip),
+            ZoneKey::ClientIpLocation => {
+                folded.map(|ip| LimitKey::IpLocation(ip, location.0, location.1))
+            }
+            ZoneKey::Header(name) => header(name)
+                .filter(|value| !value.is_empty())
+                .map(LimitKey::Header),
+        }
+    }
+}
+
 /// The counted identity of one request in one zone. Borrowed, so building it allocates
 /// nothing; `Hash` is all the sketch needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

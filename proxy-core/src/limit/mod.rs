@@ -32,10 +32,12 @@
 //! its zone), so racing requests are counted exactly. A request rejected by any zone is
 //! decided before anything is counted, and is counted in none.
 
+mod concurrency;
 mod key;
 mod rate;
 mod zone;
 
+pub use concurrency::{ConcurrencyPermit, ConcurrencySettings, ConcurrencyZone};
 pub use key::fold_ip;
 pub use key::{LimitKey, ZoneKey};
 pub use rate::Rate;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::key::{fold_ip, LimitKey, ZoneKey};
+use super::key::{LimitKey, ZoneKey};
 use super::rate::Rate;
 
 /// Rows of the count-min sketch: each row is an independent hash, and a key is
@@ -154,16 +154,9 @@ impl LimitZone {
         header: impl FnOnce(&http::HeaderName) -> Option<&'a [u8]>,
         location: (&'a str, usize),
     ) -> Option<LimitKey<'a>> {
-        let folded = client_ip.map(|ip| fold_ip(ip, self.settings.ipv6_prefix));
-        match &self.settings.key {
-            ZoneKey::ClientIp => folded.map(LimitKey::Ip),
-            ZoneKey::ClientIpLocation => {
-                folded.map(|ip| LimitKey::IpLocation(ip, location.0, location.1))
-            }
-            ZoneKey::Header(name) => header(name)
-                .filter(|value| !value.is_empty())
-                .map(LimitKey::Header),
-        }
+        self.settings
+            .key
+            .key_for(client_ip, self.settings.ipv6_prefix, header, location)
     }
 
     /// Counts one request for `key` now.

@@ -27,6 +27,8 @@ pub(crate) const REQUEST_DURATION: &str = "edge_request_duration_seconds";
 pub(crate) const RESPONSE_BYTES: &str = "edge_response_bytes_total";
 /// `edge_requests_in_flight`: requests being served now.
 pub(crate) const REQUESTS_IN_FLIGHT: &str = "edge_requests_in_flight";
+/// `edge_client_connections`: client connections open on the public listeners.
+pub(crate) const CLIENT_CONNECTIONS: &str = "edge_client_connections";
 /// `edge_upstream_response_duration_seconds{upstream}` histogram: time to response headers.
 pub(crate) const UPSTREAM_DURATION: &str = "edge_upstream_response_duration_seconds";
 /// `edge_upstream_errors_total{upstream,kind}`.
@@ -62,6 +64,9 @@ pub(crate) const TELEMETRY_BUFFERED: &str = "edge_telemetry_buffered";
 pub(crate) const TELEMETRY_LAST_SUCCESS: &str = "edge_telemetry_last_success_timestamp_seconds";
 /// `edge_client_closes_total{reason}`: client connections closed by a limit or timeout.
 pub(crate) const CLIENT_CLOSES: &str = "edge_client_closes_total";
+/// `edge_connection_limit_rejections_total{zone}`: requests refused (or, in a dry run, that
+/// would have been) because a connection-limit zone was full for their key.
+pub(crate) const CONNECTION_LIMIT_REJECTIONS: &str = "edge_connection_limit_rejections_total";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -69,6 +74,7 @@ pub const METRIC_NAMES: &[&str] = &[
     REQUEST_DURATION,
     RESPONSE_BYTES,
     REQUESTS_IN_FLIGHT,
+    CLIENT_CONNECTIONS,
     UPSTREAM_DURATION,
     UPSTREAM_ERRORS,
     DNS_LOOKUPS,
@@ -86,6 +92,7 @@ pub const METRIC_NAMES: &[&str] = &[
     TELEMETRY_BUFFERED,
     TELEMETRY_LAST_SUCCESS,
     CLIENT_CLOSES,
+    CONNECTION_LIMIT_REJECTIONS,
 ];
 
 /// Histogram buckets in seconds: from a cache hit to a slow upstream.
@@ -152,6 +159,7 @@ pub struct Metrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     in_flight: Gauge,
+    connections: Gauge,
     /// Per-site handles, so the per-request path neither allocates label values nor
     /// rebuilds keys (label sets are bounded, so the map is too).
     sites: RwLock<HashMap<String, Arc<SiteHandles>>>,
@@ -307,12 +315,14 @@ impl Metrics {
         let recorder = builder.build_recorder();
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA);
+        let connections = recorder.register_gauge(&Key::from_name(CLIENT_CONNECTIONS), &METADATA);
         let upkeep = upkeep_interval.and_then(|every| Upkeep::start(handle.clone(), every));
         let metrics = Self {
             enabled: true,
             recorder,
             handle,
             in_flight,
+            connections,
             sites: RwLock::new(HashMap::default()),
             upstream_durations: RwLock::new(HashMap::default()),
             cache_lookups: PairCounters::new(CACHE_LOOKUPS, ("host", "cache_status")),
@@ -337,6 +347,7 @@ impl Metrics {
         Self {
             enabled: false,
             in_flight: Gauge::noop(),
+            connections: Gauge::noop(),
             ..Self::with_upkeep(None)
         }
     }
@@ -385,6 +396,10 @@ impl Metrics {
                 CLIENT_CLOSES,
                 "Client connections closed by a timeout or a limit, by reason.",
             ),
+            (
+                CONNECTION_LIMIT_REJECTIONS,
+                "Requests refused because their client had as many in progress as a connection-limit zone allows, by zone.",
+            ),
         ];
         for (name, help) in counters {
             self.recorder
@@ -406,6 +421,10 @@ impl Metrics {
         }
         let gauges = [
             (REQUESTS_IN_FLIGHT, "Downstream requests being served now."),
+            (
+                CLIENT_CONNECTIONS,
+                "Client connections open on the public listeners now.",
+            ),
             (
                 DNS_STALE,
                 "Upstream names answered from a stale lookup now.",
@@ -710,6 +729,20 @@ impl Metrics {
         }
         self.gauge(TELEMETRY_BUFFERED, &[("sink", sink)])
             .set(items as f64);
+    }
+
+    /// A connection-limit zone refused a request.
+    pub fn connection_limit_rejected(&self, zone: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.counter(CONNECTION_LIMIT_REJECTIONS, &[("zone", zone)])
+            .increment(1);
+    }
+
+    /// A client connection opened (`1.0`) or closed (`-1.0`).
+    pub fn client_connections(&self, change: f64) {
+        self.connections.increment(change);
     }
 
     /// Counts a request as in flight until the guard drops.

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use crate::cache::hooks::CacheRequest;
+use crate::limit::ConcurrencyPermit;
 use crate::model::RuntimeConfig;
 use crate::observe::{Observability, RequestFacts, RequestRecord};
 use crate::plugin::{PluginChain, PluginCtx};
@@ -26,6 +27,8 @@ pub struct RequestCtx {
     /// Request id, timings, upstream outcome, cache status and rate-limit outcome, for the
     /// log line and metrics.
     pub(crate) record: RequestRecord,
+    /// The request's places in connection-limit zones, given back when it ends.
+    pub(crate) permits: Vec<ConcurrencyPermit>,
 }
 
 /// What routing found for a request.
@@ -66,6 +69,7 @@ impl RequestCtx {
             body: BodyLimit::default(),
             cache: CacheRequest::default(),
             record: RequestRecord::new(observability),
+            permits: Vec::new(),
         }
     }
 

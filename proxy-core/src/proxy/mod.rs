@@ -134,8 +134,13 @@ impl EdgeProxy {
         };
         let client = (site.name(), location.index());
         match location.guards().check(request, ctx.client_ip, client) {
-            GuardVerdict::Pass { delay, zones } => {
+            GuardVerdict::Pass {
+                delay,
+                zones,
+                permits,
+            } => {
                 self.record_rate_limit_pass(&mut ctx.record, &zones, delay.is_zero());
+                ctx.permits = permits;
                 Ok((next, delay))
             }
             GuardVerdict::Refuse(answer, why) => {
@@ -162,11 +167,20 @@ impl EdgeProxy {
     /// Counts a refusal by a deny rule or a rate limit (and notes it for the access log).
     fn record_refusal(&self, record: &mut RequestRecord, site: &str, why: &Refusal) {
         let metrics = self.observability.as_ref().map(|o| o.metrics());
-        if let Refusal::RateLimit(zone) = why {
-            record.rate_limit = Some("rejected");
-            if let Some(metrics) = metrics {
-                metrics.rate_limit_decision(zone, "rejected");
+        match why {
+            Refusal::RateLimit(zone) => {
+                record.rate_limit = Some("rejected");
+                if let Some(metrics) = metrics {
+                    metrics.rate_limit_decision(zone, "rejected");
+                }
             }
+            Refusal::ConnectionLimit(zone) => {
+                record.rate_limit = Some("connection_limit");
+                if let Some(metrics) = metrics {
+                    metrics.connection_limit_rejected(zone);
+                }
+            }
+            _ => {}
         }
         if let (Some(list), Some(metrics)) = (why.access_list(), metrics) {
             metrics.deny_hit(site, list);

@@ -1,7 +1,7 @@
 //! Builder methods for client identity, rate limits and access rules.
 
 use super::{ConfigBuilder, LocationBuilder, SiteBuilder};
-use crate::config::file::{RateLimitSection, SiteAccessSection};
+use crate::config::file::{ConnectionLimitSection, RateLimitSection, SiteAccessSection};
 
 impl ConfigBuilder {
     /// Trusts `cidr` as a proxy whose client-IP header (`Fly-Client-IP`) is believed.
@@ -17,6 +17,17 @@ impl ConfigBuilder {
     /// Adds (or replaces) a named rate-limit zone.
     pub fn rate_limit(mut self, name: impl Into<String>, zone: RateLimitBuilder) -> Self {
         self.file.rate_limits.insert(name.into(), zone.0);
+        self
+    }
+
+    /// Adds (or replaces) a named connection-limit zone: at most `max` requests of one client
+    /// in progress at once (nginx `limit_conn`).
+    pub fn connection_limit(mut self, name: impl Into<String>, max: u32) -> Self {
+        let zone = ConnectionLimitSection {
+            max,
+            ..ConnectionLimitSection::default()
+        };
+        self.file.connection_limits.insert(name.into(), zone);
         self
     }
 }
@@ -72,6 +83,12 @@ impl SiteBuilder {
         self
     }
 
+    /// Applies a connection-limit zone to every request of the site.
+    pub fn connection_limit(mut self, zone: impl Into<String>) -> Self {
+        self.0.connection_limits.push(zone.into());
+        self
+    }
+
     /// Denies the IPs/CIDRs listed in `path` (reloaded when the file changes).
     pub fn deny_file(mut self, path: impl Into<String>) -> Self {
         self.access().deny_files.push(path.into());
@@ -93,6 +110,12 @@ impl LocationBuilder {
     /// Applies a rate-limit zone to this location, on top of the site's.
     pub fn rate_limit(mut self, zone: impl Into<String>) -> Self {
         self.0.rate_limits.push(zone.into());
+        self
+    }
+
+    /// Applies a connection-limit zone to this location, on top of the site's.
+    pub fn connection_limit(mut self, zone: impl Into<String>) -> Self {
+        self.0.connection_limits.push(zone.into());
         self
     }
 

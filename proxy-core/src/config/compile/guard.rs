@@ -9,17 +9,27 @@ use super::{list_or_none, Compiler};
 use crate::access::{DenyList, IpSet, SiteAccess, UserAgentRules};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    RateLimitSection, SiteAccessSection, DEFAULT_BURST, DEFAULT_DENY_BODY, DEFAULT_DRY_RUN,
+    ConnectionLimitSection, RateLimitSection, SiteAccessSection, DEFAULT_BURST,
+    DEFAULT_CONNECTION_KEY, DEFAULT_CONNECTION_LIMIT_STATUS, DEFAULT_DENY_BODY, DEFAULT_DRY_RUN,
     DEFAULT_IPV6_PREFIX, DEFAULT_LIMIT_STATUS, DEFAULT_SLOTS, DEFAULT_ZONE_KEY,
 };
-use crate::limit::{LimitZone, Rate, ZoneKey, ZoneSettings};
+use crate::limit::{ConcurrencySettings, ConcurrencyZone, LimitZone, Rate, ZoneKey, ZoneSettings};
 
-/// The zones that compiled, by name, and every zone declared (valid or not), so that a
-/// reference to an invalid zone is not reported a second time as unknown.
-pub(super) type ZoneRefs<'a> = (
-    &'a BTreeMap<String, Arc<LimitZone>>,
-    &'a BTreeMap<String, RateLimitSection>,
-);
+/// One kind of zone: the zones that compiled, by name, and the name of every zone declared
+/// (valid or not), so that a reference to an invalid zone is not reported a second time as
+/// unknown.
+pub(super) struct ZoneTable<'a, T> {
+    pub(super) compiled: &'a BTreeMap<String, Arc<T>>,
+    pub(super) declared: Vec<&'a str>,
+    /// What the zones are, for messages: "rate limit" or "connection limit".
+    pub(super) kind: &'static str,
+}
+
+/// The zones sites and locations may name: rate limits and connection limits.
+pub(super) struct ZoneRefs<'a> {
+    pub(super) rate: ZoneTable<'a, LimitZone>,
+    pub(super) connection: ZoneTable<'a, ConcurrencyZone>,
+}
 
 impl Compiler<'_> {
     pub(super) fn zones(
@@ -136,24 +146,66 @@ impl Compiler<'_> {
         set
     }
 
-    /// The zones a site or location names.
-    pub(super) fn zone_refs(
+    /// `[connection_limits.NAME]` zones.
+    pub(super) fn connection_zones(
+        &mut self,
+        all: &BTreeMap<String, ConnectionLimitSection>,
+        key: &KeyPath,
+    ) -> BTreeMap<String, Arc<ConcurrencyZone>> {
+        all.iter()
+            .filter_map(|(name, s)| {
+                let key = key.key(name);
+                if s.max == 0 {
+                    self.problem(key.key("max"), "max must be at least 1");
+                }
+                let zone_key = ZoneKey::parse(s.key.as_deref().unwrap_or(DEFAULT_CONNECTION_KEY))
+                    .map_err(|e| self.problem(key.key("key"), e))
+                    .ok()?;
+                let ipv6_prefix = s.ipv6_prefix.unwrap_or(DEFAULT_IPV6_PREFIX);
+                if ipv6_prefix > 128 {
+                    self.problem(
+                        key.key("ipv6_prefix"),
+                        format!("ipv6_prefix must be 0 to 128, got {ipv6_prefix}"),
+                    );
+                }
+                let status = self.status(
+                    s.status,
+                    DEFAULT_CONNECTION_LIMIT_STATUS,
+                    400..=599,
+                    "status must be from 400 to 599 (e.g. 503, 429)",
+                    key.key("status"),
+                );
+                let settings = ConcurrencySettings {
+                    name: name.clone(),
+                    max: s.max.max(1),
+                    key: zone_key,
+                    ipv6_prefix: ipv6_prefix.min(128),
+                    status,
+                    dry_run: s.dry_run.unwrap_or(DEFAULT_DRY_RUN),
+                };
+                Some((name.clone(), Arc::new(ConcurrencyZone::new(settings))))
+            })
+            .collect()
+    }
+
+    /// The zones of one kind a site or location names.
+    pub(super) fn zone_refs<T>(
         &mut self,
         names: &[String],
-        (zones, declared): ZoneRefs<'_>,
+        zones: &ZoneTable<'_, T>,
         key: &KeyPath,
-    ) -> Vec<Arc<LimitZone>> {
+    ) -> Vec<Arc<T>> {
         let mut out = Vec::new();
         for (i, name) in names.iter().enumerate() {
-            match zones.get(name) {
+            match zones.compiled.get(name) {
                 Some(zone) => out.push(zone.clone()),
                 // Declared but invalid: already reported at the zone itself.
-                None if declared.contains_key(name) => {}
+                None if zones.declared.contains(&name.as_str()) => {}
                 None => {
-                    let known = list_or_none(declared.keys().map(String::as_str));
+                    let known = list_or_none(zones.declared.iter().copied());
                     self.problem(
                         key.index(i),
-                        format!("unknown rate limit zone `{name}` (defined: {known})"),
+                        format!("unknown {} zone `{name}` (defined: {known})", zones.kind),
                     );
                 }
             }
@@ -190,6 +242,21 @@ mod tests {
             "edge.toml:8: rate_limits.login.status:",
             "sites.docs.rate_limits[0]: unknown rate limit zone `missing`",
             "sites.docs.locations[0].allow[0]: invalid IP or CIDR `10.0.0.0/33`",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn bad_connection_limits_name_their_keys() {
+        let text = format!(
+            "[connection_limits.per_ip]\nmax = 0\nkey = \"cookie:x\"\nstatus = 200\n{BASE}connection_limits = [\"per_ip\", \"nope\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n"
+        );
+        let e = errors(&text);
+        for expected in [
+            "edge.toml:2: connection_limits.per_ip.max: max must be at least 1",
+            "edge.toml:3: connection_limits.per_ip.key: invalid key `cookie:x`",
+            "sites.docs.connection_limits[1]: unknown connection limit zone `nope` (defined: per_ip)",
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }

@@ -49,13 +49,22 @@ pub(crate) fn compile(
     let cache = c.cache_settings(file.cache.as_ref(), &root.key("cache"));
     let client = c.client(&file.client, &root.key("client"));
     let zones = c.zones(&file.rate_limits, &root.key("rate_limits"));
+    let connection_zones =
+        c.connection_zones(&file.connection_limits, &root.key("connection_limits"));
     let telemetry = c.telemetry(&file.telemetry, admin.metrics, &root.key("telemetry"));
-    let (router, deny_lists) = c.sites(
-        &file.sites,
-        &upstreams,
-        (&zones, &file.rate_limits),
-        &root.key("sites"),
-    );
+    let refs = guard::ZoneRefs {
+        rate: guard::ZoneTable {
+            compiled: &zones,
+            declared: file.rate_limits.keys().map(String::as_str).collect(),
+            kind: "rate limit",
+        },
+        connection: guard::ZoneTable {
+            compiled: &connection_zones,
+            declared: file.connection_limits.keys().map(String::as_str).collect(),
+            kind: "connection limit",
+        },
+    };
+    let (router, deny_lists) = c.sites(&file.sites, &upstreams, &refs, &root.key("sites"));
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -70,6 +79,7 @@ pub(crate) fn compile(
         deny_lists,
         upstreams,
         zones,
+        connection_zones,
         telemetry,
     })
 }

@@ -16,7 +16,7 @@ use crate::config::file::{
     DEFAULT_REDIRECT_STATUS, DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
 };
 use crate::guard::Guards;
-use crate::limit::LimitZone;
+use crate::limit::{ConcurrencyZone, LimitZone};
 use crate::plugin::{Plugin, PluginChain, PluginSetup};
 use crate::route::{
     Action, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
@@ -30,6 +30,7 @@ struct SiteParts<'s> {
     plugins: Vec<Arc<dyn Plugin>>,
     access: Arc<SiteAccess>,
     zones: Vec<Arc<LimitZone>>,
+    connection_zones: Vec<Arc<ConcurrencyZone>>,
 }
 
 impl Compiler<'_> {
@@ -38,7 +39,7 @@ impl Compiler<'_> {
         &mut self,
         all: &BTreeMap<String, SiteSection>,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
-        zones: ZoneRefs<'_>,
+        zones: &ZoneRefs<'_>,
         key: &KeyPath,
     ) -> (HostRouter, Vec<Arc<DenyList>>) {
         let mut router = HostRouter::default();
@@ -104,7 +105,7 @@ impl Compiler<'_> {
         hosts: Vec<String>,
         s: &SiteSection,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
-        zones: ZoneRefs<'_>,
+        zones: &ZoneRefs<'_>,
         deny_lists: &mut Vec<Arc<DenyList>>,
         key: &KeyPath,
     ) -> Option<Site> {
@@ -117,7 +118,12 @@ impl Compiler<'_> {
             ),
             plugins: self.plugins(&s.plugins, &key.key("plugins")),
             access: self.site_access(s.access.as_ref(), &key.key("access"), deny_lists),
-            zones: self.zone_refs(&s.rate_limits, zones, &key.key("rate_limits")),
+            zones: self.zone_refs(&s.rate_limits, &zones.rate, &key.key("rate_limits")),
+            connection_zones: self.zone_refs(
+                &s.connection_limits,
+                &zones.connection,
+                &key.key("connection_limits"),
+            ),
         };
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
         self.check_site_policy(s.cache.as_ref(), &key.key("cache"));
@@ -195,7 +201,7 @@ impl Compiler<'_> {
         l: &LocationSection,
         site: &SiteParts<'_>,
         upstreams: &BTreeMap<String, Arc<Upstream>>,
-        zones: ZoneRefs<'_>,
+        zones: &ZoneRefs<'_>,
         key: &KeyPath,
     ) -> Option<Location> {
         let pattern = LocationPattern::parse(&l.pattern)
@@ -219,9 +225,16 @@ impl Compiler<'_> {
             l.cache.as_ref(),
             &key.key("cache"),
         );
-        let mut location_zones = self.zone_refs(&l.rate_limits, zones, &key.key("rate_limits"));
+        let mut location_zones =
+            self.zone_refs(&l.rate_limits, &zones.rate, &key.key("rate_limits"));
         // A zone named by both the site and the location counts a request once.
         location_zones.retain(|zone| !site.zones.iter().any(|z| Arc::ptr_eq(z, zone)));
+        let mut connection_zones = self.zone_refs(
+            &l.connection_limits,
+            &zones.connection,
+            &key.key("connection_limits"),
+        );
+        connection_zones.retain(|zone| !site.connection_zones.iter().any(|z| Arc::ptr_eq(z, zone)));
         let guards = Guards::new(
             max_body_size,
             site.access.clone(),
@@ -229,6 +242,11 @@ impl Compiler<'_> {
                 .as_ref()
                 .map(|list| self.allow_list(list, &key.key("allow"))),
             site.zones.iter().cloned().chain(location_zones).collect(),
+            site.connection_zones
+                .iter()
+                .cloned()
+                .chain(connection_zones)
+                .collect(),
         );
         Some(Location::new(
             index,
