@@ -216,6 +216,8 @@ async fn send(http: &reqwest::Client, proxy: &Proxy, req: Req<'_>) -> Reply {
     let response = builder
         .header("host", req.host)
         .header("fly-client-ip", req.client_ip)
+        // Fly's edge terminates TLS and says so.
+        .header("x-forwarded-proto", "https")
         .header("user-agent", req.user_agent)
         .send()
         .await
@@ -248,6 +250,11 @@ fn assert_reached(deployment: &Deployment, vhost: &str, uri: &str) {
     assert_eq!(seen.header("host"), Some(vhost), "Host for {uri}");
     assert!(seen.tls, "{uri} over TLS");
     assert_eq!(seen.sni.as_deref(), Some(vhost), "SNI for {uri}");
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        Some("https"),
+        "{uri}: the client came over https to Fly's edge"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ pub struct ClientIpPolicy {
     trusted_proxies: Vec<IpNet>,
     header: HeaderName,
     forwarded_for_fallback: bool,
+    proto_header: Option<HeaderName>,
 }
 
 impl ClientIpPolicy {
@@ -34,7 +35,15 @@ impl ClientIpPolicy {
             trusted_proxies,
             header,
             forwarded_for_fallback,
+            proto_header: Some(HeaderName::from_static("x-forwarded-proto")),
         }
+    }
+
+    /// The same policy believing the scheme a trusted peer names in `header` (`None`: the
+    /// connection's scheme always). Without this call, `X-Forwarded-Proto` is believed.
+    pub fn with_proto_header(mut self, header: Option<HeaderName>) -> Self {
+        self.proto_header = header;
+        self
     }
 
     /// The header naming the client when the peer is trusted.
@@ -50,10 +59,32 @@ impl ClientIpPolicy {
     /// The client of a request that arrived from `peer` with `headers`. `None` only when
     /// the peer has no IP address (a Unix socket) and no trusted header says otherwise.
     pub fn client_ip(&self, peer: Option<IpAddr>, headers: &HeaderMap) -> Option<IpAddr> {
+        self.client(peer, headers, "http").0
+    }
+
+    /// The client and the scheme it used (`http` or `https`) for a request that arrived from
+    /// `peer` over `connection_scheme`: what a trusted peer's headers say, else the
+    /// connection's own.
+    pub fn client(
+        &self,
+        peer: Option<IpAddr>,
+        headers: &HeaderMap,
+        connection_scheme: &'static str,
+    ) -> (Option<IpAddr>, &'static str) {
         let peer = peer.map(|ip| ip.to_canonical());
         let Some(peer_ip) = peer.filter(|ip| self.is_trusted(*ip)) else {
-            return peer;
+            return (peer, connection_scheme);
         };
+        let scheme = self
+            .proto_header
+            .as_ref()
+            .and_then(|header| header_scheme(headers, header))
+            .unwrap_or(connection_scheme);
+        (self.trusted_client_ip(peer_ip, headers), scheme)
+    }
+
+    /// The client of a request from the trusted proxy `peer_ip`.
+    fn trusted_client_ip(&self, peer_ip: IpAddr, headers: &HeaderMap) -> Option<IpAddr> {
         self.header_ip(headers)
             .or_else(|| {
                 self.forwarded_for_fallback
@@ -116,6 +147,22 @@ pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {
         IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
     };
     value.unwrap_or(HeaderValue::from_static(""))
+}
+
+/// The scheme named in `header`, if it holds exactly one value, `http` or `https`.
+fn header_scheme(headers: &HeaderMap, header: &HeaderName) -> Option<&'static str> {
+    let mut values = headers.get_all(header).iter();
+    let value = values.next()?.as_bytes().trim_ascii();
+    if values.next().is_some() {
+        return None;
+    }
+    if value.eq_ignore_ascii_case(b"https") {
+        Some("https")
+    } else if value.eq_ignore_ascii_case(b"http") {
+        Some("http")
+    } else {
+        None
+    }
 }
 
 fn parse_ip(text: &str) -> Option<IpAddr> {
@@ -194,6 +241,26 @@ mod tests {
         let p = policy(&["127.0.0.0/8"], false);
         let h = headers(&[("fly-client-ip", "::ffff:192.0.2.1")]);
         assert_eq!(p.client_ip(ip("::ffff:127.0.0.1"), &h), ip("192.0.2.1"));
+    }
+
+    #[test]
+    fn scheme_is_believed_only_from_trusted_peers() {
+        let p = policy(&["172.16.0.0/12"], false);
+        let h = headers(&[("x-forwarded-proto", "HTTPS")]);
+        assert_eq!(p.client(ip("172.19.0.2"), &h, "http").1, "https");
+        assert_eq!(p.client(ip("198.51.100.1"), &h, "http").1, "http");
+        for junk in [
+            headers(&[("x-forwarded-proto", "gopher")]),
+            headers(&[
+                ("x-forwarded-proto", "https"),
+                ("x-forwarded-proto", "http"),
+            ]),
+            headers(&[]),
+        ] {
+            assert_eq!(p.client(ip("172.19.0.2"), &junk, "http").1, "http");
+        }
+        let off = policy(&["172.16.0.0/12"], false).with_proto_header(None);
+        assert_eq!(off.client(ip("172.19.0.2"), &h, "http").1, "http");
     }
 
     #[test]

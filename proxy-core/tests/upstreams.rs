@@ -388,3 +388,118 @@ async fn body_limits_answer_413() {
         "\"0\" means unlimited"
     );
 }
+
+#[tokio::test]
+async fn proxy_headers_set_replace_append_and_omit_per_upstream_site_and_location() {
+    let tailnet = tailnet(&["app"]).await;
+    let config = format!(
+        "{}[client]\ntrusted_proxies = [\"127.0.0.0/8\"]\n{}{}[[sites.app.locations]]\nmatch = \"/own/\"\nproxy = \"app\"\nproxy_headers = {{ \"Fly-Client-IP\" = \"\", Via = {{ append = \"1.1 edge\" }}, \"X-Who\" = \"$client_ip via $realip_remote_addr for $http_user_agent\", \"X-Forwarded-For\" = \"$client_ip\" }}\n",
+        base_config(&tailnet),
+        http_upstream(
+            "app",
+            "app",
+            &tailnet,
+            "proxy_headers = { \"X-Forwarded-Proto\" = \"https\", \"X-Upstream\" = \"upstream\" }"
+        ),
+        site(
+            "app",
+            "app",
+            "proxy_headers = { \"X-Real-IP\" = \"\", \"X-Upstream\" = \"site wins\", \"X-Site\" = \"$scheme://$host $request_id\" }"
+        ),
+    );
+    let proxy = Edge::start(&config);
+    let peer = tailnet.peer("app").unwrap();
+    let send = |path: &'static str| {
+        client()
+            .get(proxy.url(path))
+            .header("host", "app.example.com")
+            .header("fly-client-ip", "203.0.113.9")
+            .header("x-forwarded-for", "198.51.100.1")
+            .header("x-real-ip", "forged")
+            .header("via", "1.1 fly")
+            .header("user-agent", "probe/1")
+            .header("x-request-id", "req-1")
+            .send()
+    };
+
+    assert_eq!(send("/x").await.unwrap().status(), 200);
+    let seen = peer.last_request().unwrap();
+    assert_eq!(
+        seen.header("x-forwarded-proto"),
+        Some("https"),
+        "upstream's rule"
+    );
+    assert_eq!(seen.header("x-upstream"), Some("site wins"));
+    assert_eq!(seen.header("x-real-ip"), None, "\"\" leaves the header out");
+    assert_eq!(seen.header("x-site"), Some("http://app.example.com req-1"));
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("198.51.100.1, 203.0.113.9"),
+        "built-in forwarding where no rule names the header"
+    );
+    assert_eq!(seen.header("fly-client-ip"), Some("203.0.113.9"));
+    assert_eq!(seen.header("via"), Some("1.1 fly"));
+
+    assert_eq!(send("/own/x").await.unwrap().status(), 200);
+    let seen = peer.last_request().unwrap();
+    assert_eq!(seen.header("fly-client-ip"), None);
+    assert_eq!(seen.header("via"), Some("1.1 fly, 1.1 edge"));
+    assert_eq!(
+        seen.header("x-who"),
+        Some("203.0.113.9 via 127.0.0.1 for probe/1")
+    );
+    assert_eq!(
+        seen.header("x-forwarded-for"),
+        Some("203.0.113.9"),
+        "replaced"
+    );
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"), "inherited");
+    assert_eq!(seen.header("x-real-ip"), None, "inherited from the site");
+}
+
+#[tokio::test]
+async fn scheme_follows_forwarded_proto_from_a_trusted_proxy_only() {
+    let tailnet = tailnet(&["app"]).await;
+    let config = |trusted: &str| {
+        format!(
+            "{}[client]\ntrusted_proxies = [\"{trusted}\"]\n{}{}[[sites.app.locations]]\nmatch = \"= /go\"\nredirect = {{ to = \"$scheme://$host/there\" }}\n",
+            base_config(&tailnet),
+            http_upstream("app", "app", &tailnet, ""),
+            site("app", "app", ""),
+        )
+    };
+    let trusting = Edge::start(&config("127.0.0.0/8"));
+    let untrusting = Edge::start(&config("10.0.0.0/8"));
+    let peer = tailnet.peer("app").unwrap();
+    let send = |proxy: &Edge, path: &str| {
+        client()
+            .get(proxy.url(path))
+            .header("host", "app.example.com")
+            .header("x-forwarded-proto", "https")
+            .send()
+    };
+
+    assert_eq!(send(&trusting, "/").await.unwrap().status(), 200);
+    assert_eq!(
+        peer.last_request().unwrap().header("x-forwarded-proto"),
+        Some("https"),
+        "the trusted proxy terminated TLS"
+    );
+    let redirect = send(&trusting, "/go").await.unwrap();
+    assert_eq!(
+        redirect.headers().get("location").unwrap(),
+        "https://app.example.com/there"
+    );
+
+    assert_eq!(send(&untrusting, "/").await.unwrap().status(), 200);
+    assert_eq!(
+        peer.last_request().unwrap().header("x-forwarded-proto"),
+        Some("http"),
+        "an untrusted peer's claim is ignored"
+    );
+    let redirect = send(&untrusting, "/go").await.unwrap();
+    assert_eq!(
+        redirect.headers().get("location").unwrap(),
+        "http://app.example.com/there"
+    );
+}

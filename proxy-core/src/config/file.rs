@@ -280,6 +280,63 @@ pub struct UpstreamSection {
     /// Largest response head (status line and headers) accepted from the upstream; a larger
     /// one is a 502. Default: [`DEFAULT_MAX_RESPONSE_HEADER`].
     pub max_response_header: Option<String>,
+    /// Request headers sent to this upstream, by name (see [`ProxyHeaderSection`]); a site's
+    /// and a location's win, name by name. Default: none.
+    #[serde(default)]
+    pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
+}
+
+/// One entry of `proxy_headers` (nginx `proxy_set_header`): a value with variables that
+/// sets the header, replacing what the client or the proxy's own forwarding put there (`""`:
+/// the header is not sent), or `{ append = "..." }`, added to the client's value after a
+/// comma. Variables: `$client_ip`, `$remote_addr` (the same, as nginx's realip module makes
+/// it), `$realip_remote_addr` (the TCP peer), `$scheme`, `$host`, `$request_id`,
+/// `$proxy_add_x_forwarded_for` and `$http_NAME` (a request header as the client sent it).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ProxyHeaderSection {
+    /// The header's value; `""` leaves the header out.
+    Set(String),
+    /// A value appended to the client's.
+    Append(AppendHeaderSection),
+}
+
+// By hand rather than `untagged`, whose error ("did not match any variant") says nothing
+// about what is expected.
+impl<'de> Deserialize<'de> for ProxyHeaderSection {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = ProxyHeaderSection;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a header value (\"\" leaves the header out) or { append = \"...\" }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(ProxyHeaderSection::Set(value.to_string()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let append = AppendHeaderSection::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(ProxyHeaderSection::Append(append))
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+/// The appending form of a [`ProxyHeaderSection`].
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AppendHeaderSection {
+    /// The value added after the client's, comma-separated.
+    pub append: String,
 }
 
 /// Default of [`SiteSection::max_body_size`] (nginx's `client_max_body_size`).
@@ -316,6 +373,10 @@ pub struct SiteSection {
     pub connection_limits: Vec<String>,
     /// Deny lists and user-agent rules of the site. Default: none.
     pub access: Option<SiteAccessSection>,
+    /// Request headers sent upstream by every proxying location of the site, by name (see
+    /// [`ProxyHeaderSection`]); over the upstream's, under a location's. Default: none.
+    #[serde(default)]
+    pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
 }
 
 /// Default of [`SiteAccessSection::deny_body`].
@@ -378,6 +439,10 @@ pub struct LocationSection {
     /// Only clients in these IPs/CIDRs may use this location; others get 403.
     /// Default: everyone.
     pub allow: Option<Vec<String>>,
+    /// Request headers sent upstream from this location, by name (see
+    /// [`ProxyHeaderSection`]); over the site's and the upstream's. Default: none.
+    #[serde(default)]
+    pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
 }
 
 /// `[[sites.NAME.plugins]]` / `[[sites.NAME.locations.plugins]]`: a plugin and its options.
@@ -554,6 +619,8 @@ pub enum QueryKeySection {
 pub const DEFAULT_IP_HEADER: &str = "Fly-Client-IP";
 /// Default of [`ClientSection::forwarded_for_fallback`].
 pub const DEFAULT_FORWARDED_FOR_FALLBACK: bool = false;
+/// Default of [`ClientSection::proto_header`] (Fly.io's edge sends it).
+pub const DEFAULT_PROTO_HEADER: &str = "X-Forwarded-Proto";
 
 /// `[client]`: how the client address is found.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -567,6 +634,11 @@ pub struct ClientSection {
     /// When a trusted peer sent no usable header, take the rightmost untrusted entry of
     /// `X-Forwarded-For`. Default: [`DEFAULT_FORWARDED_FOR_FALLBACK`].
     pub forwarded_for_fallback: Option<bool>,
+    /// Header in which a trusted peer names the scheme the client used (`http` or `https`,
+    /// e.g. Fly's edge, which terminates TLS); `$scheme`, `X-Forwarded-Proto` upstream and
+    /// the cache key follow it. From other peers it is ignored; `""`: always the
+    /// connection's scheme. Default: [`DEFAULT_PROTO_HEADER`].
+    pub proto_header: Option<String>,
 }
 
 /// Default of [`ConnectionLimitSection::key`].

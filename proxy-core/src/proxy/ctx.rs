@@ -18,6 +18,8 @@ pub struct RequestCtx {
     pub(crate) config: Arc<RuntimeConfig>,
     /// Who is asking.
     pub(crate) client_ip: Option<IpAddr>,
+    /// `http` or `https`: what a trusted proxy says the client used, else the connection's.
+    pub(crate) scheme: &'static str,
     /// What routing found.
     pub(crate) route: RouteState,
     /// The request body seen so far against the location's limit.
@@ -65,6 +67,7 @@ impl RequestCtx {
         Self {
             config,
             client_ip: None,
+            scheme: "http",
             route: RouteState::default(),
             body: BodyLimit::default(),
             cache: CacheRequest::default(),
@@ -81,6 +84,12 @@ impl RequestCtx {
     /// Who is asking (`Fly-Client-IP` from a trusted proxy, else the peer).
     pub fn client_ip(&self) -> Option<IpAddr> {
         self.client_ip
+    }
+
+    /// `http` or `https`: the scheme the client used (as a trusted proxy says, else the
+    /// connection's); nginx's `$scheme`.
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
     }
 
     /// The matched site, once routed.

@@ -3,7 +3,7 @@
 //!
 //! | phase | owner | what happens |
 //! |---|---|---|
-//! | `early_request_filter` | [`crate::client`], `observe` | who is asking; the request id |
+//! | `early_request_filter` | [`crate::client`], `observe` | who is asking and over which scheme; the request id |
 //! | `request_filter` | [`crate::route`] | framing, health path, Host -> site -> location, and what the location's action means |
 //! | | [`crate::guard`] | declared body size, user-agent and deny rules, allow lists, rate limits |
 //! | | [`crate::plugin`] | the request phase of the location's plugins (may answer) |
@@ -11,7 +11,7 @@
 //! | `request_body_filter` | `ctx` | the body limit, counted as the body streams |
 //! | `request_cache_filter`, `cache_key_callback`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable, key, cacheability, variance, stale |
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
-//! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, plugins |
+//! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, the operator's `proxy_headers`, plugins |
 //! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
 //! | `response_filter` | `cache`, `observe`, plugins | cache status header, request id, plugins |
 //! | `fail_to_proxy` | [`crate::answer`] | what an error becomes; the site's error page |
@@ -44,7 +44,7 @@ use crate::observe::{
 };
 use crate::plugin::RequestFlow;
 use crate::route::{Next, Routed, Routing};
-use crate::upstream::apply_forwarded_headers;
+use crate::upstream::{apply_forwarded_headers, HeaderVars};
 
 /// Headers set on a fresh hit's header after it is built: the request id (by
 /// `tag_response`) and `Connection` (by Pingora, which also sets `Date`). A kept hit header
@@ -122,7 +122,7 @@ impl EdgeProxy {
             Some(h1.get_headers_raw_bytes())
         };
         let request = session.req_header();
-        let routed = match ctx.config.routes.route(request, scheme(session), raw_head) {
+        let routed = match ctx.config.routes.route(request, ctx.scheme, raw_head) {
             Routing::Answered(reply) => return Err(reply),
             Routing::Site(routed) => routed,
         };
@@ -221,7 +221,7 @@ impl EdgeProxy {
             self.cache,
             session.req_header(),
             policy,
-            scheme(session),
+            ctx.scheme,
             &ctx.route.host,
             &mut ctx.cache,
         )
@@ -303,10 +303,10 @@ impl ProxyHttp for EdgeProxy {
             _ => None,
         };
         ctx.record.request_id = crate::observe::request_id_for(session.req_header());
-        ctx.client_ip = ctx
-            .config
-            .client
-            .client_ip(peer, &session.req_header().headers);
+        (ctx.client_ip, ctx.scheme) =
+            ctx.config
+                .client
+                .client(peer, &session.req_header().headers, scheme(session));
         // Between two reads of the body, and for the client to take each part of the answer.
         let limits = &ctx.config.server.client;
         session.set_read_timeout(Some(limits.body_timeout));
@@ -422,21 +422,32 @@ impl ProxyHttp for EdgeProxy {
         let Some(upstream) = ctx.route.upstream.as_ref() else {
             return Ok(());
         };
-        let host_header = ctx
-            .route
-            .location
-            .as_ref()
+        let location = ctx.route.location.as_deref();
+        let host_header = location
             .and_then(|l| l.host_header())
             .unwrap_or(&upstream.host_header);
+        // The operator's rules read the request as the client sent it, and have the last word.
+        let own_headers = location.and_then(|l| l.proxy_headers()).map(|rules| {
+            let peer_ip = match session.client_addr() {
+                Some(PeerAddr::Inet(addr)) => Some(addr.ip().to_canonical()),
+                _ => None,
+            };
+            let vars = HeaderVars {
+                client_ip: ctx.client_ip,
+                peer_ip,
+                scheme: ctx.scheme,
+                host: &ctx.route.host,
+                request_id: &ctx.record.request_id,
+            };
+            rules.render(upstream_request, &vars)
+        });
         ctx.config
             .client
             .set_upstream_header(upstream_request, ctx.client_ip)?;
-        apply_forwarded_headers(
-            upstream_request,
-            host_header,
-            ctx.client_ip,
-            scheme(session),
-        )?;
+        apply_forwarded_headers(upstream_request, host_header, ctx.client_ip, ctx.scheme)?;
+        if let Some(own_headers) = own_headers {
+            own_headers.apply(upstream_request)?;
+        }
         let Some((chain, plugin_ctx)) = ctx.plugins() else {
             return Ok(());
         };
@@ -494,12 +505,11 @@ impl ProxyHttp for EdgeProxy {
             return Ok(());
         }
         let policy = ctx.route.location.as_ref().and_then(|l| l.cache());
-        let scheme = scheme(session);
         cache_hooks::request_cache_filter(
             self.cache,
             session,
             policy,
-            scheme,
+            ctx.scheme,
             &ctx.route.host,
             &mut ctx.cache,
         );
@@ -575,6 +585,7 @@ fn client_close(session: &Session, error: Option<&Error>) -> Option<ClientClose>
     (last && session.get_keepalive().is_some()).then_some(ClientClose::KeepaliveRequests)
 }
 
+/// The scheme of the connection the request came over.
 fn scheme(session: &Session) -> &'static str {
     let tls = session
         .digest()

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use crate::cache::CachePolicy;
 use crate::guard::Guards;
 use crate::plugin::PluginChain;
-use crate::upstream::{HostHeader, Upstream};
+use crate::upstream::{HostHeader, ProxyHeaders, Upstream};
 
 /// How a location matches request paths (the part of nginx's `location` line before `{`).
 #[derive(Debug, Clone)]
@@ -110,6 +110,7 @@ pub struct Location {
     pattern: LocationPattern,
     action: Action,
     host_header: Option<HostHeader>,
+    proxy_headers: Option<ProxyHeaders>,
     plugins: PluginChain,
     cache: Option<Arc<CachePolicy>>,
     guards: Guards,
@@ -125,6 +126,7 @@ impl Location {
         pattern: LocationPattern,
         action: Action,
         host_header: Option<HostHeader>,
+        proxy_headers: Option<ProxyHeaders>,
         plugins: PluginChain,
         cache: Option<Arc<CachePolicy>>,
         guards: Guards,
@@ -135,6 +137,7 @@ impl Location {
             pattern,
             action,
             host_header,
+            proxy_headers,
             plugins,
             cache,
             guards,
@@ -164,6 +167,11 @@ impl Location {
     /// Host header override (wins over the upstream's).
     pub(crate) fn host_header(&self) -> Option<&HostHeader> {
         self.host_header.as_ref()
+    }
+
+    /// The operator's own upstream request headers (`proxy_headers`), if any.
+    pub(crate) fn proxy_headers(&self) -> Option<&ProxyHeaders> {
+        self.proxy_headers.as_ref()
     }
 
     /// The plugins its requests run, in call order.
@@ -352,6 +360,7 @@ mod tests {
                         content_type: String::new(),
                         body: Bytes::new(),
                     },
+                    None,
                     None,
                     PluginChain::default(),
                     None,

@@ -2,6 +2,7 @@
 //! `X-Forwarded-Proto`, `X-Real-IP`. Hop-by-hop headers are stripped by Pingora's
 //! standard upstream request policy, which also forwards WebSocket upgrades.
 
+use http::HeaderValue;
 use pingora::http::RequestHeader;
 use pingora::Result;
 use std::net::IpAddr;
@@ -24,23 +25,29 @@ pub(crate) fn apply_forwarded_headers(
     }
     if let Some(ip) = client_ip {
         let ip_text = ip_header_value(ip);
-        let mut earlier = request
-            .headers
-            .get_all("x-forwarded-for")
-            .iter()
-            .map(|v| v.as_bytes())
-            .filter(|v| !v.is_empty())
-            .peekable();
-        if earlier.peek().is_some() {
-            let mut forwarded_for = earlier.collect::<Vec<_>>().join(&b", "[..]);
-            forwarded_for.extend_from_slice(b", ");
-            forwarded_for.extend_from_slice(ip_text.as_bytes());
-            request.insert_header("x-forwarded-for", forwarded_for)?;
-        } else {
-            request.insert_header("x-forwarded-for", ip_text.clone())?;
-        }
+        let forwarded_for = forwarded_for_value(request, ip_text.clone());
+        request.insert_header("x-forwarded-for", forwarded_for)?;
         request.insert_header("x-real-ip", ip_text)?;
     }
     request.insert_header("x-forwarded-proto", scheme)?;
     Ok(())
+}
+
+/// nginx's `$proxy_add_x_forwarded_for`: the client's `X-Forwarded-For` list with `ip`
+/// appended, or `ip_text` alone.
+pub(super) fn forwarded_for_value(request: &RequestHeader, ip_text: HeaderValue) -> HeaderValue {
+    let mut earlier = request
+        .headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .filter(|v| !v.is_empty())
+        .peekable();
+    if earlier.peek().is_none() {
+        return ip_text;
+    }
+    let mut forwarded_for = earlier.collect::<Vec<_>>().join(&b", "[..]);
+    forwarded_for.extend_from_slice(b", ");
+    forwarded_for.extend_from_slice(ip_text.as_bytes());
+    HeaderValue::from_bytes(&forwarded_for).unwrap_or(ip_text)
 }

@@ -2,9 +2,11 @@
 //! `HttpPeer` and request headers Pingora needs to reach them.
 
 mod forwarded;
+mod header_rules;
 mod resolver;
 
 pub(crate) use forwarded::apply_forwarded_headers;
+pub(crate) use header_rules::{merge_rules, HeaderRule, HeaderVars, ProxyHeaders};
 pub(crate) use resolver::AddrSlot;
 pub use resolver::{MagicDnsResolver, ResolverSettings};
 
@@ -82,6 +84,8 @@ pub struct Upstream {
     pub(crate) host_header: HostHeader,
     /// Current addresses, kept fresh by the resolver (fixed for IP literals).
     pub(crate) addrs: Arc<AddrSlot>,
+    /// The upstream's own `proxy_headers`, merged into each location proxying here.
+    pub(crate) header_rules: Vec<HeaderRule>,
     /// Peer with every option set; only its address changes per request.
     template: HttpPeer,
 }
@@ -126,6 +130,7 @@ impl Upstream {
             tls,
             host_header,
             addrs,
+            header_rules: Vec::new(),
             template,
         }
     }

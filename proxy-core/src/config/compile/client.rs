@@ -1,9 +1,12 @@
-//! `[client]`: which TCP peers may name the client (`Fly-Client-IP`).
+//! `[client]`: which TCP peers may name the client (`Fly-Client-IP`) and the scheme it used
+//! (`X-Forwarded-Proto`).
 
 use super::Compiler;
 use crate::client::ClientIpPolicy;
 use crate::config::error::KeyPath;
-use crate::config::file::{ClientSection, DEFAULT_FORWARDED_FOR_FALLBACK, DEFAULT_IP_HEADER};
+use crate::config::file::{
+    ClientSection, DEFAULT_FORWARDED_FOR_FALLBACK, DEFAULT_IP_HEADER, DEFAULT_PROTO_HEADER,
+};
 
 impl Compiler<'_> {
     pub(super) fn client(&mut self, s: &ClientSection, key: &KeyPath) -> ClientIpPolicy {
@@ -24,11 +27,17 @@ impl Compiler<'_> {
                 "X-Forwarded-For cannot be the client-IP header: set `forwarded_for_fallback = true` instead",
             );
         }
+        let proto = s.proto_header.as_deref().unwrap_or(DEFAULT_PROTO_HEADER);
+        let proto_header = match proto {
+            "" => None,
+            name => self.header_name(name, key.key("proto_header")),
+        };
         ClientIpPolicy::new(
             trusted_proxies,
             header.unwrap_or(http::HeaderName::from_static("fly-client-ip")),
             s.forwarded_for_fallback
                 .unwrap_or(DEFAULT_FORWARDED_FOR_FALLBACK),
         )
+        .with_proto_header(proto_header)
     }
 }

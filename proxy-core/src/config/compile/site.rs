@@ -21,7 +21,7 @@ use crate::plugin::{Plugin, PluginChain, PluginSetup};
 use crate::route::{
     Action, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
 };
-use crate::upstream::Upstream;
+use crate::upstream::{merge_rules, HeaderRule, ProxyHeaders, Upstream};
 
 /// What a site's locations inherit from it.
 struct SiteParts<'s> {
@@ -31,6 +31,7 @@ struct SiteParts<'s> {
     access: Arc<SiteAccess>,
     zones: Vec<Arc<LimitZone>>,
     connection_zones: Vec<Arc<ConcurrencyZone>>,
+    header_rules: Vec<HeaderRule>,
 }
 
 impl Compiler<'_> {
@@ -124,6 +125,7 @@ impl Compiler<'_> {
                 &zones.connection,
                 &key.key("connection_limits"),
             ),
+            header_rules: self.header_rules(&s.proxy_headers, &key.key("proxy_headers")),
         };
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
         self.check_site_policy(s.cache.as_ref(), &key.key("cache"));
@@ -248,16 +250,41 @@ impl Compiler<'_> {
                 .chain(connection_zones)
                 .collect(),
         );
+        let proxy_headers = self.location_header_rules(l, action.as_ref(), site, key);
         Some(Location::new(
             index,
             l.pattern.clone(),
             pattern?,
             action?,
             host_header,
+            proxy_headers,
             plugins,
             cache,
             guards,
         ))
+    }
+
+    /// The headers a proxying location sets its own way: its upstream's `proxy_headers`, then
+    /// the site's, then its own, name by name.
+    fn location_header_rules(
+        &mut self,
+        l: &LocationSection,
+        action: Option<&Action>,
+        site: &SiteParts<'_>,
+        key: &KeyPath,
+    ) -> Option<ProxyHeaders> {
+        let key = key.key("proxy_headers");
+        let own = self.header_rules(&l.proxy_headers, &key);
+        let Some(Action::Proxy(upstream)) = action else {
+            if !own.is_empty() {
+                self.problem(key, "`proxy_headers` has no effect without `proxy`");
+            }
+            return None;
+        };
+        let mut rules = upstream.header_rules.clone();
+        merge_rules(&mut rules, &site.header_rules);
+        merge_rules(&mut rules, &own);
+        ProxyHeaders::new(rules)
     }
 
     fn action(

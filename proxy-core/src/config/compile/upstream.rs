@@ -9,13 +9,13 @@ use std::sync::Arc;
 use super::{is_valid_dns_name, Compiler};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    ResolverSection, UpstreamSection, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT,
-    DEFAULT_MAX_RESPONSE_HEADER, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DEFAULT_NAMESERVERS,
-    DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY_INTERVAL, DEFAULT_TLS,
-    DEFAULT_VERIFY, DEFAULT_WRITE_TIMEOUT,
+    ProxyHeaderSection, ResolverSection, UpstreamSection, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RESPONSE_HEADER, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL,
+    DEFAULT_NAMESERVERS, DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY_INTERVAL,
+    DEFAULT_TLS, DEFAULT_VERIFY, DEFAULT_WRITE_TIMEOUT,
 };
 use crate::upstream::{
-    AddrSlot, HostHeader, ResolverSettings, Upstream, UpstreamTimeouts, UpstreamTls,
+    AddrSlot, HeaderRule, HostHeader, ResolverSettings, Upstream, UpstreamTimeouts, UpstreamTls,
 };
 
 impl Compiler<'_> {
@@ -125,7 +125,7 @@ impl Compiler<'_> {
             Ok(ip) => Arc::new(AddrSlot::fixed(vec![ip])),
             Err(_) => slots.entry(host.clone()).or_default().clone(),
         };
-        Some(Upstream::new(
+        let mut upstream = Upstream::new(
             name.to_string(),
             host,
             port,
@@ -133,7 +133,35 @@ impl Compiler<'_> {
             host_header,
             timeouts,
             addrs,
-        ))
+        );
+        upstream.header_rules = self.header_rules(&u.proxy_headers, &key.key("proxy_headers"));
+        Some(upstream)
+    }
+
+    /// `proxy_headers` of an upstream, site or location, in name order; each bad entry is
+    /// reported at its own key.
+    pub(super) fn header_rules(
+        &mut self,
+        headers: &BTreeMap<String, ProxyHeaderSection>,
+        key: &KeyPath,
+    ) -> Vec<HeaderRule> {
+        let mut rules: Vec<HeaderRule> = Vec::with_capacity(headers.len());
+        for (name, entry) in headers {
+            let key = key.key(name);
+            let rule = match entry {
+                ProxyHeaderSection::Set(value) => HeaderRule::parse(name, value, false),
+                ProxyHeaderSection::Append(append) => HeaderRule::parse(name, &append.append, true),
+            };
+            match rule {
+                Ok(rule) if rules.iter().any(|r| r.name() == rule.name()) => self.problem(
+                    key,
+                    format!("header `{name}` is named twice (header names ignore case)"),
+                ),
+                Ok(rule) => rules.push(rule),
+                Err(e) => self.problem(key, e),
+            }
+        }
+        rules
     }
 
     /// A Host header value (`"$host"` or a literal), for upstreams and locations.
@@ -239,4 +267,68 @@ fn parse_host_port(address: &str) -> Result<(String, u16), String> {
         return Err(format!("address `{address}` has an invalid host: {hint}"));
     }
     Ok((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use std::path::Path;
+
+    fn errors(text: &str) -> String {
+        match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
+            Ok(_) => "no error".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn bad_proxy_headers_name_their_keys() {
+        let text = r#"[client]
+proto_header = "bad header"
+[upstreams.docs]
+address = "docs.tail1.ts.net:80"
+proxy_headers = { Host = "x", "X-A" = "$nope" }
+[sites.docs]
+hosts = ["docs.example.com"]
+proxy_headers = { Connection = "close" }
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+proxy_headers = { "X-C" = "$http_", "x-d" = "1", "X-D" = "2" }
+[[sites.docs.locations]]
+match = "/r"
+return = { status = 200 }
+proxy_headers = { "X-E" = "1" }
+"#;
+        let e = errors(text);
+        for expected in [
+            "edge.toml:2: client.proto_header: invalid header name `bad header`",
+            "edge.toml:5: upstreams.docs.proxy_headers.Host: `Host` cannot be set here: the Host header is set with `host_header`",
+            "edge.toml:5: upstreams.docs.proxy_headers.X-A: unknown variable `$nope`",
+            "edge.toml:8: sites.docs.proxy_headers.Connection: `Connection` cannot be set here",
+            "edge.toml:12: sites.docs.locations[0].proxy_headers.X-C: unknown variable `$http_`",
+            "sites.docs.locations[0].proxy_headers.x-d: header `x-d` is named twice",
+            "edge.toml:16: sites.docs.locations[1].proxy_headers: `proxy_headers` has no effect without `proxy`",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn append_and_set_forms_parse() {
+        let text = r#"[upstreams.docs]
+address = "docs.tail1.ts.net:80"
+proxy_headers = { "X-Forwarded-Proto" = "https" }
+[sites.docs]
+hosts = ["docs.example.com"]
+proxy_headers = { Via = { append = "edge" }, "X-Real-IP" = "" }
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+"#;
+        assert_eq!(errors(text), "no error");
+        let typo = text.replace("append =", "add =");
+        let e = errors(&typo);
+        assert!(e.contains("edge.toml:6: sites.docs.proxy_headers"), "{e}");
+    }
 }
