@@ -7,6 +7,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::borrow::Cow;
+use std::time::{Duration, Instant};
 
 /// What the proxy does instead of forwarding a request.
 #[derive(Debug)]
@@ -140,6 +141,61 @@ pub(crate) async fn write_response(
         session.write_response_body(Some(body), true).await?;
     }
     Ok(())
+}
+
+/// How a request body still coming after an early answer is thrown away (nginx's lingering
+/// close): for at most `time` in all, `timeout` between two reads, and `size` bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Lingering {
+    pub(crate) time: Duration,
+    pub(crate) timeout: Duration,
+    pub(crate) size: u64,
+}
+
+/// After an answer sent before the request body was read whole (a 413, a refusal, an error):
+/// reads and throws away the rest, within `bounds`, so a client still writing its body reads
+/// the answer. Closing a socket with unread bytes makes the kernel send a reset, which
+/// destroys the answer in the client's receive buffer. A body read to its end leaves the
+/// connection as the answer left it; one cut off by a bound closes it.
+pub(crate) async fn discard_request_body(session: &mut Session, bounds: &Lingering) {
+    // HTTP/2 ends one stream, not the connection: nothing to protect.
+    if session.as_downstream().is_http2() || session.is_body_done() {
+        return;
+    }
+    // A client waiting for `100 Continue` sends no body after a final answer.
+    let waiting_to_send = session.body_bytes_read() == 0
+        && session
+            .req_header()
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if waiting_to_send {
+        session.set_keepalive(None);
+        return;
+    }
+    let deadline = Instant::now() + bounds.time;
+    let mut discarded = 0u64;
+    let finished = loop {
+        let wait = bounds
+            .timeout
+            .min(deadline.saturating_duration_since(Instant::now()));
+        if wait.is_zero() {
+            break false;
+        }
+        match tokio::time::timeout(wait, session.read_request_body()).await {
+            Ok(Ok(Some(chunk))) => {
+                discarded += chunk.len() as u64;
+                if discarded > bounds.size {
+                    break false;
+                }
+            }
+            Ok(Ok(None)) => break true,
+            Ok(Err(_)) | Err(_) => break false,
+        }
+    };
+    if !finished {
+        session.set_keepalive(None);
+    }
 }
 
 /// The built-in page for an error status, used when a site configures none.

@@ -35,7 +35,8 @@ pub struct ServerSettings {
 
 /// How client connections are bounded in time and size (`[server]`): nginx's
 /// `client_header_timeout`, `client_body_timeout`, `send_timeout`, `keepalive_timeout`,
-/// `keepalive_requests`, `large_client_header_buffers` and a cap like `worker_connections`.
+/// `keepalive_requests`, `large_client_header_buffers`, `lingering_*` and a cap like
+/// `worker_connections`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ClientConnectionSettings {
     pub(crate) header_timeout: Duration,
@@ -47,6 +48,7 @@ pub(crate) struct ClientConnectionSettings {
     pub(crate) max_header_size: usize,
     pub(crate) max_headers: usize,
     pub(crate) max_connections: usize,
+    pub(crate) lingering: crate::answer::Lingering,
 }
 
 impl ServerSettings {

@@ -375,8 +375,9 @@ async fn body_limits_answer_413() {
     let chunks =
         futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'a'; 512])));
     let reply = post("/small", reqwest::Body::wrap_stream(chunks)).await;
-    assert!(
-        reply.map(|r| r.status().as_u16() == 413).unwrap_or(true),
+    assert_eq!(
+        reply.expect("the client reads the answer").status(),
+        413,
         "chunked body over the limit is refused"
     );
     assert_eq!(
@@ -502,4 +503,112 @@ async fn scheme_follows_forwarded_proto_from_a_trusted_proxy_only() {
         redirect.headers().get("location").unwrap(),
         "http://app.example.com/there"
     );
+}
+
+/// Writes a request head and a body of `body_len` bytes (declared, or chunked when `None` is
+/// declared) over a blocking socket, then reads the answer: what a client that writes its
+/// whole body before reading sees.
+fn post_whole_body_then_read(
+    addr: std::net::SocketAddr,
+    head: String,
+    body_len: usize,
+    chunked: bool,
+) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    let chunk = vec![b'a'; 64 << 10];
+    let mut sent = 0;
+    while sent < body_len {
+        let n = chunk.len().min(body_len - sent);
+        let written = if chunked {
+            stream
+                .write_all(format!("{n:x}\r\n").as_bytes())
+                .and_then(|()| stream.write_all(&chunk[..n]))
+                .and_then(|()| stream.write_all(b"\r\n"))
+        } else {
+            stream.write_all(&chunk[..n])
+        };
+        if let Err(e) = written {
+            return format!("write failed after {sent} bytes: {e}");
+        }
+        sent += n;
+    }
+    if chunked {
+        if let Err(e) = stream.write_all(b"0\r\n\r\n") {
+            return format!("write failed at the last chunk: {e}");
+        }
+    }
+    let mut answer = Vec::new();
+    match stream.read_to_end(&mut answer) {
+        Ok(_) => String::from_utf8_lossy(&answer).into_owned(),
+        Err(e) => format!(
+            "read failed: {e} after {:?}",
+            String::from_utf8_lossy(&answer)
+        ),
+    }
+}
+
+#[tokio::test]
+async fn early_answers_reach_a_client_still_writing_its_body() {
+    let tailnet = tailnet(&["app"]).await;
+    let config = format!(
+        "{}{}{}[[sites.app.locations]]\nmatch = \"/private/\"\nproxy = \"app\"\nmax_body_size = \"100m\"\nallow = [\"10.0.0.0/8\"]\n",
+        base_config(&tailnet),
+        http_upstream("app", "app", &tailnet, ""),
+        site("app", "app", "max_body_size = \"5m\"")
+    );
+    let proxy = Edge::start(&config);
+    const BODY: usize = 6 << 20;
+    let addr = proxy.addr;
+    let head = |path: &str, framing: &str| {
+        format!("POST {path} HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n{framing}\r\n\r\n")
+    };
+    let declared = format!("Content-Length: {BODY}");
+    let cases = [
+        (
+            "declared length over the limit",
+            head("/upload", &declared),
+            false,
+            "HTTP/1.1 413",
+        ),
+        (
+            "refused by an allow list",
+            head("/private/x", &declared),
+            false,
+            "HTTP/1.1 403",
+        ),
+        (
+            "chunked past the limit",
+            head("/upload", "Transfer-Encoding: chunked"),
+            true,
+            "HTTP/1.1 413",
+        ),
+    ];
+    for (what, head, chunked, expected) in cases {
+        let answer = tokio::task::spawn_blocking(move || {
+            post_whole_body_then_read(addr, head, BODY, chunked)
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with(expected), "{what}: {answer}");
+    }
+    let peer = tailnet.peer("app").unwrap();
+    assert!(
+        peer.last_request().is_none_or(|r| r.body_len < BODY as u64),
+        "no whole body reached the upstream"
+    );
+
+    // A client that reads as it writes (reqwest) reads the answer too.
+    let reply = client()
+        .post(proxy.url("/upload"))
+        .header("host", "app.example.com")
+        .body(vec![b'a'; BODY])
+        .send()
+        .await
+        .expect("the client reads the answer");
+    assert_eq!(reply.status(), 413);
 }

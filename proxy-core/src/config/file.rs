@@ -84,6 +84,12 @@ pub const DEFAULT_MAX_HEADER_SIZE: &str = "32k";
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Default of [`ServerSection::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of [`ServerSection::lingering_time`] (nginx's).
+pub const DEFAULT_LINGERING_TIME: &str = "30s";
+/// Default of [`ServerSection::lingering_timeout`] (nginx's).
+pub const DEFAULT_LINGERING_TIMEOUT: &str = "5s";
+/// Default of [`ServerSection::lingering_size`].
+pub const DEFAULT_LINGERING_SIZE: &str = "64m";
 
 /// `[server]`: process-wide settings of the public listener.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -140,6 +146,16 @@ pub struct ServerSection {
     /// Client connections open at once across the public listeners; one more is closed
     /// at once. Default: [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: Option<usize>,
+    /// After an answer sent while the request body is still coming (413, 403, 429, 401 ...),
+    /// the rest of the body is read and thrown away for at most this long, so a client still
+    /// writing reads the answer instead of a reset. Default: [`DEFAULT_LINGERING_TIME`].
+    pub lingering_time: Option<String>,
+    /// While a body is thrown away, the longest wait for its next bytes; exceeded: closed.
+    /// Default: [`DEFAULT_LINGERING_TIMEOUT`].
+    pub lingering_timeout: Option<String>,
+    /// While a body is thrown away, the most bytes read; beyond: closed.
+    /// Default: [`DEFAULT_LINGERING_SIZE`].
+    pub lingering_size: Option<String>,
 }
 
 /// A value that is either a status code or a keyword (`unknown_host = 421` or `"close"`).

@@ -265,7 +265,8 @@ impl EdgeProxy {
     }
 
     /// Sends a reply the proxy makes itself: the site's error page for error statuses,
-    /// plugins' headers; or closes the connection without a response.
+    /// plugins' headers; then throws away what is left of the request body (bounded), so the
+    /// client reads the answer. Or closes the connection without a response.
     async fn send(&self, session: &mut Session, ctx: &RequestCtx, reply: Reply) -> Result<()> {
         let mut answer = match reply {
             Reply::Send(answer) => answer,
@@ -281,7 +282,10 @@ impl EdgeProxy {
         }
         let mut header = answer.response_header()?;
         self.tag_response(&mut header, ctx)?;
-        answer.write(session, header).await
+        answer.write(session, header).await?;
+        let bounds = &ctx.config.server.client.lingering;
+        crate::answer::discard_request_body(session, bounds).await;
+        Ok(())
     }
 }
 

@@ -4,11 +4,13 @@
 use std::path::PathBuf;
 
 use super::Compiler;
+use crate::answer::Lingering;
 use crate::config::error::KeyPath;
 use crate::config::file::{
     ServerSection, StatusOrWord, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT,
     DEFAULT_GRACE_PERIOD, DEFAULT_HEALTH_PATH, DEFAULT_KEEPALIVE_REQUESTS,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS,
+    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_LINGERING_SIZE, DEFAULT_LINGERING_TIME,
+    DEFAULT_LINGERING_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_HEADER_LINE, DEFAULT_MAX_HEADER_SIZE, DEFAULT_SEND_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UNKNOWN_HOST, DEFAULT_UPSTREAM_POOL_SIZE,
 };
@@ -134,6 +136,23 @@ impl Compiler<'_> {
             max_header_size,
             max_headers,
             max_connections,
+            lingering: Lingering {
+                time: self.duration(
+                    s.lingering_time.as_deref(),
+                    DEFAULT_LINGERING_TIME,
+                    key.key("lingering_time"),
+                ),
+                timeout: self.positive_duration(
+                    s.lingering_timeout.as_deref(),
+                    DEFAULT_LINGERING_TIMEOUT,
+                    key.key("lingering_timeout"),
+                ),
+                size: self.size(
+                    s.lingering_size.as_deref(),
+                    DEFAULT_LINGERING_SIZE,
+                    key.key("lingering_size"),
+                ),
+            },
         }
     }
 
@@ -197,4 +216,26 @@ impl Compiler<'_> {
 
 fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use std::path::Path;
+
+    #[test]
+    fn bad_lingering_values_name_their_keys() {
+        let text = "[server]\nlingering_time = \"soon\"\nlingering_timeout = \"0s\"\nlingering_size = \"lots\"\n";
+        let e = match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
+            Ok(_) => "no error".to_string(),
+            Err(e) => e.to_string(),
+        };
+        for expected in [
+            "edge.toml:2: server.lingering_time: invalid duration `soon`",
+            "edge.toml:3: server.lingering_timeout: must be longer than 0s",
+            "edge.toml:4: server.lingering_size: invalid size `lots`",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
 }
