@@ -443,6 +443,16 @@ async fn forge_limits_the_site_and_more_tightly_the_account_paths() {
         .send(Req::get(host, "/robots.txt").from("192.0.2.21"))
         .await;
     assert_eq!(other.status, 200, "another client has its own bucket");
+    // The landing page counts in the forge's zone with a burst of 20: a client that has
+    // just spent the forge's 50 is over it there too.
+    let apex = d
+        .send(Req::get("example.org", "/").from("192.0.2.20"))
+        .await;
+    assert_eq!(apex.status, 429, "the apex shares the forge's zone");
+    let fresh = d
+        .send(Req::get("example.org", "/").from("192.0.2.22"))
+        .await;
+    assert_eq!(fresh.status, 200);
 
     // Sign-in, sign-up and password reset: 3r/s burst 5, per client.
     for (i, path) in ["/user/login", "/user/sign_up", "/user/forgot_password"]

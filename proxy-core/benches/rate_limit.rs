@@ -55,7 +55,7 @@ fn bench_decisions(c: &mut Criterion) {
             let key = z
                 .key_for(black_box(client), no_header, location)
                 .expect("key");
-            z.acquire_at(&key, now)
+            z.acquire_at(&key, now, &z.settings.default_use())
         })
     });
     assert_eq!(
@@ -68,7 +68,7 @@ fn bench_decisions(c: &mut Criterion) {
     let key = z.key_for(client, no_header, location).expect("key");
     for _ in 0..21 {
         assert!(matches!(
-            z.acquire_at(&key, SECOND),
+            z.acquire_at(&key, SECOND, &z.settings.default_use()),
             ZoneVerdict::Pass { .. }
         ));
     }
@@ -77,11 +77,11 @@ fn bench_decisions(c: &mut Criterion) {
             let key = z
                 .key_for(black_box(client), no_header, location)
                 .expect("key");
-            z.acquire_at(&key, SECOND)
+            z.acquire_at(&key, SECOND, &z.settings.default_use())
         })
     });
     assert!(matches!(
-        z.acquire_at(&key, SECOND),
+        z.acquire_at(&key, SECOND, &z.settings.default_use()),
         ZoneVerdict::Reject { .. }
     ));
 
@@ -97,7 +97,7 @@ fn bench_decisions(c: &mut Criterion) {
             now += step;
             let ip = Some(IpAddr::V4(Ipv4Addr::from(first + n)));
             let key = z.key_for(black_box(ip), no_header, location).expect("key");
-            z.acquire_at(&key, now)
+            z.acquire_at(&key, now, &z.settings.default_use())
         })
     });
     println!(
@@ -110,7 +110,10 @@ fn bench_decisions(c: &mut Criterion) {
     let both = |ip| {
         let site_key = site.key_for(ip, no_header, location).expect("key");
         let login_key = login.key_for(ip, no_header, location).expect("key");
-        acquire_all(&[(&site, site_key), (&login, login_key)])
+        acquire_all(&[
+            (&site, site.settings.default_use(), site_key),
+            (&login, login.settings.default_use(), login_key),
+        ])
     };
     while matches!(both(client), LimitOutcome::Pass { .. }) {}
     group.bench_function("acquire_all/reject", |b| b.iter(|| both(black_box(client))));

@@ -226,6 +226,29 @@ async fn a_site_zone_and_a_location_zone_both_apply() {
     assert!(login.header("retry-after").is_some());
 }
 
+/// nginx's split: a zone is a key and a rate (`limit_req_zone`); the burst and the status
+/// belong to where it is applied (`limit_req`), so places share counters, not bursts.
+#[tokio::test]
+async fn places_sharing_a_zone_count_together_with_their_own_bursts_and_statuses() {
+    let tailnet = tailnet(&["docs"]).await;
+    let text = config(
+        &tailnet,
+        TRUST_LOOPBACK,
+        "[rate_limits.shared]\nrate = \"1r/m\"\n",
+        "rate_limits = [{ zone = \"shared\", burst = 4 }]",
+        "[[sites.docs.locations]]\nmatch = \"/login\"\nproxy = \"docs\"\nrate_limits = [{ zone = \"shared\", burst = 1, status = 503 }]\n\n[[sites.docs.locations]]\nmatch = \"/plain\"\nproxy = \"docs\"\nrate_limits = [\"shared\"]\n",
+    );
+    let proxy = Edge::start(&text);
+    let ip = "198.51.100.61";
+    // /login applies the site's zone its own way: burst 1, 503, counted once.
+    assert_eq!(statuses(&proxy, "/login", ip, 3).await, [200, 200, 503]);
+    // The site's burst of 4 counts in the same bucket: 2 are in it, 3 more fit.
+    assert_eq!(statuses(&proxy, "/", ip, 4).await, [200, 200, 200, 429]);
+    // Named alone, the zone applies its own burst (0) and status (429).
+    let other = "198.51.100.62";
+    assert_eq!(statuses(&proxy, "/plain", other, 2).await, [200, 429]);
+}
+
 #[tokio::test]
 async fn dry_run_only_logs() {
     let tailnet = tailnet(&["docs"]).await;

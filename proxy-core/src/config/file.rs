@@ -381,9 +381,10 @@ pub struct SiteSection {
     /// Cache policy defaults for every location of the site (a location's own `cache` wins,
     /// key by key). Default: none (nothing cached).
     pub cache: Option<CachePolicySection>,
-    /// Rate-limit zones applied to every request of the site. Default: none.
+    /// Rate-limit zones applied to every request of the site: a zone's name, or
+    /// `{ zone = "NAME", burst = N, ... }` (see [`RateLimitUseSection`]). Default: none.
     #[serde(default)]
-    pub rate_limits: Vec<String>,
+    pub rate_limits: Vec<RateLimitRef>,
     /// Connection-limit zones applied to every request of the site. Default: none.
     #[serde(default)]
     pub connection_limits: Vec<String>,
@@ -446,9 +447,11 @@ pub struct LocationSection {
     /// Cache policy for this location (each key set here wins over the site's `cache`).
     /// Default: the site's.
     pub cache: Option<CachePolicySection>,
-    /// Rate-limit zones applied to this location, on top of the site's. Default: none.
+    /// Rate-limit zones applied to this location, on top of the site's (a zone the site
+    /// applies too is applied the location's way): a zone's name, or
+    /// `{ zone = "NAME", burst = N, ... }` (see [`RateLimitUseSection`]). Default: none.
     #[serde(default)]
-    pub rate_limits: Vec<String>,
+    pub rate_limits: Vec<RateLimitRef>,
     /// Connection-limit zones applied to this location, on top of the site's. Default: none.
     #[serde(default)]
     pub connection_limits: Vec<String>,
@@ -680,6 +683,86 @@ pub struct ConnectionLimitSection {
     pub dry_run: Option<bool>,
 }
 
+/// One entry of a site's or location's `rate_limits`: a zone's name (applied with the
+/// zone's own `burst`, `delay`, `status` and `dry_run`), or a table that applies it its own
+/// way (nginx's `limit_req zone=NAME burst=N nodelay`).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum RateLimitRef {
+    /// The zone's name.
+    Zone(String),
+    /// The zone and how it is applied here.
+    Use(RateLimitUseSection),
+}
+
+impl RateLimitRef {
+    /// The name of the zone applied.
+    pub fn zone(&self) -> &str {
+        match self {
+            RateLimitRef::Zone(name) => name,
+            RateLimitRef::Use(applied) => &applied.zone,
+        }
+    }
+}
+
+impl From<String> for RateLimitRef {
+    fn from(zone: String) -> Self {
+        RateLimitRef::Zone(zone)
+    }
+}
+
+// By hand rather than `untagged`, whose error ("did not match any variant") says nothing
+// about what is expected.
+impl<'de> Deserialize<'de> for RateLimitRef {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> serde::de::Visitor<'de> for Entry {
+            type Value = RateLimitRef;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a rate-limit zone's name or { zone = \"NAME\", burst = N, ... }")
+            }
+
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<Self::Value, E> {
+                Ok(RateLimitRef::Zone(value.to_string()))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let applied = RateLimitUseSection::deserialize(
+                    serde::de::value::MapAccessDeserializer::new(map),
+                )?;
+                Ok(RateLimitRef::Use(applied))
+            }
+        }
+        deserializer.deserialize_any(Entry)
+    }
+}
+
+/// `rate_limits = [{ }]` on a site or location: a zone applied its own way here (nginx's
+/// `limit_req`), so two places can share one zone's counters with different bursts.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitUseSection {
+    /// The `[rate_limits.NAME]` zone whose counters this counts in. Required.
+    pub zone: String,
+    /// Requests allowed above the rate before rejecting. Default: the zone's `burst`.
+    pub burst: Option<u32>,
+    /// The first `delay` excess requests pass at once, later ones (within the burst) are
+    /// delayed to the rate. Default: the zone's `delay`.
+    pub delay: Option<u32>,
+    /// `true`: the whole burst passes at once (`delay` must be unset); `false`: excess
+    /// requests beyond `delay` (0 unless set) are held back to the rate, as nginx without
+    /// `nodelay`. Default: the zone's `delay`.
+    pub nodelay: Option<bool>,
+    /// Status of rejections. Default: the zone's `status`.
+    pub status: Option<u16>,
+    /// Only log and count rejections, never reject. Default: the zone's `dry_run`.
+    pub dry_run: Option<bool>,
+}
+
 /// Default of [`RateLimitSection::burst`].
 pub const DEFAULT_BURST: u32 = 0;
 /// Default of [`RateLimitSection::key`].
@@ -693,25 +776,32 @@ pub const DEFAULT_DRY_RUN: bool = false;
 /// Default of [`RateLimitSection::slots`].
 pub const DEFAULT_SLOTS: usize = 16384;
 
-/// `[rate_limits.NAME]`: a rate-limit zone with nginx `limit_req` semantics.
+/// `[rate_limits.NAME]`: a rate-limit zone with nginx `limit_req` semantics: what is counted
+/// (`key`), at which `rate`, in how much memory (`slots`), as nginx's `limit_req_zone`; and
+/// how it is applied where a site or location names it alone (`burst`, `delay`, `status`,
+/// `dry_run`), which `{ zone = "NAME", ... }` can change place by place.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitSection {
     /// `"10r/s"` or `"30r/m"`. Required.
     pub rate: String,
-    /// Requests allowed above the rate before rejecting. Default: [`DEFAULT_BURST`].
+    /// Requests allowed above the rate before rejecting, where the zone is applied by name.
+    /// Default: [`DEFAULT_BURST`].
     pub burst: Option<u32>,
     /// The first `delay` excess requests pass at once, later ones (within the burst) are
-    /// delayed to the rate. Default: no delay at all (nginx's `nodelay`).
+    /// delayed to the rate, where the zone is applied by name. Default: no delay at all
+    /// (nginx's `nodelay`).
     pub delay: Option<u32>,
     /// `"client_ip"`, `"client_ip+location"` or `"header:NAME"`.
     /// Default: [`DEFAULT_ZONE_KEY`].
     pub key: Option<String>,
     /// IPv6 clients are counted per prefix of this length. Default: [`DEFAULT_IPV6_PREFIX`].
     pub ipv6_prefix: Option<u8>,
-    /// Status of rejections. Default: [`DEFAULT_LIMIT_STATUS`].
+    /// Status of rejections, where the zone is applied by name.
+    /// Default: [`DEFAULT_LIMIT_STATUS`].
     pub status: Option<u16>,
-    /// Only log and count rejections, never reject. Default: [`DEFAULT_DRY_RUN`].
+    /// Only log and count rejections, never reject, where the zone is applied by name.
+    /// Default: [`DEFAULT_DRY_RUN`].
     pub dry_run: Option<bool>,
     /// Counters per row of the sketch (memory is 4 rows x 8 bytes x slots).
     /// Default: [`DEFAULT_SLOTS`].

@@ -12,8 +12,11 @@ use std::time::Duration;
 use crate::access::{IpSet, SiteAccess};
 use crate::answer::LocalAnswer;
 use crate::limit::{
-    acquire_all, ConcurrencyPermit, ConcurrencyZone, LimitKey, LimitOutcome, LimitZone,
+    acquire_all, ConcurrencyPermit, ConcurrencyZone, LimitKey, LimitOutcome, LimitZone, ZoneUse,
 };
+
+/// A rate-limit zone as a site or location applies it.
+pub(crate) type AppliedZone = (Arc<LimitZone>, ZoneUse);
 
 /// One location's guards.
 #[derive(Debug, Default)]
@@ -24,8 +27,8 @@ pub(crate) struct Guards {
     access: Arc<SiteAccess>,
     /// Only these clients may use the location.
     allow: Option<IpSet>,
-    /// Rate-limit zones: the site's, then the location's own.
-    zones: Vec<Arc<LimitZone>>,
+    /// Rate-limit zones, each applied its own way: the site's, then the location's own.
+    zones: Vec<AppliedZone>,
     /// Connection-limit zones: the site's, then the location's own.
     connection_zones: Vec<Arc<ConcurrencyZone>>,
     /// Whether anything beyond the body limit is checked (most locations check nothing
@@ -85,7 +88,7 @@ impl Guards {
         body_limit: u64,
         access: Arc<SiteAccess>,
         allow: Option<IpSet>,
-        zones: Vec<Arc<LimitZone>>,
+        zones: Vec<AppliedZone>,
         connection_zones: Vec<Arc<ConcurrencyZone>>,
     ) -> Self {
         let rules = access.has_rules()
@@ -119,9 +122,9 @@ impl Guards {
         self.allow.as_ref()
     }
 
-    /// The rate-limit zones that count this location's requests.
+    /// The rate-limit zones that count this location's requests, and how each is applied.
     #[cfg(test)]
-    pub(crate) fn zones(&self) -> &[Arc<LimitZone>] {
+    pub(crate) fn zones(&self) -> &[AppliedZone] {
         &self.zones
     }
 
@@ -219,14 +222,14 @@ impl Guards {
         if self.zones.is_empty() {
             return GuardVerdict::pass();
         }
-        let keyed: Vec<(&LimitZone, LimitKey<'_>)> = self
+        let keyed: Vec<(&LimitZone, ZoneUse, LimitKey<'_>)> = self
             .zones
             .iter()
-            .filter_map(|zone| {
+            .filter_map(|(zone, usage)| {
                 let header =
                     |name: &http::HeaderName| request.headers.get(name).map(|v| v.as_bytes());
                 let key = zone.key_for(client_ip, header, location)?;
-                Some((zone.as_ref(), key))
+                Some((zone.as_ref(), *usage, key))
             })
             .collect();
         if keyed.is_empty() {
@@ -237,7 +240,7 @@ impl Guards {
                 delay,
                 zones: keyed
                     .iter()
-                    .map(|(zone, _)| zone.settings.name.as_str())
+                    .map(|(zone, _, _)| zone.settings.name.as_str())
                     .collect(),
                 permits: Vec::new(),
             },

@@ -1,9 +1,10 @@
 //! Rate limits with nginx `limit_req` semantics, counted in bounded memory.
 //!
-//! A [`LimitZone`] is a named limit: a [`Rate`], a burst, `nodelay` or `delay = N`, and a
-//! [`ZoneKey`] saying what is counted (the client IP, IPv6 folded to a prefix; a header; or
-//! the client IP per location). Zones attach to sites and locations; a request passes only
-//! if every zone that applies passes ([`acquire_all`]).
+//! A [`LimitZone`] is a named limit: a [`Rate`] and a [`ZoneKey`] saying what is counted (the
+//! client IP, IPv6 folded to a prefix; a header; or the client IP per location), as nginx's
+//! `limit_req_zone`. Sites and locations apply zones, each with its own [`ZoneUse`] (a burst,
+//! `nodelay` or `delay = N`, a status), as nginx's `limit_req`: places sharing a zone share
+//! its counters. A request passes only if every zone that applies passes ([`acquire_all`]).
 //!
 //! # Counting and its error bound
 //!
@@ -41,4 +42,4 @@ pub use concurrency::{ConcurrencyPermit, ConcurrencySettings, ConcurrencyZone};
 pub use key::fold_ip;
 pub use key::{LimitKey, ZoneKey};
 pub use rate::Rate;
-pub use zone::{acquire_all, LimitOutcome, LimitZone, ZoneSettings, ZoneVerdict};
+pub use zone::{acquire_all, LimitOutcome, LimitZone, ZoneSettings, ZoneUse, ZoneVerdict};

@@ -13,28 +13,66 @@ use super::rate::Rate;
 /// over-counted only if it collides in all of them.
 const SKETCH_ROWS: usize = 4;
 
-/// A zone's settings, as compiled from config.
+/// A zone's settings, as compiled from config: what it counts and at which rate (nginx's
+/// `limit_req_zone`), and how a site or location naming it alone applies it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZoneSettings {
     /// The zone's name (for logs and metrics).
     pub name: String,
     /// The sustained rate.
     pub rate: Rate,
-    /// Requests allowed above the rate before rejecting.
+    /// Requests allowed above the rate before rejecting, where applied by name.
     pub burst: u32,
     /// `None`: excess requests within the burst pass at once (`nodelay`). `Some(n)`: the
-    /// first `n` pass at once, later ones are delayed to the rate.
+    /// first `n` pass at once, later ones are delayed to the rate. Where applied by name.
     pub delay: Option<u32>,
     /// What is counted.
     pub key: ZoneKey,
     /// IPv6 prefix length that client IPs are folded to.
     pub ipv6_prefix: u8,
+    /// Status of rejections, where applied by name.
+    pub status: u16,
+    /// Log and count rejections without rejecting, where applied by name.
+    pub dry_run: bool,
+    /// Counters per sketch row.
+    pub slots: usize,
+}
+
+impl ZoneSettings {
+    /// How a site or location naming the zone alone applies it.
+    pub fn default_use(&self) -> ZoneUse {
+        ZoneUse {
+            burst: self.burst,
+            delay: self.delay,
+            status: self.status,
+            dry_run: self.dry_run,
+        }
+    }
+
+    /// Whether two zones count the same way (what a reload may keep counters across; how
+    /// the zone is applied does not matter to its counters).
+    fn counts_like(&self, other: &ZoneSettings) -> bool {
+        self.name == other.name
+            && self.rate == other.rate
+            && self.key == other.key
+            && self.ipv6_prefix == other.ipv6_prefix
+            && self.slots == other.slots
+    }
+}
+
+/// How one site or location applies a zone (nginx's `limit_req zone=NAME burst=N
+/// nodelay`): places sharing a zone share its counters, each with its own burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ZoneUse {
+    /// Requests allowed above the rate before rejecting.
+    pub burst: u32,
+    /// `None`: excess requests within the burst pass at once (`nodelay`). `Some(n)`: the
+    /// first `n` pass at once, later ones are delayed to the rate.
+    pub delay: Option<u32>,
     /// Status of rejections.
     pub status: u16,
     /// Log and count rejections without rejecting.
     pub dry_run: bool,
-    /// Counters per sketch row.
-    pub slots: usize,
 }
 
 /// A rate-limit zone: settings plus bounded-memory counters.
@@ -111,11 +149,11 @@ impl LimitZone {
         }
     }
 
-    /// Takes over `previous`'s counters if it has the same settings and this zone has not
-    /// counted anything yet (nginx keeps a `limit_req_zone` across reloads the same way);
-    /// returns whether it did.
+    /// Takes over `previous`'s counters if it counts the same way (name, rate, key, memory;
+    /// bursts and statuses may differ) and this zone has not counted anything yet (nginx
+    /// keeps a `limit_req_zone` across reloads the same way); returns whether it did.
     pub fn keep_counters(&self, previous: &LimitZone) -> bool {
-        if previous.settings != self.settings {
+        if !previous.settings.counts_like(&self.settings) {
             return false;
         }
         self.counters.set(previous.counters().clone()).is_ok()
@@ -159,15 +197,16 @@ impl LimitZone {
             .key_for(client_ip, self.settings.ipv6_prefix, header, location)
     }
 
-    /// Counts one request for `key` now.
+    /// Counts one request for `key` now, applying the zone as named alone.
     pub fn acquire(&self, key: &LimitKey<'_>) -> ZoneVerdict {
-        self.acquire_at(key, self.now())
+        self.acquire_at(key, self.now(), &self.settings.default_use())
     }
 
-    /// Counts one request for `key` at `now` (nanoseconds since the zone was created).
-    pub fn acquire_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
+    /// Counts one request for `key` at `now` (nanoseconds since the zone was created),
+    /// applied as `usage` says.
+    pub fn acquire_at(&self, key: &LimitKey<'_>, now: i64, usage: &ZoneUse) -> ZoneVerdict {
         let _decision = self.lock();
-        let verdict = self.decide_at(key, now);
+        let verdict = self.decide_at(key, now, usage);
         if let ZoneVerdict::Pass { arrival, .. } = verdict {
             self.commit(key, arrival);
         }
@@ -204,8 +243,8 @@ impl LimitZone {
     /// GCRA, which is nginx's leaky bucket: `excess` is how far the key's theoretical
     /// arrival time is ahead of now, i.e. nginx's `excess` in time units. A request passes
     /// while `excess <= burst x interval`, and then moves the arrival time one interval on.
-    fn decide_at(&self, key: &LimitKey<'_>, now: i64) -> ZoneVerdict {
-        let tolerance = i64::from(self.settings.burst) * self.interval_ns;
+    fn decide_at(&self, key: &LimitKey<'_>, now: i64, usage: &ZoneUse) -> ZoneVerdict {
+        let tolerance = i64::from(usage.burst) * self.interval_ns;
         let estimate = self.estimate(key);
         let excess = estimate.max(now) - now;
         if excess > tolerance {
@@ -214,7 +253,7 @@ impl LimitZone {
                 retry_after: Duration::from_nanos(u64::try_from(excess - tolerance).unwrap_or(0)),
             };
         }
-        let delay_ns = match self.settings.delay {
+        let delay_ns = match usage.delay {
             None => 0,
             Some(n) => (excess - i64::from(n) * self.interval_ns).max(0),
         };
@@ -257,31 +296,31 @@ pub enum LimitOutcome {
     },
 }
 
-/// Applies every `(zone, key)` pair; the request passes only if all pass, and is counted
-/// in no zone otherwise (as nginx does). Dry-run zones log their would-be rejections and
+/// Applies every `(zone, usage, key)`; the request passes only if all pass, and is counted
+/// in no zone otherwise (as nginx does). Dry-run uses log their would-be rejections and
 /// pass. The zones' locks are held while deciding and counting, taken in address order so
 /// that two requests never wait on each other in a cycle.
-pub fn acquire_all(zones: &[(&LimitZone, LimitKey<'_>)]) -> LimitOutcome {
-    let mut locked: Vec<&LimitZone> = zones.iter().map(|(zone, _)| *zone).collect();
+pub fn acquire_all(zones: &[(&LimitZone, ZoneUse, LimitKey<'_>)]) -> LimitOutcome {
+    let mut locked: Vec<&LimitZone> = zones.iter().map(|(zone, _, _)| *zone).collect();
     locked.sort_by_key(|zone| *zone as *const LimitZone as usize);
     locked.dedup_by_key(|zone| *zone as *const LimitZone as usize);
     let _held: Vec<MutexGuard<'_, ()>> = locked.iter().map(|zone| zone.lock()).collect();
     let mut counted = Vec::with_capacity(zones.len());
     let mut delay = Duration::ZERO;
-    for (zone, key) in zones {
-        match zone.decide_at(key, zone.now()) {
+    for (zone, usage, key) in zones {
+        match zone.decide_at(key, zone.now(), usage) {
             ZoneVerdict::Pass { delay: d, arrival } => {
                 delay = delay.max(d);
                 counted.push((zone, key, arrival));
             }
-            ZoneVerdict::Reject { retry_after } if zone.settings.dry_run => {
+            ZoneVerdict::Reject { retry_after } if usage.dry_run => {
                 tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded (dry run, not rejected)");
             }
             ZoneVerdict::Reject { retry_after } => {
                 tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded, rejected");
                 return LimitOutcome::Reject {
                     zone: zone.settings.name.clone(),
-                    status: zone.settings.status,
+                    status: usage.status,
                     retry_after_secs: retry_after.as_secs_f64().ceil().max(1.0) as u64,
                 };
             }
@@ -320,7 +359,12 @@ mod tests {
 
     fn passes(zone: &LimitZone, key: &LimitKey<'_>, count: usize, now: i64) -> usize {
         (0..count)
-            .filter(|_| matches!(zone.acquire_at(key, now), ZoneVerdict::Pass { .. }))
+            .filter(|_| {
+                matches!(
+                    zone.acquire_at(key, now, &zone.settings.default_use()),
+                    ZoneVerdict::Pass { .. }
+                )
+            })
             .count()
     }
 
@@ -342,11 +386,11 @@ mod tests {
         let z = zone("1r/s", 0, None, SLOTS);
         let key = ip_key(1);
         assert!(matches!(
-            z.acquire_at(&key, SECOND),
+            z.acquire_at(&key, SECOND, &z.settings.default_use()),
             ZoneVerdict::Pass { .. }
         ));
         assert_eq!(
-            z.acquire_at(&key, SECOND + SECOND / 4),
+            z.acquire_at(&key, SECOND + SECOND / 4, &z.settings.default_use()),
             ZoneVerdict::Reject {
                 retry_after: Duration::from_millis(750)
             }
@@ -358,10 +402,12 @@ mod tests {
         let z = zone("10r/s", 5, Some(2), SLOTS);
         let key = ip_key(1);
         let delays: Vec<Option<u64>> = (0..8)
-            .map(|_| match z.acquire_at(&key, SECOND) {
-                ZoneVerdict::Pass { delay, .. } => Some(delay.as_millis() as u64),
-                ZoneVerdict::Reject { .. } => None,
-            })
+            .map(
+                |_| match z.acquire_at(&key, SECOND, &z.settings.default_use()) {
+                    ZoneVerdict::Pass { delay, .. } => Some(delay.as_millis() as u64),
+                    ZoneVerdict::Reject { .. } => None,
+                },
+            )
             .collect();
         assert_eq!(
             delays,
@@ -397,7 +443,11 @@ mod tests {
         // 10 seconds of traffic from 5,000 addresses, probing the victim every 50 ms.
         for step in 0..200 {
             for n in 0..25 {
-                z.acquire_at(&ip_key(1000 + step * 25 + n), now);
+                z.acquire_at(
+                    &ip_key(1000 + step * 25 + n),
+                    now,
+                    &z.settings.default_use(),
+                );
             }
             victim_passes += passes(&z, &victim, 3, now);
             now += SECOND / 20;
@@ -443,7 +493,12 @@ mod tests {
     fn moderate_crowds_do_not_limit_new_clients() {
         let z = zone("10r/s", 5, None, SLOTS);
         let first_requests = (0..2_000)
-            .filter(|n| matches!(z.acquire_at(&ip_key(*n), SECOND), ZoneVerdict::Pass { .. }))
+            .filter(|n| {
+                matches!(
+                    z.acquire_at(&ip_key(*n), SECOND, &z.settings.default_use()),
+                    ZoneVerdict::Pass { .. }
+                )
+            })
             .count();
         assert_eq!(first_requests, 2_000);
     }
@@ -452,7 +507,7 @@ mod tests {
     fn memory_is_fixed_by_slots() {
         let z = zone("10r/s", 20, None, SLOTS);
         for n in 0..100_000 {
-            z.acquire_at(&ip_key(n), SECOND);
+            z.acquire_at(&ip_key(n), SECOND, &z.settings.default_use());
         }
         assert_eq!(z.memory_bytes(), 4 * 8 * SLOTS);
     }
@@ -462,7 +517,10 @@ mod tests {
         let wide = zone("1r/m", 5, None, SLOTS);
         let narrow = zone("1r/m", 0, None, SLOTS);
         let key = ip_key(1);
-        let both = [(&wide, key), (&narrow, key)];
+        let both = [
+            (&wide, wide.settings.default_use(), key),
+            (&narrow, narrow.settings.default_use(), key),
+        ];
         assert!(matches!(acquire_all(&both), LimitOutcome::Pass { .. }));
         for _ in 0..3 {
             assert!(matches!(
@@ -475,5 +533,30 @@ mod tests {
             .filter(|_| matches!(wide.acquire(&key), ZoneVerdict::Pass { .. }))
             .count();
         assert_eq!(more, 5);
+    }
+
+    #[test]
+    fn places_sharing_a_zone_share_its_counters_with_their_own_bursts() {
+        let z = zone("1r/m", 0, None, SLOTS);
+        let key = ip_key(1);
+        let wide = ZoneUse {
+            burst: 4,
+            ..z.settings.default_use()
+        };
+        let narrow = ZoneUse {
+            burst: 1,
+            status: 503,
+            ..z.settings.default_use()
+        };
+        let pass =
+            |usage: &ZoneUse| matches!(z.acquire_at(&key, SECOND, usage), ZoneVerdict::Pass { .. });
+        assert!(
+            pass(&narrow) && pass(&narrow) && !pass(&narrow),
+            "burst 1: two pass"
+        );
+        // The wide place counts in the same bucket, two already in it: three more fit.
+        assert_eq!((0..5).filter(|_| pass(&wide)).count(), 3);
+        let outcome = acquire_all(&[(&z, narrow, key)]);
+        assert!(matches!(outcome, LimitOutcome::Reject { status: 503, .. }));
     }
 }

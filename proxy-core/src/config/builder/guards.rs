@@ -1,7 +1,9 @@
 //! Builder methods for client identity, rate limits and access rules.
 
 use super::{ConfigBuilder, LocationBuilder, SiteBuilder};
-use crate::config::file::{ConnectionLimitSection, RateLimitSection, SiteAccessSection};
+use crate::config::file::{
+    ConnectionLimitSection, RateLimitRef, RateLimitSection, RateLimitUseSection, SiteAccessSection,
+};
 
 impl ConfigBuilder {
     /// Trusts `cidr` as a proxy whose client-IP header (`Fly-Client-IP`) is believed.
@@ -79,7 +81,7 @@ impl RateLimitBuilder {
 impl SiteBuilder {
     /// Applies a rate-limit zone to every request of the site.
     pub fn rate_limit(mut self, zone: impl Into<String>) -> Self {
-        self.0.rate_limits.push(zone.into());
+        self.0.rate_limits.push(RateLimitRef::Zone(zone.into()));
         self
     }
 
@@ -109,7 +111,14 @@ impl SiteBuilder {
 impl LocationBuilder {
     /// Applies a rate-limit zone to this location, on top of the site's.
     pub fn rate_limit(mut self, zone: impl Into<String>) -> Self {
-        self.0.rate_limits.push(zone.into());
+        self.0.rate_limits.push(RateLimitRef::Zone(zone.into()));
+        self
+    }
+
+    /// Applies a rate-limit zone to this location its own way (burst, delay, status), on top
+    /// of the site's.
+    pub fn rate_limit_use(mut self, applied: RateLimitUseSection) -> Self {
+        self.0.rate_limits.push(RateLimitRef::Use(applied));
         self
     }
 
@@ -154,7 +163,7 @@ mod tests {
         assert!(config.client.is_trusted("172.20.0.1".parse().unwrap()));
         let site = config.site_for_host("docs.example.com").expect("site");
         let login = site.location_for_path(b"/login").expect("location");
-        assert_eq!(login.guards().zones()[0].settings.status, 503);
+        assert_eq!(login.guards().zones()[0].1.status, 503);
         assert!(login.guards().access().is_denied_agent(b"gptbot"));
     }
 }

@@ -9,11 +9,14 @@ use super::{list_or_none, Compiler};
 use crate::access::{DenyList, IpSet, SiteAccess, UserAgentRules};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    ConnectionLimitSection, RateLimitSection, SiteAccessSection, DEFAULT_BURST,
-    DEFAULT_CONNECTION_KEY, DEFAULT_CONNECTION_LIMIT_STATUS, DEFAULT_DENY_BODY, DEFAULT_DRY_RUN,
-    DEFAULT_IPV6_PREFIX, DEFAULT_LIMIT_STATUS, DEFAULT_SLOTS, DEFAULT_ZONE_KEY,
+    ConnectionLimitSection, RateLimitRef, RateLimitSection, RateLimitUseSection, SiteAccessSection,
+    DEFAULT_BURST, DEFAULT_CONNECTION_KEY, DEFAULT_CONNECTION_LIMIT_STATUS, DEFAULT_DENY_BODY,
+    DEFAULT_DRY_RUN, DEFAULT_IPV6_PREFIX, DEFAULT_LIMIT_STATUS, DEFAULT_SLOTS, DEFAULT_ZONE_KEY,
 };
-use crate::limit::{ConcurrencySettings, ConcurrencyZone, LimitZone, Rate, ZoneKey, ZoneSettings};
+use crate::guard::AppliedZone;
+use crate::limit::{
+    ConcurrencySettings, ConcurrencyZone, LimitZone, Rate, ZoneKey, ZoneSettings, ZoneUse,
+};
 
 /// One kind of zone: the zones that compiled, by name, and the name of every zone declared
 /// (valid or not), so that a reference to an invalid zone is not reported a second time as
@@ -195,22 +198,108 @@ impl Compiler<'_> {
         zones: &ZoneTable<'_, T>,
         key: &KeyPath,
     ) -> Vec<Arc<T>> {
-        let mut out = Vec::new();
-        for (i, name) in names.iter().enumerate() {
-            match zones.compiled.get(name) {
-                Some(zone) => out.push(zone.clone()),
-                // Declared but invalid: already reported at the zone itself.
-                None if zones.declared.contains(&name.as_str()) => {}
-                None => {
-                    let known = list_or_none(zones.declared.iter().copied());
-                    self.problem(
-                        key.index(i),
-                        format!("unknown {} zone `{name}` (defined: {known})", zones.kind),
-                    );
+        names
+            .iter()
+            .enumerate()
+            .filter_map(|(i, name)| self.zone_ref(name, zones, key.index(i)))
+            .collect()
+    }
+
+    /// The zone called `name`, or `None` (reported unless it is declared but invalid, which
+    /// was reported at the zone itself).
+    fn zone_ref<T>(
+        &mut self,
+        name: &str,
+        zones: &ZoneTable<'_, T>,
+        key: KeyPath,
+    ) -> Option<Arc<T>> {
+        if let Some(zone) = zones.compiled.get(name) {
+            return Some(zone.clone());
+        }
+        if !zones.declared.contains(&name) {
+            let known = list_or_none(zones.declared.iter().copied());
+            self.problem(
+                key,
+                format!("unknown {} zone `{name}` (defined: {known})", zones.kind),
+            );
+        }
+        None
+    }
+
+    /// The rate-limit zones a site or location applies, each its own way (nginx's
+    /// `limit_req`): by name with the zone's `burst`, `delay`, `status` and `dry_run`, or
+    /// `{ zone = "NAME", ... }` with its own.
+    pub(super) fn rate_limit_refs(
+        &mut self,
+        refs: &[RateLimitRef],
+        zones: &ZoneTable<'_, LimitZone>,
+        key: &KeyPath,
+    ) -> Vec<AppliedZone> {
+        let mut out: Vec<AppliedZone> = Vec::with_capacity(refs.len());
+        for (i, entry) in refs.iter().enumerate() {
+            let key = key.index(i);
+            let (zone, usage) = match entry {
+                RateLimitRef::Zone(name) => {
+                    let Some(zone) = self.zone_ref(name, zones, key.clone()) else {
+                        continue;
+                    };
+                    let usage = zone.settings.default_use();
+                    (zone, usage)
                 }
+                RateLimitRef::Use(applied) => {
+                    let Some(zone) = self.zone_ref(&applied.zone, zones, key.key("zone")) else {
+                        continue;
+                    };
+                    let usage = self.zone_use(applied, &zone.settings, &key);
+                    (zone, usage)
+                }
+            };
+            if out.iter().any(|(z, _)| Arc::ptr_eq(z, &zone)) {
+                self.problem(
+                    key,
+                    format!("zone `{}` is applied twice here", zone.settings.name),
+                );
+                continue;
             }
+            out.push((zone, usage));
         }
         out
+    }
+
+    /// How `{ zone = "NAME", ... }` applies a zone: each key unset is the zone's.
+    fn zone_use(&mut self, u: &RateLimitUseSection, zone: &ZoneSettings, key: &KeyPath) -> ZoneUse {
+        let burst = u.burst.unwrap_or(zone.burst);
+        let delay = match u.nodelay {
+            Some(true) => {
+                if u.delay.is_some() {
+                    self.problem(
+                        key.key("nodelay"),
+                        "`nodelay = true` and `delay` exclude each other: keep one",
+                    );
+                }
+                None
+            }
+            Some(false) => Some(u.delay.or(zone.delay).unwrap_or(0)),
+            None => u.delay.or(zone.delay),
+        };
+        if let Some(delay) = delay.filter(|d| *d > burst) {
+            self.problem(
+                key.key(if u.delay.is_some() { "delay" } else { "burst" }),
+                format!("delay ({delay}) cannot exceed burst ({burst})"),
+            );
+        }
+        ZoneUse {
+            burst,
+            delay: delay.map(|d| d.min(burst)),
+            status: self.status(
+                u.status,
+                zone.status,
+                400..=599,
+                "status must be from 400 to 599 (e.g. 429, 503)",
+                key.key("status"),
+            ),
+            dry_run: u.dry_run.unwrap_or(zone.dry_run),
+        }
     }
 }
 
@@ -276,15 +365,60 @@ mod tests {
             l.guards()
                 .zones()
                 .iter()
-                .map(|z| z.settings.name.clone())
+                .map(|z| z.0.settings.name.clone())
                 .collect()
         };
         assert_eq!(names(root), ["site"]);
         // A zone named by both the site and the location counts a request once.
         assert_eq!(names(login), ["site", "login"]);
-        assert_eq!(login.guards().zones()[1].settings.burst, 3);
+        assert_eq!(login.guards().zones()[1].1.burst, 3);
         assert!(root.guards().allow().is_none());
         assert!(login.guards().allow().is_some());
         assert!(root.guards().access().is_denied_agent(b"GPTBot/1.0"));
+    }
+
+    #[test]
+    fn zones_applied_their_own_way_are_checked_where_applied() {
+        let text = format!(
+            "[rate_limits.shared]\nrate = \"10r/s\"\ndelay = 2\nburst = 4\n{BASE}rate_limits = [{{ zone = \"shared\", burst = 1 }}]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nrate_limits = [{{ zone = \"shared\", nodelay = true, delay = 1 }}, {{ zone = \"nope\" }}, {{ zone = \"shared\", status = 200 }}]\n"
+        );
+        let e = errors(&text);
+        for expected in [
+            "edge.toml:9: sites.docs.rate_limits[0].burst: delay (2) cannot exceed burst (1)",
+            "sites.docs.locations[0].rate_limits[0].nodelay: `nodelay = true` and `delay` exclude each other",
+            "sites.docs.locations[0].rate_limits[1].zone: unknown rate limit zone `nope` (defined: shared)",
+            "sites.docs.locations[0].rate_limits[2].status: status must be from 400 to 599",
+            "sites.docs.locations[0].rate_limits[2]: zone `shared` is applied twice here",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+        let typo = errors(&format!("[rate_limits.shared]\nrate = \"10r/s\"\n{BASE}rate_limits = [{{ zone = \"shared\", bursts = 1 }}]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n"));
+        assert!(
+            typo.contains("edge.toml:7: sites.docs.rate_limits[0].bursts: unknown field `bursts`"),
+            "{typo}"
+        );
+    }
+
+    #[test]
+    fn a_location_applies_a_site_zone_its_own_way_counting_once() {
+        let text = format!(
+            "[rate_limits.shared]\nrate = \"10r/s\"\nburst = 9\n{BASE}rate_limits = [\"shared\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n[[sites.docs.locations]]\nmatch = \"/login\"\nproxy = \"docs\"\nrate_limits = [{{ zone = \"shared\", burst = 1, delay = 1, status = 503, dry_run = true }}]\n"
+        );
+        let config = load_str(&text, None, Path::new(".")).expect("valid");
+        let site = config.site_for_host("docs.example.com").expect("site");
+        let root = site.location_for_path(b"/").expect("root");
+        let login = site.location_for_path(b"/login").expect("login");
+        assert_eq!(root.guards().zones()[0].1.burst, 9);
+        let zones = login.guards().zones();
+        assert_eq!(zones.len(), 1);
+        let usage = zones[0].1;
+        assert_eq!(
+            (usage.burst, usage.delay, usage.status, usage.dry_run),
+            (1, Some(1), 503, true)
+        );
+        assert!(std::sync::Arc::ptr_eq(
+            &zones[0].0,
+            &root.guards().zones()[0].0
+        ));
     }
 }

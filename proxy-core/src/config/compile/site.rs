@@ -15,8 +15,8 @@ use crate::config::file::{
     LocationSection, PluginSection, SiteSection, DEFAULT_CONTENT_TYPE, DEFAULT_MAX_BODY_SIZE,
     DEFAULT_REDIRECT_STATUS, DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
 };
-use crate::guard::Guards;
-use crate::limit::{ConcurrencyZone, LimitZone};
+use crate::guard::{AppliedZone, Guards};
+use crate::limit::ConcurrencyZone;
 use crate::plugin::{Plugin, PluginChain, PluginSetup};
 use crate::route::{
     Action, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
@@ -29,7 +29,7 @@ struct SiteParts<'s> {
     max_body_size: u64,
     plugins: Vec<Arc<dyn Plugin>>,
     access: Arc<SiteAccess>,
-    zones: Vec<Arc<LimitZone>>,
+    zones: Vec<AppliedZone>,
     connection_zones: Vec<Arc<ConcurrencyZone>>,
     header_rules: Vec<HeaderRule>,
 }
@@ -119,7 +119,7 @@ impl Compiler<'_> {
             ),
             plugins: self.plugins(&s.plugins, &key.key("plugins")),
             access: self.site_access(s.access.as_ref(), &key.key("access"), deny_lists),
-            zones: self.zone_refs(&s.rate_limits, &zones.rate, &key.key("rate_limits")),
+            zones: self.rate_limit_refs(&s.rate_limits, &zones.rate, &key.key("rate_limits")),
             connection_zones: self.zone_refs(
                 &s.connection_limits,
                 &zones.connection,
@@ -227,10 +227,23 @@ impl Compiler<'_> {
             l.cache.as_ref(),
             &key.key("cache"),
         );
-        let mut location_zones =
-            self.zone_refs(&l.rate_limits, &zones.rate, &key.key("rate_limits"));
-        // A zone named by both the site and the location counts a request once.
-        location_zones.retain(|zone| !site.zones.iter().any(|z| Arc::ptr_eq(z, zone)));
+        let location_zones =
+            self.rate_limit_refs(&l.rate_limits, &zones.rate, &key.key("rate_limits"));
+        // A zone applied by both the site and the location counts a request once, the
+        // location's way.
+        let mut applied: Vec<AppliedZone> = site
+            .zones
+            .iter()
+            .map(|(zone, usage)| {
+                let own = location_zones.iter().find(|(z, _)| Arc::ptr_eq(z, zone));
+                (zone.clone(), own.map_or(*usage, |(_, own)| *own))
+            })
+            .collect();
+        applied.extend(
+            location_zones
+                .into_iter()
+                .filter(|(zone, _)| !site.zones.iter().any(|(z, _)| Arc::ptr_eq(z, zone))),
+        );
         let mut connection_zones = self.zone_refs(
             &l.connection_limits,
             &zones.connection,
@@ -243,7 +256,7 @@ impl Compiler<'_> {
             l.allow
                 .as_ref()
                 .map(|list| self.allow_list(list, &key.key("allow"))),
-            site.zones.iter().cloned().chain(location_zones).collect(),
+            applied,
             site.connection_zones
                 .iter()
                 .cloned()
