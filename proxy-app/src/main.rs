@@ -76,6 +76,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    alloc::return_freed_memory_at_once();
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {

@@ -175,6 +175,47 @@ async fn a_head_trickling_in_is_cut_off_at_client_header_timeout() {
 }
 
 #[tokio::test]
+async fn the_first_head_timeout_counts_from_the_connection_s_start() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "client_header_timeout = \"1s\""));
+    // Silent for 0.8 s, then half a head, the rest 0.5 s later: 1.3 s after the connection
+    // began, past the limit, however promptly each part came once the head had started.
+    let mut stream = connect(&edge);
+    std::thread::sleep(Duration::from_millis(800));
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: app.exa").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = stream.write_all(b"mple.com\r\n\r\n");
+    let reply = read_response(&mut stream);
+    assert!(!reply.starts_with("HTTP/1.1 200"), "answered: {reply}");
+    assert!(closed_by_server(&mut stream));
+    assert_eq!(closes(&edge, "header_timeout", 1).await, 1);
+}
+
+#[tokio::test]
+async fn a_head_and_its_body_in_one_write_pass_a_small_max_header_size() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(
+        &tailnet,
+        "max_header_line = \"1k\"\nmax_header_size = \"1k\"",
+    ));
+    // The first read takes the head and 3 KiB of body at once: only the head counts.
+    let body = "b".repeat(3000);
+    let request = format!(
+        "POST /up/echo HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let mut stream = connect(&edge);
+    stream.write_all(request.as_bytes()).unwrap();
+    let reply = read_response(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    // And on a kept-alive connection, whose next head arrives the same way.
+    stream.write_all(request.as_bytes()).unwrap();
+    let reply = read_response(&mut stream);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    assert_eq!(tailnet.peer("app").unwrap().requests(), 2);
+}
+
+#[tokio::test]
 async fn a_stalled_body_gets_408_after_client_body_timeout() {
     let tailnet = tailnet(&["app"]).await;
     let edge = Edge::start(&config(&tailnet, "client_body_timeout = \"1s\""));

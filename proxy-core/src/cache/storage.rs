@@ -422,7 +422,7 @@ impl Storage for MemoryStorage {
         _trace: &SpanHandle,
     ) -> Result<Option<(CacheMeta, HitHandler)>> {
         let hash = key.combined_bin();
-        if let Some(entry) = self.lookup_entry(&hash) {
+        let complete = |entry: Arc<Entry>| {
             let meta = entry.meta.to_meta();
             let hit = CompleteHit {
                 end: entry.body.len(),
@@ -430,11 +430,20 @@ impl Storage for MemoryStorage {
                 start: 0,
                 done: false,
             };
-            return Ok(Some((meta, Box::new(MemoryHit::Complete(hit)))));
+            Ok(Some((meta, Box::new(MemoryHit::Complete(hit)) as HitHandler)))
+        };
+        if let Some(entry) = self.lookup_entry(&hash) {
+            return complete(entry);
         }
         let fill = self.fills.read().get(&hash).cloned();
         if let Some(fill) = fill {
             return Ok(Some(streaming_hit(fill)));
+        }
+        // A fill that finished between the two looks above is an entry now: its commit puts
+        // the entry in before it takes the fill out. Without this second look, a request that
+        // waited on the cache lock for that fill could miss it and go upstream again.
+        if let Some(entry) = self.lookup_entry(&hash) {
+            return complete(entry);
         }
         Ok(self.promote_from_disk(key, hash).await)
     }

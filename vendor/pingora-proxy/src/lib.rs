@@ -1574,6 +1574,16 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
+    fn h1_request_wait_timed_out(&self, first: bool) {
+        // Reported like the session's own timeouts (patched in).
+        if first {
+            let e = Error::explain(ReadTimedout, "no request head within its timeout");
+            self.inner.downstream_ended(DownstreamEnd::HeadError(&e));
+        } else {
+            self.inner.downstream_ended(DownstreamEnd::IdleTimeout);
+        }
+    }
+
     async fn process_new_http(
         self: &Arc<Self>,
         mut session: HttpSession,

@@ -22,7 +22,7 @@ use bytes::BytesMut;
 use log::{debug, error};
 use std::any::Any;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::protocols::http::v2::server;
 use crate::protocols::http::{ReusableHttpStream, ServerSession};
@@ -103,9 +103,15 @@ pub struct HttpServerOptions {
 }
 
 impl HttpServerOptions {
-    /// Applies the HTTP/1 options to a session about to read a request (patched in).
-    fn apply_h1(&self, session: &mut ServerSession, first: bool) {
-        session.set_request_head_limits(self.h1_request_head, first);
+    /// Applies the HTTP/1 options to a session about to read a request (patched in);
+    /// `first_after`: the connection's age, when this is its first request (whose head
+    /// timeout counts from the connection's start).
+    fn apply_h1(&self, session: &mut ServerSession, first_after: Option<Duration>) {
+        let mut limits = self.h1_request_head;
+        if let Some(elapsed) = first_after {
+            limits.timeout = limits.timeout.map(|t| t.saturating_sub(elapsed));
+        }
+        session.set_request_head_limits(limits, first_after.is_some());
         if self.h1_pipelining {
             session.set_pipelining_enabled(true);
         }
@@ -271,6 +277,11 @@ pub trait HttpServerApp {
 
     async fn http_cleanup(&self) {}
 
+    /// Called when an HTTP/1 connection is closed because no request began in time
+    /// (patched in): `first`, within the request head timeout of a new connection, else
+    /// within the keepalive timeout after a request.
+    fn h1_request_wait_timed_out(&self, _first: bool) {}
+
     #[doc(hidden)]
     async fn process_custom_session(
         self: Arc<Self>,
@@ -321,54 +332,168 @@ where
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
-
-            let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
-
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
-            .await;
+            // Boxed (patched in): an HTTP/2 connection's state would otherwise size the
+            // future of every HTTP/1 connection too.
+            Box::pin(serve_h2(self, stream, shutdown)).await;
+            None
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
-            return self.clone().process_custom_session(stream, shutdown).await;
+            self.clone().process_custom_session(stream, shutdown).await
         } else {
             // No ALPN or ALPN::H1 and h2c was not configured, fallback to HTTP/1.1
-            let mut session = ServerSession::new_http1(stream);
+            serve_h1(self, stream, shutdown).await
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.http_cleanup().await;
+    }
+}
+
+/// Serves an HTTP/2 connection.
+async fn serve_h2<T>(app: &Arc<T>, stream: Stream, shutdown: &ShutdownWatch)
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    // create a shared connection digest
+    let digest = Arc::new(Digest {
+        ssl_digest: stream.get_ssl_digest(),
+        // TODO: log h2 handshake time
+        timing_digest: stream.get_timing_digest(),
+        proxy_digest: stream.get_proxy_digest(),
+        socket_digest: stream.get_socket_digest(),
+    });
+
+    let h2_options = app.h2_options();
+    let h2_conn = match server::handshake(stream, h2_options).await {
+        Err(e) => {
+            error!("H2 handshake error {e}");
+            return;
+        }
+        Ok(c) => c,
+    };
+
+    // The accept-loop body — including the graceful-shutdown state
+    // machine — lives in `server::accept_downstream_sessions` so that
+    // the same code path is exercised by tests in `protocols::http::v2`.
+    let app = app.clone();
+    let shutdown_for_session = shutdown.clone();
+    let h2_idle_timeout = app.server_options().and_then(|o| o.h2_idle_timeout);
+    server::accept_downstream_sessions(
+        h2_conn,
+        digest,
+        shutdown.clone(),
+        h2_idle_timeout,
+        |h2_stream, guard| {
+            let app = app.clone();
+            let shutdown = shutdown_for_session.clone();
+            pingora_runtime::current_handle().spawn(async move {
+                // hold `guard` for the session's lifetime so the accept
+                // loop's idle timeout sees this connection as busy.
+                let _guard = guard;
+                // Note, `PersistentSettings` not currently relevant for h2
+                app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                    .await;
+            });
+        },
+    )
+    .await;
+}
+
+/// Serves an HTTP/1 connection, one request after the other while it is kept alive.
+///
+/// Patched in: each request's first bytes are awaited on the bare stream, before its session
+/// exists, so that a connection waiting for a request (a new one, or an idle keepalive one)
+/// holds no session, no request buffer and no request future, only the stream. The wait is
+/// bounded like the session's own read would be: by the request head timeout from the
+/// connection's start for its first request, by the keepalive timeout for the next ones (which
+/// also end at a graceful shutdown).
+async fn serve_h1<T>(app: &Arc<T>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream>
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    let started = Instant::now();
+    let options = app.server_options();
+    let mut settings: Option<HttpPersistentSettings> = None;
+    let mut first = true;
+    loop {
+        let carried = settings
+            .as_mut()
+            .and_then(|s| s.pipelined_prefix.take())
+            .filter(|prefix| !prefix.is_empty());
+        let prefix = match carried {
+            Some(prefix) => prefix,
+            None => {
+                let (wait, watch) = if first {
+                    let limit = options
+                        .and_then(|o| o.h1_request_head.timeout)
+                        .unwrap_or(DEFAULT_FIRST_READ_TIMEOUT);
+                    (limit.saturating_sub(started.elapsed()), None)
+                } else {
+                    (next_request_wait(options, settings.as_ref()), Some(shutdown))
+                };
+                let most = options.map_or(INIT_HEAD_READ, |o| {
+                    o.h1_request_head.max_size.clamp(1, INIT_HEAD_READ)
+                });
+                match first_bytes(&mut stream, wait, most, watch).await {
+                    Arrival::Bytes(bytes) => bytes,
+                    Arrival::Closed => return None,
+                    Arrival::TimedOut => {
+                        app.h1_request_wait_timed_out(first);
+                        return None;
+                    }
+                }
+            }
+        };
+        let session = h1_session(
+            app.as_ref(),
+            stream,
+            settings.take(),
+            prefix,
+            first.then(|| started.elapsed()),
+            shutdown,
+        );
+        let reused = app.process_new_http(session, shutdown).await?;
+        (stream, settings) = reused.consume();
+        first = false;
+    }
+}
+
+/// Pingora's wait for a connection's first request when no head timeout is set.
+const DEFAULT_FIRST_READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The most bytes read while waiting for a request: a request head buffer's first read.
+const INIT_HEAD_READ: usize = 4096;
+
+/// How long a kept-alive connection waits for its next request.
+fn next_request_wait(
+    options: Option<&HttpServerOptions>,
+    settings: Option<&HttpPersistentSettings>,
+) -> Duration {
+    if let Some(idle) = options.and_then(|o| o.h1_keepalive_timeout) {
+        return Duration::from_secs(idle.as_secs().max(1));
+    }
+    match settings.map(|s| s.keepalive_timeout) {
+        Some(Some(0)) => Duration::MAX,
+        Some(Some(secs)) => Duration::from_secs(secs),
+        // No keepalive: what the session's read timeout would allow.
+        _ => DEFAULT_FIRST_READ_TIMEOUT,
+    }
+}
+
+/// The session for a request whose first bytes are `prefix`; `first_after`: the connection's
+/// age when this is its first request.
+fn h1_session<T: HttpServerApp>(
+    app: &T,
+    stream: Stream,
+    settings: Option<HttpPersistentSettings>,
+    prefix: BytesMut,
+    first_after: Option<Duration>,
+    shutdown: &ShutdownWatch,
+) -> ServerSession {
+    let mut session = ServerSession::new_http1(stream);
+    let options = app.server_options();
+    match first_after {
+        Some(elapsed) => {
             if *shutdown.borrow() {
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
@@ -377,33 +502,87 @@ where
                 session.set_keepalive(Some(60));
             }
             session.set_keepalive_reuses_remaining(
-                self.server_options()
-                    .and_then(|opts| opts.keepalive_request_limit),
+                options.and_then(|opts| opts.keepalive_request_limit),
             );
-            if let Some(options) = self.server_options() {
+            if let Some(options) = options {
                 if !*shutdown.borrow() {
-                    options.apply_h1(&mut session, true);
+                    options.apply_h1(&mut session, Some(elapsed));
                 }
-            }
-
-            let mut result = self.process_new_http(session, shutdown).await;
-            while let Some((stream, persistent_settings)) = result.map(|r| r.consume()) {
-                let mut session = ServerSession::new_http1(stream);
-                if let Some(persistent_settings) = persistent_settings {
-                    persistent_settings.apply_to_session(&mut session);
-                }
-                if let Some(options) = self.server_options() {
-                    options.apply_h1(&mut session, false);
-                }
-
-                result = self.process_new_http(session, shutdown).await;
             }
         }
-        None
+        None => {
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+            if let Some(options) = options {
+                options.apply_h1(&mut session, None);
+            }
+        }
     }
+    session.set_pipelined_prefix(prefix);
+    session
+}
 
-    async fn cleanup(&self) {
-        self.http_cleanup().await;
+/// How the wait for a request's first bytes ended.
+enum Arrival {
+    Bytes(BytesMut),
+    /// The client closed the connection, a read failed or the server is shutting down.
+    Closed,
+    TimedOut,
+}
+
+/// Waits up to `wait` for the first bytes of a request and reads at most `most` of them.
+/// The buffer they are read into exists only while a read can succeed, not while waiting.
+async fn first_bytes(
+    stream: &mut Stream,
+    wait: Duration,
+    most: usize,
+    shutdown: Option<&ShutdownWatch>,
+) -> Arrival {
+    use tokio::io::{AsyncRead, ReadBuf};
+    let read = std::future::poll_fn(|cx| {
+        let mut buf = BytesMut::zeroed(most);
+        let mut read_buf = ReadBuf::new(&mut buf);
+        match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
+            std::task::Poll::Pending => std::task::Poll::Pending,
+            std::task::Poll::Ready(Err(e)) => {
+                debug!("Read error while waiting for a request: {e}");
+                std::task::Poll::Ready(None)
+            }
+            std::task::Poll::Ready(Ok(())) => {
+                let n = read_buf.filled().len();
+                buf.truncate(n);
+                std::task::Poll::Ready((n > 0).then_some(buf))
+            }
+        }
+    });
+    let stop = async {
+        match shutdown {
+            Some(shutdown) => {
+                let mut shutdown = shutdown.clone();
+                if shutdown.wait_for(|stop| *stop).await.is_err() {
+                    // No one can shut this server down any more: wait on.
+                    std::future::pending::<()>().await;
+                }
+            }
+            None => std::future::pending().await,
+        }
+    };
+    let bounded = async {
+        if wait == Duration::MAX {
+            Ok(read.await)
+        } else {
+            tokio::time::timeout(wait, read).await
+        }
+    };
+    tokio::select! {
+        biased;
+        read = bounded => match read {
+            Ok(Some(bytes)) => Arrival::Bytes(bytes),
+            Ok(None) => Arrival::Closed,
+            Err(_) => Arrival::TimedOut,
+        },
+        _ = stop => Arrival::Closed,
     }
 }
 

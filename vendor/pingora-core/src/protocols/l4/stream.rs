@@ -528,6 +528,12 @@ pub struct Stream {
     // the data put back at the front of the read buffer, in order to replay the read
     rewind_read_buf: Vec<Vec<u8>>,
     buffer_write: bool,
+    /// The write buffer's capacity when there is something to write (patched in): without
+    /// a read buffer, the write buffer only exists from a write until the next flush, so
+    /// that an idle connection holds none. 0: the buffer is made once and kept.
+    lazy_write_capacity: usize,
+    /// Whether the lazy write buffer exists now.
+    write_buffer_made: bool,
     proxy_digest: Option<Arc<ProxyDigest>>,
     socket_digest: Option<Arc<SocketDigest>>,
     /// When this connection is established
@@ -630,14 +636,52 @@ impl Stream {
         // Since the buffers can't be resized in place,
         // we take the raw stream out of them and put it in new buffers with the size we want
         let stream = mem::take(&mut self.stream);
-        let stream = stream.map(|s| {
-            BufferedStream::with_capacity(
-                buffer.read_capacity(),
-                buffer.write_capacity(),
-                s.into_inner(),
-            )
-        });
+        let (read, write) = (buffer.read_capacity(), buffer.write_capacity());
+        // Without a read buffer, the write buffer is made by the first write (patched in).
+        self.lazy_write_capacity = if read == 0 { write } else { 0 };
+        self.write_buffer_made = false;
+        let write_now = if read == 0 { 0 } else { write };
+        let stream = stream.map(|s| BufferedStream::with_capacity(read, write_now, s.into_inner()));
         let _ = mem::replace(&mut self.stream, stream);
+    }
+
+    /// Gives the write buffer its capacity before a write, if it has none (patched in).
+    fn grow_write_buffer(&mut self) {
+        if self.lazy_write_capacity == 0
+            || self.write_buffer_made
+            || !matches!(&self.stream, Some(BufferedStream::UnbufferedRead(_)))
+        {
+            return;
+        }
+        if let Some(BufferedStream::UnbufferedRead(writer)) = self.stream.take() {
+            // A buffer without capacity holds nothing: `into_inner` loses no data.
+            self.stream = Some(BufferedStream::UnbufferedRead(BufWriter::with_capacity(
+                self.lazy_write_capacity,
+                writer.into_inner(),
+            )));
+            self.write_buffer_made = true;
+        }
+    }
+
+    /// Lets the lazy write buffer go once it is flushed (patched in).
+    fn shrink_write_buffer(&mut self) {
+        if !self.write_buffer_made {
+            return;
+        }
+        let flushed = matches!(
+            &self.stream,
+            Some(BufferedStream::UnbufferedRead(writer)) if writer.buffer().is_empty()
+        );
+        if !flushed {
+            return;
+        }
+        if let Some(BufferedStream::UnbufferedRead(writer)) = self.stream.take() {
+            self.stream = Some(BufferedStream::UnbufferedRead(BufWriter::with_capacity(
+                0,
+                writer.into_inner(),
+            )));
+            self.write_buffer_made = false;
+        }
     }
 }
 
@@ -651,6 +695,8 @@ impl From<TcpStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            lazy_write_capacity: 0,
+            write_buffer_made: false,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -674,6 +720,8 @@ impl From<virt::VirtualSocketStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            lazy_write_capacity: 0,
+            write_buffer_made: false,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -698,6 +746,8 @@ impl From<UnixStream> for Stream {
             )),
             rewind_read_buf: Vec::new(),
             buffer_write: true,
+            lazy_write_capacity: 0,
+            write_buffer_made: false,
             established_ts: SystemTime::now(),
             establishment_duration: None,
             offload_wait_duration: None,
@@ -872,6 +922,7 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = if self.buffer_write {
+            self.grow_write_buffer();
             Pin::new(&mut self.stream_mut()).poll_write(cx, buf)
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write(cx, buf)
@@ -883,6 +934,9 @@ impl AsyncWrite for Stream {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context) -> Poll<io::Result<()>> {
         let result = Pin::new(&mut self.stream_mut()).poll_flush(cx);
         self.write_pending_time.poll_time(&result);
+        if let Poll::Ready(Ok(())) = result {
+            self.shrink_write_buffer();
+        }
         result
     }
 
@@ -898,6 +952,7 @@ impl AsyncWrite for Stream {
         let total_size = bufs.iter().fold(0, |acc, s| acc + s.len());
 
         let result = if self.buffer_write {
+            self.grow_write_buffer();
             Pin::new(&mut self.stream_mut()).poll_write_vectored(cx, bufs)
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write_vectored(cx, bufs)

@@ -389,7 +389,9 @@ impl HttpSession {
         };
         self.head_timeout_from_start = false;
         loop {
-            if already_read > limits.max_size {
+            // A carried-over prefix may hold a whole head and more (pipelined requests, body
+            // bytes): it is parsed before its size counts (patched in).
+            if !skip_next_read && already_read > limits.max_size {
                 /* NOTE: this check only blocks second read. The first large read is allowed
                 since the buf is already allocated. The goal is to avoid slowly bloating
                 this buffer */
