@@ -143,6 +143,55 @@ pub(crate) async fn write_response(
     Ok(())
 }
 
+/// Rewrites an upstream's error response header for the site's page of `page_len` bytes in
+/// its place, keeping the status (nginx's `proxy_intercept_errors`): what described the
+/// upstream's body goes.
+pub(crate) fn intercept_error_header(header: &mut ResponseHeader, page_len: usize) -> Result<()> {
+    for name in [
+        http::header::CONTENT_ENCODING,
+        http::header::TRANSFER_ENCODING,
+        http::header::CONTENT_RANGE,
+        http::header::ACCEPT_RANGES,
+        http::header::ETAG,
+        http::header::LAST_MODIFIED,
+        http::header::CONTENT_DISPOSITION,
+    ] {
+        header.remove_header(&name);
+    }
+    header.insert_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")?;
+    header.insert_header(http::header::CONTENT_LENGTH, page_len.to_string())
+}
+
+/// The response body the client gets: the upstream's (or the cache's), or a page sent in
+/// its place.
+#[derive(Debug, Default)]
+pub(crate) enum ResponseBody {
+    /// As it comes.
+    #[default]
+    Passed,
+    /// The page to send instead, at the first body event.
+    Replaced(Bytes),
+    /// The page was sent: the rest of the upstream's body is dropped.
+    ReplacedSent,
+}
+
+impl ResponseBody {
+    /// Applies the replacement, if any, to the next part of the body.
+    pub(crate) fn filter(&mut self, body: &mut Option<Bytes>) {
+        match self {
+            ResponseBody::Passed => {}
+            ResponseBody::Replaced(_) => {
+                if let ResponseBody::Replaced(page) =
+                    std::mem::replace(self, ResponseBody::ReplacedSent)
+                {
+                    *body = Some(page);
+                }
+            }
+            ResponseBody::ReplacedSent => *body = None,
+        }
+    }
+}
+
 /// How a request body still coming after an early answer is thrown away (nginx's lingering
 /// close): for at most `time` in all, `timeout` between two reads, and `size` bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

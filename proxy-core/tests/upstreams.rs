@@ -612,3 +612,82 @@ async fn early_answers_reach_a_client_still_writing_its_body() {
         .expect("the client reads the answer");
     assert_eq!(reply.status(), 413);
 }
+
+#[tokio::test]
+async fn upstream_errors_get_the_sites_pages_where_errors_are_intercepted() {
+    let tailnet = tailnet(&["app"]).await;
+    let config = format!(
+        "{}{}{}[[sites.app.locations]]\nmatch = \"/raw/\"\nproxy = \"app\"\nintercept_errors = false\n[[sites.app.locations]]\nmatch = \"/cached/\"\nproxy = \"app\"\ncache = {{ valid = {{ \"404\" = \"1m\" }} }}\n{}",
+        base_config(&tailnet),
+        http_upstream("app", "app", &tailnet, ""),
+        site(
+            "app",
+            "app",
+            "error_pages = { 502 = \"502.html\", 404 = \"404.html\" }\nintercept_errors = true"
+        ),
+        site("plain", "app", "error_pages = { 502 = \"502.html\" }"),
+    );
+    let bad_gateway = "<html>our own 502 page</html>";
+    let not_found = "<html>our own 404 page</html>";
+    let proxy = Edge::start_with_files(
+        &config,
+        &[
+            ("502.html", bad_gateway.as_bytes()),
+            ("404.html", not_found.as_bytes()),
+        ],
+    );
+
+    let reply = get(&proxy, "app.example.com", "/x?status=502&size=200000").await;
+    assert_eq!((reply.status, reply.body.as_str()), (502, bad_gateway));
+    assert_eq!(
+        reply.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    let reply = get(&proxy, "app.example.com", "/x?status=404").await;
+    assert_eq!((reply.status, reply.body.as_str()), (404, not_found));
+    let reply = get(&proxy, "app.example.com", "/x?status=503&size=5").await;
+    assert_eq!(
+        (reply.status, reply.body.len()),
+        (503, 5),
+        "no page for 503: the upstream's answer"
+    );
+    let reply = get(&proxy, "app.example.com", "/x?status=200&size=5").await;
+    assert_eq!((reply.status, reply.body.len()), (200, 5));
+
+    let head = client()
+        .head(proxy.url("/x?status=502"))
+        .header("host", "app.example.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(head.status(), 502);
+    assert_eq!(
+        head.headers().get("content-length").unwrap(),
+        &bad_gateway.len().to_string()
+    );
+    assert!(head.bytes().await.unwrap().is_empty(), "HEAD: headers only");
+
+    let raw = get(&proxy, "app.example.com", "/raw/x?status=502&size=5").await;
+    assert_eq!((raw.status, raw.body.len()), (502, 5), "turned off here");
+    let plain = get(&proxy, "plain.example.com", "/x?status=502&size=5").await;
+    assert_eq!((plain.status, plain.body.len()), (502, 5), "off by default");
+
+    // A cached error gets the page too, on a miss and on a hit.
+    for expected in ["MISS", "HIT"] {
+        let reply = get(&proxy, "app.example.com", "/cached/x?status=404&size=9").await;
+        assert_eq!((reply.status, reply.body.as_str()), (404, not_found));
+        assert_eq!(reply.header("x-cache-status"), Some(expected));
+    }
+
+    // The connection stays usable after a replaced body.
+    let http = client();
+    for _ in 0..3 {
+        let reply = http
+            .get(proxy.url("/x?status=502&size=70000"))
+            .header("host", "app.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.text().await.unwrap(), bad_gateway);
+    }
+}

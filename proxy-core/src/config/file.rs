@@ -355,6 +355,8 @@ pub struct AppendHeaderSection {
     pub append: String,
 }
 
+/// Default of [`SiteSection::intercept_errors`] (nginx's `proxy_intercept_errors off`).
+pub const DEFAULT_INTERCEPT_ERRORS: bool = false;
 /// Default of [`SiteSection::max_body_size`] (nginx's `client_max_body_size`).
 pub const DEFAULT_MAX_BODY_SIZE: &str = "1m";
 
@@ -368,9 +370,14 @@ pub struct SiteSection {
     /// Default: [`DEFAULT_MAX_BODY_SIZE`].
     pub max_body_size: Option<String>,
     /// Error pages by status (`"502" = "errors/502.html"`), for any 4xx/5xx the proxy
-    /// answers itself. Paths are relative to the config file. Default: none.
+    /// answers itself (and an upstream's, with `intercept_errors`). Paths are relative to the
+    /// config file. Default: none.
     #[serde(default)]
     pub error_pages: BTreeMap<String, String>,
+    /// Replace an upstream's error response whose status has a page in `error_pages` with
+    /// that page, keeping the status (nginx's `proxy_intercept_errors on`).
+    /// Default: [`DEFAULT_INTERCEPT_ERRORS`].
+    pub intercept_errors: Option<bool>,
     /// Locations, in file order (which matters for regex locations). Required.
     #[serde(default)]
     pub locations: Vec<LocationSection>,
@@ -438,6 +445,9 @@ pub struct LocationSection {
     pub host_header: Option<String>,
     /// Body size limit for this location (wins over the site's). Default: the site's.
     pub max_body_size: Option<String>,
+    /// Replace upstream error responses with the site's error pages here (wins over the
+    /// site's `intercept_errors`). Default: the site's.
+    pub intercept_errors: Option<bool>,
     /// Plugins for requests of this location, in order (after the site's). Default: none.
     #[serde(default)]
     pub plugins: Vec<PluginSection>,

@@ -4,6 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::answer::ResponseBody;
 use crate::cache::hooks::CacheRequest;
 use crate::limit::ConcurrencyPermit;
 use crate::model::RuntimeConfig;
@@ -31,6 +32,8 @@ pub struct RequestCtx {
     pub(crate) record: RequestRecord,
     /// The request's places in connection-limit zones, given back when it ends.
     pub(crate) permits: Vec<ConcurrencyPermit>,
+    /// The response body sent: the upstream's, or the site's error page in its place.
+    pub(crate) response_body: ResponseBody,
 }
 
 /// What routing found for a request.
@@ -73,6 +76,7 @@ impl RequestCtx {
             cache: CacheRequest::default(),
             record: RequestRecord::new(observability),
             permits: Vec::new(),
+            response_body: ResponseBody::Passed,
         }
     }
 

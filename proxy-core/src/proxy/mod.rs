@@ -13,7 +13,7 @@
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
 //! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, the operator's `proxy_headers`, plugins |
 //! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
-//! | `response_filter` | `cache`, `observe`, plugins | cache status header, request id, plugins |
+//! | `response_filter`, `response_body_filter` | [`crate::answer`], `cache`, `observe`, plugins | the site's page in place of an upstream error (`intercept_errors`), cache status header, request id, plugins |
 //! | `fail_to_proxy` | [`crate::answer`] | what an error becomes; the site's error page |
 //! | `logging` | [`crate::observe`], plugins | one metrics update and one access-log line |
 
@@ -34,7 +34,7 @@ use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::answer::{LocalAnswer, Reply};
+use crate::answer::{LocalAnswer, Reply, ResponseBody};
 use crate::cache::hooks as cache_hooks;
 use crate::cache::{CacheStatus, EdgeCache, FreshHit};
 use crate::guard::{GuardVerdict, Refusal};
@@ -240,9 +240,14 @@ impl EdgeProxy {
         // `finish_response_header` applies.
         let status_name = cache_hooks::status_header_name(&ctx.cache);
         let mut header = hit.response_header(SystemTime::now(), status_name, &HIT_PRESET)?;
+        self.intercept_upstream_error(session, &mut header, ctx)?;
         ctx.record.cache_status = Some(CacheStatus::Hit.as_str());
         self.tag_response(&mut header, ctx)?;
-        crate::answer::write_response(session, header, hit.body()).await
+        let body = match std::mem::take(&mut ctx.response_body) {
+            ResponseBody::Replaced(page) => page,
+            _ => hit.body(),
+        };
+        crate::answer::write_response(session, header, body).await
     }
 
     /// What every response from the cache or the upstream gets: the cache status (header
@@ -256,6 +261,33 @@ impl EdgeProxy {
         ctx.record.cache_status = cache_status.map(|s| s.as_str());
         cache_hooks::add_status_header(&ctx.cache, cache_status, header)?;
         self.tag_response(header, ctx)
+    }
+
+    /// Where the location intercepts errors (`intercept_errors`) and the site has a page for
+    /// the upstream's error status: the page replaces the upstream's body, status kept.
+    fn intercept_upstream_error(
+        &self,
+        session: &Session,
+        header: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let status = header.status.as_u16();
+        let intercepts = ctx
+            .route
+            .location
+            .as_deref()
+            .is_some_and(|l| l.intercepts_errors());
+        if !intercepts || status < 400 {
+            return Ok(());
+        }
+        let Some(page) = ctx.route.site.as_deref().and_then(|s| s.error_page(status)) else {
+            return Ok(());
+        };
+        crate::answer::intercept_error_header(header, page.len())?;
+        if session.req_header().method != http::Method::HEAD {
+            ctx.response_body = ResponseBody::Replaced(page.clone());
+        }
+        Ok(())
     }
 
     /// The request id and plugins' response headers.
@@ -484,8 +516,20 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        self.intercept_upstream_error(session, upstream_response, ctx)?;
         let cache_status = cache_hooks::status(session, &ctx.cache);
         self.finish_response_header(upstream_response, ctx, cache_status)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        ctx.response_body.filter(body);
+        Ok(None)
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {

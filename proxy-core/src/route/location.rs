@@ -111,6 +111,7 @@ pub struct Location {
     action: Action,
     host_header: Option<HostHeader>,
     proxy_headers: Option<ProxyHeaders>,
+    intercept_errors: bool,
     plugins: PluginChain,
     cache: Option<Arc<CachePolicy>>,
     guards: Guards,
@@ -127,6 +128,7 @@ impl Location {
         action: Action,
         host_header: Option<HostHeader>,
         proxy_headers: Option<ProxyHeaders>,
+        intercept_errors: bool,
         plugins: PluginChain,
         cache: Option<Arc<CachePolicy>>,
         guards: Guards,
@@ -138,6 +140,7 @@ impl Location {
             action,
             host_header,
             proxy_headers,
+            intercept_errors,
             plugins,
             cache,
             guards,
@@ -172,6 +175,12 @@ impl Location {
     /// The operator's own upstream request headers (`proxy_headers`), if any.
     pub(crate) fn proxy_headers(&self) -> Option<&ProxyHeaders> {
         self.proxy_headers.as_ref()
+    }
+
+    /// Whether upstream error responses are replaced by the site's error pages
+    /// (`intercept_errors`).
+    pub(crate) fn intercepts_errors(&self) -> bool {
+        self.intercept_errors
     }
 
     /// The plugins its requests run, in call order.
@@ -362,6 +371,7 @@ mod tests {
                     },
                     None,
                     None,
+                    false,
                     PluginChain::default(),
                     None,
                     Guards::default(),

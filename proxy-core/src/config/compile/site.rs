@@ -12,8 +12,8 @@ use super::{is_valid_dns_name, list_or_none, Compiler};
 use crate::access::{DenyList, SiteAccess};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    LocationSection, PluginSection, SiteSection, DEFAULT_CONTENT_TYPE, DEFAULT_MAX_BODY_SIZE,
-    DEFAULT_REDIRECT_STATUS, DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
+    LocationSection, PluginSection, SiteSection, DEFAULT_CONTENT_TYPE, DEFAULT_INTERCEPT_ERRORS,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_REDIRECT_STATUS, DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
 };
 use crate::guard::{AppliedZone, Guards};
 use crate::limit::ConcurrencyZone;
@@ -110,6 +110,9 @@ impl Compiler<'_> {
         deny_lists: &mut Vec<Arc<DenyList>>,
         key: &KeyPath,
     ) -> Option<Site> {
+        if s.intercept_errors == Some(true) {
+            self.check_intercept_errors(s, key.key("intercept_errors"));
+        }
         let parts = SiteParts {
             section: s,
             max_body_size: self.size(
@@ -152,6 +155,13 @@ impl Compiler<'_> {
             error_pages,
             PluginChain::new(parts.plugins),
         ))
+    }
+
+    /// `intercept_errors = true` needs pages to put in place of upstream errors.
+    fn check_intercept_errors(&mut self, site: &SiteSection, key: KeyPath) {
+        if site.error_pages.is_empty() {
+            self.problem(key, "`intercept_errors` needs `error_pages` on the site: the pages that replace upstream errors, by status");
+        }
     }
 
     /// The plugins a site or location attaches, built by the registry.
@@ -264,6 +274,14 @@ impl Compiler<'_> {
                 .collect(),
         );
         let proxy_headers = self.location_header_rules(l, action.as_ref(), site, key);
+        let intercept_errors = l
+            .intercept_errors
+            .or(site.section.intercept_errors)
+            .unwrap_or(DEFAULT_INTERCEPT_ERRORS);
+        if l.intercept_errors == Some(true) {
+            self.check_intercept_errors(site.section, key.key("intercept_errors"));
+        }
+
         Some(Location::new(
             index,
             l.pattern.clone(),
@@ -271,6 +289,7 @@ impl Compiler<'_> {
             action?,
             host_header,
             proxy_headers,
+            intercept_errors,
             plugins,
             cache,
             guards,
@@ -364,5 +383,26 @@ impl Compiler<'_> {
             .map_err(|e| self.problem(key.key("redirect").key("to"), e))
             .ok()?;
         Some(Action::Redirect { status, target })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use std::path::Path;
+
+    #[test]
+    fn intercepting_errors_without_pages_is_explained() {
+        let text = "[upstreams.docs]\naddress = \"docs.tail1.ts.net:80\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\nintercept_errors = true\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nintercept_errors = true\n";
+        let e = match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
+            Ok(_) => "no error".to_string(),
+            Err(e) => e.to_string(),
+        };
+        for expected in [
+            "edge.toml:5: sites.docs.intercept_errors: `intercept_errors` needs `error_pages` on the site",
+            "edge.toml:9: sites.docs.locations[0].intercept_errors: `intercept_errors` needs",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
     }
 }
