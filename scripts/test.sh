@@ -24,6 +24,9 @@ cargo test -p proxy-app --no-default-features --locked --bin proxy-app
 # every past finding included; scripts/fuzz.sh runs them under libFuzzer.
 cargo clippy -p proxy-core --features fuzzing --all-targets --locked -- -D warnings
 cargo test -p proxy-core --features fuzzing --locked --test fuzz_corpus
+# And each runs under libFuzzer for 10 s (a debug build): the targets keep building with
+# cargo fuzz, and a shallow crash is caught here rather than in a long run.
+scripts/fuzz.sh --brief
 # proxy-core is a library for embedders: its docs must build without a broken or private link.
 RUSTDOCFLAGS="-D warnings" cargo doc -p proxy-core -p plugins --no-deps --locked
 benches/run.sh --quick > target/load-harness-quick.md
