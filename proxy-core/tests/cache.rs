@@ -154,7 +154,7 @@ cache = { ignore_set_cookie = true }
 
 #[tokio::test]
 async fn hundred_concurrent_misses_make_one_upstream_request() {
-    let (tailnet, proxy) = start("", "", "").await;
+    let (tailnet, proxy) = start("", "lock = true", "").await;
     let client = client();
     let url = proxy.url("/slow?delay_ms=500");
     let tasks: Vec<_> = (0..100)
@@ -495,7 +495,7 @@ cache = { stale_if_error_statuses = [503] }
 async fn stale_while_revalidate_refreshes_in_the_background_once() {
     let (tailnet, proxy) = start(
         "",
-        r#"valid = { "200" = "1s" }, stale_while_revalidate = "1m""#,
+        r#"valid = { "200" = "1s" }, stale_while_revalidate = "1m", background_update = true"#,
         "",
     )
     .await;
@@ -521,6 +521,74 @@ async fn stale_while_revalidate_refreshes_in_the_background_once() {
     }
     assert_eq!(status, "HIT");
     assert_eq!(requests(&tailnet), 2);
+}
+
+/// nginx's `proxy_cache_use_stale updating` without `proxy_cache_background_update`: the
+/// request that finds the entry expired fetches it and waits (EXPIRED); the others get the
+/// stale copy at once meanwhile (UPDATING), even where the lock is off for misses.
+#[tokio::test]
+async fn while_one_request_refreshes_an_expired_entry_the_others_get_it_stale() {
+    let (tailnet, proxy) = start(
+        "",
+        r#"valid = { "200" = "1s" }, stale_while_revalidate = "1m", key_query = "none""#,
+        "",
+    )
+    .await;
+    let host = "docs.example.com";
+    assert_eq!(status_of(&proxy, host, "/u").await, "MISS");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let refresh = client()
+        .get(proxy.url("/u?delay_ms=2000"))
+        .header("host", host)
+        .send();
+    let refresh = tokio::spawn(async move { Reply::read(refresh.await.expect("send")).await });
+    assert!(
+        eventually(Duration::from_secs(10), || requests(&tailnet) == 2).await,
+        "the refresh reached the peer"
+    );
+    let meanwhile = get(&proxy, host, "/u").await;
+    assert_eq!(meanwhile.header("x-cache-status"), Some("UPDATING"));
+    assert_eq!(meanwhile.body, "hello from docs\n");
+    let refreshed = refresh.await.expect("join");
+    assert_eq!(
+        refreshed.header("x-cache-status"),
+        Some("EXPIRED"),
+        "it waited"
+    );
+    assert_eq!(status_of(&proxy, host, "/u").await, "HIT");
+    assert_eq!(requests(&tailnet), 2, "one refresh");
+}
+
+/// nginx's `proxy_cache_lock` is per location and off by default.
+#[tokio::test]
+async fn the_cache_lock_is_a_per_location_choice() {
+    let locations = r#"
+[[sites.docs.locations]]
+match = "/free/"
+proxy = "docs"
+cache = { lock = false }
+"#;
+    let (tailnet, proxy) = start("", "lock = true", locations).await;
+    let client = client();
+    let together = |path: &'static str| {
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let request = client
+                    .get(proxy.url(path))
+                    .header("host", "docs.example.com");
+                tokio::spawn(async move { request.send().await.expect("send").status() })
+            })
+            .collect();
+        futures_util::future::join_all(tasks)
+    };
+    for status in together("/locked?delay_ms=1000").await {
+        assert_eq!(status.expect("join"), 200);
+    }
+    assert_eq!(requests(&tailnet), 1, "the site's lock: one fetch");
+    for status in together("/free/x?delay_ms=1000").await {
+        assert_eq!(status.expect("join"), 200);
+    }
+    assert_eq!(requests(&tailnet), 6, "no lock here: each miss fetches");
 }
 
 #[tokio::test]
@@ -602,7 +670,7 @@ async fn expired_entry_is_revalidated_with_its_etag() {
 
 #[tokio::test]
 async fn lock_timeout_sends_waiters_upstream_themselves() {
-    let (tailnet, proxy) = start("[cache]\nlock_timeout = \"200ms\"", "", "").await;
+    let (tailnet, proxy) = start("[cache]\nlock_timeout = \"200ms\"", "lock = true", "").await;
     let client = client();
     let url = proxy.url("/locked?delay_ms=2000");
     let tasks: Vec<_> = (0..3)

@@ -51,7 +51,7 @@ pub(crate) fn request_cache_filter(
     state.host = host.to_owned();
     state.scheme = scheme;
     state.enabled = true;
-    cache.enable(session);
+    cache.enable(session, policy.lock);
 }
 
 /// Request headers that need pingora-cache's full hit path (ranges, conditional requests).
@@ -159,11 +159,35 @@ pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBina
     builder.finalize()
 }
 
+/// `cache_hit_filter`: an entry found expired, within its stale-while-revalidate window, on a
+/// location without the cache lock gets the lock after all, so that one request refreshes
+/// it while the others are served stale.
+pub(crate) fn hit_found(
+    cache: &'static EdgeCache,
+    session: &mut Session,
+    meta: &CacheMeta,
+    is_fresh: bool,
+    state: &CacheRequest,
+) {
+    let unlocked = state.policy.as_ref().is_some_and(|policy| !policy.lock);
+    if !is_fresh && unlocked && meta.serve_stale_while_revalidate(SystemTime::now()) {
+        cache.lock_for_stale(session);
+    }
+}
+
 /// `should_serve_stale`: within the entry's windows (checked by pingora-cache), serve stale
-/// while revalidating, or when the upstream failed (connect error, timeout, or one of the
-/// configured statuses).
-pub(crate) fn should_serve_stale(state: &CacheRequest, error: Option<&Error>) -> bool {
-    let Some(error) = error else { return true };
+/// while another request refreshes the entry (and, with `background_update`, while this one
+/// refreshes it in the background), or when the upstream failed (connect error, timeout, or
+/// one of the configured statuses).
+pub(crate) fn should_serve_stale(
+    session: &Session,
+    state: &CacheRequest,
+    error: Option<&Error>,
+) -> bool {
+    let Some(error) = error else {
+        let refreshing_here = session.cache.is_cache_lock_writer();
+        return !refreshing_here || state.policy.as_ref().is_some_and(|p| p.background_update);
+    };
     match state.policy.as_ref() {
         Some(policy) => policy.freshness.stale_on_error(error),
         None => error.esource() == &ErrorSource::Upstream,

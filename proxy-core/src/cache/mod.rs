@@ -84,6 +84,21 @@ impl EdgeCache {
         }))
     }
 
+    /// Puts the lock on a request enabled without it, once its lookup found an entry to
+    /// serve stale while one request refreshes it: only the lock tells a request whether
+    /// another is refreshing.
+    pub(crate) fn lock_for_stale(&'static self, session: &mut Session) {
+        session
+            .cache
+            .set_cache_lock(Some(self.lock.as_ref()), Some(self.lock_options()));
+    }
+
+    fn lock_options(&self) -> CacheOptionOverrides {
+        let mut overrides = CacheOptionOverrides::default();
+        overrides.wait_timeout = Some(self.settings.lock_timeout);
+        overrides
+    }
+
     /// The storage (for inspection, e.g. bytes used).
     pub fn storage(&self) -> &MemoryStorage {
         &self.storage
@@ -94,16 +109,16 @@ impl EdgeCache {
         &self.settings
     }
 
-    /// Turns pingora-cache on for this request with our storage, eviction and lock.
-    pub fn enable(&'static self, session: &mut Session) {
-        let mut overrides = CacheOptionOverrides::default();
-        overrides.wait_timeout = Some(self.settings.lock_timeout);
+    /// Turns pingora-cache on for this request with our storage and eviction, and the lock
+    /// that collapses concurrent misses when `lock` is set.
+    pub fn enable(&'static self, session: &mut Session, lock: bool) {
+        let lock = lock.then_some(self.lock.as_ref());
         session.cache.enable(
             &self.storage,
             Some(self.storage.eviction()),
             None,
-            Some(self.lock.as_ref()),
-            Some(overrides),
+            lock,
+            lock.map(|_| self.lock_options()),
         );
         session
             .cache

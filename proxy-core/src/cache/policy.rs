@@ -307,6 +307,13 @@ pub struct CachePolicy {
     pub freshness: Freshness,
     /// Name of the cache status response header, if any.
     pub status_header: Option<HeaderName>,
+    /// Whether concurrent misses for one key wait for the one fetch (nginx's
+    /// `proxy_cache_lock`).
+    pub lock: bool,
+    /// Whether the request that finds an entry expired within its stale-while-revalidate
+    /// window is served stale while the refresh runs in the background (nginx's
+    /// `proxy_cache_background_update`), rather than waiting for it.
+    pub background_update: bool,
 }
 
 #[cfg(test)]

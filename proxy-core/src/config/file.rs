@@ -582,6 +582,11 @@ pub const DEFAULT_STALE_WHILE_REVALIDATE: &str = "0s";
 pub const DEFAULT_STALE_IF_ERROR: &str = "0s";
 /// Default of [`CachePolicySection::stale_if_error_statuses`].
 pub const DEFAULT_STALE_IF_ERROR_STATUSES: &[u16] = &[500, 502, 503, 504];
+/// Default of [`CachePolicySection::lock`] (nginx's `proxy_cache_lock off`).
+pub const DEFAULT_CACHE_LOCK: bool = false;
+/// Default of [`CachePolicySection::background_update`] (nginx's
+/// `proxy_cache_background_update off`).
+pub const DEFAULT_BACKGROUND_UPDATE: bool = false;
 /// Default of [`CachePolicySection::status_header`].
 pub const DEFAULT_STATUS_HEADER: &str = "X-Cache-Status";
 
@@ -619,10 +624,17 @@ pub struct CachePolicySection {
     pub bypass_cookies: Option<Vec<String>>,
     /// Requests carrying any of these query parameters skip the cache. Default: none.
     pub bypass_query: Option<Vec<String>>,
-    /// Serve a stale entry at once and refresh it in the background for this long after it
-    /// expires (the origin's `stale-while-revalidate` wins when honoured).
-    /// Default: [`DEFAULT_STALE_WHILE_REVALIDATE`].
+    /// For this long after an entry expires, while one request refreshes it, the others get
+    /// the stale copy at once (nginx's `proxy_cache_use_stale updating`; the origin's
+    /// `stale-while-revalidate` wins when honoured). Default: [`DEFAULT_STALE_WHILE_REVALIDATE`].
     pub stale_while_revalidate: Option<String>,
+    /// Within `stale_while_revalidate`, the request that finds the entry expired gets the
+    /// stale copy too and the refresh runs in the background; off, that request waits for
+    /// the refresh. Default: [`DEFAULT_BACKGROUND_UPDATE`].
+    pub background_update: Option<bool>,
+    /// Concurrent misses for one key wait (up to `[cache] lock_timeout`) for the one request
+    /// that fetches it, instead of all going upstream. Default: [`DEFAULT_CACHE_LOCK`].
+    pub lock: Option<bool>,
     /// Serve a stale entry when the upstream fails, for this long after it expires (the
     /// origin's `stale-if-error` wins when honoured). Default: [`DEFAULT_STALE_IF_ERROR`].
     pub stale_if_error: Option<String>,

@@ -9,7 +9,7 @@
 //! | | [`crate::plugin`] | the request phase of the location's plugins (may answer) |
 //! | | `cache` | the hot-object fast path: a fresh hit is answered here |
 //! | `request_body_filter` | `ctx` | the body limit, counted as the body streams |
-//! | `request_cache_filter`, `cache_key_callback`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable, key, cacheability, variance, stale |
+//! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable (with the lock or not), key, the lock for stale entries, cacheability, variance, stale |
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
 //! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, the operator's `proxy_headers`, plugins |
 //! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
-use pingora::cache::{CacheKey, CacheMeta, RespCacheable};
+use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
 use pingora::proxy::{DownstreamEnd, FailToProxy, ProxyHttp, Session};
@@ -592,11 +592,23 @@ impl ProxyHttp for EdgeProxy {
 
     fn should_serve_stale(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
         error: Option<&Error>,
     ) -> bool {
-        cache_hooks::should_serve_stale(&ctx.cache, error)
+        cache_hooks::should_serve_stale(session, &ctx.cache, error)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        session: &mut Session,
+        meta: &CacheMeta,
+        _hit_handler: &mut HitHandler,
+        is_fresh: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<ForcedFreshness>> {
+        cache_hooks::hit_found(self.cache, session, meta, is_fresh, &ctx.cache);
+        Ok(None)
     }
 
     async fn fail_to_proxy(

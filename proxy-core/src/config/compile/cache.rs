@@ -10,12 +10,13 @@ use crate::cache::{
 };
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    CachePolicySection, CacheSection, QueryKeySection, DEFAULT_BYPASS_HEADERS,
-    DEFAULT_CACHE_DISK_MAX_SIZE, DEFAULT_CACHE_ENABLED, DEFAULT_CACHE_INACTIVE,
-    DEFAULT_CACHE_LOCK_TIMEOUT, DEFAULT_CACHE_MAX_OBJECT_SIZE, DEFAULT_CACHE_MAX_SIZE,
-    DEFAULT_IGNORE_CACHE_CONTROL, DEFAULT_IGNORE_SET_COOKIE, DEFAULT_KEY_HOST, DEFAULT_KEY_QUERY,
-    DEFAULT_KEY_SCHEME, DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_IF_ERROR_STATUSES,
-    DEFAULT_STALE_WHILE_REVALIDATE, DEFAULT_STATUS_HEADER, DEFAULT_VALID,
+    CachePolicySection, CacheSection, QueryKeySection, DEFAULT_BACKGROUND_UPDATE,
+    DEFAULT_BYPASS_HEADERS, DEFAULT_CACHE_DISK_MAX_SIZE, DEFAULT_CACHE_ENABLED,
+    DEFAULT_CACHE_INACTIVE, DEFAULT_CACHE_LOCK, DEFAULT_CACHE_LOCK_TIMEOUT,
+    DEFAULT_CACHE_MAX_OBJECT_SIZE, DEFAULT_CACHE_MAX_SIZE, DEFAULT_IGNORE_CACHE_CONTROL,
+    DEFAULT_IGNORE_SET_COOKIE, DEFAULT_KEY_HOST, DEFAULT_KEY_QUERY, DEFAULT_KEY_SCHEME,
+    DEFAULT_STALE_IF_ERROR, DEFAULT_STALE_IF_ERROR_STATUSES, DEFAULT_STALE_WHILE_REVALIDATE,
+    DEFAULT_STATUS_HEADER, DEFAULT_VALID,
 };
 
 impl Compiler<'_> {
@@ -128,6 +129,8 @@ impl Compiler<'_> {
             bypass,
             freshness: self.freshness(s, key),
             status_header,
+            lock: s.lock.unwrap_or(DEFAULT_CACHE_LOCK),
+            background_update: s.background_update.unwrap_or(DEFAULT_BACKGROUND_UPDATE),
         }
     }
 
@@ -230,6 +233,8 @@ fn merge(site: CachePolicySection, loc: Option<CachePolicySection>) -> CachePoli
         bypass_cookies: l.bypass_cookies.or(site.bypass_cookies),
         bypass_query: l.bypass_query.or(site.bypass_query),
         stale_while_revalidate: l.stale_while_revalidate.or(site.stale_while_revalidate),
+        background_update: l.background_update.or(site.background_update),
+        lock: l.lock.or(site.lock),
         stale_if_error: l.stale_if_error.or(site.stale_if_error),
         stale_if_error_statuses: l.stale_if_error_statuses.or(site.stale_if_error_statuses),
         status_header: l.status_header.or(site.status_header),
