@@ -25,8 +25,8 @@ mod guards;
 pub use guards::RateLimitBuilder;
 
 use super::file::{
-    ConfigFile, LocationSection, PluginSection, RedirectSection, ReturnSection, SiteSection,
-    StatusOrWord, TelemetrySection, UpstreamSection,
+    ConfigFile, LocationSection, PluginSection, ProxyHeaderSection, RedirectSection, ReturnSection,
+    SiteSection, StatusOrWord, TelemetrySection, UpstreamSection,
 };
 use super::{compile_file, ConfigErrors};
 use crate::model::RuntimeConfig;
@@ -228,6 +228,14 @@ impl UpstreamBuilder {
         self.0.read_timeout = Some(duration.into());
         self
     }
+
+    /// Sends the request header `name` to this upstream as `value` (with variables such as
+    /// `$client_ip`; `""` leaves it out), over the built-in forwarding headers.
+    pub fn proxy_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let entry = ProxyHeaderSection::Set(value.into());
+        self.0.proxy_headers.insert(name.into(), entry);
+        self
+    }
 }
 
 /// Builds one site.
@@ -277,6 +285,21 @@ impl SiteBuilder {
     /// policy wins, key by key). `CachePolicySection::default()` caches with the defaults.
     pub fn cache(mut self, policy: super::file::CachePolicySection) -> Self {
         self.0.cache = Some(policy);
+        self
+    }
+
+    /// Replaces upstream error responses that have a page in the site's error pages with
+    /// that page, status kept (nginx's `proxy_intercept_errors on`).
+    pub fn intercept_errors(mut self) -> Self {
+        self.0.intercept_errors = Some(true);
+        self
+    }
+
+    /// Sends the request header `name` upstream as `value` from every proxying location of
+    /// the site (over the upstream's).
+    pub fn proxy_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let entry = ProxyHeaderSection::Set(value.into());
+        self.0.proxy_headers.insert(name.into(), entry);
         self
     }
 }
@@ -338,5 +361,65 @@ impl LocationBuilder {
     pub fn cache(mut self, policy: super::file::CachePolicySection) -> Self {
         self.0.cache = Some(policy);
         self
+    }
+
+    /// Whether upstream error responses are replaced by the site's error pages here (over
+    /// the site's choice).
+    pub fn intercept_errors(mut self, on: bool) -> Self {
+        self.0.intercept_errors = Some(on);
+        self
+    }
+
+    /// Sends the request header `name` upstream as `value` from this location (over the
+    /// site's and the upstream's).
+    pub fn proxy_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        let entry = ProxyHeaderSection::Set(value.into());
+        self.0.proxy_headers.insert(name.into(), entry);
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarding_headers_and_intercepted_errors_build_as_in_toml() {
+        let config = ConfigBuilder::new()
+            .upstream(
+                "app",
+                UpstreamBuilder::new("app.tail1.ts.net:80")
+                    .proxy_header("X-Forwarded-Proto", "https"),
+            )
+            .site(
+                "app",
+                SiteBuilder::new()
+                    .host("app.example.com")
+                    .error_page(502, "Cargo.toml")
+                    .intercept_errors()
+                    .proxy_header("X-Real-IP", "")
+                    .location(LocationBuilder::new("/").proxy("app"))
+                    .location(
+                        LocationBuilder::new("/raw/")
+                            .proxy("app")
+                            .intercept_errors(false)
+                            .proxy_header("X-Who", "$client_ip"),
+                    ),
+            )
+            .base_dir(env!("CARGO_MANIFEST_DIR"))
+            .build()
+            .expect("valid config");
+        let site = config.site_for_host("app.example.com").expect("site");
+        let root = site.location_for_path(b"/").expect("root");
+        let raw = site.location_for_path(b"/raw/x").expect("raw");
+        assert!(root.intercepts_errors() && !raw.intercepts_errors());
+        assert!(root.proxy_headers().is_some() && raw.proxy_headers().is_some());
+        let bad = ConfigBuilder::new()
+            .upstream(
+                "app",
+                UpstreamBuilder::new("app.tail1.ts.net:80").proxy_header("Host", "x"),
+            )
+            .build();
+        assert!(bad.is_err());
     }
 }
