@@ -49,6 +49,8 @@ pub(crate) struct ClientConnectionSettings {
     pub(crate) max_headers: usize,
     pub(crate) max_connections: usize,
     pub(crate) lingering: crate::answer::Lingering,
+    /// Bytes of a buffered request body kept in memory (`request_buffer_size`).
+    pub(crate) request_buffer_size: usize,
 }
 
 impl ServerSettings {

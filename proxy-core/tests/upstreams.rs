@@ -691,3 +691,96 @@ async fn upstream_errors_get_the_sites_pages_where_errors_are_intercepted() {
         assert_eq!(reply.text().await.unwrap(), bad_gateway);
     }
 }
+
+/// nginx's `proxy_request_buffering on`: nothing of a request goes upstream until its body
+/// has arrived whole, so a slow upload holds no upstream connection and a cut-off one never
+/// reaches the origin.
+#[tokio::test]
+async fn buffered_locations_forward_a_request_only_once_its_body_is_whole() {
+    use std::io::{Read, Write};
+    let tailnet = tailnet(&["app"]).await;
+    let config = format!(
+        "{}{}{}[[sites.app.locations]]\nmatch = \"/buffered/\"\nproxy = \"app\"\nrequest_buffering = true\n",
+        base_config(&tailnet).replace("[server]\n", "[server]\nrequest_buffer_size = \"16k\"\n"),
+        http_upstream("app", "app", &tailnet, ""),
+        site("app", "app", "max_body_size = \"10m\"")
+    );
+    let proxy = Edge::start(&config);
+    let peer = tailnet.peer("app").unwrap();
+    const BODY: usize = 1 << 20;
+    let head = format!(
+        "POST /buffered/up HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\nContent-Length: {BODY}\r\n\r\n"
+    );
+
+    // Half the body, then a pause: the origin has heard nothing.
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&vec![b'a'; BODY / 2]).unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(
+        peer.requests(),
+        0,
+        "nothing goes upstream before the body is whole"
+    );
+    // The rest: the origin gets the request with the whole body (past the memory share, from
+    // the temporary file).
+    stream.write_all(&vec![b'b'; BODY / 2]).unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(
+        answer
+            .to_ascii_lowercase()
+            .contains(&format!("x-received-bytes: {BODY}")),
+        "{answer}"
+    );
+    assert_eq!(peer.requests(), 1);
+    assert_eq!(peer.last_request().unwrap().body_len, BODY as u64);
+
+    // A client that gives up halfway: the origin never hears of it.
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&vec![b'a'; BODY / 2]).unwrap();
+    drop(stream);
+    // A request after it on a new connection shows the proxy has moved on.
+    let small = client()
+        .post(proxy.url("/buffered/small"))
+        .header("host", "app.example.com")
+        .body(vec![b'c'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(small.status(), 200);
+    assert_eq!(small.headers().get("x-received-bytes").unwrap(), "1000");
+    // Chunked, past the memory share.
+    let chunks =
+        futures_util::stream::iter((0..8).map(|_| Ok::<_, std::io::Error>(vec![b'd'; 10_000])));
+    let chunked = client()
+        .post(proxy.url("/buffered/chunked"))
+        .header("host", "app.example.com")
+        .body(reqwest::Body::wrap_stream(chunks))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(chunked.status(), 200);
+    assert_eq!(chunked.headers().get("x-received-bytes").unwrap(), "80000");
+    // Over the limit: refused at the edge, never forwarded.
+    let big = client()
+        .post(proxy.url("/buffered/big"))
+        .header("host", "app.example.com")
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            (0..200).map(|_| Ok::<_, std::io::Error>(vec![b'e'; 64 << 10])),
+        )))
+        .send()
+        .await
+        .expect("the client reads the answer");
+    assert_eq!(big.status(), 413);
+    assert_eq!(
+        peer.requests(),
+        3,
+        "only the whole bodies reached the origin"
+    );
+}

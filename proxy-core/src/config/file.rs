@@ -84,6 +84,9 @@ pub const DEFAULT_MAX_HEADER_SIZE: &str = "32k";
 pub const DEFAULT_MAX_HEADERS: usize = 100;
 /// Default of [`ServerSection::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default of [`ServerSection::request_buffer_size`] (nginx's `client_body_buffer_size` on
+/// 64-bit platforms).
+pub const DEFAULT_REQUEST_BUFFER_SIZE: &str = "16k";
 /// Default of [`ServerSection::lingering_time`] (nginx's).
 pub const DEFAULT_LINGERING_TIME: &str = "30s";
 /// Default of [`ServerSection::lingering_timeout`] (nginx's).
@@ -156,6 +159,10 @@ pub struct ServerSection {
     /// While a body is thrown away, the most bytes read; beyond: closed.
     /// Default: [`DEFAULT_LINGERING_SIZE`].
     pub lingering_size: Option<String>,
+    /// Where `request_buffering` is on, the bytes of a request body kept in memory; the rest
+    /// goes to an unnamed temporary file, gone when the request ends.
+    /// Default: [`DEFAULT_REQUEST_BUFFER_SIZE`].
+    pub request_buffer_size: Option<String>,
 }
 
 /// A value that is either a status code or a keyword (`unknown_host = 421` or `"close"`).
@@ -355,6 +362,8 @@ pub struct AppendHeaderSection {
     pub append: String,
 }
 
+/// Default of [`SiteSection::request_buffering`]: streaming, unlike nginx (see the README).
+pub const DEFAULT_REQUEST_BUFFERING: bool = false;
 /// Default of [`SiteSection::intercept_errors`] (nginx's `proxy_intercept_errors off`).
 pub const DEFAULT_INTERCEPT_ERRORS: bool = false;
 /// Default of [`SiteSection::max_body_size`] (nginx's `client_max_body_size`).
@@ -378,6 +387,11 @@ pub struct SiteSection {
     /// that page, keeping the status (nginx's `proxy_intercept_errors on`).
     /// Default: [`DEFAULT_INTERCEPT_ERRORS`].
     pub intercept_errors: Option<bool>,
+    /// Receive a request body whole (within `max_body_size`) before anything of the request
+    /// goes upstream, so a slow or cut-off upload never reaches the origin nor holds an
+    /// upstream connection (nginx's `proxy_request_buffering on`).
+    /// Default: [`DEFAULT_REQUEST_BUFFERING`].
+    pub request_buffering: Option<bool>,
     /// Locations, in file order (which matters for regex locations). Required.
     #[serde(default)]
     pub locations: Vec<LocationSection>,
@@ -448,6 +462,9 @@ pub struct LocationSection {
     /// Replace upstream error responses with the site's error pages here (wins over the
     /// site's `intercept_errors`). Default: the site's.
     pub intercept_errors: Option<bool>,
+    /// Receive request bodies whole before going upstream here (wins over the site's
+    /// `request_buffering`). Default: the site's.
+    pub request_buffering: Option<bool>,
     /// Plugins for requests of this location, in order (after the site's). Default: none.
     #[serde(default)]
     pub plugins: Vec<PluginSection>,

@@ -11,7 +11,7 @@ use crate::model::RuntimeConfig;
 use crate::observe::{Observability, RequestFacts, RequestRecord};
 use crate::plugin::{PluginChain, PluginCtx};
 use crate::route::{Location, Site};
-use crate::upstream::Upstream;
+use crate::upstream::{BufferedBody, Upstream};
 
 /// Per-request state shared by every phase.
 pub struct RequestCtx {
@@ -34,6 +34,8 @@ pub struct RequestCtx {
     pub(crate) permits: Vec<ConcurrencyPermit>,
     /// The response body sent: the upstream's, or the site's error page in its place.
     pub(crate) response_body: ResponseBody,
+    /// The request body, when the location receives it whole before going upstream.
+    pub(crate) buffered_body: Option<BufferedBody>,
 }
 
 /// What routing found for a request.
@@ -63,6 +65,11 @@ impl BodyLimit {
         self.seen += bytes as u64;
         self.limit > 0 && self.seen > self.limit
     }
+
+    /// Counts from zero again (a buffered body forwarded once more, to another attempt).
+    pub(crate) fn restart(&mut self) {
+        self.seen = 0;
+    }
 }
 
 impl RequestCtx {
@@ -77,6 +84,7 @@ impl RequestCtx {
             record: RequestRecord::new(observability),
             permits: Vec::new(),
             response_body: ResponseBody::Passed,
+            buffered_body: None,
         }
     }
 

@@ -8,7 +8,8 @@
 //! | | [`crate::guard`] | declared body size, user-agent and deny rules, allow lists, rate limits |
 //! | | [`crate::plugin`] | the request phase of the location's plugins (may answer) |
 //! | | `cache` | the hot-object fast path: a fresh hit is answered here |
-//! | `request_body_filter` | `ctx` | the body limit, counted as the body streams |
+//! | `request_filter` (buffering) | [`crate::upstream`] | where `request_buffering` is on, the body received whole first (memory, then a temporary file) |
+//! | `request_body_filter`, `buffered_request_body` | `ctx`, [`crate::upstream`] | the body limit, counted as the body streams; a buffered body forwarded part by part |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable (with the lock or not), key, the lock for stale entries, cacheability, variance, stale |
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
 //! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, the operator's `proxy_headers`, plugins |
@@ -44,7 +45,7 @@ use crate::observe::{
 };
 use crate::plugin::RequestFlow;
 use crate::route::{Next, Routed, Routing};
-use crate::upstream::{apply_forwarded_headers, HeaderVars};
+use crate::upstream::{apply_forwarded_headers, BufferedBody, HeaderVars, ReceiveError};
 
 /// Headers set on a fresh hit's header after it is built: the request id (by
 /// `tag_response`) and `Connection` (by Pingora, which also sets `Date`). A kept hit header
@@ -184,6 +185,30 @@ impl EdgeProxy {
         }
         if let (Some(list), Some(metrics)) = (why.access_list(), metrics) {
             metrics.deny_hit(site, list);
+        }
+    }
+
+    /// For a location that buffers requests (`request_buffering`): receives the body whole
+    /// before anything goes upstream; a body over the limit is answered 413 here.
+    async fn buffer_request_body(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Reply>> {
+        if session.is_body_done() {
+            return Ok(None);
+        }
+        let memory = ctx.config.server.client.request_buffer_size;
+        match BufferedBody::receive(session, memory, ctx.body.limit).await {
+            Ok(body) => {
+                ctx.buffered_body = Some(body);
+                Ok(None)
+            }
+            Err(ReceiveError::TooLarge) => {
+                let answer = LocalAnswer::text(413, "request body too large\n").closing();
+                Ok(Some(Reply::Send(answer)))
+            }
+            Err(ReceiveError::Failed(e)) => Err(e),
         }
     }
 
@@ -387,11 +412,22 @@ impl ProxyHttp for EdgeProxy {
                     (None, Next::Answer(answer)) => Reply::Send(*answer),
                     (None, Next::Proxy(upstream)) => {
                         ctx.route.upstream = Some(upstream);
-                        let Some(hit) = self.fresh_cache_hit(session, ctx) else {
+                        if let Some(hit) = self.fresh_cache_hit(session, ctx) {
+                            self.write_cache_hit(session, ctx, hit).await?;
+                            return Ok(true);
+                        }
+                        let buffers = ctx
+                            .route
+                            .location
+                            .as_deref()
+                            .is_some_and(|l| l.buffers_requests());
+                        if !buffers {
                             return Ok(false);
-                        };
-                        self.write_cache_hit(session, ctx, hit).await?;
-                        return Ok(true);
+                        }
+                        match self.buffer_request_body(session, ctx).await? {
+                            None => return Ok(false),
+                            Some(refusal) => refusal,
+                        }
                     }
                 }
             }
@@ -417,6 +453,17 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
+    async fn buffered_request_body(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Bytes>> {
+        match ctx.buffered_body.as_mut() {
+            Some(body) => body.next_part().await,
+            None => Ok(None),
+        }
+    }
+
     async fn upstream_peer(
         &self,
         _session: &mut Session,
@@ -429,6 +476,11 @@ impl ProxyHttp for EdgeProxy {
             );
         };
         ctx.record.upstream_started = Some(Instant::now());
+        // Each attempt forwards a buffered body from its start.
+        if let Some(body) = ctx.buffered_body.as_mut() {
+            body.rewind();
+            ctx.body.restart();
+        }
         match upstream.peer() {
             Some(peer) => {
                 ctx.record.upstream_addr = Some(peer._address.clone());

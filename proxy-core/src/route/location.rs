@@ -112,6 +112,7 @@ pub struct Location {
     host_header: Option<HostHeader>,
     proxy_headers: Option<ProxyHeaders>,
     intercept_errors: bool,
+    request_buffering: bool,
     plugins: PluginChain,
     cache: Option<Arc<CachePolicy>>,
     guards: Guards,
@@ -129,6 +130,7 @@ impl Location {
         host_header: Option<HostHeader>,
         proxy_headers: Option<ProxyHeaders>,
         intercept_errors: bool,
+        request_buffering: bool,
         plugins: PluginChain,
         cache: Option<Arc<CachePolicy>>,
         guards: Guards,
@@ -141,6 +143,7 @@ impl Location {
             host_header,
             proxy_headers,
             intercept_errors,
+            request_buffering,
             plugins,
             cache,
             guards,
@@ -181,6 +184,12 @@ impl Location {
     /// (`intercept_errors`).
     pub(crate) fn intercepts_errors(&self) -> bool {
         self.intercept_errors
+    }
+
+    /// Whether request bodies are received whole before going upstream
+    /// (`request_buffering`).
+    pub(crate) fn buffers_requests(&self) -> bool {
+        self.request_buffering
     }
 
     /// The plugins its requests run, in call order.
@@ -371,6 +380,7 @@ mod tests {
                     },
                     None,
                     None,
+                    false,
                     false,
                     PluginChain::default(),
                     None,

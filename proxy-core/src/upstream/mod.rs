@@ -3,10 +3,12 @@
 
 mod forwarded;
 mod header_rules;
+mod request_body;
 mod resolver;
 
 pub(crate) use forwarded::apply_forwarded_headers;
 pub(crate) use header_rules::{merge_rules, HeaderRule, HeaderVars, ProxyHeaders};
+pub(crate) use request_body::{BufferedBody, ReceiveError};
 pub(crate) use resolver::AddrSlot;
 pub use resolver::{MagicDnsResolver, ResolverSettings};
 

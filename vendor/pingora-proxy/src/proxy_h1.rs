@@ -506,6 +506,22 @@ where
                 ctx,
             )
             .await?;
+        } else if downstream_state.is_done() {
+            // Patched in: a body a filter received whole before the request went upstream
+            // comes from the proxy, part by part (`ProxyHttp::buffered_request_body`).
+            loop {
+                let part = self.inner.buffered_request_body(session, ctx).await?;
+                let end = part.is_none();
+                let send_permit = tx
+                    .reserve()
+                    .await
+                    .or_err(InternalError, "reserving body pipe")?;
+                self.send_body_to_pipe(session, part, end, send_permit, ctx)
+                    .await?;
+                if end {
+                    break;
+                }
+            }
         }
 
         let mut response_state = ResponseStateMachine::new();

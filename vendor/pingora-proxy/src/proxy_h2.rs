@@ -537,6 +537,18 @@ where
                 write_timeout,
             )
             .await?;
+        } else if downstream_state.is_done() && !session.as_mut().is_body_empty() {
+            // Patched in: a body a filter received whole before the request went upstream
+            // comes from the proxy, part by part (`ProxyHttp::buffered_request_body`).
+            loop {
+                let part = self.inner.buffered_request_body(session, ctx).await?;
+                let end = part.is_none();
+                self.send_body_to2(session, part, end, client_body, ctx, write_timeout)
+                    .await?;
+                if end {
+                    break;
+                }
+            }
         }
 
         let mut response_state = ResponseStateMachine::new();

@@ -137,6 +137,23 @@ pub trait ProxyHttp {
         false
     }
 
+    /// Patched in: the request body, when a filter received it whole from the client before
+    /// the request went upstream (request buffering). It is then forwarded from here instead
+    /// of from the client: called for each part until it returns `Ok(None)`, on every attempt
+    /// to reach an upstream (start again from the first part when `upstream_peer` runs again).
+    /// Only called when the client's body was read to its end before proxying began.
+    /// Default: `Ok(None)`.
+    async fn buffered_request_body(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut Self::CTX,
+    ) -> Result<Option<Bytes>>
+    where
+        Self::CTX: Send + Sync,
+    {
+        Ok(None)
+    }
+
     /// Handle the incoming request body.
     ///
     /// This function will be called every time a piece of request body is received. The `body` is

@@ -11,8 +11,9 @@ use crate::config::file::{
     DEFAULT_GRACE_PERIOD, DEFAULT_HEALTH_PATH, DEFAULT_KEEPALIVE_REQUESTS,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_LINGERING_SIZE, DEFAULT_LINGERING_TIME,
     DEFAULT_LINGERING_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS,
-    DEFAULT_MAX_HEADER_LINE, DEFAULT_MAX_HEADER_SIZE, DEFAULT_SEND_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UNKNOWN_HOST, DEFAULT_UPSTREAM_POOL_SIZE,
+    DEFAULT_MAX_HEADER_LINE, DEFAULT_MAX_HEADER_SIZE, DEFAULT_REQUEST_BUFFER_SIZE,
+    DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UNKNOWN_HOST,
+    DEFAULT_UPSTREAM_POOL_SIZE,
 };
 use crate::model::{ClientConnectionSettings, ServerSettings};
 use crate::route::{RoutingSettings, UnknownHostAnswer};
@@ -153,6 +154,11 @@ impl Compiler<'_> {
                     key.key("lingering_size"),
                 ),
             },
+            request_buffer_size: self.memory_size(
+                s.request_buffer_size.as_deref(),
+                DEFAULT_REQUEST_BUFFER_SIZE,
+                key.key("request_buffer_size"),
+            ),
         }
     }
 

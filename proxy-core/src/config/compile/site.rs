@@ -13,7 +13,8 @@ use crate::access::{DenyList, SiteAccess};
 use crate::config::error::KeyPath;
 use crate::config::file::{
     LocationSection, PluginSection, SiteSection, DEFAULT_CONTENT_TYPE, DEFAULT_INTERCEPT_ERRORS,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_REDIRECT_STATUS, DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
+    DEFAULT_MAX_BODY_SIZE, DEFAULT_REDIRECT_STATUS, DEFAULT_REQUEST_BUFFERING,
+    DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
 };
 use crate::guard::{AppliedZone, Guards};
 use crate::limit::ConcurrencyZone;
@@ -281,6 +282,19 @@ impl Compiler<'_> {
         if l.intercept_errors == Some(true) {
             self.check_intercept_errors(site.section, key.key("intercept_errors"));
         }
+        let request_buffering = l
+            .request_buffering
+            .or(site.section.request_buffering)
+            .unwrap_or(DEFAULT_REQUEST_BUFFERING);
+        // A buffered body goes to disk past its memory share: only a bounded one.
+        if request_buffering && max_body_size == 0 {
+            let key = match (l.request_buffering, l.max_body_size.is_some()) {
+                (_, true) => key.key("max_body_size"),
+                (Some(_), false) => key.key("request_buffering"),
+                (None, false) => key.clone(),
+            };
+            self.problem(key, "`request_buffering` needs a `max_body_size` other than \"0\": the most a buffered body may hold");
+        }
 
         Some(Location::new(
             index,
@@ -290,6 +304,7 @@ impl Compiler<'_> {
             host_header,
             proxy_headers,
             intercept_errors,
+            request_buffering,
             plugins,
             cache,
             guards,
@@ -401,6 +416,21 @@ mod tests {
         for expected in [
             "edge.toml:5: sites.docs.intercept_errors: `intercept_errors` needs `error_pages` on the site",
             "edge.toml:9: sites.docs.locations[0].intercept_errors: `intercept_errors` needs",
+        ] {
+            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+        }
+    }
+
+    #[test]
+    fn buffering_unbounded_bodies_is_explained() {
+        let text = "[upstreams.docs]\naddress = \"docs.tail1.ts.net:80\"\n[server]\nrequest_buffer_size = \"lots\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nrequest_buffering = true\nmax_body_size = \"0\"\n";
+        let e = match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
+            Ok(_) => "no error".to_string(),
+            Err(e) => e.to_string(),
+        };
+        for expected in [
+            "edge.toml:4: server.request_buffer_size: invalid size `lots`",
+            "edge.toml:11: sites.docs.locations[0].max_body_size: `request_buffering` needs a `max_body_size` other than \"0\"",
         ] {
             assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
         }
