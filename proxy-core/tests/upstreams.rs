@@ -783,4 +783,21 @@ async fn buffered_locations_forward_a_request_only_once_its_body_is_whole() {
         3,
         "only the whole bodies reached the origin"
     );
+
+    // A client that waits for `100 Continue` gets it from the proxy, which takes the body.
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let expecting = "POST /buffered/expect HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+    stream.write_all(expecting.as_bytes()).unwrap();
+    let mut interim = [0u8; 25];
+    stream.read_exact(&mut interim).unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(b"hello").unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let seen = peer.last_request().unwrap();
+    assert_eq!((seen.body_len, seen.header("expect")), (5, None));
 }

@@ -198,6 +198,12 @@ impl EdgeProxy {
         if session.is_body_done() {
             return Ok(None);
         }
+        // A client waiting for `100 Continue` would send nothing: the proxy, which takes the
+        // body now, answers it (and the upstream is not asked again, see
+        // `upstream_request_filter`).
+        if expects_continue(session.req_header()) {
+            session.write_continue_response().await?;
+        }
         let memory = ctx.config.server.client.request_buffer_size;
         match BufferedBody::receive(session, memory, ctx.body.limit).await {
             Ok(body) => {
@@ -507,6 +513,10 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.record.request_id.as_str())?;
+        if ctx.buffered_body.is_some() {
+            // The body is here already; the client had its `100 Continue` from the proxy.
+            upstream_request.remove_header(&http::header::EXPECT);
+        }
         let Some(upstream) = ctx.route.upstream.as_ref() else {
             return Ok(());
         };
@@ -695,6 +705,15 @@ fn client_close(session: &Session, error: Option<&Error>) -> Option<ClientClose>
     }
     let last = session.get_keepalive_reuses_remaining() == Some(0);
     (last && session.get_keepalive().is_some()).then_some(ClientClose::KeepaliveRequests)
+}
+
+/// Whether the client waits for `100 Continue` before sending its body.
+fn expects_continue(request: &RequestHeader) -> bool {
+    request.version == http::Version::HTTP_11
+        && request
+            .headers
+            .get(http::header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// The scheme of the connection the request came over.
