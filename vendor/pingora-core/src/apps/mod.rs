@@ -539,20 +539,32 @@ async fn first_bytes(
     most: usize,
     shutdown: Option<&ShutdownWatch>,
 ) -> Arrival {
+    use bytes::BufMut;
+    use std::task::Poll;
     use tokio::io::{AsyncRead, ReadBuf};
     let read = std::future::poll_fn(|cx| {
-        let mut buf = BytesMut::zeroed(most);
-        let mut read_buf = ReadBuf::new(&mut buf);
+        let mut buf = BytesMut::with_capacity(most);
+        // Read into the buffer's spare capacity, as `tokio_util::io::poll_read_buf` does.
+        // SAFETY: `ReadBuf` never de-initialises what it is given, and only the bytes it
+        // reports filled (and so initialised) are added to `buf`.
+        let spare = unsafe { buf.chunk_mut().as_uninit_slice_mut() };
+        let mut read_buf = ReadBuf::uninit(spare);
+        let start = read_buf.filled().as_ptr();
         match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
-            std::task::Poll::Pending => std::task::Poll::Pending,
-            std::task::Poll::Ready(Err(e)) => {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(e)) => {
                 debug!("Read error while waiting for a request: {e}");
-                std::task::Poll::Ready(None)
+                Poll::Ready(None)
             }
-            std::task::Poll::Ready(Ok(())) => {
+            Poll::Ready(Ok(())) => {
                 let n = read_buf.filled().len();
-                buf.truncate(n);
-                std::task::Poll::Ready((n > 0).then_some(buf))
+                // The reader must not have swapped the buffer for another.
+                if read_buf.filled().as_ptr() != start {
+                    return Poll::Ready(None);
+                }
+                // SAFETY: the first `n` bytes of the spare capacity were filled above.
+                unsafe { buf.advance_mut(n) };
+                Poll::Ready((n > 0).then_some(buf))
             }
         }
     });
