@@ -801,3 +801,28 @@ async fn buffered_locations_forward_a_request_only_once_its_body_is_whole() {
     let seen = peer.last_request().unwrap();
     assert_eq!((seen.body_len, seen.header("expect")), (5, None));
 }
+
+#[tokio::test]
+async fn a_stalled_buffered_body_gets_408_and_never_reaches_the_origin() {
+    use std::io::{Read, Write};
+    let tailnet = tailnet(&["app"]).await;
+    let config = format!(
+        "{}{}{}",
+        base_config(&tailnet).replace("[server]\n", "[server]\nclient_body_timeout = \"1s\"\n"),
+        http_upstream("app", "app", &tailnet, ""),
+        site("app", "app", "request_buffering = true")
+    );
+    let proxy = Edge::start(&config);
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(15)))
+        .unwrap();
+    stream
+        .write_all(b"POST /x HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 10\r\n\r\nab")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert_eq!(tailnet.peer("app").unwrap().requests(), 0);
+}

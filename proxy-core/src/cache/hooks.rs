@@ -26,6 +26,9 @@ pub(crate) struct CacheRequest {
     scheme: &'static str,
     /// The key the fast path built and missed with, kept for `cache_key_callback`.
     key: Option<CacheKey>,
+    /// Whether the lock was put on for a stale entry (once per request: pingora-cache
+    /// refuses a second lock).
+    stale_lock: bool,
 }
 
 /// `request_cache_filter`: enables the cache for GET/HEAD on a caching location, unless a
@@ -167,10 +170,15 @@ pub(crate) fn hit_found(
     session: &mut Session,
     meta: &CacheMeta,
     is_fresh: bool,
-    state: &CacheRequest,
+    state: &mut CacheRequest,
 ) {
     let unlocked = state.policy.as_ref().is_some_and(|policy| !policy.lock);
-    if !is_fresh && unlocked && meta.serve_stale_while_revalidate(SystemTime::now()) {
+    if !is_fresh
+        && unlocked
+        && !state.stale_lock
+        && meta.serve_stale_while_revalidate(SystemTime::now())
+    {
+        state.stale_lock = true;
         cache.lock_for_stale(session);
     }
 }

@@ -36,6 +36,9 @@ pub struct RequestCtx {
     pub(crate) response_body: ResponseBody,
     /// The request body, when the location receives it whole before going upstream.
     pub(crate) buffered_body: Option<BufferedBody>,
+    /// Set when what is left of the request body must not be read after an answer (the
+    /// client already failed to send it).
+    pub(crate) lingering_done: bool,
 }
 
 /// What routing found for a request.
@@ -85,6 +88,7 @@ impl RequestCtx {
             permits: Vec::new(),
             response_body: ResponseBody::Passed,
             buffered_body: None,
+            lingering_done: false,
         }
     }
 

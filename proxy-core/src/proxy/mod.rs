@@ -346,8 +346,10 @@ impl EdgeProxy {
         let mut header = answer.response_header()?;
         self.tag_response(&mut header, ctx)?;
         answer.write(session, header).await?;
-        let bounds = &ctx.config.server.client.lingering;
-        crate::answer::discard_request_body(session, bounds).await;
+        if !ctx.lingering_done {
+            let bounds = &ctx.config.server.client.lingering;
+            crate::answer::discard_request_body(session, bounds).await;
+        }
         Ok(())
     }
 }
@@ -669,7 +671,7 @@ impl ProxyHttp for EdgeProxy {
         is_fresh: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
-        cache_hooks::hit_found(self.cache, session, meta, is_fresh, &ctx.cache);
+        cache_hooks::hit_found(self.cache, session, meta, is_fresh, &mut ctx.cache);
         Ok(None)
     }
 
@@ -681,6 +683,17 @@ impl ProxyHttp for EdgeProxy {
     ) -> FailToProxy {
         let reply = Reply::for_error(e);
         let error_code = reply.status();
+        // A client whose body could not be read (too slow, gone) gets no lingering close:
+        // the answer closes the connection at once.
+        let client_failed = e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ReadTimedout | ErrorType::ReadError | ErrorType::ConnectionClosed
+            );
+        if client_failed {
+            session.set_keepalive(None);
+            ctx.lingering_done = true;
+        }
         if matches!(reply, Reply::Send(_)) && session.response_written().is_none() {
             if let Err(write_error) = self.send(session, ctx, reply).await {
                 tracing::debug!(error = %write_error, "could not write error response");

@@ -52,7 +52,7 @@ impl BufferedBody {
         while let Some(part) = session
             .read_request_body()
             .await
-            .map_err(ReceiveError::Failed)?
+            .map_err(|e| ReceiveError::Failed(e.into_down()))?
         {
             total += part.len() as u64;
             if limit > 0 && total > limit {
