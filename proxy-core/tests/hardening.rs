@@ -182,7 +182,9 @@ async fn the_first_head_timeout_counts_from_the_connection_s_start() {
     // began, past the limit, however promptly each part came once the head had started.
     let mut stream = connect(&edge);
     std::thread::sleep(Duration::from_millis(800));
-    stream.write_all(b"GET / HTTP/1.1\r\nHost: app.exa").unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app.exa")
+        .unwrap();
     std::thread::sleep(Duration::from_millis(500));
     let _ = stream.write_all(b"mple.com\r\n\r\n");
     let reply = read_response(&mut stream);

@@ -430,7 +430,10 @@ impl Storage for MemoryStorage {
                 start: 0,
                 done: false,
             };
-            Ok(Some((meta, Box::new(MemoryHit::Complete(hit)) as HitHandler)))
+            Ok(Some((
+                meta,
+                Box::new(MemoryHit::Complete(hit)) as HitHandler,
+            )))
         };
         if let Some(entry) = self.lookup_entry(&hash) {
             return complete(entry);
