@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Reliability probes of proxy-app side by side with nginx: oversized and slowloris request
 # heads, 10,000 idle keep-alive connections, keep-alive and partial-request timeouts,
-# pipelining, an oversized response head, and a reload, an origin restart and a graceful
-# stop under load. Builds proxy-app and fake-tailnet in release mode, then runs probe.py,
-# which prints a Markdown report and writes benches/reliability/RESULTS.md.
+# pipelining, an oversized response head, a reload, an origin restart, a graceful stop, a
+# binary upgrade and a DNS outage under load, and 1,100 slow connections against an
+# open-files limit of 1,024. Builds proxy-app and fake-tailnet in release mode, then runs
+# probe.py, which prints a Markdown report and writes benches/reliability/RESULTS.md.
 # Loopback only; the probes take about 2 minutes (under 15 in all with a warm build).
 #
 #   benches/reliability/run.sh            # build, probe, write RESULTS.md
