@@ -269,6 +269,7 @@ impl EdgeProxy {
         // The stored header comes with the cache-status header already saying HIT; a
         // fresh hit carries no visitor's cookies, so nothing else of
         // `finish_response_header` applies.
+        close_after_if_shutting_down(session);
         let status_name = cache_hooks::status_header_name(&ctx.cache);
         let mut header = hit.response_header(SystemTime::now(), status_name, &HIT_PRESET)?;
         self.intercept_upstream_error(session, &mut header, ctx)?;
@@ -338,6 +339,7 @@ impl EdgeProxy {
                 return Ok(());
             }
         };
+        close_after_if_shutting_down(session);
         let site = ctx.route.site.as_deref();
         if let Some(page) = site.and_then(|site| site.error_page(answer.status)) {
             answer.body = page.clone();
@@ -580,6 +582,7 @@ impl ProxyHttp for EdgeProxy {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        close_after_if_shutting_down(session);
         self.intercept_upstream_error(session, upstream_response, ctx)?;
         let cache_status = cache_hooks::status(session, &ctx.cache);
         self.finish_response_header(upstream_response, ctx, cache_status)
@@ -703,6 +706,15 @@ impl ProxyHttp for EdgeProxy {
             error_code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// Has a response written while the server shuts down (SIGTERM, or SIGQUIT after a binary
+/// upgrade) say `Connection: close`, as nginx's do: the connection closes after it, and a
+/// client told to keep it alive would send its next request into that close.
+fn close_after_if_shutting_down(session: &mut Session) {
+    if session.is_process_shutting_down() {
+        session.set_keepalive(None);
     }
 }
 
