@@ -34,8 +34,9 @@ pub struct RequestCtx {
     pub(crate) permits: Vec<ConcurrencyPermit>,
     /// The response body sent: the upstream's, or the site's error page in its place.
     pub(crate) response_body: ResponseBody,
-    /// The request body, when the location receives it whole before going upstream.
-    pub(crate) buffered_body: Option<BufferedBody>,
+    /// The request body, when the location receives it whole before going upstream (boxed:
+    /// most requests have none, and every request moves its context).
+    pub(crate) buffered_body: Option<Box<BufferedBody>>,
     /// Set when what is left of the request body must not be read after an answer (the
     /// client already failed to send it).
     pub(crate) lingering_done: bool,

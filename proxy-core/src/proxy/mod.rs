@@ -207,7 +207,7 @@ impl EdgeProxy {
         let memory = ctx.config.server.client.request_buffer_size;
         match BufferedBody::receive(session, memory, ctx.body.limit).await {
             Ok(body) => {
-                ctx.buffered_body = Some(body);
+                ctx.buffered_body = Some(Box::new(body));
                 Ok(None)
             }
             Err(ReceiveError::TooLarge) => {

@@ -584,7 +584,8 @@ async fn first_bytes(
         if wait == Duration::MAX {
             Ok(read.await)
         } else {
-            tokio::time::timeout(wait, read).await
+            // Pingora's timer, as the session's own reads use: cheaper than tokio's per request.
+            pingora_timeout::timeout(wait, read).await
         }
     };
     tokio::select! {
