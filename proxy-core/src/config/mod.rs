@@ -88,16 +88,18 @@ fn serde_error(source: &SourceText<'_>, error: &toml::de::Error) -> ConfigErrors
     })
 }
 
+/// What loading `text` as `edge.toml` reports: its errors, or "no error" (for unit tests).
+#[cfg(test)]
+pub(crate) fn errors(text: &str) -> String {
+    match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
+        Ok(_) => "no error".into(),
+        Err(e) => e.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn errors(text: &str) -> String {
-        match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
-            Ok(_) => "no error".into(),
-            Err(e) => e.to_string(),
-        }
-    }
 
     const UPSTREAM: &str = "[upstreams.docs]\naddress = \"docs.tail1.ts.net:443\"\ntls = true\n";
 

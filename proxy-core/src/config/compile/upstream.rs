@@ -271,15 +271,7 @@ fn parse_host_port(address: &str) -> Result<(String, u16), String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_str;
-    use std::path::Path;
-
-    fn errors(text: &str) -> String {
-        match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
-            Ok(_) => "no error".into(),
-            Err(e) => e.to_string(),
-        }
-    }
+    use crate::config::errors;
 
     #[test]
     fn bad_proxy_headers_name_their_keys() {
