@@ -738,6 +738,19 @@ def probe_big_heads(server, line_size):
     }
 
 
+def ready_reads(sel, timeout):
+    """The selector's readable clients within `timeout` s, each with what it read: bytes, or
+    b"" when the server closed (or reset) the connection. Spurious wake-ups are skipped."""
+    for key, _ in sel.select(timeout):
+        try:
+            data = key.data["sock"].recv(4096)
+        except BlockingIOError:
+            continue
+        except OSError:
+            data = b""
+        yield key.data, data
+
+
 def probe_slowloris(server):
     """1000 connections sending one byte of a request head every 5 s (never finishing it);
     how many the server closes within 70 s of their start, and when."""
@@ -769,14 +782,7 @@ def probe_slowloris(server):
                         sel.unregister(c["sock"])
                         open_count -= 1
             next_byte += SLOWLORIS_INTERVAL
-        for key, _ in sel.select(max(0.0, min(next_byte, end) - time.monotonic())):
-            c = key.data
-            try:
-                data = c["sock"].recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
+        for c, data in ready_reads(sel, max(0.0, min(next_byte, end) - time.monotonic())):
             if data:
                 c["got"] += data
                 continue
@@ -1448,14 +1454,7 @@ def probe_fd_exhaustion(server):
     still_open = [len(conns)]
 
     def sweep(timeout):
-        for key, _ in sel.select(timeout):
-            c = key.data
-            try:
-                data = c["sock"].recv(4096)
-            except BlockingIOError:
-                continue
-            except OSError:
-                data = b""
+        for c, data in ready_reads(sel, timeout):
             if data:
                 continue
             c["closed"] = time.monotonic() - start
