@@ -1012,6 +1012,20 @@ class RequestLoop:
         return [a for a in self.attempts if since <= a.end < until]
 
 
+def start_clock(loops):
+    """Starts the request loops; returns their start time and `at(offset)`, which sleeps
+    until `offset` s after it and returns the time then (for a probe's timed events)."""
+    t0 = time.monotonic()
+    for loop in loops:
+        loop.start()
+
+    def at(offset):
+        time.sleep(max(0.0, t0 + offset - time.monotonic()))
+        return time.monotonic()
+
+    return t0, at
+
+
 def probe_lifecycle(lab, log):
     """Both servers in front of one origin (a process this program kills and restarts on
     the same port), under request loops at once: reload at 2 s, origin killed at 6 s and
@@ -1035,14 +1049,8 @@ def probe_lifecycle(lab, log):
     origin = start_origin()
     servers = lab.start_pair("lifecycle", f"127.0.0.1:{origin_port}")
     loops = [RequestLoop(s) for s in servers]
-    t0 = time.monotonic()
-    for loop in loops:
-        loop.start()
+    t0, at = start_clock(loops)
     events = {}
-
-    def at(offset):
-        time.sleep(max(0.0, t0 + offset - time.monotonic()))
-        return time.monotonic()
 
     events["reload"] = at(2)
     for s in servers:
@@ -1154,15 +1162,8 @@ def probe_upgrade(lab, log):
                lab._start_nginx("upgrade", t["addr"], t["fqdn"], upgradable=True)]
     loops = {s.kind: {"keep-alive": RequestLoop(s), "fresh": RequestLoop(s, workers=2, fresh=True)}
              for s in servers}
-    t0 = time.monotonic()
-    for pair in loops.values():
-        for loop in pair.values():
-            loop.start()
+    t0, at = start_clock([loop for pair in loops.values() for loop in pair.values()])
     events = {s.kind: {} for s in servers}
-
-    def at(offset):
-        time.sleep(max(0.0, t0 + offset - time.monotonic()))
-        return time.monotonic()
 
     at(2)
     new = {}
@@ -1336,14 +1337,8 @@ def probe_dns(lab, log):
                lab._start_nginx("dns", f"{fqdn}:{port}", fqdn, resolver=relays["nginx"].addr),
                lab._start_nginx("dns", t["addr"], fqdn, kind="nginx-static")]
     loops = [RequestLoop(s, workers=2, path="/") for s in servers]
-    t0 = time.monotonic()
-    for loop in loops:
-        loop.start()
+    t0, at = start_clock(loops)
     events = {}
-
-    def at(offset):
-        time.sleep(max(0.0, t0 + offset - time.monotonic()))
-        return time.monotonic()
 
     proxy = servers[0]
     events["down"] = at(3)
