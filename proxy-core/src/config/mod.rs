@@ -97,6 +97,15 @@ pub(crate) fn errors(text: &str) -> String {
     }
 }
 
+/// Asserts that config errors `e` mention each of `expected` (for unit tests).
+#[cfg(test)]
+#[track_caller]
+pub(crate) fn assert_mentions(expected: &[&str], e: &str) {
+    for expected in expected {
+        assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

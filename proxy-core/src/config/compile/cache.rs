@@ -245,7 +245,6 @@ fn merge(site: CachePolicySection, loc: Option<CachePolicySection>) -> CachePoli
 mod tests {
     use super::*;
     use crate::config::file::CacheDiskSection;
-    use crate::config::load_str;
     use crate::plugin::PluginRegistry;
     use std::path::Path;
 
@@ -311,10 +310,7 @@ mod tests {
     #[test]
     fn toml_errors_name_line_and_key() {
         let text = "[cache]\nmax_size = \"lots\"\n\n[upstreams.docs]\naddress = \"docs.tail1.ts.net:80\"\n\n[sites.docs]\nhosts = [\"docs.example.com\"]\ncache = { key_query = \"half\" }\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\ncache = { valid = { \"2OO\" = \"1d\" } }\n";
-        let e = match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
-            Ok(_) => "no error".to_string(),
-            Err(e) => e.to_string(),
-        };
+        let e = crate::config::errors(text);
         assert_eq!(e.lines().count(), 3, "{e}");
         assert!(
             e.contains("edge.toml:2: cache.max_size: invalid size"),

@@ -226,22 +226,19 @@ fn default_threads() -> usize {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_str;
-    use std::path::Path;
+    use crate::config::{assert_mentions, errors};
 
     #[test]
     fn bad_lingering_values_name_their_keys() {
         let text = "[server]\nlingering_time = \"soon\"\nlingering_timeout = \"0s\"\nlingering_size = \"lots\"\n";
-        let e = match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
-            Ok(_) => "no error".to_string(),
-            Err(e) => e.to_string(),
-        };
-        for expected in [
-            "edge.toml:2: server.lingering_time: invalid duration `soon`",
-            "edge.toml:3: server.lingering_timeout: must be longer than 0s",
-            "edge.toml:4: server.lingering_size: invalid size `lots`",
-        ] {
-            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
-        }
+        let e = errors(text);
+        assert_mentions(
+            &[
+                "edge.toml:2: server.lingering_time: invalid duration `soon`",
+                "edge.toml:3: server.lingering_timeout: must be longer than 0s",
+                "edge.toml:4: server.lingering_size: invalid size `lots`",
+            ],
+            &e,
+        );
     }
 }

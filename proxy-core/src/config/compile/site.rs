@@ -403,36 +403,31 @@ impl Compiler<'_> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_str;
-    use std::path::Path;
+    use crate::config::{assert_mentions, errors};
 
     #[test]
     fn intercepting_errors_without_pages_is_explained() {
         let text = "[upstreams.docs]\naddress = \"docs.tail1.ts.net:80\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\nintercept_errors = true\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nintercept_errors = true\n";
-        let e = match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
-            Ok(_) => "no error".to_string(),
-            Err(e) => e.to_string(),
-        };
-        for expected in [
+        let e = errors(text);
+        assert_mentions(
+            &[
             "edge.toml:5: sites.docs.intercept_errors: `intercept_errors` needs `error_pages` on the site",
             "edge.toml:9: sites.docs.locations[0].intercept_errors: `intercept_errors` needs",
-        ] {
-            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
-        }
+            ],
+            &e,
+        );
     }
 
     #[test]
     fn buffering_unbounded_bodies_is_explained() {
         let text = "[upstreams.docs]\naddress = \"docs.tail1.ts.net:80\"\n[server]\nrequest_buffer_size = \"lots\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\nrequest_buffering = true\nmax_body_size = \"0\"\n";
-        let e = match load_str(text, Some(Path::new("edge.toml")), Path::new(".")) {
-            Ok(_) => "no error".to_string(),
-            Err(e) => e.to_string(),
-        };
-        for expected in [
+        let e = errors(text);
+        assert_mentions(
+            &[
             "edge.toml:4: server.request_buffer_size: invalid size `lots`",
             "edge.toml:11: sites.docs.locations[0].max_body_size: `request_buffering` needs a `max_body_size` other than \"0\"",
-        ] {
-            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
-        }
+            ],
+            &e,
+        );
     }
 }

@@ -271,7 +271,7 @@ fn parse_host_port(address: &str) -> Result<(String, u16), String> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::errors;
+    use crate::config::{assert_mentions, errors};
 
     #[test]
     fn bad_proxy_headers_name_their_keys() {
@@ -293,7 +293,8 @@ return = { status = 200 }
 proxy_headers = { "X-E" = "1" }
 "#;
         let e = errors(text);
-        for expected in [
+        assert_mentions(
+            &[
             "edge.toml:2: client.proto_header: invalid header name `bad header`",
             "edge.toml:5: upstreams.docs.proxy_headers.Host: `Host` cannot be set here: the Host header is set with `host_header`",
             "edge.toml:5: upstreams.docs.proxy_headers.X-A: unknown variable `$nope`",
@@ -301,9 +302,9 @@ proxy_headers = { "X-E" = "1" }
             "edge.toml:12: sites.docs.locations[0].proxy_headers.X-C: unknown variable `$http_`",
             "sites.docs.locations[0].proxy_headers.x-d: header `x-d` is named twice",
             "edge.toml:16: sites.docs.locations[1].proxy_headers: `proxy_headers` has no effect without `proxy`",
-        ] {
-            assert!(e.contains(expected), "missing {expected:?} in:\n{e}");
-        }
+            ],
+            &e,
+        );
     }
 
     #[test]
