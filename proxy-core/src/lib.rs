@@ -22,6 +22,7 @@
 //! | plugins | [`plugin`] | `[[sites.*.plugins]]`, `[[sites.*.locations.plugins]]` |
 //! | cache policy and storage | [`cache`] | `cache = {...}`, `[cache]` |
 //! | upstream peers, MagicDNS, forwarding headers | `upstream` ([`Upstream`], [`MagicDnsResolver`]) | `[upstreams.*]`, `[resolver]` |
+//! | the userspace tailnet transport (cargo feature `tailscale-rs`) | [`tailnet`] | `transport = "tailscale-rs"`, `[tailnet]` |
 //! | local answers and error pages | `answer` ([`LocalAnswer`], [`Reply`]) | `return`, `redirect`, `error_pages` |
 //! | metrics, access log, request ids | [`observe`] | `[admin] metrics`, `[access_log]` |
 //! | metrics and log lines pushed to the homelab (off the request path) | [`telemetry`] | `[telemetry]` |
@@ -64,6 +65,7 @@ mod proxy;
 mod reload;
 pub mod route;
 mod service;
+pub mod tailnet;
 pub mod telemetry;
 mod text;
 mod upstream;

@@ -18,6 +18,7 @@ use crate::client::ClientIpPolicy;
 use crate::limit::{ConcurrencyZone, LimitZone};
 use crate::observe::AccessLogSettings;
 use crate::route::{Routes, Site};
+use crate::tailnet::TailnetSettings;
 use crate::telemetry::TelemetrySettings;
 use crate::upstream::{ResolverSettings, Upstream};
 
@@ -127,6 +128,8 @@ pub struct RuntimeConfig {
     pub(crate) deny_lists: Vec<Arc<DenyList>>,
     /// `[telemetry]`: metrics and log lines pushed to the homelab.
     pub(crate) telemetry: TelemetrySettings,
+    /// `[tailnet]`: the userspace tailnet node of `transport = "tailscale-rs"` upstreams.
+    pub(crate) tailnet: Option<TailnetSettings>,
 }
 
 impl RuntimeConfig {
@@ -183,5 +186,10 @@ impl RuntimeConfig {
     /// `[telemetry]`: what is pushed to the homelab's Prometheus and Loki.
     pub fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+
+    /// `[tailnet]`: the userspace tailnet node, if configured.
+    pub fn tailnet(&self) -> Option<&TailnetSettings> {
+        self.tailnet.as_ref()
     }
 }

@@ -8,10 +8,10 @@
 //! What the process bound when it started stays as it is: listeners, threads and shutdown
 //! timings (`[server]`), the admin listener and the access log (`[admin]`,
 //! `[access_log]`), the resolver's nameservers and timings (`[resolver]`), the cache's
-//! storage (`[cache]`) and the telemetry shippers (`[telemetry]`: receivers, buffers and
-//! labels; the receivers' names stay resolved). A reload that changes those keeps the
-//! running values and names the sections, so the operator knows a restart is needed for
-//! them.
+//! storage (`[cache]`), the telemetry shippers (`[telemetry]`: receivers, buffers and
+//! labels; the receivers' names stay resolved) and the userspace tailnet node
+//! (`[tailnet]`). A reload that changes those keeps the running values and names the
+//! sections, so the operator knows a restart is needed for them.
 //!
 //! It is not a file watcher or a signal handler: the embedding app decides when to reload
 //! and where the new config comes from (`proxy-app` reloads its file on SIGHUP).
@@ -29,6 +29,8 @@ pub struct ConfigReloader {
     config: Arc<ArcSwap<RuntimeConfig>>,
     resolver: Arc<MagicDnsResolver>,
     metrics: Arc<Metrics>,
+    #[cfg(feature = "tailscale-rs")]
+    userspace: Option<Arc<crate::tailnet::UserspaceTailnet>>,
 }
 
 /// What a reload applied.
@@ -56,7 +58,20 @@ impl ConfigReloader {
             config,
             resolver,
             metrics,
+            #[cfg(feature = "tailscale-rs")]
+            userspace: None,
         }
+    }
+
+    /// Hands the `tailscale-rs` upstreams of each new config to `userspace`, which resolves
+    /// their peer names and dials them.
+    #[cfg(feature = "tailscale-rs")]
+    pub fn with_userspace_tailnet(
+        mut self,
+        userspace: Arc<crate::tailnet::UserspaceTailnet>,
+    ) -> Self {
+        self.userspace = Some(userspace);
+        self
     }
 
     /// The config requests run on now.
@@ -73,6 +88,10 @@ impl ConfigReloader {
         let zones_kept = keep_zone_counters(&next, &running);
         self.resolver
             .adopt(next.upstreams.values(), next.telemetry().endpoint_names());
+        #[cfg(feature = "tailscale-rs")]
+        if let Some(userspace) = &self.userspace {
+            userspace.adopt(next.upstreams.values());
+        }
         let report = ReloadReport {
             needs_restart,
             zones_kept,
@@ -103,6 +122,7 @@ fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> V
     keep_running(&mut next.cache, &running.cache, "cache", &mut kept);
     let telemetry = &running.telemetry;
     keep_running(&mut next.telemetry, telemetry, "telemetry", &mut kept);
+    keep_running(&mut next.tailnet, &running.tailnet, "tailnet", &mut kept);
     kept
 }
 

@@ -49,6 +49,8 @@ pub struct EdgeServices {
     observability: Arc<Observability>,
     cache: &'static EdgeCache,
     telemetry: Arc<TelemetryShippers>,
+    #[cfg(feature = "tailscale-rs")]
+    userspace: Arc<crate::tailnet::UserspaceTailnet>,
 }
 
 impl EdgeServices {
@@ -101,6 +103,12 @@ impl EdgeServices {
                 ),
             }
         }
+        #[cfg(feature = "tailscale-rs")]
+        let userspace = {
+            let userspace = crate::tailnet::UserspaceTailnet::new(config.tailnet.clone());
+            userspace.adopt(config.upstreams.values());
+            Arc::new(userspace)
+        };
         let cache = EdgeCache::leak(config.cache.clone());
         let listen = config.server.listen.clone();
         let client_settings = config.server.client.clone();
@@ -119,10 +127,14 @@ impl EdgeServices {
         );
         // Cache purges are admin actions: behind the token, never on the public port.
         admin_app.add_action("purge", Arc::new(PurgeAction::new(cache)));
+        #[cfg(feature = "tailscale-rs")]
+        admin_app.add_readiness_check(userspace.clone());
         let background = EdgeBackground {
             resolver: resolver.clone(),
             config: config.clone(),
             telemetry: telemetry.clone(),
+            #[cfg(feature = "tailscale-rs")]
+            userspace: userspace.clone(),
         };
         Self {
             server_conf: server_conf.clone(),
@@ -138,7 +150,18 @@ impl EdgeServices {
             observability,
             cache,
             telemetry,
+            #[cfg(feature = "tailscale-rs")]
+            userspace,
         }
+    }
+
+    /// The userspace tailnet node of `transport = "tailscale-rs"` upstreams: hand it a
+    /// dialer of your own ([`crate::tailnet::UserspaceTailnet::use_dialer`]) or wait for it
+    /// ([`crate::tailnet::UserspaceTailnet::wait_until_ready`]) before serving. It starts
+    /// with the background work at the latest.
+    #[cfg(feature = "tailscale-rs")]
+    pub fn userspace_tailnet(&self) -> &Arc<crate::tailnet::UserspaceTailnet> {
+        &self.userspace
     }
 
     /// The shippers pushing metrics and access-log lines to the homelab (`[telemetry]`):
@@ -149,11 +172,14 @@ impl EdgeServices {
 
     /// What swaps a new config into these services while they run ([`ConfigReloader`]).
     pub fn reloader(&self) -> ConfigReloader {
-        ConfigReloader::new(
+        let reloader = ConfigReloader::new(
             self.config.clone(),
             self.resolver.clone(),
             self.observability.metrics().clone(),
-        )
+        );
+        #[cfg(feature = "tailscale-rs")]
+        let reloader = reloader.with_userspace_tailnet(self.userspace.clone());
+        reloader
     }
 
     /// Resolves every upstream name once (waiting at most `limit`), so the proxy does not
@@ -389,6 +415,8 @@ pub struct EdgeBackground {
     resolver: Arc<MagicDnsResolver>,
     config: Arc<ArcSwap<RuntimeConfig>>,
     telemetry: Arc<TelemetryShippers>,
+    #[cfg(feature = "tailscale-rs")]
+    userspace: Arc<crate::tailnet::UserspaceTailnet>,
 }
 
 #[async_trait]
@@ -396,10 +424,22 @@ impl BackgroundService for EdgeBackground {
     async fn start(&self, shutdown: ShutdownWatch) {
         // Telemetry keeps pushing after shutdown (what the draining requests log) until the
         // runtime stops; the rest is the embedder's final `TelemetryShippers::flush`.
+        #[cfg(feature = "tailscale-rs")]
+        let userspace = {
+            self.userspace.start();
+            let mut shutdown = shutdown.clone();
+            async move {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+                self.userspace.stop();
+            }
+        };
+        #[cfg(not(feature = "tailscale-rs"))]
+        let userspace = async {};
         tokio::join!(
             self.resolver.run(shutdown.clone()),
             watch_deny_lists(&self.config, shutdown.clone()),
-            self.telemetry.run(shutdown)
+            self.telemetry.run(shutdown),
+            userspace
         );
     }
 }

@@ -41,6 +41,13 @@ pub trait AdminAction: Send + Sync {
     async fn run(&self, session: &mut ServerSession) -> Response<Vec<u8>>;
 }
 
+/// Something more `/readyz` waits for (e.g. the userspace tailnet), beside the upstream
+/// names and tailscaled.
+pub trait ReadinessCheck: Send + Sync {
+    /// Why it is not ready, if it is not (empty when ready). Must not wait.
+    fn not_ready_reasons(&self) -> Vec<String>;
+}
+
 /// The admin HTTP app. Build it with [`AdminApp::new`], wrap it in a Pingora
 /// `Service` listening on the admin address (see [`crate::EdgeServices`]).
 pub struct AdminApp {
@@ -50,6 +57,7 @@ pub struct AdminApp {
     tailscaled: Option<LocalApiClient>,
     token: Option<String>,
     actions: BTreeMap<String, Arc<dyn AdminAction>>,
+    readiness: Vec<Arc<dyn ReadinessCheck>>,
 }
 
 impl AdminApp {
@@ -69,7 +77,13 @@ impl AdminApp {
             tailscaled,
             token: token.filter(|t| !t.is_empty()),
             actions: BTreeMap::new(),
+            readiness: Vec::new(),
         }
+    }
+
+    /// Makes `/readyz` wait for `check` too.
+    pub fn add_readiness_check(&mut self, check: Arc<dyn ReadinessCheck>) {
+        self.readiness.push(check);
     }
 
     /// Serves `action` at `/admin/NAME` (behind the token, like every admin action).
@@ -116,6 +130,9 @@ impl AdminApp {
                 Err(e) => reasons.push(e.to_string()),
             }
         }
+        for check in &self.readiness {
+            reasons.extend(check.not_ready_reasons());
+        }
         reasons
     }
 
@@ -148,6 +165,7 @@ impl AdminApp {
                     "name": u.name,
                     "address": format!("{}:{}", u.host, u.port),
                     "tls": u.tls.is_some(),
+                    "transport": u.transport(),
                     "resolved": addrs,
                     "stale": u.addrs.is_stale(),
                 })

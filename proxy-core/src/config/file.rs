@@ -52,6 +52,9 @@ pub struct ConfigFile {
     /// Metrics and access-log lines pushed to the homelab's Prometheus and Loki.
     #[serde(default)]
     pub telemetry: TelemetrySection,
+    /// The userspace tailnet node that upstreams with `transport = "tailscale-rs"` dial
+    /// through.
+    pub tailnet: Option<TailnetSection>,
 }
 
 /// Default of [`ServerSection::listen`].
@@ -269,6 +272,9 @@ pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 /// Default of [`UpstreamSection::max_response_header`] (nginx's `proxy_buffer_size` is 4k or
 /// 8k, one memory page).
 pub const DEFAULT_MAX_RESPONSE_HEADER: &str = "8k";
+/// Default of [`UpstreamSection::transport`]: the host's own network stack (with tailscaled
+/// and its TUN device, the tailnet).
+pub const DEFAULT_TRANSPORT: &str = "kernel";
 
 /// `[upstreams.NAME]`: a service on the tailnet.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -307,6 +313,34 @@ pub struct UpstreamSection {
     /// and a location's win, name by name. Default: none.
     #[serde(default)]
     pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
+    /// How connections reach the upstream: `"kernel"` (the host's network stack, through
+    /// tailscaled's TUN device) or `"tailscale-rs"` (the userspace tailnet node of
+    /// `[tailnet]`; needs the cargo feature `tailscale-rs`). Default: [`DEFAULT_TRANSPORT`].
+    pub transport: Option<String>,
+}
+
+/// Default of [`TailnetSection::control_url`]: Tailscale's coordination server.
+pub const DEFAULT_CONTROL_URL: &str = "https://controlplane.tailscale.com";
+/// Default of [`TailnetSection::auth_key_env`].
+pub const DEFAULT_AUTH_KEY_ENV: &str = "TS_AUTHKEY";
+
+/// `[tailnet]`: the userspace tailnet node (Tailscale's `tailscale` crate, tailscale-rs) that
+/// upstreams with `transport = "tailscale-rs"` dial through, for hosts without a TUN device
+/// or root. Needs the cargo feature `tailscale-rs`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TailnetSection {
+    /// Directory holding the node's keys (created if missing). Keep it across restarts: a
+    /// node with new keys joins as a new machine and needs an auth key again. Required.
+    pub state_dir: String,
+    /// Hostname the node asks the tailnet for. Default: the host's own name.
+    pub hostname: Option<String>,
+    /// URL of the coordination server (e.g. a Headscale). Default: [`DEFAULT_CONTROL_URL`].
+    pub control_url: Option<String>,
+    /// Name of the environment variable holding the auth key, read at start; needed until
+    /// the node has joined (its keys in `state_dir` keep it joined).
+    /// Default: [`DEFAULT_AUTH_KEY_ENV`].
+    pub auth_key_env: Option<String>,
 }
 
 /// One entry of `proxy_headers` (nginx `proxy_set_header`): a value with variables that

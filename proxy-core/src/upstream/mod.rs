@@ -88,8 +88,32 @@ pub struct Upstream {
     pub(crate) addrs: Arc<AddrSlot>,
     /// The upstream's own `proxy_headers`, merged into each location proxying here.
     pub(crate) header_rules: Vec<HeaderRule>,
+    /// How connections reach it.
+    pub(crate) transport: Transport,
     /// Peer with every option set; only its address changes per request.
     template: HttpPeer,
+}
+
+/// How connections reach an upstream (`transport` of `[upstreams.NAME]`).
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Transport {
+    /// The host's network stack (with tailscaled's TUN device, the tailnet).
+    #[default]
+    Kernel,
+    /// The userspace tailnet node (`"tailscale-rs"`), through this connector.
+    #[cfg(feature = "tailscale-rs")]
+    Userspace(Arc<crate::tailnet::TailnetConnector>),
+}
+
+impl Transport {
+    /// The name the config uses for it.
+    pub(crate) fn name(&self) -> &'static str {
+        match self {
+            Self::Kernel => "kernel",
+            #[cfg(feature = "tailscale-rs")]
+            Self::Userspace(_) => "tailscale-rs",
+        }
+    }
 }
 
 impl Upstream {
@@ -133,7 +157,40 @@ impl Upstream {
             host_header,
             addrs,
             header_rules: Vec::new(),
+            transport: Transport::Kernel,
             template,
+        }
+    }
+
+    /// Connects through `transport` from now on (the default is the kernel's).
+    pub(crate) fn set_transport(&mut self, transport: Transport) {
+        self.template.group_key = pool_group(&self.name, self.tls.as_ref(), &transport);
+        self.template.options.custom_l4 = match &transport {
+            Transport::Kernel => None,
+            #[cfg(feature = "tailscale-rs")]
+            Transport::Userspace(connector) => {
+                Some(connector.clone() as Arc<dyn pingora::connectors::L4Connect + Send + Sync>)
+            }
+        };
+        self.transport = transport;
+    }
+
+    /// How connections reach it: `"kernel"` or `"tailscale-rs"`.
+    pub fn transport(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    /// Whether MagicDNS resolves its name (a name, reached through the kernel).
+    pub(crate) fn resolved_by_magicdns(&self) -> bool {
+        self.needs_resolution() && matches!(self.transport, Transport::Kernel)
+    }
+
+    /// The connector of a `tailscale-rs` upstream.
+    #[cfg(feature = "tailscale-rs")]
+    pub(crate) fn tailnet_connector(&self) -> Option<&Arc<crate::tailnet::TailnetConnector>> {
+        match &self.transport {
+            Transport::Userspace(connector) => Some(connector),
+            Transport::Kernel => None,
         }
     }
 
@@ -153,12 +210,15 @@ impl Upstream {
     }
 }
 
-/// The pool group of an upstream: its name and the CAs it trusts (so a reload that changes
-/// the CA does not reuse connections verified with the old one).
-fn pool_group(name: &str, tls: Option<&UpstreamTls>) -> u64 {
+/// The pool group of an upstream: its name, the CAs it trusts (so a reload that changes
+/// the CA does not reuse connections verified with the old one) and its transport (Pingora's
+/// pool key ignores `custom_l4`: without it a reload that moves an upstream to the other
+/// transport would reuse a connection of the old one).
+fn pool_group(name: &str, tls: Option<&UpstreamTls>, transport: &Transport) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     name.hash(&mut hasher);
+    transport.name().hash(&mut hasher);
     let cas = tls.and_then(|t| t.ca.as_ref());
     for cert in cas.iter().flat_map(|certs| certs.iter()) {
         cert.to_der().unwrap_or_default().hash(&mut hasher);
@@ -178,7 +238,7 @@ fn peer_template(
     // Pingora's pool key ignores the CA a connection was verified with, so two upstreams on
     // one address could share a connection checked against the other's CA. One pool group
     // per upstream rules that out.
-    peer.group_key = pool_group(name, tls);
+    peer.group_key = pool_group(name, tls, &Transport::Kernel);
     let options = &mut peer.options;
     options.connection_timeout = Some(timeouts.connect);
     options.total_connection_timeout = Some(timeouts.connect);

@@ -62,6 +62,12 @@ impl AddrSlot {
         self.stale.load(Ordering::Relaxed)
     }
 
+    /// Marks the answer in use as kept past a failed refresh.
+    #[cfg(feature = "tailscale-rs")]
+    pub(crate) fn mark_stale(&self) {
+        self.stale.store(true, Ordering::Relaxed);
+    }
+
     pub(crate) fn store(&self, addrs: Vec<IpAddr>) {
         self.addrs.store(Some(Arc::new(addrs)));
         self.stale.store(false, Ordering::Relaxed);
@@ -162,7 +168,7 @@ impl MagicDnsResolver {
     ) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::new();
-        for upstream in upstreams.into_iter().filter(|u| u.needs_resolution()) {
+        for upstream in upstreams.into_iter().filter(|u| u.resolved_by_magicdns()) {
             let key = name_key(&upstream.host);
             if let Some(previous) = slots.get(&key).and_then(|t| t.slot.current()) {
                 if upstream.addrs.current().is_none() {

@@ -90,6 +90,16 @@ impl Edge {
 
     /// Like [`Edge::start`], with `files` (name, content) written to [`Edge::dir`] first.
     pub fn start_with_files(config: &str, files: &[(&str, &[u8])]) -> Edge {
+        Self::start_with_setup(config, files, |_| {})
+    }
+
+    /// Like [`Edge::start_with_files`], with `setup` run on the services once built, before
+    /// they serve (e.g. to hand them a dialer, or to wait for something).
+    pub fn start_with_setup(
+        config: &str,
+        files: &[(&str, &[u8])],
+        setup: impl FnOnce(&mut EdgeServices) + Send + 'static,
+    ) -> Edge {
         let dir = tempfile::tempdir().expect("temp dir");
         for (name, content) in files {
             let path = dir.path().join(name);
@@ -115,7 +125,14 @@ impl Edge {
         let thread = std::thread::Builder::new()
             .name("edge".into())
             .spawn(move || {
-                serve(config, [public, admin], dispatch, shutdown_rx, ready_tx);
+                serve(
+                    config,
+                    [public, admin],
+                    dispatch,
+                    shutdown_rx,
+                    ready_tx,
+                    setup,
+                );
             })
             .expect("spawn the edge thread");
         let Ok(handles) = ready_rx.recv() else {
@@ -227,10 +244,12 @@ fn serve(
     logs: tracing::Dispatch,
     shutdown: ShutdownWatch,
     ready: mpsc::Sender<Handles>,
+    setup: impl FnOnce(&mut EdgeServices),
 ) {
     let _logging = tracing::dispatcher::set_default(&logs);
     let config_grace_period = config.server().grace_period();
-    let services = EdgeServices::new(&Arc::new(server_conf(config.server())), config);
+    let mut services = EdgeServices::new(&Arc::new(server_conf(config.server())), config);
+    setup(&mut services);
     services.prime_resolver(STARTUP_DNS_WAIT);
     let handles = Handles {
         cache: services.cache(),

@@ -12,6 +12,7 @@ mod guard;
 mod observe;
 mod server;
 mod site;
+mod tailnet;
 mod telemetry;
 mod upstream;
 
@@ -46,6 +47,12 @@ pub(crate) fn compile(
     let access_log = c.access_log(&file.access_log, &root.key("access_log"));
     let resolver = c.resolver(&file.resolver, &root.key("resolver"));
     let upstreams = c.upstreams(&file.upstreams, &root.key("upstreams"));
+    let tailnet = c.tailnet(
+        file.tailnet.as_ref(),
+        &upstreams,
+        &root.key("upstreams"),
+        &root.key("tailnet"),
+    );
     let cache = c.cache_settings(file.cache.as_ref(), &root.key("cache"));
     let client = c.client(&file.client, &root.key("client"));
     let zones = c.zones(&file.rate_limits, &root.key("rate_limits"));
@@ -81,6 +88,7 @@ pub(crate) fn compile(
         zones,
         connection_zones,
         telemetry,
+        tailnet,
     })
 }
 

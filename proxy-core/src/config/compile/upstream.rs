@@ -135,6 +135,9 @@ impl Compiler<'_> {
             addrs,
         );
         upstream.header_rules = self.header_rules(&u.proxy_headers, &key.key("proxy_headers"));
+        if let Some(transport) = self.transport(u.transport.as_deref(), key.key("transport")) {
+            upstream.set_transport(transport);
+        }
         Some(upstream)
     }
 

@@ -261,7 +261,7 @@ impl TransportConnector {
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
                         #[cfg(unix)]
-                        if peer.matches_fd(stream.id())
+                        if matches_peer(&stream, peer)
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
@@ -471,7 +471,17 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
-/// Test whether a stream is already closed or not reusable (server sent unexpected data)
+/// Patched in: whether a pooled `stream` still leads to `peer`. A kernel socket is asked
+/// for its peer address (its fd may have been closed and reused for another connection). A
+/// virtual stream (`PeerOptions::custom_l4`) has no fd to ask (Pingora 0.9.1 asked its id as
+/// if it were one, so it never reused one); it is the object the pool keyed by this peer's
+/// hash, address included, so it is used as it is. Its id is negative (`VirtualSocketStream::id`).
+#[cfg(unix)]
+fn matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
+    let id = stream.id();
+    id < -1 || peer.matches_fd(id)
+}
+
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
     // tokio::task::unconstrained because now_or_never may yield None when the future is ready

@@ -778,7 +778,11 @@ impl AsRawSocket for Stream {
 #[cfg(unix)]
 impl UniqueID for Stream {
     fn id(&self) -> UniqueIDType {
-        self.as_raw_fd()
+        // Patched in: a virtual stream's own id; all of them have the raw fd -1.
+        match &self.stream().get_ref().stream {
+            RawStream::Virtual(s) => s.id(),
+            _ => self.as_raw_fd(),
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 use std::{
     pin::Pin,
+    sync::atomic::{AtomicI32, Ordering},
     task::{Context, Poll},
 };
 
@@ -27,11 +28,29 @@ pub trait VirtualSocket: AsyncRead + AsyncWrite + Unpin + Send + Sync + std::fmt
 #[derive(Debug)]
 pub struct VirtualSocketStream {
     pub(crate) socket: Box<dyn VirtualSocket>,
+    /// Patched in: this stream's `UniqueID` (see [`VirtualSocketStream::id`]).
+    id: i32,
 }
+
+/// Patched in: the next virtual stream's id, counting down from -2.
+static NEXT_VIRTUAL_ID: AtomicI32 = AtomicI32::new(-2);
 
 impl VirtualSocketStream {
     pub fn new(socket: Box<dyn VirtualSocket>) -> Self {
-        Self { socket }
+        let id = NEXT_VIRTUAL_ID
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |id| {
+                Some(if id == i32::MIN { -2 } else { id - 1 })
+            })
+            .unwrap_or(-2);
+        Self { socket, id }
+    }
+
+    /// Patched in: the id the connection pool keys this stream by. A virtual stream has no
+    /// file descriptor (its raw fd is -1 for all of them), so each gets a negative id of its
+    /// own: with one shared id, the pool's idle-connection index kept one entry for all of
+    /// them and closing one could drop another.
+    pub fn id(&self) -> i32 {
+        self.id
     }
 
     #[inline]
@@ -135,6 +154,23 @@ mod tests {
         fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    #[test]
+    fn virtual_streams_have_distinct_negative_ids() {
+        let new = || {
+            VirtualSocketStream::new(Box::new(StaticVirtualSocket {
+                content: Vec::new(),
+                read_pos: 0,
+                write_buf: Arc::new(Mutex::new(Vec::new())),
+            }))
+        };
+        let (a, b) = (new(), new());
+        let id = a.id();
+        assert!(id < -1 && b.id() < -1);
+        assert_ne!(id, b.id());
+        let stream = Stream::from(a);
+        assert_eq!(crate::protocols::UniqueID::id(&stream), id);
     }
 
     /// Basic test that ensures reading and writing works with a virtual socket.
