@@ -27,6 +27,14 @@ cargo test -p proxy-core --features fuzzing --locked --test fuzz_corpus
 # And each runs under libFuzzer for 10 s (a debug build): the targets keep building with
 # cargo fuzz, and a shallow crash is caught here rather than in a long run.
 scripts/fuzz.sh --brief
+# The userspace tailnet transport (feature `tailscale-rs`, off by default) builds, lints and
+# passes its tests: requests over tailscale-rs's in-memory network stacks in proxy-core, and
+# the real tailscale-rs node started by proxy-app without a coordination server.
+cargo clippy -p proxy-core --features tailscale-rs --all-targets --locked -- -D warnings
+cargo clippy -p proxy-app --features tailscale-rs --all-targets --locked -- -D warnings
+cargo test -p proxy-core --features tailscale-rs --locked --lib --test tailnet_userspace
+cargo test -p proxy-app --features tailscale-rs --locked --test tailnet_userspace
+cargo test -p proxy-app --features tailscale-rs --locked --test lifecycle check_
 # proxy-core is a library for embedders: its docs must build without a broken or private link.
 RUSTDOCFLAGS="-D warnings" cargo doc -p proxy-core -p plugins --no-deps --locked
 benches/run.sh --quick > target/load-harness-quick.md

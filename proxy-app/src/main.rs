@@ -52,7 +52,9 @@ enum Command {
         upgrade: bool,
         /// Before opening the public listener, wait until tailscaled reports `Running`
         /// (at most TIMEOUT, default 60s; exits with an error after). Uses
-        /// `admin.tailscaled_socket`, else tailscaled's default socket.
+        /// `admin.tailscaled_socket`, else tailscaled's default socket. With `[tailnet]`
+        /// (feature `tailscale-rs`), waits for the userspace tailnet node instead: authorized,
+        /// and knowing the peer of every `tailscale-rs` upstream.
         #[arg(long, value_name = "TIMEOUT", num_args = 0..=1, default_missing_value = "60s",
               value_parser = tailnet_wait::parse_timeout)]
         wait_for_tailnet: Option<std::time::Duration>,
@@ -94,12 +96,12 @@ fn main() -> ExitCode {
             if let Some(limit) = wait_for_tailnet {
                 tailnet_wait::wait_for_tailnet(&config, limit)?;
             }
-            serve(config, Some(path), upgrade)
+            serve(config, Some(path), upgrade, wait_for_tailnet)
         }),
         Command::Check { config } => check(&config),
         #[cfg(feature = "demo")]
         Command::Demo { listen, admin } => {
-            demo::run(&listen, &admin).and_then(|config| serve(config, None, false))
+            demo::run(&listen, &admin).and_then(|config| serve(config, None, false, None))
         }
     };
     match result {
@@ -141,8 +143,14 @@ fn check(path: &std::path::Path) -> anyhow::Result<()> {
 /// still waiting, pushes what telemetry still holds, and exits; returns only on a startup
 /// error. SIGHUP reloads the config from `config_file`, if it came from one. With `upgrade`,
 /// the listening sockets come from the running process (once it gets SIGQUIT) instead of
-/// being opened.
-fn serve(config: RuntimeConfig, config_file: Option<PathBuf>, upgrade: bool) -> anyhow::Result<()> {
+/// being opened. With `wait_for_tailnet` and a userspace tailnet, the listeners open once it
+/// is ready.
+fn serve(
+    config: RuntimeConfig,
+    config_file: Option<PathBuf>,
+    upgrade: bool,
+    wait_for_tailnet: Option<std::time::Duration>,
+) -> anyhow::Result<()> {
     let conf = server_conf(config.server());
     let options = Opt {
         upgrade,
@@ -155,6 +163,12 @@ fn serve(config: RuntimeConfig, config_file: Option<PathBuf>, upgrade: bool) -> 
     let grace_period = config.server().grace_period();
     let services = EdgeServices::new(&server.configuration, config);
     services.prime_resolver(STARTUP_DNS_WAIT);
+    #[cfg(feature = "tailscale-rs")]
+    if let Some(limit) = wait_for_tailnet {
+        tailnet_wait::wait_for_userspace_tailnet(services.userspace_tailnet(), limit)?;
+    }
+    #[cfg(not(feature = "tailscale-rs"))]
+    let _ = wait_for_tailnet;
     let access_log = services.observability().access_log().cloned();
     let open_connections = services.open_connections();
     let telemetry = services.telemetry().clone();

@@ -1,5 +1,6 @@
-//! `run --wait-for-tailnet`: hold the public listener back until tailscaled is `Running`,
-//! so the first requests do not meet an unreachable tailnet.
+//! `run --wait-for-tailnet`: hold the public listener back until tailscaled is `Running`
+//! (or, with `[tailnet]`, until the userspace tailnet node is ready), so the first requests
+//! do not meet an unreachable tailnet.
 
 use proxy_core::observe::LocalApiClient;
 use proxy_core::RuntimeConfig;
@@ -17,8 +18,13 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
     proxy_core::config::units::parse_duration(text)
 }
 
-/// Waits until tailscaled reports `Running`, at most `limit`.
+/// Waits until tailscaled reports `Running`, at most `limit`. A config with `[tailnet]`
+/// has no tailscaled to wait for: its userspace node is waited for once it runs
+/// ([`wait_for_userspace_tailnet`]).
 pub fn wait_for_tailnet(config: &RuntimeConfig, limit: Duration) -> anyhow::Result<()> {
+    if config.tailnet().is_some() {
+        return Ok(());
+    }
     let socket = config
         .admin()
         .tailscaled_socket()
@@ -47,4 +53,26 @@ async fn poll_until_running(client: &LocalApiClient, limit: Duration) -> anyhow:
         tracing::info!(state = %last, "waiting for the tailnet");
         tokio::time::sleep(POLL).await;
     }
+}
+
+/// Waits until the userspace tailnet node is authorized and knows the peer of every
+/// `tailscale-rs` upstream, at most `limit` (nothing to wait for without `[tailnet]`).
+#[cfg(feature = "tailscale-rs")]
+pub fn wait_for_userspace_tailnet(
+    tailnet: &std::sync::Arc<proxy_core::tailnet::UserspaceTailnet>,
+    limit: Duration,
+) -> anyhow::Result<()> {
+    if !tailnet.is_configured() {
+        return Ok(());
+    }
+    tracing::info!("waiting for the userspace tailnet");
+    tailnet.wait_until_ready(limit).map_err(|reasons| {
+        anyhow::anyhow!(
+            "tailnet not up after {:.1}s: {}",
+            limit.as_secs_f64(),
+            reasons.join("; ")
+        )
+    })?;
+    tracing::info!("the userspace tailnet is ready");
+    Ok(())
 }

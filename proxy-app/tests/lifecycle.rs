@@ -93,6 +93,30 @@ fn check_rejects_broken_configs_naming_file_line_and_key() {
     }
 }
 
+/// An upstream on the userspace tailnet is built only with the cargo feature `tailscale-rs`:
+/// a build without it refuses the config and says which feature to build.
+#[test]
+fn check_names_the_feature_a_tailscale_rs_upstream_needs() {
+    let config = GOOD.replace("tls = true\n", "tls = true\ntransport = \"tailscale-rs\"\n")
+        + "\n[tailnet]\nstate_dir = \"tailnet-state\"\n";
+    let (ok, text) = check(&config);
+    if cfg!(feature = "tailscale-rs") {
+        assert!(ok, "{text}");
+    } else {
+        assert!(!ok, "{text}");
+        assert!(
+            text.contains("edge.toml:5: upstreams.docs.transport: transport `tailscale-rs` needs the cargo feature `tailscale-rs`, which this build lacks (build with `--features tailscale-rs`)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "edge.toml:14: tailnet: `[tailnet]` needs the cargo feature `tailscale-rs`"
+            ),
+            "{text}"
+        );
+    }
+}
+
 #[test]
 fn version_is_printed() {
     let out = Command::new(binary()).arg("--version").output().unwrap();
