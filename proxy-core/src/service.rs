@@ -409,8 +409,8 @@ pub struct EdgeApps {
 }
 
 /// What runs beside the listeners for as long as the server does: MagicDNS resolution of
-/// the upstream and telemetry names, re-reading deny-list files that changed, and pushing
-/// telemetry to the homelab.
+/// the upstream and telemetry names, re-reading deny-list files that changed, pushing
+/// telemetry to the homelab, and (feature `tailscale-rs`) the userspace tailnet node.
 pub struct EdgeBackground {
     resolver: Arc<MagicDnsResolver>,
     config: Arc<ArcSwap<RuntimeConfig>>,

@@ -6,7 +6,7 @@
 //! |---|---|---|
 //! | `GET /metrics` | none | Prometheus text format |
 //! | `GET /healthz` | none | 200 while the process serves |
-//! | `GET /readyz` | none | 200 when every upstream name has resolved and, if configured, tailscaled reports `Running`; else 503 with the reasons |
+//! | `GET /readyz` | none | 200 when every upstream name has resolved, if configured tailscaled reports `Running`, and every [`ReadinessCheck`] added (the userspace tailnet) is ready; else 503 with the reasons |
 //! | `GET /admin/config` | token | JSON summary of the running config |
 //! | `/admin/NAME` | token | an action registered with [`AdminApp::add_action`] (e.g. cache purge) |
 //!

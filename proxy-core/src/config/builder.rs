@@ -123,6 +123,13 @@ impl ConfigBuilder {
         self
     }
 
+    /// Sets `[tailnet]`: the userspace tailnet node that `tailscale-rs` upstreams dial
+    /// through (cargo feature `tailscale-rs`).
+    pub fn tailnet(mut self, tailnet: super::file::TailnetSection) -> Self {
+        self.file.tailnet = Some(tailnet);
+        self
+    }
+
     /// Sets the worker thread count.
     pub fn threads(mut self, threads: usize) -> Self {
         self.file.server.threads = Some(threads);
@@ -220,6 +227,13 @@ impl UpstreamBuilder {
     /// Sets the connect timeout ("5s").
     pub fn connect_timeout(mut self, duration: impl Into<String>) -> Self {
         self.0.connect_timeout = Some(duration.into());
+        self
+    }
+
+    /// Reaches the upstream through `transport`: `"kernel"` (the default) or `"tailscale-rs"`
+    /// (the userspace tailnet of [`ConfigBuilder::tailnet`]).
+    pub fn transport(mut self, transport: impl Into<String>) -> Self {
+        self.0.transport = Some(transport.into());
         self
     }
 

@@ -153,6 +153,46 @@ proxy = "docs"
         );
     }
 
+    /// Builders produce what the TOML does: the same upstream, refused or accepted alike.
+    #[test]
+    fn builders_set_the_transport_and_the_section() {
+        use crate::config::file::TailnetSection;
+        use crate::config::{ConfigBuilder, LocationBuilder, SiteBuilder, UpstreamBuilder};
+        let built = ConfigBuilder::new()
+            .upstream(
+                "docs",
+                UpstreamBuilder::new("docs:80").transport("tailscale-rs"),
+            )
+            .site(
+                "docs",
+                SiteBuilder::new()
+                    .host("docs.example.com")
+                    .location(LocationBuilder::new("/").proxy("docs")),
+            )
+            .tailnet(TailnetSection {
+                state_dir: "state".into(),
+                ..TailnetSection::default()
+            })
+            .build();
+        let with_feature = cfg!(feature = "tailscale-rs");
+        match built {
+            Ok(config) if with_feature => {
+                let upstream = config.upstreams().next().expect("docs");
+                assert_eq!(upstream.transport(), "tailscale-rs");
+                assert!(config.tailnet().is_some());
+            }
+            Err(e) if !with_feature => {
+                assert!(
+                    e.to_string()
+                        .contains("needs the cargo feature `tailscale-rs`"),
+                    "{e}"
+                );
+            }
+            Ok(_) => panic!("accepted without the feature"),
+            Err(e) => panic!("refused with the feature: {e}"),
+        }
+    }
+
     #[cfg(feature = "tailscale-rs")]
     #[test]
     fn the_transport_needs_a_tailnet_section_and_valid_keys() {
