@@ -440,3 +440,34 @@ async fn readiness_waits_for_the_node_and_names_a_peer_the_tailnet_does_not_know
     assert_eq!(reply.status, 502, "{reply:?}");
     assert_eq!(piped.dials(), 0);
 }
+
+#[tokio::test]
+async fn a_reload_that_adds_a_tailscale_rs_upstream_resolves_its_peer_through_the_node() {
+    let fake = tailnet(&["web"]).await;
+    let web = fake.peer("web").expect("web");
+    let piped = PipedTailnet::start(&[(fake.http_port(), FarPort::Bridge(web.http_addr()))]);
+    piped.add_peer("web");
+    let before = format!("{}{TAILNET}", base_config(&fake));
+    let edge = start_edge(&before, &piped);
+    let after = format!(
+        "{before}\n[upstreams.web]\naddress = \"web:{}\"\ntransport = \"tailscale-rs\"\n{}",
+        fake.http_port(),
+        site("web"),
+    );
+    let config =
+        proxy_core::config::load_str(&after, None, edge.dir()).unwrap_or_else(|e| panic!("{e}"));
+    let report = edge.reloader().reload(config);
+    assert!(report.needs_restart.is_empty(), "{report:?}");
+    // The reload wakes the node's lookups; the peer's address arrives in the background.
+    let running = edge.reloader().current();
+    let upstream = running.upstreams().next().expect("web").clone();
+    let resolved = eventually(Duration::from_secs(10), || upstream.resolved().0.is_some()).await;
+    assert!(resolved, "{}", edge.logs());
+    assert_eq!(upstream.transport(), "tailscale-rs");
+    let reply = get(&edge, "web.example.com", "/").await;
+    assert_eq!(
+        (reply.status, reply.body.as_str()),
+        (200, "hello from web\n")
+    );
+    assert_eq!(piped.dials(), 1);
+}
