@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::access::DenyList;
 use crate::cache::CacheSettings;
 use crate::client::ClientIpPolicy;
+use crate::fleet::FleetSettings;
 use crate::limit::{ConcurrencyZone, LimitZone};
 use crate::observe::AccessLogSettings;
 use crate::route::{Routes, Site};
@@ -127,6 +128,8 @@ pub struct RuntimeConfig {
     pub(crate) deny_lists: Vec<Arc<DenyList>>,
     /// `[telemetry]`: metrics and log lines pushed to the homelab.
     pub(crate) telemetry: TelemetrySettings,
+    /// `[redis]`: the fleet this machine belongs to, if any.
+    pub(crate) fleet: Option<FleetSettings>,
 }
 
 impl RuntimeConfig {
@@ -183,5 +186,10 @@ impl RuntimeConfig {
     /// `[telemetry]`: what is pushed to the homelab's Prometheus and Loki.
     pub fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+
+    /// `[redis]`: the fleet this machine shares limits and purges with, if any.
+    pub fn fleet(&self) -> Option<&FleetSettings> {
+        self.fleet.as_ref()
     }
 }

@@ -103,6 +103,7 @@ fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> V
     keep_running(&mut next.cache, &running.cache, "cache", &mut kept);
     let telemetry = &running.telemetry;
     keep_running(&mut next.telemetry, telemetry, "telemetry", &mut kept);
+    keep_running(&mut next.fleet, &running.fleet, "redis", &mut kept);
     kept
 }
 

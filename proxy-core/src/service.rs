@@ -25,6 +25,7 @@ use std::time::Duration;
 use crate::access::DenyList;
 use crate::admin::{AdminApp, PurgeAction};
 use crate::cache::EdgeCache;
+use crate::fleet::Fleet;
 use crate::model::{ClientConnectionSettings, RuntimeConfig, ServerSettings};
 use crate::observe::{ClientClose, LocalApiClient, Metrics, Observability};
 use crate::proxy::EdgeProxy;
@@ -117,12 +118,22 @@ impl EdgeServices {
                 .map(LocalApiClient::new),
             admin_settings.token(),
         );
+        // In a fleet, global zones and purges are shared through Redis.
+        let fleet =
+            config.load().fleet.clone().map(|settings| {
+                Arc::new(Fleet::new(settings, observability.metrics().clone(), cache))
+            });
         // Cache purges are admin actions: behind the token, never on the public port.
-        admin_app.add_action("purge", Arc::new(PurgeAction::new(cache)));
+        let purge = match &fleet {
+            Some(fleet) => PurgeAction::new(cache).with_fleet(fleet.clone()),
+            None => PurgeAction::new(cache),
+        };
+        admin_app.add_action("purge", Arc::new(purge));
         let background = EdgeBackground {
             resolver: resolver.clone(),
             config: config.clone(),
             telemetry: telemetry.clone(),
+            fleet,
         };
         Self {
             server_conf: server_conf.clone(),
@@ -383,12 +394,13 @@ pub struct EdgeApps {
 }
 
 /// What runs beside the listeners for as long as the server does: MagicDNS resolution of
-/// the upstream and telemetry names, re-reading deny-list files that changed, and pushing
-/// telemetry to the homelab.
+/// the upstream and telemetry names, re-reading deny-list files that changed, pushing
+/// telemetry to the homelab, and, in a fleet, syncing with the fleet's Redis.
 pub struct EdgeBackground {
     resolver: Arc<MagicDnsResolver>,
     config: Arc<ArcSwap<RuntimeConfig>>,
     telemetry: Arc<TelemetryShippers>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 #[async_trait]
@@ -396,10 +408,16 @@ impl BackgroundService for EdgeBackground {
     async fn start(&self, shutdown: ShutdownWatch) {
         // Telemetry keeps pushing after shutdown (what the draining requests log) until the
         // runtime stops; the rest is the embedder's final `TelemetryShippers::flush`.
+        let fleet = async {
+            if let Some(fleet) = &self.fleet {
+                fleet.run(&self.config, shutdown.clone()).await;
+            }
+        };
         tokio::join!(
             self.resolver.run(shutdown.clone()),
             watch_deny_lists(&self.config, shutdown.clone()),
-            self.telemetry.run(shutdown)
+            self.telemetry.run(shutdown.clone()),
+            fleet
         );
     }
 }
