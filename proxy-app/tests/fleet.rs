@@ -330,3 +330,110 @@ async fn a_purge_on_one_machine_is_a_miss_on_all_three() {
         "caught up entry by entry, nothing dropped"
     );
 }
+
+/// CPU time (user + system) the process `pid` has used, from `/proc/PID/stat`.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<u64> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| {
+            rest.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // After the command name: state, then numbers; utime and stime are fields 14 and 15 of
+    // the whole line, i.e. 11 and 12 of the numbers after the state. Clock ticks: 100/s.
+    let ticks = fields.get(10).copied().unwrap_or(0) + fields.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// `requests` requests over `connections` keep-alive connections, each with its own
+/// `X-Client` among `clients` values; how many were not 200.
+async fn load(proxy: &Proxy, requests: u32, connections: u32, clients: u32) -> u32 {
+    let tasks: Vec<_> = (0..connections)
+        .map(|c| {
+            let url = proxy.url("/");
+            tokio::spawn(async move {
+                let client = client();
+                let mut bad = 0;
+                for i in 0..requests / connections {
+                    let who = (i * connections + c) % clients;
+                    let status = client
+                        .get(&url)
+                        .header("host", "bench.example.com")
+                        .header("x-client", who.to_string())
+                        .send()
+                        .await
+                        .map(|r| r.status().as_u16());
+                    if !matches!(status, Ok(200)) {
+                        bad += 1;
+                    }
+                }
+                bad
+            })
+        })
+        .collect();
+    let mut bad = 0;
+    for task in tasks {
+        bad += task.await.unwrap_or(1);
+    }
+    bad
+}
+
+/// The cost of a global zone against a local one, per request, on the whole proxy: one
+/// machine, a zone keyed by a header over 1,000 clients, every request passing; and the
+/// Redis commands the machine sends per second under that load. Ignored: a benchmark, run
+/// in release by `benches/fleet/run.sh`, printing numbers and asserting none (beyond every
+/// request passing). `FLEET_BENCH_REQUESTS` sets the requests per run (default 100,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn fleet_bench() {
+    let requests: u32 = std::env::var("FLEET_BENCH_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let tailnet = tailnet(&[]).await;
+    let redis = RedisServer::start();
+    let relay = RedisRelay::start(&redis.socket());
+    let mut rows = Vec::new();
+    for scope in ["local", "global", "local", "global"] {
+        let sites = format!(
+            "[rate_limits.bench]\nrate = \"100000r/s\"\nburst = 100000\nkey = \"header:x-client\"\nscope = \"{scope}\"\n\
+             [sites.bench]\nhosts = [\"bench.example.com\"]\nrate_limits = [\"bench\"]\n\
+             [[sites.bench.locations]]\nmatch = \"/\"\nreturn = {{ status = 200, body = \"ok\\n\" }}\n"
+        );
+        let proxy = machine(
+            &config(&tailnet, &format!("bench-{scope}"), "", &sites),
+            &relay.url(),
+        );
+        until_all(&[&proxy], "Redis linked", linked_in_fleet_of(1.0)).await;
+        assert_eq!(load(&proxy, 5_000, 16, 1_000).await, 0, "warm-up");
+        let commands_before = metric(
+            &scrape(proxy.admin).await,
+            "edge_fleet_redis_commands_total",
+            "",
+        );
+        let cpu_before = cpu_time(proxy.pid());
+        let start = Instant::now();
+        let bad = load(&proxy, requests, 16, 1_000).await;
+        let elapsed = start.elapsed();
+        let cpu = cpu_time(proxy.pid()) - cpu_before;
+        let commands = metric(
+            &scrape(proxy.admin).await,
+            "edge_fleet_redis_commands_total",
+            "",
+        ) - commands_before;
+        assert_eq!(bad, 0, "every request passes");
+        let row = format!(
+            "| {scope} | {requests} | {:.1} s | {:.0} req/s | {:.1} us | {:.1} /s |",
+            elapsed.as_secs_f64(),
+            f64::from(requests) / elapsed.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / f64::from(requests),
+            commands / elapsed.as_secs_f64()
+        );
+        eprintln!("{row}");
+        rows.push(row);
+    }
+    eprintln!("\n| zone scope | requests | time | throughput | proxy CPU per request | Redis commands per second |\n|---|---|---|---|---|---|\n{}", rows.join("\n"));
+}

@@ -867,7 +867,7 @@ pub const DEFAULT_TELEMETRY_MAX_BACKOFF: &str = "30s";
 pub struct TelemetrySection {
     /// Labels added to every pushed series and every Loki stream, e.g.
     /// `{ instance = "flyio-proxy" }`; a series' own label of the same name wins.
-    /// Default: `instance` = `$FLY_APP_NAME`, else the host name.
+    /// Default: `instance` = `$FLY_APP_NAME`, else the host name; with `[redis]`, its `instance`.
     pub labels: Option<BTreeMap<String, String>>,
     /// First wait before retrying a failed push; doubled after each failure.
     /// Default: [`DEFAULT_TELEMETRY_MIN_BACKOFF`].

@@ -23,7 +23,7 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// A message to every machine of the fleet. To add a kind (e.g. a shared ban), add a variant
-/// here and its handling in [`FleetInbox::apply`]; machines running an older version log and
+/// here and its handling where the inbox applies messages; machines running an older version log and
 /// skip kinds they do not know, so a fleet can be upgraded one machine at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]

@@ -5,7 +5,7 @@
 //! # Global rate limits: a local view, reconciled in the background
 //!
 //! A zone with `scope = "global"` is decided on this machine, under the zone's lock, from
-//! what it knows of the key ([`GlobalView`]); no request waits on Redis. Every
+//! what it knows of the key (its view of the zone); no request waits on Redis. Every
 //! `sync_interval` (100 ms by default) one script call per machine sends what it admitted
 //! per key since the last sync and reads back, per key, the fleet's arrival time (GCRA's
 //! TAT, nginx's `excess`, kept in Redis on Redis's clock) and `w`, how many machines served

@@ -9,6 +9,7 @@ use crate::config::file::{
     DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_SYNC_INTERVAL,
 };
 use crate::fleet::FleetSettings;
+use crate::telemetry::TelemetrySettings;
 
 impl Compiler<'_> {
     pub(super) fn redis(&mut self, r: &RedisSection, key: &KeyPath) -> Option<FleetSettings> {
@@ -108,6 +109,25 @@ impl Compiler<'_> {
     }
 }
 
+/// In a fleet, the default `instance` label of what is pushed to the homelab names the
+/// machine, not the Fly app: machines of one app would otherwise push the same series and
+/// overwrite each other's. Labels set in `[telemetry]` or `[telemetry.loki]` stay.
+pub(super) fn label_the_machine(telemetry: &mut TelemetrySettings, fleet: &FleetSettings) {
+    let mut default = None;
+    for (name, value) in telemetry.labels.iter_mut() {
+        if name == "instance" {
+            default = Some(std::mem::replace(value, fleet.instance.clone()));
+        }
+    }
+    if let (Some(default), Some(loki)) = (default, telemetry.loki.as_mut()) {
+        for (name, value) in loki.labels.iter_mut() {
+            if name == "instance" && *value == default {
+                *value = fleet.instance.clone();
+            }
+        }
+    }
+}
+
 /// `$FLY_MACHINE_ID` (unique per Fly machine), else the host name and this process's id, so
 /// that two processes on one host are two machines of the fleet.
 fn default_instance() -> String {
@@ -153,6 +173,11 @@ mod tests {
         let shown = format!("{fleet:?}");
         assert!(!shown.contains("s3cret"), "{shown}");
         assert!(shown.contains("FLEET_TEST_URL"), "{shown}");
+        // What is pushed to the homelab says which machine it comes from.
+        assert_eq!(
+            config.telemetry().labels(),
+            [("instance".to_owned(), "fra-1".to_owned())]
+        );
     }
 
     #[test]

@@ -60,7 +60,10 @@ pub(crate) fn compile(
     );
     let connection_zones =
         c.connection_zones(&file.connection_limits, &root.key("connection_limits"));
-    let telemetry = c.telemetry(&file.telemetry, admin.metrics, &root.key("telemetry"));
+    let mut telemetry = c.telemetry(&file.telemetry, admin.metrics, &root.key("telemetry"));
+    if let (None, Some(fleet)) = (&file.telemetry.labels, &fleet) {
+        fleet::label_the_machine(&mut telemetry, fleet);
+    }
     let refs = guard::ZoneRefs {
         rate: guard::ZoneTable {
             compiled: &zones,
