@@ -451,3 +451,50 @@ async fn fleet_bench() {
     }
     eprintln!("\n| zone scope | requests | time | throughput | proxy CPU per request | Redis commands per second |\n|---|---|---|---|---|---|\n{}", rows.join("\n"));
 }
+
+/// A machine whose disk cache outlives it: stopped, it misses a purge; restarted on the same
+/// disk, it catches up from the entry it had reached (kept beside the disk's entries) and
+/// never serves the purged page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_machine_catches_up_with_purges_made_while_it_was_down() {
+    let tailnet = tailnet(&["docs"]).await;
+    let redis = RedisServer::start();
+    let relay = RedisRelay::start(&redis.socket());
+    let disk = tempfile::tempdir().expect("disk dir");
+    let sites = |storage: &str| {
+        format!(
+            "{storage}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = [\"docs.example.com\"]\ncache = {{ valid = {{ \"200\" = \"1h\" }}, ignore_cache_control = true }}\n[[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
+            tailnet.domain(),
+            tailnet.http_port()
+        )
+    };
+    let on_disk = sites(&format!(
+        "[cache]\n[cache.disk]\npath = \"{}\"\nmax_size = \"10m\"",
+        disk.path().display()
+    ));
+    let other = machine(&config(&tailnet, "disk-a", "", &sites("")), &relay.url());
+    let restarted = config(&tailnet, "disk-b", "", &on_disk);
+    let first = machine(&restarted, &relay.url());
+    until_all(&[&other, &first], "Redis linked", linked_in_fleet_of(2.0)).await;
+    cache_status(&first, "/page").await;
+    assert_eq!(cache_status(&first, "/page").await, "HIT");
+    drop(first);
+
+    purge(&other, "host=docs.example.com&path=/page").await;
+    until_all(&[&other], "purge sent", |t| {
+        metric(t, "edge_fleet_purges_published_total", "") == 1.0
+    })
+    .await;
+    let second = machine(&restarted, &relay.url());
+    until_all(&[&second], "caught up", |t| {
+        metric(t, "edge_fleet_purges_received_total", "") == 1.0
+    })
+    .await;
+    assert_eq!(cache_status(&second, "/page").await, "MISS");
+    let text = scrape(second.admin).await;
+    assert_eq!(
+        metric(&text, "edge_fleet_cache_drops_total", ""),
+        0.0,
+        "{text}"
+    );
+}

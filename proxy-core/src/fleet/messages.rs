@@ -2,11 +2,13 @@
 //! [`FleetMessage`]s to every machine, in order, each applied once. A machine that was away
 //! reads on from the last entry it applied; if that is no longer possible (entries trimmed,
 //! or Redis lost its data meanwhile) it drops its whole cache, so it never serves what was
-//! purged while it was away.
+//! purged while it was away. With a disk tier, the last entry applied is kept beside the
+//! disk's entries, so a restarted machine catches up from it too.
 
 use pingora::server::ShutdownWatch;
 use redis::Value;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -113,7 +115,13 @@ pub(crate) struct FleetInbox<'a> {
     /// The Redis data set the cursor belongs to (a random value Redis keeps; a new one
     /// means Redis lost its data).
     epoch: Option<String>,
+    /// With a disk tier, where the cursor is kept across restarts (the disk's entries
+    /// outlive the process, so a restarted machine must know which purges they have seen).
+    cursor_file: Option<PathBuf>,
 }
+
+/// The file in the disk tier's directory that keeps the cursor: `EPOCH ID`.
+const CURSOR_FILE: &str = "fleet-cursor";
 
 impl<'a> FleetInbox<'a> {
     pub(crate) fn new(
@@ -127,6 +135,33 @@ impl<'a> FleetInbox<'a> {
             cache,
             cursor: None,
             epoch: None,
+            cursor_file: cache
+                .settings()
+                .disk
+                .as_ref()
+                .map(|disk| disk.path.join(CURSOR_FILE)),
+        }
+    }
+
+    /// The cursor a previous process kept, if any.
+    async fn load_cursor(&self) -> Option<(String, StreamId)> {
+        let text = tokio::fs::read_to_string(self.cursor_file.as_ref()?)
+            .await
+            .ok()?;
+        let (epoch, id) = text.trim().split_once(' ')?;
+        Some((epoch.to_owned(), StreamId::parse(id)?))
+    }
+
+    /// Keeps the cursor for the next process (written aside, then renamed into place).
+    async fn save_cursor(&self) {
+        let (Some(file), Some(epoch), Some(cursor)) = (&self.cursor_file, &self.epoch, self.cursor)
+        else {
+            return;
+        };
+        let aside = file.with_extension("tmp");
+        let written = tokio::fs::write(&aside, format!("{epoch} {cursor}\n")).await;
+        if let Err(e) = written.and(tokio::fs::rename(&aside, file).await) {
+            tracing::warn!(instance = %self.link.settings.instance, error = %e, "cannot keep the fleet cursor beside the disk cache");
         }
     }
 
@@ -167,9 +202,14 @@ impl<'a> FleetInbox<'a> {
                 .arg(cursor);
             self.link.count_command();
             let reply: Value = read.query_async(&mut conn).await?;
-            for (id, origin, message) in stream_entries(reply) {
+            let entries = stream_entries(reply);
+            let applied = !entries.is_empty();
+            for (id, origin, message) in entries {
                 self.apply(&origin, &message);
                 self.cursor = Some(id);
+            }
+            if applied {
+                self.save_cursor().await;
             }
         }
     }
@@ -209,10 +249,28 @@ impl<'a> FleetInbox<'a> {
         };
         let last = info_id(&info, "last-generated-id").unwrap_or_default();
         let deleted = info_id(&info, "max-deleted-entry-id").unwrap_or_default();
+        if self.cursor.is_none() {
+            if let Some((kept_epoch, kept)) = self.load_cursor().await {
+                self.cursor = Some(kept);
+                self.epoch = Some(kept_epoch);
+            }
+        }
         let instance = &self.link.settings.instance;
         match self.cursor {
             None => {
-                // A process starting now holds nothing a past purge could have meant.
+                // A process starting now holds nothing a past purge could have meant, unless
+                // its disk tier kept entries without a record of the purges they saw.
+                let disk_entries = self
+                    .cache
+                    .storage()
+                    .disk()
+                    .is_some_and(|d| d.used_bytes() > 0);
+                if disk_entries {
+                    let dropped = self.cache.purge_all();
+                    self.metrics
+                        .fleet_purge(instance, FleetPurgeEvent::CacheDropped);
+                    tracing::warn!(%instance, dropped, "the disk cache has no record of the fleet's purges: whole cache dropped");
+                }
                 self.cursor = Some(last);
             }
             Some(cursor) => {
@@ -235,6 +293,7 @@ impl<'a> FleetInbox<'a> {
             }
         }
         self.epoch = epoch;
+        self.save_cursor().await;
         Ok(())
     }
 
