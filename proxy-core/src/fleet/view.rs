@@ -22,7 +22,10 @@ const SETTLING_SYNCS: u8 = 2;
 /// One machine's view of a global zone. Called under the zone's lock on the request path
 /// ([`GlobalView::estimate`], [`GlobalView::commit`]) and by the sync task.
 pub(crate) struct GlobalView {
+    /// Keys by their hash (the map hashes that hash again, cheaply).
     keys: Mutex<HashMap<u64, KeyView, foldhash::fast::FixedState>>,
+    /// Hashes keys outside the lock.
+    hasher: foldhash::fast::FixedState,
     /// Keys held at most (the zone's `slots`); a key with no room is counted in the zone's
     /// local sketch at the fall-back share.
     capacity: usize,
@@ -69,9 +72,8 @@ pub(crate) struct SyncEntry {
 impl GlobalView {
     pub(crate) fn new(capacity: usize, interval_ns: i64) -> Self {
         Self {
-            keys: Mutex::new(HashMap::with_hasher(foldhash::fast::FixedState::with_seed(
-                0x5eed,
-            ))),
+            keys: Mutex::new(HashMap::with_hasher(foldhash::fast::FixedState::default())),
+            hasher: foldhash::fast::FixedState::with_seed(0x5eed),
             capacity: capacity.max(1),
             interval_ns,
             fleet_size: AtomicU32::new(1),
@@ -80,7 +82,7 @@ impl GlobalView {
     }
 
     fn id(&self, key: &LimitKey<'_>) -> u64 {
-        self.keys.lock().hasher().hash_one(key)
+        self.hasher.hash_one(key)
     }
 
     /// Machines in the fleet when last seen.
