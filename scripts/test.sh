@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # cmake and clang build BoringSSL; prometheus is the server the telemetry tests push to
-# (remote write) and promtool checks fly/alerts.yml; shellcheck checks fly/start.sh.
-scripts/ensure-packages.sh cmake clang prometheus shellcheck
+# (remote write) and promtool checks fly/alerts.yml; shellcheck checks fly/start.sh; redis-server
+# is the fleet's Redis in the fleet tests.
+scripts/ensure-packages.sh cmake clang prometheus shellcheck redis-server
 
 # Two cores: keep builds from starving the tests' own servers.
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"

@@ -27,6 +27,7 @@
 //! | metrics, access log, request ids | [`observe`] | `[admin] metrics`, `[access_log]` |
 //! | metrics and log lines pushed to the homelab (off the request path) | [`telemetry`] | `[telemetry]` |
 //! | the admin listener | [`admin`] | `[admin]` |
+//! | global rate limits and fleet-wide purge over Redis (off the request path) | [`fleet`] | `[redis]`, `scope = "global"` |
 //!
 //! And around it:
 //!
@@ -53,6 +54,7 @@ mod answer;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod fleet;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod guard;

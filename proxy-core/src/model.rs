@@ -15,6 +15,7 @@ use std::time::Duration;
 use crate::access::DenyList;
 use crate::cache::CacheSettings;
 use crate::client::ClientIpPolicy;
+use crate::fleet::FleetSettings;
 use crate::limit::{ConcurrencyZone, LimitZone};
 use crate::observe::AccessLogSettings;
 use crate::route::{Routes, Site};
@@ -130,6 +131,8 @@ pub struct RuntimeConfig {
     pub(crate) telemetry: TelemetrySettings,
     /// `[tailnet]`: the userspace tailnet node of `transport = "tailscale-rs"` upstreams.
     pub(crate) tailnet: Option<TailnetSettings>,
+    /// `[redis]`: the fleet this machine belongs to, if any.
+    pub(crate) fleet: Option<FleetSettings>,
 }
 
 impl RuntimeConfig {
@@ -191,5 +194,10 @@ impl RuntimeConfig {
     /// `[tailnet]`: the userspace tailnet node, if configured.
     pub fn tailnet(&self) -> Option<&TailnetSettings> {
         self.tailnet.as_ref()
+    }
+
+    /// `[redis]`: the fleet this machine shares limits and purges with, if any.
+    pub fn fleet(&self) -> Option<&FleetSettings> {
+        self.fleet.as_ref()
     }
 }

@@ -123,6 +123,7 @@ fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> V
     let telemetry = &running.telemetry;
     keep_running(&mut next.telemetry, telemetry, "telemetry", &mut kept);
     keep_running(&mut next.tailnet, &running.tailnet, "tailnet", &mut kept);
+    keep_running(&mut next.fleet, &running.fleet, "redis", &mut kept);
     kept
 }
 

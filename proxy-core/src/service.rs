@@ -25,6 +25,7 @@ use std::time::Duration;
 use crate::access::DenyList;
 use crate::admin::{AdminApp, PurgeAction};
 use crate::cache::EdgeCache;
+use crate::fleet::Fleet;
 use crate::model::{ClientConnectionSettings, RuntimeConfig, ServerSettings};
 use crate::observe::{ClientClose, LocalApiClient, Metrics, Observability};
 use crate::proxy::EdgeProxy;
@@ -125,8 +126,17 @@ impl EdgeServices {
                 .map(LocalApiClient::new),
             admin_settings.token(),
         );
+        // In a fleet, global zones and purges are shared through Redis.
+        let fleet =
+            config.load().fleet.clone().map(|settings| {
+                Arc::new(Fleet::new(settings, observability.metrics().clone(), cache))
+            });
         // Cache purges are admin actions: behind the token, never on the public port.
-        admin_app.add_action("purge", Arc::new(PurgeAction::new(cache)));
+        let purge = match &fleet {
+            Some(fleet) => PurgeAction::new(cache).with_fleet(fleet.clone()),
+            None => PurgeAction::new(cache),
+        };
+        admin_app.add_action("purge", Arc::new(purge));
         #[cfg(feature = "tailscale-rs")]
         admin_app.add_readiness_check(userspace.clone());
         let background = EdgeBackground {
@@ -135,6 +145,7 @@ impl EdgeServices {
             telemetry: telemetry.clone(),
             #[cfg(feature = "tailscale-rs")]
             userspace: userspace.clone(),
+            fleet,
         };
         Self {
             server_conf: server_conf.clone(),
@@ -410,13 +421,15 @@ pub struct EdgeApps {
 
 /// What runs beside the listeners for as long as the server does: MagicDNS resolution of
 /// the upstream and telemetry names, re-reading deny-list files that changed, pushing
-/// telemetry to the homelab, and (feature `tailscale-rs`) the userspace tailnet node.
+/// telemetry to the homelab, in a fleet, syncing with the fleet's Redis, and (feature
+/// `tailscale-rs`) the userspace tailnet node.
 pub struct EdgeBackground {
     resolver: Arc<MagicDnsResolver>,
     config: Arc<ArcSwap<RuntimeConfig>>,
     telemetry: Arc<TelemetryShippers>,
     #[cfg(feature = "tailscale-rs")]
     userspace: Arc<crate::tailnet::UserspaceTailnet>,
+    fleet: Option<Arc<Fleet>>,
 }
 
 #[async_trait]
@@ -435,11 +448,17 @@ impl BackgroundService for EdgeBackground {
         };
         #[cfg(not(feature = "tailscale-rs"))]
         let userspace = async {};
+        let fleet = async {
+            if let Some(fleet) = &self.fleet {
+                fleet.run(&self.config, shutdown.clone()).await;
+            }
+        };
         tokio::join!(
             self.resolver.run(shutdown.clone()),
             watch_deny_lists(&self.config, shutdown.clone()),
-            self.telemetry.run(shutdown),
-            userspace
+            self.telemetry.run(shutdown.clone()),
+            userspace,
+            fleet
         );
     }
 }

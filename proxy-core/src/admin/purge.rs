@@ -1,19 +1,32 @@
 //! `POST /admin/purge`: cache purges through the admin listener.
 
+use std::sync::Arc;
+
 use super::AdminAction;
 use crate::cache::{EdgeCache, PurgeScope};
+use crate::fleet::{Fleet, FleetMessage};
 
 /// The admin action behind `POST /admin/purge?host=HOST[&path=/PATH]`: purges one URL (every
 /// query string and variant) when `path` is given, else everything cached for the host.
 /// Answers `{"purged": N}`. The admin listener checks the bearer token before calling it.
+/// In a fleet ([`PurgeAction::with_fleet`]) the purge is also sent to every other machine,
+/// and the answer says so: `{"purged": N, "fleet": "queued"}` (or `"refused"` when the queue
+/// of messages waiting for Redis is full).
 pub struct PurgeAction {
     cache: &'static EdgeCache,
+    fleet: Option<Arc<Fleet>>,
 }
 
 impl PurgeAction {
     /// A purge action over `cache`.
     pub fn new(cache: &'static EdgeCache) -> Self {
-        Self { cache }
+        Self { cache, fleet: None }
+    }
+
+    /// Also sends each purge to the rest of `fleet`.
+    pub fn with_fleet(mut self, fleet: Arc<Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
     }
 
     /// The scope a query string asks for, or why it asks for none.
@@ -64,7 +77,19 @@ impl AdminAction for PurgeAction {
         match Self::scope(request.uri.query().unwrap_or("")) {
             Ok(scope) => {
                 let purged = self.cache.purge(&scope);
-                respond(http::StatusCode::OK, format!("{{\"purged\":{purged}}}\n"))
+                let Some(fleet) = &self.fleet else {
+                    return respond(http::StatusCode::OK, format!("{{\"purged\":{purged}}}\n"));
+                };
+                let sent = if fleet.publish(FleetMessage::from(&scope)) {
+                    "queued"
+                } else {
+                    tracing::warn!(instance = %fleet.settings().instance(), ?scope, "fleet purge queue full: purged here only");
+                    "refused"
+                };
+                respond(
+                    http::StatusCode::OK,
+                    format!("{{\"purged\":{purged},\"fleet\":\"{sent}\"}}\n"),
+                )
             }
             Err(why) => respond(http::StatusCode::BAD_REQUEST, why.into()),
         }

@@ -37,6 +37,12 @@ impl EdgeCache {
             .purge_matching(|tags| *tags.host == *host && *tags.path == *path)
     }
 
+    /// Removes every entry, of every host; returns how many. (A machine of a fleet that may
+    /// have missed purges while away from Redis does this rather than serve what they meant.)
+    pub fn purge_all(&self) -> usize {
+        self.storage().purge_matching(|_| true)
+    }
+
     /// Removes every entry of `host`; returns how many.
     pub fn purge_host(&self, host: &str) -> usize {
         let host = canonical_host(host);

@@ -55,6 +55,8 @@ pub struct ConfigFile {
     /// The userspace tailnet node that upstreams with `transport = "tailscale-rs"` dial
     /// through.
     pub tailnet: Option<TailnetSection>,
+    /// The Redis a fleet of machines shares (global rate limits, fleet-wide purge).
+    pub redis: Option<RedisSection>,
 }
 
 /// Default of [`ServerSection::listen`].
@@ -879,7 +881,13 @@ pub struct RateLimitSection {
     /// Counters per row of the sketch (memory is 4 rows x 8 bytes x slots).
     /// Default: [`DEFAULT_SLOTS`].
     pub slots: Option<usize>,
+    /// `"local"`: this process counts alone; `"global"`: every machine sharing `[redis]`
+    /// counts together (needs `[redis]`). Default: [`DEFAULT_ZONE_SCOPE`].
+    pub scope: Option<String>,
 }
+
+/// Default of [`RateLimitSection::scope`].
+pub const DEFAULT_ZONE_SCOPE: &str = "local";
 
 /// Default of [`TelemetrySection::min_backoff`].
 pub const DEFAULT_TELEMETRY_MIN_BACKOFF: &str = "500ms";
@@ -893,7 +901,7 @@ pub const DEFAULT_TELEMETRY_MAX_BACKOFF: &str = "30s";
 pub struct TelemetrySection {
     /// Labels added to every pushed series and every Loki stream, e.g.
     /// `{ instance = "flyio-proxy" }`; a series' own label of the same name wins.
-    /// Default: `instance` = `$FLY_APP_NAME`, else the host name.
+    /// Default: `instance` = `$FLY_APP_NAME`, else the host name; with `[redis]`, its `instance`.
     pub labels: Option<BTreeMap<String, String>>,
     /// First wait before retrying a failed push; doubled after each failure.
     /// Default: [`DEFAULT_TELEMETRY_MIN_BACKOFF`].
@@ -988,4 +996,45 @@ pub struct TelemetryLokiSection {
     /// Verify Loki's certificate; `false` is an explicit opt-out.
     /// Default: [`DEFAULT_TELEMETRY_VERIFY`].
     pub verify: Option<bool>,
+}
+
+/// Default of [`RedisSection::connect_timeout`].
+pub const DEFAULT_REDIS_CONNECT_TIMEOUT: &str = "1s";
+/// Default of [`RedisSection::command_timeout`].
+pub const DEFAULT_REDIS_COMMAND_TIMEOUT: &str = "250ms";
+/// Default of [`RedisSection::pool_size`].
+pub const DEFAULT_REDIS_POOL_SIZE: usize = 2;
+/// Default of [`RedisSection::sync_interval`].
+pub const DEFAULT_REDIS_SYNC_INTERVAL: &str = "100ms";
+/// Default of [`RedisSection::prefix`].
+pub const DEFAULT_REDIS_PREFIX: &str = "edge";
+
+/// `[redis]`: the Redis a fleet of machines shares (a Fly app on the private network, or
+/// Upstash): global rate-limit zones count there, and purges reach every machine through it.
+/// Without it every machine is on its own. Secrets come only from environment variables.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSection {
+    /// Environment variable holding the URL, `redis://` or `rediss://` (TLS), e.g.
+    /// `redis://edge-redis.internal:6379`; a password in it is used. Required.
+    pub url_env: String,
+    /// Environment variable holding the password (instead of one in the URL). Default: none.
+    pub password_env: Option<String>,
+    /// Longest wait for a connection to Redis. Default: [`DEFAULT_REDIS_CONNECT_TIMEOUT`].
+    pub connect_timeout: Option<String>,
+    /// Longest wait for one command's answer; past it the command counts as failed.
+    /// Default: [`DEFAULT_REDIS_COMMAND_TIMEOUT`].
+    pub command_timeout: Option<String>,
+    /// Connections kept open to Redis (multiplexed, reconnected when they break).
+    /// Default: [`DEFAULT_REDIS_POOL_SIZE`].
+    pub pool_size: Option<usize>,
+    /// How often the local counts of global zones are reconciled with Redis.
+    /// Default: [`DEFAULT_REDIS_SYNC_INTERVAL`].
+    pub sync_interval: Option<String>,
+    /// Names the fleet: machines with the same prefix share limits and purges. Default:
+    /// [`DEFAULT_REDIS_PREFIX`].
+    pub prefix: Option<String>,
+    /// This machine's name in the fleet (the `instance` label of fleet metrics and logs).
+    /// Default: `$FLY_MACHINE_ID`, else the host name and process id.
+    pub instance: Option<String>,
 }

@@ -42,4 +42,6 @@ pub use concurrency::{ConcurrencyPermit, ConcurrencySettings, ConcurrencyZone};
 pub use key::fold_ip;
 pub use key::{LimitKey, ZoneKey};
 pub use rate::Rate;
-pub use zone::{acquire_all, LimitOutcome, LimitZone, ZoneSettings, ZoneUse, ZoneVerdict};
+pub use zone::{
+    acquire_all, LimitOutcome, LimitZone, ZoneScope, ZoneSettings, ZoneUse, ZoneVerdict,
+};

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::key::{LimitKey, ZoneKey};
 use super::rate::Rate;
+use crate::fleet::GlobalView;
 
 /// Rows of the count-min sketch: each row is an independent hash, and a key is
 /// over-counted only if it collides in all of them.
@@ -36,6 +37,19 @@ pub struct ZoneSettings {
     pub dry_run: bool,
     /// Counters per sketch row.
     pub slots: usize,
+    /// Whether this process counts alone or with the whole fleet.
+    pub scope: ZoneScope,
+}
+
+/// Who counts a zone's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZoneScope {
+    /// This process alone.
+    #[default]
+    Local,
+    /// Every machine sharing the fleet's Redis (see [`crate::fleet`]): decided on a local
+    /// view, reconciled in the background; a share of the rate while Redis is unreachable.
+    Global,
 }
 
 impl ZoneSettings {
@@ -57,6 +71,7 @@ impl ZoneSettings {
             && self.key == other.key
             && self.ipv6_prefix == other.ipv6_prefix
             && self.slots == other.slots
+            && self.scope == other.scope
     }
 }
 
@@ -99,10 +114,14 @@ struct Counters {
     /// so racing requests are decided one after the other and counted exactly.
     lock: Mutex<()>,
     rejected: AtomicU64,
+    /// A global zone's view of the fleet's counts (the sketch then only holds keys the view
+    /// has no room for).
+    global: Option<Arc<GlobalView>>,
 }
 
 impl Counters {
-    fn new(slots: usize) -> Self {
+    fn new(settings: &ZoneSettings, interval_ns: i64) -> Self {
+        let slots = settings.slots;
         Self {
             rows: (0..SKETCH_ROWS)
                 .map(|_| Estimator::new(1, slots.max(1)))
@@ -110,6 +129,8 @@ impl Counters {
             epoch: Instant::now(),
             lock: Mutex::new(()),
             rejected: AtomicU64::new(0),
+            global: (settings.scope == ZoneScope::Global)
+                .then(|| Arc::new(GlobalView::new(slots, interval_ns))),
         }
     }
 }
@@ -169,7 +190,17 @@ impl LimitZone {
 
     fn counters(&self) -> &Arc<Counters> {
         self.counters
-            .get_or_init(|| Arc::new(Counters::new(self.settings.slots)))
+            .get_or_init(|| Arc::new(Counters::new(&self.settings, self.interval_ns)))
+    }
+
+    /// A global zone's view of the fleet's counts, which the sync task reconciles.
+    pub(crate) fn global_view(&self) -> Option<&Arc<GlobalView>> {
+        self.counters().global.as_ref()
+    }
+
+    /// Nanoseconds since the zone's counters were created: the clock its arrival times use.
+    pub(crate) fn clock(&self) -> i64 {
+        self.now()
     }
 
     /// Rejections (or, in dry run, would-be rejections) so far.
@@ -208,7 +239,7 @@ impl LimitZone {
         let _decision = self.lock();
         let verdict = self.decide_at(key, now, usage);
         if let ZoneVerdict::Pass { arrival, .. } = verdict {
-            self.commit(key, arrival);
+            self.commit(key, arrival, now);
         }
         verdict
     }
@@ -245,9 +276,12 @@ impl LimitZone {
     /// while `excess <= burst x interval`, and then moves the arrival time one interval on.
     fn decide_at(&self, key: &LimitKey<'_>, now: i64, usage: &ZoneUse) -> ZoneVerdict {
         let tolerance = i64::from(usage.burst) * self.interval_ns;
-        let estimate = self.estimate(key);
+        let (estimate, step) = self.estimate_and_step(key);
         let excess = estimate.max(now) - now;
         if excess > tolerance {
+            if let Some(view) = &self.counters().global {
+                view.saw(key);
+            }
             self.counters().rejected.fetch_add(1, Ordering::Relaxed);
             return ZoneVerdict::Reject {
                 retry_after: Duration::from_nanos(u64::try_from(excess - tolerance).unwrap_or(0)),
@@ -259,15 +293,33 @@ impl LimitZone {
         };
         ZoneVerdict::Pass {
             delay: Duration::from_nanos(u64::try_from(delay_ns).unwrap_or(0)),
-            arrival: estimate.max(now) + self.interval_ns,
+            arrival: estimate.max(now) + step,
         }
+    }
+
+    /// The key's arrival time, and how far one more request moves it: one interval for a
+    /// local zone; for a global one, one interval per machine assumed to admit the key at
+    /// the same pace ([`GlobalView`]), so this machine takes only its share.
+    fn estimate_and_step(&self, key: &LimitKey<'_>) -> (i64, i64) {
+        let Some(view) = &self.counters().global else {
+            return (self.estimate(key), self.interval_ns);
+        };
+        view.estimate(key).unwrap_or_else(|| {
+            let fleet = i64::from(view.fleet_size());
+            (self.estimate(key), fleet * self.interval_ns)
+        })
     }
 
     /// Counts a request that passed: raises each of the key's counters to its new arrival
     /// time (never lowers one). Counters only ever grow, so a key's estimate is never below
     /// its true arrival time, and a counter is ahead of now only while a key hashed to it
     /// has a non-empty bucket.
-    fn commit(&self, key: &LimitKey<'_>, arrival: i64) {
+    fn commit(&self, key: &LimitKey<'_>, arrival: i64, now: i64) {
+        if let Some(view) = &self.counters().global {
+            if view.commit(key, arrival, now) {
+                return;
+            }
+        }
         for row in self.counters().rows.iter() {
             let current = row.get(key) as i64;
             if current < arrival {
@@ -308,10 +360,11 @@ pub fn acquire_all(zones: &[(&LimitZone, ZoneUse, LimitKey<'_>)]) -> LimitOutcom
     let mut counted = Vec::with_capacity(zones.len());
     let mut delay = Duration::ZERO;
     for (zone, usage, key) in zones {
-        match zone.decide_at(key, zone.now(), usage) {
+        let now = zone.now();
+        match zone.decide_at(key, now, usage) {
             ZoneVerdict::Pass { delay: d, arrival } => {
                 delay = delay.max(d);
-                counted.push((zone, key, arrival));
+                counted.push((zone, key, arrival, now));
             }
             ZoneVerdict::Reject { retry_after } if usage.dry_run => {
                 tracing::info!(zone = %zone.settings.name, key = ?key, ?retry_after, "rate limit exceeded (dry run, not rejected)");
@@ -326,8 +379,8 @@ pub fn acquire_all(zones: &[(&LimitZone, ZoneUse, LimitKey<'_>)]) -> LimitOutcom
             }
         }
     }
-    for (zone, key, arrival) in counted {
-        zone.commit(key, arrival);
+    for (zone, key, arrival, now) in counted {
+        zone.commit(key, arrival, now);
     }
     LimitOutcome::Pass { delay }
 }
@@ -350,6 +403,7 @@ mod tests {
             status: 429,
             dry_run: false,
             slots,
+            scope: ZoneScope::Local,
         })
     }
 

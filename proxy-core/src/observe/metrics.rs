@@ -67,6 +67,24 @@ pub(crate) const CLIENT_CLOSES: &str = "edge_client_closes_total";
 /// `edge_connection_limit_rejections_total{zone}`: requests refused (or, in a dry run, that
 /// would have been) because a connection-limit zone was full for their key.
 pub(crate) const CONNECTION_LIMIT_REJECTIONS: &str = "edge_connection_limit_rejections_total";
+/// `edge_fleet_redis_up{instance}`: 1 while global zones count in the fleet's Redis, 0 in
+/// fall-back.
+pub(crate) const FLEET_REDIS_UP: &str = "edge_fleet_redis_up";
+/// `edge_fleet_machines{instance}`: machines of the fleet seen lately.
+pub(crate) const FLEET_MACHINES: &str = "edge_fleet_machines";
+/// `edge_fleet_fallbacks_total{instance,reason}`: times global zones fell back to local counts.
+pub(crate) const FLEET_FALLBACKS: &str = "edge_fleet_fallbacks_total";
+/// `edge_fleet_syncs_total{instance,result}`: reconciliations of global zones with Redis.
+pub(crate) const FLEET_SYNCS: &str = "edge_fleet_syncs_total";
+/// `edge_fleet_redis_commands_total{instance}`: commands this machine sent to Redis.
+pub(crate) const FLEET_REDIS_COMMANDS: &str = "edge_fleet_redis_commands_total";
+/// `edge_fleet_purges_received_total{instance}`: purges from other machines applied here.
+pub(crate) const FLEET_PURGES_RECEIVED: &str = "edge_fleet_purges_received_total";
+/// `edge_fleet_purges_published_total{instance}`: purges accepted here and sent to the fleet.
+pub(crate) const FLEET_PURGES_PUBLISHED: &str = "edge_fleet_purges_published_total";
+/// `edge_fleet_cache_drops_total{instance}`: whole-cache drops because purges may have been
+/// missed while this machine was away.
+pub(crate) const FLEET_CACHE_DROPS: &str = "edge_fleet_cache_drops_total";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -93,12 +111,31 @@ pub const METRIC_NAMES: &[&str] = &[
     TELEMETRY_LAST_SUCCESS,
     CLIENT_CLOSES,
     CONNECTION_LIMIT_REJECTIONS,
+    FLEET_REDIS_UP,
+    FLEET_MACHINES,
+    FLEET_FALLBACKS,
+    FLEET_SYNCS,
+    FLEET_REDIS_COMMANDS,
+    FLEET_PURGES_RECEIVED,
+    FLEET_PURGES_PUBLISHED,
+    FLEET_CACHE_DROPS,
 ];
 
 /// Histogram buckets in seconds: from a cache hit to a slow upstream.
 const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
+
+/// What happened to a fleet-wide purge on this machine ([`Metrics::fleet_purge`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FleetPurgeEvent {
+    /// A purge from another machine was applied here.
+    Received,
+    /// A purge accepted here was sent to the fleet.
+    Published,
+    /// The whole cache was dropped: purges may have been missed while away from Redis.
+    CacheDropped,
+}
 
 /// The outcome of one MagicDNS lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -687,6 +724,107 @@ impl Metrics {
         self.gauge(TELEMETRY_BUFFERED, &[("sink", sink)]).set(0.0);
         self.gauge(TELEMETRY_LAST_SUCCESS, &[("sink", sink)])
             .set(0.0);
+    }
+
+    /// This machine is `instance` of a fleet: the fleet's series are described and start at
+    /// zero (Redis down until the first sync).
+    pub fn fleet_started(&self, instance: &str) {
+        if !self.enabled {
+            return;
+        }
+        let counters = [
+            (FLEET_FALLBACKS, "Times global rate-limit zones fell back to local counting, by reason (timeout, error)."),
+            (FLEET_SYNCS, "Reconciliations of global zones with Redis, by result."),
+            (FLEET_REDIS_COMMANDS, "Commands this machine sent to Redis."),
+            (FLEET_PURGES_RECEIVED, "Purges from other machines of the fleet applied here."),
+            (FLEET_PURGES_PUBLISHED, "Purges accepted here and sent to the fleet."),
+            (FLEET_CACHE_DROPS, "Whole-cache drops because purges may have been missed while away from Redis."),
+        ];
+        for (name, help) in counters {
+            self.recorder
+                .describe_counter(KeyName::from(name), None, help.into());
+        }
+        let gauges = [
+            (FLEET_REDIS_UP, "1 while global zones count in the fleet's Redis, 0 while they fall back to local counts."),
+            (FLEET_MACHINES, "Machines of the fleet seen lately."),
+        ];
+        for (name, help) in gauges {
+            self.recorder
+                .describe_gauge(KeyName::from(name), None, help.into());
+        }
+        let at = [("instance", instance)];
+        for name in [
+            FLEET_REDIS_COMMANDS,
+            FLEET_PURGES_RECEIVED,
+            FLEET_PURGES_PUBLISHED,
+            FLEET_CACHE_DROPS,
+        ] {
+            self.counter(name, &at).absolute(0);
+        }
+        for reason in ["timeout", "error"] {
+            self.counter(
+                FLEET_FALLBACKS,
+                &[("instance", instance), ("reason", reason)],
+            )
+            .absolute(0);
+        }
+        for result in ["ok", "failed"] {
+            self.counter(FLEET_SYNCS, &[("instance", instance), ("result", result)])
+                .absolute(0);
+        }
+        self.gauge(FLEET_REDIS_UP, &at).set(0.0);
+        self.gauge(FLEET_MACHINES, &at).set(1.0);
+    }
+
+    /// A reconciliation with Redis ended: `machines` seen if it succeeded.
+    pub fn fleet_sync(&self, instance: &str, machines: Option<u32>) {
+        if !self.enabled {
+            return;
+        }
+        let result = if machines.is_some() { "ok" } else { "failed" };
+        self.counter(FLEET_SYNCS, &[("instance", instance), ("result", result)])
+            .increment(1);
+        let at = [("instance", instance)];
+        self.gauge(FLEET_REDIS_UP, &at)
+            .set(if machines.is_some() { 1.0 } else { 0.0 });
+        if let Some(machines) = machines {
+            self.gauge(FLEET_MACHINES, &at).set(f64::from(machines));
+        }
+    }
+
+    /// Global zones fell back to local counting (`reason`: `timeout` or `error`).
+    pub fn fleet_fallback(&self, instance: &str, reason: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        self.counter(
+            FLEET_FALLBACKS,
+            &[("instance", instance), ("reason", reason)],
+        )
+        .increment(1);
+    }
+
+    /// `count` commands were sent to Redis.
+    pub fn fleet_commands(&self, instance: &str, count: u64) {
+        if !self.enabled {
+            return;
+        }
+        self.counter(FLEET_REDIS_COMMANDS, &[("instance", instance)])
+            .increment(count);
+    }
+
+    /// A fleet event on this machine: `received` a purge from another machine, `published`
+    /// one accepted here, or `dropped` the whole cache.
+    pub fn fleet_purge(&self, instance: &str, event: FleetPurgeEvent) {
+        if !self.enabled {
+            return;
+        }
+        let name = match event {
+            FleetPurgeEvent::Received => FLEET_PURGES_RECEIVED,
+            FleetPurgeEvent::Published => FLEET_PURGES_PUBLISHED,
+            FleetPurgeEvent::CacheDropped => FLEET_CACHE_DROPS,
+        };
+        self.counter(name, &[("instance", instance)]).increment(1);
     }
 
     /// A push to `sink` succeeded with `items` samples or lines.

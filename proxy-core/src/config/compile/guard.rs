@@ -12,10 +12,12 @@ use crate::config::file::{
     ConnectionLimitSection, RateLimitRef, RateLimitSection, RateLimitUseSection, SiteAccessSection,
     DEFAULT_BURST, DEFAULT_CONNECTION_KEY, DEFAULT_CONNECTION_LIMIT_STATUS, DEFAULT_DENY_BODY,
     DEFAULT_DRY_RUN, DEFAULT_IPV6_PREFIX, DEFAULT_LIMIT_STATUS, DEFAULT_SLOTS, DEFAULT_ZONE_KEY,
+    DEFAULT_ZONE_SCOPE,
 };
 use crate::guard::AppliedZone;
 use crate::limit::{
-    ConcurrencySettings, ConcurrencyZone, LimitZone, Rate, ZoneKey, ZoneSettings, ZoneUse,
+    ConcurrencySettings, ConcurrencyZone, LimitZone, Rate, ZoneKey, ZoneScope, ZoneSettings,
+    ZoneUse,
 };
 
 /// One kind of zone: the zones that compiled, by name, and the name of every zone declared
@@ -38,17 +40,24 @@ impl Compiler<'_> {
     pub(super) fn zones(
         &mut self,
         all: &BTreeMap<String, RateLimitSection>,
+        fleet: bool,
         key: &KeyPath,
     ) -> BTreeMap<String, Arc<LimitZone>> {
         all.iter()
             .filter_map(|(name, s)| {
-                let settings = self.zone(name, s, &key.key(name))?;
+                let settings = self.zone(name, s, fleet, &key.key(name))?;
                 Some((name.clone(), Arc::new(LimitZone::new(settings))))
             })
             .collect()
     }
 
-    fn zone(&mut self, name: &str, s: &RateLimitSection, key: &KeyPath) -> Option<ZoneSettings> {
+    fn zone(
+        &mut self,
+        name: &str,
+        s: &RateLimitSection,
+        fleet: bool,
+        key: &KeyPath,
+    ) -> Option<ZoneSettings> {
         let rate = Rate::parse(&s.rate)
             .map_err(|e| self.problem(key.key("rate"), e))
             .ok();
@@ -83,6 +92,24 @@ impl Compiler<'_> {
                 format!("slots must be from 64 to 16777216, got {slots}"),
             );
         }
+        let scope = match s.scope.as_deref().unwrap_or(DEFAULT_ZONE_SCOPE) {
+            "local" => ZoneScope::Local,
+            "global" if fleet => ZoneScope::Global,
+            "global" => {
+                self.problem(
+                    key.key("scope"),
+                    "a global zone counts in the fleet's Redis: add a [redis] section",
+                );
+                ZoneScope::Local
+            }
+            other => {
+                self.problem(
+                    key.key("scope"),
+                    format!("invalid scope `{other}`: expected \"local\" or \"global\""),
+                );
+                ZoneScope::Local
+            }
+        };
         Some(ZoneSettings {
             name: name.to_string(),
             rate: rate?,
@@ -93,6 +120,7 @@ impl Compiler<'_> {
             status,
             dry_run: s.dry_run.unwrap_or(DEFAULT_DRY_RUN),
             slots,
+            scope,
         })
     }
 

@@ -8,6 +8,7 @@
 
 mod cache;
 mod client;
+mod fleet;
 mod guard;
 mod observe;
 mod server;
@@ -55,10 +56,21 @@ pub(crate) fn compile(
     );
     let cache = c.cache_settings(file.cache.as_ref(), &root.key("cache"));
     let client = c.client(&file.client, &root.key("client"));
-    let zones = c.zones(&file.rate_limits, &root.key("rate_limits"));
+    let fleet = file
+        .redis
+        .as_ref()
+        .and_then(|r| c.redis(r, &root.key("redis")));
+    let zones = c.zones(
+        &file.rate_limits,
+        file.redis.is_some(),
+        &root.key("rate_limits"),
+    );
     let connection_zones =
         c.connection_zones(&file.connection_limits, &root.key("connection_limits"));
-    let telemetry = c.telemetry(&file.telemetry, admin.metrics, &root.key("telemetry"));
+    let mut telemetry = c.telemetry(&file.telemetry, admin.metrics, &root.key("telemetry"));
+    if let (None, Some(fleet)) = (&file.telemetry.labels, &fleet) {
+        fleet::label_the_machine(&mut telemetry, fleet);
+    }
     let refs = guard::ZoneRefs {
         rate: guard::ZoneTable {
             compiled: &zones,
@@ -89,6 +101,7 @@ pub(crate) fn compile(
         connection_zones,
         telemetry,
         tailnet,
+        fleet,
     })
 }
 

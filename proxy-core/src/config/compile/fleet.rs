@@ -1,0 +1,209 @@
+//! `[redis]`: the Redis a fleet of machines shares. The URL and password come from
+//! environment variables named here, read now so that `check` and a reload refuse a missing
+//! or malformed one; messages name the variable, never its value.
+
+use super::Compiler;
+use crate::config::error::KeyPath;
+use crate::config::file::{
+    RedisSection, DEFAULT_REDIS_COMMAND_TIMEOUT, DEFAULT_REDIS_CONNECT_TIMEOUT,
+    DEFAULT_REDIS_POOL_SIZE, DEFAULT_REDIS_PREFIX, DEFAULT_REDIS_SYNC_INTERVAL,
+};
+use crate::fleet::FleetSettings;
+use crate::telemetry::TelemetrySettings;
+
+impl Compiler<'_> {
+    pub(super) fn redis(&mut self, r: &RedisSection, key: &KeyPath) -> Option<FleetSettings> {
+        let connect_timeout = self.positive_duration(
+            r.connect_timeout.as_deref(),
+            DEFAULT_REDIS_CONNECT_TIMEOUT,
+            key.key("connect_timeout"),
+        );
+        let command_timeout = self.positive_duration(
+            r.command_timeout.as_deref(),
+            DEFAULT_REDIS_COMMAND_TIMEOUT,
+            key.key("command_timeout"),
+        );
+        let sync_interval = self.positive_duration(
+            r.sync_interval.as_deref(),
+            DEFAULT_REDIS_SYNC_INTERVAL,
+            key.key("sync_interval"),
+        );
+        let pool_size = r.pool_size.unwrap_or(DEFAULT_REDIS_POOL_SIZE);
+        if !(1..=64).contains(&pool_size) {
+            self.problem(
+                key.key("pool_size"),
+                format!("pool_size must be from 1 to 64, got {pool_size}"),
+            );
+        }
+        let prefix = r.prefix.as_deref().unwrap_or(DEFAULT_REDIS_PREFIX);
+        let valid_prefix = !prefix.is_empty()
+            && prefix
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
+        if !valid_prefix {
+            self.problem(
+                key.key("prefix"),
+                format!("invalid prefix `{prefix}`: use letters, digits, '-', '_', '.' and ':'"),
+            );
+        }
+        let instance = match &r.instance {
+            Some(name) if name.trim().is_empty() || name.len() > 128 => {
+                self.problem(key.key("instance"), "instance must be 1 to 128 characters");
+                String::new()
+            }
+            Some(name) => name.trim().to_owned(),
+            None => default_instance(),
+        };
+        let url = self.redis_url(&r.url_env, key.key("url_env"));
+        let password = match &r.password_env {
+            Some(name) => self.secret_env(name, key.key("password_env")),
+            None => Some(None),
+        };
+        Some(FleetSettings {
+            url_env: r.url_env.clone(),
+            url: url?,
+            password: password?,
+            connect_timeout,
+            command_timeout,
+            pool_size: pool_size.clamp(1, 64),
+            sync_interval,
+            prefix: prefix.to_owned(),
+            instance,
+        })
+    }
+
+    /// The URL in the environment variable `name`, if it is a `redis://` or `rediss://` one.
+    fn redis_url(&mut self, name: &str, key: KeyPath) -> Option<String> {
+        let url = self.secret_env(name, key.clone())??;
+        let scheme = url.split_once("://").map(|(scheme, _)| scheme);
+        if !matches!(scheme, Some("redis" | "rediss")) {
+            self.problem(
+                key,
+                format!("${name} does not hold a redis:// or rediss:// URL"),
+            );
+            return None;
+        }
+        if redis::parse_redis_url(&url).is_none() {
+            self.problem(key, format!("${name} does not hold a valid URL"));
+            return None;
+        }
+        Some(url)
+    }
+
+    /// The value of the environment variable `name` (which must be set and not empty);
+    /// `None`: a problem was reported. The value is never put in a message.
+    fn secret_env(&mut self, name: &str, key: KeyPath) -> Option<Option<String>> {
+        if !self.env_var_name(name, key.clone()) {
+            return None;
+        }
+        match std::env::var(name) {
+            Ok(value) if !value.trim().is_empty() => Some(Some(value.trim().to_owned())),
+            _ => {
+                self.problem(
+                    key,
+                    format!("environment variable `{name}` is not set (or empty)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// In a fleet, the default `instance` label of what is pushed to the homelab names the
+/// machine, not the Fly app: machines of one app would otherwise push the same series and
+/// overwrite each other's. Labels set in `[telemetry]` or `[telemetry.loki]` stay.
+pub(super) fn label_the_machine(telemetry: &mut TelemetrySettings, fleet: &FleetSettings) {
+    let mut default = None;
+    for (name, value) in telemetry.labels.iter_mut() {
+        if name == "instance" {
+            default = Some(std::mem::replace(value, fleet.instance.clone()));
+        }
+    }
+    if let (Some(default), Some(loki)) = (default, telemetry.loki.as_mut()) {
+        for (name, value) in loki.labels.iter_mut() {
+            if name == "instance" && *value == default {
+                *value = fleet.instance.clone();
+            }
+        }
+    }
+}
+
+/// `$FLY_MACHINE_ID` (unique per Fly machine), else the host name and this process's id, so
+/// that two processes on one host are two machines of the fleet.
+fn default_instance() -> String {
+    if let Some(id) = std::env::var("FLY_MACHINE_ID")
+        .ok()
+        .filter(|id| !id.trim().is_empty())
+    {
+        return id.trim().to_owned();
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|name| name.trim().to_owned())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "proxy-app".to_owned());
+    format!("{host}:{}", std::process::id())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use std::path::Path;
+
+    fn errors(text: &str) -> String {
+        match load_str(text, None, Path::new(".")) {
+            Ok(_) => "no error".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn redis_settings_compile_from_the_environment_and_never_show_the_url() {
+        std::env::set_var("FLEET_TEST_URL", "redis://:s3cret@127.0.0.1:6379/0");
+        let config = load_str(
+            "[redis]\nurl_env = \"FLEET_TEST_URL\"\ninstance = \"fra-1\"\n",
+            None,
+            Path::new("."),
+        )
+        .unwrap();
+        let fleet = config.fleet().expect("[redis] compiled");
+        assert_eq!(fleet.instance(), "fra-1");
+        assert_eq!(fleet.prefix(), "edge");
+        assert_eq!(fleet.sync_interval(), std::time::Duration::from_millis(100));
+        let shown = format!("{fleet:?}");
+        assert!(!shown.contains("s3cret"), "{shown}");
+        assert!(shown.contains("FLEET_TEST_URL"), "{shown}");
+        // What is pushed to the homelab says which machine it comes from.
+        assert_eq!(
+            config.telemetry().labels(),
+            [("instance".to_owned(), "fra-1".to_owned())]
+        );
+    }
+
+    #[test]
+    fn missing_or_bad_urls_and_global_zones_without_redis_are_refused() {
+        let e = errors("[redis]\nurl_env = \"FLEET_TEST_UNSET_VARIABLE\"\n");
+        assert!(
+            e.contains("redis.url_env") && e.contains("FLEET_TEST_UNSET_VARIABLE"),
+            "{e}"
+        );
+        std::env::set_var("FLEET_TEST_HTTP_URL", "http://user:hunter2@redis:6379");
+        let e = errors("[redis]\nurl_env = \"FLEET_TEST_HTTP_URL\"\npool_size = 0\nprefix = \"a b\"\nsync_interval = \"0s\"\n");
+        for key in [
+            "redis.url_env",
+            "redis.pool_size",
+            "redis.prefix",
+            "redis.sync_interval",
+        ] {
+            assert!(e.contains(key), "{key} missing in:\n{e}");
+        }
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = errors("[rate_limits.a]\nrate = \"1r/s\"\nscope = \"global\"\n");
+        assert!(
+            e.contains("rate_limits.a.scope") && e.contains("[redis]"),
+            "{e}"
+        );
+        let e = errors("[rate_limits.a]\nrate = \"1r/s\"\nscope = \"fleet\"\n");
+        assert!(e.contains("rate_limits.a.scope"), "{e}");
+    }
+}
