@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # cmake and clang build BoringSSL; prometheus is the server the telemetry tests push to
-# (remote write) and promtool checks fly/alerts.yml; shellcheck checks fly/start.sh.
-scripts/ensure-packages.sh cmake clang prometheus shellcheck
+# (remote write) and promtool checks fly/alerts.yml; shellcheck checks fly/start.sh; chromium
+# is the real browser that solves the proof-of-work challenge.
+scripts/ensure-packages.sh cmake clang prometheus shellcheck chromium
 
 # Two cores: keep builds from starving the tests' own servers.
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"

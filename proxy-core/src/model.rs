@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::DenyList;
+use crate::ban::{BanRules, BanSettings};
 use crate::cache::CacheSettings;
 use crate::client::ClientIpPolicy;
 use crate::limit::{ConcurrencyZone, LimitZone};
@@ -127,6 +128,10 @@ pub struct RuntimeConfig {
     pub(crate) deny_lists: Vec<Arc<DenyList>>,
     /// `[telemetry]`: metrics and log lines pushed to the homelab.
     pub(crate) telemetry: TelemetrySettings,
+    /// `[bans]`: the rules that ban clients.
+    pub(crate) bans: BanRules,
+    /// `[bans]`: where bans are kept (read when the process starts).
+    pub(crate) ban_settings: BanSettings,
 }
 
 impl RuntimeConfig {
@@ -183,5 +188,10 @@ impl RuntimeConfig {
     /// `[telemetry]`: what is pushed to the homelab's Prometheus and Loki.
     pub fn telemetry(&self) -> &TelemetrySettings {
         &self.telemetry
+    }
+
+    /// `[bans]`: where the process keeps its bans.
+    pub fn ban_settings(&self) -> &BanSettings {
+        &self.ban_settings
     }
 }
