@@ -1,8 +1,9 @@
 //! The challenge's cost per request: checking a valid clearance cookie (what every
-//! cleared browser request pays; the target is at most 2 µs) and refusing a forged one.
+//! cleared browser request pays; the target is at most 2 µs), refusing a forged one, and
+//! one proof-of-work attempt (what a client pays per hash, natively).
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use plugins::challenge::token::{Client, Keys};
+use plugins::challenge::token::{solves, Client, Keys};
 
 fn cookie_checks(c: &mut Criterion) {
     let secret = [7u8; 48];
@@ -24,6 +25,12 @@ fn cookie_checks(c: &mut Criterion) {
     forged[20] = if forged[20] == b'A' { b'B' } else { b'A' };
     c.bench_function("challenge/forged_cookie", |b| {
         b.iter(|| keys.check_cookie(black_box(&forged), now, &client))
+    });
+    // One attempt at the proof of work natively: what a crawler's core pays per hash (the
+    // page's script does the same in JavaScript).
+    let challenge = keys.challenge(16, now + 300, [3; 16], &client);
+    c.bench_function("challenge/one_hash_attempt", |b| {
+        b.iter(|| solves(black_box(&challenge), black_box("1234567"), 16))
     });
 }
 

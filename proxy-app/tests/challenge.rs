@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use plugins::challenge::token::solve;
+use std::time::Duration;
 
 const HOST: &str = "forge.example.com";
 const BROWSER: &str = "Mozilla/5.0 (X11; Linux x86_64) Gecko/20100101 Firefox/128.0";
@@ -31,7 +32,7 @@ address = "forge.{d}:{p}"
 
 [sites.forge]
 hosts = ["{HOST}"]
-plugins = [{{ use = "challenge", keys_env = ["{key_env}"], difficulty = {DIFFICULTY}, user_agents = ["^git/"] }}]
+plugins = [{{ use = "challenge", keys_env = ["{key_env}"], difficulty = {DIFFICULTY}, user_agents = ["^git/"], allow_files = ["crawlers.txt"] }}]
 
 [[sites.forge.locations]]
 match = "/"
@@ -95,7 +96,7 @@ fn cookie_pair(set_cookie: &str) -> String {
 async fn clients_without_a_cookie_get_the_challenge_and_never_reach_the_peer() {
     let tailnet = tailnet(&["forge"]).await;
     let key = key_variable("curl");
-    let proxy = Proxy::start(&config(&tailnet, &key));
+    let proxy = Proxy::start_with_files(&config(&tailnet, &key), &[("crawlers.txt", b"")]);
     let peer = tailnet.peer("forge").unwrap();
 
     for path in ["/", "/repo/commits/main", "/repo/archive/main.tar.gz"] {
@@ -147,6 +148,21 @@ async fn clients_without_a_cookie_get_the_challenge_and_never_reach_the_peer() {
     );
     assert!(metrics
         .contains(r#"edge_plugin_events_total{plugin="challenge",event="cookie_invalid"} 1"#));
+
+    // An allow-list file is re-read when it changes, like a deny list: a search engine's
+    // published range added to it passes from then on.
+    let crawler = "203.0.113.7";
+    challenge_of(&get_as(&proxy, "/repo/commits/main", crawler, "Googlebot/2.1", None).await);
+    std::fs::write(proxy.dir().join("crawlers.txt"), "203.0.113.0/24\n").unwrap();
+    let request = format!(
+        "GET /repo/commits/main HTTP/1.1\r\nHost: {HOST}\r\nFly-Client-IP: {crawler}\r\nUser-Agent: Googlebot/2.1\r\nConnection: close\r\n\r\n"
+    );
+    let passed = eventually(Duration::from_secs(10), || {
+        raw_request(proxy.addr, &request).starts_with("HTTP/1.1 200")
+    })
+    .await;
+    assert!(passed, "the allow-list file's new range was not picked up");
+    assert_eq!(peer.requests(), 3);
 }
 
 #[tokio::test]

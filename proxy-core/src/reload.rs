@@ -8,8 +8,9 @@
 //! What the process bound when it started stays as it is: listeners, threads and shutdown
 //! timings (`[server]`), the admin listener and the access log (`[admin]`,
 //! `[access_log]`), the resolver's nameservers and timings (`[resolver]`), the cache's
-//! storage (`[cache]`) and the telemetry shippers (`[telemetry]`: receivers, buffers and
-//! labels; the receivers' names stay resolved). A reload that changes those keeps the
+//! storage (`[cache]`), the telemetry shippers (`[telemetry]`: receivers, buffers and
+//! labels; the receivers' names stay resolved) and where bans are kept (`[bans]`
+//! `state_file`, `max_bans`; the ban rules reload, their counts start again). A reload that changes those keeps the
 //! running values and names the sections, so the operator knows a restart is needed for
 //! them.
 //!
@@ -103,6 +104,8 @@ fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> V
     keep_running(&mut next.cache, &running.cache, "cache", &mut kept);
     let telemetry = &running.telemetry;
     keep_running(&mut next.telemetry, telemetry, "telemetry", &mut kept);
+    let bans = &running.ban_settings;
+    keep_running(&mut next.ban_settings, bans, "bans", &mut kept);
     kept
 }
 

@@ -61,43 +61,52 @@ const K = [0x428a2f98,0x71374491,0xb5c0fbcf,0xe9b5dba5,0x3956c25b,0x59f111f1,0x9
 0x19a4c116,0x1e376c08,0x2748774c,0x34b0bcb5,0x391c0cb3,0x4ed8aa4a,0x5b9cca4f,0x682e6ff3,
 0x748f82ee,0x78a5636f,0x84c87814,0x8cc70208,0x90befffa,0xa4506ceb,0xbef9a3f7,0xc67178f2];
 const W = new Uint32Array(64);
-// SHA-256 of ASCII `text` as 8 big-endian words (the same bits the proxy checks).
-function sha256(text) {{
-  const l = text.length, n = ((l + 9 + 63) >> 6) << 6, m = new Uint8Array(n);
-  for (let i = 0; i < l; i++) m[i] = text.charCodeAt(i);
-  m[l] = 0x80;
-  const bits = l * 8;
-  m[n - 4] = bits >>> 24; m[n - 3] = (bits >>> 16) & 255; m[n - 2] = (bits >>> 8) & 255; m[n - 1] = bits & 255;
-  let h0 = 0x6a09e667, h1 = 0xbb67ae85, h2 = 0x3c6ef372, h3 = 0xa54ff53a,
-      h4 = 0x510e527f, h5 = 0x9b05688c, h6 = 0x1f83d9ab, h7 = 0x5be0cd19;
-  for (let o = 0; o < n; o += 64) {{
-    for (let t = 0; t < 16; t++) W[t] = (m[o + 4 * t] << 24) | (m[o + 4 * t + 1] << 16) | (m[o + 4 * t + 2] << 8) | m[o + 4 * t + 3];
-    for (let t = 16; t < 64; t++) {{
-      const x = W[t - 15], y = W[t - 2];
-      const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
-      const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
-      W[t] = (W[t - 16] + s0 + W[t - 7] + s1) | 0;
-    }}
-    let a = h0, b = h1, c = h2, d = h3, e = h4, f = h5, g = h6, h = h7;
-    for (let t = 0; t < 64; t++) {{
-      const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
-      const t1 = (h + S1 + ((e & f) ^ (~e & g)) + K[t] + W[t]) | 0;
-      const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
-      const t2 = (S0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
-      h = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
-    }}
-    h0 = (h0 + a) | 0; h1 = (h1 + b) | 0; h2 = (h2 + c) | 0; h3 = (h3 + d) | 0;
-    h4 = (h4 + e) | 0; h5 = (h5 + f) | 0; h6 = (h6 + g) | 0; h7 = (h7 + h) | 0;
+// One SHA-256 block of `m` at `o` into `h` (8 words).
+function compress(h, m, o) {{
+  for (let t = 0; t < 16; t++) W[t] = (m[o + 4 * t] << 24) | (m[o + 4 * t + 1] << 16) | (m[o + 4 * t + 2] << 8) | m[o + 4 * t + 3];
+  for (let t = 16; t < 64; t++) {{
+    const x = W[t - 15], y = W[t - 2];
+    const s0 = ((x >>> 7) | (x << 25)) ^ ((x >>> 18) | (x << 14)) ^ (x >>> 3);
+    const s1 = ((y >>> 17) | (y << 15)) ^ ((y >>> 19) | (y << 13)) ^ (y >>> 10);
+    W[t] = (W[t - 16] + s0 + W[t - 7] + s1) | 0;
   }}
-  return [h0, h1, h2, h3, h4, h5, h6, h7];
+  let a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
+  for (let t = 0; t < 64; t++) {{
+    const S1 = ((e >>> 6) | (e << 26)) ^ ((e >>> 11) | (e << 21)) ^ ((e >>> 25) | (e << 7));
+    const t1 = (k + S1 + ((e & f) ^ (~e & g)) + K[t] + W[t]) | 0;
+    const S0 = ((a >>> 2) | (a << 30)) ^ ((a >>> 13) | (a << 19)) ^ ((a >>> 22) | (a << 10));
+    const t2 = (S0 + ((a & b) ^ (a & c) ^ (b & c))) | 0;
+    k = g; g = f; f = e; e = (d + t1) | 0; d = c; c = b; b = a; a = (t1 + t2) | 0;
+  }}
+  h[0] = (h[0] + a) | 0; h[1] = (h[1] + b) | 0; h[2] = (h[2] + c) | 0; h[3] = (h[3] + d) | 0;
+  h[4] = (h[4] + e) | 0; h[5] = (h[5] + f) | 0; h[6] = (h[6] + g) | 0; h[7] = (h[7] + k) | 0;
 }}
-function zeroBits(words) {{
-  let bits = 0;
-  for (const w of words) {{
-    if (w === 0) {{ bits += 32; continue; }}
-    return bits + Math.clz32(w);
+// The challenge's whole blocks are hashed once; each attempt hashes only the rest, the
+// nonce's digits and the padding.
+const PREFIX = new Uint8Array(CHALLENGE.length);
+for (let i = 0; i < CHALLENGE.length; i++) PREFIX[i] = CHALLENGE.charCodeAt(i);
+const WHOLE = PREFIX.length & ~63;
+const MID = new Int32Array([0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19]);
+for (let o = 0; o < WHOLE; o += 64) compress(MID, PREFIX, o);
+const TAIL = PREFIX.subarray(WHOLE), BUF = new Uint8Array(128), H = new Int32Array(8);
+// Leading zero bits of SHA-256(CHALLENGE + nonce).
+function zeroBits(nonce) {{
+  const digits = String(nonce);
+  BUF.set(TAIL);
+  let l = TAIL.length;
+  for (let i = 0; i < digits.length; i++) BUF[l++] = digits.charCodeAt(i);
+  const n = ((l + 9 + 63) >> 6) << 6, bits = (WHOLE + l) * 8;
+  BUF.fill(0, l, n);
+  BUF[l] = 0x80;
+  BUF[n - 4] = bits >>> 24; BUF[n - 3] = (bits >>> 16) & 255; BUF[n - 2] = (bits >>> 8) & 255; BUF[n - 1] = bits & 255;
+  H.set(MID);
+  for (let o = 0; o < n; o += 64) compress(H, BUF, o);
+  let zeros = 0;
+  for (let i = 0; i < 8; i++) {{
+    if (H[i] !== 0) return zeros + Math.clz32(H[i]);
+    zeros += 32;
   }}
-  return bits;
+  return zeros;
 }}
 const status = document.getElementById("status");
 function fail(why) {{ status.textContent = why; }}
@@ -113,7 +122,7 @@ let nonce = 0;
 function work() {{
   const end = nonce + 50000;
   for (; nonce < end; nonce++) {{
-    if (zeroBits(sha256(CHALLENGE + nonce)) >= DIFFICULTY) {{
+    if (zeroBits(nonce) >= DIFFICULTY) {{
       answer(nonce).catch((e) => fail("The answer could not be sent: " + e));
       return;
     }}
