@@ -106,6 +106,15 @@ async fn tripped_rules_ban_before_routing_across_a_restart_until_lifted() {
     }
     let refused = get_from(&proxy, "/", scanner).await;
     assert_eq!((refused.status, refused.body.as_str()), (403, "banned\n"));
+    // Before routing: even a Host no site serves (421 for anyone else) gets the ban's 403.
+    let unrouted = client()
+        .get(proxy.url("/"))
+        .header("host", "unknown.example.com")
+        .header("fly-client-ip", scanner)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(unrouted.status().as_u16(), 403);
     // Another client is served, and 404s from an exempt network never ban.
     assert_eq!(get_from(&proxy, "/", "192.0.2.11").await.status, 200);
     for i in 0..5 {
@@ -174,7 +183,7 @@ async fn tripped_rules_ban_before_routing_across_a_restart_until_lifted() {
         "edge_bans_active 3",
         r#"edge_bans_total{rule="errors"} 1"#,
         r#"edge_bans_total{rule="trap"} 2"#,
-        "edge_ban_refusals_total 5",
+        "edge_ban_refusals_total 6",
     ] {
         assert!(metrics.contains(line), "{line}\n{metrics}");
     }
