@@ -27,7 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -101,6 +101,8 @@ pub struct BanTable {
     dirty: AtomicBool,
     /// Serialises writes of the state file.
     saving: Mutex<()>,
+    /// When a full table may next be swept for expired bans (seconds since the epoch).
+    next_sweep: AtomicU64,
     metrics: RwLock<Option<Arc<Metrics>>>,
     listener: RwLock<Option<Arc<dyn BanListener>>>,
 }
@@ -139,6 +141,7 @@ impl BanTable {
             state_file,
             dirty: AtomicBool::new(false),
             saving: Mutex::new(()),
+            next_sweep: AtomicU64::new(0),
             metrics: RwLock::new(None),
             listener: RwLock::new(None),
         };
@@ -288,7 +291,7 @@ impl BanTable {
         let now = now_secs();
         let mut map = self.bans.write();
         if !map.contains_key(&ban.ip) && map.len() >= self.max {
-            make_room(&mut map, now);
+            make_room(&mut map, now, &self.next_sweep);
         }
         let entry = map.entry(ban.ip).or_insert(Entry {
             until: 0,
@@ -337,16 +340,28 @@ impl BanTable {
     }
 }
 
-/// Frees one place in a full map: every expired ban, or else the ban ending soonest.
-fn make_room(map: &mut HashMap<IpAddr, Entry>, now: u64) {
-    let before = map.len();
-    map.retain(|_, e| e.until > now);
-    if map.len() < before {
-        return;
+/// Bans looked at to choose which one makes way in a full table: enough to find one that
+/// ends soon, few enough that a spray of new bans never scans the whole table.
+const EVICTION_SAMPLE: usize = 16;
+
+/// Frees one place in a full map: every expired ban (a full sweep, at most once a second),
+/// or else the ban ending soonest among a few.
+fn make_room(map: &mut HashMap<IpAddr, Entry>, now: u64, next_sweep: &AtomicU64) {
+    if now >= next_sweep.load(Ordering::Relaxed) {
+        next_sweep.store(now + 1, Ordering::Relaxed);
+        let before = map.len();
+        map.retain(|_, e| e.until > now);
+        if map.len() < before {
+            return;
+        }
     }
-    // Still full of bans in force: the one ending soonest makes way.
-    if let Some(soonest) = map.iter().min_by_key(|(_, e)| e.until).map(|(ip, _)| *ip) {
-        map.remove(&soonest);
+    let soonest = map
+        .iter()
+        .take(EVICTION_SAMPLE)
+        .min_by_key(|(_, e)| e.until)
+        .map(|(ip, _)| *ip);
+    if let Some(ip) = soonest {
+        map.remove(&ip);
     }
 }
 
@@ -389,6 +404,26 @@ mod tests {
         for kept in ["192.0.2.1", "192.0.2.3", "192.0.2.4"] {
             assert!(table.banned(ip(kept)).is_some(), "{kept}");
         }
+    }
+
+    #[test]
+    fn a_spray_of_addresses_keeps_the_table_at_its_bound() {
+        let table = BanTable::new(1000, None);
+        let rule: Arc<str> = Arc::from("trap");
+        for i in 0..20_000u32 {
+            table.ban(
+                IpAddr::from(i.to_be_bytes()),
+                Duration::from_secs(60),
+                &rule,
+            );
+        }
+        assert_eq!(table.list().len(), 1000);
+        assert!(
+            table
+                .banned(IpAddr::from(19_999u32.to_be_bytes()))
+                .is_some(),
+            "the newest is held"
+        );
     }
 
     #[test]

@@ -983,7 +983,7 @@ pub struct BansSection {
     /// restart. Read when the process starts. Default: none (bans kept in memory only).
     pub state_file: Option<String>,
     /// Banned addresses held at most; past it, expired bans go first, then the one ending
-    /// soonest. Read when the process starts. Default: [`DEFAULT_MAX_BANS`].
+    /// soonest among a few. Read when the process starts. Default: [`DEFAULT_MAX_BANS`].
     pub max_bans: Option<usize>,
     /// Clients whose answers a status rule counts at once; past it, expired counts go
     /// first, then any (a spray of addresses can escape counting, never get another client
