@@ -164,9 +164,7 @@ mod tests {
     use super::*;
 
     fn setup() -> PluginSetup<'static> {
-        PluginSetup {
-            base_dir: std::path::Path::new("."),
-        }
+        PluginSetup::new(std::path::Path::new("."))
     }
 
     fn options(text: &str) -> PluginOptions {

@@ -124,7 +124,7 @@ mod tests {
 
     fn build(options: &str, dir: &std::path::Path) -> Result<Arc<dyn Plugin>, String> {
         let options: toml::Table = options.parse().map_err(|e| format!("{e}"))?;
-        Page::from_options(&options, PluginSetup { base_dir: dir }).map_err(|e| e.to_string())
+        Page::from_options(&options, PluginSetup::new(dir)).map_err(|e| e.to_string())
     }
 
     #[test]

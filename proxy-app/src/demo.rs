@@ -13,8 +13,16 @@ const LANDING_PAGE: &str = "<!doctype html>\n<html><body><h1>Welcome</h1>\n<p>Th
 
 const ERROR_PAGE: &str = "<!doctype html>\n<html><body><h1>Photos are taking a nap</h1>\n<p>The photo server is unreachable right now (this is the demo's custom 502 page).</p></body></html>\n";
 
+/// The challenge's signing key in the demo, unless `DEMO_CHALLENGE_KEY` is set: the demo
+/// runs on loopback only, so a known key is no secret worth keeping.
+const DEMO_CHALLENGE_KEY: &str = "demo-only-challenge-key-never-use-it-in-production";
+
 /// Starts the fake tailnet and returns the demo config pointing at it.
 pub fn run(listen: &str, admin: &str) -> anyhow::Result<RuntimeConfig> {
+    // Set before any thread of ours starts, so nothing reads the environment meanwhile.
+    if std::env::var_os("DEMO_CHALLENGE_KEY").is_none() {
+        std::env::set_var("DEMO_CHALLENGE_KEY", DEMO_CHALLENGE_KEY);
+    }
     let mut tailnet_config = TailnetConfig::new(&["docs", "git"]);
     tailnet_config.ttl = 30;
     let tailnet =
@@ -67,6 +75,10 @@ fn print_instructions(listen: &str, admin: &str, tailnet: &FakeTailnet) {
          curl -i http://docs.demo.localhost:{port}/robots.txt   # answered at the edge\n  \
          curl -i http://git.demo.localhost:{port}/__echo        # see the forwarded headers\n  \
          curl -i http://git.demo.localhost:{port}/u/repo/archive/main.zip   # redirect\n  \
+         curl -i http://git.demo.localhost:{port}/u/repo/commits/main       # proof-of-work challenge (open it in a browser: it solves it)\n  \
+         curl -i -A git/2.39 http://git.demo.localhost:{port}/u/repo/commits/main   # git passes unchallenged\n  \
+         curl -i -H 'Fly-Client-IP: 203.0.113.9' http://git.demo.localhost:{port}/wp-login.php   # trap path: 203.0.113.9 is banned\n  \
+         curl -i -H 'Fly-Client-IP: 203.0.113.9' http://git.demo.localhost:{port}/         # banned: 403 before routing\n  \
          curl -i http://photos.demo.localhost:{port}/           # peer down: the site's 502 page\n  \
          curl -i http://www.demo.localhost:{port}/              # landing page from local files (static plugin)\n  \
          for i in 1 2 3 4 5 6; do curl -s -o /dev/null -w '%{{http_code}}\\n' http://docs.demo.localhost:{port}/login; done   # 1r/s burst 3: 429s\n  \

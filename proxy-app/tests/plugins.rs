@@ -111,7 +111,7 @@ fn plugin_errors_name_the_line() {
     assert!(!out.status.success());
     assert!(
         stderr.contains(
-            "edge.toml:5: sites.a.plugins[0]: unknown plugin `headerz` (available: headers, page, static)"
+            "edge.toml:5: sites.a.plugins[0]: unknown plugin `headerz` (available: challenge, headers, page, static)"
         ),
         "{stderr}"
     );

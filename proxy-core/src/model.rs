@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::DenyList;
+use crate::ban::{BanRules, BanSettings};
 use crate::cache::CacheSettings;
 use crate::client::ClientIpPolicy;
 use crate::fleet::FleetSettings;
@@ -133,6 +134,10 @@ pub struct RuntimeConfig {
     pub(crate) tailnet: Option<TailnetSettings>,
     /// `[redis]`: the fleet this machine belongs to, if any.
     pub(crate) fleet: Option<FleetSettings>,
+    /// `[bans]`: the rules that ban clients.
+    pub(crate) bans: BanRules,
+    /// `[bans]`: where bans are kept (read when the process starts).
+    pub(crate) ban_settings: BanSettings,
 }
 
 impl RuntimeConfig {
@@ -199,5 +204,10 @@ impl RuntimeConfig {
     /// `[redis]`: the fleet this machine shares limits and purges with, if any.
     pub fn fleet(&self) -> Option<&FleetSettings> {
         self.fleet.as_ref()
+    }
+
+    /// `[bans]`: where the process keeps its bans.
+    pub fn ban_settings(&self) -> &BanSettings {
+        &self.ban_settings
     }
 }

@@ -25,14 +25,18 @@ use std::fmt;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use crate::access::DenyList;
 use crate::answer::LocalAnswer;
+use crate::observe::Metrics;
 
-/// What a plugin sees of the request: who is asking and what the router matched.
+/// What a plugin sees of the request: who is asking and what the router matched; and
+/// where it counts what it decided ([`PluginCtx::count`]).
 #[derive(Debug, Clone, Copy)]
 pub struct PluginCtx<'a> {
     client_ip: Option<IpAddr>,
     site: &'a str,
     location: Option<(&'a str, usize)>,
+    metrics: Option<&'a Metrics>,
 }
 
 impl<'a> PluginCtx<'a> {
@@ -47,6 +51,22 @@ impl<'a> PluginCtx<'a> {
             client_ip,
             site,
             location,
+            metrics: None,
+        }
+    }
+
+    /// The same context, counting plugin events into `metrics`.
+    pub fn with_metrics(mut self, metrics: &'a Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    /// Counts one `event` of `plugin` in `edge_plugin_events_total{plugin,event}` (when the
+    /// proxy records metrics). Both are the plugin's own fixed words, never request data, so
+    /// the number of series stays bounded.
+    pub fn count(&self, plugin: &'static str, event: &'static str) {
+        if let Some(metrics) = self.metrics {
+            metrics.plugin_event(plugin, event);
         }
     }
 
@@ -160,17 +180,63 @@ pub type PluginFactory = Arc<
         + Sync,
 >;
 
-/// What a plugin factory knows besides its options.
+/// What a plugin factory knows besides its options, and what it may ask of the edge.
 #[derive(Debug, Clone, Copy)]
 pub struct PluginSetup<'a> {
     /// The config file's directory: resolve relative paths in options against it.
     pub base_dir: &'a std::path::Path,
+    /// Where IP list files are noted for the running edge to keep fresh (none: read once).
+    watched: Option<&'a parking_lot::Mutex<Vec<Arc<DenyList>>>>,
 }
 
-impl PluginSetup<'_> {
+impl<'a> PluginSetup<'a> {
+    /// A setup resolving paths against `base_dir`, whose IP list files are read once and
+    /// never re-read (for plugins built outside a config, e.g. in tests).
+    pub fn new(base_dir: &'a std::path::Path) -> Self {
+        Self {
+            base_dir,
+            watched: None,
+        }
+    }
+
+    /// A setup whose IP list files are noted in `watched`, which the running edge re-reads
+    /// when they change.
+    pub(crate) fn watching(
+        base_dir: &'a std::path::Path,
+        watched: &'a parking_lot::Mutex<Vec<Arc<DenyList>>>,
+    ) -> Self {
+        Self {
+            base_dir,
+            watched: Some(watched),
+        }
+    }
+
     /// `path` from an option, resolved against the config file's directory.
     pub fn resolve(&self, path: &str) -> std::path::PathBuf {
         self.base_dir.join(path)
+    }
+
+    /// An IP list read from the file at `path` (relative to the config file), one IP or
+    /// CIDR per line as deny lists are; the running edge re-reads it when it changes, as it
+    /// does deny lists, so e.g. published crawler ranges can be updated without a reload.
+    /// A missing file is an empty list (logged) until it appears.
+    pub fn ip_list_file(&self, path: &str) -> IpListFile {
+        let list = Arc::new(DenyList::load(self.resolve(path)));
+        if let Some(watched) = self.watched {
+            watched.lock().push(list.clone());
+        }
+        IpListFile(list)
+    }
+}
+
+/// An IP list kept in a file and re-read when it changes ([`PluginSetup::ip_list_file`]).
+#[derive(Debug, Clone)]
+pub struct IpListFile(Arc<DenyList>);
+
+impl IpListFile {
+    /// Whether `ip` is on the list (IPv4-mapped IPv6 addresses count as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        self.0.contains(ip)
     }
 }
 

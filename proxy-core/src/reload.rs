@@ -9,9 +9,11 @@
 //! timings (`[server]`), the admin listener and the access log (`[admin]`,
 //! `[access_log]`), the resolver's nameservers and timings (`[resolver]`), the cache's
 //! storage (`[cache]`), the telemetry shippers (`[telemetry]`: receivers, buffers and
-//! labels; the receivers' names stay resolved) and the userspace tailnet node
-//! (`[tailnet]`). A reload that changes those keeps the running values and names the
-//! sections, so the operator knows a restart is needed for them.
+//! labels; the receivers' names stay resolved), the userspace tailnet node (`[tailnet]`),
+//! the fleet's Redis (`[redis]`) and where bans are kept (`[bans]` `state_file`,
+//! `max_bans`; the ban rules reload, their counts start again). A reload that changes those
+//! keeps the running values and names the sections, so the operator knows a restart is
+//! needed for them.
 //!
 //! It is not a file watcher or a signal handler: the embedding app decides when to reload
 //! and where the new config comes from (`proxy-app` reloads its file on SIGHUP).
@@ -124,6 +126,8 @@ fn keep_startup_settings(next: &mut RuntimeConfig, running: &RuntimeConfig) -> V
     keep_running(&mut next.telemetry, telemetry, "telemetry", &mut kept);
     keep_running(&mut next.tailnet, &running.tailnet, "tailnet", &mut kept);
     keep_running(&mut next.fleet, &running.fleet, "redis", &mut kept);
+    let bans = &running.ban_settings;
+    keep_running(&mut next.ban_settings, bans, "bans", &mut kept);
     kept
 }
 

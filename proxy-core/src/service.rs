@@ -23,7 +23,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::access::DenyList;
-use crate::admin::{AdminApp, PurgeAction};
+use crate::admin::{AdminApp, BansAction, PurgeAction};
+use crate::ban::BanTable;
 use crate::cache::EdgeCache;
 use crate::fleet::Fleet;
 use crate::model::{ClientConnectionSettings, RuntimeConfig, ServerSettings};
@@ -52,6 +53,7 @@ pub struct EdgeServices {
     telemetry: Arc<TelemetryShippers>,
     #[cfg(feature = "tailscale-rs")]
     userspace: Arc<crate::tailnet::UserspaceTailnet>,
+    bans: Arc<BanTable>,
 }
 
 impl EdgeServices {
@@ -111,11 +113,15 @@ impl EdgeServices {
             Arc::new(userspace)
         };
         let cache = EdgeCache::leak(config.cache.clone());
+        let bans = Arc::new(config.ban_settings.table());
+        bans.set_metrics(observability.metrics().clone());
         let listen = config.server.listen.clone();
         let client_settings = config.server.client.clone();
         let admin_settings = config.admin.clone();
         let config = Arc::new(ArcSwap::from_pointee(config));
-        let proxy = EdgeProxy::new(config.clone(), cache).with_observability(observability.clone());
+        let proxy = EdgeProxy::new(config.clone(), cache)
+            .with_observability(observability.clone())
+            .with_bans(bans.clone());
         let mut admin_app = AdminApp::new(
             observability.metrics().clone(),
             resolver.clone(),
@@ -137,6 +143,7 @@ impl EdgeServices {
             None => PurgeAction::new(cache),
         };
         admin_app.add_action("purge", Arc::new(purge));
+        admin_app.add_action("bans", Arc::new(BansAction::new(bans.clone())));
         #[cfg(feature = "tailscale-rs")]
         admin_app.add_readiness_check(userspace.clone());
         let background = EdgeBackground {
@@ -146,6 +153,7 @@ impl EdgeServices {
             #[cfg(feature = "tailscale-rs")]
             userspace: userspace.clone(),
             fleet,
+            bans: bans.clone(),
         };
         Self {
             server_conf: server_conf.clone(),
@@ -163,6 +171,7 @@ impl EdgeServices {
             telemetry,
             #[cfg(feature = "tailscale-rs")]
             userspace,
+            bans,
         }
     }
 
@@ -173,6 +182,12 @@ impl EdgeServices {
     #[cfg(feature = "tailscale-rs")]
     pub fn userspace_tailnet(&self) -> &Arc<crate::tailnet::UserspaceTailnet> {
         &self.userspace
+    }
+
+    /// The process's bans (`[bans]`): to list, add or lift them from code, or to share
+    /// them with other machines ([`BanTable::set_listener`], [`BanTable::apply_shared`]).
+    pub fn bans(&self) -> &Arc<BanTable> {
+        &self.bans
     }
 
     /// The shippers pushing metrics and access-log lines to the homelab (`[telemetry]`):
@@ -421,8 +436,8 @@ pub struct EdgeApps {
 
 /// What runs beside the listeners for as long as the server does: MagicDNS resolution of
 /// the upstream and telemetry names, re-reading deny-list files that changed, pushing
-/// telemetry to the homelab, in a fleet, syncing with the fleet's Redis, and (feature
-/// `tailscale-rs`) the userspace tailnet node.
+/// telemetry to the homelab, writing the bans' state file, in a fleet, syncing with the
+/// fleet's Redis, and (feature `tailscale-rs`) the userspace tailnet node.
 pub struct EdgeBackground {
     resolver: Arc<MagicDnsResolver>,
     config: Arc<ArcSwap<RuntimeConfig>>,
@@ -430,6 +445,7 @@ pub struct EdgeBackground {
     #[cfg(feature = "tailscale-rs")]
     userspace: Arc<crate::tailnet::UserspaceTailnet>,
     fleet: Option<Arc<Fleet>>,
+    bans: Arc<BanTable>,
 }
 
 #[async_trait]
@@ -456,10 +472,41 @@ impl BackgroundService for EdgeBackground {
         tokio::join!(
             self.resolver.run(shutdown.clone()),
             watch_deny_lists(&self.config, shutdown.clone()),
+            save_bans(&self.bans, shutdown.clone()),
             self.telemetry.run(shutdown.clone()),
             userspace,
             fleet
         );
+    }
+}
+
+/// How often the bans' state file is written when bans changed (and expired bans swept).
+const BAN_SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Writes the bans' state file within [`BAN_SAVE_INTERVAL`] of a change, and once more at
+/// shutdown, so a restart (or a crash) loses at most that much.
+async fn save_bans(bans: &Arc<BanTable>, mut shutdown: ShutdownWatch) {
+    let mut tick = tokio::time::interval(BAN_SAVE_INTERVAL);
+    let mut ticks = 0u32;
+    loop {
+        let stopping = tokio::select! {
+            _ = tick.tick() => false,
+            _ = shutdown.changed() => true,
+        };
+        ticks = ticks.wrapping_add(1);
+        // Expired bans are swept (and the gauge updated) every minute even without changes.
+        if stopping || bans.is_dirty() || ticks % 60 == 0 {
+            let table = bans.clone();
+            // File writes block: keep them off the runtime's workers.
+            match tokio::task::spawn_blocking(move || table.save()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "cannot write the bans' state file"),
+                Err(e) => tracing::warn!(error = %e, "bans' state file write failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
     }
 }
 

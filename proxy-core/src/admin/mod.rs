@@ -8,6 +8,7 @@
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when every upstream name has resolved, if configured tailscaled reports `Running`, and every [`ReadinessCheck`] added (the userspace tailnet) is ready; else 503 with the reasons |
 //! | `GET /admin/config` | token | JSON summary of the running config |
+//! | `/admin/bans` | token | list (`GET`), add (`POST ?ip=IP&duration=1h`) and lift (`DELETE ?ip=IP`) bans ([`BansAction`]) |
 //! | `/admin/NAME` | token | an action registered with [`AdminApp::add_action`] (e.g. cache purge) |
 //!
 //! Admin actions are off unless a token is configured (`admin.token_env` names an
@@ -17,8 +18,10 @@
 //! To add an action to the listener [`crate::EdgeServices`] built, call
 //! [`crate::EdgeServices::admin_mut`] then [`AdminApp::add_action`] before serving.
 
+mod bans;
 mod purge;
 
+pub use bans::BansAction;
 pub use purge::PurgeAction;
 
 use arc_swap::ArcSwap;

@@ -57,6 +57,9 @@ pub struct ConfigFile {
     pub tailnet: Option<TailnetSection>,
     /// The Redis a fleet of machines shares (global rate limits, fleet-wide purge).
     pub redis: Option<RedisSection>,
+    /// Automatic bans: rules over answers and trap paths, answered before routing.
+    #[serde(default)]
+    pub bans: BansSection,
 }
 
 /// Default of [`ServerSection::listen`].
@@ -1037,4 +1040,67 @@ pub struct RedisSection {
     /// This machine's name in the fleet (the `instance` label of fleet metrics and logs).
     /// Default: `$FLY_MACHINE_ID`, else the host name and process id.
     pub instance: Option<String>,
+}
+
+/// Default of [`BansSection::max_bans`].
+pub const DEFAULT_MAX_BANS: usize = 100000;
+/// Default of [`BansSection::max_tracked`].
+pub const DEFAULT_MAX_TRACKED: usize = 100000;
+/// Default of [`BansSection::status`].
+pub const DEFAULT_BAN_STATUS: u16 = 403;
+/// Default of [`BansSection::body`].
+pub const DEFAULT_BAN_BODY: &str = "banned\n";
+/// Default of [`BanRuleSection::window`].
+pub const DEFAULT_BAN_WINDOW: &str = "1m";
+/// Default of [`BanRuleSection::duration`].
+pub const DEFAULT_BAN_DURATION: &str = "1h";
+
+/// `[bans]`: client addresses (IPv6 folded to its /64) banned for a time by rules over what
+/// they were answered and which paths they asked for; a banned client is answered before
+/// routing, as cheaply as a deny-list hit.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BansSection {
+    /// File the active bans are kept in (relative to the config file), written atomically
+    /// within a second of a change and at shutdown, read at start, so bans survive a
+    /// restart. Read when the process starts. Default: none (bans kept in memory only).
+    pub state_file: Option<String>,
+    /// Banned addresses held at most; past it, expired bans go first, then the one ending
+    /// soonest among a few. Read when the process starts. Default: [`DEFAULT_MAX_BANS`].
+    pub max_bans: Option<usize>,
+    /// Clients whose answers a status rule counts at once; past it, expired counts go
+    /// first, then any (a spray of addresses can escape counting, never get another client
+    /// banned). Default: [`DEFAULT_MAX_TRACKED`].
+    pub max_tracked: Option<usize>,
+    /// IPs/CIDRs never banned (monitoring, the homelab, your own address). Default: none.
+    #[serde(default)]
+    pub exempt: Vec<String>,
+    /// Status of the answer to a banned client. Default: [`DEFAULT_BAN_STATUS`].
+    pub status: Option<u16>,
+    /// Body of the answer to a banned client. Default: [`DEFAULT_BAN_BODY`].
+    pub body: Option<String>,
+    /// The rules that ban (`[[bans.rules]]`). Default: none.
+    #[serde(default)]
+    pub rules: Vec<BanRuleSection>,
+}
+
+/// `[[bans.rules]]`: one way a client gets banned: `count` answers with one of `statuses`
+/// within `window`, or any request for one of `paths`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BanRuleSection {
+    /// The rule's name (in metrics, the access log and the admin listing). Required.
+    pub name: String,
+    /// Statuses counted, e.g. `[403, 404, 429]` (with `count`). Default: none.
+    pub statuses: Option<Vec<u16>>,
+    /// Answers with one of `statuses` within `window` that ban the client. Default: none.
+    pub count: Option<u32>,
+    /// The window `count` is counted in (fixed windows from a client's first counted
+    /// answer). Default: [`DEFAULT_BAN_WINDOW`].
+    pub window: Option<String>,
+    /// Trap paths: a request whose path starts with one of these bans its client at once
+    /// (e.g. `"/wp-login.php"`, `"/.env"`). Default: none.
+    pub paths: Option<Vec<String>>,
+    /// How long a ban lasts. Default: [`DEFAULT_BAN_DURATION`].
+    pub duration: Option<String>,
 }

@@ -72,6 +72,8 @@ pub struct AccessLogEntry<'a> {
     pub upstream_cache_status: &'a str,
     /// Rate-limit outcome, empty when the location has no limit.
     pub rate_limit: &'a str,
+    /// The ban rule that refused the request (the client is banned), empty for others.
+    pub ban: &'a str,
     /// User-Agent header.
     pub user_agent: &'a str,
     /// Referer header, secrets redacted.
@@ -112,6 +114,7 @@ impl AccessLogEntry<'_> {
             self.upstream_cache_status,
         );
         line.str(json_key!("rate_limit"), self.rate_limit);
+        line.str(json_key!("ban"), self.ban);
         line.str(json_key!("user_agent"), self.user_agent);
         line.str(json_key!("referer"), self.referer);
         line.str(json_key!("request_id"), self.request_id);

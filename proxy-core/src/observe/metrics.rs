@@ -85,6 +85,16 @@ pub(crate) const FLEET_PURGES_PUBLISHED: &str = "edge_fleet_purges_published_tot
 /// `edge_fleet_cache_drops_total{instance}`: whole-cache drops because purges may have been
 /// missed while this machine was away.
 pub(crate) const FLEET_CACHE_DROPS: &str = "edge_fleet_cache_drops_total";
+/// `edge_plugin_events_total{plugin,event}`: what plugins decided, in their own words
+/// ([`crate::plugin::PluginCtx::count`]).
+pub(crate) const PLUGIN_EVENTS: &str = "edge_plugin_events_total";
+/// `edge_bans_active`: client addresses banned now.
+pub(crate) const BANS_ACTIVE: &str = "edge_bans_active";
+/// `edge_bans_total{rule}`: bans added, by the rule that added them (`admin` for the admin
+/// action).
+pub(crate) const BANS_TOTAL: &str = "edge_bans_total";
+/// `edge_ban_refusals_total`: requests of banned clients, refused before routing.
+pub(crate) const BAN_REFUSALS: &str = "edge_ban_refusals_total";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -119,6 +129,10 @@ pub const METRIC_NAMES: &[&str] = &[
     FLEET_PURGES_RECEIVED,
     FLEET_PURGES_PUBLISHED,
     FLEET_CACHE_DROPS,
+    PLUGIN_EVENTS,
+    BANS_ACTIVE,
+    BANS_TOTAL,
+    BAN_REFUSALS,
 ];
 
 /// Histogram buckets in seconds: from a cache hit to a slow upstream.
@@ -206,6 +220,9 @@ pub struct Metrics {
     rate_limit_decisions: PairCounters,
     deny_hits: PairCounters,
     upstream_errors: PairCounters,
+    plugin_events: PairCounters,
+    bans_active: Gauge,
+    ban_refusals: Counter,
     /// Folds histogram samples into buckets between scrapes (none when disabled).
     _upkeep: Option<Upkeep>,
 }
@@ -353,6 +370,8 @@ impl Metrics {
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA);
         let connections = recorder.register_gauge(&Key::from_name(CLIENT_CONNECTIONS), &METADATA);
+        let bans_active = recorder.register_gauge(&Key::from_name(BANS_ACTIVE), &METADATA);
+        let ban_refusals = recorder.register_counter(&Key::from_name(BAN_REFUSALS), &METADATA);
         let upkeep = upkeep_interval.and_then(|every| Upkeep::start(handle.clone(), every));
         let metrics = Self {
             enabled: true,
@@ -365,6 +384,9 @@ impl Metrics {
             cache_lookups: PairCounters::new(CACHE_LOOKUPS, ("host", "cache_status")),
             rate_limit_decisions: PairCounters::new(RATE_LIMIT_DECISIONS, ("zone", "outcome")),
             deny_hits: PairCounters::new(DENY_HITS, ("host", "list")),
+            plugin_events: PairCounters::new(PLUGIN_EVENTS, ("plugin", "event")),
+            bans_active,
+            ban_refusals,
             upstream_errors: PairCounters::new(UPSTREAM_ERRORS, ("upstream", "kind")),
             _upkeep: upkeep,
         };
@@ -437,6 +459,15 @@ impl Metrics {
                 CONNECTION_LIMIT_REJECTIONS,
                 "Requests refused because their client had as many in progress as a connection-limit zone allows, by zone.",
             ),
+            (
+                PLUGIN_EVENTS,
+                "What plugins decided, by plugin and event (e.g. challenge issued, cookie refused).",
+            ),
+            (BANS_TOTAL, "Client addresses banned, by the rule that banned them."),
+            (
+                BAN_REFUSALS,
+                "Requests of banned clients, refused before routing.",
+            ),
         ];
         for (name, help) in counters {
             self.recorder
@@ -474,6 +505,7 @@ impl Metrics {
                 CONFIG_LAST_RELOAD_OK,
                 "1 unless the last config reload was rejected (the old config still runs).",
             ),
+            (BANS_ACTIVE, "Client addresses banned now."),
         ];
         for (name, help) in gauges {
             self.recorder
@@ -876,6 +908,35 @@ impl Metrics {
         }
         self.counter(CONNECTION_LIMIT_REJECTIONS, &[("zone", zone)])
             .increment(1);
+    }
+
+    /// A plugin's decision: `plugin` and `event` are the plugin's own fixed words.
+    pub fn plugin_event(&self, plugin: &'static str, event: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        self.plugin_events.increment(&self.recorder, plugin, event);
+    }
+
+    /// `active` client addresses are banned now.
+    pub fn bans_active(&self, active: usize) {
+        if self.enabled {
+            self.bans_active.set(active as f64);
+        }
+    }
+
+    /// A ban added by `rule` (a configured rule name, or `admin`).
+    pub fn ban_added(&self, rule: &str) {
+        if self.enabled {
+            self.counter(BANS_TOTAL, &[("rule", rule)]).increment(1);
+        }
+    }
+
+    /// A banned client's request, refused before routing.
+    pub fn ban_refused(&self) {
+        if self.enabled {
+            self.ban_refusals.increment(1);
+        }
     }
 
     /// A client connection opened (`1.0`) or closed (`-1.0`).

@@ -37,6 +37,9 @@ pub(crate) struct RequestRecord {
     /// HOOK for rate limiting: the outcome word, logged as `rate_limit`. The decision metric
     /// is recorded by the limiter itself with [`super::Metrics::rate_limit_decision`].
     pub rate_limit: Option<&'static str>,
+    /// The ban rule in play: the one that banned the client this request was refused for,
+    /// or the trap rule this request tripped; logged as `ban`.
+    pub ban: Option<std::sync::Arc<str>>,
     _in_flight: Option<InFlight>,
 }
 
@@ -54,6 +57,7 @@ impl RequestRecord {
             upstream_error: None,
             cache_status: None,
             rate_limit: None,
+            ban: None,
             _in_flight: observability.map(|o| o.metrics().in_flight()),
         }
     }
@@ -200,6 +204,7 @@ impl Observability {
             upstream_status: record.upstream_status,
             upstream_cache_status: record.cache_status.unwrap_or_default(),
             rate_limit: record.rate_limit.unwrap_or_default(),
+            ban: record.ban.as_deref().unwrap_or_default(),
             user_agent: &user_agent,
             referer: &self.redactor().uri(&referer),
             request_id: &record.request_id,

@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::answer::{LocalAnswer, Reply, ResponseBody};
+use crate::ban::BanTable;
 use crate::cache::hooks as cache_hooks;
 use crate::cache::{CacheStatus, EdgeCache, FreshHit};
 use crate::guard::{GuardVerdict, Refusal};
@@ -43,7 +44,7 @@ use crate::model::RuntimeConfig;
 use crate::observe::{
     ClientClose, LogBudget, Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER,
 };
-use crate::plugin::RequestFlow;
+use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
 use crate::route::{Next, Routed, Routing};
 use crate::upstream::{apply_forwarded_headers, BufferedBody, HeaderVars, ReceiveError};
 
@@ -71,6 +72,8 @@ pub struct EdgeProxy {
     cache: &'static EdgeCache,
     /// Failed requests logged per second; the rest are counted in a summary line.
     error_log: Arc<LogBudget>,
+    /// The process's bans, answered before routing.
+    bans: Arc<BanTable>,
 }
 
 /// Failed requests logged at ERROR per second (each is counted in metrics regardless).
@@ -85,6 +88,51 @@ impl EdgeProxy {
             observability: None,
             cache,
             error_log: Arc::new(LogBudget::new(ERROR_LINES_PER_SECOND)),
+            bans: Arc::new(BanTable::new(1, None)),
+        }
+    }
+
+    /// The same proxy answering clients banned in `bans` before routing, and adding the
+    /// bans the config's `[bans]` rules decide to it.
+    pub fn with_bans(mut self, bans: Arc<BanTable>) -> Self {
+        self.bans = bans;
+        self
+    }
+
+    /// A banned client's refusal (before routing), or a trap path's: the client is banned
+    /// now. `None` for everyone else (one atomic load without bans or trap rules).
+    fn refuse_banned(&self, session: &Session, ctx: &mut RequestCtx) -> Option<Reply> {
+        let ip = ctx.client_ip?;
+        let rules = &ctx.config.bans;
+        let rule = match self.bans.banned(ip) {
+            Some(rule) => rule,
+            None if rules.has_traps() => {
+                let rule = rules.trap(ip, session.req_header().uri.path())?;
+                let ban = self.bans.ban(ip, rule.duration, &rule.name);
+                tracing::info!(client = %ip, rule = %ban.rule, until = ban.until, "client banned (trap path)");
+                ban.rule
+            }
+            None => return None,
+        };
+        ctx.record.ban = Some(rule);
+        if let Some(observability) = &self.observability {
+            observability.metrics().ban_refused();
+        }
+        Some(Reply::Send(rules.refusal()))
+    }
+
+    /// Counts a finished request's answer against the status ban rules; bans its client
+    /// when one trips.
+    fn count_for_bans(&self, session: &Session, ctx: &mut RequestCtx) {
+        let (Some(ip), None) = (ctx.client_ip, &ctx.record.ban) else {
+            return;
+        };
+        let Some(status) = session.response_written().map(|r| r.status.as_u16()) else {
+            return;
+        };
+        if let Some(rule) = ctx.config.bans.count_answer(ip, status) {
+            let ban = self.bans.ban(ip, rule.duration, &rule.name);
+            tracing::info!(client = %ip, rule = %ban.rule, until = ban.until, "client banned");
         }
     }
 
@@ -218,13 +266,23 @@ impl EdgeProxy {
         }
     }
 
+    /// The plugins this request runs and what they see of it (counting their events into
+    /// the proxy's metrics); `None` when there are none.
+    fn plugins<'a>(&'a self, ctx: &'a RequestCtx) -> Option<(&'a PluginChain, PluginCtx<'a>)> {
+        let (chain, plugin_ctx) = ctx.plugins()?;
+        Some(match &self.observability {
+            Some(observability) => (chain, plugin_ctx.with_metrics(observability.metrics())),
+            None => (chain, plugin_ctx),
+        })
+    }
+
     /// Runs the request phase of the plugins; the first answer wins.
     async fn run_request_plugins(
         &self,
         session: &mut Session,
         ctx: &RequestCtx,
     ) -> Result<Option<LocalAnswer>> {
-        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+        let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
             return Ok(None);
         };
         for plugin in chain.iter() {
@@ -237,7 +295,7 @@ impl EdgeProxy {
 
     /// Runs the response phase of the plugins on a header about to be sent.
     fn run_response_plugins(&self, header: &mut ResponseHeader, ctx: &RequestCtx) -> Result<()> {
-        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+        let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
             return Ok(());
         };
         chain
@@ -407,13 +465,17 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if let Some(refusal) = self.refuse_banned(session, ctx) {
+            self.send(session, ctx, refusal).await?;
+            return Ok(true);
+        }
         let reply = match self.admit(session, ctx) {
             Err(reply) => *reply,
             Ok((next, delay)) => {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let answer = match ctx.plugins().is_some() {
+                let answer = match self.plugins(ctx).is_some() {
                     true => self.run_request_plugins(session, ctx).await?,
                     false => None,
                 };
@@ -550,7 +612,7 @@ impl ProxyHttp for EdgeProxy {
         if let Some(own_headers) = own_headers {
             own_headers.apply(upstream_request)?;
         }
-        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+        let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
             return Ok(());
         };
         for plugin in chain.iter() {
@@ -568,7 +630,7 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.record.upstream_responded(upstream_response);
-        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+        let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
             return Ok(());
         };
         chain
@@ -600,13 +662,14 @@ impl ProxyHttp for EdgeProxy {
     }
 
     async fn logging(&self, session: &mut Session, error: Option<&Error>, ctx: &mut RequestCtx) {
+        self.count_for_bans(session, ctx);
         if let Some(observability) = &self.observability {
             observability.finish_request(session, error, ctx.facts());
             if let Some(reason) = client_close(session, error) {
                 observability.metrics().client_closed(reason);
             }
         }
-        let Some((chain, plugin_ctx)) = ctx.plugins() else {
+        let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
             return;
         };
         let status = session.response_written().map_or(0, |r| r.status.as_u16());

@@ -4,8 +4,9 @@
 //! in-process harness or the `proxy-app` binary): the fake tailnet on its own thread, an HTTP
 //! client that never uses a system proxy or follows redirects, whole responses, raw requests
 //! over a socket, polling, the admin listener's endpoints, and the receivers of the proxy's
-//! telemetry ([`telemetry`]: a Loki push endpoint, a gate, a real Prometheus), and a real Redis
-//! behind a relay the test controls ([`redis`]). It depends on
+//! telemetry ([`telemetry`]: a Loki push endpoint, a gate, a real Prometheus), a real Redis
+//! behind a relay the test controls ([`redis`]), and a real browser ([`browser`]: headless
+//! Chromium over the DevTools protocol). It depends on
 //! nothing of the proxy's, so every crate's tests can use it.
 //!
 //! Not for: starting a proxy (each crate's `tests/common` does, its own way), or assertions.
@@ -14,6 +15,7 @@
 
 pub use fake_tailnet;
 
+pub mod browser;
 pub mod redis;
 pub mod telemetry;
 

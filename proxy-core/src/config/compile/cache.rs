@@ -253,6 +253,7 @@ mod tests {
             base_dir,
             plugins,
             problems: Default::default(),
+            watched_lists: Default::default(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! lists) but starts nothing and watches nothing. What runs in the background (the resolver,
 //! deny-list watching) is started by [`crate::EdgeServices`] from the compiled model.
 
+mod ban;
 mod cache;
 mod client;
 mod fleet;
@@ -40,6 +41,7 @@ pub(crate) fn compile(
         base_dir,
         plugins,
         problems: Problems::default(),
+        watched_lists: parking_lot::Mutex::default(),
     };
     let root = KeyPath::root();
     let server = c.server(&file.server, &root.key("server"));
@@ -71,6 +73,7 @@ pub(crate) fn compile(
     if let (None, Some(fleet)) = (&file.telemetry.labels, &fleet) {
         fleet::label_the_machine(&mut telemetry, fleet);
     }
+    let (bans, ban_settings) = c.bans(&file.bans, &root.key("bans"));
     let refs = guard::ZoneRefs {
         rate: guard::ZoneTable {
             compiled: &zones,
@@ -83,7 +86,9 @@ pub(crate) fn compile(
             kind: "connection limit",
         },
     };
-    let (router, deny_lists) = c.sites(&file.sites, &upstreams, &refs, &root.key("sites"));
+    let (router, mut deny_lists) = c.sites(&file.sites, &upstreams, &refs, &root.key("sites"));
+    // Plugins' IP list files are re-read like deny lists.
+    deny_lists.append(&mut c.watched_lists.lock());
     if !c.problems.is_empty() {
         return Err(c.problems);
     }
@@ -102,6 +107,8 @@ pub(crate) fn compile(
         telemetry,
         tailnet,
         fleet,
+        bans,
+        ban_settings,
     })
 }
 
@@ -112,6 +119,9 @@ pub(super) struct Compiler<'a> {
     base_dir: &'a Path,
     plugins: &'a PluginRegistry,
     problems: Problems,
+    /// IP list files plugins read ([`crate::plugin::PluginSetup::ip_list_file`]), for the
+    /// running edge to re-read when they change.
+    watched_lists: parking_lot::Mutex<Vec<std::sync::Arc<crate::access::DenyList>>>,
 }
 
 impl Compiler<'_> {

@@ -167,16 +167,17 @@ impl Compiler<'_> {
 
     /// The plugins a site or location attaches, built by the registry.
     fn plugins(&mut self, sections: &[PluginSection], key: &KeyPath) -> Vec<Arc<dyn Plugin>> {
-        let setup = PluginSetup {
-            base_dir: self.base_dir,
-        };
+        let setup = PluginSetup::watching(self.base_dir, &self.watched_lists);
         let plugins = self.plugins;
-        sections
+        let built: Vec<_> = sections
             .iter()
+            .map(|section| plugins.build(&section.name, &section.options, setup))
+            .collect();
+        built
+            .into_iter()
             .enumerate()
-            .filter_map(|(i, section)| {
-                plugins
-                    .build(&section.name, &section.options, setup)
+            .filter_map(|(i, plugin)| {
+                plugin
                     .map_err(|e| self.problem(key.index(i), e.to_string()))
                     .ok()
             })
