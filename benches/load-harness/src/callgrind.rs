@@ -38,8 +38,8 @@ impl Plan {
     pub fn new(quick: bool) -> Plan {
         match quick {
             false => Plan {
-                fewer: 1000,
-                more: 5000,
+                fewer: 500,
+                more: 2500,
             },
             true => Plan { fewer: 5, more: 25 },
         }
@@ -264,7 +264,7 @@ mod tests {
             skipped: None,
         };
         let text = counts.note();
-        assert!(text.contains("difference of 1000 and 5000 GETs"), "{text}");
+        assert!(text.contains("difference of 500 and 2500 GETs"), "{text}");
         assert!(
             text.ends_with("proxy-app 102.7k, nginx 24.0k: **4.28x**."),
             "{text}"
