@@ -91,6 +91,17 @@ mod tests {
     }
 
     #[test]
+    fn a_passed_listener_is_descriptor_3_of_the_server() {
+        let listener = hold().unwrap();
+        let mut command = Command::new("sh");
+        command.args(["-c", "readlink /proc/self/fd/3"]);
+        pass(&mut command, &listener);
+        let out = command.output().unwrap();
+        let target = String::from_utf8_lossy(&out.stdout);
+        assert!(target.starts_with("socket:["), "{target:?}");
+    }
+
+    #[test]
     fn reads_the_kernels_address_format() {
         assert_eq!(
             parse_proc_addr("0100007F:1F90"),
