@@ -270,7 +270,7 @@ pub fn proxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
         _ => "",
     };
     let mut out = format!(
-        "[server]\nlisten = [\"{PROXY_LISTEN}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\n\n\
+        "[server]\nlisten = [\"{PROXY_LISTEN}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\nkeepalive_requests = 1000000\n\n\
          [admin]\nlisten = \"{PROXY_ADMIN_LISTEN}\"\n{metrics}\n\n\
          [resolver]\nnameservers = [\"{dns}\"]\n\n\
          [access_log]\n{log}\n\n\
@@ -542,6 +542,8 @@ mod tests {
         assert!(!proxy.contains("metrics ="), "{proxy}");
         assert!(proxy.contains("listen = [\"127.0.0.1:0\"]"), "{proxy}");
         assert!(proxy.contains("listen = \"127.0.0.2:0\""), "{proxy}");
+        // As nginx's: a client connection is never closed for its number of requests.
+        assert!(proxy.contains("keepalive_requests = 1000000"), "{proxy}");
     }
 
     #[test]
