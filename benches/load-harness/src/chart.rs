@@ -69,7 +69,8 @@ fn draw_panel<DB: DrawingBackend>(
         .map(|b| b.value)
         .fold(0.0, f64::max)
         .max(1.0)
-        * 1.15;
+        // Room above the highest bar for the legend (upper right).
+        * 1.35;
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title, ("sans-serif", 18))
         .margin(10)
