@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Load-tests proxy-app against a local fake tailnet, side by side with nginx, and writes
-# benches/RESULTS.md. Installs nginx, wrk and valgrind if missing (observed-1k counts
-# proxy-app's instructions per request under callgrind). Loopback only, except the wan-*
-# scenarios; bounded in time.
+# Load-tests proxy-app against a local fake tailnet, side by side with nginx (and HAProxy
+# and Caddy in the pass-through scenarios), and writes benches/RESULTS.md and the chart
+# benches/RESULTS.svg. Installs nginx, haproxy, caddy, wrk and valgrind if missing (pass-1k,
+# cache-hit-defaults-1k and observed-1k count instructions per request under callgrind).
+# Loopback only, except the wan-* scenarios; bounded in time.
 #
 # wan-* scenarios (latency-bound, upstream connection reuse matters): the harness puts the
 # fake peer in a network namespace edgebench-<pid>, joined by a veth pair with a /30 from
@@ -11,13 +12,13 @@
 # instead; without root or iproute2 these scenarios are skipped. The namespace is removed
 # on exit, error and Ctrl-C, and a killed run's at the next start.
 #
-#   benches/run.sh                 # full run (release build), about 15 minutes
+#   benches/run.sh                 # full run (release build), about 25 minutes
 #   benches/run.sh --quick         # every scenario briefly, checks the harness (debug build)
 #   benches/run.sh --scenarios pass-1k,conns-256 --duration 5
 #   benches/run.sh --scenarios wan-pass-1k,wan-pass-tls-1k --netem-delay 50ms
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-packages.sh cmake clang nginx wrk valgrind
+scripts/ensure-packages.sh cmake clang nginx haproxy caddy wrk valgrind
 
 profile=release
 out=(--out benches/RESULTS.md)

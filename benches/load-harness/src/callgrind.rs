@@ -1,172 +1,196 @@
-//! Instructions per request, counted by valgrind's callgrind: a deterministic measure of the
-//! cost of observability in `observed-1k`, where wrk's requests/s vary too much between
-//! identical runs to show a few percent.
+//! Instructions per request, counted by valgrind's callgrind: a deterministic measure where
+//! wrk's requests/s vary by about ±15% between identical runs.
 //!
-//! proxy-app runs under callgrind (pinned to core 0 like the other servers), is warmed up,
-//! its counters are zeroed, wrk runs for a measured window, and the counters are dumped; the
-//! dump's total divided by wrk's request count is the figure.
+//! A server runs under callgrind (pinned to core 0 like the other servers), answers `n`
+//! GETs sent one after another on one keep-alive connection, and is stopped with SIGTERM;
+//! callgrind then writes the instructions each process ran (every thread; nginx's master
+//! and worker each to a file of their own, summed). That is
+//! done twice, with `n1` and `n2` GETs, each time by a fresh process with a fresh cache:
+//! start-up, the readiness probe, the first GET (a miss in the cache-hit scenarios) and
+//! shutdown are the same in both and cancel, so `(I2 - I1) / (n2 - n1)` is what one more
+//! request costs.
 
-use crate::measure::wrk;
-use crate::scenario::{Scenario, Upstream};
+use crate::client::Client;
+use crate::scenario::Scenario;
 use crate::Server;
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-/// How long proxy-app may take to answer under valgrind (about 50x slower than native).
-const START_DEADLINE: Duration = Duration::from_secs(120);
+/// How long a server may take to answer, and to exit, under valgrind: about 50x slower than
+/// native, and a debug build on a busy machine takes minutes to start.
+pub const DEADLINE: Duration = Duration::from_secs(300);
 
-/// The load put on proxy-app under callgrind.
+/// How many GETs the two runs send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Plan {
-    /// wrk's connections.
-    pub connections: u32,
-    /// Load before the counters are zeroed (connection pools, caches, lazy statics).
-    pub warm_up: Duration,
-    /// The measured window.
-    pub window: Duration,
+    /// GETs of the first run.
+    pub fewer: u64,
+    /// GETs of the second run.
+    pub more: u64,
 }
 
 impl Plan {
-    /// A full run's plan, or `--quick`'s: short, so a debug build still reports a number.
+    /// A full run's plan, or `--quick`'s: a few GETs, so a debug build still reports a number.
     pub fn new(quick: bool) -> Plan {
         match quick {
             false => Plan {
-                connections: 8,
-                warm_up: Duration::from_secs(5),
-                window: Duration::from_secs(10),
+                fewer: 500,
+                more: 2500,
             },
-            true => Plan {
-                connections: 1,
-                warm_up: Duration::from_secs(1),
-                window: Duration::from_secs(2),
-            },
+            true => Plan { fewer: 5, more: 25 },
         }
     }
 }
 
-/// The note for the observed scenario: instructions per request with and without metrics
-/// and access log, or why they were not measured.
-pub fn observed_note(
-    s: &Scenario,
-    args: &crate::Args,
-    up: &Upstream<'_>,
-    dir: &Path,
-) -> Result<String> {
-    if !installed() {
-        return Ok(summary(None, &Plan::new(args.quick)));
+/// A server under test, started under the given wrapper (valgrind's command line) with a
+/// tag telling its files apart from another run's.
+pub type Start<'a> = Box<dyn Fn(&[OsString], &str) -> Result<Server> + 'a>;
+
+/// The counts of one scenario: each server's instructions per request, or why there are
+/// none.
+#[derive(Debug, Clone)]
+pub struct Counts {
+    /// The plan they were counted with.
+    pub plan: Plan,
+    /// Label and instructions per request of each server counted, in order; empty when
+    /// not measured.
+    pub counts: Vec<(&'static str, f64)>,
+    /// Why nothing was counted.
+    pub skipped: Option<&'static str>,
+}
+
+impl Counts {
+    /// Counts each of `servers`, one after the other (each under callgrind twice).
+    pub fn measure(
+        s: &Scenario,
+        plan: Plan,
+        dir: &Path,
+        servers: Vec<(&'static str, Start<'_>)>,
+    ) -> Result<Counts> {
+        if !installed() {
+            return Ok(Counts::skipped(plan, "valgrind not installed"));
+        }
+        let counts = servers
+            .into_iter()
+            .map(|(label, start)| {
+                let count = per_request(s, &plan, dir, label, &*start)
+                    .with_context(|| format!("{label} under callgrind"))?;
+                Ok((label, count))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Counts {
+            plan,
+            counts,
+            skipped: None,
+        })
     }
-    let plan = Plan::new(args.quick);
-    let with = measure(s, &args.proxy_bin, up, dir, "", &plan)?;
-    let plain = Scenario {
-        observed: false,
-        ..s.clone()
-    };
-    let without = measure(&plain, &args.proxy_bin, up, dir, "-unobserved", &plan)?;
-    Ok(summary(Some((with, without)), &plan))
-}
 
-/// Whether valgrind and callgrind_control run (Debian's `valgrind` package has both).
-fn installed() -> bool {
-    ["valgrind", "callgrind_control"].iter().all(|program| {
-        Command::new(program)
-            .arg("--version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
+    /// Nothing counted, because of `why`.
+    pub fn skipped(plan: Plan, why: &'static str) -> Counts {
+        Counts {
+            plan,
+            counts: Vec::new(),
+            skipped: Some(why),
+        }
+    }
 
-/// The report's line: both counts and their ratio, or "not measured".
-pub fn summary(counts: Option<(f64, f64)>, plan: &Plan) -> String {
-    let Some((with, without)) = counts else {
-        return "Instructions per request (callgrind): not measured (valgrind not installed)."
-            .to_string();
-    };
-    let ratio = if without > 0.0 { with / without } else { 0.0 };
-    format!(
-        "Instructions per request (callgrind, {c} connection(s), {w} s window after a {u} s warm-up): {with:.1}k with metrics and log, {without:.1}k without: **{ratio:.3}x**.",
-        c = plan.connections,
-        w = plan.window.as_secs(),
-        u = plan.warm_up.as_secs(),
-        with = with / 1e3,
-        without = without / 1e3,
-    )
-}
-
-/// Instructions per request of proxy-app for `s`, under callgrind; `tag` tells its files
-/// apart from another proxy-app's.
-fn measure(
-    s: &Scenario,
-    bin: &Path,
-    up: &Upstream<'_>,
-    dir: &Path,
-    tag: &str,
-    plan: &Plan,
-) -> Result<f64> {
-    let out_file = dir.join(format!("cg-{}{tag}.out", s.name));
-    let server = start(s, bin, up, dir, tag, &out_file)?;
-    let pid = server.child.id();
-    let url = format!("http://{}{}", server.addr, s.path());
-    let host = s.host();
-    wrk(&url, &host, plan.connections, plan.warm_up).context("warm-up under callgrind")?;
-    control(pid, "-z")?;
-    let sample = wrk(&url, &host, plan.connections, plan.window)?;
-    control(pid, "-d")?;
-    // Stop it now: nothing more is counted, and it frees core 0.
-    drop(server);
-    let dump = first_dump(&out_file);
-    let text =
-        std::fs::read_to_string(&dump).with_context(|| format!("reading {}", dump.display()))?;
-    per_request(total_instructions(&text)?, sample.requests)
-}
-
-/// Starts proxy-app under callgrind, writing its dumps next to `out_file`.
-fn start(
-    s: &Scenario,
-    bin: &Path,
-    up: &Upstream<'_>,
-    dir: &Path,
-    tag: &str,
-    out_file: &Path,
-) -> Result<Server> {
-    let mut out_arg = OsString::from("--callgrind-out-file=");
-    out_arg.push(out_file);
-    let wrapper = ["valgrind".into(), "--tool=callgrind".into(), out_arg];
-    let tag = format!("{tag}-callgrind");
-    crate::start_proxy_under(s, bin, up, dir, &tag, &[], &wrapper, START_DEADLINE)
-        .context("proxy-app under callgrind")
-}
-
-/// Sends callgrind_control's `option` (`-z` zero, `-d` dump) to process `pid`; returns
-/// once callgrind has done it.
-fn control(pid: u32, option: &str) -> Result<()> {
-    let out = Command::new("callgrind_control")
-        .arg(option)
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .output()
-        .context("running callgrind_control")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    // It reports a missing process on stdout with a zero exit status.
-    if !out.status.success() || text.contains("Error") {
-        bail!(
-            "callgrind_control {option} {pid} failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
+    /// The report's line: each count, and the first's ratio to the second.
+    pub fn note(&self) -> String {
+        let lead = format!(
+            "Instructions per request (callgrind: the difference of {} and {} GETs on one keep-alive connection, each by a fresh process)",
+            self.plan.fewer, self.plan.more
         );
+        if let Some(why) = self.skipped {
+            return format!("{lead}: not measured ({why}).");
+        }
+        let each: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(label, count)| format!("{label} {:.1}k", count / 1e3))
+            .collect();
+        let ratio = match self.counts.as_slice() {
+            [(_, first), (_, second), ..] if *second > 0.0 => {
+                format!(": **{:.2}x**", first / second)
+            }
+            _ => String::new(),
+        };
+        format!("{lead}: {}{ratio}.", each.join(", "))
     }
-    Ok(())
 }
 
-/// The file of the first dump requested with `--callgrind-out-file=out_file`: callgrind
-/// numbers the parts of a dump on request.
-fn first_dump(out_file: &Path) -> PathBuf {
-    let mut name = out_file.as_os_str().to_owned();
-    name.push(".1");
-    PathBuf::from(name)
+/// Whether valgrind runs (Debian's `valgrind` package).
+fn installed() -> bool {
+    Command::new("valgrind")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// One server's instructions per request: two runs under callgrind, their difference.
+fn per_request(
+    s: &Scenario,
+    plan: &Plan,
+    dir: &Path,
+    label: &str,
+    start: &dyn Fn(&[OsString], &str) -> Result<Server>,
+) -> Result<f64> {
+    let slug: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let mut totals = Vec::new();
+    for requests in [plan.fewer, plan.more] {
+        let tag = format!("-callgrind-{slug}-{requests}");
+        // One file per process (%p: its pid), in a directory nginx's worker may write to
+        // after it has dropped root.
+        let out_dir = dir.join(format!("cg-{}{tag}", s.name));
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))?;
+        let mut out_arg = OsString::from("--callgrind-out-file=");
+        out_arg.push(out_dir.join("%p.out"));
+        let wrapper = ["valgrind".into(), "--tool=callgrind".into(), out_arg];
+        let server = start(&wrapper, &tag)?;
+        let mut client = Client::connect(server.addr)?;
+        let (host, path) = (s.host(), s.path());
+        for i in 0..requests {
+            let (status, _) = client.get(&host, &path)?;
+            if status != 200 {
+                bail!("GET {path} number {i}: status {status}");
+            }
+        }
+        drop(client);
+        // callgrind writes its counts when the process exits.
+        server.stop(DEADLINE)?;
+        totals.push(sum_of_dumps(&out_dir)?);
+    }
+    difference(totals[0], totals[1], plan)
+}
+
+/// The instructions of every dump (`*.out`) in `dir`.
+fn sum_of_dumps(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut found = false;
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.ends_with(".out") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        total += total_instructions(&text).with_context(|| format!("in {}", path.display()))?;
+        found = true;
+    }
+    match found {
+        true => Ok(total),
+        false => bail!("no callgrind dump in {}", dir.display()),
+    }
 }
 
 /// The instructions (`Ir`) a callgrind dump counted: its `summary:` line, or `totals:`.
@@ -189,12 +213,17 @@ pub fn total_instructions(text: &str) -> Result<u64> {
         .with_context(|| format!("bad Ir count `{value}`"))
 }
 
-/// Instructions per request; an error when no request completed.
-pub fn per_request(instructions: u64, requests: u64) -> Result<f64> {
-    if requests == 0 {
-        bail!("no request completed in the measured window under callgrind");
+/// Instructions per request from the totals of the run with fewer GETs and the one with
+/// more; an error when more GETs did not cost more.
+pub fn difference(fewer: u64, more: u64, plan: &Plan) -> Result<f64> {
+    if more <= fewer || plan.more <= plan.fewer {
+        bail!(
+            "{} GETs ran {more} instructions, {} GETs {fewer}: no difference to divide",
+            plan.more,
+            plan.fewer
+        );
     }
-    Ok(instructions as f64 / requests as f64)
+    Ok((more - fewer) as f64 / (plan.more - plan.fewer) as f64)
 }
 
 #[cfg(test)]
@@ -217,31 +246,51 @@ mod tests {
     }
 
     #[test]
-    fn divides_by_the_requests_of_the_window() {
-        assert_eq!(per_request(1_027_000, 10).unwrap(), 102_700.0);
-        assert!(per_request(1_027_000, 0).is_err());
+    fn the_difference_of_two_runs_cancels_start_up() {
+        let plan = Plan::new(false);
+        // 50M for start-up and shutdown, 100k per request.
+        let run = |n: u64| 50_000_000 + n * 100_000;
+        let count = difference(run(plan.fewer), run(plan.more), &plan).unwrap();
+        assert_eq!(count, 100_000.0);
+        assert!(difference(run(plan.more), run(plan.fewer), &plan).is_err());
     }
 
     #[test]
-    fn the_summary_gives_both_counts_and_their_ratio() {
+    fn the_note_gives_each_count_and_the_ratio() {
         let plan = Plan::new(false);
-        let text = summary(Some((102_700.0, 96_200.0)), &plan);
+        let counts = Counts {
+            plan,
+            counts: vec![("proxy-app", 102_700.0), ("nginx", 24_000.0)],
+            skipped: None,
+        };
+        let text = counts.note();
+        assert!(text.contains("difference of 500 and 2500 GETs"), "{text}");
         assert!(
-            text.contains("102.7k with metrics and log, 96.2k without: **1.068x**"),
+            text.ends_with("proxy-app 102.7k, nginx 24.0k: **4.28x**."),
             "{text}"
         );
-        assert!(text.contains("8 connection(s), 10 s window"), "{text}");
-        assert!(summary(None, &plan).ends_with("not measured (valgrind not installed)."));
+        let skipped = Counts::skipped(plan, "valgrind not installed").note();
+        assert!(skipped.ends_with("not measured (valgrind not installed)."));
     }
 
     #[test]
-    fn quick_runs_are_short() {
+    fn quick_runs_send_few_requests() {
         let quick = Plan::new(true);
-        assert_eq!(quick.connections, 1);
-        assert!(quick.warm_up + quick.window <= Duration::from_secs(3));
-        assert_eq!(
-            first_dump(Path::new("cg-observed-1k.out")),
-            Path::new("cg-observed-1k.out.1")
-        );
+        assert!(quick.more <= 25 && quick.fewer < quick.more);
+    }
+
+    #[test]
+    fn sums_the_dumps_of_every_process_of_a_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let dump = |name: &str, ir: u64| {
+            let text = format!("events: Ir\nsummary: {ir}\n");
+            std::fs::write(dir.path().join(name), text).unwrap();
+        };
+        dump("100.out", 7_000);
+        dump("101.out", 900);
+        std::fs::write(dir.path().join("notes.txt"), "summary: 1\n").unwrap();
+        assert_eq!(sum_of_dumps(dir.path()).unwrap(), 7_900);
+        let empty = tempfile::tempdir().unwrap();
+        assert!(sum_of_dumps(empty.path()).is_err());
     }
 }

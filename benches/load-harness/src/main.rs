@@ -1,18 +1,25 @@
 //! `load-harness`: load-tests proxy-app against a local fake tailnet, side by side with nginx
-//! configured the same way, and writes the numbers to `benches/RESULTS.md`.
+//! configured the same way (and HAProxy and Caddy at their defaults in the pass-through
+//! scenarios), and writes the numbers to `benches/RESULTS.md` and a chart of them beside it
+//! (see [`chart`]).
 //!
 //! The servers run pinned to core 0, the load generator (wrk) and the fake tailnet to core
-//! 1; each scenario alternates proxy-app / nginx / direct runs (A/B/A/B) and reports
+//! 1; each scenario alternates proxy-app / nginx / ... / direct runs (A/B/A/B) and reports
 //! medians with their spread; the `cache-fill-*` scenarios instead fill proxy-app's cache
-//! with distinct objects and report its memory (see [`fill`]); `observed-1k` also counts
-//! proxy-app's instructions per request under callgrind (see [`callgrind`]). Everything listens on
+//! with distinct objects and report its memory (see [`fill`]); `pass-1k`,
+//! `cache-hit-defaults-1k` and `observed-1k` also count instructions per request under
+//! callgrind (see [`callgrind`]). Ports come from listeners the servers inherit or bind
+//! themselves (see [`listening`]). Everything listens on
 //! loopback, except the peer of the `wan-*` scenarios: it gets a network namespace of its
 //! own behind a veth pair with a round-trip delay (see [`netns`]), removed again on exit, on
 //! error and on Ctrl-C. Every run is bounded in time. Run it through `benches/run.sh`, which
 //! builds what it needs first.
 
 mod callgrind;
+mod chart;
+mod client;
 mod fill;
+mod listening;
 mod measure;
 mod netns;
 mod report;
@@ -24,18 +31,23 @@ use clap::Parser;
 use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
 use measure::{children, cpu_seconds, peak_rss_mib, wrk, Sample};
 use netns::{DelayMethod, Netns};
-use report::{FillRow, Report, Row, DIRECT, LAZY_COMMIT, NO_KEEPALIVE, UNOBSERVED};
+use report::{
+    FillRow, Report, Row, CADDY, DIRECT, HAPROXY, LAZY_COMMIT, NGINX, NO_KEEPALIVE, PROXY_APP,
+    UNOBSERVED,
+};
 use scenario::{Scenario, Upstream, Work};
 use std::ffi::OsString;
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
-#[command(about = "Load-test proxy-app against a fake tailnet, side by side with nginx")]
+#[command(
+    about = "Load-test proxy-app against a fake tailnet, side by side with nginx, HAProxy and Caddy"
+)]
 struct Args {
     /// Every scenario briefly (about a minute in all), to check the harness itself.
     #[arg(long)]
@@ -52,7 +64,8 @@ struct Args {
     /// The proxy-app binary to test.
     #[arg(long)]
     proxy_bin: PathBuf,
-    /// Where to write the Markdown report (default: print only).
+    /// Where to write the Markdown report (default: print only); the chart goes beside it
+    /// (`RESULTS.svg` for `RESULTS.md`).
     #[arg(long)]
     out: Option<PathBuf>,
     /// The command line to record in the report.
@@ -132,21 +145,73 @@ fn main() -> Result<()> {
         let rows = run_scenario(scenario, &args, &up, dir.path(), duration)
             .with_context(|| format!("scenario {}", scenario.name))?;
         // wrk's req/s are too noisy for a few percent: count instructions too.
-        let note = match scenario.observed {
-            true => Some(
-                callgrind::observed_note(scenario, &args, &up, dir.path())
-                    .with_context(|| format!("scenario {}, callgrind", scenario.name))?,
-            ),
-            false => note,
-        };
+        let counts = count_instructions(scenario, &args, &up, dir.path())
+            .with_context(|| format!("scenario {}, callgrind", scenario.name))?;
+        let note = counts.as_ref().map(callgrind::Counts::note).or(note);
         report.scenario(scenario, rows, note.as_deref());
+        if let Some(counts) = counts {
+            report.instructions(scenario, counts);
+        }
     }
-    let text = report.render();
+    // Drawn even when not written (--quick), so that the chart's code runs in CI.
+    let chart_file = match &args.out {
+        Some(out) => out.with_extension("svg"),
+        None => dir.path().join("RESULTS.svg"),
+    };
+    let svg = chart::draw(&report.chart_data())?;
+    std::fs::write(&chart_file, svg)
+        .with_context(|| format!("writing {}", chart_file.display()))?;
+    let link = args.out.as_ref().and(chart_file.file_name());
+    let text = report.render(link.and_then(|n| n.to_str()));
     println!("{text}");
     if let Some(out) = &args.out {
         std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+/// Instructions per request under callgrind, for the scenarios that count them: proxy-app
+/// and nginx, or proxy-app with and without metrics and log (`observed-1k`). `--quick`
+/// counts `pass-1k` only, since valgrind takes a while to start a debug build.
+fn count_instructions(
+    s: &Scenario,
+    args: &Args,
+    up: &Upstream<'_>,
+    dir: &Path,
+) -> Result<Option<callgrind::Counts>> {
+    let plan = callgrind::Plan::new(args.quick);
+    if !(s.instructions || s.observed) {
+        return Ok(None);
+    }
+    if args.quick && s.name != "pass-1k" {
+        return Ok(Some(callgrind::Counts::skipped(
+            plan,
+            "only pass-1k with --quick",
+        )));
+    }
+    let servers = match s.observed {
+        true => {
+            let plain = Scenario {
+                observed: false,
+                ..s.clone()
+            };
+            vec![
+                (PROXY_APP, proxy_starter(s.clone(), args, *up, dir)),
+                (UNOBSERVED, proxy_starter(plain, args, *up, dir)),
+            ]
+        }
+        false => {
+            let up = *up;
+            let nginx: callgrind::Start<'_> = Box::new(move |wrapper, tag| {
+                start_nginx_under(s, &up, dir, tag, true, wrapper, callgrind::DEADLINE)
+            });
+            vec![
+                (PROXY_APP, proxy_starter(s.clone(), args, up, dir)),
+                (NGINX, nginx),
+            ]
+        }
+    };
+    callgrind::Counts::measure(s, plan, dir, servers).map(Some)
 }
 
 fn measure_direct(
@@ -245,27 +310,107 @@ impl WanPeer {
     }
 }
 
+/// Starts proxy-app for `s` under a tool, for [`callgrind`].
+fn proxy_starter<'a>(
+    s: Scenario,
+    args: &'a Args,
+    up: Upstream<'a>,
+    dir: &'a Path,
+) -> callgrind::Start<'a> {
+    Box::new(move |wrapper, tag| {
+        let bin = &args.proxy_bin;
+        start_proxy_under(&s, bin, &up, dir, tag, &[], wrapper, callgrind::DEADLINE)
+    })
+}
+
 /// A server under test: its process and how to reach it.
-struct Server {
+pub struct Server {
     child: Child,
     addr: SocketAddr,
+    /// The signal of a graceful stop (see [`Server::stop`]).
+    stop_signal: libc::c_int,
 }
 
 impl Server {
-    /// Waits until the server on `port` answers the scenario's request.
-    fn ready(child: Child, port: u16, s: &Scenario) -> Result<Server> {
-        Server::ready_within(child, port, s, READY_LIMIT)
+    /// Waits at most `limit` until the server, listening on `addr` (a listener it
+    /// inherited), answers the scenario's request.
+    fn ready_at(child: Child, addr: SocketAddr, s: &Scenario, limit: Duration) -> Result<Server> {
+        signals::track_child(child.id());
+        let mut server = Server {
+            child,
+            addr,
+            stop_signal: libc::SIGTERM,
+        };
+        server.wait_ready(s, Instant::now() + limit)?;
+        Ok(server)
     }
 
-    /// Waits at most `limit` until the server on `port` answers the scenario's request.
-    fn ready_within(child: Child, port: u16, s: &Scenario, limit: Duration) -> Result<Server> {
+    /// Waits at most `limit` until the server has bound a port of its choice on 127.0.0.1
+    /// (read from the kernel's socket table), then until it answers the scenario's request.
+    fn ready_reported(child: Child, s: &Scenario, limit: Duration) -> Result<Server> {
         signals::track_child(child.id());
-        let server = Server {
+        let deadline = Instant::now() + limit;
+        let mut server = Server {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stop_signal: libc::SIGTERM,
         };
-        wait_ready(server.addr, &s.host(), &s.path(), limit)?;
+        loop {
+            if let Some(addr) = listening::listener_on(server.child.id(), Ipv4Addr::LOCALHOST) {
+                server.addr = addr;
+                break;
+            }
+            if let Some(status) = server.child.try_wait()? {
+                bail!("the server exited before listening: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("the server did not listen on 127.0.0.1 within {limit:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server.wait_ready(s, deadline)?;
         Ok(server)
+    }
+
+    /// Waits until the server answers the scenario's request with a 200, or `deadline`;
+    /// fails at once if the server exits.
+    fn wait_ready(&mut self, s: &Scenario, deadline: Instant) -> Result<()> {
+        let (host, path) = (s.host(), s.path());
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "the server on {} exited before answering: {status}",
+                    self.addr
+                );
+            }
+            // Wait as long as allowed for the answer: a probe given up and sent again would
+            // make the number of requests a server sees vary (see `callgrind`).
+            let left = deadline.saturating_duration_since(Instant::now());
+            if get_status(self.addr, &host, &path, left).is_some_and(|status| status == "200") {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!(
+            "server on {} never answered 200 for {host}{path}",
+            self.addr
+        )
+    }
+
+    /// Stops the server gracefully and waits at most `limit` for it to exit (a tool it runs
+    /// under writes its results then).
+    fn stop(mut self, limit: Duration) -> Result<()> {
+        let signal = self.stop_signal;
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, signal) };
+        let deadline = Instant::now() + limit;
+        while self.child.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("the server did not exit within {limit:?} of signal {signal}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
     }
 
     /// The server process and its children (nginx's worker).
@@ -300,6 +445,13 @@ impl Drop for Server {
     }
 }
 
+/// A server measured in a scenario: its row's label, and its runs.
+struct Contender {
+    label: &'static str,
+    server: Server,
+    samples: Vec<Sample>,
+}
+
 fn run_scenario(
     s: &Scenario,
     args: &Args,
@@ -307,74 +459,70 @@ fn run_scenario(
     dir: &Path,
     duration: Duration,
 ) -> Result<Vec<Row>> {
-    let proxy = start_proxy(s, &args.proxy_bin, up, dir, "", &[])?;
-    let nginx = start_nginx(s, up, dir, true)?;
-    // The observed scenario also runs proxy-app without metrics and log: their cost.
-    let unobserved = match s.observed {
-        true => {
-            let plain = Scenario {
-                observed: false,
-                ..s.clone()
-            };
-            Some(start_proxy(
-                &plain,
-                &args.proxy_bin,
-                up,
-                dir,
-                "-unobserved",
-                &[],
-            )?)
-        }
-        false => None,
-    };
-    // The wan-* pass-through scenarios also show what not reusing upstream connections costs.
-    let no_reuse = match (s.wan, s.work) {
-        (true, Work::PassThrough | Work::PassThroughTls) => Some(start_nginx(s, up, dir, false)?),
-        _ => None,
-    };
-    // Warm them up (connection pools, TLS sessions) before measuring.
-    for server in [
-        Some(&proxy),
-        Some(&nginx),
-        no_reuse.as_ref(),
-        unobserved.as_ref(),
-    ]
-    .into_iter()
-    .flatten()
-    {
-        server.measure(s, Duration::from_secs(1))?;
+    // In the order they run in each round.
+    let mut servers = vec![(
+        PROXY_APP,
+        start_proxy(s, &args.proxy_bin, up, dir, "", &[])?,
+    )];
+    // The observed scenario also runs proxy-app without metrics and log (their cost), right
+    // after proxy-app, so that each pair meets the same machine (see `paired`).
+    if s.observed {
+        let plain = Scenario {
+            observed: false,
+            ..s.clone()
+        };
+        let server = start_proxy(&plain, &args.proxy_bin, up, dir, "-unobserved", &[])?;
+        servers.push((UNOBSERVED, server));
     }
-    let (mut proxy_samples, mut nginx_samples) = (Vec::new(), Vec::new());
-    let (mut no_reuse_samples, mut direct_samples) = (Vec::new(), Vec::new());
-    let mut unobserved_samples = Vec::new();
+    servers.push((NGINX, start_nginx(s, up, dir, true)?));
+    // The wan-* pass-through scenarios also show what not reusing upstream connections costs.
+    if s.wan && matches!(s.work, Work::PassThrough | Work::PassThroughTls) {
+        servers.push((NO_KEEPALIVE, start_nginx(s, up, dir, false)?));
+    }
+    if s.peers {
+        servers.push((HAPROXY, start_haproxy(s, up, dir)?));
+        servers.push((CADDY, start_caddy(s, up, dir)?));
+    }
+    let mut contenders: Vec<Contender> = servers
+        .into_iter()
+        .map(|(label, server)| Contender {
+            label,
+            server,
+            samples: Vec::new(),
+        })
+        .collect();
+    // Warm them up (connection pools, TLS sessions) before measuring.
+    for c in &contenders {
+        c.server.measure(s, Duration::from_secs(1))?;
+    }
+    let mut direct_samples = Vec::new();
     for _ in 0..args.rounds {
-        proxy_samples.push(proxy.measure(s, duration)?);
-        // Right after proxy-app, so that each pair meets the same machine (see `paired`).
-        if let Some(unobserved) = &unobserved {
-            unobserved_samples.push(unobserved.measure(s, duration)?);
-        }
-        nginx_samples.push(nginx.measure(s, duration)?);
-        if let Some(no_reuse) = &no_reuse {
-            no_reuse_samples.push(no_reuse.measure(s, duration)?);
+        for c in &mut contenders {
+            let sample = c.server.measure(s, duration)?;
+            c.samples.push(sample);
         }
         if s.wan {
             direct_samples.push(measure_wan_direct(s, up, duration)?);
         }
     }
-    let mut rows = vec![
-        Row::from_samples("proxy-app", &proxy_samples, peak_rss_mib(&proxy.pids())),
-        Row::from_samples("nginx", &nginx_samples, peak_rss_mib(&nginx.pids()))
-            .paired(&proxy_samples, &nginx_samples),
-    ];
-    if let Some(no_reuse) = &no_reuse {
-        let rss = peak_rss_mib(&no_reuse.pids());
-        rows.push(Row::from_samples(NO_KEEPALIVE, &no_reuse_samples, rss));
-    }
-    if let Some(unobserved) = &unobserved {
-        let rss = peak_rss_mib(&unobserved.pids());
-        let row = Row::from_samples(UNOBSERVED, &unobserved_samples, rss);
-        rows.push(row.paired(&proxy_samples, &unobserved_samples));
-    }
+    // Report order: proxy-app, nginx, the other peers, then proxy-app's variants.
+    let rank = |label: &str| {
+        [PROXY_APP, NGINX, HAPROXY, CADDY, NO_KEEPALIVE, UNOBSERVED]
+            .iter()
+            .position(|l| *l == label)
+    };
+    contenders.sort_by_key(|c| rank(c.label));
+    let proxy_samples = contenders[0].samples.clone();
+    let mut rows: Vec<Row> = contenders
+        .iter()
+        .map(|c| {
+            let row = Row::from_samples(c.label, &c.samples, peak_rss_mib(&c.server.pids()));
+            match c.label {
+                PROXY_APP | NO_KEEPALIVE => row,
+                _ => row.paired(&proxy_samples, &c.samples),
+            }
+        })
+        .collect();
     if s.wan {
         rows.push(Row::from_samples(DIRECT, &direct_samples, 0.0));
     }
@@ -431,14 +579,11 @@ fn start_proxy_under(
     wrapper: &[OsString],
     limit: Duration,
 ) -> Result<Server> {
-    let (config, port) = write_proxy_config(s, up, dir, tag)?;
+    let config = dir.join(format!("{}{tag}-proxy.toml", s.name));
+    std::fs::write(&config, scenario::proxy_config(s, up))?;
     let log = std::fs::File::create(dir.join(format!("{}{tag}-proxy.log", s.name)))?;
-    let (program, args) = match wrapper.split_first() {
-        Some((tool, tool_args)) => (tool.as_os_str(), [tool_args, &[bin.into()]].concat()),
-        None => (bin.as_os_str(), Vec::new()),
-    };
-    let child = pinned_command(program)
-        .args(args)
+    let mut command = wrapped_command(wrapper, bin.as_os_str());
+    let child = command
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "warn")
@@ -446,40 +591,111 @@ fn start_proxy_under(
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .with_context(|| format!("starting {}", program.to_string_lossy()))?;
-    Server::ready_within(child, port, s, limit)
+        .with_context(|| format!("starting {}", bin.display()))?;
+    // It listens on port 0 and holds what the kernel gave it: read the port back.
+    Server::ready_reported(child, s, limit)
 }
 
-/// Writes proxy-app's config for `s` on free ports; returns its path and the listen port.
-fn write_proxy_config(
+fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path, keepalive: bool) -> Result<Server> {
+    let tag = if keepalive { "" } else { "-no-keepalive" };
+    start_nginx_under(s, up, dir, tag, keepalive, &[], READY_LIMIT)
+}
+
+/// nginx for `s` after `wrapper` (a tool such as valgrind), on a listener it inherits; `tag`
+/// tells its files apart from another nginx's.
+fn start_nginx_under(
     s: &Scenario,
     up: &Upstream<'_>,
     dir: &Path,
     tag: &str,
-) -> Result<(PathBuf, u16)> {
-    let port = free_port()?;
-    let config = dir.join(format!("{}{tag}-proxy.toml", s.name));
-    std::fs::write(&config, scenario::proxy_config(s, port, free_port()?, up))?;
-    Ok((config, port))
-}
-
-fn start_nginx(s: &Scenario, up: &Upstream<'_>, dir: &Path, keepalive: bool) -> Result<Server> {
-    let port = free_port()?;
-    let suffix = if keepalive { "" } else { "-no-keepalive" };
-    let nginx_dir = dir.join(format!("{}-nginx{suffix}", s.name));
+    keepalive: bool,
+    wrapper: &[OsString],
+    limit: Duration,
+) -> Result<Server> {
+    let listener = listening::hold()?;
+    let addr = listener.local_addr()?;
+    let nginx_dir = dir.join(format!("{}-nginx{tag}", s.name));
     std::fs::create_dir_all(&nginx_dir)?;
     let config = nginx_dir.join("nginx.conf");
-    let text = scenario::nginx_config(s, port, &nginx_dir, up, keepalive);
+    let text = scenario::nginx_config(s, addr.port(), &nginx_dir, up, keepalive);
     std::fs::write(&config, text)?;
-    let child = pinned_command("nginx".as_ref())
+    // Master and worker even under a tool: nginx 1.22 without master crashes on an
+    // inherited listener.
+    let globals = "daemon off;";
+    let mut command = wrapped_command(wrapper, "nginx".as_ref());
+    command
         .arg("-c")
         .arg(&config)
-        .args(["-g", "daemon off;"])
+        .args(["-g", globals])
+        // nginx takes listeners named in NGINX (as in its binary upgrade).
+        .env("NGINX", format!("{};", listening::INHERITED_FD))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::null());
+    listening::pass(&mut command, &listener);
+    let child = command
         .spawn()
         .context("starting nginx (apt-get install nginx)")?;
-    Server::ready(child, port, s)
+    let mut server = Server::ready_at(child, addr, s, limit)?;
+    // On SIGTERM nginx's master kills a worker still busy after a second (as one writing its
+    // callgrind dump is); on SIGQUIT it waits.
+    server.stop_signal = libc::SIGQUIT;
+    Ok(server)
+}
+
+/// HAProxy for a pass-through scenario, at its defaults, on a listener it inherits.
+fn start_haproxy(s: &Scenario, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
+    let listener = listening::hold()?;
+    let addr = listener.local_addr()?;
+    let config = dir.join(format!("{}-haproxy.cfg", s.name));
+    std::fs::write(&config, scenario::haproxy_config(s, up))?;
+    let log = std::fs::File::create(dir.join(format!("{}-haproxy.log", s.name)))?;
+    let mut command = pinned_command("haproxy".as_ref());
+    // -db: in the foreground, one process.
+    command
+        .arg("-db")
+        .arg("-f")
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(log);
+    listening::pass(&mut command, &listener);
+    let child = command
+        .spawn()
+        .context("starting haproxy (apt-get install haproxy)")?;
+    Server::ready_at(child, addr, s, READY_LIMIT)
+}
+
+/// Caddy for a pass-through scenario, at its defaults, one thread, on a port it binds.
+fn start_caddy(s: &Scenario, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
+    let caddy_dir = dir.join(format!("{}-caddy", s.name));
+    std::fs::create_dir_all(&caddy_dir)?;
+    let config = caddy_dir.join("caddy.json");
+    std::fs::write(&config, scenario::caddy_config(s, up))?;
+    let log = std::fs::File::create(caddy_dir.join("caddy.log"))?;
+    let child = pinned_command("caddy".as_ref())
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("GOMAXPROCS", "1")
+        // Its autosaved config and storage stay in the run's directory.
+        .env("HOME", &caddy_dir)
+        .env("XDG_CONFIG_HOME", caddy_dir.join("config"))
+        .env("XDG_DATA_HOME", caddy_dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting caddy (apt-get install caddy)")?;
+    Server::ready_reported(child, s, READY_LIMIT)
+}
+
+/// [`pinned_command`] for `program`, after `wrapper` (a tool and its options) if any.
+fn wrapped_command(wrapper: &[OsString], program: &std::ffi::OsStr) -> Command {
+    match wrapper.split_first() {
+        Some((tool, tool_args)) => {
+            let mut command = pinned_command(tool);
+            command.args(tool_args).arg(program);
+            command
+        }
+        None => pinned_command(program),
+    }
 }
 
 /// A server command, pinned to core 0 and sent SIGTERM if the harness dies (even killed).
@@ -528,24 +744,12 @@ fn raise_fd_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn wait_ready(addr: SocketAddr, host: &str, path: &str, limit: Duration) -> Result<()> {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if get_status(addr, host, path).is_some_and(|status| status == "200") {
-            return Ok(());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    bail!("server on {addr} never answered 200 for {host}{path}")
-}
-
-fn get_status(addr: SocketAddr, host: &str, path: &str) -> Option<String> {
+/// The status of a GET, waiting at most `limit` (at least a second) for it.
+fn get_status(addr: SocketAddr, host: &str, path: &str, limit: Duration) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    stream
+        .set_read_timeout(Some(limit.max(Duration::from_secs(1))))
+        .ok()?;
     write!(
         stream,
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"

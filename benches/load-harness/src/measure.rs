@@ -25,12 +25,12 @@ pub struct Sample {
 }
 
 impl Sample {
-    /// Server CPU seconds per 100,000 requests.
-    pub fn cpu_per_100k(&self) -> f64 {
+    /// Server CPU microseconds per request.
+    pub fn cpu_us_per_request(&self) -> f64 {
         if self.requests == 0 {
             return 0.0;
         }
-        self.cpu_seconds / self.requests as f64 * 100_000.0
+        self.cpu_seconds / self.requests as f64 * 1e6
     }
 }
 

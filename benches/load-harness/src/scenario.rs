@@ -1,5 +1,6 @@
 //! Load scenarios, each described once and rendered into equivalent proxy-app and nginx
-//! configs, so both servers do the same work.
+//! configs, so both servers do the same work; and into HAProxy's and Caddy's configs, at
+//! their defaults, for the pass-through scenarios.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -45,6 +46,14 @@ pub struct Scenario {
     pub observed: bool,
     /// proxy-app's cache `max_size`, MiB.
     pub cache_mib: usize,
+    /// HAProxy and Caddy run too, at their defaults (pass-through scenarios).
+    pub peers: bool,
+    /// Both servers at their defaults instead of doing the same work: nginx's plain
+    /// `proxy_cache` (no request id, no forwarding or cache status headers), proxy-app as
+    /// shipped (metrics on).
+    pub defaults: bool,
+    /// Also count proxy-app's and nginx's instructions per request under callgrind.
+    pub instructions: bool,
 }
 
 impl Scenario {
@@ -92,12 +101,23 @@ pub fn all() -> Vec<Scenario> {
         wan: false,
         observed: false,
         cache_mib: 256,
+        peers: false,
+        defaults: false,
+        instructions: false,
     };
     vec![
         Scenario {
             name: "cache-hit-1k",
             about: "cache hit, 1 KiB object, 32 connections",
             work: Work::CacheHit,
+            ..base.clone()
+        },
+        Scenario {
+            name: "cache-hit-defaults-1k",
+            about: "cache hit, 1 KiB object, 32 connections, both servers at their defaults: nginx's plain `proxy_cache` (no request id, no forwarding or cache status headers), proxy-app as shipped (metrics on, its request id, forwarding and cache status headers)",
+            work: Work::CacheHit,
+            defaults: true,
+            instructions: true,
             ..base.clone()
         },
         Scenario {
@@ -119,6 +139,8 @@ pub fn all() -> Vec<Scenario> {
         Scenario {
             name: "pass-1k",
             about: "pass-through, 1 KiB, upstream keepalive, 32 connections",
+            peers: true,
+            instructions: true,
             ..base.clone()
         },
         Scenario {
@@ -131,6 +153,7 @@ pub fn all() -> Vec<Scenario> {
             name: "pass-tls-1k",
             about: "pass-through over upstream TLS, 1 KiB, 32 connections",
             work: Work::PassThroughTls,
+            peers: true,
             ..base.clone()
         },
         Scenario {
@@ -143,12 +166,14 @@ pub fn all() -> Vec<Scenario> {
             name: "conns-256",
             about: "pass-through, 1 KiB, 256 connections",
             connections: 256,
+            peers: true,
             ..base.clone()
         },
         Scenario {
             name: "conns-1024",
             about: "pass-through, 1 KiB, 1024 connections",
             connections: 1024,
+            peers: true,
             ..base.clone()
         },
         Scenario {
@@ -222,8 +247,14 @@ pub struct Upstream<'a> {
     pub ca_file: &'a Path,
 }
 
+/// Where proxy-app listens: port 0, the kernel picks the port (the harness reads it back).
+pub const PROXY_LISTEN: &str = "127.0.0.1:0";
+/// Where proxy-app's admin listener goes: another loopback address, so that the public
+/// listener is the only one on [`PROXY_LISTEN`]'s.
+pub const PROXY_ADMIN_LISTEN: &str = "127.0.0.2:0";
+
 /// proxy-app's config for a scenario.
-pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) -> String {
+pub fn proxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
     let (port, tls) = match s.work {
         Work::PassThroughTls => (
             up.https.port(),
@@ -239,8 +270,8 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
         _ => "",
     };
     let mut out = format!(
-        "[server]\nlisten = [\"127.0.0.1:{listen}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\n\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\nmetrics = {observed}\n\n\
+        "[server]\nlisten = [\"{PROXY_LISTEN}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\nkeepalive_requests = 1000000\n\n\
+         [admin]\nlisten = \"{PROXY_ADMIN_LISTEN}\"\n{metrics}\n\n\
          [resolver]\nnameservers = [\"{dns}\"]\n\n\
          [access_log]\n{log}\n\n\
          [cache]\nmax_size = \"{cache}m\"\n\n\
@@ -250,7 +281,11 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
         cache = s.cache_mib,
         dns = up.dns,
         fqdn = up.fqdn,
-        observed = s.observed,
+        // As shipped, metrics are on: the key is left out.
+        metrics = match s.defaults {
+            true => String::new(),
+            false => format!("metrics = {}", s.observed),
+        },
         log = if s.observed {
             format!("path = \"{}-access.log\"", s.name)
         } else {
@@ -267,8 +302,9 @@ pub fn proxy_config(s: &Scenario, listen: u16, admin: u16, up: &Upstream<'_>) ->
 const NGINX_JSON_LOG: &str = r#"'{"time":"$time_iso8601","client_ip":"$remote_addr","remote_addr":"$remote_addr:$remote_port","host":"$host","method":"$request_method","uri":"$request_uri","protocol":"$server_protocol","status":$status,"body_bytes_sent":$body_bytes_sent,"request_time":$request_time,"upstream_addr":"$upstream_addr","upstream_response_time":"$upstream_response_time","upstream_status":"$upstream_status","upstream_cache_status":"$upstream_cache_status","user_agent":"$http_user_agent","referer":"$http_referer","request_id":"$request_id"}'"#;
 
 /// nginx's config for the same scenario: one worker, upstream keepalive at least the client
-/// concurrency, high keepalive_requests on both sides, the headers proxy-app adds, and an
-/// access log only when proxy-app has one too.
+/// concurrency, high keepalive_requests on both sides, the headers proxy-app adds (none in
+/// [`Scenario::defaults`]), and an access log only when proxy-app has one too. It listens on
+/// the socket it inherits (see [`crate::listening`]), bound to port `listen`.
 /// Without `upstream_keepalive`, a new upstream connection per request (the control row of
 /// the `wan-*` scenarios).
 pub fn nginx_config(
@@ -300,8 +336,12 @@ pub fn nginx_config(
     };
     // What proxy-app does to every proxied request by default: forwarding headers, the
     // client IP header, a request id both ways, and the cache status on cached locations.
-    let forwarding = "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header Fly-Client-IP $remote_addr; proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always;";
+    let forwarding = match s.defaults {
+        true => "",
+        false => "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for; proxy_set_header X-Real-IP $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header Fly-Client-IP $remote_addr; proxy_set_header X-Request-Id $request_id; add_header X-Request-Id $request_id always;",
+    };
     let cache_status = match s.work {
+        _ if s.defaults => "",
         Work::CacheHit | Work::CacheFill => {
             "add_header X-Cache-Status $upstream_cache_status always;"
         }
@@ -340,6 +380,52 @@ pub fn nginx_config(
     )
 }
 
+/// HAProxy's config for a pass-through scenario: one thread, `http-reuse always` (idle
+/// upstream connections shared by all client connections, as nginx's and proxy-app's pools
+/// are), its defaults otherwise (no headers added, no log); upstream TLS verified against
+/// the tailnet CA with the peer's name as SNI. It listens on the inherited socket.
+pub fn haproxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
+    let server = match s.work {
+        Work::PassThroughTls => format!(
+            "{addr} ssl verify required ca-file {ca} sni str({fqdn})",
+            addr = up.https,
+            ca = up.ca_file.display(),
+            fqdn = up.fqdn
+        ),
+        _ => up.http.to_string(),
+    };
+    format!(
+        "global\n  nbthread 1\n\n\
+         defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
+         frontend edge\n  bind fd@{fd}\n  default_backend peer\n\n\
+         backend peer\n  http-reuse always\n  server peer {server}\n",
+        fd = crate::listening::INHERITED_FD,
+    )
+}
+
+/// Caddy's config (JSON) for a pass-through scenario: `reverse_proxy` at its defaults (it
+/// adds `X-Forwarded-For`, `-Proto` and `-Host` and keeps idle upstream connections), no
+/// admin endpoint, no automatic HTTPS, no log; upstream TLS verified against the tailnet CA
+/// with the peer's name. It listens on port 0 (the harness reads the port back): Debian's
+/// Caddy 2.6 cannot take an inherited socket. One thread comes from `GOMAXPROCS=1`.
+pub fn caddy_config(s: &Scenario, up: &Upstream<'_>) -> String {
+    let (dial, transport) = match s.work {
+        Work::PassThroughTls => (
+            up.https,
+            format!(
+                r#","transport":{{"protocol":"http","tls":{{"root_ca_pem_files":["{ca}"],"server_name":"{fqdn}"}}}}"#,
+                ca = up.ca_file.display(),
+                fqdn = up.fqdn
+            ),
+        ),
+        _ => (up.http, String::new()),
+    };
+    format!(
+        r#"{{"admin":{{"disabled":true}},"apps":{{"http":{{"servers":{{"edge":{{"listen":["127.0.0.1:0"],"automatic_https":{{"disable":true}},"routes":[{{"match":[{{"host":["{host}"]}}],"handle":[{{"handler":"reverse_proxy","upstreams":[{{"dial":"{dial}"}}]{transport}}}]}}]}}}}}}}}}}"#,
+        host = s.host(),
+    )
+}
+
 /// The scenario called `name`, for tests.
 #[cfg(test)]
 pub fn named(name: &str) -> Scenario {
@@ -375,7 +461,7 @@ mod tests {
     #[test]
     fn proxy_config_resolves_the_wan_peer_through_dns_with_a_pool() {
         let up = upstream(Path::new("ca.pem"));
-        let config = proxy_config(&named("wan-pass-1k"), 8000, 8001, &up);
+        let config = proxy_config(&named("wan-pass-1k"), &up);
         assert!(config.contains("address = \"wan.tail0fake.ts.net:8080\""));
         assert!(config.contains("nameservers = [\"127.100.100.100:5353\"]"));
         assert!(config.contains("upstream_pool_size = 256"));
@@ -387,13 +473,13 @@ mod tests {
         let fill = named("cache-fill-100k");
         assert_eq!(fill.fill_objects(), 6144);
         assert_eq!(fill.fill_path(7), "/obj/7?size=102400");
-        let config = proxy_config(&fill, 8000, 8001, &up);
+        let config = proxy_config(&fill, &up);
         assert!(config.contains("max_size = \"200m\"") && config.contains("ignore_cache_control"));
         let quick = fill.quick();
         assert_eq!((quick.cache_mib, quick.fill_objects()), (16, 491));
-        assert!(proxy_config(&quick, 8000, 8001, &up).contains("max_size = \"16m\""));
+        assert!(proxy_config(&quick, &up).contains("max_size = \"16m\""));
         let hit = named("cache-hit-1k").quick();
-        assert!(proxy_config(&hit, 8000, 8001, &up).contains("max_size = \"256m\""));
+        assert!(proxy_config(&hit, &up).contains("max_size = \"256m\""));
     }
 
     #[test]
@@ -419,7 +505,7 @@ mod tests {
         let up = upstream(Path::new("ca.pem"));
         let dir = Path::new("nginx-dir");
         let observed = named("observed-1k");
-        let proxy = proxy_config(&observed, 8000, 8001, &up);
+        let proxy = proxy_config(&observed, &up);
         assert!(
             proxy.contains("metrics = true") && proxy.contains("path = \"observed-1k-access.log\"")
         );
@@ -429,7 +515,7 @@ mod tests {
             "{nginx}"
         );
         let plain = named("pass-1k");
-        let proxy = proxy_config(&plain, 8000, 8001, &up);
+        let proxy = proxy_config(&plain, &up);
         assert!(proxy.contains("metrics = false") && proxy.contains("enabled = false"));
         let nginx = nginx_config(&plain, 8000, dir, &up, true);
         assert!(nginx.contains("access_log off;"));
@@ -441,5 +527,57 @@ mod tests {
         assert!(!nginx.contains("X-Cache-Status"));
         let cached = nginx_config(&named("cache-hit-1k"), 8000, dir, &up, true);
         assert!(cached.contains("add_header X-Cache-Status $upstream_cache_status"));
+    }
+
+    #[test]
+    fn the_defaults_pair_drops_nginxs_extra_headers_and_keeps_proxy_apps_metrics() {
+        let up = upstream(Path::new("ca.pem"));
+        let dir = Path::new("nginx-dir");
+        let defaults = named("cache-hit-defaults-1k");
+        let nginx = nginx_config(&defaults, 8000, dir, &up, true);
+        assert!(nginx.contains("proxy_cache edge;"), "{nginx}");
+        assert!(!nginx.contains("request_id") && !nginx.contains("X-Forwarded-For"));
+        assert!(!nginx.contains("X-Cache-Status"), "{nginx}");
+        let proxy = proxy_config(&defaults, &up);
+        assert!(!proxy.contains("metrics ="), "{proxy}");
+        assert!(proxy.contains("listen = [\"127.0.0.1:0\"]"), "{proxy}");
+        assert!(proxy.contains("listen = \"127.0.0.2:0\""), "{proxy}");
+        // As nginx's: a client connection is never closed for its number of requests.
+        assert!(proxy.contains("keepalive_requests = 1000000"), "{proxy}");
+    }
+
+    #[test]
+    fn haproxy_and_caddy_reuse_upstream_connections_and_verify_upstream_tls() {
+        let up = upstream(Path::new("ca.pem"));
+        let plain = haproxy_config(&named("pass-1k"), &up);
+        assert!(
+            plain.contains("bind fd@3") && plain.contains("nbthread 1"),
+            "{plain}"
+        );
+        assert!(plain.contains("http-reuse always\n  server peer 10.213.0.6:8080\n"));
+        let tls = haproxy_config(&named("pass-tls-1k"), &up);
+        assert!(
+            tls.contains(
+                "10.213.0.6:8443 ssl verify required ca-file ca.pem sni str(wan.tail0fake.ts.net)"
+            ),
+            "{tls}"
+        );
+        let caddy = caddy_config(&named("pass-tls-1k"), &up);
+        assert!(caddy.contains(r#""dial":"10.213.0.6:8443""#), "{caddy}");
+        assert!(
+            caddy.contains(r#""server_name":"wan.tail0fake.ts.net""#),
+            "{caddy}"
+        );
+        assert!(caddy.contains(r#""host":["s0.bench.example"]"#), "{caddy}");
+        let plain = caddy_config(&named("pass-1k"), &up);
+        assert!(
+            !plain.contains("transport") && plain.contains(":8080"),
+            "{plain}"
+        );
+        let peered: Vec<&str> = all().iter().filter(|s| s.peers).map(|s| s.name).collect();
+        assert_eq!(
+            peered,
+            ["pass-1k", "pass-tls-1k", "conns-256", "conns-1024"]
+        );
     }
 }
