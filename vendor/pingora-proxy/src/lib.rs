@@ -1619,7 +1619,9 @@ where
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
 
-        self.process_request(session, ctx).await
+        // Patched in: boxed, so the request's large future is moved once, into its box,
+        // instead of in full with each move of this (async-trait, boxed) future.
+        Box::pin(self.process_request(session, ctx)).await
     }
 
     async fn http_cleanup(&self) {

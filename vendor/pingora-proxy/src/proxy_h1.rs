@@ -120,6 +120,12 @@ where
 
         session.upstream_compression.request_filter(&req);
 
+        // Patched in: see `proxy_1to1_sequential`.
+        let sequential = !is_h1_upgrade_req(&req)
+            && !session.cache.enabled()
+            && session.downstream_session.as_http1().is_some()
+            && session.as_mut().is_body_empty();
+
         debug!("Sending header to upstream {:?}", req);
 
         match client_session.write_request_header(Box::new(req)).await {
@@ -127,6 +133,12 @@ where
             Err(e) => {
                 return (false, false, Some(e.into_up()));
             }
+        }
+
+        if sequential {
+            return self
+                .proxy_1to1_sequential(session, client_session, ctx)
+                .await;
         }
 
         let mut downstream_custom_message_writer = session
@@ -246,6 +258,92 @@ where
         session.set_upstream_write_pending_time(upstream_write_pending);
 
         (server_session_reuse, client_session_reuse, error)
+    }
+
+    /// Patched in: the plain case of `proxy_1to1`, a request without a body (and not an
+    /// upgrade, not cached, from an HTTP/1 client). Nothing is read from the client while the
+    /// response streams, so the two halves need not run at once: the end of the (empty)
+    /// request body goes through the request body filters and to the upstream, then each
+    /// batch of response tasks that are ready goes through the same filters and writes as
+    /// the duplex path's, with no task pipes or second future in between.
+    async fn proxy_1to1_sequential(
+        &self,
+        session: &mut Session,
+        client_session: &mut HttpSessionV1,
+        ctx: &mut SV::CTX,
+    ) -> (bool, bool, Option<Box<Error>>)
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
+        let mut body = None;
+        let filtered = async {
+            session
+                .downstream_modules_ctx
+                .request_body_filter(&mut body, true)
+                .await?;
+            self.inner
+                .request_body_filter(session, &mut body, true, ctx)
+                .await
+        };
+        if let Err(e) = filtered.await {
+            return (false, false, Some(e));
+        }
+        if let Err(e) = send_body_to1(client_session, Some(HttpTask::Body(body, true))).await {
+            return (false, false, Some(e));
+        }
+
+        let mut response_state = ResponseStateMachine::new();
+        let mut serve_from_cache = proxy_cache::ServeFromCache::new();
+        let mut range_body_filter = proxy_cache::range_filter::RangeBodyFilter::new();
+        let mut upstream_can_reuse = true;
+        loop {
+            // A task read and what is ready after it, so a head and a body that arrived
+            // together are written together.
+            let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
+            let mut next = Some(client_session.read_response_task().await);
+            while let Some(read) = next.take() {
+                let task = match read {
+                    Ok(task) => task,
+                    Err(e) => {
+                        // The message boundary is lost: the connection cannot be reused.
+                        upstream_can_reuse = false;
+                        HttpTask::Failed(e.into_up())
+                    }
+                };
+                let last = task.is_end() || matches!(task, HttpTask::Failed(_));
+                tasks.push(task);
+                if !last && tasks.len() < TASK_BUFFER_SIZE {
+                    // A read that would wait is dropped before it took any bytes.
+                    next = tokio::task::unconstrained(client_session.read_response_task())
+                        .now_or_never();
+                }
+            }
+            let written = self
+                .filter_and_write_tasks(
+                    session,
+                    ctx,
+                    tasks,
+                    &mut serve_from_cache,
+                    &mut range_body_filter,
+                    &mut response_state,
+                )
+                .await;
+            match written {
+                Ok(Some(true)) => break,
+                Ok(_) => {}
+                Err(e) => return (false, false, Some(e)),
+            }
+        }
+
+        let reuse_downstream = match session.as_mut().finish_body().await {
+            Ok(_) => true,
+            Err(e) => {
+                error!("Error finish sending body to downstream: {}", e);
+                false
+            }
+        };
+        (reuse_downstream, upstream_can_reuse, None)
     }
 
     async fn proxy_handle_upstream(
@@ -404,6 +502,34 @@ where
             }
         }
 
+        self.filter_and_write_tasks(
+            session,
+            ctx,
+            tasks,
+            serve_from_cache,
+            range_body_filter,
+            response_state,
+        )
+        .await
+    }
+
+    /// Runs the response filters on `tasks` read from the upstream and writes what they
+    /// make downstream: whether the response is done, or `None` when nothing was sent
+    /// (served from cache). Split out of `process_upstream_tasks` (patched in) so that
+    /// `proxy_1to1_sequential` filters exactly as the duplex path does.
+    async fn filter_and_write_tasks(
+        &self,
+        session: &mut Session,
+        ctx: &mut SV::CTX,
+        tasks: Vec<HttpTask>,
+        serve_from_cache: &mut ServeFromCache,
+        range_body_filter: &mut RangeBodyFilter,
+        response_state: &mut ResponseStateMachine,
+    ) -> Result<Option<bool>>
+    where
+        SV: ProxyHttp + Send + Sync,
+        SV::CTX: Send + Sync,
+    {
         /* run filters before sending to downstream */
         let mut filtered_tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
         for mut t in tasks {
