@@ -132,11 +132,13 @@ impl EdgeServices {
                 .map(LocalApiClient::new),
             admin_settings.token(),
         );
-        // In a fleet, global zones and purges are shared through Redis.
-        let fleet =
-            config.load().fleet.clone().map(|settings| {
-                Arc::new(Fleet::new(settings, observability.metrics().clone(), cache))
-            });
+        // In a fleet, global zones, purges and bans are shared through Redis.
+        let fleet = config.load().fleet.clone().map(|settings| {
+            let metrics = observability.metrics().clone();
+            let fleet = Arc::new(Fleet::new(settings, metrics, cache).with_bans(bans.clone()));
+            bans.set_listener(fleet.clone());
+            fleet
+        });
         // Cache purges are admin actions: behind the token, never on the public port.
         let purge = match &fleet {
             Some(fleet) => PurgeAction::new(cache).with_fleet(fleet.clone()),
@@ -184,8 +186,10 @@ impl EdgeServices {
         &self.userspace
     }
 
-    /// The process's bans (`[bans]`): to list, add or lift them from code, or to share
-    /// them with other machines ([`BanTable::set_listener`], [`BanTable::apply_shared`]).
+    /// The process's bans (`[bans]`): to list, add or lift them from code. With `[redis]`
+    /// they are shared with the fleet already (the fleet is the table's listener); without
+    /// it, share them through a channel of your own ([`BanTable::set_listener`],
+    /// [`BanTable::apply_shared`]).
     pub fn bans(&self) -> &Arc<BanTable> {
         &self.bans
     }

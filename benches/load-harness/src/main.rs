@@ -375,7 +375,7 @@ impl Server {
     /// Waits until the server answers the scenario's request with a 200, or `deadline`;
     /// fails at once if the server exits.
     fn wait_ready(&mut self, s: &Scenario, deadline: Instant) -> Result<()> {
-        let (host, path) = (s.host(), s.path());
+        let (host, path) = (s.host(), s.ready_path());
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 bail!(

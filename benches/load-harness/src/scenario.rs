@@ -18,6 +18,9 @@ pub enum Work {
     CacheHit,
     /// Reject with 429 (a 1r/s zone without burst, all load from one client).
     RateLimited,
+    /// Refuse a banned client with 403: proxy-app's ban (a trap-path rule the first request
+    /// trips), nginx's `deny` of the client's address.
+    Banned,
     /// Fetch distinct cacheable objects one after another (see [`Scenario::fill_objects`]),
     /// then read the server's memory.
     CacheFill,
@@ -67,6 +70,15 @@ impl Scenario {
         format!("/bench?size={}", self.body_size)
     }
 
+    /// The path the harness asks for to see that a server is ready: the scenario's, except
+    /// when that path gets the client banned ([`Work::Banned`]).
+    pub fn ready_path(&self) -> String {
+        match self.work {
+            Work::Banned => READY_PATH.to_owned(),
+            _ => self.path(),
+        }
+    }
+
     /// Distinct objects a fill fetches: three times what the cache holds.
     pub fn fill_objects(&self) -> usize {
         3 * (self.cache_mib << 20) / self.body_size.max(1)
@@ -88,6 +100,10 @@ impl Scenario {
         }
     }
 }
+
+/// The readiness probe's path in [`Work::Banned`]: served (proxied by proxy-app, answered by
+/// nginx) to a client not banned yet.
+const READY_PATH: &str = "/ready";
 
 /// Every scenario, in report order.
 pub fn all() -> Vec<Scenario> {
@@ -183,6 +199,12 @@ pub fn all() -> Vec<Scenario> {
             ..base.clone()
         },
         Scenario {
+            name: "banned",
+            about: "every request from a banned client, refused before routing with 403 (proxy-app: a ban, tripped by the first request; nginx: `deny` of the address), 32 connections",
+            work: Work::Banned,
+            ..base.clone()
+        },
+        Scenario {
             name: "wan-pass-1k",
             about: "pass-through to a peer behind a slow path (own network namespace, veth with delay), 1 KiB, 32 connections",
             wan: true,
@@ -269,6 +291,11 @@ pub fn proxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
         Work::RateLimited => "rate_limits = [\"strict\"]\n",
         _ => "",
     };
+    // The scenario's path is a trap: its first request bans the client for the whole run.
+    let bans = match s.work {
+        Work::Banned => "[bans]\n\n[[bans.rules]]\nname = \"bench\"\npaths = [\"/bench\"]\nduration = \"1d\"\n\n",
+        _ => "",
+    };
     let mut out = format!(
         "[server]\nlisten = [\"{PROXY_LISTEN}\"]\nthreads = 1\ngrace_period = \"1s\"\nshutdown_timeout = \"1s\"\nupstream_pool_size = {pool}\nkeepalive_requests = 1000000\n\n\
          [admin]\nlisten = \"{PROXY_ADMIN_LISTEN}\"\n{metrics}\n\n\
@@ -276,7 +303,7 @@ pub fn proxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
          [access_log]\n{log}\n\n\
          [cache]\nmax_size = \"{cache}m\"\n\n\
          [rate_limits.strict]\nrate = \"1r/s\"\n\n\
-         [upstreams.peer]\naddress = \"{fqdn}:{port}\"\n{tls}\n",
+         {bans}[upstreams.peer]\naddress = \"{fqdn}:{port}\"\n{tls}\n",
         pool = s.connections.max(128) * 2,
         cache = s.cache_mib,
         dns = up.dns,
@@ -315,7 +342,11 @@ pub fn nginx_config(
     upstream_keepalive: bool,
 ) -> String {
     let (scheme, addr, tls) = match s.work {
-        Work::PassThrough | Work::CacheHit | Work::CacheFill | Work::RateLimited => {
+        Work::PassThrough
+        | Work::CacheHit
+        | Work::CacheFill
+        | Work::RateLimited
+        | Work::Banned => {
             ("http", up.http, String::new())
         }
         Work::PassThroughTls => (
@@ -332,7 +363,12 @@ pub fn nginx_config(
     let location_extra = match s.work {
         Work::CacheHit | Work::CacheFill => "proxy_cache edge; proxy_cache_valid 200 1h; proxy_ignore_headers Cache-Control Expires; proxy_cache_key $scheme$host$request_uri; proxy_cache_lock on;",
         Work::RateLimited => "limit_req zone=strict; limit_req_status 429;",
+        Work::Banned => "deny 127.0.0.1;",
         _ => "",
+    };
+    let ready = match s.work {
+        Work::Banned => format!("location = {READY_PATH} {{ return 200; }}"),
+        _ => String::new(),
     };
     // What proxy-app does to every proxied request by default: forwarding headers, the
     // client IP header, a request id both ways, and the cache status on cached locations.
@@ -351,7 +387,7 @@ pub fn nginx_config(
     for i in 0..s.sites {
         let _ = writeln!(
             servers,
-            "server {{ listen 127.0.0.1:{listen}; server_name s{i}.bench.example; location / {{ proxy_pass {scheme}://peer; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host {fqdn}; {forwarding} {cache_status} {tls} {location_extra} }} }}",
+            "server {{ listen 127.0.0.1:{listen}; server_name s{i}.bench.example; location / {{ proxy_pass {scheme}://peer; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host {fqdn}; {forwarding} {cache_status} {tls} {location_extra} }} {ready} }}",
             fqdn = up.fqdn,
         );
     }
@@ -480,6 +516,22 @@ mod tests {
         assert!(proxy_config(&quick, &up).contains("max_size = \"16m\""));
         let hit = named("cache-hit-1k").quick();
         assert!(proxy_config(&hit, &up).contains("max_size = \"256m\""));
+    }
+
+    #[test]
+    fn the_banned_scenario_bans_on_its_path_and_probes_readiness_elsewhere() {
+        let (s, dir) = (named("banned"), Path::new("nginx-dir"));
+        let up = upstream(Path::new("ca.pem"));
+        let proxy = proxy_config(&s, &up);
+        assert!(proxy.contains("[[bans.rules]]\nname = \"bench\"\npaths = [\"/bench\"]"));
+        assert!(s.path().starts_with("/bench?") && s.ready_path() == "/ready");
+        let nginx = nginx_config(&s, 8000, dir, &up, true);
+        assert!(
+            nginx.contains("deny 127.0.0.1;")
+                && nginx.contains("location = /ready { return 200; }")
+        );
+        assert!(!proxy_config(&named("pass-1k"), &up).contains("[bans]"));
+        assert_eq!(named("pass-1k").ready_path(), named("pass-1k").path());
     }
 
     #[test]

@@ -196,7 +196,7 @@ impl BanTable {
             until: now_secs().saturating_add(duration.as_secs().max(1)),
             rule: rule.clone(),
         };
-        let ban = self.insert(ban);
+        let ban = self.insert(ban, true);
         if let Some(listener) = self.listener.read().as_ref() {
             listener.banned(&ban);
         }
@@ -204,9 +204,18 @@ impl BanTable {
     }
 
     /// Applies a ban decided elsewhere (another machine): like [`BanTable::ban`] without
-    /// telling the listener.
-    pub fn apply_shared(&self, ban: Ban) {
-        self.insert(ban);
+    /// telling the listener, and not counted in `edge_bans_total` (the machine that decided
+    /// it counted it). A ban already over is ignored; returns whether it was applied.
+    pub fn apply_shared(&self, ban: Ban) -> bool {
+        if ban.until <= now_secs() {
+            return false;
+        }
+        let ban = Ban {
+            ip: ban_key(ban.ip),
+            ..ban
+        };
+        self.insert(ban, false);
+        true
     }
 
     /// Lifts a ban decided elsewhere, without telling the listener; returns whether one was
@@ -287,7 +296,8 @@ impl BanTable {
         }
     }
 
-    fn insert(&self, ban: Ban) -> Ban {
+    /// Adds or extends `ban`; `counted`: a new ban is counted by its rule.
+    fn insert(&self, ban: Ban, counted: bool) -> Ban {
         let now = now_secs();
         let mut map = self.bans.write();
         if !map.contains_key(&ban.ip) && map.len() >= self.max {
@@ -314,7 +324,7 @@ impl BanTable {
         drop(map);
         self.dirty.store(true, Ordering::Relaxed);
         if let Some(metrics) = self.metrics.read().as_ref() {
-            if is_new {
+            if is_new && counted {
                 metrics.ban_added(&ban.rule);
             }
             metrics.bans_active(held);

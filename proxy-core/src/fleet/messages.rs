@@ -4,17 +4,24 @@
 //! or Redis lost its data meanwhile) it drops its whole cache, so it never serves what was
 //! purged while it was away. With a disk tier, the last entry applied is kept beside the
 //! disk's entries, so a restarted machine catches up from it too.
+//!
+//! Bans travel the same way: one made (or lifted) on any machine is applied on every other.
+//! A machine that starts afresh, or could not catch up, reads the bans still in force from
+//! the whole stream.
 
 use pingora::server::ShutdownWatch;
 use redis::Value;
 use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
 use super::link::{LinkError, RedisLink};
+use crate::ban::{Ban, BanTable};
 use crate::cache::{EdgeCache, PurgeScope};
-use crate::observe::{FleetPurgeEvent, Metrics};
+use crate::observe::{FleetEvent, Metrics};
 
 /// Entries the stream keeps (approximately): enough for a machine away for a while to
 /// catch up entry by entry; one away longer drops its cache instead.
@@ -24,8 +31,7 @@ const READ_BLOCK: Duration = Duration::from_secs(1);
 /// Longest pause between two attempts to reach Redis.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// A message to every machine of the fleet. To add a kind (e.g. a shared ban), add a variant
-/// here and its handling where the inbox applies messages; machines running an older version log and
+/// A message to every machine of the fleet. To add a kind, add a variant here and its handling where the inbox applies messages; machines running an older version log and
 /// skip kinds they do not know, so a fleet can be upgraded one machine at a time.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -38,6 +44,42 @@ pub enum FleetMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         path: Option<String>,
     },
+    /// A client banned on one machine (by a rule or the admin action).
+    Ban {
+        /// The banned address (an IPv4 address, or the first of an IPv6 /64).
+        ip: IpAddr,
+        /// When the ban ends, in seconds since the Unix epoch.
+        until: u64,
+        /// The rule that banned it.
+        rule: String,
+    },
+    /// A ban lifted on one machine.
+    Unban {
+        /// The address whose ban was lifted.
+        ip: IpAddr,
+    },
+}
+
+impl FleetMessage {
+    /// What sending or applying this message counts as.
+    fn event(&self, received: bool) -> FleetEvent {
+        match (self, received) {
+            (FleetMessage::Purge { .. }, true) => FleetEvent::PurgeReceived,
+            (FleetMessage::Purge { .. }, false) => FleetEvent::PurgePublished,
+            (_, true) => FleetEvent::BanReceived,
+            (_, false) => FleetEvent::BanPublished,
+        }
+    }
+}
+
+impl From<&Ban> for FleetMessage {
+    fn from(ban: &Ban) -> Self {
+        FleetMessage::Ban {
+            ip: ban.ip,
+            until: ban.until,
+            rule: ban.rule.to_string(),
+        }
+    }
 }
 
 impl From<&PurgeScope> for FleetMessage {
@@ -88,7 +130,7 @@ pub(crate) async fn publish(
                 .arg(&json);
             match link.query::<String>(&add).await {
                 Ok(id) => {
-                    metrics.fleet_purge(&settings.instance, FleetPurgeEvent::Published);
+                    metrics.fleet_event(&settings.instance, message.event(false));
                     tracing::info!(instance = %settings.instance, id, message = %json, "sent to the fleet");
                     break;
                 }
@@ -110,6 +152,8 @@ pub(crate) struct FleetInbox<'a> {
     pub(crate) link: &'a RedisLink,
     pub(crate) metrics: &'a Metrics,
     pub(crate) cache: &'static EdgeCache,
+    /// Where bans from other machines go, if this process bans at all.
+    bans: Option<Arc<BanTable>>,
     /// The last entry applied; `None` before the first connection.
     cursor: Option<StreamId>,
     /// The Redis data set the cursor belongs to (a random value Redis keeps; a new one
@@ -120,6 +164,9 @@ pub(crate) struct FleetInbox<'a> {
     cursor_file: Option<PathBuf>,
 }
 
+/// Entries read at once when replaying the stream's bans.
+const REPLAY_PAGE: usize = 1000;
+
 /// The file in the disk tier's directory that keeps the cursor: `EPOCH ID`.
 const CURSOR_FILE: &str = "fleet-cursor";
 
@@ -128,11 +175,13 @@ impl<'a> FleetInbox<'a> {
         link: &'a RedisLink,
         metrics: &'a Metrics,
         cache: &'static EdgeCache,
+        bans: Option<Arc<BanTable>>,
     ) -> Self {
         Self {
             link,
             metrics,
             cache,
+            bans,
             cursor: None,
             epoch: None,
             cursor_file: cache
@@ -267,11 +316,11 @@ impl<'a> FleetInbox<'a> {
                     .is_some_and(|d| d.used_bytes() > 0);
                 if disk_entries {
                     let dropped = self.cache.purge_all();
-                    self.metrics
-                        .fleet_purge(instance, FleetPurgeEvent::CacheDropped);
+                    self.metrics.fleet_event(instance, FleetEvent::CacheDropped);
                     tracing::warn!(%instance, dropped, "the disk cache has no record of the fleet's purges: whole cache dropped");
                 }
                 self.cursor = Some(last);
+                self.replay_bans(conn, last).await?;
             }
             Some(cursor) => {
                 let why = if epoch != self.epoch {
@@ -283,10 +332,10 @@ impl<'a> FleetInbox<'a> {
                 };
                 if let Some(why) = why {
                     let dropped = self.cache.purge_all();
-                    self.metrics
-                        .fleet_purge(instance, FleetPurgeEvent::CacheDropped);
+                    self.metrics.fleet_event(instance, FleetEvent::CacheDropped);
                     tracing::warn!(%instance, dropped, reason = why, "cannot catch up with the fleet's purges: whole cache dropped");
                     self.cursor = Some(last);
+                    self.replay_bans(conn, last).await?;
                 } else if last > cursor {
                     tracing::info!(%instance, "catching up with the fleet's purges");
                 }
@@ -295,6 +344,68 @@ impl<'a> FleetInbox<'a> {
         self.epoch = epoch;
         self.save_cursor().await;
         Ok(())
+    }
+
+    /// Reads the whole stream up to `last` (in pages) and applies its bans and lifts, in
+    /// order, so a machine without the fleet's history knows the bans still in force.
+    /// Purges in it are not applied: the cache they were meant for is gone.
+    async fn replay_bans(
+        &self,
+        conn: &mut redis::aio::MultiplexedConnection,
+        last: StreamId,
+    ) -> Result<(), LinkError> {
+        if self.bans.is_none() {
+            return Ok(());
+        }
+        let stream = self.link.settings.key("fleet");
+        let mut from = "-".to_owned();
+        let mut applied = 0usize;
+        loop {
+            self.link.count_command();
+            let reply: Value = redis::cmd("XRANGE")
+                .arg(&stream)
+                .arg(&from)
+                .arg(last.to_string())
+                .arg("COUNT")
+                .arg(REPLAY_PAGE)
+                .query_async(conn)
+                .await?;
+            let entries = range_entries(reply);
+            let Some((end, _, _)) = entries.last() else {
+                break;
+            };
+            from = format!("({end}");
+            let full = entries.len() >= REPLAY_PAGE;
+            for (_, _, message) in &entries {
+                if let Ok(message) = serde_json::from_str::<FleetMessage>(message) {
+                    applied += usize::from(self.apply_ban(message));
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if applied > 0 {
+            let instance = &self.link.settings.instance;
+            tracing::info!(%instance, applied, "bans in force read from the fleet's stream");
+        }
+        Ok(())
+    }
+
+    /// Applies a ban or a lift; whether it changed anything.
+    fn apply_ban(&self, message: FleetMessage) -> bool {
+        let Some(bans) = &self.bans else {
+            return false;
+        };
+        match message {
+            FleetMessage::Ban { ip, until, rule } => bans.apply_shared(Ban {
+                ip,
+                until,
+                rule: rule.into(),
+            }),
+            FleetMessage::Unban { ip } => bans.lift_shared(ip),
+            FleetMessage::Purge { .. } => false,
+        }
     }
 
     /// Applies one message from `origin` (ignored if it is this machine's own, which was
@@ -312,8 +423,16 @@ impl<'a> FleetInbox<'a> {
                 };
                 let purged = self.cache.purge(&scope);
                 self.metrics
-                    .fleet_purge(instance, FleetPurgeEvent::Received);
+                    .fleet_event(instance, FleetEvent::PurgeReceived);
                 tracing::info!(%instance, origin, ?scope, purged, "fleet purge applied");
+            }
+            Ok(message) => {
+                let event = message.event(true);
+                let text = format!("{message:?}");
+                if self.apply_ban(message) {
+                    self.metrics.fleet_event(instance, event);
+                    tracing::info!(%instance, origin, message = text, "fleet ban applied");
+                }
             }
             Err(e) => {
                 tracing::info!(%instance, origin, error = %e, "fleet message of a kind this version does not know: skipped");
@@ -377,11 +496,14 @@ fn stream_entries(reply: Value) -> Vec<(StreamId, String, String)> {
         Value::Map(streams) => streams.into_iter().map(|(_, entries)| entries).collect(),
         _ => Vec::new(),
     };
+    streams.into_iter().flat_map(range_entries).collect()
+}
+
+/// The entries of an `XRANGE` answer (or of one stream in an `XREAD` answer): id, `origin`
+/// and `message` fields.
+fn range_entries(entries: Value) -> Vec<(StreamId, String, String)> {
     let mut out = Vec::new();
-    for entries in streams {
-        let Value::Array(entries) = entries else {
-            continue;
-        };
+    if let Value::Array(entries) = entries {
         for entry in entries {
             let Value::Array(parts) = entry else { continue };
             let (Some(id), Some(Value::Array(fields))) = (parts.first(), parts.get(1)) else {
@@ -424,8 +546,19 @@ mod tests {
             r#"{"kind":"purge","host":"docs.example.com","path":"/a"}"#
         );
         assert_eq!(serde_json::from_str::<FleetMessage>(&json).unwrap(), purge);
+        let ban = FleetMessage::Ban {
+            ip: "2001:db8::".parse().unwrap(),
+            until: 1_800_000_000,
+            rule: "trap".into(),
+        };
+        let json = serde_json::to_string(&ban).unwrap();
+        assert_eq!(
+            json,
+            r#"{"kind":"ban","ip":"2001:db8::","until":1800000000,"rule":"trap"}"#
+        );
+        assert_eq!(serde_json::from_str::<FleetMessage>(&json).unwrap(), ban);
         assert!(
-            serde_json::from_str::<FleetMessage>(r#"{"kind":"ban","ip":"192.0.2.1"}"#).is_err()
+            serde_json::from_str::<FleetMessage>(r#"{"kind":"shun","ip":"192.0.2.1"}"#).is_err()
         );
     }
 

@@ -46,13 +46,19 @@
 //!
 //! # Fleet messages
 //!
-//! One Redis stream per fleet (`{prefix}:fleet`) carries typed [`FleetMessage`]s: today
-//! purges. A purge accepted by any machine's admin listener is applied there at once and
+//! One Redis stream per fleet (`{prefix}:fleet`) carries typed [`FleetMessage`]s: purges
+//! and bans. A purge accepted by any machine's admin listener is applied there at once and
 //! queued for the stream; every other machine applies it when it reads it (idempotent, each
 //! entry once, counted in `edge_fleet_purges_received_total`). A machine that was
 //! disconnected reads on from the last entry it applied; if entries it never read were
 //! trimmed, or Redis lost its data meanwhile, it drops its whole cache instead
-//! (`edge_fleet_cache_drops_total`). To add a kind of message, add a variant to
+//! (`edge_fleet_cache_drops_total`).
+//!
+//! Bans ride the same stream: with [`Fleet::with_bans`] and the fleet set as the
+//! [`BanTable`]'s listener, a ban made or lifted on one machine (a rule or the admin action)
+//! is applied on every other (`edge_fleet_bans_received_total`), counted in `edge_bans_total`
+//! only where it was decided. A machine starting afresh (or unable to catch up) reads the
+//! whole stream once for the bans still in force. To add a kind of message, add a variant to
 //! [`FleetMessage`] and its handling where messages are applied; older machines skip kinds
 //! they do not know.
 //!
@@ -77,9 +83,11 @@ pub(crate) use view::GlobalView;
 
 use arc_swap::ArcSwap;
 use pingora::server::ShutdownWatch;
+use std::net::IpAddr;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
+use crate::ban::{Ban, BanListener, BanTable};
 use crate::cache::EdgeCache;
 use crate::model::RuntimeConfig;
 use crate::observe::Metrics;
@@ -93,6 +101,7 @@ pub struct Fleet {
     settings: FleetSettings,
     metrics: Arc<Metrics>,
     cache: &'static EdgeCache,
+    bans: Option<Arc<BanTable>>,
     outbox: mpsc::Sender<FleetMessage>,
     pending: parking_lot::Mutex<Option<mpsc::Receiver<FleetMessage>>>,
 }
@@ -107,9 +116,18 @@ impl Fleet {
             settings,
             metrics,
             cache,
+            bans: None,
             outbox,
             pending: parking_lot::Mutex::new(Some(pending)),
         }
+    }
+
+    /// Shares `bans` with the fleet: bans (and lifts) from other machines are applied to it,
+    /// and a machine that starts afresh reads the bans in force. To send this machine's own,
+    /// set the fleet as the table's listener ([`BanTable::set_listener`]).
+    pub fn with_bans(mut self, bans: Arc<BanTable>) -> Self {
+        self.bans = Some(bans);
+        self
     }
 
     /// `[redis]` as compiled.
@@ -136,12 +154,29 @@ impl Fleet {
                 return;
             }
         };
-        let mut inbox = messages::FleetInbox::new(&link, &self.metrics, self.cache);
+        let mut inbox =
+            messages::FleetInbox::new(&link, &self.metrics, self.cache, self.bans.clone());
         tokio::join!(
             sync::run(&link, config, &self.metrics, shutdown.clone()),
             messages::publish(&link, &self.metrics, outbox, shutdown.clone()),
             inbox.run(shutdown),
         );
+    }
+}
+
+/// Sends every ban made or lifted on this machine to the fleet (never waits: a full queue
+/// drops it, with a warning).
+impl BanListener for Fleet {
+    fn banned(&self, ban: &Ban) {
+        if !self.publish(FleetMessage::from(ban)) {
+            tracing::warn!(instance = %self.settings.instance, ip = %ban.ip, "fleet queue full: ban not shared");
+        }
+    }
+
+    fn lifted(&self, ip: IpAddr) {
+        if !self.publish(FleetMessage::Unban { ip }) {
+            tracing::warn!(instance = %self.settings.instance, %ip, "fleet queue full: lifted ban not shared");
+        }
     }
 }
 

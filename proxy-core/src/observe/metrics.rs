@@ -85,6 +85,12 @@ pub(crate) const FLEET_PURGES_PUBLISHED: &str = "edge_fleet_purges_published_tot
 /// `edge_fleet_cache_drops_total{instance}`: whole-cache drops because purges may have been
 /// missed while this machine was away.
 pub(crate) const FLEET_CACHE_DROPS: &str = "edge_fleet_cache_drops_total";
+/// `edge_fleet_bans_received_total{instance}`: bans (and lifts) from other machines applied
+/// here.
+pub(crate) const FLEET_BANS_RECEIVED: &str = "edge_fleet_bans_received_total";
+/// `edge_fleet_bans_published_total{instance}`: bans (and lifts) made here and sent to the
+/// fleet.
+pub(crate) const FLEET_BANS_PUBLISHED: &str = "edge_fleet_bans_published_total";
 /// `edge_plugin_events_total{plugin,event}`: what plugins decided, in their own words
 /// ([`crate::plugin::PluginCtx::count`]).
 pub(crate) const PLUGIN_EVENTS: &str = "edge_plugin_events_total";
@@ -129,6 +135,8 @@ pub const METRIC_NAMES: &[&str] = &[
     FLEET_PURGES_RECEIVED,
     FLEET_PURGES_PUBLISHED,
     FLEET_CACHE_DROPS,
+    FLEET_BANS_RECEIVED,
+    FLEET_BANS_PUBLISHED,
     PLUGIN_EVENTS,
     BANS_ACTIVE,
     BANS_TOTAL,
@@ -140,15 +148,19 @@ const BUCKETS: &[f64] = &[
     0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
-/// What happened to a fleet-wide purge on this machine ([`Metrics::fleet_purge`]).
+/// What happened to a fleet message on this machine ([`Metrics::fleet_event`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FleetPurgeEvent {
+pub enum FleetEvent {
     /// A purge from another machine was applied here.
-    Received,
+    PurgeReceived,
     /// A purge accepted here was sent to the fleet.
-    Published,
+    PurgePublished,
     /// The whole cache was dropped: purges may have been missed while away from Redis.
     CacheDropped,
+    /// A ban (or a lift) from another machine was applied here.
+    BanReceived,
+    /// A ban (or a lift) made here was sent to the fleet.
+    BanPublished,
 }
 
 /// The outcome of one MagicDNS lookup.
@@ -771,6 +783,8 @@ impl Metrics {
             (FLEET_PURGES_RECEIVED, "Purges from other machines of the fleet applied here."),
             (FLEET_PURGES_PUBLISHED, "Purges accepted here and sent to the fleet."),
             (FLEET_CACHE_DROPS, "Whole-cache drops because purges may have been missed while away from Redis."),
+            (FLEET_BANS_RECEIVED, "Bans and lifts from other machines of the fleet applied here."),
+            (FLEET_BANS_PUBLISHED, "Bans and lifts made here and sent to the fleet."),
         ];
         for (name, help) in counters {
             self.recorder
@@ -790,6 +804,8 @@ impl Metrics {
             FLEET_PURGES_RECEIVED,
             FLEET_PURGES_PUBLISHED,
             FLEET_CACHE_DROPS,
+            FLEET_BANS_RECEIVED,
+            FLEET_BANS_PUBLISHED,
         ] {
             self.counter(name, &at).absolute(0);
         }
@@ -845,16 +861,18 @@ impl Metrics {
             .increment(count);
     }
 
-    /// A fleet event on this machine: `received` a purge from another machine, `published`
-    /// one accepted here, or `dropped` the whole cache.
-    pub fn fleet_purge(&self, instance: &str, event: FleetPurgeEvent) {
+    /// A fleet event on this machine: a purge or ban received from another machine or
+    /// published from this one, or the whole cache dropped.
+    pub fn fleet_event(&self, instance: &str, event: FleetEvent) {
         if !self.enabled {
             return;
         }
         let name = match event {
-            FleetPurgeEvent::Received => FLEET_PURGES_RECEIVED,
-            FleetPurgeEvent::Published => FLEET_PURGES_PUBLISHED,
-            FleetPurgeEvent::CacheDropped => FLEET_CACHE_DROPS,
+            FleetEvent::PurgeReceived => FLEET_PURGES_RECEIVED,
+            FleetEvent::PurgePublished => FLEET_PURGES_PUBLISHED,
+            FleetEvent::CacheDropped => FLEET_CACHE_DROPS,
+            FleetEvent::BanReceived => FLEET_BANS_RECEIVED,
+            FleetEvent::BanPublished => FLEET_BANS_PUBLISHED,
         };
         self.counter(name, &[("instance", instance)]).increment(1);
     }

@@ -19,8 +19,8 @@ pub mod tailscaled;
 pub use access_log::{AccessLog, AccessLogEntry, AccessLogTarget, LogFeed};
 pub(crate) use log_budget::LogBudget;
 pub use metrics::{
-    ClientClose, DnsLookupResult, FleetPurgeEvent, InFlight, Metrics, UpstreamErrorKind,
-    METRIC_NAMES, PREFIX,
+    ClientClose, DnsLookupResult, FleetEvent, InFlight, Metrics, UpstreamErrorKind, METRIC_NAMES,
+    PREFIX,
 };
 pub(crate) use record::{RequestFacts, RequestRecord};
 pub use redact::Redactor;
