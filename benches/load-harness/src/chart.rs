@@ -70,7 +70,7 @@ fn draw_panel<DB: DrawingBackend>(
         .fold(0.0, f64::max)
         .max(1.0)
         // Room above the highest bar for the legend (upper right).
-        * 1.35;
+        * 1.6;
     let mut chart = ChartBuilder::on(area)
         .caption(panel.title, ("sans-serif", 18))
         .margin(10)
