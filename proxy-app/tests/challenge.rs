@@ -269,17 +269,9 @@ async fn a_solved_challenge_clears_the_client_and_nothing_else_does() {
 
 #[test]
 fn a_missing_key_is_a_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("edge.toml");
     let text = "[upstreams.a]\naddress = \"10.0.0.1:80\"\n[sites.a]\nhosts = [\"a.example.com\"]\nplugins = [{ use = \"challenge\", keys_env = [\"CHALLENGE_KEY_NEVER_SET_IN_TESTS\"] }]\n[[sites.a.locations]]\nmatch = \"/\"\nproxy = \"a\"\n";
-    std::fs::write(&path, text).unwrap();
-    let out = std::process::Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, stderr) = check(text);
+    assert!(!ok);
     assert!(
         stderr.contains("edge.toml:5: sites.a.plugins[0]: `keys_env`: the environment variable `CHALLENGE_KEY_NEVER_SET_IN_TESTS` (the signing key) is not set"),
         "{stderr}"

@@ -6,20 +6,6 @@ use common::*;
 use std::process::Command;
 use std::time::Duration;
 
-fn check(config: &str) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("edge.toml");
-    std::fs::write(&path, config).unwrap();
-    let out = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
-    (out.status.success(), text)
-}
-
 const GOOD: &str = r#"
 [upstreams.docs]
 address = "docs.tail1234.ts.net:443"

@@ -3,7 +3,6 @@
 mod common;
 
 use common::*;
-use std::process::Command;
 
 fn config(tailnet: &fake_tailnet::FakeTailnet) -> String {
     format!(
@@ -98,17 +97,9 @@ async fn headers_plugin_applies_to_every_response_and_merges_site_and_location()
 
 #[test]
 fn plugin_errors_name_the_line() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("edge.toml");
     let text = "[upstreams.a]\naddress = \"10.0.0.1:80\"\n[sites.a]\nhosts = [\"a.example.com\"]\n[[sites.a.plugins]]\nuse = \"headerz\"\n[[sites.a.locations]]\nmatch = \"/\"\nproxy = \"a\"\nplugins = [{ use = \"headers\", colour = \"red\" }]\n";
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(binary())
-        .args(["check", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let (ok, stderr) = check(text);
+    assert!(!ok);
     assert!(
         stderr.contains(
             "edge.toml:5: sites.a.plugins[0]: unknown plugin `headerz` (available: challenge, headers, page, static)"

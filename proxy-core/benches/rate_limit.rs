@@ -11,7 +11,8 @@
 //!
 //! Run with `cargo bench -p proxy-core --bench rate_limit`.
 
-use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use criterion::measurement::WallTime;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkGroup, Criterion};
 use proxy_core::config::file::DEFAULT_SLOTS;
 use proxy_core::limit::{
     acquire_all, LimitOutcome, LimitZone, Rate, ZoneKey, ZoneScope, ZoneSettings, ZoneVerdict,
@@ -44,21 +45,23 @@ fn no_header(_: &http::HeaderName) -> Option<&'static [u8]> {
     None
 }
 
-fn bench_decisions(c: &mut Criterion) {
-    let mut group = c.benchmark_group("rate_limit");
-    let location = ("docs", 0);
+/// The location every key is derived for.
+const LOCATION: (&str, usize) = ("docs", 0);
+/// The one hot client.
+const CLIENT: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)));
+/// Clients taking turns in the `distinct` cases.
+const CLIENTS: u32 = 10_000;
 
-    let z = zone("site", "10r/s", 20, ZoneKey::ClientIp);
-    let interval = Rate::parse("10r/s")
-        .expect("valid rate")
-        .emission_interval_ns();
-    let client = Some(IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9)));
+type Group<'a> = BenchmarkGroup<'a, WallTime>;
+
+/// `name`: the hot client arriving exactly at the zone's rate (every request passes).
+fn bench_at_rate(group: &mut Group<'_>, name: &str, z: &LimitZone, interval: i64) {
     let mut now = SECOND;
-    group.bench_function("pass", |b| {
+    group.bench_function(name, |b| {
         b.iter(|| {
             now += interval;
             let key = z
-                .key_for(black_box(client), no_header, location)
+                .key_for(black_box(CLIENT), no_header, LOCATION)
                 .expect("key");
             z.acquire_at(&key, now, &z.settings.default_use())
         })
@@ -68,9 +71,41 @@ fn bench_decisions(c: &mut Criterion) {
         0,
         "the client at the rate always passes"
     );
+}
+
+/// `name`: [`CLIENTS`] clients take turns, each arriving once per interval, i.e. at the
+/// zone's rate; returns the rejections.
+fn bench_distinct(group: &mut Group<'_>, name: &str, z: &LimitZone, interval: i64) -> u64 {
+    let step = interval / i64::from(CLIENTS);
+    let first = u32::from(Ipv4Addr::new(10, 0, 0, 0));
+    let (mut n, mut now) = (0u32, SECOND);
+    group.bench_function(name, |b| {
+        b.iter(|| {
+            n = (n + 1) % CLIENTS;
+            now += step;
+            let ip = Some(IpAddr::V4(Ipv4Addr::from(first + n)));
+            let key = z.key_for(black_box(ip), no_header, LOCATION).expect("key");
+            z.acquire_at(&key, now, &z.settings.default_use())
+        })
+    });
+    z.rejected_total()
+}
+
+fn bench_decisions(c: &mut Criterion) {
+    let mut group = c.benchmark_group("rate_limit");
+    let interval = Rate::parse("10r/s")
+        .expect("valid rate")
+        .emission_interval_ns();
+
+    bench_at_rate(
+        &mut group,
+        "pass",
+        &zone("site", "10r/s", 20, ZoneKey::ClientIp),
+        interval,
+    );
 
     let z = zone("site", "10r/s", 20, ZoneKey::ClientIp);
-    let key = z.key_for(client, no_header, location).expect("key");
+    let key = z.key_for(CLIENT, no_header, LOCATION).expect("key");
     for _ in 0..21 {
         assert!(matches!(
             z.acquire_at(&key, SECOND, &z.settings.default_use()),
@@ -80,7 +115,7 @@ fn bench_decisions(c: &mut Criterion) {
     group.bench_function("reject", |b| {
         b.iter(|| {
             let key = z
-                .key_for(black_box(client), no_header, location)
+                .key_for(black_box(CLIENT), no_header, LOCATION)
                 .expect("key");
             z.acquire_at(&key, SECOND, &z.settings.default_use())
         })
@@ -90,69 +125,29 @@ fn bench_decisions(c: &mut Criterion) {
         ZoneVerdict::Reject { .. }
     ));
 
-    // 10,000 clients take turns, each arriving once per interval, i.e. at the zone's rate.
     let z = zone("site", "10r/s", 20, ZoneKey::ClientIp);
-    let clients: u32 = 10_000;
-    let step = interval / i64::from(clients);
-    let first = u32::from(Ipv4Addr::new(10, 0, 0, 0));
-    let (mut n, mut now) = (0u32, SECOND);
-    group.bench_function("distinct/10000", |b| {
-        b.iter(|| {
-            n = (n + 1) % clients;
-            now += step;
-            let ip = Some(IpAddr::V4(Ipv4Addr::from(first + n)));
-            let key = z.key_for(black_box(ip), no_header, location).expect("key");
-            z.acquire_at(&key, now, &z.settings.default_use())
-        })
-    });
-    println!(
-        "rate_limit/distinct/10000: {} rejections (sketch collisions)",
-        z.rejected_total()
-    );
+    let rejected = bench_distinct(&mut group, "distinct/10000", &z, interval);
+    println!("rate_limit/distinct/10000: {rejected} rejections (sketch collisions)");
 
     // The same two cases on a global zone (`scope = "global"`): the decision reads and
     // raises the zone's view of the fleet's counts instead of the sketch. No Redis here:
     // syncing is background work, never on the request path.
-    let z = scoped("site", "10r/s", 20, ZoneKey::ClientIp, ZoneScope::Global);
-    let mut now = SECOND;
-    group.bench_function("global/pass", |b| {
-        b.iter(|| {
-            now += interval;
-            let key = z
-                .key_for(black_box(client), no_header, location)
-                .expect("key");
-            z.acquire_at(&key, now, &z.settings.default_use())
-        })
-    });
-    assert_eq!(
-        z.rejected_total(),
-        0,
-        "the client at the rate always passes"
-    );
-    let z = scoped("site", "10r/s", 20, ZoneKey::ClientIp, ZoneScope::Global);
-    let (mut n, mut now) = (0u32, SECOND);
-    group.bench_function("global/distinct/10000", |b| {
-        b.iter(|| {
-            n = (n + 1) % clients;
-            now += step;
-            let ip = Some(IpAddr::V4(Ipv4Addr::from(first + n)));
-            let key = z.key_for(black_box(ip), no_header, location).expect("key");
-            z.acquire_at(&key, now, &z.settings.default_use())
-        })
-    });
+    let global = || scoped("site", "10r/s", 20, ZoneKey::ClientIp, ZoneScope::Global);
+    bench_at_rate(&mut group, "global/pass", &global(), interval);
+    bench_distinct(&mut group, "global/distinct/10000", &global(), interval);
 
     let site = zone("site", "10r/s", 20, ZoneKey::ClientIp);
     let login = zone("login", "1r/s", 3, ZoneKey::ClientIpLocation);
     let both = |ip| {
-        let site_key = site.key_for(ip, no_header, location).expect("key");
-        let login_key = login.key_for(ip, no_header, location).expect("key");
+        let site_key = site.key_for(ip, no_header, LOCATION).expect("key");
+        let login_key = login.key_for(ip, no_header, LOCATION).expect("key");
         acquire_all(&[
             (&site, site.settings.default_use(), site_key),
             (&login, login.settings.default_use(), login_key),
         ])
     };
-    while matches!(both(client), LimitOutcome::Pass { .. }) {}
-    group.bench_function("acquire_all/reject", |b| b.iter(|| both(black_box(client))));
+    while matches!(both(CLIENT), LimitOutcome::Pass { .. }) {}
+    group.bench_function("acquire_all/reject", |b| b.iter(|| both(black_box(CLIENT))));
     group.finish();
 }
 

@@ -30,6 +30,22 @@ pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_proxy-app")
 }
 
+/// Runs `proxy-app check` on `config` (written as `edge.toml`): whether it passed, and what
+/// it printed (stderr, then stdout).
+pub fn check(config: &str) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("edge.toml");
+    std::fs::write(&path, config).unwrap();
+    let out = Command::new(binary())
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    (out.status.success(), text)
+}
+
 /// The `[server]`, `[admin]` and `[resolver]` sections every test config starts with.
 pub fn base_config(tailnet: &FakeTailnet) -> String {
     format!(

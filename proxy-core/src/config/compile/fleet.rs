@@ -147,15 +147,8 @@ fn default_instance() -> String {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_str;
+    use crate::config::{errors, load_str};
     use std::path::Path;
-
-    fn errors(text: &str) -> String {
-        match load_str(text, None, Path::new(".")) {
-            Ok(_) => "no error".into(),
-            Err(e) => e.to_string(),
-        }
-    }
 
     #[test]
     fn redis_settings_compile_from_the_environment_and_never_show_the_url() {

@@ -340,15 +340,8 @@ fn default_labels() -> Vec<(String, String)> {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::load_str;
+    use crate::config::{errors, load_str};
     use std::path::Path;
-
-    fn errors(text: &str) -> String {
-        match load_str(text, None, Path::new(".")) {
-            Ok(_) => "no error".into(),
-            Err(e) => e.to_string(),
-        }
-    }
 
     #[test]
     fn sinks_compile_with_defaults_and_merged_stream_labels() {
