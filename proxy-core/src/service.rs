@@ -499,7 +499,7 @@ async fn save_bans(bans: &Arc<BanTable>, mut shutdown: ShutdownWatch) {
         };
         ticks = ticks.wrapping_add(1);
         // Expired bans are swept (and the gauge updated) every minute even without changes.
-        if stopping || bans.is_dirty() || ticks % 60 == 0 {
+        if stopping || bans.is_dirty() || ticks.is_multiple_of(60) {
             let table = bans.clone();
             // File writes block: keep them off the runtime's workers.
             match tokio::task::spawn_blocking(move || table.save()).await {
