@@ -1,7 +1,8 @@
 //! A fleet of `proxy-app` processes sharing a real Redis (Debian's `redis-server`, on a unix
 //! socket, each proxy reaching it through a relay the test holds): a global rate-limit zone
 //! counted across three machines, fall-back while Redis is away or slow, purges that reach
-//! every machine, also one that was disconnected, and bans that hold on every machine.
+//! every machine, also one that was disconnected, bans that hold on every machine, and a
+//! `rediss://` Redis verified against a configured CA.
 
 mod common;
 
@@ -393,6 +394,60 @@ async fn load(proxy: &Proxy, requests: u32, connections: u32, clients: u32) -> u
         bad += task.await.unwrap_or(1);
     }
     bad
+}
+
+/// `rediss://`: a machine given the CA that signed Redis's certificate (`ca_file`) links
+/// over TLS and counts globally in Redis; a machine given another CA refuses the server,
+/// counts its fall-back and keeps answering every request from its local share.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_redis_is_verified_against_the_configured_ca() {
+    let tailnet = tailnet(&[]).await;
+    let redis = RedisServer::start();
+    let relay = RedisRelay::start_tls(&redis.socket());
+    assert!(
+        relay.url().starts_with("rediss://127.0.0.1:"),
+        "{}",
+        relay.url()
+    );
+    let trusted = fake_tailnet::ca_pem_file().expect("tailnet CA");
+    let wrong = fake_tailnet::wrong_ca_pem_path();
+    let redis_keys =
+        |ca: &std::path::Path| format!("command_timeout = \"1s\"\nca_file = \"{}\"", ca.display());
+    let good = machine(
+        &config(&tailnet, "edge-tls", &redis_keys(&trusted), LIMITED),
+        &relay.url(),
+    );
+    let refused = machine(
+        &config(&tailnet, "edge-wrong-ca", &redis_keys(&wrong), LIMITED),
+        &relay.url(),
+    );
+    until_all(&[&good], "Redis linked over TLS", linked_in_fleet_of(1.0)).await;
+    let seen = rotate(&[&good], 20, Duration::from_secs(1)).await;
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    let hash = redis.cli(&["HGETALL", "{edge}:rl:fleet:127.0.0.1"]);
+    assert!(
+        hash.contains("m:edge-tls"),
+        "not counting in Redis:\n{hash}"
+    );
+
+    until_all(&[&refused], "fall-back for an untrusted Redis", |text| {
+        metric(text, "edge_fleet_fallbacks_total", "") >= 1.0
+            && metric(text, "edge_fleet_redis_up", "") == 0.0
+    })
+    .await;
+    let seen = rotate(&[&refused], 20, Duration::from_secs(1)).await;
+    assert!(seen.failed.is_empty(), "{:?}", seen.failed);
+    assert!(seen.passed > 0, "{seen:?}");
+    let hash = redis.cli(&["HGETALL", "{edge}:rl:fleet:127.0.0.1"]);
+    assert!(
+        !hash.contains("m:edge-wrong-ca"),
+        "an untrusted Redis was used:\n{hash}"
+    );
+    let logs = refused.logs();
+    assert!(
+        logs.contains("fall back to local counting") && logs.contains("certificate"),
+        "the refusal names the certificate:\n{logs}"
+    );
 }
 
 /// The cost of a global zone against a local one, per request, on the whole proxy: one

@@ -1023,6 +1023,9 @@ pub struct RedisSection {
     pub url_env: String,
     /// Environment variable holding the password (instead of one in the URL). Default: none.
     pub password_env: Option<String>,
+    /// PEM file of CA certificates to verify a `rediss://` server against instead of the
+    /// built-in web roots (a Redis on the private network with its own CA). Default: none.
+    pub ca_file: Option<String>,
     /// Longest wait for a connection to Redis. Default: [`DEFAULT_REDIS_CONNECT_TIMEOUT`].
     pub connect_timeout: Option<String>,
     /// Longest wait for one command's answer; past it the command counts as failed.

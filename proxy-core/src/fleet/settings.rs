@@ -15,6 +15,10 @@ pub struct FleetSettings {
     pub(crate) url: String,
     /// The password from `password_env`, which replaces one in the URL.
     pub(crate) password: Option<String>,
+    /// `ca_file` as written, and the PEM CA bundle read from it: a `rediss://` server is
+    /// verified against it instead of the built-in web roots.
+    pub(crate) ca_file: Option<String>,
+    pub(crate) ca_pem: Option<Vec<u8>>,
     pub(crate) connect_timeout: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) pool_size: usize,
@@ -35,6 +39,7 @@ impl std::fmt::Debug for FleetSettings {
                 &format_args!("{scheme}://... (from ${})", self.url_env),
             )
             .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
             .field("connect_timeout", &self.connect_timeout)
             .field("command_timeout", &self.command_timeout)
             .field("pool_size", &self.pool_size)

@@ -116,15 +116,37 @@ struct RelayState {
 }
 
 /// A TCP relay to a unix socket, on a listener bound by the test (loopback, port from the
-/// kernel) and held for the relay's life, running on its own thread.
+/// kernel) and held for the relay's life, running on its own thread. A TLS relay ends TLS
+/// itself (as a Redis with `tls-port` would) with a certificate for `127.0.0.1` signed by
+/// the fake tailnet's CA, and passes the plain RESP stream on.
 pub struct RedisRelay {
     addr: SocketAddr,
     state: Arc<RelayState>,
+    tls: bool,
 }
 
 impl RedisRelay {
     /// Relays connections to `127.0.0.1:<port>` to the unix socket `target`.
     pub fn start(target: &Path) -> RedisRelay {
+        Self::start_with(target, None)
+    }
+
+    /// Relays TLS connections to `127.0.0.1:<port>` to the unix socket `target`; the server
+    /// certificate is for `127.0.0.1` (and `redis.test`), signed by the tailnet CA
+    /// ([`fake_tailnet::ca_pem_file`]).
+    pub fn start_tls(target: &Path) -> RedisRelay {
+        let config = fake_tailnet::server_config("redis.test", &["127.0.0.1".to_owned()])
+            .expect("TLS config for the relay");
+        let mut config = (*config).clone();
+        config.alpn_protocols.clear();
+        Self::start_with(
+            target,
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))),
+        )
+    }
+
+    fn start_with(target: &Path, tls: Option<tokio_rustls::TlsAcceptor>) -> RedisRelay {
+        let secure = tls.is_some();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind relay");
         let addr = listener.local_addr().expect("relay address");
         listener.set_nonblocking(true).expect("nonblocking");
@@ -138,10 +160,14 @@ impl RedisRelay {
                     .enable_all()
                     .build()
                     .expect("relay runtime");
-                runtime.block_on(relay(listener, target, shared));
+                runtime.block_on(relay(listener, target, tls, shared));
             })
             .expect("relay thread");
-        RedisRelay { addr, state }
+        RedisRelay {
+            addr,
+            state,
+            tls: secure,
+        }
     }
 
     /// Where proxies connect.
@@ -149,9 +175,10 @@ impl RedisRelay {
         self.addr
     }
 
-    /// `redis://` URL of the relay.
+    /// URL of the relay: `redis://`, or `rediss://` for a TLS relay.
     pub fn url(&self) -> String {
-        format!("redis://{}", self.addr)
+        let scheme = if self.tls { "rediss" } else { "redis" };
+        format!("{scheme}://{}", self.addr)
     }
 
     /// Holds everything a client sends for `delay` before passing it on (0: none).
@@ -170,7 +197,12 @@ impl RedisRelay {
     }
 }
 
-async fn relay(listener: std::net::TcpListener, target: PathBuf, state: Arc<RelayState>) {
+async fn relay(
+    listener: std::net::TcpListener,
+    target: PathBuf,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    state: Arc<RelayState>,
+) {
     let listener = tokio::net::TcpListener::from_std(listener).expect("relay listener");
     loop {
         let Ok((client, _)) = listener.accept().await else {
@@ -180,41 +212,58 @@ async fn relay(listener: std::net::TcpListener, target: PathBuf, state: Arc<Rela
             drop(client);
             continue;
         }
-        let (target, state) = (target.clone(), state.clone());
+        let (target, state, tls) = (target.clone(), state.clone(), tls.clone());
         tokio::spawn(async move {
-            let Ok(server) = tokio::net::UnixStream::connect(&target).await else {
-                return;
-            };
-            let generation = state.generation.load(Ordering::Relaxed);
-            let (mut client_read, mut client_write) = client.into_split();
-            let (mut server_read, mut server_write) = server.into_split();
-            let upstream = async {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = client_read.read(&mut buf).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    let delay = state.delay_ms.load(Ordering::Relaxed);
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                    }
-                    if server_write.write_all(&buf[..n]).await.is_err() {
-                        return;
+            match tls {
+                None => carry(client, target, state).await,
+                Some(acceptor) => {
+                    // A client that does not trust the certificate gives up in the handshake.
+                    if let Ok(client) = acceptor.accept(client).await {
+                        carry(client, target, state).await;
                     }
                 }
-            };
-            let downstream = tokio::io::copy(&mut server_read, &mut client_write);
-            let cut = async {
-                while state.generation.load(Ordering::Relaxed) == generation {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            };
-            tokio::select! {
-                _ = upstream => {}
-                _ = downstream => {}
-                _ = cut => {}
             }
         });
+    }
+}
+
+/// Carries one client connection to the unix socket `target` and back, with the relay's
+/// delay, until either side closes or the relay is cut.
+async fn carry<S>(client: S, target: PathBuf, state: Arc<RelayState>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let Ok(server) = tokio::net::UnixStream::connect(&target).await else {
+        return;
+    };
+    let generation = state.generation.load(Ordering::Relaxed);
+    let (mut client_read, mut client_write) = tokio::io::split(client);
+    let (mut server_read, mut server_write) = server.into_split();
+    let upstream = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            let n = client_read.read(&mut buf).await.unwrap_or(0);
+            if n == 0 {
+                return;
+            }
+            let delay = state.delay_ms.load(Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            if server_write.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    };
+    let downstream = tokio::io::copy(&mut server_read, &mut client_write);
+    let cut = async {
+        while state.generation.load(Ordering::Relaxed) == generation {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::select! {
+        _ = upstream => {}
+        _ = downstream => {}
+        _ = cut => {}
     }
 }

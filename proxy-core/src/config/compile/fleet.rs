@@ -59,10 +59,16 @@ impl Compiler<'_> {
             Some(name) => self.secret_env(name, key.key("password_env")),
             None => Some(None),
         };
+        let ca_pem = match (&r.ca_file, &url) {
+            (Some(file), Some(url)) => self.redis_ca(file, url, &r.url_env, key.key("ca_file")),
+            _ => Some(None),
+        };
         Some(FleetSettings {
             url_env: r.url_env.clone(),
             url: url?,
             password: password?,
+            ca_file: r.ca_file.clone(),
+            ca_pem: ca_pem?,
             connect_timeout,
             command_timeout,
             pool_size: pool_size.clamp(1, 64),
@@ -88,6 +94,34 @@ impl Compiler<'_> {
             return None;
         }
         Some(url)
+    }
+
+    /// The CA bundle `file` to verify the Redis at `url` (from `$url_env`) against: refused
+    /// for a `redis://` URL (nothing would be verified) or when the client cannot use it.
+    fn redis_ca(
+        &mut self,
+        file: &str,
+        url: &str,
+        url_env: &str,
+        key: KeyPath,
+    ) -> Option<Option<Vec<u8>>> {
+        if !url.starts_with("rediss://") {
+            self.problem(
+                key,
+                format!("ca_file needs a rediss:// (TLS) URL; ${url_env} holds a redis:// one"),
+            );
+            return None;
+        }
+        let pem = self.ca_pem(file, key.clone())?;
+        let certificates = redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.clone()),
+        };
+        if let Err(e) = redis::Client::build_with_tls(url, certificates) {
+            self.problem(key, format!("`{file}` cannot verify Redis: {e}"));
+            return None;
+        }
+        Some(Some(pem))
     }
 
     /// The value of the environment variable `name` (which must be set and not empty);
@@ -198,5 +232,50 @@ mod tests {
         );
         let e = errors("[rate_limits.a]\nrate = \"1r/s\"\nscope = \"fleet\"\n");
         assert!(e.contains("rate_limits.a.scope"), "{e}");
+    }
+
+    #[test]
+    fn a_ca_file_needs_a_tls_url_and_a_certificate() {
+        let ca = fake_tailnet_ca();
+        std::env::set_var("FLEET_TEST_PLAIN_URL", "redis://127.0.0.1:6379");
+        let e = errors(&format!(
+            "[redis]\nurl_env = \"FLEET_TEST_PLAIN_URL\"\nca_file = \"{ca}\"\n"
+        ));
+        assert!(
+            e.contains("redis.ca_file") && e.contains("rediss://"),
+            "{e}"
+        );
+        std::env::set_var("FLEET_TEST_TLS_URL", "rediss://127.0.0.1:6380");
+        let e = errors(
+            "[redis]\nurl_env = \"FLEET_TEST_TLS_URL\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        );
+        assert!(e.contains("redis.ca_file"), "{e}");
+        let not_pem = tempfile::NamedTempFile::new().expect("temp file");
+        std::fs::write(not_pem.path(), "not a certificate\n").expect("write");
+        let e = errors(&format!(
+            "[redis]\nurl_env = \"FLEET_TEST_TLS_URL\"\nca_file = \"{}\"\n",
+            not_pem.path().display()
+        ));
+        assert!(
+            e.contains("redis.ca_file") && e.contains("no PEM certificate"),
+            "{e}"
+        );
+        let config = load_str(
+            &format!("[redis]\nurl_env = \"FLEET_TEST_TLS_URL\"\nca_file = \"{ca}\"\n"),
+            None,
+            Path::new("."),
+        )
+        .unwrap();
+        let fleet = config.fleet().expect("[redis] compiled");
+        assert!(fleet.ca_pem.as_ref().is_some_and(|pem| !pem.is_empty()));
+    }
+
+    /// The committed test CA of the workspace's fake tailnet.
+    fn fake_tailnet_ca() -> String {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../testdata/tls/tailnet-ca.pem"
+        )
+        .to_owned()
     }
 }

@@ -255,7 +255,7 @@ impl Compiler<'_> {
     }
 
     /// The PEM file at `file`, if it holds at least one certificate.
-    fn ca_pem(&mut self, file: &str, key: KeyPath) -> Option<Vec<u8>> {
+    pub(super) fn ca_pem(&mut self, file: &str, key: KeyPath) -> Option<Vec<u8>> {
         let pem = self.read_file(file, key.clone())?;
         match reqwest::Certificate::from_pem_bundle(&pem) {
             Ok(certs) if !certs.is_empty() => Some(pem),
