@@ -216,17 +216,6 @@ fn start_edge(config: &str, tailnet: &Arc<PipedTailnet>) -> Edge {
     })
 }
 
-/// GET `/` with `host`, on `client`'s own keep-alive connection to the proxy.
-async fn get_with(client: &reqwest::Client, edge: &Edge, host: &str) -> Reply {
-    let response = client
-        .get(edge.url("/"))
-        .header("host", host)
-        .send()
-        .await
-        .expect("request through the proxy");
-    Reply::read(response).await
-}
-
 fn header<'r>(reply: &'r Reply, name: &str) -> &'r str {
     reply
         .headers
@@ -251,11 +240,11 @@ async fn requests_reach_a_peer_by_name_over_the_userspace_tailnet_and_reuse_the_
     let edge = start_edge(&config, &piped);
 
     let client = client();
-    let first = get_with(&client, &edge, "web.example.com").await;
+    let first = get_on(&client, &edge, "web.example.com", "/").await;
     assert_eq!(first.status, 200, "{first:?}\n{}", edge.logs());
     assert_eq!(header(&first, "x-fake-peer"), "web");
     assert_eq!(first.body, "hello from web\n");
-    let second = get_with(&client, &edge, "web.example.com").await;
+    let second = get_on(&client, &edge, "web.example.com", "/").await;
     assert_eq!(second.status, 200, "{second:?}");
     // The second request went over the pooled virtual connection.
     assert_eq!(piped.dials(), 1, "{}", edge.logs());
@@ -283,13 +272,13 @@ async fn tls_with_sni_runs_over_the_virtual_stream() {
     let edge = start_edge(&config, &piped);
 
     let client = client();
-    let reply = get_with(&client, &edge, "docs.example.com").await;
+    let reply = get_on(&client, &edge, "docs.example.com", "/").await;
     assert_eq!(reply.status, 200, "{reply:?}\n{}", edge.logs());
     assert_eq!(header(&reply, "x-fake-peer"), "docs");
     let seen = docs.last_request().expect("the peer saw the request");
     assert_eq!(seen.sni.as_deref(), Some(name.as_str()));
     // The TLS connection is pooled like a kernel one.
-    let again = get_with(&client, &edge, "docs.example.com").await;
+    let again = get_on(&client, &edge, "docs.example.com", "/").await;
     assert_eq!(again.status, 200, "{again:?}");
     assert_eq!(piped.dials(), 1);
 }
@@ -314,7 +303,7 @@ async fn a_peer_that_closes_gets_a_new_connection_and_one_that_never_answers_is_
 
     let client = client();
     for _ in 0..2 {
-        let reply = get_with(&client, &edge, "closing.example.com").await;
+        let reply = get_on(&client, &edge, "closing.example.com", "/").await;
         assert_eq!(
             (reply.status, reply.body.as_str()),
             (200, "ok"),
@@ -326,7 +315,7 @@ async fn a_peer_that_closes_gets_a_new_connection_and_one_that_never_answers_is_
     // on a new one): either way a second dial.
     assert_eq!(piped.dials(), 2);
 
-    let reply = get_with(&client, &edge, "mute.example.com").await;
+    let reply = get_on(&client, &edge, "mute.example.com", "/").await;
     assert_eq!(reply.status, 502, "{reply:?}");
 }
 
@@ -375,18 +364,18 @@ async fn a_reload_that_changes_the_transport_never_reuses_the_other_transports_c
     let peer_of = |reply: Reply| header(&reply, "x-fake-peer").to_string();
 
     assert_eq!(
-        peer_of(get_with(&client, &edge, "web.example.com").await),
+        peer_of(get_on(&client, &edge, "web.example.com", "/").await),
         "web"
     );
     reload("tailscale-rs");
     assert_eq!(
-        peer_of(get_with(&client, &edge, "web.example.com").await),
+        peer_of(get_on(&client, &edge, "web.example.com", "/").await),
         "api"
     );
     assert_eq!(piped.dials(), 1);
     reload("kernel");
     assert_eq!(
-        peer_of(get_with(&client, &edge, "web.example.com").await),
+        peer_of(get_on(&client, &edge, "web.example.com", "/").await),
         "web"
     );
     assert_eq!((web.requests(), api.requests()), (2, 1));

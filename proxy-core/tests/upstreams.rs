@@ -69,6 +69,39 @@ async fn tls_upstream_uses_sni_and_verifies_against_the_ca() {
     );
 }
 
+/// Requests on one client connection reuse one upstream connection, plain and TLS: the
+/// pooled connection is found to lead to its peer again on every reuse.
+#[tokio::test]
+async fn one_upstream_connection_serves_a_keep_alive_clients_requests() {
+    let tailnet = tailnet(&["docs"]).await;
+    let config = format!(
+        "{}{}\n[upstreams.secure]\naddress = \"docs.{}:{}\"\ntls = true\nca_file = \"{}\"\n{}{}",
+        base_config(&tailnet),
+        http_upstream("plain", "docs", &tailnet, ""),
+        tailnet.domain(),
+        tailnet.https_port(),
+        ca_cert_pem_path().display(),
+        site("plain", "plain", ""),
+        site("secure", "secure", "")
+    );
+    let proxy = Edge::start(&config);
+    let docs = tailnet.peer("docs").unwrap();
+    for host in ["plain.example.com", "secure.example.com"] {
+        let client = client();
+        let before = docs.connections();
+        for _ in 0..5 {
+            let reply = get_on(&client, &proxy, host, "/").await;
+            assert_eq!(reply.status, 200, "{reply:?}");
+        }
+        assert_eq!(
+            docs.connections() - before,
+            1,
+            "{host}: one upstream connection"
+        );
+    }
+    assert_eq!(docs.requests(), 10);
+}
+
 #[tokio::test]
 async fn tls_with_wrong_sni_is_refused_unless_verification_is_off() {
     let tailnet = tailnet(&["docs"]).await;

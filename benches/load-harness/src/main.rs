@@ -74,6 +74,10 @@ struct Args {
     /// Round-trip delay of the `wan-*` scenarios' path (tc netem, half on each veth end).
     #[arg(long, default_value = "20ms", value_parser = netns::parse_delay)]
     netem_delay: Duration,
+    /// Keep callgrind's dumps in this directory (one per server, run and process) for
+    /// `callgrind_annotate`, instead of a temporary one.
+    #[arg(long)]
+    callgrind_dir: Option<PathBuf>,
 }
 
 fn main() -> Result<()> {
@@ -211,7 +215,8 @@ fn count_instructions(
             ]
         }
     };
-    callgrind::Counts::measure(s, plan, dir, servers).map(Some)
+    let dumps = args.callgrind_dir.as_deref().unwrap_or(dir);
+    callgrind::Counts::measure(s, plan, dumps, servers).map(Some)
 }
 
 fn measure_direct(

@@ -578,6 +578,9 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Room for what is added below (request id, client IP, X-Forwarded-*, Host): one
+        // allocation instead of the maps growing header by header.
+        upstream_request.reserve(6);
         upstream_request.insert_header(REQUEST_ID_HEADER, ctx.record.request_id.as_str())?;
         if ctx.buffered_body.is_some() {
             // The body is here already; the client had its `100 Continue` from the proxy.

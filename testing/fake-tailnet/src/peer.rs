@@ -71,6 +71,7 @@ struct PeerInner {
     http_port: u16,
     https_port: u16,
     requests: AtomicU64,
+    connections: AtomicU64,
     seq: AtomicU64,
     response: RwLock<ResponseSpec>,
     last: Mutex<Option<(u64, SeenRequest)>>,
@@ -103,6 +104,7 @@ impl FakePeer {
                 http_port,
                 https_port,
                 requests: AtomicU64::new(0),
+                connections: AtomicU64::new(0),
                 seq: AtomicU64::new(0),
                 response: RwLock::new(spec.response.clone()),
                 last: Mutex::new(None),
@@ -144,6 +146,11 @@ impl FakePeer {
     /// Requests received over HTTP and HTTPS, counted when the request head arrives.
     pub fn requests(&self) -> u64 {
         self.inner.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted over HTTP and HTTPS.
+    pub fn connections(&self) -> u64 {
+        self.inner.connections.load(Ordering::SeqCst)
     }
 
     /// Changes the default response from now on.
@@ -226,6 +233,7 @@ impl FakePeer {
             };
             match accepted {
                 Ok((stream, _)) => {
+                    self.inner.connections.fetch_add(1, Ordering::SeqCst);
                     let _ = stream.set_nodelay(true);
                     let rtt = self.inner.emulated_rtt;
                     if rtt.is_zero() {

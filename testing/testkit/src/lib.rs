@@ -59,7 +59,18 @@ pub fn client() -> reqwest::Client {
 
 /// GET `path` with the given Host header; returns status, headers and body text.
 pub async fn get(server: &impl Served, host: &str, path: &str) -> Reply {
-    let response = client()
+    get_on(&client(), server, host, path).await
+}
+
+/// [`get`] on `client`, whose keep-alive connection to the server is reused from one call
+/// to the next.
+pub async fn get_on(
+    client: &reqwest::Client,
+    server: &impl Served,
+    host: &str,
+    path: &str,
+) -> Reply {
+    let response = client
         .get(server.url(path))
         .header("host", host)
         .send()

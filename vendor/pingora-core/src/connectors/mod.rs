@@ -471,15 +471,46 @@ impl PreferredHttpVersion {
 use futures::future::FutureExt;
 use tokio::io::AsyncReadExt;
 
-/// Patched in: whether a pooled `stream` still leads to `peer`. A kernel socket is asked
-/// for its peer address (its fd may have been closed and reused for another connection). A
-/// virtual stream (`PeerOptions::custom_l4`) has no fd to ask (Pingora 0.9.1 asked its id as
-/// if it were one, so it never reused one); it is the object the pool keyed by this peer's
-/// hash, address included, so it is used as it is. Its id is negative (`VirtualSocketStream::id`).
+/// Patched in: whether a pooled `stream` still leads to `peer`. A kernel socket connected
+/// by this connector carries the address it was connected to in its socket digest: that is
+/// compared with the peer's, without asking the kernel (`getpeername`) on every reuse; the
+/// pooled stream owns its fd, so the fd cannot have been reused meanwhile, and a connection
+/// broken while idle is found by `test_reusable_stream`'s read. A socket without that
+/// address, or reached through a proxy, is asked as before. A virtual stream
+/// (`PeerOptions::custom_l4`) has no fd to ask (Pingora 0.9.1 asked its id as if it were
+/// one, so it never reused one); it is the object the pool keyed by this peer's hash,
+/// address included, so it is used as it is. Its id is negative (`VirtualSocketStream::id`).
 #[cfg(unix)]
 fn matches_peer<P: Peer>(stream: &Stream, peer: &P) -> bool {
     let id = stream.id();
-    id < -1 || peer.matches_fd(id)
+    if id < -1 {
+        return true;
+    }
+    if peer.get_proxy().is_none() {
+        let digest = stream.get_socket_digest();
+        if let Some(Some(connected)) = digest.as_ref().and_then(|d| d.peer_addr.get()) {
+            return connected_to(connected, peer.address());
+        }
+    }
+    peer.matches_fd(id)
+}
+
+/// Patched in: whether a socket connected to `connected` leads to `address`, by the rules
+/// of `ConnFdReusable` (a destination 0.0.0.0 matches whatever it was mapped to).
+#[cfg(unix)]
+fn connected_to(
+    connected: &crate::protocols::l4::socket::SocketAddr,
+    address: &crate::protocols::l4::socket::SocketAddr,
+) -> bool {
+    use crate::protocols::l4::socket::SocketAddr as Addr;
+    match (connected, address) {
+        (_, Addr::Inet(to)) if to.ip().is_unspecified() && to.is_ipv4() => true,
+        (Addr::Inet(connected), Addr::Inet(to)) => connected == to,
+        (Addr::Unix(connected), Addr::Unix(to)) => {
+            connected.as_pathname().is_some() && connected.as_pathname() == to.as_pathname()
+        }
+        _ => false,
+    }
 }
 
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
