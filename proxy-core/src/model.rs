@@ -128,6 +128,8 @@ pub struct RuntimeConfig {
     pub(crate) connection_zones: BTreeMap<String, Arc<ConcurrencyZone>>,
     /// Every deny list the sites read, for the service that watches their files.
     pub(crate) deny_lists: Vec<Arc<DenyList>>,
+    /// The htpasswd files of basic-auth locations, re-read when they change.
+    pub(crate) htpasswd_files: Vec<Arc<crate::auth::HtpasswdFile>>,
     /// `[telemetry]`: metrics and log lines pushed to the homelab.
     pub(crate) telemetry: TelemetrySettings,
     /// `[tailnet]`: the userspace tailnet node of `transport = "tailscale-rs"` upstreams.

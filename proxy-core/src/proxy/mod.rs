@@ -36,6 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::answer::{LocalAnswer, Reply, ResponseBody};
+use crate::auth::AuthVerdict;
 use crate::ban::BanTable;
 use crate::cache::hooks as cache_hooks;
 use crate::cache::{CacheStatus, EdgeCache, FreshHit};
@@ -266,6 +267,37 @@ impl EdgeProxy {
         }
     }
 
+    /// Runs the location's authentication, if it has one: `None` lets the request go on,
+    /// an answer refuses it (401/403, or 503 when authentication could not decide).
+    async fn authenticate(&self, session: &Session, ctx: &mut RequestCtx) -> Option<LocalAnswer> {
+        let auth = ctx.route.location.as_deref()?.auth()?.clone();
+        let site = ctx.route.site.as_deref().map_or("", |s| s.name());
+        let request = crate::auth::AuthRequest {
+            header: session.req_header(),
+            host: &ctx.route.host,
+            scheme: ctx.scheme,
+            client_ip: ctx.client_ip,
+        };
+        let verdict = auth.check(&request).await;
+        if let Some(observability) = &self.observability {
+            observability
+                .metrics()
+                .auth_decision(site, verdict.outcome());
+        }
+        match verdict {
+            AuthVerdict::Allow { user, headers } => {
+                ctx.record.user = user;
+                ctx.auth_headers = headers;
+                None
+            }
+            AuthVerdict::Deny(answer) => Some(answer),
+            AuthVerdict::Error { answer, why } => {
+                tracing::error!(site, error = %why, "authentication could not decide; request refused");
+                Some(answer)
+            }
+        }
+    }
+
     /// The plugins this request runs and what they see of it (counting their events into
     /// the proxy's metrics); `None` when there are none.
     fn plugins<'a>(&'a self, ctx: &'a RequestCtx) -> Option<(&'a PluginChain, PluginCtx<'a>)> {
@@ -475,9 +507,12 @@ impl ProxyHttp for EdgeProxy {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let answer = match self.plugins(ctx).is_some() {
-                    true => self.run_request_plugins(session, ctx).await?,
-                    false => None,
+                let answer = match self.authenticate(session, ctx).await {
+                    Some(refusal) => Some(refusal),
+                    None if self.plugins(ctx).is_some() => {
+                        self.run_request_plugins(session, ctx).await?
+                    }
+                    None => None,
                 };
                 match (answer, next) {
                     (Some(answer), _) => Reply::Send(answer),
@@ -609,6 +644,9 @@ impl ProxyHttp for EdgeProxy {
             .client
             .set_upstream_header(upstream_request, ctx.client_ip)?;
         apply_forwarded_headers(upstream_request, host_header, ctx.client_ip, ctx.scheme)?;
+        if let Some(auth) = location.and_then(|l| l.auth()) {
+            auth.prepare_upstream(upstream_request, &ctx.auth_headers)?;
+        }
         if let Some(own_headers) = own_headers {
             own_headers.apply(upstream_request)?;
         }

@@ -254,6 +254,7 @@ mod tests {
             plugins,
             problems: Default::default(),
             watched_lists: Default::default(),
+            htpasswd_files: Vec::new(),
         }
     }
 
