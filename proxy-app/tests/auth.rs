@@ -352,7 +352,8 @@ impl AuthService {
 
 const APPS: &str = "apps.example.com";
 
-fn forward_config(tailnet: &fake_tailnet::FakeTailnet, auth: std::net::SocketAddr) -> String {
+/// `auth` is the service's `host:port`.
+fn forward_config(tailnet: &fake_tailnet::FakeTailnet, auth: &str) -> String {
     format!(
         r#"{base}
 [access_log]
@@ -395,7 +396,11 @@ async fn forward_auth_allows_copies_headers_passes_refusals_fails_closed_and_cac
     let tailnet = tailnet(&["photos"]).await;
     let peer = tailnet.peer("photos").unwrap();
     let service = AuthService::start().await;
-    let proxy = Proxy::start(&forward_config(&tailnet, service.addr));
+    // Reached by a tailnet name, resolved through MagicDNS as upstreams are.
+    let name = tailnet.fqdn("auth");
+    tailnet.set_answer(&name, vec![std::net::Ipv4Addr::LOCALHOST]);
+    let auth = format!("{name}:{}", service.addr.port());
+    let proxy = Proxy::start(&forward_config(&tailnet, &auth));
 
     // Allowed: the service's X-User reaches the upstream in place of the client's; the
     // client's credentials do not.

@@ -87,10 +87,8 @@ impl EdgeServices {
     ) -> Self {
         let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));
         resolver.set_metrics(observability.metrics().clone());
-        resolver.adopt(
-            config.upstreams.values(),
-            config.telemetry().endpoint_names(),
-        );
+        resolver.adopt(config.upstreams.values(), config.other_names());
+        config.resolve_auth_names_with(&resolver);
         let telemetry = Arc::new(TelemetryShippers::new(
             &config.telemetry,
             observability.metrics(),

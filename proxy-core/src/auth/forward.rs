@@ -9,11 +9,14 @@
 use bytes::Bytes;
 use http::HeaderName;
 use std::borrow::Cow;
+use std::net::IpAddr;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::decisions::{DecisionCache, DecisionKey};
 use super::{AuthRequest, AuthVerdict};
 use crate::answer::LocalAnswer;
+use crate::upstream::{MagicDnsResolver, TailnetNames};
 
 /// Most of an auth service's refusal body passed on to the client.
 const MAX_REFUSAL_BODY: usize = 64 * 1024;
@@ -29,7 +32,12 @@ const REFUSAL_HEADERS: [HeaderName; 3] = [
 #[derive(Debug)]
 pub(crate) struct ForwardAuth {
     url: reqwest::Url,
+    timeout: Duration,
+    /// Resolves names with the host's resolver: until the running edge hands over its
+    /// MagicDNS resolver (and in embedders' tests that run no resolver).
     client: reqwest::Client,
+    /// Resolves names from the MagicDNS resolver's table, as upstreams are.
+    tailnet_client: OnceLock<reqwest::Client>,
     copy_headers: Vec<HeaderName>,
     user_header: Option<HeaderName>,
     cache: Option<(DecisionCache, DecisionKey)>,
@@ -45,21 +53,39 @@ impl ForwardAuth {
         user_header: Option<HeaderName>,
         cache: Option<(DecisionCache, DecisionKey)>,
     ) -> Result<Self, String> {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(timeout)
-            .connect_timeout(timeout)
-            .user_agent(concat!("proxy-core/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the auth service's client: {e}"))?;
+        let client = client(timeout, None)?;
         Ok(Self {
             url,
+            timeout,
             client,
+            tailnet_client: OnceLock::new(),
             copy_headers,
             user_header,
             cache,
         })
+    }
+
+    /// The service's host name, if it is a name (not an IP address) to keep resolved.
+    pub(crate) fn host_name(&self) -> Option<&str> {
+        let host = self.url.host_str()?;
+        host.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<IpAddr>()
+            .is_err()
+            .then_some(host)
+    }
+
+    /// From now on, resolves the service's name from `resolver`'s table (which must track
+    /// [`ForwardAuth::host_name`]).
+    pub(crate) fn use_resolver(&self, resolver: &Arc<MagicDnsResolver>) {
+        match client(self.timeout, Some(resolver)) {
+            Ok(client) => {
+                let _ = self.tailnet_client.set(client);
+            }
+            Err(e) => {
+                tracing::error!(url = %self.url, error = %e, "auth service names stay with the host's resolver")
+            }
+        }
     }
 
     /// The headers a location sets from the auth service's answer: a client's own values of
@@ -87,8 +113,8 @@ impl ForwardAuth {
     async fn ask(&self, request: &AuthRequest<'_>) -> AuthVerdict {
         let header = request.header;
         let uri = header.uri.path_and_query().map_or("/", |p| p.as_str());
-        let mut ask = self
-            .client
+        let client = self.tailnet_client.get().unwrap_or(&self.client);
+        let mut ask = client
             .get(self.url.clone())
             .header("x-forwarded-method", header.method.as_str())
             .header("x-forwarded-proto", request.scheme)
@@ -138,6 +164,25 @@ impl ForwardAuth {
             headers: copied,
         }
     }
+}
+
+/// A client for an auth service, resolving names from `resolver` (else the host's).
+fn client(
+    timeout: Duration,
+    resolver: Option<&Arc<MagicDnsResolver>>,
+) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(timeout)
+        .connect_timeout(timeout)
+        .user_agent(concat!("proxy-core/", env!("CARGO_PKG_VERSION")));
+    if let Some(resolver) = resolver {
+        builder = builder.dns_resolver(Arc::new(TailnetNames(resolver.clone())));
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build the auth service's client: {e}"))
 }
 
 /// The auth service's refusal, passed on: status, body (bounded), content type, the

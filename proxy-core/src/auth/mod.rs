@@ -15,6 +15,7 @@ pub(crate) use forward::ForwardAuth;
 pub(crate) use htpasswd::HtpasswdFile;
 
 use http::{HeaderName, HeaderValue};
+use std::sync::Arc;
 
 use crate::answer::LocalAnswer;
 
@@ -24,7 +25,7 @@ pub(crate) enum AuthMethod {
     /// `Authorization: Basic` against an htpasswd file.
     Basic(BasicAuth),
     /// An auth service asked for each request.
-    Forward(ForwardAuth),
+    Forward(Arc<ForwardAuth>),
 }
 
 /// What authentication sees of a request.

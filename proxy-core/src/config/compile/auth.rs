@@ -35,7 +35,9 @@ impl Compiler<'_> {
             }
             (Some(basic), None) => AuthMethod::Basic(self.basic_auth(basic, &key.key("basic"))?),
             (None, Some(forward)) => {
-                AuthMethod::Forward(self.forward_auth(forward, &key.key("forward"))?)
+                let forward = Arc::new(self.forward_auth(forward, &key.key("forward"))?);
+                self.forward_auths.push(forward.clone());
+                AuthMethod::Forward(forward)
             }
             (None, None) => {
                 if section.keep_authorization.is_some() {

@@ -255,6 +255,7 @@ mod tests {
             problems: Default::default(),
             watched_lists: Default::default(),
             htpasswd_files: Vec::new(),
+            forward_auths: Vec::new(),
         }
     }
 

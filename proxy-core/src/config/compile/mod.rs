@@ -44,6 +44,7 @@ pub(crate) fn compile(
         problems: Problems::default(),
         watched_lists: parking_lot::Mutex::default(),
         htpasswd_files: Vec::new(),
+        forward_auths: Vec::new(),
     };
     let root = KeyPath::root();
     let server = c.server(&file.server, &root.key("server"));
@@ -104,6 +105,7 @@ pub(crate) fn compile(
         routes: Routes::new(router, routing),
         deny_lists,
         htpasswd_files: c.htpasswd_files,
+        forward_auths: c.forward_auths,
         upstreams,
         zones,
         connection_zones,
@@ -128,6 +130,9 @@ pub(super) struct Compiler<'a> {
     /// The htpasswd files of `auth = { basic = { } }`, one per path, for the running edge to
     /// re-read when they change.
     htpasswd_files: Vec<std::sync::Arc<crate::auth::HtpasswdFile>>,
+    /// The auth services of `auth = { forward = { } }`, whose names the running edge keeps
+    /// resolved.
+    forward_auths: Vec<std::sync::Arc<crate::auth::ForwardAuth>>,
 }
 
 impl Compiler<'_> {
