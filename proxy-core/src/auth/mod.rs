@@ -1,8 +1,8 @@
 //! Who may use a site or location: basic auth from an htpasswd file ([`basic`]), or an
 //! auth service asked for each request ([`forward`], its answers remembered briefly by
-//! [`decisions`]); checked after the location's guards and before its plugins. Credentials never reach the access
-//! log (which may name the authenticated user), and the `Authorization` header stops at the
-//! edge unless the location keeps it.
+//! [`decisions`]); checked after the location's guards and before its plugins. Credentials
+//! never reach the access log (which may name the authenticated user), and the
+//! `Authorization` header stops at the edge unless the location keeps it.
 
 mod basic;
 mod decisions;

@@ -6,13 +6,14 @@
 //! | `early_request_filter` | [`crate::client`], `observe` | who is asking and over which scheme; the request id |
 //! | `request_filter` | [`crate::route`] | framing, health path, Host -> site -> location, and what the location's action means |
 //! | | [`crate::guard`] | declared body size, user-agent and deny rules, allow lists, rate limits |
+//! | | [`crate::auth`] | the location's authentication: basic or forward auth (may refuse) |
 //! | | [`crate::plugin`] | the request phase of the location's plugins (may answer) |
 //! | | `cache` | the hot-object fast path: a fresh hit is answered here |
 //! | `request_filter` (buffering) | [`crate::upstream`] | where `request_buffering` is on, the body received whole first (memory, then a temporary file) |
 //! | `request_body_filter`, `buffered_request_body` | `ctx`, [`crate::upstream`] | the body limit, counted as the body streams; a buffered body forwarded part by part |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable (with the lock or not), key, the lock for stale entries, cacheability, variance, stale |
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
-//! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, the operator's `proxy_headers`, plugins |
+//! | `upstream_request_filter` | `upstream`, [`crate::client`], `auth`, plugins | Host, forwarding headers, client-IP header, request id, `Authorization` removed and forward auth's headers set, the operator's `proxy_headers`, plugins |
 //! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
 //! | `response_filter`, `response_body_filter` | [`crate::answer`], `cache`, `observe`, plugins | the site's page in place of an upstream error (`intercept_errors`), cache status header, request id, plugins |
 //! | `fail_to_proxy` | [`crate::answer`] | what an error becomes; the site's error page |
