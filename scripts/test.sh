@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 # cmake and clang build BoringSSL; prometheus is the server the telemetry tests push to
 # (remote write) and promtool checks fly/alerts.yml; shellcheck checks fly/start.sh; redis-server
 # is the fleet's Redis in the fleet tests; chromium is the real browser that solves the
-# proof-of-work challenge.
-scripts/ensure-packages.sh cmake clang prometheus shellcheck redis-server chromium
+# proof-of-work challenge; apache2-utils's htpasswd writes the basic-auth tests' user files.
+scripts/ensure-packages.sh cmake clang prometheus shellcheck redis-server chromium apache2-utils
 
 # Two cores: keep builds from starving the tests' own servers.
 export CARGO_BUILD_JOBS="${CARGO_BUILD_JOBS:-2}"

@@ -51,6 +51,7 @@
 mod access;
 pub mod admin;
 mod answer;
+mod auth;
 pub mod ban;
 pub mod cache;
 pub mod client;

@@ -128,6 +128,10 @@ pub struct RuntimeConfig {
     pub(crate) connection_zones: BTreeMap<String, Arc<ConcurrencyZone>>,
     /// Every deny list the sites read, for the service that watches their files.
     pub(crate) deny_lists: Vec<Arc<DenyList>>,
+    /// The htpasswd files of basic-auth locations, re-read when they change.
+    pub(crate) htpasswd_files: Vec<Arc<crate::auth::HtpasswdFile>>,
+    /// The forward-auth services of sites and locations.
+    pub(crate) forward_auths: Vec<Arc<crate::auth::ForwardAuth>>,
     /// `[telemetry]`: metrics and log lines pushed to the homelab.
     pub(crate) telemetry: TelemetrySettings,
     /// `[tailnet]`: the userspace tailnet node of `transport = "tailscale-rs"` upstreams.
@@ -209,5 +213,20 @@ impl RuntimeConfig {
     /// `[bans]`: where the process keeps its bans.
     pub fn ban_settings(&self) -> &BanSettings {
         &self.ban_settings
+    }
+
+    /// Names the MagicDNS resolver keeps resolved besides the upstreams': the telemetry
+    /// receivers' and the forward-auth services'.
+    pub(crate) fn other_names(&self) -> impl Iterator<Item = &str> {
+        let auth = self.forward_auths.iter().filter_map(|a| a.host_name());
+        self.telemetry.endpoint_names().chain(auth)
+    }
+
+    /// Has the forward-auth services resolve their names from `resolver`'s table (after it
+    /// adopted [`RuntimeConfig::other_names`]).
+    pub(crate) fn resolve_auth_names_with(&self, resolver: &Arc<crate::MagicDnsResolver>) {
+        for auth in &self.forward_auths {
+            auth.use_resolver(resolver);
+        }
     }
 }

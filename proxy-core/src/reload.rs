@@ -89,7 +89,8 @@ impl ConfigReloader {
         let needs_restart = keep_startup_settings(&mut next, &running);
         let zones_kept = keep_zone_counters(&next, &running);
         self.resolver
-            .adopt(next.upstreams.values(), next.telemetry().endpoint_names());
+            .adopt(next.upstreams.values(), next.other_names());
+        next.resolve_auth_names_with(&self.resolver);
         #[cfg(feature = "tailscale-rs")]
         if let Some(userspace) = &self.userspace {
             userspace.adopt(next.upstreams.values());

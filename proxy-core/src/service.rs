@@ -87,10 +87,8 @@ impl EdgeServices {
     ) -> Self {
         let resolver = Arc::new(MagicDnsResolver::new(config.resolver.clone()));
         resolver.set_metrics(observability.metrics().clone());
-        resolver.adopt(
-            config.upstreams.values(),
-            config.telemetry().endpoint_names(),
-        );
+        resolver.adopt(config.upstreams.values(), config.other_names());
+        config.resolve_auth_names_with(&resolver);
         let telemetry = Arc::new(TelemetryShippers::new(
             &config.telemetry,
             observability.metrics(),
@@ -514,7 +512,8 @@ async fn save_bans(bans: &Arc<BanTable>, mut shutdown: ShutdownWatch) {
     }
 }
 
-/// Re-reads the deny-list files of the running config when they change, until shutdown.
+/// Re-reads the deny-list and htpasswd files of the running config when they change, until
+/// shutdown.
 /// The lists of a config swapped out by a reload are no longer polled.
 async fn watch_deny_lists(config: &ArcSwap<RuntimeConfig>, mut shutdown: ShutdownWatch) {
     let mut tick = tokio::time::interval(DenyList::POLL_INTERVAL);
@@ -523,15 +522,20 @@ async fn watch_deny_lists(config: &ArcSwap<RuntimeConfig>, mut shutdown: Shutdow
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
-        let lists = config.load().deny_lists.clone();
-        if lists.is_empty() {
+        let config = config.load();
+        let lists = config.deny_lists.clone();
+        let htpasswd_files = config.htpasswd_files.clone();
+        if lists.is_empty() && htpasswd_files.is_empty() {
             continue;
         }
         // File reads block: keep them off the runtime's workers.
         let refreshed = tokio::task::spawn_blocking(move || {
             lists.iter().for_each(|list| {
                 list.refresh();
-            })
+            });
+            htpasswd_files.iter().for_each(|file| {
+                file.refresh();
+            });
         });
         if let Err(e) = refreshed.await {
             tracing::warn!(error = %e, "deny-list refresh failed");

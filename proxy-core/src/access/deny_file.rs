@@ -14,9 +14,9 @@ use std::time::{Duration, SystemTime};
 
 use super::ip_set::{parse_ip_list, IpSet};
 
-/// What identifies a version of the file without reading it.
+/// What identifies a version of a file without reading it (also for htpasswd files).
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum FileStamp {
+pub(crate) enum FileStamp {
     Missing,
     Present {
         modified: Option<SystemTime>,
@@ -52,7 +52,7 @@ impl DenyList {
     /// Reads the file again if it changed since it was last read; returns whether it did.
     pub(crate) fn refresh(&self) -> bool {
         let mut last = self.stamp.lock();
-        if stamp(&self.path) == *last {
+        if file_stamp(&self.path) == *last {
             return false;
         }
         *last = self.reload();
@@ -78,7 +78,7 @@ impl DenyList {
 
     /// Reads the file and swaps the new set in; returns the stamp of what was read.
     fn reload(&self) -> FileStamp {
-        let stamp = stamp(&self.path);
+        let stamp = file_stamp(&self.path);
         let text = match std::fs::read_to_string(&self.path) {
             Ok(text) => text,
             Err(e) => {
@@ -102,7 +102,8 @@ impl DenyList {
     }
 }
 
-fn stamp(path: &Path) -> FileStamp {
+/// The stamp of the file at `path` now.
+pub(crate) fn file_stamp(path: &Path) -> FileStamp {
     match std::fs::metadata(path) {
         Ok(meta) => FileStamp::Present {
             modified: meta.modified().ok(),

@@ -5,7 +5,7 @@ mod deny_file;
 mod ip_set;
 mod user_agent;
 
-pub(crate) use deny_file::DenyList;
+pub(crate) use deny_file::{file_stamp, DenyList, FileStamp};
 #[cfg(feature = "fuzzing")]
 pub(crate) use ip_set::parse_ip_list;
 pub(crate) use ip_set::{parse_net, IpSet};

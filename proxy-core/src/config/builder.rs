@@ -302,6 +302,12 @@ impl SiteBuilder {
         self
     }
 
+    /// Authenticates every location of the site this way (a location's own `auth` wins).
+    pub fn auth(mut self, auth: super::file::AuthSection) -> Self {
+        self.0.auth = Some(auth);
+        self
+    }
+
     /// Replaces upstream error responses that have a page in the site's error pages with
     /// that page, status kept (nginx's `proxy_intercept_errors on`).
     pub fn intercept_errors(mut self) -> Self {
@@ -377,6 +383,13 @@ impl LocationBuilder {
         self
     }
 
+    /// Authenticates this location's requests this way, in place of the site's;
+    /// `AuthSection::default()` turns the site's off here.
+    pub fn auth(mut self, auth: super::file::AuthSection) -> Self {
+        self.0.auth = Some(auth);
+        self
+    }
+
     /// Whether upstream error responses are replaced by the site's error pages here (over
     /// the site's choice).
     pub fn intercept_errors(mut self, on: bool) -> Self {
@@ -435,5 +448,40 @@ mod tests {
             )
             .build();
         assert!(bad.is_err());
+    }
+
+    #[test]
+    fn auth_builds_as_in_toml() {
+        use super::super::file::{AuthSection, ForwardAuthSection};
+        let forward = AuthSection {
+            forward: Some(ForwardAuthSection {
+                url: "http://auth.tail1.ts.net:9091/verify".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let config = ConfigBuilder::new()
+            .upstream("app", UpstreamBuilder::new("app.tail1.ts.net:80"))
+            .site(
+                "app",
+                SiteBuilder::new()
+                    .host("app.example.com")
+                    .auth(forward)
+                    .location(LocationBuilder::new("/").proxy("app"))
+                    .location(
+                        LocationBuilder::new("/open/")
+                            .proxy("app")
+                            .auth(AuthSection::default()),
+                    ),
+            )
+            .build()
+            .expect("valid config");
+        let site = config.site_for_host("app.example.com").expect("site");
+        let root = site.location_for_path(b"/").expect("root");
+        assert!(root.auth().is_some());
+        let open = site.location_for_path(b"/open/x").expect("open");
+        assert!(open.auth().is_none());
+        let names: Vec<&str> = config.other_names().collect();
+        assert_eq!(names, ["auth.tail1.ts.net"]);
     }
 }

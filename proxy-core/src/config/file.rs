@@ -450,6 +450,9 @@ pub struct SiteSection {
     pub connection_limits: Vec<String>,
     /// Deny lists and user-agent rules of the site. Default: none.
     pub access: Option<SiteAccessSection>,
+    /// Authentication for every location of the site (`auth = { }`); a location's own
+    /// `auth` replaces it. Default: none.
+    pub auth: Option<AuthSection>,
     /// Request headers sent upstream by every proxying location of the site, by name (see
     /// [`ProxyHeaderSection`]); over the upstream's, under a location's. Default: none.
     #[serde(default)]
@@ -524,10 +527,76 @@ pub struct LocationSection {
     /// Only clients in these IPs/CIDRs may use this location; others get 403.
     /// Default: everyone.
     pub allow: Option<Vec<String>>,
+    /// Authentication for this location (`auth = { }`), in place of the site's; `auth = {}`
+    /// (no method) turns the site's off here. Default: the site's.
+    pub auth: Option<AuthSection>,
     /// Request headers sent upstream from this location, by name (see
     /// [`ProxyHeaderSection`]); over the site's and the upstream's. Default: none.
     #[serde(default)]
     pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
+}
+
+/// Default of [`AuthSection::keep_authorization`]: the credentials stop at the edge.
+pub const DEFAULT_KEEP_AUTHORIZATION: bool = false;
+
+/// `auth = { }` on a site or location: who may use it. At most one method: `basic` or
+/// `forward`; none turns a site's authentication off for a location.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSection {
+    /// Basic auth against an htpasswd file (`basic = { }`). Default: none.
+    pub basic: Option<BasicAuthSection>,
+    /// Ask an auth service for each request (`forward = { }`). Default: none.
+    pub forward: Option<ForwardAuthSection>,
+    /// Send the client's `Authorization` header upstream too (it is removed by default).
+    /// Default: [`DEFAULT_KEEP_AUTHORIZATION`].
+    pub keep_authorization: Option<bool>,
+}
+
+/// `auth = { basic = { } }`: users and passwords from an Apache htpasswd file.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BasicAuthSection {
+    /// htpasswd file (relative to the config file) of `user:hash` lines, bcrypt
+    /// (`htpasswd -B`) or argon2 hashes; re-read when it changes. Required.
+    pub htpasswd: String,
+    /// The realm the browser shows in its login prompt. Required.
+    pub realm: String,
+}
+
+/// Default of [`ForwardAuthSection::timeout`].
+pub const DEFAULT_FORWARD_AUTH_TIMEOUT: &str = "5s";
+/// Default of [`ForwardAuthSection::cache`]: every request asks.
+pub const DEFAULT_FORWARD_AUTH_CACHE: &str = "0s";
+/// Default of [`ForwardAuthSection::cache_size`].
+pub const DEFAULT_FORWARD_AUTH_CACHE_SIZE: usize = 10000;
+
+/// `auth = { forward = { } }`: an auth service asked with a `GET` for each request
+/// (nginx's `auth_request`, Traefik's ForwardAuth).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardAuthSection {
+    /// The auth service's URL (`http://` or `https://`, e.g. a tailnet name). Required.
+    pub url: String,
+    /// Response headers of the service's 2xx set on the upstream request (a client's own
+    /// values of them are removed). Default: none.
+    #[serde(default)]
+    pub copy_headers: Vec<String>,
+    /// Response header of the service's 2xx naming the user, logged as `user`.
+    /// Default: none.
+    pub user_header: Option<String>,
+    /// Longest wait for the service's answer; past it, or on any other failure: 503.
+    /// Default: [`DEFAULT_FORWARD_AUTH_TIMEOUT`].
+    pub timeout: Option<String>,
+    /// How long an answer (2xx, 401, 403, redirect) is remembered per `cache_key`.
+    /// Default: [`DEFAULT_FORWARD_AUTH_CACHE`].
+    pub cache: Option<String>,
+    /// What answers are remembered by: `"cookie:NAME"`, `"header:NAME"`; a request without
+    /// every part always asks. Required with `cache`. Default: none.
+    #[serde(default)]
+    pub cache_key: Vec<String>,
+    /// Answers remembered at most. Default: [`DEFAULT_FORWARD_AUTH_CACHE_SIZE`].
+    pub cache_size: Option<usize>,
 }
 
 /// `[[sites.NAME.plugins]]` / `[[sites.NAME.locations.plugins]]`: a plugin and its options.

@@ -74,6 +74,8 @@ pub struct AccessLogEntry<'a> {
     pub rate_limit: &'a str,
     /// The ban rule that refused the request (the client is banned), empty for others.
     pub ban: &'a str,
+    /// The user authentication let in (never a password), empty for others.
+    pub user: &'a str,
     /// User-Agent header.
     pub user_agent: &'a str,
     /// Referer header, secrets redacted.
@@ -115,6 +117,7 @@ impl AccessLogEntry<'_> {
         );
         line.str(json_key!("rate_limit"), self.rate_limit);
         line.str(json_key!("ban"), self.ban);
+        line.str(json_key!("user"), self.user);
         line.str(json_key!("user_agent"), self.user_agent);
         line.str(json_key!("referer"), self.referer);
         line.str(json_key!("request_id"), self.request_id);

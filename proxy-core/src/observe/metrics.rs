@@ -43,6 +43,9 @@ pub(crate) const CACHE_LOOKUPS: &str = "edge_cache_lookups_total";
 pub(crate) const RATE_LIMIT_DECISIONS: &str = "edge_rate_limit_decisions_total";
 /// `edge_deny_hits_total{host,list}`.
 pub(crate) const DENY_HITS: &str = "edge_deny_hits_total";
+/// `edge_auth_decisions_total{host,outcome}`: what authentication decided (`allowed`,
+/// `denied`, `error`), by site.
+pub(crate) const AUTH_DECISIONS: &str = "edge_auth_decisions_total";
 /// `edge_access_log_dropped_total`: access-log lines dropped because the writer lagged.
 pub(crate) const ACCESS_LOG_DROPPED: &str = "edge_access_log_dropped_total";
 /// `edge_build_info{version}`: always 1.
@@ -116,6 +119,7 @@ pub const METRIC_NAMES: &[&str] = &[
     CACHE_LOOKUPS,
     RATE_LIMIT_DECISIONS,
     DENY_HITS,
+    AUTH_DECISIONS,
     ACCESS_LOG_DROPPED,
     BUILD_INFO,
     CONFIG_RELOADS,
@@ -231,6 +235,7 @@ pub struct Metrics {
     cache_lookups: PairCounters,
     rate_limit_decisions: PairCounters,
     deny_hits: PairCounters,
+    auth_decisions: PairCounters,
     upstream_errors: PairCounters,
     plugin_events: PairCounters,
     bans_active: Gauge,
@@ -396,6 +401,7 @@ impl Metrics {
             cache_lookups: PairCounters::new(CACHE_LOOKUPS, ("host", "cache_status")),
             rate_limit_decisions: PairCounters::new(RATE_LIMIT_DECISIONS, ("zone", "outcome")),
             deny_hits: PairCounters::new(DENY_HITS, ("host", "list")),
+            auth_decisions: PairCounters::new(AUTH_DECISIONS, ("host", "outcome")),
             plugin_events: PairCounters::new(PLUGIN_EVENTS, ("plugin", "event")),
             bans_active,
             ban_refusals,
@@ -454,6 +460,10 @@ impl Metrics {
             (
                 DENY_HITS,
                 "Requests refused by a deny list, by site and list.",
+            ),
+            (
+                AUTH_DECISIONS,
+                "Authentication decisions (allowed, denied, error), by site.",
             ),
             (
                 ACCESS_LOG_DROPPED,
@@ -688,6 +698,15 @@ impl Metrics {
             return;
         }
         self.deny_hits.increment(&self.recorder, site, list);
+    }
+
+    /// Authentication of a request of `site` decided `outcome` (`allowed`, `denied`,
+    /// `error`).
+    pub fn auth_decision(&self, site: &str, outcome: &'static str) {
+        if !self.enabled {
+            return;
+        }
+        self.auth_decisions.increment(&self.recorder, site, outcome);
     }
 
     /// An access-log line was dropped.

@@ -40,6 +40,8 @@ pub(crate) struct RequestRecord {
     /// The ban rule in play: the one that banned the client this request was refused for,
     /// or the trap rule this request tripped; logged as `ban`.
     pub ban: Option<std::sync::Arc<str>>,
+    /// The user the location's authentication let in; logged as `user`.
+    pub user: Option<String>,
     _in_flight: Option<InFlight>,
 }
 
@@ -58,6 +60,7 @@ impl RequestRecord {
             cache_status: None,
             rate_limit: None,
             ban: None,
+            user: None,
             _in_flight: observability.map(|o| o.metrics().in_flight()),
         }
     }
@@ -205,6 +208,7 @@ impl Observability {
             upstream_cache_status: record.cache_status.unwrap_or_default(),
             rate_limit: record.rate_limit.unwrap_or_default(),
             ban: record.ban.as_deref().unwrap_or_default(),
+            user: record.user.as_deref().unwrap_or_default(),
             user_agent: &user_agent,
             referer: &self.redactor().uri(&referer),
             request_id: &record.request_id,

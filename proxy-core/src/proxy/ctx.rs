@@ -40,6 +40,8 @@ pub struct RequestCtx {
     /// Set when what is left of the request body must not be read after an answer (the
     /// client already failed to send it).
     pub(crate) lingering_done: bool,
+    /// Headers authentication sets on the upstream request (a forward-auth service's).
+    pub(crate) auth_headers: Vec<(http::HeaderName, http::HeaderValue)>,
 }
 
 /// What routing found for a request.
@@ -90,6 +92,7 @@ impl RequestCtx {
             response_body: ResponseBody::Passed,
             buffered_body: None,
             lingering_done: false,
+            auth_headers: Vec::new(),
         }
     }
 

@@ -6,13 +6,14 @@
 //! | `early_request_filter` | [`crate::client`], `observe` | who is asking and over which scheme; the request id |
 //! | `request_filter` | [`crate::route`] | framing, health path, Host -> site -> location, and what the location's action means |
 //! | | [`crate::guard`] | declared body size, user-agent and deny rules, allow lists, rate limits |
+//! | | [`crate::auth`] | the location's authentication: basic or forward auth (may refuse) |
 //! | | [`crate::plugin`] | the request phase of the location's plugins (may answer) |
 //! | | `cache` | the hot-object fast path: a fresh hit is answered here |
 //! | `request_filter` (buffering) | [`crate::upstream`] | where `request_buffering` is on, the body received whole first (memory, then a temporary file) |
 //! | `request_body_filter`, `buffered_request_body` | `ctx`, [`crate::upstream`] | the body limit, counted as the body streams; a buffered body forwarded part by part |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable (with the lock or not), key, the lock for stale entries, cacheability, variance, stale |
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
-//! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, the operator's `proxy_headers`, plugins |
+//! | `upstream_request_filter` | `upstream`, [`crate::client`], `auth`, plugins | Host, forwarding headers, client-IP header, request id, `Authorization` removed and forward auth's headers set, the operator's `proxy_headers`, plugins |
 //! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
 //! | `response_filter`, `response_body_filter` | [`crate::answer`], `cache`, `observe`, plugins | the site's page in place of an upstream error (`intercept_errors`), cache status header, request id, plugins |
 //! | `fail_to_proxy` | [`crate::answer`] | what an error becomes; the site's error page |
@@ -36,6 +37,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::answer::{LocalAnswer, Reply, ResponseBody};
+use crate::auth::AuthVerdict;
 use crate::ban::BanTable;
 use crate::cache::hooks as cache_hooks;
 use crate::cache::{CacheStatus, EdgeCache, FreshHit};
@@ -266,6 +268,37 @@ impl EdgeProxy {
         }
     }
 
+    /// Runs the location's authentication, if it has one: `None` lets the request go on,
+    /// an answer refuses it (401/403, or 503 when authentication could not decide).
+    async fn authenticate(&self, session: &Session, ctx: &mut RequestCtx) -> Option<LocalAnswer> {
+        let auth = ctx.route.location.as_deref()?.auth()?.clone();
+        let site = ctx.route.site.as_deref().map_or("", |s| s.name());
+        let request = crate::auth::AuthRequest {
+            header: session.req_header(),
+            host: &ctx.route.host,
+            scheme: ctx.scheme,
+            client_ip: ctx.client_ip,
+        };
+        let verdict = auth.check(&request).await;
+        if let Some(observability) = &self.observability {
+            observability
+                .metrics()
+                .auth_decision(site, verdict.outcome());
+        }
+        match verdict {
+            AuthVerdict::Allow { user, headers } => {
+                ctx.record.user = user;
+                ctx.auth_headers = headers;
+                None
+            }
+            AuthVerdict::Deny(answer) => Some(answer),
+            AuthVerdict::Error { answer, why } => {
+                tracing::error!(site, error = %why, "authentication could not decide; request refused");
+                Some(answer)
+            }
+        }
+    }
+
     /// The plugins this request runs and what they see of it (counting their events into
     /// the proxy's metrics); `None` when there are none.
     fn plugins<'a>(&'a self, ctx: &'a RequestCtx) -> Option<(&'a PluginChain, PluginCtx<'a>)> {
@@ -475,9 +508,12 @@ impl ProxyHttp for EdgeProxy {
                 if !delay.is_zero() {
                     tokio::time::sleep(delay).await;
                 }
-                let answer = match self.plugins(ctx).is_some() {
-                    true => self.run_request_plugins(session, ctx).await?,
-                    false => None,
+                let answer = match self.authenticate(session, ctx).await {
+                    Some(refusal) => Some(refusal),
+                    None if self.plugins(ctx).is_some() => {
+                        self.run_request_plugins(session, ctx).await?
+                    }
+                    None => None,
                 };
                 match (answer, next) {
                     (Some(answer), _) => Reply::Send(answer),
@@ -612,6 +648,9 @@ impl ProxyHttp for EdgeProxy {
             .client
             .set_upstream_header(upstream_request, ctx.client_ip)?;
         apply_forwarded_headers(upstream_request, host_header, ctx.client_ip, ctx.scheme)?;
+        if let Some(auth) = location.and_then(|l| l.auth()) {
+            auth.prepare_upstream(upstream_request, &ctx.auth_headers)?;
+        }
         if let Some(own_headers) = own_headers {
             own_headers.apply(upstream_request)?;
         }

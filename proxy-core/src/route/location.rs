@@ -116,6 +116,7 @@ pub struct Location {
     plugins: PluginChain,
     cache: Option<Arc<CachePolicy>>,
     guards: Guards,
+    auth: Option<Arc<crate::auth::LocationAuth>>,
 }
 
 impl Location {
@@ -147,6 +148,7 @@ impl Location {
             plugins,
             cache,
             guards,
+            auth: None,
         }
     }
 
@@ -205,6 +207,17 @@ impl Location {
     /// The checks its requests pass before the action: body size, access rules, rate limits.
     pub(crate) fn guards(&self) -> &Guards {
         &self.guards
+    }
+
+    /// The same location, authenticating its requests with `auth` (none: everyone may).
+    pub(crate) fn with_auth(mut self, auth: Option<Arc<crate::auth::LocationAuth>>) -> Self {
+        self.auth = auth;
+        self
+    }
+
+    /// How this location authenticates its requests, if it does.
+    pub(crate) fn auth(&self) -> Option<&Arc<crate::auth::LocationAuth>> {
+        self.auth.as_ref()
     }
 }
 

@@ -2,14 +2,13 @@
 //! pushes to it: names resolved from the MagicDNS resolver's table (never a lookup of its
 //! own), credentials from environment variables, rustls with the web roots or a CA file.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 
-use crate::upstream::MagicDnsResolver;
+use crate::upstream::{MagicDnsResolver, TailnetNames};
 
 /// How a push authenticates; secrets are read from the environment when a client is built.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,25 +190,4 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Resolves receivers' names from the MagicDNS resolver's table: the answer the
-/// background lookups keep fresh, never a lookup of its own.
-struct TailnetNames(Arc<MagicDnsResolver>);
-
-impl Resolve for TailnetNames {
-    fn resolve(&self, name: Name) -> Resolving {
-        let answer = self.0.addresses(name.as_str());
-        let name = name.as_str().to_owned();
-        Box::pin(async move {
-            match answer {
-                Some(addrs) if !addrs.is_empty() => {
-                    let addrs: Vec<SocketAddr> =
-                        addrs.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
-                    Ok(Box::new(addrs.into_iter()) as Addrs)
-                }
-                _ => Err(format!("`{name}` has not resolved (MagicDNS)").into()),
-            }
-        })
-    }
 }

@@ -9,7 +9,7 @@ mod resolver;
 pub(crate) use forwarded::apply_forwarded_headers;
 pub(crate) use header_rules::{merge_rules, HeaderRule, HeaderVars, ProxyHeaders};
 pub(crate) use request_body::{BufferedBody, ReceiveError};
-pub(crate) use resolver::AddrSlot;
+pub(crate) use resolver::{AddrSlot, TailnetNames};
 pub use resolver::{MagicDnsResolver, ResolverSettings};
 
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;

@@ -376,3 +376,24 @@ impl BackgroundService for MagicDnsResolver {
         self.run(shutdown).await;
     }
 }
+/// Resolves the names of reqwest clients (telemetry receivers, forward-auth services) from
+/// the MagicDNS resolver's table: the answer the background lookups keep fresh, never a
+/// lookup of its own.
+pub(crate) struct TailnetNames(pub(crate) Arc<MagicDnsResolver>);
+
+impl reqwest::dns::Resolve for TailnetNames {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let answer = self.0.addresses(name.as_str());
+        let name = name.as_str().to_owned();
+        Box::pin(async move {
+            match answer {
+                Some(addrs) if !addrs.is_empty() => {
+                    let addrs: Vec<SocketAddr> =
+                        addrs.iter().map(|ip| SocketAddr::new(*ip, 0)).collect();
+                    Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs)
+                }
+                _ => Err(format!("`{name}` has not resolved (MagicDNS)").into()),
+            }
+        })
+    }
+}

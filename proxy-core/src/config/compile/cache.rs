@@ -254,6 +254,8 @@ mod tests {
             plugins,
             problems: Default::default(),
             watched_lists: Default::default(),
+            htpasswd_files: Vec::new(),
+            forward_auths: Vec::new(),
         }
     }
 

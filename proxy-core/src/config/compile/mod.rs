@@ -6,6 +6,7 @@
 //! lists) but starts nothing and watches nothing. What runs in the background (the resolver,
 //! deny-list watching) is started by [`crate::EdgeServices`] from the compiled model.
 
+mod auth;
 mod ban;
 mod cache;
 mod client;
@@ -42,6 +43,8 @@ pub(crate) fn compile(
         plugins,
         problems: Problems::default(),
         watched_lists: parking_lot::Mutex::default(),
+        htpasswd_files: Vec::new(),
+        forward_auths: Vec::new(),
     };
     let root = KeyPath::root();
     let server = c.server(&file.server, &root.key("server"));
@@ -101,6 +104,8 @@ pub(crate) fn compile(
         client,
         routes: Routes::new(router, routing),
         deny_lists,
+        htpasswd_files: c.htpasswd_files,
+        forward_auths: c.forward_auths,
         upstreams,
         zones,
         connection_zones,
@@ -122,6 +127,12 @@ pub(super) struct Compiler<'a> {
     /// IP list files plugins read ([`crate::plugin::PluginSetup::ip_list_file`]), for the
     /// running edge to re-read when they change.
     watched_lists: parking_lot::Mutex<Vec<std::sync::Arc<crate::access::DenyList>>>,
+    /// The htpasswd files of `auth = { basic = { } }`, one per path, for the running edge to
+    /// re-read when they change.
+    htpasswd_files: Vec<std::sync::Arc<crate::auth::HtpasswdFile>>,
+    /// The auth services of `auth = { forward = { } }`, whose names the running edge keeps
+    /// resolved.
+    forward_auths: Vec<std::sync::Arc<crate::auth::ForwardAuth>>,
 }
 
 impl Compiler<'_> {
@@ -301,6 +312,8 @@ mod tests {
             DEFAULT_CACHE_LOCK_TIMEOUT,
             DEFAULT_STALE_WHILE_REVALIDATE,
             DEFAULT_STALE_IF_ERROR,
+            DEFAULT_FORWARD_AUTH_TIMEOUT,
+            DEFAULT_FORWARD_AUTH_CACHE,
         ] {
             assert!(parse_duration(text).is_ok(), "{text}");
         }

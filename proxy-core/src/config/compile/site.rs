@@ -33,6 +33,7 @@ struct SiteParts<'s> {
     zones: Vec<AppliedZone>,
     connection_zones: Vec<Arc<ConcurrencyZone>>,
     header_rules: Vec<HeaderRule>,
+    auth: Option<Arc<crate::auth::LocationAuth>>,
 }
 
 impl Compiler<'_> {
@@ -130,6 +131,10 @@ impl Compiler<'_> {
                 &key.key("connection_limits"),
             ),
             header_rules: self.header_rules(&s.proxy_headers, &key.key("proxy_headers")),
+            auth: s
+                .auth
+                .as_ref()
+                .and_then(|auth| self.edge_auth(auth, &key.key("auth"))),
         };
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
         self.check_site_policy(s.cache.as_ref(), &key.key("cache"));
@@ -297,19 +302,26 @@ impl Compiler<'_> {
             self.problem(key, "`request_buffering` needs a `max_body_size` other than \"0\": the most a buffered body may hold");
         }
 
-        Some(Location::new(
-            index,
-            l.pattern.clone(),
-            pattern?,
-            action?,
-            host_header,
-            proxy_headers,
-            intercept_errors,
-            request_buffering,
-            plugins,
-            cache,
-            guards,
-        ))
+        let auth = match &l.auth {
+            Some(auth) => self.edge_auth(auth, &key.key("auth")),
+            None => site.auth.clone(),
+        };
+        Some(
+            Location::new(
+                index,
+                l.pattern.clone(),
+                pattern?,
+                action?,
+                host_header,
+                proxy_headers,
+                intercept_errors,
+                request_buffering,
+                plugins,
+                cache,
+                guards,
+            )
+            .with_auth(auth),
+        )
     }
 
     /// The headers a proxying location sets its own way: its upstream's `proxy_headers`, then
