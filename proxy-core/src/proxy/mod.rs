@@ -279,7 +279,9 @@ impl EdgeProxy {
             scheme: ctx.scheme,
             client_ip: ctx.client_ip,
         };
-        let verdict = auth.check(&request).await;
+        // Boxed: the check's future (an HTTP client's for forward auth) would otherwise
+        // sit in every request's `request_filter` future, with or without authentication.
+        let verdict = Box::pin(auth.check(&request)).await;
         if let Some(observability) = &self.observability {
             observability
                 .metrics()
