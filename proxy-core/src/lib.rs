@@ -54,6 +54,7 @@ mod answer;
 pub mod ban;
 pub mod cache;
 pub mod client;
+pub mod compress;
 pub mod config;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]

@@ -140,8 +140,14 @@ pub(crate) fn response_cacheable(
 }
 
 /// `cache_vary_filter`: the variance of the request for the headers the origin's `Vary`
-/// names (a request without one of them varies on its absence).
-pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
+/// names (a request without one of them varies on its absence). Where the location
+/// compresses, `Accept-Encoding` counts as the coding chosen for the request (`coding`), so
+/// the many ways of writing that header share one stored variant per coding.
+pub(crate) fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    coding: Option<&'static str>,
+) -> Option<HashBinary> {
     let names: Vec<String> = meta
         .headers()
         .get_all(http::header::VARY)
@@ -153,10 +159,13 @@ pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBina
         .collect();
     let mut builder = VarianceBuilder::new();
     for name in &names {
-        let value = req
-            .headers
-            .get(name.as_str())
-            .map_or(&[][..], |v| v.as_bytes());
+        let value = match coding {
+            Some(coding) if name == "accept-encoding" => coding.as_bytes(),
+            _ => req
+                .headers
+                .get(name.as_str())
+                .map_or(&[][..], |v| v.as_bytes()),
+        };
         builder.add_value(name, value);
     }
     builder.finalize()

@@ -13,7 +13,8 @@
 //! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable (with the lock or not), key, the lock for stale entries, cacheability, variance, stale |
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
 //! | `upstream_request_filter` | `upstream`, [`crate::client`], plugins | Host, forwarding headers, client-IP header, request id, the operator's `proxy_headers`, plugins |
-//! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
+//! | `upstream_response_filter` | `observe`, plugins, [`crate::compress`] | upstream status and timing; plugins; the coding of the response (before caching) |
+//! | `upstream_response_body_filter` | [`crate::compress`] | the body compressed as it arrives, so the cache stores it compressed |
 //! | `response_filter`, `response_body_filter` | [`crate::answer`], `cache`, `observe`, plugins | the site's page in place of an upstream error (`intercept_errors`), cache status header, request id, plugins |
 //! | `fail_to_proxy` | [`crate::answer`] | what an error becomes; the site's error page |
 //! | `logging` | [`crate::observe`], plugins | one metrics update and one access-log line |
@@ -39,6 +40,7 @@ use crate::answer::{LocalAnswer, Reply, ResponseBody};
 use crate::ban::BanTable;
 use crate::cache::hooks as cache_hooks;
 use crate::cache::{CacheStatus, EdgeCache, FreshHit};
+use crate::compress::CompressRequest;
 use crate::guard::{GuardVerdict, Refusal};
 use crate::model::RuntimeConfig;
 use crate::observe::{
@@ -484,6 +486,7 @@ impl ProxyHttp for EdgeProxy {
                     (None, Next::Answer(answer)) => Reply::Send(*answer),
                     (None, Next::Proxy(upstream)) => {
                         ctx.route.upstream = Some(upstream);
+                        ctx.compress = compress_request(session, ctx);
                         if let Some(hit) = self.fresh_cache_hit(session, ctx) {
                             self.write_cache_hit(session, ctx, hit).await?;
                             return Ok(true);
@@ -609,6 +612,9 @@ impl ProxyHttp for EdgeProxy {
             .client
             .set_upstream_header(upstream_request, ctx.client_ip)?;
         apply_forwarded_headers(upstream_request, host_header, ctx.client_ip, ctx.scheme)?;
+        if let Some(compress) = ctx.compress.as_deref() {
+            compress.upstream_request(upstream_request)?;
+        }
         if let Some(own_headers) = own_headers {
             own_headers.apply(upstream_request)?;
         }
@@ -630,12 +636,36 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.record.upstream_responded(upstream_response);
-        let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
-            return Ok(());
+        if let Some((chain, plugin_ctx)) = self.plugins(ctx) {
+            chain
+                .iter()
+                .try_for_each(|plugin| plugin.upstream_response(upstream_response, plugin_ctx))?;
+        }
+        match ctx.compress.as_deref_mut() {
+            Some(compress) => compress.response_header(upstream_response),
+            None => Ok(()),
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(compress) = ctx.compress.as_deref_mut() else {
+            return Ok(None);
         };
-        chain
-            .iter()
-            .try_for_each(|plugin| plugin.upstream_response(upstream_response, plugin_ctx))
+        let done = compress.response_body(body, end_of_stream)?;
+        if let (Some(done), Some(observability)) = (done, &self.observability) {
+            observability.metrics().compressed(
+                done.encoding.token(),
+                done.bytes_in,
+                done.bytes_out,
+            );
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -714,10 +744,11 @@ impl ProxyHttp for EdgeProxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        cache_hooks::variance(meta, req)
+        let coding = ctx.compress.as_deref().map(|c| c.variant());
+        cache_hooks::variance(meta, req, coding)
     }
 
     fn should_serve_stale(
@@ -793,6 +824,12 @@ fn client_close(session: &Session, error: Option<&Error>) -> Option<ClientClose>
     }
     let last = session.get_keepalive_reuses_remaining() == Some(0);
     (last && session.get_keepalive().is_some()).then_some(ClientClose::KeepaliveRequests)
+}
+
+/// The compression state of a request about to be proxied, where its location compresses.
+fn compress_request(session: &Session, ctx: &RequestCtx) -> Option<Box<CompressRequest>> {
+    let policy = ctx.route.location.as_deref()?.compression()?;
+    Some(Box::new(CompressRequest::new(policy, session.req_header())))
 }
 
 /// Whether the client waits for `100 Continue` before sending its body.

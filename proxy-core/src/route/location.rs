@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cache::CachePolicy;
+use crate::compress::CompressPolicy;
 use crate::guard::Guards;
 use crate::plugin::PluginChain;
 use crate::upstream::{HostHeader, ProxyHeaders, Upstream};
@@ -116,6 +117,7 @@ pub struct Location {
     plugins: PluginChain,
     cache: Option<Arc<CachePolicy>>,
     guards: Guards,
+    compression: Option<Arc<CompressPolicy>>,
 }
 
 impl Location {
@@ -147,7 +149,14 @@ impl Location {
             plugins,
             cache,
             guards,
+            compression: None,
         }
+    }
+
+    /// The same location compressing its responses with `policy` (`compress = { }`).
+    pub(crate) fn with_compression(mut self, policy: Option<Arc<CompressPolicy>>) -> Self {
+        self.compression = policy;
+        self
     }
 
     /// Position in the site's list (for logs and metrics).
@@ -200,6 +209,11 @@ impl Location {
     /// Cache policy, if responses here are cached.
     pub fn cache(&self) -> Option<&Arc<CachePolicy>> {
         self.cache.as_ref()
+    }
+
+    /// Response compression, if responses here are compressed.
+    pub fn compression(&self) -> Option<&Arc<CompressPolicy>> {
+        self.compression.as_ref()
     }
 
     /// The checks its requests pass before the action: body size, access rules, rate limits.

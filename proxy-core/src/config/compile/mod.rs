@@ -9,6 +9,7 @@
 mod ban;
 mod cache;
 mod client;
+mod compress;
 mod fleet;
 mod guard;
 mod observe;

@@ -133,6 +133,7 @@ impl Compiler<'_> {
         };
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
         self.check_site_policy(s.cache.as_ref(), &key.key("cache"));
+        self.check_site_compress(s.compress.as_ref(), &key.key("compress"));
         if s.locations.is_empty() {
             self.problem(key.key("locations"), "a site needs at least one location, e.g. [[sites.NAME.locations]] match = \"/\" proxy = \"UPSTREAM\"");
         }
@@ -297,19 +298,26 @@ impl Compiler<'_> {
             self.problem(key, "`request_buffering` needs a `max_body_size` other than \"0\": the most a buffered body may hold");
         }
 
-        Some(Location::new(
-            index,
-            l.pattern.clone(),
-            pattern?,
-            action?,
-            host_header,
-            proxy_headers,
-            intercept_errors,
-            request_buffering,
-            plugins,
-            cache,
-            guards,
-        ))
+        Some(
+            Location::new(
+                index,
+                l.pattern.clone(),
+                pattern?,
+                action?,
+                host_header,
+                proxy_headers,
+                intercept_errors,
+                request_buffering,
+                plugins,
+                cache,
+                guards,
+            )
+            .with_compression(self.location_compress(
+                site.section.compress.as_ref(),
+                l.compress.as_ref(),
+                &key.key("compress"),
+            )),
+        )
     }
 
     /// The headers a proxying location sets its own way: its upstream's `proxy_headers`, then
