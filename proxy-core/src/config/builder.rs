@@ -302,6 +302,14 @@ impl SiteBuilder {
         self
     }
 
+    /// Compresses responses of every location of the site with these settings (a
+    /// location's own win, key by key). `CompressSection::default()` compresses with the
+    /// defaults.
+    pub fn compress(mut self, settings: super::file::CompressSection) -> Self {
+        self.0.compress = Some(settings);
+        self
+    }
+
     /// Replaces upstream error responses that have a page in the site's error pages with
     /// that page, status kept (nginx's `proxy_intercept_errors on`).
     pub fn intercept_errors(mut self) -> Self {
@@ -374,6 +382,13 @@ impl LocationBuilder {
     /// Sets this location's cache policy (wins over the site's, key by key).
     pub fn cache(mut self, policy: super::file::CachePolicySection) -> Self {
         self.0.cache = Some(policy);
+        self
+    }
+
+    /// Compression here (each key set wins over the site's); `enabled: Some(false)` turns
+    /// the site's off.
+    pub fn compress(mut self, settings: super::file::CompressSection) -> Self {
+        self.0.compress = Some(settings);
         self
     }
 

@@ -222,4 +222,31 @@ mod tests {
         let plain_root = plain_site.location_for_path(b"/").expect("root");
         assert!(plain_root.compression().is_none());
     }
+
+    #[test]
+    fn builders_set_the_same_keys() {
+        use crate::config::file::CompressSection;
+        use crate::config::{ConfigBuilder, LocationBuilder, SiteBuilder, UpstreamBuilder};
+        let off = CompressSection {
+            enabled: Some(false),
+            ..CompressSection::default()
+        };
+        let config = ConfigBuilder::new()
+            .upstream("docs", UpstreamBuilder::new("docs.tail1.ts.net:80"))
+            .site(
+                "docs",
+                SiteBuilder::new()
+                    .host("docs.example.com")
+                    .compress(CompressSection::default())
+                    .location(LocationBuilder::new("/").proxy("docs"))
+                    .location(LocationBuilder::new("/raw/").proxy("docs").compress(off)),
+            )
+            .build()
+            .expect("valid config");
+        let site = config.site_for_host("docs.example.com").expect("site");
+        let root = site.location_for_path(b"/").expect("root");
+        assert_eq!(root.compression().expect("compresses").min_length, 512);
+        let raw = site.location_for_path(b"/raw/x").expect("raw");
+        assert!(raw.compression().is_none());
+    }
 }
