@@ -76,7 +76,8 @@ pub(crate) fn fresh_hit(
     cache: &'static EdgeCache,
     req: &RequestHeader,
     policy: Option<&Arc<CachePolicy>>,
-    (scheme, host): (&'static str, &str),
+    scheme: &'static str,
+    host: &str,
     coding: Option<&'static str>,
     state: &mut CacheRequest,
 ) -> Option<FreshHit> {

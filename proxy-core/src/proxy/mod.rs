@@ -312,7 +312,8 @@ impl EdgeProxy {
             self.cache,
             session.req_header(),
             policy,
-            (ctx.scheme, &ctx.route.host),
+            ctx.scheme,
+            &ctx.route.host,
             ctx.compress.as_deref().map(CompressRequest::variant),
             &mut ctx.cache,
         )
