@@ -297,6 +297,14 @@ async fn a_cached_response_is_compressed_once_per_coding() {
     expect("identity", "HIT", None).await;
     expect("gzip", "HIT", Some("gzip")).await;
     assert_eq!(requests(), 3);
+    // A range of a client accepting gzip is cut from the identity variant.
+    let range = [("accept-encoding", "gzip"), ("range", "bytes=0-99")];
+    let part = fetch(&proxy, &path, &range).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("x-cache-status"), Some("HIT"));
+    assert_eq!(part.header("content-encoding"), None);
+    assert_eq!(part.body, origin_body(100));
+    assert_eq!(requests(), 3);
     let metrics = scrape(proxy.admin).await;
     assert_eq!(
         (compressions(&metrics, "gzip"), compressions(&metrics, "br")),
