@@ -20,17 +20,24 @@ impl Compiler<'_> {
     }
 
     /// A location's compression: the location's keys win over the site's. `None` when
-    /// neither has a `compress` table, or the merged `enabled` is false. Problems of the
-    /// location's own table are reported at `key`; the site's by
-    /// [`Self::check_site_compress`].
+    /// neither has a `compress` table, the merged `enabled` is false, or the location does
+    /// not proxy (only upstream answers are compressed). Problems of the location's own table
+    /// are reported at `key`; the site's by [`Self::check_site_compress`].
     pub(super) fn location_compress(
         &mut self,
         site: Option<&CompressSection>,
         location: Option<&CompressSection>,
+        proxies: bool,
         key: &KeyPath,
     ) -> Option<Arc<CompressPolicy>> {
         if let Some(section) = location {
             self.compress_policy(section, key);
+            if !proxies && section.enabled != Some(false) {
+                self.problem(key.clone(), "`compress` has no effect without `proxy`");
+            }
+        }
+        if !proxies {
+            return None;
         }
         let merged = match (site, location) {
             (Some(site), location) => merge(site.clone(), location.cloned()),
@@ -192,6 +199,13 @@ mod tests {
         );
         let unknown = errors(&config_text("compress = { level = 3 }", ""));
         assert_mentions(&["sites.docs.compress", "unknown field `level`"], &unknown);
+        let answer = format!(
+            "{UPSTREAM}[sites.docs]\nhosts = [\"docs.example.com\"]\ncompress = {{ }}\n[[sites.docs.locations]]\nmatch = \"/\"\nreturn = {{ body = \"hi\" }}\ncompress = {{ min_length = \"1\" }}\n"
+        );
+        assert_mentions(
+            &["sites.docs.locations[0].compress: `compress` has no effect without `proxy`"],
+            &errors(&answer),
+        );
     }
 
     #[test]

@@ -277,6 +277,7 @@ impl Compiler<'_> {
                 .collect(),
         );
         let proxy_headers = self.location_header_rules(l, action.as_ref(), site, key);
+        let proxies = matches!(action, Some(Action::Proxy(_)));
         let intercept_errors = l
             .intercept_errors
             .or(site.section.intercept_errors)
@@ -315,6 +316,7 @@ impl Compiler<'_> {
             .with_compression(self.location_compress(
                 site.section.compress.as_ref(),
                 l.compress.as_ref(),
+                proxies,
                 &key.key("compress"),
             )),
         )
