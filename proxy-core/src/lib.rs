@@ -55,6 +55,7 @@ mod auth;
 pub mod ban;
 pub mod cache;
 pub mod client;
+pub mod compress;
 pub mod config;
 pub mod fleet;
 #[cfg(feature = "fuzzing")]

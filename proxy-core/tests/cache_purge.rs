@@ -70,3 +70,56 @@ proxy = "docs"
     assert_eq!(status_of(&proxy, "wiki.example.com", "/a").await, "HIT");
     assert_eq!(cache.purge_host("nothing.example.com"), 0);
 }
+
+/// The cache status and coding of a GET accepting `accept_encoding`.
+async fn coded(proxy: &Edge, path: &str, accept_encoding: &str) -> (String, String) {
+    let response = client()
+        .get(proxy.url(path))
+        .header("host", "docs.example.com")
+        .header("accept-encoding", accept_encoding)
+        .send()
+        .await
+        .expect("request through the proxy");
+    let reply = Reply::read(response).await;
+    let status = reply.header("x-cache-status").unwrap_or("-").to_string();
+    let coding = reply.header("content-encoding").unwrap_or("-").to_string();
+    (status, coding)
+}
+
+#[tokio::test]
+async fn a_url_purge_reaches_every_compressed_variant() {
+    let tailnet = tailnet(&["docs"]).await;
+    let config = format!(
+        r#"{base}
+[upstreams.docs]
+address = "docs.{d}:{p}"
+[sites.docs]
+hosts = ["docs.example.com"]
+cache = {{ }}
+compress = {{ }}
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+"#,
+        base = base_config(&tailnet),
+        d = tailnet.domain(),
+        p = tailnet.http_port(),
+    );
+    let proxy = Edge::start(&config);
+    let path = "/page?size=4000";
+    let expect = |status: &str, coding: &str| (status.to_string(), coding.to_string());
+    for accept in ["gzip", "br", "zstd", "identity"] {
+        let coding = if accept == "identity" { "-" } else { accept };
+        assert_eq!(coded(&proxy, path, accept).await, expect("MISS", coding));
+        assert_eq!(coded(&proxy, path, accept).await, expect("HIT", coding));
+    }
+    let url = PurgeScope::Url {
+        host: "docs.example.com".into(),
+        path: "/page".into(),
+    };
+    assert_eq!(proxy.cache().purge(&url), 4);
+    for accept in ["gzip", "br", "zstd", "identity"] {
+        let coding = if accept == "identity" { "-" } else { accept };
+        assert_eq!(coded(&proxy, path, accept).await, expect("MISS", coding));
+    }
+}

@@ -227,7 +227,7 @@ fn measure_direct(
 ) -> Result<Vec<Sample>> {
     let url = format!("http://{}/bench?size=1024", up.http);
     (0..rounds)
-        .map(|_| wrk(&url, up.fqdn, connections, duration))
+        .map(|_| wrk(&url, up.fqdn, &[], connections, duration))
         .collect()
 }
 
@@ -391,7 +391,8 @@ impl Server {
             // Wait as long as allowed for the answer: a probe given up and sent again would
             // make the number of requests a server sees vary (see `callgrind`).
             let left = deadline.saturating_duration_since(Instant::now());
-            if get_status(self.addr, &host, &path, left).is_some_and(|status| status == "200") {
+            let status = get_status(self.addr, &host, &path, s.headers(), left);
+            if status.is_some_and(|status| status == "200") {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -429,7 +430,7 @@ impl Server {
         let pids = self.pids();
         let before = cpu_seconds(&pids);
         let url = format!("http://{}{}", self.addr, s.path());
-        let mut sample = wrk(&url, &s.host(), s.connections, duration)?;
+        let mut sample = wrk(&url, &s.host(), s.headers(), s.connections, duration)?;
         sample.cpu_seconds = cpu_seconds(&pids) - before;
         Ok(sample)
     }
@@ -555,7 +556,7 @@ fn measure_wan_direct(s: &Scenario, up: &Upstream<'_>, duration: Duration) -> Re
         Work::PassThroughTls => format!("https://{}{}", up.https, s.path()),
         _ => format!("http://{}{}", up.http, s.path()),
     };
-    wrk(&url, up.fqdn, s.connections, duration)
+    wrk(&url, up.fqdn, &[], s.connections, duration)
 }
 
 /// Starts proxy-app for `s` with `env` added; `tag` tells its files apart from another
@@ -749,15 +750,22 @@ fn raise_fd_limit() {
     unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &limit) };
 }
 
-/// The status of a GET, waiting at most `limit` (at least a second) for it.
-fn get_status(addr: SocketAddr, host: &str, path: &str, limit: Duration) -> Option<String> {
+/// The status of a GET with `headers`, waiting at most `limit` (at least a second) for it.
+fn get_status(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[&str],
+    limit: Duration,
+) -> Option<String> {
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok()?;
     stream
         .set_read_timeout(Some(limit.max(Duration::from_secs(1))))
         .ok()?;
+    let extra: String = headers.iter().map(|h| format!("{h}\r\n")).collect();
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n"
     )
     .ok()?;
     let mut head = [0u8; 12];

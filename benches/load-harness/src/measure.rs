@@ -34,13 +34,24 @@ impl Sample {
     }
 }
 
-/// Runs wrk against `url` with `Host: host` and parses its report.
-pub fn wrk(url: &str, host: &str, connections: u32, duration: Duration) -> Result<Sample> {
-    let out = Command::new("wrk")
+/// Runs wrk against `url` with `Host: host` and `headers` and parses its report.
+pub fn wrk(
+    url: &str,
+    host: &str,
+    headers: &[&str],
+    connections: u32,
+    duration: Duration,
+) -> Result<Sample> {
+    let mut command = Command::new("wrk");
+    command
         .args(["-t1", "--latency", "--timeout", "5s"])
         .arg(format!("-c{connections}"))
         .arg(format!("-d{}s", duration.as_secs().max(1)))
-        .args(["-H", &format!("Host: {host}")])
+        .args(["-H", &format!("Host: {host}")]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let out = command
         .arg(url)
         .output()
         .context("running wrk (apt-get install wrk)")?;

@@ -57,6 +57,11 @@ pub struct Scenario {
     pub defaults: bool,
     /// Also count proxy-app's and nginx's instructions per request under callgrind.
     pub instructions: bool,
+    /// Every request accepts gzip, and both servers compress `text/plain` with gzip at
+    /// level 1 (nginx's `gzip on` default level): proxy-app once, when it stores the
+    /// object; nginx's `proxy_cache` keeps the upstream's body and `gzip` compresses each
+    /// hit.
+    pub gzip: bool,
 }
 
 impl Scenario {
@@ -68,6 +73,15 @@ impl Scenario {
     /// The request path (the fake peer reads the body size from the query).
     pub fn path(&self) -> String {
         format!("/bench?size={}", self.body_size)
+    }
+
+    /// Request headers sent besides `Host`, by the load generator and the readiness probe
+    /// (which warms the cache).
+    pub fn headers(&self) -> &'static [&'static str] {
+        match self.gzip {
+            true => &["Accept-Encoding: gzip"],
+            false => &[],
+        }
     }
 
     /// The path the harness asks for to see that a server is ready: the scenario's, except
@@ -120,6 +134,7 @@ pub fn all() -> Vec<Scenario> {
         peers: false,
         defaults: false,
         instructions: false,
+        gzip: false,
     };
     vec![
         Scenario {
@@ -141,6 +156,14 @@ pub fn all() -> Vec<Scenario> {
             about: "cache hit, 100 KiB object, 32 connections",
             work: Work::CacheHit,
             body_size: 100 * 1024,
+            ..base.clone()
+        },
+        Scenario {
+            name: "cache-hit-gzip-10k",
+            about: "cache hit of a 10 KiB `text/plain` object for clients accepting gzip, 32 connections: proxy-app stores the object gzipped once (`compress = { }`) and sends it as stored; nginx (`gzip on`, level 1, `gzip_vary on`, with `proxy_cache`) gzips every hit. The fake peer's body is one repeated byte, so compressing it is cheaper than compressing real text",
+            work: Work::CacheHit,
+            body_size: 10 * 1024,
+            gzip: true,
             ..base.clone()
         },
         Scenario {
@@ -291,6 +314,10 @@ pub fn proxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
         Work::RateLimited => "rate_limits = [\"strict\"]\n",
         _ => "",
     };
+    let site_extra = match s.gzip {
+        true => format!("{site_extra}compress = {{ encodings = [\"gzip\"], types = [\"text/plain\"], min_length = \"256\", gzip_level = 1 }}\n"),
+        false => site_extra.to_string(),
+    };
     // The scenario's path is a trap: its first request bans the client for the whole run.
     let bans = match s.work {
         Work::Banned => "[bans]\n\n[[bans.rules]]\nname = \"bench\"\npaths = [\"/bench\"]\nduration = \"1d\"\n\n",
@@ -365,6 +392,10 @@ pub fn nginx_config(
         Work::RateLimited => "limit_req zone=strict; limit_req_status 429;",
         Work::Banned => "deny 127.0.0.1;",
         _ => "",
+    };
+    let location_extra = match s.gzip {
+        true => format!("{location_extra} gzip on; gzip_types text/plain; gzip_min_length 256; gzip_comp_level 1; gzip_vary on;"),
+        false => location_extra.to_string(),
     };
     let ready = match s.work {
         Work::Banned => format!("location = {READY_PATH} {{ return 200; }}"),
@@ -516,6 +547,20 @@ mod tests {
         assert!(proxy_config(&quick, &up).contains("max_size = \"16m\""));
         let hit = named("cache-hit-1k").quick();
         assert!(proxy_config(&hit, &up).contains("max_size = \"256m\""));
+    }
+
+    #[test]
+    fn the_gzip_hit_compresses_on_both_servers_and_asks_for_gzip() {
+        let up = upstream(Path::new("ca.pem"));
+        let gzip = named("cache-hit-gzip-10k");
+        assert_eq!(gzip.headers(), ["Accept-Encoding: gzip"]);
+        assert!(named("cache-hit-1k").headers().is_empty());
+        let proxy = proxy_config(&gzip, &up);
+        assert!(proxy.contains("cache = { valid"), "{proxy}");
+        assert!(proxy.contains("compress = { encodings = [\"gzip\"], types = [\"text/plain\"], min_length = \"256\", gzip_level = 1 }"), "{proxy}");
+        assert!(!proxy_config(&named("cache-hit-1k"), &up).contains("compress"));
+        let nginx = nginx_config(&gzip, 8000, Path::new("d"), &up, true);
+        assert!(nginx.contains("proxy_cache edge;") && nginx.contains("gzip on; gzip_types text/plain; gzip_min_length 256; gzip_comp_level 1; gzip_vary on;"), "{nginx}");
     }
 
     #[test]

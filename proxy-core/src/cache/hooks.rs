@@ -68,15 +68,17 @@ const FULL_PATH_HEADERS: [http::header::HeaderName; 6] = [
 ];
 
 /// The hot-object fast path, run from `request_filter`: a plain GET or HEAD on a caching
-/// location whose object is fresh and complete in memory is answered from it directly.
-/// Marks the request as a cache hit in `state`. Anything else returns `None` and goes
-/// through [`request_cache_filter`] and pingora-cache as usual.
+/// location whose object (or the request's variant of it, `coding` standing for
+/// `Accept-Encoding` as in [`variance`]) is fresh and complete in memory is answered from it
+/// directly. Marks the request as a cache hit in `state`. Anything else returns `None` and
+/// goes through [`request_cache_filter`] and pingora-cache as usual.
 pub(crate) fn fresh_hit(
     cache: &'static EdgeCache,
     req: &RequestHeader,
     policy: Option<&Arc<CachePolicy>>,
     scheme: &'static str,
     host: &str,
+    coding: Option<&'static str>,
     state: &mut CacheRequest,
 ) -> Option<FreshHit> {
     let policy = policy?;
@@ -93,7 +95,11 @@ pub(crate) fn fresh_hit(
         return None;
     }
     let mut key = policy.key.lookup_key(scheme, host, req);
-    let Some(hit) = cache.storage().fresh_hit(&key, SystemTime::now()) else {
+    let vary = |stored: &ResponseHeader| variance_of(&stored.headers, req, coding);
+    let Some(hit) = cache
+        .storage()
+        .fresh_variant_hit(&key, SystemTime::now(), vary)
+    else {
         super::policy::tag_for_purge(&mut key, host, req);
         state.key = Some(key);
         return None;
@@ -140,10 +146,24 @@ pub(crate) fn response_cacheable(
 }
 
 /// `cache_vary_filter`: the variance of the request for the headers the origin's `Vary`
-/// names (a request without one of them varies on its absence).
-pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBinary> {
-    let names: Vec<String> = meta
-        .headers()
+/// names (a request without one of them varies on its absence). Where the location
+/// compresses, `Accept-Encoding` counts as the coding chosen for the request (`coding`), so
+/// the many ways of writing that header share one stored variant per coding.
+pub(crate) fn variance(
+    meta: &CacheMeta,
+    req: &RequestHeader,
+    coding: Option<&'static str>,
+) -> Option<HashBinary> {
+    variance_of(meta.headers(), req, coding)
+}
+
+/// [`variance`] for a stored response's headers.
+fn variance_of(
+    headers: &http::HeaderMap,
+    req: &RequestHeader,
+    coding: Option<&'static str>,
+) -> Option<HashBinary> {
+    let names: Vec<String> = headers
         .get_all(http::header::VARY)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -153,10 +173,13 @@ pub(crate) fn variance(meta: &CacheMeta, req: &RequestHeader) -> Option<HashBina
         .collect();
     let mut builder = VarianceBuilder::new();
     for name in &names {
-        let value = req
-            .headers
-            .get(name.as_str())
-            .map_or(&[][..], |v| v.as_bytes());
+        let value = match coding {
+            Some(coding) if name == "accept-encoding" => coding.as_bytes(),
+            _ => req
+                .headers
+                .get(name.as_str())
+                .map_or(&[][..], |v| v.as_bytes()),
+        };
         builder.add_value(name, value);
     }
     builder.finalize()

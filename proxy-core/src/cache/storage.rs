@@ -372,24 +372,59 @@ impl MemoryStorage {
     }
 
     /// A complete entry for `key` that is fresh at `now`, does not vary, and whose stored
-    /// `Content-Length` matches its body: what the hot-object fast path may answer with
+    /// `Content-Length` matches its body (or that was stored chunked): what the hot-object fast path may answer with
     /// directly, skipping pingora-cache's per-request state machine. Counts as an access
     /// for eviction, as a pingora-cache hit does. Anything else (expired, varying, still
     /// being written, only on disk) returns `None` and takes the full cache path. The LRU
     /// is touched at most once a second per entry.
     pub fn fresh_hit(&self, key: &CacheKey, now: SystemTime) -> Option<FreshHit> {
-        let entry = self.entries.read().get(&key.combined_bin()).cloned()?;
+        self.fresh_variant_hit(key, now, |_| None)
+    }
+
+    /// Like [`Self::fresh_hit`], for entries that vary too: `vary` gives the request's
+    /// variance for the `Vary` of the entry stored under `key`'s primary slot (`None`: take
+    /// the full path). The variant found must be no older than that primary entry, as
+    /// pingora-cache requires of a secondary variant (a purge or a new `Vary` family starts
+    /// at the primary). An entry stored without `Content-Length` (a chunked body, such as a
+    /// compressed one) is complete once stored: its hits send its length.
+    pub fn fresh_variant_hit(
+        &self,
+        key: &CacheKey,
+        now: SystemTime,
+        vary: impl FnOnce(&ResponseHeader) -> Option<HashBinary>,
+    ) -> Option<FreshHit> {
+        let mut entry = self.entries.read().get(&key.combined_bin()).cloned()?;
+        if let Some(stored) = entry.meta.variance {
+            let wanted = vary(&entry.meta.header)?;
+            if wanted != stored {
+                let mut variant_key = key.clone();
+                variant_key.set_variance_key(wanted);
+                let variant = self
+                    .entries
+                    .read()
+                    .get(&variant_key.combined_bin())
+                    .cloned()?;
+                if variant.meta.variance != Some(wanted)
+                    || variant.meta.updated < entry.meta.updated
+                {
+                    return None;
+                }
+                entry = variant;
+            }
+        }
         let now_secs = self.now_secs();
         if self.is_inactive(&entry, now_secs) {
             return None; // the full path drops it
         }
         let previous_access = entry.last_access.swap(now_secs, Ordering::Relaxed);
         let meta = &entry.meta;
-        if meta.variance.is_some() || meta.fresh_until <= now {
+        if meta.fresh_until <= now {
             return None;
         }
-        if declared_length(&meta.header)? != entry.body.len() {
-            return None;
+        match declared_length(&meta.header) {
+            Some(length) if length == entry.body.len() => {}
+            None if is_chunked(&meta.header) => {}
+            _ => return None,
         }
         // One LRU touch per entry and second is enough to keep a hot object at the front,
         // and spares the shard lock on every hit.
@@ -602,6 +637,11 @@ impl FreshHit {
             }
         }
         let mut header = self.entry.meta.header.clone();
+        if !header.headers.contains_key(http::header::CONTENT_LENGTH) {
+            // A chunked body, stored whole: its length is known now.
+            header.remove_header(&http::header::TRANSFER_ENCODING);
+            header.insert_header(http::header::CONTENT_LENGTH, self.entry.body.len())?;
+        }
         if let Some(name) = status_name {
             header.insert_header(name.clone(), super::CacheStatus::Hit.as_str())?;
         }
@@ -789,6 +829,15 @@ impl Drop for MemoryMiss {
     }
 }
 
+/// Whether the response's body was sent chunked (`Transfer-Encoding: chunked`).
+fn is_chunked(header: &ResponseHeader) -> bool {
+    header
+        .headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .any(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
 /// The response's `Content-Length`, if it declares a valid one.
 fn declared_length(header: &ResponseHeader) -> Option<usize> {
     let value = header.headers.get(http::header::CONTENT_LENGTH)?;
@@ -938,6 +987,46 @@ mod tests {
         write_with(s, &varying, &meta(Some([7; 16])), b"hello").await;
         assert!(s.fresh_hit(&varying, now).is_none());
         assert!(s.fresh_hit(&key("b.com", "/fresh", ""), now).is_none());
+    }
+
+    #[tokio::test]
+    async fn fresh_variant_hits_find_their_variant_and_send_a_chunked_body_length() {
+        let s = storage(1 << 20, Duration::from_secs(600));
+        let now = SystemTime::now();
+        let meta = |variance: HashBinary, written: SystemTime| {
+            let mut header = ResponseHeader::build(200, None).unwrap();
+            header.insert_header("vary", "Accept-Encoding").unwrap();
+            header
+                .insert_header("transfer-encoding", "chunked")
+                .unwrap();
+            let mut meta = CacheMeta::new(now + Duration::from_secs(60), written, 0, 0, header);
+            meta.set_variance(variance);
+            meta
+        };
+        let primary = key("a.com", "/page", "");
+        let mut secondary = primary.clone();
+        secondary.set_variance_key([2; 16]);
+        write_with(s, &primary, &meta([1; 16], now), b"gzip bytes").await;
+        write_with(s, &secondary, &meta([2; 16], now), b"br").await;
+        let vary = |wanted: HashBinary| {
+            move |header: &ResponseHeader| {
+                assert!(header.headers.contains_key("vary"));
+                Some(wanted)
+            }
+        };
+        let first = s.fresh_variant_hit(&primary, now, vary([1; 16])).unwrap();
+        assert_eq!(&first.body()[..], b"gzip bytes");
+        let header = first.response_header(now, None, &[]).unwrap();
+        assert_eq!(header.headers.get("content-length").unwrap(), "10");
+        assert!(header.headers.get("transfer-encoding").is_none());
+        let second = s.fresh_variant_hit(&primary, now, vary([2; 16])).unwrap();
+        assert_eq!(&second.body()[..], b"br");
+        assert!(s.fresh_variant_hit(&primary, now, vary([3; 16])).is_none());
+        assert!(s.fresh_variant_hit(&primary, now, |_| None).is_none());
+        // A variant older than its primary is void, as pingora-cache has it.
+        let later = now + Duration::from_secs(1);
+        write_with(s, &primary, &meta([1; 16], later), b"gzip bytes").await;
+        assert!(s.fresh_variant_hit(&primary, now, vary([2; 16])).is_none());
     }
 
     #[test]

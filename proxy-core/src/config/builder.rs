@@ -308,6 +308,14 @@ impl SiteBuilder {
         self
     }
 
+    /// Compresses responses of every location of the site with these settings (a
+    /// location's own win, key by key). `CompressSection::default()` compresses with the
+    /// defaults.
+    pub fn compress(mut self, settings: super::file::CompressSection) -> Self {
+        self.0.compress = Some(settings);
+        self
+    }
+
     /// Replaces upstream error responses that have a page in the site's error pages with
     /// that page, status kept (nginx's `proxy_intercept_errors on`).
     pub fn intercept_errors(mut self) -> Self {
@@ -387,6 +395,13 @@ impl LocationBuilder {
     /// `AuthSection::default()` turns the site's off here.
     pub fn auth(mut self, auth: super::file::AuthSection) -> Self {
         self.0.auth = Some(auth);
+        self
+    }
+
+    /// Compression here (each key set wins over the site's); `enabled: Some(false)` turns
+    /// the site's off.
+    pub fn compress(mut self, settings: super::file::CompressSection) -> Self {
+        self.0.compress = Some(settings);
         self
     }
 

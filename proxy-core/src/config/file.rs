@@ -441,6 +441,9 @@ pub struct SiteSection {
     /// Cache policy defaults for every location of the site (a location's own `cache` wins,
     /// key by key). Default: none (nothing cached).
     pub cache: Option<CachePolicySection>,
+    /// Response compression for every location of the site (a location's own `compress`
+    /// wins, key by key). Default: none (nothing compressed).
+    pub compress: Option<CompressSection>,
     /// Rate-limit zones applied to every request of the site: a zone's name, or
     /// `{ zone = "NAME", burst = N, ... }` (see [`RateLimitUseSection`]). Default: none.
     #[serde(default)]
@@ -516,6 +519,9 @@ pub struct LocationSection {
     /// Cache policy for this location (each key set here wins over the site's `cache`).
     /// Default: the site's.
     pub cache: Option<CachePolicySection>,
+    /// Response compression for this location (each key set here wins over the site's
+    /// `compress`). Default: the site's.
+    pub compress: Option<CompressSection>,
     /// Rate-limit zones applied to this location, on top of the site's (a zone the site
     /// applies too is applied the location's way): a zone's name, or
     /// `{ zone = "NAME", burst = N, ... }` (see [`RateLimitUseSection`]). Default: none.
@@ -779,6 +785,68 @@ pub enum QueryKeySection {
     Mode(String),
     /// Parameter names to keep.
     Allow(Vec<String>),
+}
+
+/// Default of [`CompressSection::enabled`] once a `compress` table is present.
+pub const DEFAULT_COMPRESS_ENABLED: bool = true;
+/// Default of [`CompressSection::encodings`]: the proxy's preference among codings a client
+/// accepts equally.
+pub const DEFAULT_COMPRESS_ENCODINGS: &[&str] = &["zstd", "br", "gzip"];
+/// Default of [`CompressSection::types`]: text formats (nginx's `text/html` plus the
+/// `gzip_types` most sites add, as Caddy's `encode` defaults).
+pub const DEFAULT_COMPRESS_TYPES: &[&str] = &[
+    "text/html",
+    "text/css",
+    "text/plain",
+    "text/xml",
+    "text/javascript",
+    "text/markdown",
+    "text/csv",
+    "application/javascript",
+    "application/json",
+    "application/xml",
+    "application/rss+xml",
+    "application/atom+xml",
+    "application/manifest+json",
+    "application/ld+json",
+    "application/wasm",
+    "image/svg+xml",
+    "image/x-icon",
+];
+/// Default of [`CompressSection::min_length`] (Caddy's; below it the saving is about the
+/// size of the headers it costs).
+pub const DEFAULT_COMPRESS_MIN_LENGTH: &str = "512";
+/// Default of [`CompressSection::gzip_level`] (zlib's own default).
+pub const DEFAULT_GZIP_LEVEL: u32 = 6;
+/// Default of [`CompressSection::br_level`] (about gzip 6's speed, smaller output).
+pub const DEFAULT_BR_LEVEL: u32 = 5;
+/// Default of [`CompressSection::zstd_level`] (zstd's own default).
+pub const DEFAULT_ZSTD_LEVEL: u32 = 3;
+
+/// `compress = { }` on a site or location: which responses are compressed, with which
+/// codings. The coding is chosen from the request's `Accept-Encoding` (q-values honoured, the
+/// proxy's order breaking ties); cached responses are stored compressed, once per coding.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompressSection {
+    /// Compress here once a `compress` table is present; `false` turns a site's compression
+    /// off for one location. Default: [`DEFAULT_COMPRESS_ENABLED`].
+    pub enabled: Option<bool>,
+    /// Codings offered, `"zstd"`, `"br"` and `"gzip"`, in the proxy's order of preference.
+    /// Default: [`DEFAULT_COMPRESS_ENCODINGS`].
+    pub encodings: Option<Vec<String>>,
+    /// Media types compressed (`"text/html"`, `"text/*"`, or `"*"` for any), compared
+    /// without parameters such as `charset`. Default: [`DEFAULT_COMPRESS_TYPES`].
+    pub types: Option<Vec<String>>,
+    /// Responses whose `Content-Length` is below this are sent as they are (a response of
+    /// unknown length is compressed). Default: [`DEFAULT_COMPRESS_MIN_LENGTH`].
+    pub min_length: Option<String>,
+    /// gzip level, 1 (fastest) to 9 (smallest). Default: [`DEFAULT_GZIP_LEVEL`].
+    pub gzip_level: Option<u32>,
+    /// Brotli quality, 1 (fastest) to 11 (smallest). Default: [`DEFAULT_BR_LEVEL`].
+    pub br_level: Option<u32>,
+    /// zstd level, 1 (fastest) to 19 (smallest). Default: [`DEFAULT_ZSTD_LEVEL`].
+    pub zstd_level: Option<u32>,
 }
 
 /// Default of [`ClientSection::ip_header`] (Fly.io's).

@@ -104,6 +104,11 @@ pub(crate) const BANS_ACTIVE: &str = "edge_bans_active";
 pub(crate) const BANS_TOTAL: &str = "edge_bans_total";
 /// `edge_ban_refusals_total`: requests of banned clients, refused before routing.
 pub(crate) const BAN_REFUSALS: &str = "edge_ban_refusals_total";
+/// `edge_compressed_responses_total{encoding}`: response bodies the proxy compressed (a
+/// cached one once, when it was stored).
+pub(crate) const COMPRESSED_RESPONSES: &str = "edge_compressed_responses_total";
+/// `edge_compression_saved_bytes_total{encoding}`: bytes compression took off those bodies.
+pub(crate) const COMPRESSION_SAVED_BYTES: &str = "edge_compression_saved_bytes_total";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -145,6 +150,8 @@ pub const METRIC_NAMES: &[&str] = &[
     BANS_ACTIVE,
     BANS_TOTAL,
     BAN_REFUSALS,
+    COMPRESSED_RESPONSES,
+    COMPRESSION_SAVED_BYTES,
 ];
 
 /// Histogram buckets in seconds: from a cache hit to a slow upstream.
@@ -489,6 +496,14 @@ impl Metrics {
             (
                 BAN_REFUSALS,
                 "Requests of banned clients, refused before routing.",
+            ),
+            (
+                COMPRESSED_RESPONSES,
+                "Response bodies compressed (a cached one once, when stored), by encoding.",
+            ),
+            (
+                COMPRESSION_SAVED_BYTES,
+                "Bytes compression took off response bodies, by encoding.",
             ),
         ];
         for (name, help) in counters {
@@ -974,6 +989,18 @@ impl Metrics {
         if self.enabled {
             self.ban_refusals.increment(1);
         }
+    }
+
+    /// A response body compressed with `encoding`, from `bytes_in` to `bytes_out` bytes.
+    pub fn compressed(&self, encoding: &'static str, bytes_in: usize, bytes_out: usize) {
+        if !self.enabled {
+            return;
+        }
+        let labels = [("encoding", encoding)];
+        self.counter(COMPRESSED_RESPONSES, &labels).increment(1);
+        let saved = bytes_in.saturating_sub(bytes_out) as u64;
+        self.counter(COMPRESSION_SAVED_BYTES, &labels)
+            .increment(saved);
     }
 
     /// A client connection opened (`1.0`) or closed (`-1.0`).

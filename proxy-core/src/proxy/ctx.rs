@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crate::answer::ResponseBody;
 use crate::cache::hooks::CacheRequest;
+use crate::compress::CompressRequest;
 use crate::limit::ConcurrencyPermit;
 use crate::model::RuntimeConfig;
 use crate::observe::{Observability, RequestFacts, RequestRecord};
@@ -27,6 +28,9 @@ pub struct RequestCtx {
     pub(crate) body: BodyLimit,
     /// The cache's state for this request.
     pub(crate) cache: CacheRequest,
+    /// The coding chosen for the response and its encoder, where the location compresses
+    /// (boxed: most requests have none, and every request moves its context).
+    pub(crate) compress: Option<Box<CompressRequest>>,
     /// Request id, timings, upstream outcome, cache status and rate-limit outcome, for the
     /// log line and metrics.
     pub(crate) record: RequestRecord,
@@ -87,6 +91,7 @@ impl RequestCtx {
             route: RouteState::default(),
             body: BodyLimit::default(),
             cache: CacheRequest::default(),
+            compress: None,
             record: RequestRecord::new(observability),
             permits: Vec::new(),
             response_body: ResponseBody::Passed,

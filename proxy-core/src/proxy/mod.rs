@@ -13,8 +13,9 @@
 //! | `request_body_filter`, `buffered_request_body` | `ctx`, [`crate::upstream`] | the body limit, counted as the body streams; a buffered body forwarded part by part |
 //! | `request_cache_filter`, `cache_key_callback`, `cache_hit_filter`, `response_cache_filter`, `cache_vary_filter`, `should_serve_stale` | `cache` | cache policy: enable (with the lock or not), key, the lock for stale entries, cacheability, variance, stale |
 //! | `upstream_peer` | [`crate::upstream`] | the resolved address from the resolver's table; never a lookup |
-//! | `upstream_request_filter` | `upstream`, [`crate::client`], `auth`, plugins | Host, forwarding headers, client-IP header, request id, `Authorization` removed and forward auth's headers set, the operator's `proxy_headers`, plugins |
-//! | `upstream_response_filter` | `observe`, plugins | upstream status and timing; plugins (before caching) |
+//! | `upstream_request_filter` | `upstream`, [`crate::client`], `auth`, [`crate::compress`], plugins | Host, forwarding headers, client-IP header, request id, `Authorization` removed and forward auth's headers set, the coding asked of the upstream, the operator's `proxy_headers`, plugins |
+//! | `upstream_response_filter` | `observe`, plugins, [`crate::compress`] | upstream status and timing; plugins; the coding of the response (before caching) |
+//! | `upstream_response_body_filter` | [`crate::compress`] | the body compressed as it arrives, so the cache stores it compressed |
 //! | `response_filter`, `response_body_filter` | [`crate::answer`], `cache`, `observe`, plugins | the site's page in place of an upstream error (`intercept_errors`), cache status header, request id, plugins |
 //! | `fail_to_proxy` | [`crate::answer`] | what an error becomes; the site's error page |
 //! | `logging` | [`crate::observe`], plugins | one metrics update and one access-log line |
@@ -41,6 +42,7 @@ use crate::auth::AuthVerdict;
 use crate::ban::BanTable;
 use crate::cache::hooks as cache_hooks;
 use crate::cache::{CacheStatus, EdgeCache, FreshHit};
+use crate::compress::CompressRequest;
 use crate::guard::{GuardVerdict, Refusal};
 use crate::model::RuntimeConfig;
 use crate::observe::{
@@ -347,6 +349,7 @@ impl EdgeProxy {
             policy,
             ctx.scheme,
             &ctx.route.host,
+            ctx.compress.as_deref().map(CompressRequest::variant),
             &mut ctx.cache,
         )
     }
@@ -522,6 +525,7 @@ impl ProxyHttp for EdgeProxy {
                     (None, Next::Answer(answer)) => Reply::Send(*answer),
                     (None, Next::Proxy(upstream)) => {
                         ctx.route.upstream = Some(upstream);
+                        ctx.compress = compress_request(session, ctx);
                         if let Some(hit) = self.fresh_cache_hit(session, ctx) {
                             self.write_cache_hit(session, ctx, hit).await?;
                             return Ok(true);
@@ -653,6 +657,9 @@ impl ProxyHttp for EdgeProxy {
         if let Some(auth) = location.and_then(|l| l.auth()) {
             auth.prepare_upstream(upstream_request, &ctx.auth_headers)?;
         }
+        if let Some(compress) = ctx.compress.as_deref() {
+            compress.upstream_request(upstream_request)?;
+        }
         if let Some(own_headers) = own_headers {
             own_headers.apply(upstream_request)?;
         }
@@ -674,12 +681,36 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         ctx.record.upstream_responded(upstream_response);
-        let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
-            return Ok(());
+        if let Some((chain, plugin_ctx)) = self.plugins(ctx) {
+            chain
+                .iter()
+                .try_for_each(|plugin| plugin.upstream_response(upstream_response, plugin_ctx))?;
+        }
+        match ctx.compress.as_deref_mut() {
+            Some(compress) => compress.response_header(upstream_response),
+            None => Ok(()),
+        }
+    }
+
+    fn upstream_response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let Some(compress) = ctx.compress.as_deref_mut() else {
+            return Ok(None);
         };
-        chain
-            .iter()
-            .try_for_each(|plugin| plugin.upstream_response(upstream_response, plugin_ctx))
+        let done = compress.response_body(body, end_of_stream)?;
+        if let (Some(done), Some(observability)) = (done, &self.observability) {
+            observability.metrics().compressed(
+                done.encoding.token(),
+                done.bytes_in,
+                done.bytes_out,
+            );
+        }
+        Ok(None)
     }
 
     async fn response_filter(
@@ -758,10 +789,11 @@ impl ProxyHttp for EdgeProxy {
     fn cache_vary_filter(
         &self,
         meta: &CacheMeta,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
         req: &RequestHeader,
     ) -> Option<HashBinary> {
-        cache_hooks::variance(meta, req)
+        let coding = ctx.compress.as_deref().map(|c| c.variant());
+        cache_hooks::variance(meta, req, coding)
     }
 
     fn should_serve_stale(
@@ -837,6 +869,12 @@ fn client_close(session: &Session, error: Option<&Error>) -> Option<ClientClose>
     }
     let last = session.get_keepalive_reuses_remaining() == Some(0);
     (last && session.get_keepalive().is_some()).then_some(ClientClose::KeepaliveRequests)
+}
+
+/// The compression state of a request about to be proxied, where its location compresses.
+fn compress_request(session: &Session, ctx: &RequestCtx) -> Option<Box<CompressRequest>> {
+    let policy = ctx.route.location.as_deref()?.compression()?;
+    Some(Box::new(CompressRequest::new(policy, session.req_header())))
 }
 
 /// Whether the client waits for `100 Continue` before sending its body.

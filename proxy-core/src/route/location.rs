@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::cache::CachePolicy;
+use crate::compress::CompressPolicy;
 use crate::guard::Guards;
 use crate::plugin::PluginChain;
 use crate::upstream::{HostHeader, ProxyHeaders, Upstream};
@@ -117,6 +118,7 @@ pub struct Location {
     cache: Option<Arc<CachePolicy>>,
     guards: Guards,
     auth: Option<Arc<crate::auth::LocationAuth>>,
+    compression: Option<Arc<CompressPolicy>>,
 }
 
 impl Location {
@@ -149,7 +151,14 @@ impl Location {
             cache,
             guards,
             auth: None,
+            compression: None,
         }
+    }
+
+    /// The same location compressing its responses with `policy` (`compress = { }`).
+    pub(crate) fn with_compression(mut self, policy: Option<Arc<CompressPolicy>>) -> Self {
+        self.compression = policy;
+        self
     }
 
     /// Position in the site's list (for logs and metrics).
@@ -202,6 +211,11 @@ impl Location {
     /// Cache policy, if responses here are cached.
     pub fn cache(&self) -> Option<&Arc<CachePolicy>> {
         self.cache.as_ref()
+    }
+
+    /// Response compression, if responses here are compressed.
+    pub fn compression(&self) -> Option<&Arc<CompressPolicy>> {
+        self.compression.as_ref()
     }
 
     /// The checks its requests pass before the action: body size, access rules, rate limits.

@@ -10,6 +10,7 @@ mod auth;
 mod ban;
 mod cache;
 mod client;
+mod compress;
 mod fleet;
 mod guard;
 mod observe;

@@ -138,6 +138,7 @@ impl Compiler<'_> {
         };
         let error_pages = self.error_pages(&s.error_pages, &key.key("error_pages"));
         self.check_site_policy(s.cache.as_ref(), &key.key("cache"));
+        self.check_site_compress(s.compress.as_ref(), &key.key("compress"));
         if s.locations.is_empty() {
             self.problem(key.key("locations"), "a site needs at least one location, e.g. [[sites.NAME.locations]] match = \"/\" proxy = \"UPSTREAM\"");
         }
@@ -281,6 +282,7 @@ impl Compiler<'_> {
                 .collect(),
         );
         let proxy_headers = self.location_header_rules(l, action.as_ref(), site, key);
+        let proxies = matches!(action, Some(Action::Proxy(_)));
         let intercept_errors = l
             .intercept_errors
             .or(site.section.intercept_errors)
@@ -320,7 +322,13 @@ impl Compiler<'_> {
                 cache,
                 guards,
             )
-            .with_auth(auth),
+            .with_auth(auth)
+            .with_compression(self.location_compress(
+                site.section.compress.as_ref(),
+                l.compress.as_ref(),
+                proxies,
+                &key.key("compress"),
+            )),
         )
     }
 

@@ -1,0 +1,314 @@
+//! Response compression (`compress = { }`) through the real binary: each coding decoded by
+//! the coding's own library and compared with what the origin sent, the choice by q-values,
+//! what is never compressed, and cached responses compressed once per coding.
+
+mod common;
+
+use common::*;
+use fake_tailnet::FakeTailnet;
+use std::io::Read;
+
+const HOST: &str = "docs.example.com";
+/// A body the fake peer sends: `size` bytes of `x`, as `text/plain`.
+const SIZE: usize = 4000;
+
+/// One site proxying to the `docs` peer, compressing above 1 KiB: `/cached/` caches,
+/// `/gzip-only/` offers gzip alone, `/raw/` turns compression off.
+fn config(tailnet: &FakeTailnet) -> String {
+    format!(
+        r#"{base}
+[upstreams.docs]
+address = "docs.{d}:{p}"
+
+[sites.docs]
+hosts = ["{HOST}"]
+compress = {{ min_length = "1k" }}
+
+[[sites.docs.locations]]
+match = "/"
+proxy = "docs"
+
+[[sites.docs.locations]]
+match = "/cached/"
+proxy = "docs"
+cache = {{ }}
+
+[[sites.docs.locations]]
+match = "/gzip-only/"
+proxy = "docs"
+compress = {{ encodings = ["gzip"] }}
+
+[[sites.docs.locations]]
+match = "/raw/"
+proxy = "docs"
+compress = {{ enabled = false }}
+"#,
+        base = base_config(tailnet),
+        d = tailnet.domain(),
+        p = tailnet.http_port(),
+    )
+}
+
+/// A response as the client received it: the body's bytes, undecoded.
+struct Raw {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: Vec<u8>,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The body decoded by the library of the coding `Content-Encoding` names.
+    fn decoded(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self.header("content-encoding") {
+            None => out.clone_from(&self.body),
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(&self.body[..])
+                    .read_to_end(&mut out)
+                    .expect("valid gzip");
+            }
+            Some("br") => {
+                brotli::Decompressor::new(&self.body[..], 4096)
+                    .read_to_end(&mut out)
+                    .expect("valid brotli");
+            }
+            Some("zstd") => out = zstd::decode_all(&self.body[..]).expect("valid zstd"),
+            Some(other) => panic!("unexpected coding {other}"),
+        }
+        out
+    }
+
+    fn varies_on_accept_encoding(&self) -> bool {
+        self.header("vary")
+            .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
+    }
+}
+
+async fn fetch(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Raw {
+    let mut request = client().get(proxy.url(path)).header("host", HOST);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request through the proxy");
+    Raw {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: response.bytes().await.expect("read body").to_vec(),
+    }
+}
+
+fn origin_body(size: usize) -> Vec<u8> {
+    vec![b'x'; size]
+}
+
+/// `edge_compressed_responses_total{encoding="..."}` in a scrape (0 when absent).
+fn compressions(metrics: &str, encoding: &str) -> u64 {
+    counter(metrics, "edge_compressed_responses_total", encoding)
+}
+
+/// A counter's value for one encoding in a scrape (0 when absent).
+fn counter(metrics: &str, name: &str, encoding: &str) -> u64 {
+    let prefix = format!("{name}{{encoding=\"{encoding}\"}} ");
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(&prefix))
+        .map_or(0, |value| value.trim().parse().expect("a counter value"))
+}
+
+fn upstream_accept_encoding(tailnet: &FakeTailnet) -> Option<String> {
+    let seen = tailnet.peer("docs")?.last_request()?;
+    seen.header("accept-encoding").map(str::to_string)
+}
+
+#[tokio::test]
+async fn each_coding_decodes_to_the_origin_body() {
+    let tailnet = tailnet(&["docs"]).await;
+    let proxy = Proxy::start(&config(&tailnet));
+    let path = format!("/page?size={SIZE}&header=etag:%22v1%22&header=vary:Accept-Language");
+    for coding in ["gzip", "br", "zstd"] {
+        let reply = fetch(&proxy, &path, &[("accept-encoding", coding)]).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("content-encoding"), Some(coding));
+        assert_eq!(reply.header("content-length"), None, "{coding}");
+        assert_eq!(reply.header("etag"), Some("W/\"v1\""), "{coding}");
+        assert_eq!(
+            reply.header("vary"),
+            Some("Accept-Language, Accept-Encoding"),
+            "{coding}"
+        );
+        assert!(
+            reply.body.len() < SIZE / 10,
+            "{coding}: {} bytes",
+            reply.body.len()
+        );
+        assert_eq!(reply.decoded(), origin_body(SIZE), "{coding}");
+        assert_eq!(upstream_accept_encoding(&tailnet).as_deref(), Some(coding));
+    }
+    let metrics = scrape(proxy.admin).await;
+    for coding in ["gzip", "br", "zstd"] {
+        assert_eq!(compressions(&metrics, coding), 1, "{metrics}");
+    }
+    let saved = counter(&metrics, "edge_compression_saved_bytes_total", "gzip");
+    assert!(saved > 3000 && saved < SIZE as u64, "{metrics}");
+}
+
+#[tokio::test]
+async fn q_values_and_the_location_choose_the_coding() {
+    let tailnet = tailnet(&["docs"]).await;
+    let proxy = Proxy::start(&config(&tailnet));
+    let path = format!("/page?size={SIZE}");
+    let cases = [
+        ("gzip;q=0.5, br;q=0.9", Some("br")),
+        ("gzip, deflate, br, zstd", Some("zstd")),
+        ("br;q=0, gzip", Some("gzip")),
+        ("br;q=0", None),
+        ("identity", None),
+        ("gzip;q=0.5, identity", None),
+        ("*;q=0.1, gzip;q=0.2", Some("gzip")),
+    ];
+    for (accept, expected) in cases {
+        let reply = fetch(&proxy, &path, &[("accept-encoding", accept)]).await;
+        assert_eq!(reply.header("content-encoding"), expected, "{accept}");
+        assert!(reply.varies_on_accept_encoding(), "{accept}");
+        assert_eq!(reply.decoded(), origin_body(SIZE), "{accept}");
+        let asked = expected.unwrap_or("identity");
+        assert_eq!(upstream_accept_encoding(&tailnet).as_deref(), Some(asked));
+    }
+    let none = fetch(&proxy, &path, &[]).await;
+    assert_eq!(none.header("content-encoding"), None);
+    assert_eq!(none.header("content-length"), Some("4000"));
+    let gzip_only = format!("/gzip-only/page?size={SIZE}");
+    let reply = fetch(
+        &proxy,
+        &gzip_only,
+        &[("accept-encoding", "br, zstd, gzip;q=0.1")],
+    )
+    .await;
+    assert_eq!(reply.header("content-encoding"), Some("gzip"));
+    assert_eq!(reply.decoded(), origin_body(SIZE));
+    let raw = fetch(
+        &proxy,
+        &format!("/raw/page?size={SIZE}"),
+        &[("accept-encoding", "gzip")],
+    )
+    .await;
+    assert_eq!(raw.header("content-encoding"), None);
+    assert!(!raw.varies_on_accept_encoding());
+    // `/raw/` leaves the client's header for the upstream as it was.
+    assert_eq!(upstream_accept_encoding(&tailnet).as_deref(), Some("gzip"));
+}
+
+/// A query of the fake peer, extra request headers, and whether the answer varies.
+type Case = (&'static str, &'static [(&'static str, &'static str)], bool);
+
+#[tokio::test]
+async fn ranges_encoded_small_and_other_bodies_pass_as_they_are() {
+    let tailnet = tailnet(&["docs"]).await;
+    let proxy = Proxy::start(&config(&tailnet));
+    let gzip = [("accept-encoding", "gzip, br")];
+    let cases: [Case; 5] = [
+        // (query, extra request headers, answer varies on Accept-Encoding)
+        ("size=4000", &[("range", "bytes=0-99")], true),
+        ("size=4000&header=content-encoding:gzip", &[], true),
+        ("size=1000", &[], false),
+        ("size=4000&header=content-type:image/png", &[], false),
+        ("size=4000&header=cache-control:no-transform", &[], false),
+    ];
+    for (query, extra, varies) in cases {
+        let mut headers = gzip.to_vec();
+        headers.extend_from_slice(extra);
+        let reply = fetch(&proxy, &format!("/page?{query}"), &headers).await;
+        let size = if query.starts_with("size=1000") {
+            1000
+        } else {
+            SIZE
+        };
+        assert_eq!(reply.status, 200, "{query}");
+        let coding = reply.header("content-encoding");
+        let passed = match query.contains("content-encoding") {
+            true => coding == Some("gzip"),
+            false => coding.is_none(),
+        };
+        assert!(passed, "{query}: {coding:?}");
+        assert_eq!(
+            reply.body,
+            origin_body(size),
+            "{query}: body as the origin sent it"
+        );
+        assert_eq!(reply.varies_on_accept_encoding(), varies, "{query}");
+    }
+    let head = client()
+        .head(proxy.url(&format!("/page?size={SIZE}")))
+        .header("host", HOST)
+        .header("accept-encoding", "gzip")
+        .send()
+        .await
+        .expect("HEAD through the proxy");
+    assert_eq!(head.status(), 200);
+    assert!(head.headers().get("content-encoding").is_none());
+    let metrics = scrape(proxy.admin).await;
+    assert_eq!(
+        compressions(&metrics, "gzip") + compressions(&metrics, "br"),
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_cached_response_is_compressed_once_per_coding() {
+    let tailnet = tailnet(&["docs"]).await;
+    let proxy = Proxy::start(&config(&tailnet));
+    let path = format!("/cached/page?size={SIZE}&header=etag:%22v1%22");
+    let requests = || tailnet.peer("docs").map_or(0, |p| p.requests());
+    let expect = |accept: &'static str, status: &'static str, coding: Option<&'static str>| {
+        let (proxy, path) = (&proxy, &path);
+        async move {
+            let reply = fetch(proxy, path, &[("accept-encoding", accept)]).await;
+            assert_eq!(reply.status, 200, "{accept}");
+            assert_eq!(reply.header("x-cache-status"), Some(status), "{accept}");
+            assert_eq!(reply.header("content-encoding"), coding, "{accept}");
+            assert!(reply.varies_on_accept_encoding(), "{accept}");
+            assert_eq!(reply.decoded(), origin_body(SIZE), "{accept}");
+            if coding.is_some() {
+                assert_eq!(reply.header("etag"), Some("W/\"v1\""), "{accept}");
+            }
+            // Hits of a variant take the hot-object path, which sends a stored chunked
+            // body with its length.
+            if status == "HIT" {
+                let length = reply.body.len().to_string();
+                assert_eq!(reply.header("content-length"), Some(&*length), "{accept}");
+            }
+        }
+    };
+    expect("gzip", "MISS", Some("gzip")).await;
+    expect("gzip", "HIT", Some("gzip")).await;
+    // Another way of writing the same choice shares the variant.
+    expect("deflate, gzip;q=0.8", "HIT", Some("gzip")).await;
+    assert_eq!(requests(), 1);
+    assert_eq!(compressions(&scrape(proxy.admin).await, "gzip"), 1);
+
+    // Another coding is a variant of its own, compressed once too.
+    expect("br", "MISS", Some("br")).await;
+    expect("br, gzip", "HIT", Some("br")).await;
+    expect("identity", "MISS", None).await;
+    expect("identity", "HIT", None).await;
+    expect("gzip", "HIT", Some("gzip")).await;
+    assert_eq!(requests(), 3);
+    // A range of a client accepting gzip is cut from the identity variant.
+    let range = [("accept-encoding", "gzip"), ("range", "bytes=0-99")];
+    let part = fetch(&proxy, &path, &range).await;
+    assert_eq!(part.status, 206);
+    assert_eq!(part.header("x-cache-status"), Some("HIT"));
+    assert_eq!(part.header("content-encoding"), None);
+    assert_eq!(part.body, origin_body(100));
+    assert_eq!(requests(), 3);
+    let metrics = scrape(proxy.admin).await;
+    assert_eq!(
+        (compressions(&metrics, "gzip"), compressions(&metrics, "br")),
+        (1, 1),
+        "{metrics}"
+    );
+}
