@@ -585,7 +585,9 @@ cache = { lock = false }
         assert_eq!(status.expect("join"), 200);
     }
     assert_eq!(requests(&tailnet), 1, "the site's lock: one fetch");
-    for status in together("/free/x?delay_ms=1000").await {
+    // A slower origin here: every one of the five must arrive while the first is still
+    // being fetched (one arriving after the fill would be a hit), also on a busy machine.
+    for status in together("/free/x?delay_ms=3000").await {
         assert_eq!(status.expect("join"), 200);
     }
     assert_eq!(requests(&tailnet), 6, "no lock here: each miss fetches");
