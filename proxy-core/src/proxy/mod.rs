@@ -580,7 +580,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(upstream) = ctx.route.upstream.as_ref() else {
@@ -595,23 +595,73 @@ impl ProxyHttp for EdgeProxy {
             body.rewind();
             ctx.body.restart();
         }
-        match upstream.peer() {
+        let peer = match &upstream.pool {
+            None => upstream.peer(),
+            Some(_) => {
+                // A retry avoids the address whose connection just failed.
+                let failed = match &ctx.record.upstream_addr {
+                    Some(PeerAddr::Inet(addr)) if ctx.record.upstream_retried => Some(addr),
+                    _ => None,
+                };
+                let uri = &session.req_header().uri;
+                let key = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+                upstream.peer_for(key.as_bytes(), failed)
+            }
+        };
+        match peer {
             Some(peer) => {
                 ctx.record.upstream_addr = Some(peer._address.clone());
                 Ok(Box::new(peer))
             }
             None => {
                 ctx.record.upstream_error = Some(UpstreamErrorKind::Dns);
-                let e = Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    format!(
+                let why = match &upstream.pool {
+                    None => format!(
                         "upstream `{}`: `{}` has not resolved yet",
                         upstream.name, upstream.host
                     ),
-                );
-                Err(e.into_up())
+                    Some(_) => format!(
+                        "upstream `{}`: no healthy address (or none resolved yet)",
+                        upstream.name
+                    ),
+                };
+                Err(Error::explain(ErrorType::ConnectNoRoute, why).into_up())
             }
         }
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(upstream) = ctx.route.upstream.as_ref() else {
+            return e;
+        };
+        let Some(pool) = &upstream.pool else {
+            return e;
+        };
+        if let PeerAddr::Inet(addr) = &peer._address {
+            pool.mark_failed(addr);
+        }
+        // One retry, on another address, of a request nothing of which reached the upstream.
+        let idempotent = session.req_header().method.is_idempotent();
+        if pool.retry
+            && idempotent
+            && !ctx.record.upstream_retried
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            ctx.record.upstream_retried = true;
+            if let Some(observability) = &self.observability {
+                observability.metrics().upstream_retry(&upstream.name);
+            }
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
     }
 
     async fn upstream_request_filter(
