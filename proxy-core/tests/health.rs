@@ -157,6 +157,73 @@ async fn a_refused_connection_is_retried_once_on_another_address_but_a_post_is_n
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
 }
 
+#[tokio::test]
+async fn offline_sites_serve_stale_answers_and_a_maintenance_page_until_a_check_passes() {
+    let tailnet = tailnet(&["one", "two"]).await;
+    let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }";
+    let page = "<html><body>back soon</body></html>";
+    let config = format!(
+        r#"{}{}
+[sites.app]
+hosts = ["app.example.com"]
+cache = {{ valid = {{ "200" = "1s" }} }}
+offline = {{ stale = "1h", page = "maintenance.html", retry_after = "30s" }}
+[[sites.app.locations]]
+match = "/"
+proxy = "app"
+"#,
+        base_config(&tailnet),
+        pool_upstream("app", &["one", "two"], &tailnet, health),
+    );
+    let proxy = Edge::start_with_files(&config, &[("maintenance.html", page.as_bytes())]);
+    let first = get(&proxy, "app.example.com", "/cached").await;
+    assert_eq!(
+        (first.status, first.header("x-cache-status")),
+        (200, Some("MISS"))
+    );
+
+    for peer in ["one", "two"] {
+        tailnet.peer(peer).unwrap().set_response(ResponseSpec {
+            status: 503,
+            ..ResponseSpec::default()
+        });
+    }
+    for peer in ["one", "two"] {
+        assert!(metrics_show(&proxy, &up_line(&tailnet, "app", peer, 0)).await);
+    }
+
+    // Once the cached answer expires, it is still served, marked stale and offline.
+    let mut stale = None;
+    for _ in 0..(WAIT.as_millis() / 100) {
+        let reply = get(&proxy, "app.example.com", "/cached").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.header("x-edge-offline").is_some() {
+            stale = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = stale.expect("the expired answer served offline");
+    assert_eq!(stale.header("x-cache-status"), Some("STALE"));
+    assert_eq!(stale.body, first.body);
+
+    // Nothing cached: the maintenance page (the peers would answer their own 503 body).
+    let down = get(&proxy, "app.example.com", "/other").await;
+    assert_eq!((down.status, down.body.as_str()), (503, page));
+    assert_eq!(down.header("retry-after"), Some("30"));
+    assert_eq!(down.header("x-edge-offline"), Some("1"));
+
+    // A passing check ends it.
+    tailnet
+        .peer("one")
+        .unwrap()
+        .set_response(ResponseSpec::default());
+    assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "one", 1)).await);
+    let back = get(&proxy, "app.example.com", "/other").await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert_eq!(back.header("x-edge-offline"), None);
+}
+
 #[test]
 fn bad_pool_settings_are_refused_with_their_keys() {
     let text = r#"
@@ -174,6 +241,12 @@ addresses = ["a.tail1.ts.net:80", "a.tail1.ts.net:80", "nope"]
 addresses = ["a.tail1.ts.net:80"]
 balance = "least_random"
 health = { path = "healthz", interval = "0s", unhealthy = 0, status = [500, 200] }
+[sites.s]
+hosts = ["s.example.com"]
+offline = { stale = "forever", page = "missing.html" }
+[[sites.s.locations]]
+match = "/"
+proxy = "checks"
 "#;
     let e = proxy_core::config::load_str(text, None, std::path::Path::new("."))
         .err()
@@ -190,6 +263,8 @@ health = { path = "healthz", interval = "0s", unhealthy = 0, status = [500, 200]
         "upstreams.checks.health.interval: must be longer than 0s",
         "upstreams.checks.health.unhealthy: must be at least 1",
         "upstreams.checks.health.status: invalid status range [500, 200]",
+        "sites.s.offline.stale:",
+        "sites.s.offline.page: cannot read",
     ] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }

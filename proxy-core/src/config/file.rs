@@ -513,6 +513,30 @@ pub struct SiteSection {
     /// [`ProxyHeaderSection`]); over the upstream's, under a location's. Default: none.
     #[serde(default)]
     pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
+    /// Offline mode (see [`OfflineSection`]): what the site answers while every address of
+    /// an upstream with `addresses` is down. Default: none (502).
+    pub offline: Option<OfflineSection>,
+}
+
+/// Default of [`OfflineSection::stale`].
+pub const DEFAULT_OFFLINE_STALE: &str = "1d";
+/// Default of [`OfflineSection::retry_after`].
+pub const DEFAULT_OFFLINE_RETRY_AFTER: &str = "60s";
+
+/// `[sites.NAME.offline]`: while health checks find every address of the upstream of a
+/// request down, a cached answer is served however stale (within `stale`) and anything
+/// else gets a maintenance page (503 with `Retry-After`), without a connection attempt.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineSection {
+    /// How long past its expiry a cached answer is still served while offline.
+    /// Default: [`DEFAULT_OFFLINE_STALE`].
+    pub stale: Option<String>,
+    /// The maintenance page (HTML, relative to the config file). Default: the site's
+    /// `error_pages` page for 503, else the built-in one.
+    pub page: Option<String>,
+    /// `Retry-After` of the maintenance page. Default: [`DEFAULT_OFFLINE_RETRY_AFTER`].
+    pub retry_after: Option<String>,
 }
 
 /// Default of [`SiteAccessSection::deny_body`].

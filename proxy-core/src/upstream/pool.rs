@@ -245,6 +245,14 @@ impl AddressPool {
         None
     }
 
+    /// Whether every address is down (health checks or refused connections); `false`
+    /// while nothing has resolved.
+    pub(crate) fn all_down(&self) -> bool {
+        let backends = self.selector.backends();
+        let members = backends.get_backend();
+        !members.is_empty() && !members.iter().any(|b| backends.ready(b))
+    }
+
     /// Takes `addr` out until the next check after one interval: a connection to it was
     /// refused or timed out.
     pub(crate) fn mark_failed(&self, addr: &SocketAddr) {
