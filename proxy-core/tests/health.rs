@@ -158,6 +158,42 @@ async fn a_refused_connection_is_retried_once_on_another_address_but_a_post_is_n
 }
 
 #[tokio::test]
+async fn a_reload_puts_the_new_addresses_under_checks() {
+    let tailnet = tailnet(&["one", "two", "three"]).await;
+    let config = |peers: &[&str], path: &str| {
+        let health = format!("health = {{ path = \"{path}\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }}");
+        format!(
+            "{}{}{}",
+            base_config(&tailnet),
+            pool_upstream("app", peers, &tailnet, &health),
+            site("app", "app")
+        )
+    };
+    let proxy = Edge::start(&config(&["one", "two"], "/healthz"));
+    let (peers, _) = answers(&proxy, "app.example.com", 2).await;
+    assert_eq!(peers, BTreeSet::from(["one".into(), "two".into()]));
+
+    let next =
+        proxy_core::config::load_str(&config(&["two", "three"], "/ready"), None, proxy.dir())
+            .unwrap_or_else(|e| panic!("{e}"));
+    proxy.reloader().reload(next);
+    // `three` is a new name: it joins once resolved.
+    assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "three", 1)).await);
+    let (peers, statuses) = answers(&proxy, "app.example.com", 4).await;
+    assert_eq!(peers, BTreeSet::from(["three".into(), "two".into()]));
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+
+    // The new pool's checks run: `three` failing them goes out.
+    tailnet.peer("three").unwrap().set_response(ResponseSpec {
+        status: 503,
+        ..ResponseSpec::default()
+    });
+    assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "three", 0)).await);
+    let (peers, _) = answers(&proxy, "app.example.com", 4).await;
+    assert_eq!(peers, BTreeSet::from(["two".into()]));
+}
+
+#[tokio::test]
 async fn offline_sites_serve_stale_answers_and_a_maintenance_page_until_a_check_passes() {
     let tailnet = tailnet(&["one", "two"]).await;
     let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }";

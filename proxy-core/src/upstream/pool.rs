@@ -386,3 +386,68 @@ fn health_check(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pool of one address: a listener the test holds (TCP checks pass).
+    fn pool(listener: &std::net::TcpListener) -> (Arc<AddressPool>, SocketAddr) {
+        let addr = listener.local_addr().expect("listener address");
+        let template = HttpPeer::new(addr, false, String::new());
+        let health = HealthSettings {
+            path: None,
+            interval: Duration::from_millis(10),
+            timeout: Duration::from_secs(1),
+            healthy: 1,
+            unhealthy: 1,
+            status: (200, 399),
+        };
+        let member = PoolMember {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+            slot: Arc::new(AddrSlot::fixed(vec![addr.ip()])),
+        };
+        let pool = AddressPool::new(
+            "app".into(),
+            vec![member],
+            Balance::RoundRobin,
+            health,
+            true,
+            &template,
+            "app",
+        );
+        (Arc::new(pool), addr)
+    }
+
+    #[test]
+    fn a_refused_address_is_held_out_until_its_time_is_up() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (pool, addr) = pool(&listener);
+        assert_eq!(pool.select(b"/", None), Some(addr));
+        assert_eq!(pool.select(b"/", Some(&addr)), None);
+        pool.mark_failed(&addr);
+        assert_eq!(pool.select(b"/", None), None);
+        assert!(pool.all_down());
+        pool.release_passive(Instant::now());
+        assert!(pool.all_down(), "released before its interval");
+        pool.release_passive(Instant::now() + Duration::from_secs(3600));
+        assert_eq!(pool.select(b"/", None), Some(addr));
+        assert!(!pool.all_down());
+    }
+
+    #[tokio::test]
+    async fn the_check_task_ends_when_its_pool_is_dropped() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let (pool, _) = pool(&listener);
+        let (_keep, stop) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(watch(
+            Arc::downgrade(&pool),
+            Duration::from_millis(10),
+            stop,
+        ));
+        drop(pool);
+        let ended = tokio::time::timeout(Duration::from_secs(30), task).await;
+        assert!(ended.is_ok(), "the check task outlived its pool");
+    }
+}

@@ -387,6 +387,15 @@ impl MagicDnsResolver {
                 due.insert(name.clone(), Instant::now() + next);
             }
             self.record_stale_count();
+            // New answers reach the pools now rather than at their next check.
+            for pool in self
+                .pools
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                pool.refresh();
+            }
             let wake = due
                 .values()
                 .min()
