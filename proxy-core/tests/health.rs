@@ -103,6 +103,32 @@ async fn health_checks_take_a_failing_address_out_and_bring_it_back() {
 }
 
 #[tokio::test]
+async fn consistent_balance_keeps_one_url_on_one_address() {
+    let tailnet = tailnet(&["one", "two", "three"]).await;
+    let config = format!(
+        "{}{}{}",
+        base_config(&tailnet),
+        pool_upstream(
+            "app",
+            &["one", "two", "three"],
+            &tailnet,
+            "balance = \"consistent\""
+        ),
+        site("app", "app")
+    );
+    let proxy = Edge::start(&config);
+    for path in ["/a", "/b", "/c", "/d", "/e", "/f"] {
+        let mut peers = BTreeSet::new();
+        for _ in 0..3 {
+            let reply = get(&proxy, "app.example.com", path).await;
+            assert_eq!(reply.status, 200);
+            peers.insert(reply.header("x-fake-peer").unwrap_or_default().to_string());
+        }
+        assert_eq!(peers.len(), 1, "{path} went to {peers:?}");
+    }
+}
+
+#[tokio::test]
 async fn a_refused_connection_is_retried_once_on_another_address_but_a_post_is_not() {
     let tailnet = tailnet(&["up", "down"]).await;
     // Checks far apart: only a refused connection can take `down` out during the test.
