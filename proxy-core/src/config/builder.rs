@@ -189,7 +189,7 @@ impl UpstreamBuilder {
     /// An upstream at `host:port`.
     pub fn new(address: impl Into<String>) -> Self {
         Self(UpstreamSection {
-            address: address.into(),
+            address: Some(address.into()),
             ..UpstreamSection::default()
         })
     }

@@ -281,13 +281,66 @@ pub const DEFAULT_MAX_RESPONSE_HEADER: &str = "8k";
 /// and its TUN device, the tailnet).
 pub const DEFAULT_TRANSPORT: &str = "kernel";
 
+/// Default of [`UpstreamSection::balance`].
+pub const DEFAULT_BALANCE: &str = "round_robin";
+/// Default of [`UpstreamSection::retry`].
+pub const DEFAULT_RETRY: bool = true;
+/// Default of [`HealthSection::interval`].
+pub const DEFAULT_HEALTH_INTERVAL: &str = "5s";
+/// Default of [`HealthSection::timeout`].
+pub const DEFAULT_HEALTH_TIMEOUT: &str = "1s";
+/// Default of [`HealthSection::healthy`].
+pub const DEFAULT_HEALTH_HEALTHY: usize = 2;
+/// Default of [`HealthSection::unhealthy`].
+pub const DEFAULT_HEALTH_UNHEALTHY: usize = 3;
+/// Default of [`HealthSection::status`]: what nginx's `health_check` accepts.
+pub const DEFAULT_HEALTH_STATUS: [u16; 2] = [200, 399];
+
+/// `[upstreams.NAME.health]`: active health checks of an upstream's `addresses`
+/// (pingora-load-balancing's checks). Every address starts healthy.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSection {
+    /// `GET` this path (with the upstream's Host header and TLS settings) and expect a
+    /// status in `status`; absent: a TCP connect (and TLS handshake) is the check.
+    /// Default: none.
+    pub path: Option<String>,
+    /// Time between two checks of an address; an address whose connection was refused is
+    /// also held out this long. Default: [`DEFAULT_HEALTH_INTERVAL`].
+    pub interval: Option<String>,
+    /// Time one check may take. Default: [`DEFAULT_HEALTH_TIMEOUT`].
+    pub timeout: Option<String>,
+    /// Consecutive passes that bring an address back. Default: [`DEFAULT_HEALTH_HEALTHY`].
+    pub healthy: Option<usize>,
+    /// Consecutive failures that take an address out.
+    /// Default: [`DEFAULT_HEALTH_UNHEALTHY`].
+    pub unhealthy: Option<usize>,
+    /// Lowest and highest status that pass an HTTP check. Default: [`DEFAULT_HEALTH_STATUS`].
+    pub status: Option<[u16; 2]>,
+}
+
 /// `[upstreams.NAME]`: a service on the tailnet.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamSection {
     /// `host:port`, where host is a tailnet name (`docs.tailXXXX.ts.net`) or an IP address.
-    /// Required.
-    pub address: String,
+    /// This or `addresses` (exactly one). Default: none.
+    pub address: Option<String>,
+    /// Several `host:port` (tailnet names or IP addresses) serving the same thing: requests
+    /// go to the healthy ones, picked by `balance`, checked by `health`. This or `address`
+    /// (exactly one). Default: none.
+    pub addresses: Option<Vec<String>>,
+    /// How `addresses` share requests: `"round_robin"`, or `"consistent"` (a hash of the
+    /// path and query: one URL keeps one address while it is healthy, good for caches
+    /// behind). Only with `addresses`. Default: [`DEFAULT_BALANCE`].
+    pub balance: Option<String>,
+    /// Send an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) once more, to
+    /// another of `addresses`, when the connection to the first fails (never once anything
+    /// of the request was sent). Only with `addresses`. Default: [`DEFAULT_RETRY`].
+    pub retry: Option<bool>,
+    /// Active health checks of `addresses` (see [`HealthSection`]; without it, TCP connect
+    /// checks every [`DEFAULT_HEALTH_INTERVAL`]). Only with `addresses`. Default: `{ }`.
+    pub health: Option<HealthSection>,
     /// Speak TLS to the upstream. Default: [`DEFAULT_TLS`].
     pub tls: Option<bool>,
     /// SNI (and the name the certificate must carry). Default: the host of `address`.
@@ -460,6 +513,30 @@ pub struct SiteSection {
     /// [`ProxyHeaderSection`]); over the upstream's, under a location's. Default: none.
     #[serde(default)]
     pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
+    /// Offline mode (see [`OfflineSection`]): what the site answers while every address of
+    /// an upstream with `addresses` is down. Default: none (502).
+    pub offline: Option<OfflineSection>,
+}
+
+/// Default of [`OfflineSection::stale`].
+pub const DEFAULT_OFFLINE_STALE: &str = "1d";
+/// Default of [`OfflineSection::retry_after`].
+pub const DEFAULT_OFFLINE_RETRY_AFTER: &str = "60s";
+
+/// `[sites.NAME.offline]`: while health checks find every address of the upstream of a
+/// request down, a cached answer is served however stale (within `stale`) and anything
+/// else gets a maintenance page (503 with `Retry-After`), without a connection attempt.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct OfflineSection {
+    /// How long past its expiry a cached answer is still served while offline.
+    /// Default: [`DEFAULT_OFFLINE_STALE`].
+    pub stale: Option<String>,
+    /// The maintenance page (HTML, relative to the config file). Default: the site's
+    /// `error_pages` page for 503, else the built-in one.
+    pub page: Option<String>,
+    /// `Retry-After` of the maintenance page. Default: [`DEFAULT_OFFLINE_RETRY_AFTER`].
+    pub retry_after: Option<String>,
 }
 
 /// Default of [`SiteAccessSection::deny_body`].

@@ -109,6 +109,16 @@ pub(crate) const BAN_REFUSALS: &str = "edge_ban_refusals_total";
 pub(crate) const COMPRESSED_RESPONSES: &str = "edge_compressed_responses_total";
 /// `edge_compression_saved_bytes_total{encoding}`: bytes compression took off those bodies.
 pub(crate) const COMPRESSION_SAVED_BYTES: &str = "edge_compression_saved_bytes_total";
+/// `edge_upstream_address_up{upstream,address}`: 1 while an address of an upstream with
+/// several addresses takes requests, 0 while health checks or a refused connection keep it
+/// out.
+pub(crate) const UPSTREAM_ADDRESS_UP: &str = "edge_upstream_address_up";
+/// `edge_upstream_health_checks_total{upstream,address,result}`: active health checks, by
+/// result (`pass`, `fail`).
+pub(crate) const UPSTREAM_HEALTH_CHECKS: &str = "edge_upstream_health_checks_total";
+/// `edge_upstream_retries_total{upstream}`: requests sent to another address after a
+/// connection to the first failed.
+pub(crate) const UPSTREAM_RETRIES: &str = "edge_upstream_retries_total";
 
 /// Every metric name, for tools that check dashboards or alerts against them.
 pub const METRIC_NAMES: &[&str] = &[
@@ -128,6 +138,9 @@ pub const METRIC_NAMES: &[&str] = &[
     ACCESS_LOG_DROPPED,
     BUILD_INFO,
     CONFIG_RELOADS,
+    UPSTREAM_ADDRESS_UP,
+    UPSTREAM_HEALTH_CHECKS,
+    UPSTREAM_RETRIES,
     CONFIG_LAST_RELOAD_OK,
     TELEMETRY_SHIPPED,
     TELEMETRY_FAILED,
@@ -505,6 +518,14 @@ impl Metrics {
                 COMPRESSION_SAVED_BYTES,
                 "Bytes compression took off response bodies, by encoding.",
             ),
+            (
+                UPSTREAM_HEALTH_CHECKS,
+                "Active health checks of upstream addresses, by result.",
+            ),
+            (
+                UPSTREAM_RETRIES,
+                "Requests sent to another address after a connection to the first failed.",
+            ),
         ];
         for (name, help) in counters {
             self.recorder
@@ -543,6 +564,10 @@ impl Metrics {
                 "1 unless the last config reload was rejected (the old config still runs).",
             ),
             (BANS_ACTIVE, "Client addresses banned now."),
+            (
+                UPSTREAM_ADDRESS_UP,
+                "1 while an upstream address takes requests, 0 while it is held out.",
+            ),
         ];
         for (name, help) in gauges {
             self.recorder
@@ -675,6 +700,39 @@ impl Metrics {
             return;
         }
         self.counter(DNS_LOOKUPS, &[("result", result.label())])
+            .increment(1);
+    }
+
+    /// An active health check of `address` of `upstream` passed or failed.
+    pub(crate) fn upstream_health_check(&self, upstream: &str, address: &str, passed: bool) {
+        if !self.enabled {
+            return;
+        }
+        let result = if passed { "pass" } else { "fail" };
+        let labels = [
+            ("upstream", upstream),
+            ("address", address),
+            ("result", result),
+        ];
+        self.counter(UPSTREAM_HEALTH_CHECKS, &labels).increment(1);
+    }
+
+    /// Whether `address` of `upstream` takes requests now.
+    pub(crate) fn upstream_address_up(&self, upstream: &str, address: &str, up: bool) {
+        if !self.enabled {
+            return;
+        }
+        let labels = [("upstream", upstream), ("address", address)];
+        self.gauge(UPSTREAM_ADDRESS_UP, &labels)
+            .set(if up { 1.0 } else { 0.0 });
+    }
+
+    /// A request to `upstream` goes to another address after a failed connection.
+    pub(crate) fn upstream_retry(&self, upstream: &str) {
+        if !self.enabled {
+            return;
+        }
+        self.counter(UPSTREAM_RETRIES, &[("upstream", upstream)])
             .increment(1);
     }
 

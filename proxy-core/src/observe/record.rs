@@ -28,6 +28,8 @@ pub(crate) struct RequestRecord {
     pub upstream_addr: Option<pingora::protocols::l4::socket::SocketAddr>,
     /// The upstream's status.
     pub upstream_status: Option<u16>,
+    /// Whether the request went to a second address after a failed connection.
+    pub upstream_retried: bool,
     /// Set when the upstream failed before a request was sent (e.g. its name is unresolved).
     pub upstream_error: Option<UpstreamErrorKind>,
     /// HOOK for the cache: set the nginx word (HIT, MISS, EXPIRED, STALE, UPDATING,
@@ -56,6 +58,7 @@ impl RequestRecord {
             upstream_response_time: None,
             upstream_addr: None,
             upstream_status: None,
+            upstream_retried: false,
             upstream_error: None,
             cache_status: None,
             rate_limit: None,

@@ -46,6 +46,8 @@ pub struct RequestCtx {
     pub(crate) lingering_done: bool,
     /// Headers authentication sets on the upstream request (a forward-auth service's).
     pub(crate) auth_headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    /// Set when the site answers in offline mode: every address of the upstream is down.
+    pub(crate) offline: bool,
 }
 
 /// What routing found for a request.
@@ -98,6 +100,7 @@ impl RequestCtx {
             buffered_body: None,
             lingering_done: false,
             auth_headers: Vec::new(),
+            offline: false,
         }
     }
 

@@ -436,7 +436,7 @@ impl EdgeProxy {
             }
         };
         close_after_if_shutting_down(session);
-        let site = ctx.route.site.as_deref();
+        let site = ctx.route.site.as_deref().filter(|_| !ctx.offline);
         if let Some(page) = site.and_then(|site| site.error_page(answer.status)) {
             answer.body = page.clone();
             answer.content_type = LocalAnswer::html(0, "").content_type;
@@ -580,7 +580,7 @@ impl ProxyHttp for EdgeProxy {
 
     async fn upstream_peer(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let Some(upstream) = ctx.route.upstream.as_ref() else {
@@ -595,23 +595,78 @@ impl ProxyHttp for EdgeProxy {
             body.rewind();
             ctx.body.restart();
         }
-        match upstream.peer() {
+        let peer = match &upstream.pool {
+            None => upstream.peer(),
+            Some(_) => {
+                // A retry avoids the address whose connection just failed.
+                let failed = match &ctx.record.upstream_addr {
+                    Some(PeerAddr::Inet(addr)) if ctx.record.upstream_retried => Some(addr),
+                    _ => None,
+                };
+                let uri = &session.req_header().uri;
+                let key = uri.path_and_query().map_or(uri.path(), |pq| pq.as_str());
+                upstream.peer_for(key.as_bytes(), failed)
+            }
+        };
+        match peer {
             Some(peer) => {
                 ctx.record.upstream_addr = Some(peer._address.clone());
                 Ok(Box::new(peer))
             }
+            None if offline_policy(ctx).is_some() => {
+                ctx.offline = true;
+                let why = format!("upstream `{}`: every address is down", upstream.name);
+                Err(Error::explain(ErrorType::HTTPStatus(503), why).into_up())
+            }
             None => {
                 ctx.record.upstream_error = Some(UpstreamErrorKind::Dns);
-                let e = Error::explain(
-                    ErrorType::ConnectNoRoute,
-                    format!(
+                let why = match &upstream.pool {
+                    None => format!(
                         "upstream `{}`: `{}` has not resolved yet",
                         upstream.name, upstream.host
                     ),
-                );
-                Err(e.into_up())
+                    Some(_) => format!(
+                        "upstream `{}`: no healthy address (or none resolved yet)",
+                        upstream.name
+                    ),
+                };
+                Err(Error::explain(ErrorType::ConnectNoRoute, why).into_up())
             }
         }
+    }
+
+    fn fail_to_connect(
+        &self,
+        session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        let Some(upstream) = ctx.route.upstream.as_ref() else {
+            return e;
+        };
+        let Some(pool) = &upstream.pool else {
+            return e;
+        };
+        if let PeerAddr::Inet(addr) = &peer._address {
+            pool.mark_failed(addr);
+        }
+        // One retry, on another address, of a request nothing of which reached the upstream.
+        let idempotent = session.req_header().method.is_idempotent();
+        if pool.retry
+            && idempotent
+            && !ctx.record.upstream_retried
+            && !session.as_ref().retry_buffer_truncated()
+        {
+            ctx.record.upstream_retried = true;
+            if let Some(observability) = &self.observability {
+                observability.metrics().upstream_retry(&upstream.name);
+            }
+            e.set_retry(true);
+        } else {
+            e.set_retry(false);
+        }
+        e
     }
 
     async fn upstream_request_filter(
@@ -721,7 +776,13 @@ impl ProxyHttp for EdgeProxy {
     ) -> Result<()> {
         close_after_if_shutting_down(session);
         self.intercept_upstream_error(session, upstream_response, ctx)?;
-        let cache_status = cache_hooks::status(session, &ctx.cache);
+        let cache_status = match ctx.offline {
+            true => {
+                upstream_response.insert_header(OFFLINE_HEADER, "1")?;
+                Some(CacheStatus::Stale)
+            }
+            false => cache_hooks::status(session, &ctx.cache),
+        };
         self.finish_response_header(upstream_response, ctx, cache_status)
     }
 
@@ -814,6 +875,18 @@ impl ProxyHttp for EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<Option<ForcedFreshness>> {
         cache_hooks::hit_found(self.cache, session, meta, is_fresh, &mut ctx.cache);
+        if !is_fresh {
+            // Offline: a stale answer within the site's window is served as it is.
+            let within = |stale: Duration| {
+                SystemTime::now()
+                    .duration_since(meta.fresh_until())
+                    .map_or(true, |past| past <= stale)
+            };
+            if offline_policy(ctx).is_some_and(|o| within(o.stale)) {
+                ctx.offline = true;
+                return Ok(Some(ForcedFreshness::ForceFresh));
+            }
+        }
         Ok(None)
     }
 
@@ -823,7 +896,19 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let reply = Reply::for_error(e);
+        let reply = match ctx.route.site.as_deref().and_then(|s| s.offline()) {
+            Some(offline) if ctx.offline => {
+                let mut page = LocalAnswer::html(503, offline.page.clone()).closing();
+                page.headers
+                    .push((http::header::RETRY_AFTER, offline.retry_after.clone()));
+                page.headers.push((
+                    http::HeaderName::from_static(OFFLINE_HEADER),
+                    http::HeaderValue::from_static("1"),
+                ));
+                Reply::Send(page)
+            }
+            _ => Reply::for_error(e),
+        };
         let error_code = reply.status();
         // A client whose body could not be read (too slow, gone) gets no lingering close:
         // the answer closes the connection at once.
@@ -846,6 +931,17 @@ impl ProxyHttp for EdgeProxy {
             can_reuse_downstream: false,
         }
     }
+}
+
+/// Marks an answer served from cache because every address of the upstream is down.
+const OFFLINE_HEADER: &str = "x-edge-offline";
+
+/// The site's offline policy, when it has one and every address of the request's upstream
+/// is down.
+fn offline_policy(ctx: &RequestCtx) -> Option<&crate::route::OfflinePolicy> {
+    let offline = ctx.route.site.as_deref()?.offline()?;
+    let pool = ctx.route.upstream.as_deref()?.pool.as_deref()?;
+    pool.all_down().then_some(offline)
 }
 
 /// Has a response written while the server shuts down (SIGTERM, or SIGQUIT after a binary

@@ -79,6 +79,18 @@ pub struct Site {
     locations: LocationTable,
     error_pages: HashMap<u16, Bytes>,
     plugins: PluginChain,
+    offline: Option<OfflinePolicy>,
+}
+
+/// What a site answers while every address of an upstream is down (`[sites.NAME.offline]`).
+#[derive(Debug, Clone)]
+pub(crate) struct OfflinePolicy {
+    /// How long past its expiry a cached answer is still served.
+    pub stale: std::time::Duration,
+    /// The maintenance page's body.
+    pub page: Bytes,
+    /// Its `Retry-After`, in seconds.
+    pub retry_after: http::HeaderValue,
 }
 
 impl Site {
@@ -97,7 +109,18 @@ impl Site {
             locations,
             error_pages,
             plugins,
+            offline: None,
         }
+    }
+
+    /// Answers as `offline` says while an upstream is down.
+    pub(crate) fn set_offline(&mut self, offline: OfflinePolicy) {
+        self.offline = Some(offline);
+    }
+
+    /// What the site answers while every address of an upstream is down, if it says.
+    pub(crate) fn offline(&self) -> Option<&OfflinePolicy> {
+        self.offline.as_ref()
     }
 
     /// The site's name from the config (`[sites.NAME]`); also its metrics label.

@@ -3,11 +3,13 @@
 
 mod forwarded;
 mod header_rules;
+mod pool;
 mod request_body;
 mod resolver;
 
 pub(crate) use forwarded::apply_forwarded_headers;
 pub(crate) use header_rules::{merge_rules, HeaderRule, HeaderVars, ProxyHeaders};
+pub(crate) use pool::{AddressPool, Balance, HealthSettings, PoolMember};
 pub(crate) use request_body::{BufferedBody, ReceiveError};
 pub(crate) use resolver::{AddrSlot, TailnetNames};
 pub use resolver::{MagicDnsResolver, ResolverSettings};
@@ -90,6 +92,9 @@ pub struct Upstream {
     pub(crate) header_rules: Vec<HeaderRule>,
     /// How connections reach it.
     pub(crate) transport: Transport,
+    /// Several addresses with health checks (`addresses = [...]`); `None` for one
+    /// `address`, which keeps the plain round robin over its answer.
+    pub(crate) pool: Option<Arc<AddressPool>>,
     /// Peer with every option set; only its address changes per request.
     template: HttpPeer,
 }
@@ -158,7 +163,29 @@ impl Upstream {
             addrs,
             header_rules: Vec::new(),
             transport: Transport::Kernel,
+            pool: None,
             template,
+        }
+    }
+
+    /// The peer every request's is cloned from (TLS, SNI, timeouts).
+    pub(crate) fn template(&self) -> &HttpPeer {
+        &self.template
+    }
+
+    /// Every name the resolver keeps resolved for this upstream, with its slot: the
+    /// address's, or each of `addresses`'.
+    pub(crate) fn named_slots(&self) -> Vec<(&str, &Arc<AddrSlot>)> {
+        let is_name = |host: &str| host.parse::<IpAddr>().is_err();
+        match &self.pool {
+            None if is_name(&self.host) => vec![(self.host.as_str(), &self.addrs)],
+            None => Vec::new(),
+            Some(pool) => pool
+                .members()
+                .iter()
+                .filter(|m| is_name(&m.host))
+                .map(|m| (m.host.as_str(), &m.slot))
+                .collect(),
         }
     }
 
@@ -180,9 +207,9 @@ impl Upstream {
         self.transport.name()
     }
 
-    /// Whether MagicDNS resolves its name (a name, reached through the kernel).
-    pub(crate) fn resolved_by_magicdns(&self) -> bool {
-        self.needs_resolution() && matches!(self.transport, Transport::Kernel)
+    /// Whether it is reached through the host's network stack.
+    pub(crate) fn kernel_transport(&self) -> bool {
+        matches!(self.transport, Transport::Kernel)
     }
 
     /// The connector of a `tailscale-rs` upstream.
@@ -197,6 +224,18 @@ impl Upstream {
     /// Whether the host is a name the resolver must look up (not an IP literal).
     pub fn needs_resolution(&self) -> bool {
         self.host.parse::<IpAddr>().is_err()
+    }
+
+    /// A peer for a request: with several addresses, a healthy one other than `avoid`
+    /// (`key` picks it for consistent hashing); `None` when none is healthy or resolved.
+    pub(crate) fn peer_for(&self, key: &[u8], avoid: Option<&SocketAddr>) -> Option<HttpPeer> {
+        let Some(pool) = &self.pool else {
+            return self.peer();
+        };
+        let addr = pool.select(key, avoid)?;
+        let mut peer = self.template.clone();
+        peer._address = PeerAddr::Inet(addr);
+        Some(peer)
     }
 
     /// A peer for the next request, or `None` when the name has never resolved.

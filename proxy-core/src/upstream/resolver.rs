@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use super::Upstream;
+use super::{AddressPool, Upstream};
 use crate::observe::{DnsLookupResult, Metrics};
 
 /// The current addresses of one name. Shared between the resolver and every upstream that
@@ -111,6 +111,9 @@ pub struct MagicDnsResolver {
     slots: Mutex<HashMap<String, Tracked>>,
     names_changed: Notify,
     metrics: OnceLock<Arc<Metrics>>,
+    /// The address pools of the adopted config's upstreams, whose health checks `run`
+    /// starts (each stops by itself when its config is dropped).
+    pools: Mutex<Vec<Arc<AddressPool>>>,
 }
 
 impl std::fmt::Debug for MagicDnsResolver {
@@ -147,6 +150,7 @@ impl MagicDnsResolver {
             slots: Mutex::new(HashMap::new()),
             names_changed: Notify::new(),
             metrics: OnceLock::new(),
+            pools: Mutex::new(Vec::new()),
         }
     }
 
@@ -168,22 +172,38 @@ impl MagicDnsResolver {
     ) {
         let mut slots = self.slots.lock().unwrap_or_else(PoisonError::into_inner);
         let mut next = HashMap::new();
-        for upstream in upstreams.into_iter().filter(|u| u.resolved_by_magicdns()) {
-            let key = name_key(&upstream.host);
-            if let Some(previous) = slots.get(&key).and_then(|t| t.slot.current()) {
-                if upstream.addrs.current().is_none() {
-                    upstream.addrs.store(previous.as_ref().clone());
-                }
+        let mut pools = Vec::new();
+        for upstream in upstreams.into_iter() {
+            if let Some(pool) = &upstream.pool {
+                pools.push(pool.clone());
             }
-            let slot = upstream.addrs.clone();
-            next.insert(
-                key,
-                Tracked {
-                    slot,
-                    upstream: true,
-                },
-            );
+            if !upstream.kernel_transport() {
+                continue;
+            }
+            for (host, slot) in upstream.named_slots() {
+                let key = name_key(host);
+                if let Some(previous) = slots.get(&key).and_then(|t| t.slot.current()) {
+                    if slot.current().is_none() {
+                        slot.store(previous.as_ref().clone());
+                    }
+                }
+                next.insert(
+                    key,
+                    Tracked {
+                        slot: slot.clone(),
+                        upstream: true,
+                    },
+                );
+            }
         }
+        // The pools read the answers just handed over; their checks start with `run`.
+        for pool in &pools {
+            if let Some(metrics) = self.metrics.get() {
+                pool.set_metrics(metrics.clone());
+            }
+            pool.refresh();
+        }
+        *self.pools.lock().unwrap_or_else(PoisonError::into_inner) = pools;
         // Receivers have no slot of their own in the config: they keep the one they had,
         // or share an upstream's.
         for name in receivers {
@@ -329,6 +349,18 @@ impl MagicDnsResolver {
         }
     }
 
+    /// Starts the health checks of pools adopted since the last call.
+    fn start_health_checks(&self, shutdown: &ShutdownWatch) {
+        let pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for pool in pools {
+            pool.start(shutdown.clone());
+        }
+    }
+
     /// Keeps every tracked name resolved until `shutdown` turns true.
     pub async fn run(&self, mut shutdown: ShutdownWatch) {
         let client = match self.build_client() {
@@ -340,6 +372,7 @@ impl MagicDnsResolver {
         };
         let mut due: HashMap<String, Instant> = HashMap::new();
         loop {
+            self.start_health_checks(&shutdown);
             client.clear_cache();
             let now = Instant::now();
             let tracked = self.tracked();
@@ -354,6 +387,15 @@ impl MagicDnsResolver {
                 due.insert(name.clone(), Instant::now() + next);
             }
             self.record_stale_count();
+            // New answers reach the pools now rather than at their next check.
+            for pool in self
+                .pools
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .iter()
+            {
+                pool.refresh();
+            }
             let wake = due
                 .values()
                 .min()

@@ -12,15 +12,17 @@ use super::{is_valid_dns_name, list_or_none, Compiler};
 use crate::access::{DenyList, SiteAccess};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    LocationSection, PluginSection, SiteSection, DEFAULT_CONTENT_TYPE, DEFAULT_INTERCEPT_ERRORS,
-    DEFAULT_MAX_BODY_SIZE, DEFAULT_REDIRECT_STATUS, DEFAULT_REQUEST_BUFFERING,
+    LocationSection, OfflineSection, PluginSection, SiteSection, DEFAULT_CONTENT_TYPE,
+    DEFAULT_INTERCEPT_ERRORS, DEFAULT_MAX_BODY_SIZE, DEFAULT_OFFLINE_RETRY_AFTER,
+    DEFAULT_OFFLINE_STALE, DEFAULT_REDIRECT_STATUS, DEFAULT_REQUEST_BUFFERING,
     DEFAULT_RETURN_STATUS, DEFAULT_SITE_PLUGINS,
 };
 use crate::guard::{AppliedZone, Guards};
 use crate::limit::ConcurrencyZone;
 use crate::plugin::{Plugin, PluginChain, PluginSetup};
 use crate::route::{
-    Action, HostRouter, Location, LocationPattern, LocationTable, RedirectTarget, Site,
+    Action, HostRouter, Location, LocationPattern, LocationTable, OfflinePolicy, RedirectTarget,
+    Site,
 };
 use crate::upstream::{merge_rules, HeaderRule, ProxyHeaders, Upstream};
 
@@ -155,13 +157,50 @@ impl Compiler<'_> {
         let locations = LocationTable::new(locations)
             .map_err(|(i, e)| self.problem(key.key("locations").index(i).key("match"), e))
             .ok()?;
-        Some(Site::new(
+        let offline = s
+            .offline
+            .as_ref()
+            .map(|o| self.offline(o, error_pages.get(&503), &key.key("offline")));
+        let mut site = Site::new(
             name.to_string(),
             hosts,
             locations,
             error_pages,
             PluginChain::new(parts.plugins),
-        ))
+        );
+        if let Some(offline) = offline {
+            site.set_offline(offline);
+        }
+        Some(site)
+    }
+
+    /// `[sites.NAME.offline]`; the page defaults to the site's 503 page, else the built-in.
+    fn offline(
+        &mut self,
+        o: &OfflineSection,
+        page_503: Option<&Bytes>,
+        key: &KeyPath,
+    ) -> OfflinePolicy {
+        let stale = self.duration(o.stale.as_deref(), DEFAULT_OFFLINE_STALE, key.key("stale"));
+        let retry_after = self.duration(
+            o.retry_after.as_deref(),
+            DEFAULT_OFFLINE_RETRY_AFTER,
+            key.key("retry_after"),
+        );
+        let page = match &o.page {
+            Some(path) => self
+                .read_file(path, key.key("page"))
+                .map(Bytes::from)
+                .unwrap_or_default(),
+            None => page_503
+                .cloned()
+                .unwrap_or_else(|| crate::answer::default_error_page(503)),
+        };
+        OfflinePolicy {
+            stale,
+            page,
+            retry_after: http::HeaderValue::from(retry_after.as_secs()),
+        }
     }
 
     /// `intercept_errors = true` needs pages to put in place of upstream errors.

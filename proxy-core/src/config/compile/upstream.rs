@@ -9,13 +9,16 @@ use std::sync::Arc;
 use super::{is_valid_dns_name, Compiler};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    ProxyHeaderSection, ResolverSection, UpstreamSection, DEFAULT_CONNECT_TIMEOUT,
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_RESPONSE_HEADER, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL,
-    DEFAULT_NAMESERVERS, DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY_INTERVAL,
+    HealthSection, ProxyHeaderSection, ResolverSection, UpstreamSection, DEFAULT_BALANCE,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_HEALTHY, DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_STATUS, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_UNHEALTHY, DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_MAX_RESPONSE_HEADER, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DEFAULT_NAMESERVERS,
+    DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY, DEFAULT_RETRY_INTERVAL,
     DEFAULT_TLS, DEFAULT_VERIFY, DEFAULT_WRITE_TIMEOUT,
 };
 use crate::upstream::{
-    AddrSlot, HeaderRule, HostHeader, ResolverSettings, Upstream, UpstreamTimeouts, UpstreamTls,
+    AddrSlot, AddressPool, Balance, HeaderRule, HealthSettings, HostHeader, PoolMember,
+    ResolverSettings, Upstream, UpstreamTimeouts, UpstreamTls,
 };
 
 impl Compiler<'_> {
@@ -86,9 +89,8 @@ impl Compiler<'_> {
         key: &KeyPath,
         slots: &mut HashMap<String, Arc<AddrSlot>>,
     ) -> Option<Upstream> {
-        let (host, port) = parse_host_port(&u.address)
-            .map_err(|e| self.problem(key.key("address"), e))
-            .ok()?;
+        let addresses = self.addresses(u, key)?;
+        let (host, port) = addresses.first()?.clone();
         let tls = self.upstream_tls(u, &host, key);
         let host_header = match u.host_header.as_deref() {
             Some(text) => self.host_header(text, key.key("host_header"))?,
@@ -138,7 +140,179 @@ impl Compiler<'_> {
         if let Some(transport) = self.transport(u.transport.as_deref(), key.key("transport")) {
             upstream.set_transport(transport);
         }
+        if u.addresses.is_some() {
+            if !upstream.kernel_transport() {
+                self.problem(
+                    key.key("addresses"),
+                    "`addresses` works with `transport = \"kernel\"` only",
+                );
+            }
+            let members = addresses
+                .into_iter()
+                .map(|(host, port)| {
+                    let slot = match host.parse::<IpAddr>() {
+                        Ok(ip) => Arc::new(AddrSlot::fixed(vec![ip])),
+                        Err(_) => slots.entry(host.clone()).or_default().clone(),
+                    };
+                    PoolMember { host, port, slot }
+                })
+                .collect();
+            upstream.pool = Some(Arc::new(
+                self.address_pool(name, u, key, members, &upstream),
+            ));
+        }
         Some(upstream)
+    }
+
+    /// `address` or `addresses`, parsed (the first is the upstream's own address); the
+    /// keys only `addresses` takes are refused with `address`.
+    fn addresses(&mut self, u: &UpstreamSection, key: &KeyPath) -> Option<Vec<(String, u16)>> {
+        match (&u.address, &u.addresses) {
+            (Some(address), None) => {
+                for (field, set) in [
+                    ("balance", u.balance.is_some()),
+                    ("retry", u.retry.is_some()),
+                    ("health", u.health.is_some()),
+                ] {
+                    if set {
+                        self.problem(
+                            key.key(field),
+                            format!("`{field}` needs `addresses` (several addresses)"),
+                        );
+                    }
+                }
+                let parsed = parse_host_port(address)
+                    .map_err(|e| self.problem(key.key("address"), e))
+                    .ok()?;
+                Some(vec![parsed])
+            }
+            (None, Some(list)) => {
+                if list.is_empty() {
+                    self.problem(key.key("addresses"), "at least one address is required");
+                    return None;
+                }
+                let mut parsed = Vec::with_capacity(list.len());
+                for (i, address) in list.iter().enumerate() {
+                    match parse_host_port(address) {
+                        Ok(hp) if parsed.contains(&hp) => self.problem(
+                            key.key("addresses").index(i),
+                            format!("address `{address}` is listed twice"),
+                        ),
+                        Ok(hp) => parsed.push(hp),
+                        Err(e) => self.problem(key.key("addresses").index(i), e),
+                    }
+                }
+                (parsed.len() == list.len()).then_some(parsed)
+            }
+            (Some(_), Some(_)) => {
+                self.problem(
+                    key.key("addresses"),
+                    "give `address` or `addresses`, not both",
+                );
+                None
+            }
+            (None, None) => {
+                self.problem(key.clone(), "`address` or `addresses` is required");
+                None
+            }
+        }
+    }
+
+    /// The pool of an upstream with `addresses`: balance, retry and health checks.
+    fn address_pool(
+        &mut self,
+        name: &str,
+        u: &UpstreamSection,
+        key: &KeyPath,
+        members: Vec<PoolMember>,
+        upstream: &Upstream,
+    ) -> AddressPool {
+        let balance = match u.balance.as_deref().unwrap_or(DEFAULT_BALANCE) {
+            "round_robin" => Balance::RoundRobin,
+            "consistent" => Balance::Consistent,
+            other => {
+                self.problem(
+                    key.key("balance"),
+                    format!(
+                        "unknown balance `{other}`: expected \"round_robin\" or \"consistent\""
+                    ),
+                );
+                Balance::RoundRobin
+            }
+        };
+        let health = self.health(u.health.as_ref(), &key.key("health"));
+        let host_header = match &upstream.host_header {
+            HostHeader::Fixed(text) => text.clone(),
+            HostHeader::Client => {
+                let (host, port) = upstream.address();
+                default_host_header(host, port, upstream.is_tls())
+            }
+        };
+        AddressPool::new(
+            name.to_string(),
+            members,
+            balance,
+            health,
+            u.retry.unwrap_or(DEFAULT_RETRY),
+            upstream.template(),
+            &host_header,
+        )
+    }
+
+    /// `[upstreams.NAME.health]`, with its defaults when absent.
+    fn health(&mut self, h: Option<&HealthSection>, key: &KeyPath) -> HealthSettings {
+        let empty = HealthSection::default();
+        let h = h.unwrap_or(&empty);
+        let path = h.path.clone();
+        if let Some(p) = &path {
+            if !p.starts_with('/') || p.parse::<http::uri::PathAndQuery>().is_err() {
+                self.problem(
+                    key.key("path"),
+                    format!(
+                        "invalid health check path `{p}`: expected a path such as \"/healthz\""
+                    ),
+                );
+            }
+        }
+        let counts = [
+            ("healthy", h.healthy, DEFAULT_HEALTH_HEALTHY),
+            ("unhealthy", h.unhealthy, DEFAULT_HEALTH_UNHEALTHY),
+        ]
+        .map(|(field, value, default)| {
+            let n = value.unwrap_or(default);
+            if n == 0 {
+                self.problem(key.key(field), "must be at least 1");
+            }
+            n.max(1)
+        });
+        let [low, high] = h.status.unwrap_or(DEFAULT_HEALTH_STATUS);
+        if !(100..=599).contains(&low) || !(100..=599).contains(&high) || low > high {
+            self.problem(
+                key.key("status"),
+                format!("invalid status range [{low}, {high}]: expected [lowest, highest] within 100..599"),
+            );
+        }
+        if h.status.is_some() && path.is_none() {
+            self.problem(key.key("status"), "`status` needs `path` (an HTTP check)");
+        }
+        let interval = self.positive_duration(
+            h.interval.as_deref(),
+            DEFAULT_HEALTH_INTERVAL,
+            key.key("interval"),
+        );
+        let timeout = self.positive_duration(
+            h.timeout.as_deref(),
+            DEFAULT_HEALTH_TIMEOUT,
+            key.key("timeout"),
+        );
+        HealthSettings {
+            path,
+            interval,
+            timeout,
+            healthy: counts[0],
+            unhealthy: counts[1],
+            status: (low, high),
+        }
     }
 
     /// `proxy_headers` of an upstream, site or location, in name order; each bad entry is
