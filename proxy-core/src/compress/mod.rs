@@ -2,7 +2,7 @@
 //! chosen from the request's `Accept-Encoding` with its q-values, for configured media types
 //! above a minimum length.
 //!
-//! The encoders are Pingora's (gzip, zstd) and the `brotli` crate's (see [`brotli`]); what is
+//! The encoders are Pingora's (gzip, zstd) and the `brotli` crate's (module `brotli`); what is
 //! ours is the choice, which Pingora's `ResponseCompression` module cannot make the way the
 //! config asks (it ignores q-values, has a fixed type list and minimum, and compresses on the
 //! way to the client, so every cache hit would be compressed again). Here the upstream's
