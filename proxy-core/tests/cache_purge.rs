@@ -6,6 +6,18 @@ mod common;
 use common::*;
 use proxy_core::cache::PurgeScope;
 
+/// A config whose site `docs` (`hosts`, then `site_keys`) proxies everything to the peer
+/// `docs`.
+fn docs_site(tailnet: &fake_tailnet::FakeTailnet, hosts: &str, site_keys: &str) -> String {
+    format!(
+        "{}\n[upstreams.docs]\naddress = \"docs.{}:{}\"\n[sites.docs]\nhosts = {hosts}\n{site_keys}\n\
+         [[sites.docs.locations]]\nmatch = \"/\"\nproxy = \"docs\"\n",
+        base_config(tailnet),
+        tailnet.domain(),
+        tailnet.http_port(),
+    )
+}
+
 async fn status_of(proxy: &Edge, host: &str, path: &str) -> String {
     status_in(proxy, host, path, "en").await
 }
@@ -26,20 +38,10 @@ async fn status_in(proxy: &Edge, host: &str, path: &str, lang: &str) -> String {
 #[tokio::test]
 async fn purge_by_url_and_by_host() {
     let tailnet = tailnet(&["docs"]).await;
-    let config = format!(
-        r#"{base}
-[upstreams.docs]
-address = "docs.{d}:{p}"
-[sites.docs]
-hosts = ["docs.example.com", "wiki.example.com"]
-cache = {{ key_headers = ["Accept-Language"] }}
-[[sites.docs.locations]]
-match = "/"
-proxy = "docs"
-"#,
-        base = base_config(&tailnet),
-        d = tailnet.domain(),
-        p = tailnet.http_port(),
+    let config = docs_site(
+        &tailnet,
+        r#"["docs.example.com", "wiki.example.com"]"#,
+        r#"cache = { key_headers = ["Accept-Language"] }"#,
     );
     let proxy = Edge::start(&config);
     let cache = proxy.cache();
@@ -89,21 +91,10 @@ async fn coded(proxy: &Edge, path: &str, accept_encoding: &str) -> (String, Stri
 #[tokio::test]
 async fn a_url_purge_reaches_every_compressed_variant() {
     let tailnet = tailnet(&["docs"]).await;
-    let config = format!(
-        r#"{base}
-[upstreams.docs]
-address = "docs.{d}:{p}"
-[sites.docs]
-hosts = ["docs.example.com"]
-cache = {{ }}
-compress = {{ }}
-[[sites.docs.locations]]
-match = "/"
-proxy = "docs"
-"#,
-        base = base_config(&tailnet),
-        d = tailnet.domain(),
-        p = tailnet.http_port(),
+    let config = docs_site(
+        &tailnet,
+        r#"["docs.example.com"]"#,
+        "cache = { }\ncompress = { }",
     );
     let proxy = Edge::start(&config);
     let path = "/page?size=4000";
