@@ -50,6 +50,8 @@ pub(crate) struct ClientConnectionSettings {
     pub(crate) max_header_line: usize,
     pub(crate) max_header_size: usize,
     pub(crate) max_headers: usize,
+    /// Whether header names keep the case they arrived in (`header_case = "preserve"`).
+    pub(crate) keep_header_case: bool,
     pub(crate) max_connections: usize,
     pub(crate) lingering: crate::answer::Lingering,
     /// Bytes of a buffered request body kept in memory (`request_buffer_size`).

@@ -295,6 +295,7 @@ impl EdgeServices {
             max_headers: settings.max_headers,
         };
         options.h1_pipelining = true;
+        options.h1_discard_header_case = !settings.keep_header_case;
         options.h1_keepalive_timeout = Some(settings.keepalive_timeout);
         // Pingora counts the reuses after the first request.
         options.keepalive_request_limit = Some(settings.keepalive_requests.saturating_sub(1));

@@ -859,3 +859,95 @@ async fn a_stalled_buffered_body_gets_408_and_never_reaches_the_origin() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     assert_eq!(tailnet.peer("app").unwrap().requests(), 0);
 }
+
+/// An origin that records each request head as it came over the wire and answers with
+/// header names in mixed case; one connection at a time, on a listener the test holds.
+fn raw_origin() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
+    let addr = listener.local_addr().expect("origin address");
+    let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut pending = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                    continue;
+                };
+                let head: Vec<u8> = pending.drain(..end + 4).collect();
+                seen.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Custom-REPLY: yes\r\n\
+                             content-TYPE: text/plain\r\n\r\nok";
+                if stream.write_all(reply.as_bytes()).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    (addr, heads)
+}
+
+#[tokio::test]
+async fn header_names_are_normalized_unless_their_case_is_preserved() {
+    let tailnet = tailnet(&[]).await;
+    let (origin, heads) = raw_origin();
+    let upstream = format!("\n[upstreams.raw]\naddress = \"{origin}\"\n");
+    let request =
+        "GET / HTTP/1.1\r\nHost: {host}\r\nX-Mixed-CASE: 1\r\ncache-control: no-cache\r\n\
+                   Connection: close\r\n\r\n";
+    for (mode, sent, received) in [
+        (
+            "",
+            ["x-mixed-case: 1", "Cache-Control: no-cache"],
+            ["x-custom-reply: yes", "Content-Type: text/plain"],
+        ),
+        (
+            "header_case = \"normalize\"\n",
+            ["x-mixed-case: 1", "Cache-Control: no-cache"],
+            ["x-custom-reply: yes", "Content-Type: text/plain"],
+        ),
+        (
+            "header_case = \"preserve\"\n",
+            ["X-Mixed-CASE: 1", "cache-control: no-cache"],
+            ["X-Custom-REPLY: yes", "content-TYPE: text/plain"],
+        ),
+    ] {
+        let config = format!(
+            "{}{upstream}{}",
+            base_config(&tailnet).replace("threads = 1\n", &format!("threads = 1\n{mode}")),
+            site("case", "raw", "")
+        );
+        let proxy = Edge::start(&config);
+        let reply = raw_request(proxy.addr, &request.replace("{host}", "case.example.com"));
+        let head = heads
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the origin got the request");
+        for line in sent {
+            assert!(
+                head.contains(&format!("\r\n{line}\r\n")),
+                "{mode:?}: {line:?} upstream in {head:?}"
+            );
+        }
+        for line in received {
+            assert!(
+                reply.contains(&format!("\r\n{line}\r\n")),
+                "{mode:?}: {line:?} in {reply:?}"
+            );
+        }
+        assert!(reply.ends_with("\r\n\r\nok"), "{reply:?}");
+    }
+}

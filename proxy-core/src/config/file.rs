@@ -102,6 +102,9 @@ pub const DEFAULT_LINGERING_TIMEOUT: &str = "5s";
 /// Default of [`ServerSection::lingering_size`].
 pub const DEFAULT_LINGERING_SIZE: &str = "64m";
 
+/// Default of [`ServerSection::header_case`].
+pub const DEFAULT_HEADER_CASE: &str = "normalize";
+
 /// `[server]`: process-wide settings of the public listener.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -154,6 +157,12 @@ pub struct ServerSection {
     pub max_header_size: Option<String>,
     /// Most header lines in a request (400 above it). Default: [`DEFAULT_MAX_HEADERS`].
     pub max_headers: Option<usize>,
+    /// How HTTP/1 header names are passed on, in requests to upstreams and responses to
+    /// clients: `"normalize"` (a few common names in their usual capitals, `Content-Type`,
+    /// the rest in lowercase, much as HAProxy and HTTP/2 write every name in lowercase) or `"preserve"` (as they arrived, as nginx
+    /// does; each header is then stored twice). Names are case-insensitive in HTTP, so only
+    /// a peer that breaks the standard tells the two apart. Default: [`DEFAULT_HEADER_CASE`].
+    pub header_case: Option<String>,
     /// Client connections open at once across the public listeners; one more is closed
     /// at once. Default: [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: Option<usize>,

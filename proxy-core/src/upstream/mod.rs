@@ -61,7 +61,7 @@ pub(crate) struct UpstreamTls {
     pub ca: Option<Arc<Box<[X509]>>>,
 }
 
-/// Connection timeouts and limits for an upstream.
+/// Connection timeouts and limits for an upstream, and how its response heads are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct UpstreamTimeouts {
     /// TCP connect plus TLS handshake.
@@ -74,6 +74,8 @@ pub(crate) struct UpstreamTimeouts {
     pub idle: Duration,
     /// Largest response head accepted, in bytes (nginx's `proxy_buffer_size`).
     pub max_response_header: usize,
+    /// Whether response header names keep their case (`[server] header_case`).
+    pub keep_header_case: bool,
 }
 
 /// A named upstream, compiled.
@@ -285,6 +287,7 @@ fn peer_template(
     options.write_timeout = Some(timeouts.write);
     options.idle_timeout = Some(timeouts.idle);
     options.max_response_head = Some(timeouts.max_response_header);
+    options.discard_header_case = !timeouts.keep_header_case;
     if let Some(tls) = tls {
         options.verify_cert = tls.verify;
         options.verify_hostname = tls.verify;

@@ -44,6 +44,8 @@ where
         if let Some(max) = peer.options.max_response_head {
             client_session.max_response_head = max;
         }
+        // Patched in: response heads without a case map when the peer says so.
+        client_session.keep_header_case = !peer.options.discard_header_case;
         client_session.write_timeout = peer.options.write_timeout;
 
         // phase 2 send to upstream

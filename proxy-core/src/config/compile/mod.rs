@@ -53,7 +53,11 @@ pub(crate) fn compile(
     let admin = c.admin(&file.admin, &root.key("admin"));
     let access_log = c.access_log(&file.access_log, &root.key("access_log"));
     let resolver = c.resolver(&file.resolver, &root.key("resolver"));
-    let upstreams = c.upstreams(&file.upstreams, &root.key("upstreams"));
+    let upstreams = c.upstreams(
+        &file.upstreams,
+        server.client.keep_header_case,
+        &root.key("upstreams"),
+    );
     let tailnet = c.tailnet(
         file.tailnet.as_ref(),
         &upstreams,

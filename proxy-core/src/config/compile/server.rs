@@ -8,7 +8,7 @@ use crate::answer::Lingering;
 use crate::config::error::KeyPath;
 use crate::config::file::{
     ServerSection, StatusOrWord, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT,
-    DEFAULT_GRACE_PERIOD, DEFAULT_HEALTH_PATH, DEFAULT_KEEPALIVE_REQUESTS,
+    DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_CASE, DEFAULT_HEALTH_PATH, DEFAULT_KEEPALIVE_REQUESTS,
     DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_LINGERING_SIZE, DEFAULT_LINGERING_TIME,
     DEFAULT_LINGERING_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS,
     DEFAULT_MAX_HEADER_LINE, DEFAULT_MAX_HEADER_SIZE, DEFAULT_REQUEST_BUFFER_SIZE,
@@ -136,6 +136,7 @@ impl Compiler<'_> {
             max_header_line,
             max_header_size,
             max_headers,
+            keep_header_case: self.header_case(s.header_case.as_deref(), key.key("header_case")),
             max_connections,
             lingering: Lingering {
                 time: self.duration(
@@ -159,6 +160,21 @@ impl Compiler<'_> {
                 DEFAULT_REQUEST_BUFFER_SIZE,
                 key.key("request_buffer_size"),
             ),
+        }
+    }
+
+    /// `header_case`: whether header names keep the case they arrived in.
+    fn header_case(&mut self, text: Option<&str>, key: KeyPath) -> bool {
+        match text.unwrap_or(DEFAULT_HEADER_CASE) {
+            "normalize" => false,
+            "preserve" => true,
+            other => {
+                self.problem(
+                    key,
+                    format!("header_case must be \"normalize\" or \"preserve\", got {other:?}"),
+                );
+                false
+            }
         }
     }
 

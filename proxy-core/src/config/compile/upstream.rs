@@ -67,6 +67,7 @@ impl Compiler<'_> {
     pub(super) fn upstreams(
         &mut self,
         all: &BTreeMap<String, UpstreamSection>,
+        keep_header_case: bool,
         key: &KeyPath,
     ) -> BTreeMap<String, Arc<Upstream>> {
         // Upstreams naming the same host share one address slot, resolved once.
@@ -75,7 +76,8 @@ impl Compiler<'_> {
         for (name, section) in all {
             let key = key.key(name);
             self.check_name("upstream", name, &key);
-            if let Some(upstream) = self.upstream(name, section, &key, &mut slots) {
+            if let Some(upstream) = self.upstream(name, section, keep_header_case, &key, &mut slots)
+            {
                 out.insert(name.clone(), Arc::new(upstream));
             }
         }
@@ -86,6 +88,7 @@ impl Compiler<'_> {
         &mut self,
         name: &str,
         u: &UpstreamSection,
+        keep_header_case: bool,
         key: &KeyPath,
         slots: &mut HashMap<String, Arc<AddrSlot>>,
     ) -> Option<Upstream> {
@@ -122,6 +125,7 @@ impl Compiler<'_> {
                 DEFAULT_MAX_RESPONSE_HEADER,
                 key.key("max_response_header"),
             ),
+            keep_header_case,
         };
         let addrs = match host.parse::<IpAddr>() {
             Ok(ip) => Arc::new(AddrSlot::fixed(vec![ip])),

@@ -100,6 +100,10 @@ pub struct HttpServerOptions {
     /// How long an HTTP/1 connection may idle between requests (patched in). Default:
     /// Pingora's 60 s before the first request, then what the client's headers allow.
     pub h1_keepalive_timeout: Option<Duration>,
+
+    /// Build HTTP/1 request heads without keeping the case of their header names (patched
+    /// in): each header is stored once instead of twice. Default: off (case kept).
+    pub h1_discard_header_case: bool,
 }
 
 impl HttpServerOptions {
@@ -117,6 +121,9 @@ impl HttpServerOptions {
         }
         if let Some(idle) = self.h1_keepalive_timeout {
             session.set_keepalive(Some(idle.as_secs().max(1)));
+        }
+        if self.h1_discard_header_case {
+            session.set_keep_header_case(false);
         }
     }
 }

@@ -504,6 +504,9 @@ pub struct PeerOptions {
     /// Largest HTTP/1 response head read from this peer, in bytes (patched in; Pingora's own
     /// 1 MiB when unset). A larger one fails the request.
     pub max_response_head: Option<usize>,
+    /// Build HTTP/1 response heads from this peer without keeping the case of their header
+    /// names (patched in; default false): each header is stored once instead of twice.
+    pub discard_header_case: bool,
     pub idle_timeout: Option<Duration>,
     pub write_timeout: Option<Duration>,
     pub verify_cert: bool,
@@ -581,6 +584,7 @@ impl PeerOptions {
             total_connection_timeout: None,
             read_timeout: None,
             max_response_head: None,
+            discard_header_case: false,
             idle_timeout: None,
             write_timeout: None,
             verify_cert: true,

@@ -955,6 +955,14 @@ impl Session {
         }
     }
 
+    /// Whether the HTTP/1 request head read next keeps the case of its header names
+    /// (patched in; default true). No-op for other sessions, whose heads have no case.
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        if let Self::H1(s) = self {
+            s.set_keep_header_case(keep);
+        }
+    }
+
     /// Whether the keepalive timeout ended the wait for a next request (patched in).
     pub fn idle_timed_out(&self) -> bool {
         matches!(self, Self::H1(s) if s.idle_timed_out())

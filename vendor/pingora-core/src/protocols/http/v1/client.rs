@@ -53,6 +53,9 @@ pub struct HttpSession {
     /// Largest response head read, in bytes (patched in); a larger one is an
     /// `InvalidHTTPHeader` error.
     pub max_response_head: usize,
+    /// Whether response heads keep the case of their header names (patched in; default
+    /// true). Off, a head is built without a case map ([`ResponseHeader::build_no_case`]).
+    pub keep_header_case: bool,
     keepalive_timeout: KeepaliveStatus,
     pub(crate) digest: Box<Digest>,
     response_header: Option<Box<ResponseHeader>>,
@@ -97,6 +100,7 @@ impl HttpSession {
             read_timeout: None,
             write_timeout: None,
             max_response_head: MAX_HEADER_SIZE,
+            keep_header_case: true,
             digest,
             bytes_sent: 0,
             body_recv: 0,
@@ -295,10 +299,14 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, resp.headers);
 
-                        let mut response_header = match ResponseHeader::build(
-                            resp.code.unwrap(),
-                            Some(resp.headers.len()),
-                        ) {
+                        // Patched in: without a case map unless the case is kept.
+                        let code = resp.code.unwrap();
+                        let size_hint = Some(resp.headers.len());
+                        let built = match self.keep_header_case {
+                            true => ResponseHeader::build(code, size_hint),
+                            false => ResponseHeader::build_no_case(code, size_hint),
+                        };
+                        let mut response_header = match built {
                             Ok(header) => Box::new(header),
                             Err(e) => return self.fail_response_header_read(e),
                         };

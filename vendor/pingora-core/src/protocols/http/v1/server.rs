@@ -144,6 +144,9 @@ pub struct HttpSession {
     /// Defaults to false. Can be enabled via [`set_pipelining_enabled`](Self::set_pipelining_enabled).
     /// See [`Self::set_pipelining_enabled`] for RFC 9112 §9.3.2 semantics.
     pipelining_enabled: bool,
+    /// Whether request heads keep the case of their header names (patched in). Default:
+    /// true. See [`Self::set_keep_header_case`].
+    keep_header_case: bool,
     /// Pipelined bytes from the previous request on the same keep-alive connection,
     /// to be parsed as the start of this session's request. Consumed on the first
     /// call to [`Self::read_request`]. Set via [`Self::set_pipelined_prefix`] after
@@ -239,6 +242,7 @@ impl HttpSession {
             abort_on_close: true,
             proxy_tasks_enabled: false,
             pipelining_enabled: false,
+            keep_header_case: true,
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
             head_limits: RequestHeadLimits::default(),
@@ -436,12 +440,15 @@ impl HttpSession {
                         // while header_refs doesn't as it is still empty
                         let _num_headers = populate_headers(base, &mut header_refs, req.headers);
 
-                        let mut request_header = Box::new(RequestHeader::build(
-                            req.method.unwrap_or(""),
-                            // we path httparse to allow unsafe bytes in the str
-                            req.path.unwrap_or("").as_bytes(),
-                            Some(req.headers.len()),
-                        )?);
+                        // Patched in: without a case map unless the case is kept.
+                        let method = req.method.unwrap_or("");
+                        // we path httparse to allow unsafe bytes in the str
+                        let path = req.path.unwrap_or("").as_bytes();
+                        let size_hint = Some(req.headers.len());
+                        let mut request_header = Box::new(match self.keep_header_case {
+                            true => RequestHeader::build(method, path, size_hint)?,
+                            false => RequestHeader::build_no_case(method, path, size_hint)?,
+                        });
 
                         request_header.set_version(match req.version {
                             Some(1) => Version::HTTP_11,
@@ -1101,6 +1108,15 @@ impl HttpSession {
     /// request N+1 begins processing. No parallel pipelining.
     pub fn set_pipelining_enabled(&mut self, enabled: bool) {
         self.pipelining_enabled = enabled;
+    }
+
+    /// Patched in: whether the request head read next keeps the case its header names
+    /// arrived in (default true). Off, the head is built without a case map
+    /// ([`RequestHeader::build_no_case`]): each header is stored once instead of twice, and
+    /// written on as HTTP/1 does for heads that came over HTTP/2 (standard names in their
+    /// usual capitals, others in lowercase).
+    pub fn set_keep_header_case(&mut self, keep: bool) {
+        self.keep_header_case = keep;
     }
 
     /// Set pipelined bytes to be parsed as the start of this session's request.
