@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::encoded::{fetch_raw, Raw};
 use common::*;
 use fake_tailnet::FakeTailnet;
-use std::io::Read;
 
 const HOST: &str = "docs.example.com";
 /// A body the fake peer sends: `size` bytes of `x`, as `text/plain`.
@@ -49,56 +49,8 @@ compress = {{ enabled = false }}
     )
 }
 
-/// A response as the client received it: the body's bytes, undecoded.
-struct Raw {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The body decoded by the library of the coding `Content-Encoding` names.
-    fn decoded(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self.header("content-encoding") {
-            None => out.clone_from(&self.body),
-            Some("gzip") => {
-                flate2::read::GzDecoder::new(&self.body[..])
-                    .read_to_end(&mut out)
-                    .expect("valid gzip");
-            }
-            Some("br") => {
-                brotli::Decompressor::new(&self.body[..], 4096)
-                    .read_to_end(&mut out)
-                    .expect("valid brotli");
-            }
-            Some("zstd") => out = zstd::decode_all(&self.body[..]).expect("valid zstd"),
-            Some(other) => panic!("unexpected coding {other}"),
-        }
-        out
-    }
-
-    fn varies_on_accept_encoding(&self) -> bool {
-        self.header("vary")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
-    }
-}
-
 async fn fetch(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Raw {
-    let mut request = client().get(proxy.url(path)).header("host", HOST);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.expect("request through the proxy");
-    Raw {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.bytes().await.expect("read body").to_vec(),
-    }
+    fetch_raw(proxy, HOST, path, headers).await
 }
 
 fn origin_body(size: usize) -> Vec<u8> {
