@@ -4,9 +4,9 @@
 
 mod common;
 
+use common::encoded::{fetch_raw, Raw};
 use common::*;
 use fake_tailnet::FakeTailnet;
-use std::io::Read;
 
 const HOST: &str = "docs.example.com";
 /// A body the fake peer sends: `size` bytes of `x`, as `text/plain`.
@@ -49,56 +49,8 @@ compress = {{ enabled = false }}
     )
 }
 
-/// A response as the client received it: the body's bytes, undecoded.
-struct Raw {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Raw {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
-    }
-
-    /// The body decoded by the library of the coding `Content-Encoding` names.
-    fn decoded(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        match self.header("content-encoding") {
-            None => out.clone_from(&self.body),
-            Some("gzip") => {
-                flate2::read::GzDecoder::new(&self.body[..])
-                    .read_to_end(&mut out)
-                    .expect("valid gzip");
-            }
-            Some("br") => {
-                brotli::Decompressor::new(&self.body[..], 4096)
-                    .read_to_end(&mut out)
-                    .expect("valid brotli");
-            }
-            Some("zstd") => out = zstd::decode_all(&self.body[..]).expect("valid zstd"),
-            Some(other) => panic!("unexpected coding {other}"),
-        }
-        out
-    }
-
-    fn varies_on_accept_encoding(&self) -> bool {
-        self.header("vary")
-            .is_some_and(|v| v.to_ascii_lowercase().contains("accept-encoding"))
-    }
-}
-
 async fn fetch(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> Raw {
-    let mut request = client().get(proxy.url(path)).header("host", HOST);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await.expect("request through the proxy");
-    Raw {
-        status: response.status().as_u16(),
-        headers: response.headers().clone(),
-        body: response.bytes().await.expect("read body").to_vec(),
-    }
+    fetch_raw(proxy, HOST, path, headers).await
 }
 
 fn origin_body(size: usize) -> Vec<u8> {
@@ -311,4 +263,69 @@ async fn a_cached_response_is_compressed_once_per_coding() {
         (1, 1),
         "{metrics}"
     );
+}
+
+#[tokio::test]
+async fn an_expired_compressed_variant_is_revalidated_and_sent_as_stored() {
+    let tailnet = tailnet(&["docs"]).await;
+    let peer = tailnet.peer("docs").unwrap();
+    let validators = [
+        ("etag", "\"v1\""),
+        ("last-modified", "Tue, 01 Dec 2026 10:00:00 GMT"),
+    ];
+    let answer = |status: u16, cache_control: &str| fake_tailnet::ResponseSpec {
+        status,
+        body_size: SIZE,
+        headers: validators
+            .iter()
+            .chain(&[("cache-control", cache_control)])
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+        ..Default::default()
+    };
+    peer.set_response(answer(200, "max-age=1"));
+    let proxy = Proxy::start(&config(&tailnet));
+    // The path carries no query: the peer's answer changes, the cache key must not.
+    let path = "/cached/revalidated";
+    let gzip = [("accept-encoding", "gzip")];
+    let stored = fetch(&proxy, path, &gzip).await;
+    assert_eq!(stored.header("x-cache-status"), Some("MISS"));
+    assert_eq!(stored.header("content-encoding"), Some("gzip"));
+    assert_eq!(stored.decoded(), origin_body(SIZE));
+    assert_eq!(peer.requests(), 1);
+
+    // Past max-age=1 the entry is expired; the origin now confirms it unchanged.
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    peer.set_response(answer(304, "max-age=60"));
+    let revalidated = fetch(&proxy, path, &gzip).await;
+    assert_eq!(peer.requests(), 2);
+    let asked = peer.last_request().unwrap();
+    assert_eq!(asked.header("accept-encoding"), Some("gzip"));
+    assert!(
+        asked
+            .header("if-none-match")
+            .is_some_and(|tag| tag.contains("\"v1\"")),
+        "a conditional request: {:?}",
+        asked.headers
+    );
+    assert_eq!(
+        asked.header("if-modified-since"),
+        Some("Tue, 01 Dec 2026 10:00:00 GMT")
+    );
+    assert_eq!(revalidated.status, 200);
+    assert_eq!(revalidated.header("x-cache-status"), Some("REVALIDATED"));
+    assert_eq!(revalidated.header("content-encoding"), Some("gzip"));
+    assert_eq!(revalidated.header("etag"), Some("W/\"v1\""));
+    assert!(revalidated.varies_on_accept_encoding());
+    assert_eq!(revalidated.body, stored.body, "the stored compressed bytes");
+    assert_eq!(revalidated.decoded(), origin_body(SIZE));
+
+    // The 304's max-age=60 refreshed the entry: a hit, still the one compression.
+    let hit = fetch(&proxy, path, &gzip).await;
+    assert_eq!(hit.header("x-cache-status"), Some("HIT"));
+    assert_eq!(hit.header("content-encoding"), Some("gzip"));
+    assert_eq!(hit.decoded(), origin_body(SIZE));
+    assert_eq!(peer.requests(), 2);
+    let metrics = scrape(proxy.admin).await;
+    assert_eq!(compressions(&metrics, "gzip"), 1, "{metrics}");
 }

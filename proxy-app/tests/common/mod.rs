@@ -11,6 +11,8 @@
 
 pub use testkit::*;
 
+pub mod encoded;
+
 use fake_tailnet::FakeTailnet;
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
