@@ -53,7 +53,8 @@ pub(crate) fn compile(
     let admin = c.admin(&file.admin, &root.key("admin"));
     let access_log = c.access_log(&file.access_log, &root.key("access_log"));
     let resolver = c.resolver(&file.resolver, &root.key("resolver"));
-    let upstreams = c.upstreams(&file.upstreams, &root.key("upstreams"));
+    let offline_sites = upstream::offline_upstreams(&file.sites);
+    let upstreams = c.upstreams(&file.upstreams, &offline_sites, &root.key("upstreams"));
     let tailnet = c.tailnet(
         file.tailnet.as_ref(),
         &upstreams,

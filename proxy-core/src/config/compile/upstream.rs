@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::{is_valid_dns_name, Compiler};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    HealthSection, ProxyHeaderSection, ResolverSection, UpstreamSection, DEFAULT_BALANCE,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_HEALTHY, DEFAULT_HEALTH_INTERVAL,
+    HealthSection, ProxyHeaderSection, ResolverSection, SiteSection, UpstreamSection,
+    DEFAULT_BALANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_HEALTHY, DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_STATUS, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_UNHEALTHY, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_RESPONSE_HEADER, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DEFAULT_NAMESERVERS,
     DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY, DEFAULT_RETRY_INTERVAL,
@@ -64,9 +64,12 @@ impl Compiler<'_> {
         settings
     }
 
+    /// `offline_sites` names the upstreams that sites with offline mode proxy to: those
+    /// are checked like upstreams with `health`.
     pub(super) fn upstreams(
         &mut self,
         all: &BTreeMap<String, UpstreamSection>,
+        offline_sites: &BTreeMap<&str, &str>,
         key: &KeyPath,
     ) -> BTreeMap<String, Arc<Upstream>> {
         // Upstreams naming the same host share one address slot, resolved once.
@@ -75,7 +78,8 @@ impl Compiler<'_> {
         for (name, section) in all {
             let key = key.key(name);
             self.check_name("upstream", name, &key);
-            if let Some(upstream) = self.upstream(name, section, &key, &mut slots) {
+            let offline_site = offline_sites.get(name.as_str()).copied();
+            if let Some(upstream) = self.upstream(name, section, offline_site, &key, &mut slots) {
                 out.insert(name.clone(), Arc::new(upstream));
             }
         }
@@ -86,6 +90,7 @@ impl Compiler<'_> {
         &mut self,
         name: &str,
         u: &UpstreamSection,
+        offline_site: Option<&str>,
         key: &KeyPath,
         slots: &mut HashMap<String, Arc<AddrSlot>>,
     ) -> Option<Upstream> {
@@ -140,11 +145,21 @@ impl Compiler<'_> {
         if let Some(transport) = self.transport(u.transport.as_deref(), key.key("transport")) {
             upstream.set_transport(transport);
         }
-        if u.addresses.is_some() {
+        // A plain `address` keeps the cheap path: no pool, no checks.
+        let why_checked = match (&u.addresses, &u.health, offline_site) {
+            (Some(_), _, _) => Some(("addresses", "`addresses`".to_string())),
+            (None, Some(_), _) => Some(("health", "`health`".to_string())),
+            (None, None, Some(site)) => Some((
+                "transport",
+                format!("offline mode (`sites.{site}.offline`)"),
+            )),
+            (None, None, None) => None,
+        };
+        if let Some((field, why)) = why_checked {
             if !upstream.kernel_transport() {
                 self.problem(
-                    key.key("addresses"),
-                    "`addresses` works with `transport = \"kernel\"` only",
+                    key.key(field),
+                    format!("{why} works with `transport = \"kernel\"` only"),
                 );
             }
             let members = addresses
@@ -172,7 +187,6 @@ impl Compiler<'_> {
                 for (field, set) in [
                     ("balance", u.balance.is_some()),
                     ("retry", u.retry.is_some()),
-                    ("health", u.health.is_some()),
                 ] {
                     if set {
                         self.problem(
@@ -218,7 +232,8 @@ impl Compiler<'_> {
         }
     }
 
-    /// The pool of an upstream with `addresses`: balance, retry and health checks.
+    /// The pool of a checked upstream: balance, retry and health checks (one address has
+    /// no other to retry on).
     fn address_pool(
         &mut self,
         name: &str,
@@ -227,19 +242,22 @@ impl Compiler<'_> {
         members: Vec<PoolMember>,
         upstream: &Upstream,
     ) -> AddressPool {
-        let balance = match u.balance.as_deref().unwrap_or(DEFAULT_BALANCE) {
-            "round_robin" => Balance::RoundRobin,
-            "consistent" => Balance::Consistent,
-            other => {
-                self.problem(
-                    key.key("balance"),
-                    format!(
-                        "unknown balance `{other}`: expected \"round_robin\" or \"consistent\""
-                    ),
-                );
-                Balance::RoundRobin
-            }
-        };
+        let name_of_balance = u.balance.as_deref().unwrap_or(DEFAULT_BALANCE);
+        let balance = Balance::from_name(name_of_balance).unwrap_or_else(|| {
+            let valid: Vec<String> = Balance::ALL
+                .iter()
+                .map(|(name, _)| format!("\"{name}\""))
+                .collect();
+            self.problem(
+                key.key("balance"),
+                format!(
+                    "unknown balance `{name_of_balance}`: expected one of {}",
+                    valid.join(", ")
+                ),
+            );
+            Balance::RoundRobin
+        });
+        let retry = members.len() > 1 && u.retry.unwrap_or(DEFAULT_RETRY);
         let health = self.health(u.health.as_ref(), &key.key("health"));
         let host_header = match &upstream.host_header {
             HostHeader::Fixed(text) => text.clone(),
@@ -253,7 +271,7 @@ impl Compiler<'_> {
             members,
             balance,
             health,
-            u.retry.unwrap_or(DEFAULT_RETRY),
+            retry,
             upstream.template(),
             &host_header,
         )
@@ -415,6 +433,18 @@ fn default_host_header(host: &str, port: u16, tls: bool) -> String {
     } else {
         format!("{host}:{port}")
     }
+}
+
+/// The upstreams that sites with offline mode proxy to, each with one such site's name
+/// (for messages): they are checked, so that offline mode knows when they are down.
+pub(super) fn offline_upstreams(sites: &BTreeMap<String, SiteSection>) -> BTreeMap<&str, &str> {
+    let mut out = BTreeMap::new();
+    for (site, section) in sites.iter().filter(|(_, s)| s.offline.is_some()) {
+        for upstream in section.locations.iter().filter_map(|l| l.proxy.as_deref()) {
+            out.entry(upstream).or_insert(site.as_str());
+        }
+    }
+    out
 }
 
 fn parse_nameserver(text: &str) -> Option<SocketAddr> {
