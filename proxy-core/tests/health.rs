@@ -408,10 +408,14 @@ async fn least_conn_sends_new_requests_away_from_an_address_holding_a_slow_one()
     let other = if holder == "one" { "two" } else { "one" };
 
     // Every further request goes to the other address (round robin would send half to the
-    // holder, which would answer them at once).
-    let (peers, statuses) = answers(&proxy, "app.example.com", 6).await;
-    assert_eq!(peers, BTreeSet::from([other.to_string()]));
-    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // holder, which would answer them at once). One keep-alive connection: the proxy reads
+    // a request only once the one before has ended and given its count back.
+    let client = client();
+    for _ in 0..6 {
+        let reply = get_on(&client, &proxy, "app.example.com", "/page").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-fake-peer"), Some(other), "{}", reply.body);
+    }
 
     // The client gives up mid-body: the proxy ends the request, and gives its count back.
     drop(held);
@@ -490,7 +494,7 @@ async fn a_reload_keeps_a_down_address_down_and_stops_the_removed_upstreams_chec
     let passes = checks_line(&tailnet, "app", "two", "pass");
     let after_reload = metric_value(&text, &passes);
     assert!(
-        checks_pass(&proxy, &passes, after_reload + 5.0).await,
+        checks_pass(&proxy, &passes, after_reload + 8.0).await,
         "the kept upstream's checks stopped:\n{}",
         scrape(proxy.admin_addr).await
     );
@@ -504,11 +508,11 @@ async fn a_reload_keeps_a_down_address_down_and_stops_the_removed_upstreams_chec
         "{text}"
     );
 
-    // While `app` was checked five times more, the removed upstream's peer saw at most the
-    // check already under way at the reload.
+    // While `app` was checked eight times more, the removed upstream's peer saw at most the
+    // check under way at the reload and the held request (which may reach it late).
     assert!(
-        gone.requests() <= gone_checks + 1,
-        "the removed upstream is still checked: {} checks after the reload",
+        gone.requests() <= gone_checks + 2,
+        "the removed upstream is still checked: {} requests after the reload",
         gone.requests() - gone_checks
     );
     drop(held);
