@@ -515,6 +515,48 @@ proxy_headers = { "X-E" = "1" }
     }
 
     #[test]
+    fn only_upstreams_with_health_or_an_offline_site_leave_the_unchecked_path() {
+        let text = r#"[upstreams.pool]
+addresses = ["a.tail1.ts.net:80", "b.tail1.ts.net:80"]
+balance = "least_conn"
+[upstreams.checked]
+address = "c.tail1.ts.net:80"
+health = { path = "/healthz" }
+[upstreams.offline]
+address = "d.tail1.ts.net:80"
+[upstreams.plain]
+address = "e.tail1.ts.net:80"
+[sites.s]
+hosts = ["s.example.com"]
+[[sites.s.locations]]
+match = "/"
+proxy = "pool"
+[[sites.s.locations]]
+match = "/checked"
+proxy = "checked"
+[[sites.s.locations]]
+match = "/plain"
+proxy = "plain"
+[sites.down]
+hosts = ["down.example.com"]
+offline = { retry_after = "10s" }
+[[sites.down.locations]]
+match = "/"
+proxy = "offline"
+"#;
+        let config = crate::config::load_str(text, None, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let checked = |name: &str| config.upstreams[name].pool.is_some();
+        assert!(checked("pool") && checked("checked") && checked("offline"));
+        assert!(!checked("plain"));
+        // One address: nothing to retry on.
+        assert!(!config.upstreams["checked"]
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.retry));
+    }
+
+    #[test]
     fn append_and_set_forms_parse() {
         let text = r#"[upstreams.docs]
 address = "docs.tail1.ts.net:80"
