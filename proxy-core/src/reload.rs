@@ -83,7 +83,8 @@ impl ConfigReloader {
 
     /// Swaps `next` in. Upstream names already resolved keep their last answer, so no
     /// request sees an unresolved upstream because of the reload; the resolver starts
-    /// tracking names that are new.
+    /// tracking names that are new. Checked upstreams whose addresses and checks did not
+    /// change keep their health state; the running ones' checks stop.
     pub fn reload(&self, mut next: RuntimeConfig) -> ReloadReport {
         let running = self.config.load_full();
         let needs_restart = keep_startup_settings(&mut next, &running);

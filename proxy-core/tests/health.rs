@@ -1,6 +1,8 @@
-//! Upstreams with several addresses, over real sockets: requests spread over the healthy
-//! ones, health checks take a failing address out and bring it back, a refused connection
-//! is retried once on another address (never a POST), and the metrics say which are up.
+//! Checked upstreams, over real sockets: requests spread over the healthy addresses (in
+//! turn, by URL, or to the least loaded), health checks take a failing address out and
+//! bring it back, a refused connection is retried once on another address (never a POST),
+//! a reload keeps what the checks found, offline mode answers while every address is down
+//! (one `address` with `health` too), and the metrics say which are up.
 
 mod common;
 
@@ -205,6 +207,15 @@ async fn a_reload_puts_the_new_addresses_under_checks() {
     proxy.reloader().reload(next);
     // `three` is a new name: it joins once resolved.
     assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "three", 1)).await);
+    // `one` left: its series went with it.
+    let one = tailnet.peer("one").expect("peer").http_addr();
+    let text = scrape(proxy.admin_addr).await;
+    assert!(
+        !text.contains(&format!(
+            "edge_upstream_address_up{{upstream=\"app\",address=\"{one}\""
+        )),
+        "{text}"
+    );
     let (peers, statuses) = answers(&proxy, "app.example.com", 4).await;
     assert_eq!(peers, BTreeSet::from(["three".into(), "two".into()]));
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
@@ -320,7 +331,7 @@ proxy = "checks"
         "upstreams.single.balance: `balance` needs `addresses`",
         "upstreams.bad.addresses[1]: address `a.tail1.ts.net:80` is listed twice",
         "upstreams.bad.addresses[2]: address `nope` has no port",
-        "upstreams.checks.balance: unknown balance `least_random`",
+        "upstreams.checks.balance: unknown balance `least_random`: expected one of \"round_robin\", \"consistent\", \"least_conn\"",
         "upstreams.checks.health.path: invalid health check path `healthz`",
         "upstreams.checks.health.interval: must be longer than 0s",
         "upstreams.checks.health.unhealthy: must be at least 1",
@@ -330,4 +341,265 @@ proxy = "checks"
     ] {
         assert!(e.contains(want), "missing `{want}` in:\n{e}");
     }
+}
+
+/// The value of the first metrics line starting with `prefix` (0 when there is none).
+fn metric_value(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn checks_line(tailnet: &FakeTailnet, upstream: &str, peer: &str, result: &str) -> String {
+    let addr = tailnet.peer(peer).expect("peer").http_addr();
+    format!("edge_upstream_health_checks_total{{upstream=\"{upstream}\",address=\"{addr}\",result=\"{result}\"}} ")
+}
+
+/// Waits until the checks counter of `line` (see [`checks_line`]) exceeds `above`.
+async fn checks_pass(proxy: &Edge, line: &str, above: f64) -> bool {
+    for _ in 0..(WAIT.as_millis() / 100) {
+        if metric_value(&scrape(proxy.admin_addr).await, line) > above {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn least_conn_sends_new_requests_away_from_an_address_holding_a_slow_one() {
+    let tailnet = tailnet(&["one", "two"]).await;
+    let config = format!(
+        "{}{}{}",
+        base_config(&tailnet),
+        pool_upstream("app", &["one", "two"], &tailnet, "balance = \"least_conn\""),
+        site("app", "app")
+    );
+    let proxy = Edge::start(&config);
+    let requests = || {
+        let one = tailnet.peer("one").expect("peer").requests();
+        (one, tailnet.peer("two").expect("peer").requests())
+    };
+    assert_eq!(requests(), (0, 0), "TCP checks send no requests");
+
+    // One request the peer holds open: its body never ends (the peer reads a body whole
+    // before answering), on a connection the test closes itself.
+    let mut held = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect to the proxy");
+    let request = "POST /slow HTTP/1.1\r\nHost: app.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut held, request.as_bytes())
+        .await
+        .expect("send the slow request");
+    let mut holder = None;
+    for _ in 0..(WAIT.as_millis() / 50) {
+        match requests() {
+            (1, 0) => holder = Some("one"),
+            (0, 1) => holder = Some("two"),
+            _ => {}
+        }
+        if holder.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let holder = holder.expect("the slow request reached a peer");
+    let other = if holder == "one" { "two" } else { "one" };
+
+    // Every further request goes to the other address (round robin would send half to the
+    // holder, which would answer them at once). One keep-alive connection: the proxy reads
+    // a request only once the one before has ended and given its count back.
+    let client = client();
+    for _ in 0..6 {
+        let reply = get_on(&client, &proxy, "app.example.com", "/page").await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.header("x-fake-peer"), Some(other), "{}", reply.body);
+    }
+
+    // The client gives up mid-body: the proxy ends the request, and gives its count back.
+    drop(held);
+    let mut holder_answered = false;
+    for _ in 0..(WAIT.as_millis() / 100) {
+        let reply = get(&proxy, "app.example.com", "/page").await;
+        assert_eq!(reply.status, 200);
+        if reply.header("x-fake-peer") == Some(holder) {
+            holder_answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        holder_answered,
+        "`{holder}` never got a request again: the aborted request's count was kept\n{}\n{}",
+        scrape(proxy.admin_addr).await,
+        proxy.logs()
+    );
+}
+
+#[tokio::test]
+async fn a_reload_keeps_a_down_address_down_and_stops_the_removed_upstreams_checks() {
+    let tailnet = tailnet(&["one", "two", "gone"]).await;
+    // One failure takes an address out; coming back takes ten thousand passes, far longer
+    // than the test: an address up again after the reload was reset by it.
+    let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 10000, unhealthy = 1 }";
+    let kept = format!(
+        "{}{}{}",
+        base_config(&tailnet),
+        pool_upstream("app", &["one", "two"], &tailnet, health),
+        site("app", "app")
+    );
+    let before = format!(
+        "{kept}{}{}",
+        pool_upstream("old", &["gone"], &tailnet, health),
+        site("old", "old")
+    );
+    let proxy = Edge::start(&before);
+    let two = tailnet.peer("two").expect("peer");
+    two.set_response(ResponseSpec {
+        status: 503,
+        ..ResponseSpec::default()
+    });
+    assert!(
+        metrics_show(&proxy, &up_line(&tailnet, "app", "two", 0)).await,
+        "{}",
+        scrape(proxy.admin_addr).await
+    );
+    // `two` answers well again, but stays out until ten thousand checks pass.
+    two.set_response(ResponseSpec::default());
+    // A request to `old` still running keeps the old config (and its pools) alive across
+    // the reload: its body never ends.
+    let mut held = tokio::net::TcpStream::connect(proxy.addr)
+        .await
+        .expect("connect to the proxy");
+    let request = "POST /slow HTTP/1.1\r\nHost: old.example.com\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n";
+    tokio::io::AsyncWriteExt::write_all(&mut held, request.as_bytes())
+        .await
+        .expect("send the held request");
+    assert!(metrics_show(&proxy, "edge_requests_in_flight 1").await);
+
+    let next =
+        proxy_core::config::load_str(&kept, None, proxy.dir()).unwrap_or_else(|e| panic!("{e}"));
+    proxy.reloader().reload(next);
+    let gone = tailnet.peer("gone").expect("peer");
+    let gone_checks = gone.requests();
+    let text = scrape(proxy.admin_addr).await;
+    assert!(text.contains(&up_line(&tailnet, "app", "two", 0)), "{text}");
+    assert!(
+        !text.contains("edge_upstream_address_up{upstream=\"old\""),
+        "{text}"
+    );
+
+    // The new pool checks `two` (and it passes), yet it still gets no request.
+    let passes = checks_line(&tailnet, "app", "two", "pass");
+    let after_reload = metric_value(&text, &passes);
+    assert!(
+        checks_pass(&proxy, &passes, after_reload + 8.0).await,
+        "the kept upstream's checks stopped:\n{}",
+        scrape(proxy.admin_addr).await
+    );
+    let (peers, statuses) = answers(&proxy, "app.example.com", 6).await;
+    assert_eq!(peers, BTreeSet::from(["one".into()]));
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let text = scrape(proxy.admin_addr).await;
+    assert!(text.contains(&up_line(&tailnet, "app", "two", 0)), "{text}");
+    assert!(
+        !text.contains("edge_upstream_address_up{upstream=\"old\""),
+        "{text}"
+    );
+
+    // While `app` was checked eight times more, the removed upstream's peer saw at most the
+    // check under way at the reload and the held request (which may reach it late).
+    assert!(
+        gone.requests() <= gone_checks + 2,
+        "the removed upstream is still checked: {} requests after the reload",
+        gone.requests() - gone_checks
+    );
+    drop(held);
+}
+
+#[tokio::test]
+async fn one_address_with_health_checks_goes_offline_and_comes_back() {
+    let tailnet = tailnet(&["one", "plain", "quiet"]).await;
+    let health = "health = { path = \"/healthz\", interval = \"100ms\", timeout = \"1s\", healthy = 1, unhealthy = 1 }";
+    let page = "<html><body>back soon</body></html>";
+    let address = |peer: &str| format!("\"{peer}.{}:{}\"", tailnet.domain(), tailnet.http_port());
+    let config = format!(
+        r#"{}
+[upstreams.app]
+address = {}
+{health}
+[upstreams.plain]
+address = {}
+[upstreams.quiet]
+address = {}
+[sites.app]
+hosts = ["app.example.com"]
+cache = {{ valid = {{ "200" = "1s" }} }}
+offline = {{ stale = "1h", page = "maintenance.html", retry_after = "30s" }}
+[[sites.app.locations]]
+match = "/"
+proxy = "app"
+[sites.quiet]
+hosts = ["quiet.example.com"]
+offline = {{ retry_after = "30s" }}
+[[sites.quiet.locations]]
+match = "/"
+proxy = "quiet"
+{}"#,
+        base_config(&tailnet),
+        address("one"),
+        address("plain"),
+        address("quiet"),
+        site("plain", "plain"),
+    );
+    let proxy = Edge::start_with_files(&config, &[("maintenance.html", page.as_bytes())]);
+    let first = get(&proxy, "app.example.com", "/cached").await;
+    assert_eq!(
+        (first.status, first.header("x-cache-status")),
+        (200, Some("MISS"))
+    );
+    assert_eq!(get(&proxy, "plain.example.com", "/").await.status, 200);
+    // Checked: the upstream with `health`, and the one an offline site proxies to; the
+    // plain one keeps the unchecked path.
+    assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "one", 1)).await);
+    assert!(metrics_show(&proxy, &up_line(&tailnet, "quiet", "quiet", 1)).await);
+    let text = scrape(proxy.admin_addr).await;
+    assert!(
+        !text.contains("edge_upstream_address_up{upstream=\"plain\""),
+        "{text}"
+    );
+
+    let one = tailnet.peer("one").expect("peer");
+    one.set_response(ResponseSpec {
+        status: 503,
+        ..ResponseSpec::default()
+    });
+    assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "one", 0)).await);
+
+    // Once the cached answer expires, it is still served, marked stale and offline.
+    let mut stale = None;
+    for _ in 0..(WAIT.as_millis() / 100) {
+        let reply = get(&proxy, "app.example.com", "/cached").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.header("x-edge-offline").is_some() {
+            stale = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = stale.expect("the expired answer served offline");
+    assert_eq!(stale.header("x-cache-status"), Some("STALE"));
+    assert_eq!(stale.body, first.body);
+    let down = get(&proxy, "app.example.com", "/other").await;
+    assert_eq!((down.status, down.body.as_str()), (503, page));
+    assert_eq!(down.header("retry-after"), Some("30"));
+    assert_eq!(down.header("x-edge-offline"), Some("1"));
+
+    // A passing check ends it.
+    one.set_response(ResponseSpec::default());
+    assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "one", 1)).await);
+    let back = get(&proxy, "app.example.com", "/other").await;
+    assert_eq!(back.status, 200, "{}", back.body);
+    assert_eq!(back.header("x-edge-offline"), None);
 }

@@ -305,8 +305,9 @@ pub const DEFAULT_HEALTH_UNHEALTHY: usize = 3;
 /// Default of [`HealthSection::status`]: what nginx's `health_check` accepts.
 pub const DEFAULT_HEALTH_STATUS: [u16; 2] = [200, 399];
 
-/// `[upstreams.NAME.health]`: active health checks of an upstream's `addresses`
-/// (pingora-load-balancing's checks). Every address starts healthy.
+/// `[upstreams.NAME.health]`: active health checks of an upstream's `addresses`, or of its
+/// one `address` (pingora-load-balancing's checks). Every address starts healthy; a reload
+/// that keeps the upstream's addresses and checks keeps what they found.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthSection {
@@ -339,16 +340,19 @@ pub struct UpstreamSection {
     /// go to the healthy ones, picked by `balance`, checked by `health`. This or `address`
     /// (exactly one). Default: none.
     pub addresses: Option<Vec<String>>,
-    /// How `addresses` share requests: `"round_robin"`, or `"consistent"` (a hash of the
-    /// path and query: one URL keeps one address while it is healthy, good for caches
-    /// behind). Only with `addresses`. Default: [`DEFAULT_BALANCE`].
+    /// How `addresses` share requests: `"round_robin"`; `"consistent"` (a hash of the path
+    /// and query: one URL keeps one address while it is healthy, good for caches behind);
+    /// or `"least_conn"` (the one with the fewest requests in flight through this proxy,
+    /// ties in turn). Only with `addresses`. Default: [`DEFAULT_BALANCE`].
     pub balance: Option<String>,
     /// Send an idempotent request (GET, HEAD, OPTIONS, PUT, DELETE, TRACE) once more, to
     /// another of `addresses`, when the connection to the first fails (never once anything
     /// of the request was sent). Only with `addresses`. Default: [`DEFAULT_RETRY`].
     pub retry: Option<bool>,
-    /// Active health checks of `addresses` (see [`HealthSection`]; without it, TCP connect
-    /// checks every [`DEFAULT_HEALTH_INTERVAL`]). Only with `addresses`. Default: `{ }`.
+    /// Active health checks (see [`HealthSection`]). With `addresses`, absent means TCP
+    /// connect checks every [`DEFAULT_HEALTH_INTERVAL`]; with one `address`, present turns
+    /// checks (and offline mode) on for it, absent leaves it unchecked unless a site with
+    /// offline mode proxies to it. Default: `{ }` with `addresses`, none with `address`.
     pub health: Option<HealthSection>,
     /// Speak TLS to the upstream. Default: [`DEFAULT_TLS`].
     pub tls: Option<bool>,
@@ -523,7 +527,8 @@ pub struct SiteSection {
     #[serde(default)]
     pub proxy_headers: BTreeMap<String, ProxyHeaderSection>,
     /// Offline mode (see [`OfflineSection`]): what the site answers while every address of
-    /// an upstream with `addresses` is down. Default: none (502).
+    /// its upstream is down; the upstreams it proxies to are health-checked, those with one
+    /// `address` too. Default: none (502).
     pub offline: Option<OfflineSection>,
 }
 

@@ -109,9 +109,9 @@ pub(crate) const BAN_REFUSALS: &str = "edge_ban_refusals_total";
 pub(crate) const COMPRESSED_RESPONSES: &str = "edge_compressed_responses_total";
 /// `edge_compression_saved_bytes_total{encoding}`: bytes compression took off those bodies.
 pub(crate) const COMPRESSION_SAVED_BYTES: &str = "edge_compression_saved_bytes_total";
-/// `edge_upstream_address_up{upstream,address}`: 1 while an address of an upstream with
-/// several addresses takes requests, 0 while health checks or a refused connection keep it
-/// out.
+/// `edge_upstream_address_up{upstream,address}`: 1 while an address of a checked upstream
+/// takes requests, 0 while health checks or a refused connection keep it out. Only the
+/// addresses of the running config have a series.
 pub(crate) const UPSTREAM_ADDRESS_UP: &str = "edge_upstream_address_up";
 /// `edge_upstream_health_checks_total{upstream,address,result}`: active health checks, by
 /// result (`pass`, `fail`).
@@ -260,6 +260,11 @@ pub struct Metrics {
     plugin_events: PairCounters,
     bans_active: Gauge,
     ban_refusals: Counter,
+    /// `edge_upstream_address_up` by upstream, then address. Kept and rendered here, not
+    /// in the recorder, because the exporter cannot drop a series: an address a reload
+    /// removed must lose its series, not keep its last value.
+    address_up:
+        RwLock<std::collections::BTreeMap<String, std::collections::BTreeMap<String, bool>>>,
     /// Folds histogram samples into buckets between scrapes (none when disabled).
     _upkeep: Option<Upkeep>,
 }
@@ -426,6 +431,7 @@ impl Metrics {
             bans_active,
             ban_refusals,
             upstream_errors: PairCounters::new(UPSTREAM_ERRORS, ("upstream", "kind")),
+            address_up: RwLock::default(),
             _upkeep: upkeep,
         };
         metrics.describe_all();
@@ -564,10 +570,6 @@ impl Metrics {
                 "1 unless the last config reload was rejected (the old config still runs).",
             ),
             (BANS_ACTIVE, "Client addresses banned now."),
-            (
-                UPSTREAM_ADDRESS_UP,
-                "1 while an upstream address takes requests, 0 while it is held out.",
-            ),
         ];
         for (name, help) in gauges {
             self.recorder
@@ -603,7 +605,36 @@ impl Metrics {
         if !self.enabled {
             return String::new();
         }
-        self.handle.render()
+        let mut text = self.handle.render();
+        self.render_address_up(&mut text);
+        text
+    }
+
+    /// Appends `edge_upstream_address_up`, in the exporter's format, when it has series.
+    fn render_address_up(&self, text: &mut String) {
+        use metrics_exporter_prometheus::formatting::{
+            sanitize_label_value, write_help_line, write_type_line,
+        };
+        use std::fmt::Write;
+        let address_up = self.address_up.read();
+        if address_up.values().all(|addresses| addresses.is_empty()) {
+            return;
+        }
+        let help = "1 while an upstream address takes requests, 0 while it is held out.";
+        write_help_line(text, UPSTREAM_ADDRESS_UP, None, None, help);
+        write_type_line(text, UPSTREAM_ADDRESS_UP, None, None, "gauge");
+        for (upstream, addresses) in address_up.iter() {
+            let upstream = sanitize_label_value(upstream);
+            for (address, up) in addresses {
+                let _ = writeln!(
+                    text,
+                    "{UPSTREAM_ADDRESS_UP}{{upstream=\"{upstream}\",address=\"{}\"}} {}",
+                    sanitize_label_value(address),
+                    u8::from(*up)
+                );
+            }
+        }
+        text.push('\n');
     }
 
     /// One answered request. `site` is a configured site name or `unknown`; `method` comes
@@ -717,14 +748,31 @@ impl Metrics {
         self.counter(UPSTREAM_HEALTH_CHECKS, &labels).increment(1);
     }
 
-    /// Whether `address` of `upstream` takes requests now.
-    pub(crate) fn upstream_address_up(&self, upstream: &str, address: &str, up: bool) {
+    /// Whether each address of `upstream` takes requests now: `states` is every address
+    /// it has (others lose their series). Recorded only if `current()` still holds when
+    /// the table is locked, so a pool a reload just replaced cannot bring back what
+    /// [`Self::keep_upstream_addresses`] removed.
+    pub(crate) fn upstream_addresses_up(
+        &self,
+        upstream: &str,
+        states: Vec<(String, bool)>,
+        current: impl FnOnce() -> bool,
+    ) {
         if !self.enabled {
             return;
         }
-        let labels = [("upstream", upstream), ("address", address)];
-        self.gauge(UPSTREAM_ADDRESS_UP, &labels)
-            .set(if up { 1.0 } else { 0.0 });
+        let mut address_up = self.address_up.write();
+        if current() {
+            address_up.insert(upstream.to_owned(), states.into_iter().collect());
+        }
+    }
+
+    /// Drops the address series of every upstream but `upstreams` (the checked upstreams
+    /// of the config now running).
+    pub(crate) fn keep_upstream_addresses(&self, upstreams: &[&str]) {
+        self.address_up
+            .write()
+            .retain(|upstream, _| upstreams.contains(&upstream.as_str()));
     }
 
     /// A request to `upstream` goes to another address after a failed connection.

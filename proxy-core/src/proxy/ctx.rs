@@ -12,7 +12,7 @@ use crate::model::RuntimeConfig;
 use crate::observe::{Observability, RequestFacts, RequestRecord};
 use crate::plugin::{PluginChain, PluginCtx};
 use crate::route::{Location, Site};
-use crate::upstream::{BufferedBody, Upstream};
+use crate::upstream::{AddressInFlight, BufferedBody, Upstream};
 
 /// Per-request state shared by every phase.
 pub struct RequestCtx {
@@ -59,6 +59,10 @@ pub(crate) struct RouteState {
     pub(crate) location: Option<Arc<Location>>,
     /// The upstream this request is forwarded to, once nothing answers it first.
     pub(crate) upstream: Option<Arc<Upstream>>,
+    /// The request's count on the address it went to (`balance = "least_conn"`): replaced
+    /// when a retry picks another address, given back when the context is dropped, however
+    /// the request ends.
+    pub(crate) in_flight: Option<AddressInFlight>,
     /// Whether the matched site or location has plugins (most have none, and every phase
     /// asks).
     pub(crate) has_plugins: bool,

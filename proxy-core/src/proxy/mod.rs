@@ -595,8 +595,10 @@ impl ProxyHttp for EdgeProxy {
             body.rewind();
             ctx.body.restart();
         }
+        // A retry's pick replaces the previous one, giving back its in-flight count.
+        ctx.route.in_flight = None;
         let peer = match &upstream.pool {
-            None => upstream.peer(),
+            None => upstream.peer().map(|peer| (peer, None)),
             Some(_) => {
                 // A retry avoids the address whose connection just failed.
                 let failed = match &ctx.record.upstream_addr {
@@ -609,8 +611,9 @@ impl ProxyHttp for EdgeProxy {
             }
         };
         match peer {
-            Some(peer) => {
+            Some((peer, in_flight)) => {
                 ctx.record.upstream_addr = Some(peer._address.clone());
+                ctx.route.in_flight = in_flight;
                 Ok(Box::new(peer))
             }
             None if offline_policy(ctx).is_some() => {

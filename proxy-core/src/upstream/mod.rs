@@ -3,12 +3,14 @@
 
 mod forwarded;
 mod header_rules;
+mod least_conn;
 mod pool;
 mod request_body;
 mod resolver;
 
 pub(crate) use forwarded::apply_forwarded_headers;
 pub(crate) use header_rules::{merge_rules, HeaderRule, HeaderVars, ProxyHeaders};
+pub(crate) use least_conn::AddressInFlight;
 pub(crate) use pool::{AddressPool, Balance, HealthSettings, PoolMember};
 pub(crate) use request_body::{BufferedBody, ReceiveError};
 pub(crate) use resolver::{AddrSlot, TailnetNames};
@@ -94,8 +96,9 @@ pub struct Upstream {
     pub(crate) header_rules: Vec<HeaderRule>,
     /// How connections reach it.
     pub(crate) transport: Transport,
-    /// Several addresses with health checks (`addresses = [...]`); `None` for one
-    /// `address`, which keeps the plain round robin over its answer.
+    /// Addresses under health checks: several (`addresses = [...]`), or one whose
+    /// upstream has `health` or serves a site with offline mode; `None` for a plain
+    /// `address`, which keeps the plain round robin over its answer and pays for no checks.
     pub(crate) pool: Option<Arc<AddressPool>>,
     /// Peer with every option set; only its address changes per request.
     template: HttpPeer,
@@ -228,16 +231,21 @@ impl Upstream {
         self.host.parse::<IpAddr>().is_err()
     }
 
-    /// A peer for a request: with several addresses, a healthy one other than `avoid`
-    /// (`key` picks it for consistent hashing); `None` when none is healthy or resolved.
-    pub(crate) fn peer_for(&self, key: &[u8], avoid: Option<&SocketAddr>) -> Option<HttpPeer> {
+    /// A peer for a request: with a pool, a healthy address other than `avoid` (`key`
+    /// picks it for consistent hashing) and, with `least_conn`, the request's in-flight
+    /// count on it; `None` when none is healthy or resolved.
+    pub(crate) fn peer_for(
+        &self,
+        key: &[u8],
+        avoid: Option<&SocketAddr>,
+    ) -> Option<(HttpPeer, Option<AddressInFlight>)> {
         let Some(pool) = &self.pool else {
-            return self.peer();
+            return self.peer().map(|peer| (peer, None));
         };
-        let addr = pool.select(key, avoid)?;
+        let pick = pool.select(key, avoid)?;
         let mut peer = self.template.clone();
-        peer._address = PeerAddr::Inet(addr);
-        Some(peer)
+        peer._address = PeerAddr::Inet(pick.addr);
+        Some((peer, pick.in_flight))
     }
 
     /// A peer for the next request, or `None` when the name has never resolved.

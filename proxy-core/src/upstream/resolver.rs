@@ -196,14 +196,7 @@ impl MagicDnsResolver {
                 );
             }
         }
-        // The pools read the answers just handed over; their checks start with `run`.
-        for pool in &pools {
-            if let Some(metrics) = self.metrics.get() {
-                pool.set_metrics(metrics.clone());
-            }
-            pool.refresh();
-        }
-        *self.pools.lock().unwrap_or_else(PoisonError::into_inner) = pools;
+        self.adopt_pools(pools);
         // Receivers have no slot of their own in the config: they keep the one they had,
         // or share an upstream's.
         for name in receivers {
@@ -217,6 +210,38 @@ impl MagicDnsResolver {
         *slots = next;
         drop(slots);
         self.names_changed.notify_one();
+    }
+
+    /// Puts `pools` (a new config's) in place of the running ones. They read the answers
+    /// just handed over; a pool the reload kept as it was takes over its predecessor's
+    /// health state; the running pools stop their checks and reports; only the new pools'
+    /// addresses keep a series in `edge_upstream_address_up`. Their checks start with `run`.
+    fn adopt_pools(&self, pools: Vec<Arc<AddressPool>>) {
+        let mut running = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        for pool in &pools {
+            if let Some(metrics) = self.metrics.get() {
+                pool.set_metrics(metrics.clone());
+            }
+            pool.refresh();
+            for old in running.iter() {
+                if pool.keep_health_of(old) {
+                    break;
+                }
+            }
+        }
+        for old in running.iter() {
+            if !pools.iter().any(|pool| Arc::ptr_eq(pool, old)) {
+                old.retire();
+            }
+        }
+        if let Some(metrics) = self.metrics.get() {
+            let names: Vec<&str> = pools.iter().map(|pool| pool.upstream()).collect();
+            metrics.keep_upstream_addresses(&names);
+        }
+        for pool in &pools {
+            pool.record_states();
+        }
+        *running = pools;
     }
 
     /// The addresses `name` resolved to last, if it is tracked and has resolved: what

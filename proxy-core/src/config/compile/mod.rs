@@ -53,8 +53,10 @@ pub(crate) fn compile(
     let admin = c.admin(&file.admin, &root.key("admin"));
     let access_log = c.access_log(&file.access_log, &root.key("access_log"));
     let resolver = c.resolver(&file.resolver, &root.key("resolver"));
+    let offline_sites = upstream::offline_upstreams(&file.sites);
     let upstreams = c.upstreams(
         &file.upstreams,
+        &offline_sites,
         server.client.keep_header_case,
         &root.key("upstreams"),
     );

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::{is_valid_dns_name, Compiler};
 use crate::config::error::KeyPath;
 use crate::config::file::{
-    HealthSection, ProxyHeaderSection, ResolverSection, UpstreamSection, DEFAULT_BALANCE,
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_HEALTHY, DEFAULT_HEALTH_INTERVAL,
+    HealthSection, ProxyHeaderSection, ResolverSection, SiteSection, UpstreamSection,
+    DEFAULT_BALANCE, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HEALTH_HEALTHY, DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_STATUS, DEFAULT_HEALTH_TIMEOUT, DEFAULT_HEALTH_UNHEALTHY, DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_RESPONSE_HEADER, DEFAULT_MAX_TTL, DEFAULT_MIN_TTL, DEFAULT_NAMESERVERS,
     DEFAULT_READ_TIMEOUT, DEFAULT_RESOLVER_TIMEOUT, DEFAULT_RETRY, DEFAULT_RETRY_INTERVAL,
@@ -64,9 +64,12 @@ impl Compiler<'_> {
         settings
     }
 
+    /// `offline_sites` names the upstreams that sites with offline mode proxy to: those
+    /// are checked like upstreams with `health`.
     pub(super) fn upstreams(
         &mut self,
         all: &BTreeMap<String, UpstreamSection>,
+        offline_sites: &BTreeMap<&str, &str>,
         keep_header_case: bool,
         key: &KeyPath,
     ) -> BTreeMap<String, Arc<Upstream>> {
@@ -76,8 +79,16 @@ impl Compiler<'_> {
         for (name, section) in all {
             let key = key.key(name);
             self.check_name("upstream", name, &key);
-            if let Some(upstream) = self.upstream(name, section, keep_header_case, &key, &mut slots)
-            {
+            let offline_site = offline_sites.get(name.as_str()).copied();
+            let upstream = self.upstream(
+                name,
+                section,
+                offline_site,
+                keep_header_case,
+                &key,
+                &mut slots,
+            );
+            if let Some(upstream) = upstream {
                 out.insert(name.clone(), Arc::new(upstream));
             }
         }
@@ -88,6 +99,7 @@ impl Compiler<'_> {
         &mut self,
         name: &str,
         u: &UpstreamSection,
+        offline_site: Option<&str>,
         keep_header_case: bool,
         key: &KeyPath,
         slots: &mut HashMap<String, Arc<AddrSlot>>,
@@ -144,11 +156,21 @@ impl Compiler<'_> {
         if let Some(transport) = self.transport(u.transport.as_deref(), key.key("transport")) {
             upstream.set_transport(transport);
         }
-        if u.addresses.is_some() {
+        // A plain `address` keeps the cheap path: no pool, no checks.
+        let why_checked = match (&u.addresses, &u.health, offline_site) {
+            (Some(_), _, _) => Some(("addresses", "`addresses`".to_string())),
+            (None, Some(_), _) => Some(("health", "`health`".to_string())),
+            (None, None, Some(site)) => Some((
+                "transport",
+                format!("offline mode (`sites.{site}.offline`)"),
+            )),
+            (None, None, None) => None,
+        };
+        if let Some((field, why)) = why_checked {
             if !upstream.kernel_transport() {
                 self.problem(
-                    key.key("addresses"),
-                    "`addresses` works with `transport = \"kernel\"` only",
+                    key.key(field),
+                    format!("{why} works with `transport = \"kernel\"` only"),
                 );
             }
             let members = addresses
@@ -176,7 +198,6 @@ impl Compiler<'_> {
                 for (field, set) in [
                     ("balance", u.balance.is_some()),
                     ("retry", u.retry.is_some()),
-                    ("health", u.health.is_some()),
                 ] {
                     if set {
                         self.problem(
@@ -222,7 +243,8 @@ impl Compiler<'_> {
         }
     }
 
-    /// The pool of an upstream with `addresses`: balance, retry and health checks.
+    /// The pool of a checked upstream: balance, retry and health checks (one address has
+    /// no other to retry on).
     fn address_pool(
         &mut self,
         name: &str,
@@ -231,19 +253,22 @@ impl Compiler<'_> {
         members: Vec<PoolMember>,
         upstream: &Upstream,
     ) -> AddressPool {
-        let balance = match u.balance.as_deref().unwrap_or(DEFAULT_BALANCE) {
-            "round_robin" => Balance::RoundRobin,
-            "consistent" => Balance::Consistent,
-            other => {
-                self.problem(
-                    key.key("balance"),
-                    format!(
-                        "unknown balance `{other}`: expected \"round_robin\" or \"consistent\""
-                    ),
-                );
-                Balance::RoundRobin
-            }
-        };
+        let name_of_balance = u.balance.as_deref().unwrap_or(DEFAULT_BALANCE);
+        let balance = Balance::from_name(name_of_balance).unwrap_or_else(|| {
+            let valid: Vec<String> = Balance::ALL
+                .iter()
+                .map(|(name, _)| format!("\"{name}\""))
+                .collect();
+            self.problem(
+                key.key("balance"),
+                format!(
+                    "unknown balance `{name_of_balance}`: expected one of {}",
+                    valid.join(", ")
+                ),
+            );
+            Balance::RoundRobin
+        });
+        let retry = members.len() > 1 && u.retry.unwrap_or(DEFAULT_RETRY);
         let health = self.health(u.health.as_ref(), &key.key("health"));
         let host_header = match &upstream.host_header {
             HostHeader::Fixed(text) => text.clone(),
@@ -257,7 +282,7 @@ impl Compiler<'_> {
             members,
             balance,
             health,
-            u.retry.unwrap_or(DEFAULT_RETRY),
+            retry,
             upstream.template(),
             &host_header,
         )
@@ -421,6 +446,18 @@ fn default_host_header(host: &str, port: u16, tls: bool) -> String {
     }
 }
 
+/// The upstreams that sites with offline mode proxy to, each with one such site's name
+/// (for messages): they are checked, so that offline mode knows when they are down.
+pub(super) fn offline_upstreams(sites: &BTreeMap<String, SiteSection>) -> BTreeMap<&str, &str> {
+    let mut out = BTreeMap::new();
+    for (site, section) in sites.iter().filter(|(_, s)| s.offline.is_some()) {
+        for upstream in section.locations.iter().filter_map(|l| l.proxy.as_deref()) {
+            out.entry(upstream).or_insert(site.as_str());
+        }
+    }
+    out
+}
+
 fn parse_nameserver(text: &str) -> Option<SocketAddr> {
     text.parse::<SocketAddr>().ok().or_else(|| {
         text.parse::<IpAddr>()
@@ -486,6 +523,48 @@ proxy_headers = { "X-E" = "1" }
             ],
             &e,
         );
+    }
+
+    #[test]
+    fn only_upstreams_with_health_or_an_offline_site_leave_the_unchecked_path() {
+        let text = r#"[upstreams.pool]
+addresses = ["a.tail1.ts.net:80", "b.tail1.ts.net:80"]
+balance = "least_conn"
+[upstreams.checked]
+address = "c.tail1.ts.net:80"
+health = { path = "/healthz" }
+[upstreams.offline]
+address = "d.tail1.ts.net:80"
+[upstreams.plain]
+address = "e.tail1.ts.net:80"
+[sites.s]
+hosts = ["s.example.com"]
+[[sites.s.locations]]
+match = "/"
+proxy = "pool"
+[[sites.s.locations]]
+match = "/checked"
+proxy = "checked"
+[[sites.s.locations]]
+match = "/plain"
+proxy = "plain"
+[sites.down]
+hosts = ["down.example.com"]
+offline = { retry_after = "10s" }
+[[sites.down.locations]]
+match = "/"
+proxy = "offline"
+"#;
+        let config = crate::config::load_str(text, None, std::path::Path::new("."))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let checked = |name: &str| config.upstreams[name].pool.is_some();
+        assert!(checked("pool") && checked("checked") && checked("offline"));
+        assert!(!checked("plain"));
+        // One address: nothing to retry on.
+        assert!(!config.upstreams["checked"]
+            .pool
+            .as_ref()
+            .is_some_and(|p| p.retry));
     }
 
     #[test]
