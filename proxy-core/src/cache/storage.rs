@@ -175,6 +175,10 @@ struct Fill {
 pub struct MemoryStorage {
     entries: RwLock<HashMap<HashBinary, Arc<Entry>>>,
     fills: RwLock<HashMap<HashBinary, Arc<Fill>>>,
+    /// Every fill being written, by id: with the cache lock off, two misses of one key are
+    /// written at once and the later one replaces the earlier in `fills`, but each writer's
+    /// own client still streams its own fill (`lookup_streaming_write`).
+    writing: RwLock<HashMap<u64, Arc<Fill>>>,
     next_fill: AtomicU64,
     eviction: Manager<LRU_SHARDS>,
     inactive: Duration,
@@ -190,6 +194,7 @@ impl MemoryStorage {
         Self {
             entries: RwLock::new(HashMap::default()),
             fills: RwLock::new(HashMap::default()),
+            writing: RwLock::new(HashMap::default()),
             next_fill: AtomicU64::new(1),
             eviction: Manager::with_capacity(max_size, 1024),
             inactive,
@@ -496,8 +501,8 @@ impl Storage for MemoryStorage {
             return self.lookup(key, trace).await;
         };
         let id: u64 = tag.into();
-        let fill = self.fills.read().get(&key.combined_bin()).cloned();
-        Ok(fill.filter(|f| f.id == id).map(streaming_hit))
+        let fill = self.writing.read().get(&id).cloned();
+        Ok(fill.map(streaming_hit))
     }
 
     async fn get_miss_handler(
@@ -521,6 +526,7 @@ impl Storage for MemoryStorage {
             tags: key.extensions.get::<PurgeTags>().cloned(),
         });
         self.fills.write().insert(hash, fill.clone());
+        self.writing.write().insert(id, fill.clone());
         Ok(Box::new(MemoryMiss {
             storage: self,
             hash,
@@ -821,6 +827,8 @@ impl HandleMiss for MemoryMiss {
 
 impl Drop for MemoryMiss {
     fn drop(&mut self) {
+        // Finished or not, the writer is gone.
+        self.storage.writing.write().remove(&self.fill.id);
         // An unfinished write is abandoned: readers stop, nothing is committed.
         let mut fills = self.storage.fills.write();
         if fills.get(&self.hash).is_some_and(|f| f.id == self.fill.id) {
@@ -1135,6 +1143,47 @@ mod tests {
         miss.finish().await.unwrap();
         assert_eq!(reader.await.unwrap(), b"part2");
         assert_eq!(read(s, &k).await.as_deref(), Some(&b"part1part2"[..]));
+    }
+
+    /// Without the cache lock, two misses of one key are written at once; each writer's
+    /// client streams its own fill (Pingora panics if it finds none).
+    #[tokio::test]
+    async fn overlapping_writers_of_one_key_each_stream_their_own_fill() {
+        let s = storage(1 << 20, Duration::from_secs(600));
+        let k = key("a.com", "/twice", "");
+        let span = Span::inactive().handle();
+        let mut first = s.get_miss_handler(&k, &meta(), &span).await.unwrap();
+        let mut second = s.get_miss_handler(&k, &meta(), &span).await.unwrap();
+        for (miss, body) in [(&mut first, "one"), (&mut second, "two")] {
+            miss.write_body(Bytes::from_static(body.as_bytes()), false)
+                .await
+                .unwrap();
+            let (_, mut own) = s
+                .lookup_streaming_write(&k, miss.streaming_write_tag(), &span)
+                .await
+                .unwrap()
+                .expect("the writer's own fill");
+            assert_eq!(
+                own.read_body().await.unwrap().as_deref(),
+                Some(body.as_bytes())
+            );
+        }
+        let first_tag = first.streaming_write_tag().unwrap().to_vec();
+        first.write_body(Bytes::new(), true).await.unwrap();
+        first.finish().await.unwrap();
+        second.write_body(Bytes::new(), true).await.unwrap();
+        second.finish().await.unwrap();
+        assert_eq!(
+            read(s, &k).await.as_deref(),
+            Some(&b"two"[..]),
+            "the later fill wins"
+        );
+        let gone = s
+            .lookup_streaming_write(&k, Some(&first_tag), &span)
+            .await
+            .unwrap();
+        assert!(gone.is_none(), "a finished writer is forgotten");
+        assert!(s.writing.read().is_empty());
     }
 
     #[tokio::test]
