@@ -461,6 +461,29 @@ impl HttpSession {
         Ok(Box::new(self.resp_header().unwrap().clone()))
     }
 
+    /// Patched in: reads the response header and hands it over without a copy. What the
+    /// session still needs of it stays behind: the status, the version and the fields that
+    /// decide the connection's reuse (`Connection`, `Keep-Alive`, `Transfer-Encoding`), so
+    /// after this [`Self::resp_header`] holds those only. The body reader is set up from
+    /// the whole header before it goes.
+    async fn take_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
+        self.read_response().await?;
+        let whole = self.response_header.take().expect("just read");
+        let mut kept = ResponseHeader::build_no_case(whole.status, Some(0))?;
+        kept.set_version(whole.version);
+        for (name, value) in whole.headers.iter() {
+            let reuse_field = matches!(
+                *name,
+                header::CONNECTION | header::TRANSFER_ENCODING
+            ) || name.as_str() == "keep-alive";
+            if reuse_field {
+                kept.append_header(name, value.clone())?;
+            }
+        }
+        self.response_header = Some(Box::new(kept));
+        Ok(whole)
+    }
+
     /// Return a reference of the [`ResponseHeader`] if the response is read
     pub fn resp_header(&self) -> Option<&ResponseHeader> {
         self.response_header.as_deref()
@@ -830,7 +853,8 @@ impl HttpSession {
 
     pub async fn read_response_task(&mut self) -> Result<HttpTask> {
         if self.should_read_resp_header() {
-            let resp_header = self.read_resp_header_parts().await?;
+            // Patched in: handed over, not copied.
+            let resp_header = self.take_resp_header_parts().await?;
             let end_of_body = self.is_body_done();
             debug!("Response header: {resp_header:?}");
             trace!(
