@@ -24,7 +24,7 @@ pub use metrics::{
 };
 pub(crate) use record::{RequestFacts, RequestRecord};
 pub use redact::Redactor;
-pub(crate) use request_id::{request_id_for, REQUEST_ID_HEADER};
+pub(crate) use request_id::{request_id_for, REQUEST_ID_HEADER, REQUEST_ID_NAME};
 pub use tailscaled::{LocalApiClient, LocalApiError};
 
 use std::sync::Arc;

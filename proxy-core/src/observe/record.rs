@@ -81,7 +81,7 @@ impl RequestRecord {
         &self,
         response: &mut pingora::http::ResponseHeader,
     ) -> pingora::Result<()> {
-        response.insert_header(super::REQUEST_ID_HEADER, self.request_id.as_str())
+        response.insert_header(&super::REQUEST_ID_HEADER, self.request_id.as_str())
     }
 }
 

@@ -4,7 +4,10 @@
 use pingora::http::RequestHeader;
 
 /// The header carrying the id, to the upstream and back to the client.
-pub(crate) const REQUEST_ID_HEADER: &str = "x-request-id";
+pub(crate) const REQUEST_ID_NAME: &str = "x-request-id";
+/// `X-Request-Id`, typed once: inserting it parses and allocates nothing.
+pub(crate) static REQUEST_ID_HEADER: http::HeaderName =
+    http::HeaderName::from_static(REQUEST_ID_NAME);
 
 /// Longest incoming id kept; longer ones are replaced (they would bloat every log line).
 const MAX_LEN: usize = 128;
@@ -23,7 +26,7 @@ pub(crate) fn is_well_formed(id: &str) -> bool {
 pub(crate) fn request_id_for(request: &RequestHeader) -> String {
     match request
         .headers
-        .get(REQUEST_ID_HEADER)
+        .get(&REQUEST_ID_HEADER)
         .and_then(|v| v.to_str().ok())
     {
         Some(id) if is_well_formed(id) => id.to_owned(),
@@ -48,7 +51,7 @@ mod tests {
     fn request(id: Option<&str>) -> RequestHeader {
         let mut r = RequestHeader::build("GET", b"/", None).unwrap();
         if let Some(id) = id {
-            r.insert_header(REQUEST_ID_HEADER, id).unwrap();
+            r.insert_header(&REQUEST_ID_HEADER, id).unwrap();
         }
         r
     }

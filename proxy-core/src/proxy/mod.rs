@@ -47,6 +47,7 @@ use crate::guard::{GuardVerdict, Refusal};
 use crate::model::RuntimeConfig;
 use crate::observe::{
     ClientClose, LogBudget, Observability, RequestRecord, UpstreamErrorKind, REQUEST_ID_HEADER,
+    REQUEST_ID_NAME,
 };
 use crate::plugin::{PluginChain, PluginCtx, RequestFlow};
 use crate::route::{Next, Routed, Routing};
@@ -61,7 +62,7 @@ static HIT_PRESET: [(http::HeaderName, http::HeaderValue); 2] = [
         http::HeaderValue::from_static("keep-alive"),
     ),
     (
-        http::HeaderName::from_static(REQUEST_ID_HEADER),
+        http::HeaderName::from_static(REQUEST_ID_NAME),
         http::HeaderValue::from_static(""),
     ),
 ];
@@ -681,7 +682,7 @@ impl ProxyHttp for EdgeProxy {
         // Room for what is added below (request id, client IP, X-Forwarded-*, Host): one
         // allocation instead of the maps growing header by header.
         upstream_request.reserve(6);
-        upstream_request.insert_header(REQUEST_ID_HEADER, ctx.record.request_id.as_str())?;
+        upstream_request.insert_header(&REQUEST_ID_HEADER, ctx.record.request_id.as_str())?;
         if ctx.buffered_body.is_some() {
             // The body is here already; the client had its `100 Continue` from the proxy.
             upstream_request.remove_header(&http::header::EXPECT);

@@ -2,13 +2,18 @@
 //! `X-Forwarded-Proto`, `X-Real-IP`. Hop-by-hop headers are stripped by Pingora's
 //! standard upstream request policy, which also forwards WebSocket upgrades.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;
 use std::net::IpAddr;
 
 use super::HostHeader;
 use crate::client::ip_header_value;
+
+// Typed once: inserting them parses and allocates nothing.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Sets the forwarding headers on a request about to go upstream.
 ///
@@ -26,10 +31,10 @@ pub(crate) fn apply_forwarded_headers(
     if let Some(ip) = client_ip {
         let ip_text = ip_header_value(ip);
         let forwarded_for = forwarded_for_value(request, ip_text.clone());
-        request.insert_header("x-forwarded-for", forwarded_for)?;
-        request.insert_header("x-real-ip", ip_text)?;
+        request.insert_header(&X_FORWARDED_FOR, forwarded_for)?;
+        request.insert_header(&X_REAL_IP, ip_text)?;
     }
-    request.insert_header("x-forwarded-proto", scheme)?;
+    request.insert_header(&X_FORWARDED_PROTO, scheme)?;
     Ok(())
 }
 
@@ -38,7 +43,7 @@ pub(crate) fn apply_forwarded_headers(
 pub(super) fn forwarded_for_value(request: &RequestHeader, ip_text: HeaderValue) -> HeaderValue {
     let mut earlier = request
         .headers
-        .get_all("x-forwarded-for")
+        .get_all(&X_FORWARDED_FOR)
         .iter()
         .map(|v| v.as_bytes())
         .filter(|v| !v.is_empty())

@@ -371,11 +371,15 @@ impl AddressPool {
         self.record_states();
     }
 
-    /// Re-reads the members' addresses from their slots.
+    /// Re-reads the members' addresses from their slots. One refresh at a time; a caller
+    /// that finds one running waits for it (a few microseconds: the discovery never waits)
+    /// and then reads again, so it never returns before the slots' answers are in.
     pub(crate) fn refresh(&self) {
-        if let Ok(_one_at_a_time) = self.refreshing.try_lock() {
-            self.core.load().selector.refresh();
-        }
+        let _one_at_a_time = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.core.load().selector.refresh();
     }
 
     /// Takes over `running`'s health state, in-flight counts and held-out addresses when

@@ -372,6 +372,15 @@ impl MagicDnsResolver {
         {
             tracing::warn!(unresolved = ?self.unresolved(), "upstream names still unresolved at start-up");
         }
+        // The pools' members read the answers now, before the first request.
+        let pools = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        for pool in pools {
+            pool.refresh();
+        }
     }
 
     /// Starts the health checks of pools adopted since the last call.

@@ -51,6 +51,16 @@ pub trait IntoCaseHeaderName {
             .or_err(InvalidHTTPHeader, "invalid header name")?;
         Ok((case_header_name, header_name))
     }
+
+    /// Patched in: the typed [HeaderName] alone, for a header without a case map. By
+    /// default it is parsed from the case-preserved bytes; a [HeaderName] is used as it is,
+    /// and a `&'static str` is parsed without first being copied.
+    fn into_header_name(self) -> Result<HeaderName>
+    where
+        Self: Sized,
+    {
+        self.into_case_and_header_name().map(|(_, name)| name)
+    }
 }
 
 impl IntoCaseHeaderName for CaseHeaderName {
@@ -69,6 +79,10 @@ impl IntoCaseHeaderName for &'static str {
     fn into_case_header_name(self) -> CaseHeaderName {
         CaseHeaderName(self.into())
     }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        HeaderName::from_bytes(self.as_bytes()).or_err(InvalidHTTPHeader, "invalid header name")
+    }
 }
 
 impl IntoCaseHeaderName for HeaderName {
@@ -79,6 +93,10 @@ impl IntoCaseHeaderName for HeaderName {
     fn into_case_and_header_name(self) -> Result<(CaseHeaderName, HeaderName)> {
         Ok((CaseHeaderName(titled_header_name(&self)), self))
     }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self)
+    }
 }
 
 impl IntoCaseHeaderName for &HeaderName {
@@ -88,6 +106,10 @@ impl IntoCaseHeaderName for &HeaderName {
 
     fn into_case_and_header_name(self) -> Result<(CaseHeaderName, HeaderName)> {
         Ok((CaseHeaderName(titled_header_name(self)), self.clone()))
+    }
+
+    fn into_header_name(self) -> Result<HeaderName> {
+        Ok(self.clone())
     }
 }
 

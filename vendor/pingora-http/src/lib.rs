@@ -877,16 +877,21 @@ fn append_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<bool> {
-    let (case_header_name, header_name) = name.into_case_and_header_name()?;
-    // store the original case in the map
-    if let Some(name_map) = name_map {
-        // Use the non-panicking `try_append`: the infallible `append` calls
-        // `.expect("size overflows MAX_SIZE")` internally, which would abort the
-        // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
-        name_map
-            .try_append(header_name.clone(), case_header_name)
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-    }
+    // Patched in: the case-preserved name is made only for a case map.
+    let header_name = match name_map {
+        Some(name_map) => {
+            let (case_header_name, header_name) = name.into_case_and_header_name()?;
+            // store the original case in the map
+            // Use the non-panicking `try_append`: the infallible `append` calls
+            // `.expect("size overflows MAX_SIZE")` internally, which would abort the
+            // process if the case map ever exceeded `http`'s `MAX_SIZE` (1 << 15).
+            name_map
+                .try_append(header_name.clone(), case_header_name)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+            header_name
+        }
+        None => name.into_header_name()?,
+    };
 
     // Non-panicking `try_append` for the same reason as the case map above.
     value_map.try_append(header_name, value).or_err(
@@ -902,11 +907,16 @@ fn insert_header_value<T>(
     name: impl IntoCaseHeaderName,
     value: T,
 ) -> Result<()> {
-    let (case_header_name, header_name) = name.into_case_and_header_name()?;
-    if let Some(name_map) = name_map {
-        // store the original case in the map
-        name_map.insert(header_name.clone(), case_header_name);
-    }
+    // Patched in: the case-preserved name is made only for a case map.
+    let header_name = match name_map {
+        Some(name_map) => {
+            let (case_header_name, header_name) = name.into_case_and_header_name()?;
+            // store the original case in the map
+            name_map.insert(header_name.clone(), case_header_name);
+            header_name
+        }
+        None => name.into_header_name()?,
+    };
     value_map.insert(header_name, value);
     Ok(())
 }
