@@ -50,14 +50,19 @@ fn up_line(tailnet: &FakeTailnet, upstream: &str, peer: &str, up: u8) -> String 
     format!("edge_upstream_address_up{{upstream=\"{upstream}\",address=\"{addr}\"}} {up}")
 }
 
-async fn metrics_show(proxy: &Edge, line: &str) -> bool {
+/// Scrapes the metrics every 100 ms until `holds` says yes (true) or [`WAIT`] passes.
+async fn scrape_until(proxy: &Edge, holds: impl Fn(&str) -> bool) -> bool {
     for _ in 0..(WAIT.as_millis() / 100) {
-        if scrape(proxy.admin_addr).await.contains(line) {
+        if holds(&scrape(proxy.admin_addr).await) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+async fn metrics_show(proxy: &Edge, line: &str) -> bool {
+    scrape_until(proxy, |text| text.contains(line)).await
 }
 
 #[tokio::test]
@@ -230,6 +235,29 @@ async fn a_reload_puts_the_new_addresses_under_checks() {
     assert_eq!(peers, BTreeSet::from(["two".into()]));
 }
 
+/// Offline: once the cached `/cached` expires it is served stale (`first_body`), marked
+/// offline, and anything uncached gets the maintenance `page` (503, `Retry-After: 30`); the
+/// peers would answer their own 503 body.
+async fn assert_offline(proxy: &Edge, first_body: &str, page: &str) {
+    let mut stale = None;
+    for _ in 0..(WAIT.as_millis() / 100) {
+        let reply = get(proxy, "app.example.com", "/cached").await;
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        if reply.header("x-edge-offline").is_some() {
+            stale = Some(reply);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stale = stale.expect("the expired answer served offline");
+    assert_eq!(stale.header("x-cache-status"), Some("STALE"));
+    assert_eq!(stale.body, first_body);
+    let down = get(proxy, "app.example.com", "/other").await;
+    assert_eq!((down.status, down.body.as_str()), (503, page));
+    assert_eq!(down.header("retry-after"), Some("30"));
+    assert_eq!(down.header("x-edge-offline"), Some("1"));
+}
+
 #[tokio::test]
 async fn offline_sites_serve_stale_answers_and_a_maintenance_page_until_a_check_passes() {
     let tailnet = tailnet(&["one", "two"]).await;
@@ -265,26 +293,7 @@ proxy = "app"
         assert!(metrics_show(&proxy, &up_line(&tailnet, "app", peer, 0)).await);
     }
 
-    // Once the cached answer expires, it is still served, marked stale and offline.
-    let mut stale = None;
-    for _ in 0..(WAIT.as_millis() / 100) {
-        let reply = get(&proxy, "app.example.com", "/cached").await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        if reply.header("x-edge-offline").is_some() {
-            stale = Some(reply);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let stale = stale.expect("the expired answer served offline");
-    assert_eq!(stale.header("x-cache-status"), Some("STALE"));
-    assert_eq!(stale.body, first.body);
-
-    // Nothing cached: the maintenance page (the peers would answer their own 503 body).
-    let down = get(&proxy, "app.example.com", "/other").await;
-    assert_eq!((down.status, down.body.as_str()), (503, page));
-    assert_eq!(down.header("retry-after"), Some("30"));
-    assert_eq!(down.header("x-edge-offline"), Some("1"));
+    assert_offline(&proxy, &first.body, page).await;
 
     // A passing check ends it.
     tailnet
@@ -358,13 +367,7 @@ fn checks_line(tailnet: &FakeTailnet, upstream: &str, peer: &str, result: &str) 
 
 /// Waits until the checks counter of `line` (see [`checks_line`]) exceeds `above`.
 async fn checks_pass(proxy: &Edge, line: &str, above: f64) -> bool {
-    for _ in 0..(WAIT.as_millis() / 100) {
-        if metric_value(&scrape(proxy.admin_addr).await, line) > above {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    scrape_until(proxy, |text| metric_value(text, line) > above).await
 }
 
 #[tokio::test]
@@ -577,24 +580,7 @@ proxy = "quiet"
     });
     assert!(metrics_show(&proxy, &up_line(&tailnet, "app", "one", 0)).await);
 
-    // Once the cached answer expires, it is still served, marked stale and offline.
-    let mut stale = None;
-    for _ in 0..(WAIT.as_millis() / 100) {
-        let reply = get(&proxy, "app.example.com", "/cached").await;
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        if reply.header("x-edge-offline").is_some() {
-            stale = Some(reply);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let stale = stale.expect("the expired answer served offline");
-    assert_eq!(stale.header("x-cache-status"), Some("STALE"));
-    assert_eq!(stale.body, first.body);
-    let down = get(&proxy, "app.example.com", "/other").await;
-    assert_eq!((down.status, down.body.as_str()), (503, page));
-    assert_eq!(down.header("retry-after"), Some("30"));
-    assert_eq!(down.header("x-edge-offline"), Some("1"));
+    assert_offline(&proxy, &first.body, page).await;
 
     // A passing check ends it.
     one.set_response(ResponseSpec::default());

@@ -373,24 +373,27 @@ impl MagicDnsResolver {
             tracing::warn!(unresolved = ?self.unresolved(), "upstream names still unresolved at start-up");
         }
         // The pools' members read the answers now, before the first request.
-        let pools = self
-            .pools
+        self.refresh_pools();
+    }
+
+    /// The pools of the running config.
+    fn running_pools(&self) -> Vec<Arc<AddressPool>> {
+        self.pools
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for pool in pools {
+            .clone()
+    }
+
+    /// Makes every pool's members read their names' answers.
+    fn refresh_pools(&self) {
+        for pool in self.running_pools() {
             pool.refresh();
         }
     }
 
     /// Starts the health checks of pools adopted since the last call.
     fn start_health_checks(&self, shutdown: &ShutdownWatch) {
-        let pools = self
-            .pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        for pool in pools {
+        for pool in self.running_pools() {
             pool.start(shutdown.clone());
         }
     }
@@ -422,14 +425,7 @@ impl MagicDnsResolver {
             }
             self.record_stale_count();
             // New answers reach the pools now rather than at their next check.
-            for pool in self
-                .pools
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .iter()
-            {
-                pool.refresh();
-            }
+            self.refresh_pools();
             let wake = due
                 .values()
                 .min()
