@@ -951,3 +951,109 @@ async fn header_names_are_normalized_unless_their_case_is_preserved() {
         assert!(reply.ends_with("\r\n\r\nok"), "{reply:?}");
     }
 }
+
+/// What a [`pooling_origin`] saw: per connection, in accept order, whether the proxy has
+/// closed it.
+type Connections = std::sync::Arc<std::sync::Mutex<Vec<bool>>>;
+
+/// An origin answering `200 ok` with keep-alive framing, one thread per connection, on a
+/// listener the test holds. After answering `/half-close` it waits 300 ms (the connection is
+/// idle in the proxy's pool by then) and shuts its sending side, still reading, so it sees
+/// when the proxy closes the connection.
+fn pooling_origin() -> (std::net::SocketAddr, Connections) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
+    let addr = listener.local_addr().expect("origin address");
+    let connections = Connections::default();
+    let seen = connections.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let index = {
+                let mut seen = seen.lock().unwrap();
+                seen.push(false);
+                seen.len() - 1
+            };
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        match stream.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                        continue;
+                    };
+                    let head: Vec<u8> = pending.drain(..end + 4).collect();
+                    let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    if stream.write_all(reply.as_bytes()).is_err() {
+                        break;
+                    }
+                    if head.starts_with(b"GET /half-close ") {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                    }
+                }
+                seen.lock().unwrap()[index] = true;
+            });
+        }
+    });
+    (addr, connections)
+}
+
+/// Waits (up to 15 s) for the proxy to close the origin's connection `index`.
+fn closed_by_the_proxy(connections: &Connections, index: usize) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while std::time::Instant::now() < deadline {
+        if connections.lock().unwrap().get(index) == Some(&true) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+/// Idle pooled upstream connections are reused, closed once idle past `idle_timeout`, and
+/// closed when the origin closes them while they idle, with no request to notice it.
+#[tokio::test]
+async fn idle_upstream_connections_are_reused_and_closed_on_timeout_or_by_the_origin() {
+    let tailnet = tailnet(&[]).await;
+    let (origin, connections) = pooling_origin();
+    let config = format!(
+        "{}\n[upstreams.short]\naddress = \"{origin}\"\nidle_timeout = \"1s\"\n\
+         \n[upstreams.long]\naddress = \"{origin}\"\n{}{}",
+        base_config(&tailnet),
+        site("short", "short", ""),
+        site("long", "long", "")
+    );
+    let proxy = Edge::start(&config);
+    let get = |host: &str, path: &str| {
+        raw_request(
+            proxy.addr,
+            &format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+        )
+    };
+    let ok = |reply: String| assert!(reply.starts_with("HTTP/1.1 200 "), "{reply:?}");
+
+    ok(get("short.example.com", "/a"));
+    ok(get("short.example.com", "/b"));
+    assert_eq!(
+        connections.lock().unwrap().len(),
+        1,
+        "the second request reused the pooled connection"
+    );
+    assert!(
+        closed_by_the_proxy(&connections, 0),
+        "the proxy closes a connection idle past its idle_timeout"
+    );
+
+    ok(get("long.example.com", "/half-close"));
+    assert!(
+        closed_by_the_proxy(&connections, 1),
+        "the proxy closes an idle connection the origin closed"
+    );
+    ok(get("long.example.com", "/c"));
+    assert_eq!(connections.lock().unwrap().len(), 3, "a new connection");
+}
