@@ -599,7 +599,7 @@ impl ProxyHttp for EdgeProxy {
         // A retry's pick replaces the previous one, giving back its in-flight count.
         ctx.route.in_flight = None;
         let peer = match &upstream.pool {
-            None => upstream.peer().map(|peer| (peer, None)),
+            None => upstream.boxed_peer().map(|peer| (peer, None)),
             Some(_) => {
                 // A retry avoids the address whose connection just failed.
                 let failed = match &ctx.record.upstream_addr {
@@ -615,7 +615,7 @@ impl ProxyHttp for EdgeProxy {
             Some((peer, in_flight)) => {
                 ctx.record.upstream_addr = Some(peer._address.clone());
                 ctx.route.in_flight = in_flight;
-                Ok(Box::new(peer))
+                Ok(peer)
             }
             None if offline_policy(ctx).is_some() => {
                 ctx.offline = true;

@@ -101,7 +101,8 @@ pub struct Upstream {
     /// `address`, which keeps the plain round robin over its answer and pays for no checks.
     pub(crate) pool: Option<Arc<AddressPool>>,
     /// Peer with every option set; only its address changes per request.
-    template: HttpPeer,
+    /// Boxed, so that each request's peer is cloned straight into the box Pingora takes.
+    template: Box<HttpPeer>,
 }
 
 /// How connections reach an upstream (`transport` of `[upstreams.NAME]`).
@@ -158,7 +159,7 @@ impl Upstream {
         timeouts: UpstreamTimeouts,
         addrs: Arc<AddrSlot>,
     ) -> Self {
-        let template = peer_template(&name, port, tls.as_ref(), &timeouts);
+        let template = Box::new(peer_template(&name, port, tls.as_ref(), &timeouts));
         Self {
             name,
             host,
@@ -238,9 +239,9 @@ impl Upstream {
         &self,
         key: &[u8],
         avoid: Option<&SocketAddr>,
-    ) -> Option<(HttpPeer, Option<AddressInFlight>)> {
+    ) -> Option<(Box<HttpPeer>, Option<AddressInFlight>)> {
         let Some(pool) = &self.pool else {
-            return self.peer().map(|peer| (peer, None));
+            return self.boxed_peer().map(|peer| (peer, None));
         };
         let pick = pool.select(key, avoid)?;
         let mut peer = self.template.clone();
@@ -252,6 +253,11 @@ impl Upstream {
     ///
     /// Reads only the in-memory address table: never a DNS lookup on the request path.
     pub fn peer(&self) -> Option<HttpPeer> {
+        self.boxed_peer().map(|peer| *peer)
+    }
+
+    /// [`Self::peer`] in the box Pingora takes it in, cloned there without a move.
+    pub(crate) fn boxed_peer(&self) -> Option<Box<HttpPeer>> {
         let ip = self.addrs.pick()?;
         let mut peer = self.template.clone();
         peer._address = PeerAddr::Inet(SocketAddr::new(ip, self.port));
