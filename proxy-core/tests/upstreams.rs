@@ -860,13 +860,29 @@ async fn a_stalled_buffered_body_gets_408_and_never_reaches_the_origin() {
     assert_eq!(tailnet.peer("app").unwrap().requests(), 0);
 }
 
+/// The next request head on `stream` (bytes read past it stay in `pending`), or `None` once
+/// the connection ends.
+fn next_head(stream: &mut std::net::TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    use std::io::Read;
+    let mut buf = [0u8; 4096];
+    loop {
+        if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(pending.drain(..end + 4).collect());
+        }
+        match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => pending.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
 /// An origin that records each request head as it came over the wire and answers with
 /// header names in mixed case; one connection at a time, on a listener the test holds.
 fn raw_origin() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 ) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
     let addr = listener.local_addr().expect("origin address");
     let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -875,16 +891,7 @@ fn raw_origin() -> (
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
             let mut pending = Vec::new();
-            let mut buf = [0u8; 4096];
-            loop {
-                let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
-                    match stream.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => pending.extend_from_slice(&buf[..n]),
-                    }
-                    continue;
-                };
-                let head: Vec<u8> = pending.drain(..end + 4).collect();
+            while let Some(head) = next_head(&mut stream, &mut pending) {
                 seen.lock()
                     .unwrap()
                     .push(String::from_utf8_lossy(&head).into_owned());
@@ -961,7 +968,7 @@ type Connections = std::sync::Arc<std::sync::Mutex<Vec<bool>>>;
 /// idle in the proxy's pool by then) and shuts its sending side, still reading, so it sees
 /// when the proxy closes the connection.
 fn pooling_origin() -> (std::net::SocketAddr, Connections) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
     let addr = listener.local_addr().expect("origin address");
     let connections = Connections::default();
@@ -977,16 +984,7 @@ fn pooling_origin() -> (std::net::SocketAddr, Connections) {
             let seen = seen.clone();
             std::thread::spawn(move || {
                 let mut pending = Vec::new();
-                let mut buf = [0u8; 4096];
-                loop {
-                    let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        match stream.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => pending.extend_from_slice(&buf[..n]),
-                        }
-                        continue;
-                    };
-                    let head: Vec<u8> = pending.drain(..end + 4).collect();
+                while let Some(head) = next_head(&mut stream, &mut pending) {
                     let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
                     if stream.write_all(reply.as_bytes()).is_err() {
                         break;
