@@ -130,8 +130,18 @@ impl ClientIpPolicy {
         request: &mut RequestHeader,
         client_ip: Option<IpAddr>,
     ) -> Result<()> {
+        self.set_upstream_header_value(request, client_ip.map(ip_header_value))
+    }
+
+    /// [`Self::set_upstream_header`] with the address already made a header value (the
+    /// proxy makes it once per request for this and the forwarding headers).
+    pub(crate) fn set_upstream_header_value(
+        &self,
+        request: &mut RequestHeader,
+        client_ip: Option<HeaderValue>,
+    ) -> Result<()> {
         match client_ip {
-            Some(ip) => request.insert_header(self.header.clone(), ip_header_value(ip))?,
+            Some(ip) => request.insert_header(self.header.clone(), ip)?,
             None => {
                 request.remove_header(&self.header);
             }

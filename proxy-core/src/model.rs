@@ -29,6 +29,7 @@ use crate::upstream::{ResolverSettings, Upstream};
 pub struct ServerSettings {
     pub(crate) listen: Vec<SocketAddr>,
     pub(crate) threads: usize,
+    pub(crate) work_stealing: bool,
     pub(crate) grace_period: Duration,
     pub(crate) shutdown_timeout: Duration,
     pub(crate) upstream_pool_size: usize,

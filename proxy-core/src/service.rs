@@ -557,6 +557,7 @@ fn public_listener(addr: SocketAddr) -> ListenerConfig {
 pub fn server_conf(settings: &ServerSettings) -> ServerConf {
     ServerConf {
         threads: settings.threads,
+        work_stealing: settings.work_stealing,
         grace_period_seconds: Some(whole_seconds(settings.grace_period)),
         graceful_shutdown_timeout_seconds: Some(whole_seconds(settings.shutdown_timeout)),
         upstream_keepalive_pool_size: settings.upstream_pool_size,
@@ -572,4 +573,24 @@ pub fn server_conf(settings: &ServerSettings) -> ServerConf {
 /// Pingora counts shutdown periods in whole seconds; round up so none is cut short.
 fn whole_seconds(duration: Duration) -> u64 {
     duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn conf(server: &str) -> ServerConf {
+        let text = format!("[server]\n{server}");
+        let config = crate::config::load_str(&text, None, Path::new(".")).expect("valid config");
+        server_conf(config.server())
+    }
+
+    #[test]
+    fn threads_keep_their_connections_unless_work_stealing_is_on() {
+        assert!(!conf("threads = 2\n").work_stealing);
+        assert!(conf("threads = 2\nwork_stealing = true\n").work_stealing);
+        assert_eq!(conf("threads = 2\n").threads, 2);
+    }
 }

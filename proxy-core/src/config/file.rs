@@ -114,6 +114,10 @@ pub struct ServerSection {
     pub listen: Option<Vec<String>>,
     /// Worker threads. Default: the number of CPUs.
     pub threads: Option<usize>,
+    /// Whether idle worker threads take tasks queued on busy ones. Off (the default), each
+    /// thread runs its own connections to the end, like nginx's worker processes, and a
+    /// request costs less scheduling. Default: `false`.
+    pub work_stealing: Option<bool>,
     /// How long in-flight requests may run after SIGTERM before the process stops.
     /// Default: [`DEFAULT_GRACE_PERIOD`].
     pub grace_period: Option<String>,

@@ -461,6 +461,11 @@ impl ProxyHttp for EdgeProxy {
         RequestCtx::new(self.config.load_full(), self.observability.as_deref())
     }
 
+    /// None: compression is proxy-core's own (`compress`). Pingora's default adds its
+    /// compression module, disabled, which still cost every request a context, two
+    /// allocations and a call per response header and body chunk.
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     async fn early_request_filter(
         &self,
         session: &mut Session,
@@ -709,10 +714,11 @@ impl ProxyHttp for EdgeProxy {
             };
             rules.render(upstream_request, &vars)
         });
+        let client_ip = ctx.client_ip.map(crate::client::ip_header_value);
         ctx.config
             .client
-            .set_upstream_header(upstream_request, ctx.client_ip)?;
-        apply_forwarded_headers(upstream_request, host_header, ctx.client_ip, ctx.scheme)?;
+            .set_upstream_header_value(upstream_request, client_ip.clone())?;
+        apply_forwarded_headers(upstream_request, host_header, client_ip, ctx.scheme)?;
         if let Some(auth) = location.and_then(|l| l.auth()) {
             auth.prepare_upstream(upstream_request, &ctx.auth_headers)?;
         }

@@ -5,10 +5,8 @@
 use http::{HeaderName, HeaderValue};
 use pingora::http::RequestHeader;
 use pingora::Result;
-use std::net::IpAddr;
 
 use super::HostHeader;
-use crate::client::ip_header_value;
 
 // Typed once: inserting them parses and allocates nothing.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -22,19 +20,18 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 pub(crate) fn apply_forwarded_headers(
     request: &mut RequestHeader,
     host: &HostHeader,
-    client_ip: Option<IpAddr>,
+    client_ip: Option<HeaderValue>,
     scheme: &'static str,
 ) -> Result<()> {
     if let HostHeader::Fixed(value) = host {
         request.insert_header(http::header::HOST, value.as_str())?;
     }
-    if let Some(ip) = client_ip {
-        let ip_text = ip_header_value(ip);
+    if let Some(ip_text) = client_ip {
         let forwarded_for = forwarded_for_value(request, ip_text.clone());
         request.insert_header(&X_FORWARDED_FOR, forwarded_for)?;
         request.insert_header(&X_REAL_IP, ip_text)?;
     }
-    request.insert_header(&X_FORWARDED_PROTO, scheme)?;
+    request.insert_header(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme))?;
     Ok(())
 }
 

@@ -206,7 +206,9 @@ async fn emulated_rtt_delays_new_and_reused_connections() {
     let reply = client.get(far.fqdn(), "/?size=100000").await;
     assert_eq!(reply.body.len(), 100_000);
     let took = again.elapsed();
-    assert!(took >= rtt && took < 2 * rtt, "{took:?}");
+    assert!(took >= rtt, "{took:?}");
+    // The second request rode the first connection: no second handshake to wait for.
+    assert_eq!(far.connections(), 1);
 
     // TLS 1.3 costs one more round trip.
     let started = Instant::now();

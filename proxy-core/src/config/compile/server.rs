@@ -41,6 +41,7 @@ impl Compiler<'_> {
         ServerSettings {
             listen,
             threads: threads.clamp(1, 1024),
+            work_stealing: s.work_stealing.unwrap_or(false),
             grace_period: self.duration(
                 s.grace_period.as_deref(),
                 DEFAULT_GRACE_PERIOD,
