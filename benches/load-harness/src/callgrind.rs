@@ -5,10 +5,12 @@
 //! GETs sent one after another on one keep-alive connection, and is stopped with SIGTERM;
 //! callgrind then writes the instructions each process ran (every thread; nginx's master
 //! and worker each to a file of their own, summed). That is
-//! done twice, with `n1` and `n2` GETs, each time by a fresh process with a fresh cache:
-//! start-up, the readiness probe, the first GET (a miss in the cache-hit scenarios) and
-//! shutdown are the same in both and cancel, so `(I2 - I1) / (n2 - n1)` is what one more
-//! request costs.
+//! done twice, with `n1` and `n2` GETs, each time by a fresh process with a fresh cache.
+//! After the first GET (a miss in the cache-hit scenarios) the counters are zeroed
+//! (`callgrind_control --zero`): start-up work whose length depends on the clock (a timer
+//! library calibrating itself for some milliseconds) would otherwise move the totals by
+//! about a million instructions between runs. Shutdown is the same in both and cancels, so
+//! `(I2 - I1) / (n2 - n1)` is what one more request costs.
 
 use crate::client::Client;
 use crate::scenario::Scenario;
@@ -163,6 +165,9 @@ fn per_request(
             if status != 200 {
                 bail!("GET {path} number {i}: status {status}");
             }
+            if i == 0 {
+                zero_counters()?;
+            }
         }
         drop(client);
         // callgrind writes its counts when the process exits.
@@ -170,6 +175,25 @@ fn per_request(
         totals.push(sum_of_dumps(&out_dir)?);
     }
     difference(totals[0], totals[1], plan)
+}
+
+/// Zeroes the counters of every process running under callgrind (the server under test
+/// and, for nginx, its worker; nothing else runs under callgrind meanwhile).
+fn zero_counters() -> Result<()> {
+    let out = Command::new("callgrind_control")
+        .arg("--zero")
+        .stdin(Stdio::null())
+        .output()
+        .context("running callgrind_control")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || !text.contains("OK") {
+        bail!(
+            "callgrind_control --zero failed ({}): {text}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// The instructions of every dump (`*.out`) in `dir`.
