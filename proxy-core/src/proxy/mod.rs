@@ -25,7 +25,6 @@ mod ctx;
 pub use ctx::RequestCtx;
 
 use arc_swap::ArcSwap;
-use async_trait::async_trait;
 use bytes::Bytes;
 use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
@@ -453,7 +452,6 @@ impl EdgeProxy {
     }
 }
 
-#[async_trait]
 impl ProxyHttp for EdgeProxy {
     type CTX = RequestCtx;
 
