@@ -154,6 +154,8 @@ pub struct HttpPersistentSettings {
     /// across keepalive reuses without the adopter having to re-enable
     /// it on every request.
     pipelining_enabled: bool,
+    /// Patched in: the connection's digest, made by the previous session, for the next.
+    digest: Option<Box<Digest>>,
 }
 
 impl HttpPersistentSettings {
@@ -164,6 +166,7 @@ impl HttpPersistentSettings {
             user_context: None,
             pipelined_prefix: None,
             pipelining_enabled: session.pipelining_enabled(),
+            digest: None,
         }
     }
 
@@ -192,6 +195,7 @@ impl HttpPersistentSettings {
             user_context,
             pipelined_prefix,
             pipelining_enabled,
+            digest: _,
         } = self;
 
         // Reduce the number of times the connection for this session can be
@@ -234,9 +238,10 @@ impl ReusedHttpStream {
     /// Build a reusable HTTP stream from a finished session, preserving any
     /// pipelined prefix bytes in the persistent settings for the next request.
     pub fn from_reusable_stream(
-        reusable: ReusableHttpStream,
+        mut reusable: ReusableHttpStream,
         mut persistent_settings: HttpPersistentSettings,
     ) -> Self {
+        persistent_settings.digest = reusable.take_digest();
         let (stream, pipelined_prefix) = reusable.into_parts();
         if let Some(prefix) = pipelined_prefix {
             persistent_settings.set_pipelined_prefix(prefix);
@@ -259,12 +264,17 @@ pub trait HttpServerApp {
     /// The caller needs to make sure that the connection is in a reusable state
     /// i.e., no error or incomplete read or write headers or bodies. Otherwise
     /// a `None` should be returned.
-    async fn process_new_http(
+    ///
+    /// Patched in: declared to return `impl Future + Send` rather than as an async-trait
+    /// method, so that each request's call is not a boxed, dynamically dispatched future.
+    /// Implement it as `fn process_new_http(..) -> impl Future<..> + Send { async move {..} }`
+    /// inside an `#[async_trait]` impl (whose other methods stay `async fn`).
+    fn process_new_http(
         self: &Arc<Self>,
-        mut session: ServerSession,
+        session: ServerSession,
         // TODO: make this ShutdownWatch so that all task can await on this event
         shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream>;
+    ) -> impl std::future::Future<Output = Option<ReusedHttpStream>> + Send;
 
     /// Provide options on how HTTP/2 connection should be established. This function will be called
     /// every time a new HTTP/2 **connection** needs to be established.
@@ -492,12 +502,13 @@ fn next_request_wait(
 fn h1_session<T: HttpServerApp>(
     app: &T,
     stream: Stream,
-    settings: Option<HttpPersistentSettings>,
+    mut settings: Option<HttpPersistentSettings>,
     prefix: BytesMut,
     first_after: Option<Duration>,
     shutdown: &ShutdownWatch,
 ) -> ServerSession {
-    let mut session = ServerSession::new_http1(stream);
+    let digest = settings.as_mut().and_then(|s| s.digest.take());
+    let mut session = ServerSession::new_http1_with_digest(stream, digest);
     let options = app.server_options();
     match first_after {
         Some(elapsed) => {

@@ -29,7 +29,7 @@
 //! capacity the stream idle the longest is closed, across groups, as pingora-pool's LRU did.
 
 use super::{test_reusable_stream, PoolCallback};
-use crate::protocols::Stream;
+use crate::protocols::{Digest, Stream};
 use parking_lot::Mutex;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,6 +41,8 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 struct IdleStream {
     stream: Stream,
+    /// The digest the stream's last session made, kept for its next one.
+    digest: Option<Box<Digest>>,
     since: Instant,
     timeout: Option<Duration>,
 }
@@ -88,8 +90,15 @@ impl IdlePool {
         }
     }
 
-    /// Keep `stream` for a later [`Self::take`] of `key`, for at most `timeout`.
-    pub(crate) fn put(&self, key: u64, stream: Stream, timeout: Option<Duration>) {
+    /// Keep `stream` (and the digest its session made) for a later [`Self::take`] of `key`,
+    /// for at most `timeout`.
+    pub(crate) fn put(
+        &self,
+        key: u64,
+        stream: Stream,
+        digest: Option<Box<Digest>>,
+        timeout: Option<Duration>,
+    ) {
         let shared = &self.inner;
         if shared.capacity == 0 {
             return;
@@ -104,6 +113,7 @@ impl IdlePool {
             };
             idle.groups.entry(key).or_default().push_back(IdleStream {
                 stream,
+                digest,
                 since: now,
                 timeout,
             });
@@ -123,7 +133,7 @@ impl IdlePool {
 
     /// The most recently released usable stream of `key`, if any. Streams past their idle
     /// timeout, closed, or with unexpected data are closed on the way.
-    pub(crate) fn take(&self, key: u64) -> Option<Stream> {
+    pub(crate) fn take(&self, key: u64) -> Option<(Stream, Option<Box<Digest>>)> {
         let now = Instant::now();
         loop {
             let mut candidate = {
@@ -140,7 +150,7 @@ impl IdlePool {
                 &mut candidate.stream,
                 &self.inner.unexpected_data_conn_count,
             ) {
-                return Some(candidate.stream);
+                return Some((candidate.stream, candidate.digest));
             }
         }
     }
@@ -241,17 +251,17 @@ mod tests {
         let (a, _a_peer) = pair(&listener).await;
         let (b, b_peer) = pair(&listener).await;
         let a_id = a.id();
-        pool.put(1, a, None);
-        pool.put(1, b, None);
+        pool.put(1, a, None, None);
+        pool.put(1, b, None, None);
         drop(b_peer);
         tokio::time::sleep(Duration::from_millis(50)).await;
         // b, the latest, was closed by its peer: a is taken instead
-        assert_eq!(pool.take(1).unwrap().id(), a_id);
+        assert_eq!(pool.take(1).unwrap().0.id(), a_id);
         assert!(pool.take(1).is_none());
         assert!(pool.take(2).is_none());
 
         let (c, _c_peer) = pair(&listener).await;
-        pool.put(1, c, Some(Duration::ZERO));
+        pool.put(1, c, None, Some(Duration::ZERO));
         assert!(pool.take(1).is_none());
         assert_eq!(pool.len(), 0);
     }
@@ -264,13 +274,13 @@ mod tests {
         let (b, _bp) = pair(&listener).await;
         let (c, _cp) = pair(&listener).await;
         let (b_id, c_id) = (b.id(), c.id());
-        pool.put(1, a, None);
-        pool.put(2, b, None);
-        pool.put(1, c, None);
+        pool.put(1, a, None, None);
+        pool.put(2, b, None, None);
+        pool.put(1, c, None, None);
         assert_eq!(pool.len(), 2);
-        assert_eq!(pool.take(1).unwrap().id(), c_id);
+        assert_eq!(pool.take(1).unwrap().0.id(), c_id);
         assert!(pool.take(1).is_none());
-        assert_eq!(pool.take(2).unwrap().id(), b_id);
+        assert_eq!(pool.take(2).unwrap().0.id(), b_id);
     }
 
     #[tokio::test]
@@ -280,9 +290,9 @@ mod tests {
         let (a, mut a_peer) = pair(&listener).await;
         let (b, b_peer) = pair(&listener).await;
         let (c, _c_peer) = pair(&listener).await;
-        pool.put(1, a, None);
-        pool.put(1, b, None);
-        pool.put(2, c, None);
+        pool.put(1, a, None, None);
+        pool.put(1, b, None, None);
+        pool.put(2, c, None, None);
         a_peer.write_all(b"x").await.unwrap();
         drop(b_peer);
         tokio::time::sleep(SWEEP_EVERY * 2 + Duration::from_millis(200)).await;

@@ -24,7 +24,7 @@ mod tls;
 use crate::tls::connectors as tls;
 
 use crate::protocols::l4::ext::attach_connect_local_addr;
-use crate::protocols::{GetSocketDigest, Stream};
+use crate::protocols::{Digest, GetSocketDigest, Stream};
 use crate::server::configuration::ServerConf;
 use crate::upstreams::peer::{Peer, ALPN};
 
@@ -254,9 +254,20 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
+        self.reused_stream_with_digest(peer)
+            .await
+            .map(|(stream, _)| stream)
+    }
+
+    /// [`Self::reused_stream`] with the digest its last session made, if it was released
+    /// with one (patched in).
+    pub(crate) async fn reused_stream_with_digest<P: Peer + Send + Sync>(
+        &self,
+        peer: &P,
+    ) -> Option<(Stream, Option<Box<Digest>>)> {
         // patched in: the idle pool checks the stream it hands out (closed, unexpected data,
         // past its idle timeout) itself
-        let stream = self.idle.take(peer.reuse_hash())?;
+        let (stream, digest) = self.idle.take(peer.reuse_hash())?;
         #[cfg(unix)]
         let matches = matches_peer(&stream, peer);
         #[cfg(windows)]
@@ -271,7 +282,7 @@ impl TransportConnector {
             peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
         };
         if matches {
-            Some(stream)
+            Some((stream, digest))
         } else {
             debug!("idle stream for {peer} does not lead to it, closing it");
             None
@@ -287,14 +298,26 @@ impl TransportConnector {
     /// If a [Stream] is dropped instead of being returned via this function. it will be closed.
     pub fn release_stream(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         key: u64, // usually peer.reuse_hash()
+        idle_timeout: Option<Duration>,
+    ) {
+        self.release_stream_with_digest(stream, None, key, idle_timeout)
+    }
+
+    /// [`Self::release_stream`] keeping the digest its session made for the next one
+    /// (patched in): the digest describes the connection, so it need not be made again.
+    pub(crate) fn release_stream_with_digest(
+        &self,
+        mut stream: Stream,
+        digest: Option<Box<Digest>>,
+        key: u64,
         idle_timeout: Option<Duration>,
     ) {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
-        self.idle.put(key, stream, idle_timeout);
+        self.idle.put(key, stream, digest, idle_timeout);
     }
 
     /// Get a stream to the given server [Peer]
@@ -307,12 +330,21 @@ impl TransportConnector {
         &self,
         peer: &P,
     ) -> Result<(Stream, bool)> {
-        let reused_stream = self.reused_stream(peer).await;
-        if let Some(s) = reused_stream {
-            Ok((s, true))
+        let (stream, _, reused) = self.get_stream_with_digest(peer).await?;
+        Ok((stream, reused))
+    }
+
+    /// [`Self::get_stream`] with the digest a reused stream's last session made, if any
+    /// (patched in).
+    pub(crate) async fn get_stream_with_digest<P: Peer + Send + Sync + 'static>(
+        &self,
+        peer: &P,
+    ) -> Result<(Stream, Option<Box<Digest>>, bool)> {
+        if let Some((stream, digest)) = self.reused_stream_with_digest(peer).await {
+            Ok((stream, digest, true))
         } else {
             let s = self.new_stream(peer).await?;
-            Ok((s, false))
+            Ok((s, None, false))
         }
     }
 

@@ -36,8 +36,8 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Result<(HttpSession, bool)> {
-        let (stream, reused) = self.transport.get_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
+        let (stream, digest, reused) = self.transport.get_stream_with_digest(peer).await?;
+        let http = HttpSession::new_with_options_and_digest(stream, digest, peer);
         Ok((http, reused))
     }
 
@@ -45,8 +45,8 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Option<HttpSession> {
-        let stream = self.transport.reused_stream(peer).await?;
-        let http = HttpSession::new_with_options(stream, peer);
+        let (stream, digest) = self.transport.reused_stream_with_digest(peer).await?;
+        let http = HttpSession::new_with_options_and_digest(stream, digest, peer);
         Some(http)
     }
 
@@ -57,9 +57,13 @@ impl Connector {
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
-        if let Some(stream) = session.reuse().await {
-            self.transport
-                .release_stream(stream, peer.reuse_hash(), idle_timeout);
+        if let Some((stream, digest)) = session.reuse_with_digest().await {
+            self.transport.release_stream_with_digest(
+                stream,
+                Some(digest),
+                peer.reuse_hash(),
+                idle_timeout,
+            );
         }
     }
 

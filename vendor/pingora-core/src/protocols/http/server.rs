@@ -35,6 +35,9 @@ use std::time::Duration;
 pub struct ReusableHttpStream {
     stream: Stream,
     pipelined_prefix: Option<BytesMut>,
+    /// Patched in: the finished session's digest, which describes the connection and so
+    /// serves its next request as it is (see [`Session::new_http1_with_digest`]).
+    digest: Option<Box<Digest>>,
 }
 
 impl ReusableHttpStream {
@@ -42,7 +45,19 @@ impl ReusableHttpStream {
         Self {
             stream,
             pipelined_prefix,
+            digest: None,
         }
+    }
+
+    /// Keeps `digest` (the connection's) for the next session on this stream.
+    pub(crate) fn with_digest(mut self, digest: Box<Digest>) -> Self {
+        self.digest = Some(digest);
+        self
+    }
+
+    /// Takes the digest kept for the next session, if any.
+    pub(crate) fn take_digest(&mut self) -> Option<Box<Digest>> {
+        self.digest.take()
     }
 
     /// Split the reusable connection into its underlying stream and optional
@@ -64,6 +79,13 @@ impl Session {
     /// Create a new [`Session`] from an established connection for HTTP/1.x
     pub fn new_http1(stream: Stream) -> Self {
         Self::H1(SessionV1::new(stream))
+    }
+
+    /// [`Self::new_http1`] with the digest a previous session on the same connection made
+    /// (patched in): it describes the connection, so remaking it for every request (two
+    /// allocations and a clone of each part) is avoided. `None` makes a new one.
+    pub fn new_http1_with_digest(stream: Stream, digest: Option<Box<Digest>>) -> Self {
+        Self::H1(SessionV1::new_with_digest(stream, digest))
     }
 
     /// Create a new [`Session`] from an established HTTP/2 stream

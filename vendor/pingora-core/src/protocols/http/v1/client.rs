@@ -79,12 +79,19 @@ pub struct HttpSession {
 impl HttpSession {
     /// Create a new http client session from an established (TCP or TLS) [`Stream`].
     pub fn new(stream: Stream) -> Self {
-        // TODO: maybe we should put digest in the connection itself
-        let digest = Box::new(Digest {
-            ssl_digest: stream.get_ssl_digest(),
-            timing_digest: stream.get_timing_digest(),
-            proxy_digest: stream.get_proxy_digest(),
-            socket_digest: stream.get_socket_digest(),
+        Self::new_with_digest(stream, None)
+    }
+
+    /// [`Self::new`] with the connection's digest when a previous session on this stream
+    /// made it (patched in); `None` makes it from the stream.
+    pub fn new_with_digest(stream: Stream, digest: Option<Box<Digest>>) -> Self {
+        let digest = digest.unwrap_or_else(|| {
+            Box::new(Digest {
+                ssl_digest: stream.get_ssl_digest(),
+                timing_digest: stream.get_timing_digest(),
+                proxy_digest: stream.get_proxy_digest(),
+                socket_digest: stream.get_socket_digest(),
+            })
         });
         HttpSession {
             underlying_stream: stream,
@@ -113,7 +120,17 @@ impl HttpSession {
 
     /// Create a new http client session and apply peer options
     pub fn new_with_options<P: crate::upstreams::peer::Peer>(stream: Stream, peer: &P) -> Self {
-        let mut session = Self::new(stream);
+        Self::new_with_options_and_digest(stream, None, peer)
+    }
+
+    /// [`Self::new_with_options`] with the connection's digest, as [`Self::new_with_digest`]
+    /// (patched in).
+    pub fn new_with_options_and_digest<P: crate::upstreams::peer::Peer>(
+        stream: Stream,
+        digest: Option<Box<Digest>>,
+        peer: &P,
+    ) -> Self {
+        let mut session = Self::new_with_digest(stream, digest);
         if let Some(options) = peer.get_peer_options() {
             session.set_allow_h1_response_invalid_content_length(
                 options.allow_h1_response_invalid_content_length,
@@ -700,7 +717,13 @@ impl HttpSession {
     /// server is being contacted. A new client session can be created via [`Self::new()`].
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
-    pub async fn reuse(mut self) -> Option<Stream> {
+    pub async fn reuse(self) -> Option<Stream> {
+        self.reuse_with_digest().await.map(|(stream, _)| stream)
+    }
+
+    /// [`Self::reuse`], also handing back the session's digest, which describes the
+    /// connection, for its next session (patched in).
+    pub async fn reuse_with_digest(mut self) -> Option<(Stream, Box<Digest>)> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }
@@ -713,7 +736,7 @@ impl HttpSession {
                 self.shutdown().await;
                 None
             }
-            _ => Some(self.underlying_stream),
+            _ => Some((self.underlying_stream, self.digest)),
         }
     }
 
