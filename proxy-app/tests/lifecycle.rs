@@ -178,6 +178,34 @@ async fn sigterm_with_nothing_in_flight_exits_without_waiting_out_the_grace_peri
     assert!(status.success(), "exit status {status}");
 }
 
+#[tokio::test]
+async fn two_worker_threads_serve_and_stop_with_and_without_work_stealing() {
+    let tailnet = tailnet(&["docs"]).await;
+    for stealing in [false, true] {
+        let config = sites_config(&tailnet, &["docs"]).replace(
+            "threads = 1",
+            &format!("threads = 2\nwork_stealing = {stealing}"),
+        );
+        let mut proxy = Proxy::start(&config);
+        for _ in 0..20 {
+            let reply = get(&proxy, "docs.example.com", "/").await;
+            assert_eq!(reply.status, 200, "work_stealing = {stealing}");
+            assert_eq!(
+                reply.body, "hello from docs\n",
+                "work_stealing = {stealing}"
+            );
+        }
+        proxy.signal("TERM");
+        let status = proxy
+            .wait_exit(Duration::from_secs(20))
+            .expect("exits once drained");
+        assert!(
+            status.success(),
+            "work_stealing = {stealing}: exit status {status}"
+        );
+    }
+}
+
 #[cfg(feature = "demo")]
 #[tokio::test]
 async fn demo_serves_docs_over_tls_from_the_built_in_fake_tailnet() {
