@@ -18,21 +18,37 @@ pub fn normalize_host(raw: &[u8]) -> Result<Option<String>, HostError> {
     if host.is_empty() {
         return Ok(None);
     }
-    // One pass: every byte allowed (all ASCII), no empty label (a leading dot or `..`),
-    // lower-cased as it is copied.
-    let mut text = String::with_capacity(host.len());
+    // Every byte allowed (all ASCII), no empty label (a leading dot or `..`), lower-cased as
+    // it is copied: one table look-up per byte.
+    let mut lowered = vec![0; host.len()];
     let mut previous = b'.';
-    for &b in host {
-        let allowed =
-            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'[' | b']' | b':');
-        if !allowed || (b == b'.' && previous == b'.') {
+    for (out, &b) in lowered.iter_mut().zip(host) {
+        let mapped = HOST_BYTES[usize::from(b)];
+        if mapped == 0 || (b == b'.' && previous == b'.') {
             return Err(HostError::Invalid);
         }
-        text.push(char::from(b.to_ascii_lowercase()));
+        *out = mapped;
         previous = b;
     }
-    Ok(Some(text))
+    // Only ASCII bytes are allowed through the table.
+    String::from_utf8(lowered)
+        .map(Some)
+        .map_err(|_| HostError::Invalid)
 }
+
+/// Each byte allowed in a host, lower-cased; 0 for the bytes that are not.
+const HOST_BYTES: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 256 {
+        let byte = b as u8;
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'[' | b']' | b':') {
+            table[b] = byte.to_ascii_lowercase();
+        }
+        b += 1;
+    }
+    table
+};
 
 fn strip_port(raw: &[u8]) -> Result<&[u8], HostError> {
     if raw.first() == Some(&b'[') {

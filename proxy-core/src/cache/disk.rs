@@ -18,8 +18,10 @@ use std::sync::Arc;
 
 use super::storage::PurgeTags;
 
-/// Identifies our files (and their format version).
-const MAGIC: &[u8; 8] = b"EDGEC01\n";
+/// Identifies our files (and their format version). Version 2: files are named by the
+/// BLAKE3-based key hash (`CacheKeyPolicy::lookup_key`); version 1's, named by BLAKE2b, would
+/// never be found again, so a start removes them as foreign.
+const MAGIC: &[u8; 8] = b"EDGEC02\n";
 const CHECKSUM_LEN: usize = 16;
 const FILE_SUFFIX: &str = ".entry";
 
@@ -365,6 +367,26 @@ mod tests {
         assert_eq!(&kept.body[..], &[4u8; 1000][..]);
         assert_eq!(reopened.remove_matching(|t| &*t.host == "a.com").len(), 3);
         assert!(reopened.read(&[4; 16]).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn version_one_files_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let tier = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        tier.write_now([3; 16], &record(b"body")).unwrap();
+        let path = tier.path(&[3; 16]);
+        drop(tier);
+        // The same entry as version 1 wrote it: its own magic, a valid checksum.
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.truncate(bytes.len() - CHECKSUM_LEN);
+        bytes[..MAGIC.len()].copy_from_slice(b"EDGEC01\n");
+        let checksum = Checksum::digest(&bytes);
+        bytes.extend_from_slice(&checksum);
+        std::fs::write(&path, bytes).unwrap();
+        let reopened = DiskTier::open(dir.path(), 1 << 20).unwrap();
+        assert!(!path.exists(), "a version 1 file is removed");
+        assert_eq!(reopened.used_bytes(), 0);
+        assert!(reopened.read(&[3; 16]).await.is_none());
     }
 
     #[tokio::test]

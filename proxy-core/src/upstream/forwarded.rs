@@ -24,7 +24,7 @@ pub(crate) fn apply_forwarded_headers(
     scheme: &'static str,
 ) -> Result<()> {
     if let HostHeader::Fixed(value) = host {
-        request.insert_header(http::header::HOST, value.as_str())?;
+        request.insert_header(http::header::HOST, value.clone())?;
     }
     if let Some(ip_text) = client_ip {
         let forwarded_for = forwarded_for_value(request, ip_text.clone());

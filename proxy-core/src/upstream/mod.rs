@@ -28,8 +28,8 @@ use std::time::Duration;
 pub(crate) enum HostHeader {
     /// The client's Host header, unchanged (`"$host"`).
     Client,
-    /// A fixed value.
-    Fixed(String),
+    /// A fixed value, made a header value once.
+    Fixed(http::HeaderValue),
 }
 
 impl HostHeader {
@@ -42,8 +42,8 @@ impl HostHeader {
             && text.bytes().all(|b| {
                 b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b':' | b'_' | b'[' | b']')
             });
-        if valid {
-            Ok(Self::Fixed(text.to_string()))
+        if let (true, Ok(value)) = (valid, http::HeaderValue::from_str(text)) {
+            Ok(Self::Fixed(value))
         } else {
             Err(format!(
                 "invalid host header `{text}`: expected a host name or \"$host\""

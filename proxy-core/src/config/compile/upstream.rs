@@ -109,7 +109,10 @@ impl Compiler<'_> {
         let tls = self.upstream_tls(u, &host, key);
         let host_header = match u.host_header.as_deref() {
             Some(text) => self.host_header(text, key.key("host_header"))?,
-            None => HostHeader::Fixed(default_host_header(&host, port, tls.is_some())),
+            None => self.host_header(
+                &default_host_header(&host, port, tls.is_some()),
+                key.key("host_header"),
+            )?,
         };
         let timeouts = UpstreamTimeouts {
             connect: self.duration(
@@ -271,7 +274,8 @@ impl Compiler<'_> {
         let retry = members.len() > 1 && u.retry.unwrap_or(DEFAULT_RETRY);
         let health = self.health(u.health.as_ref(), &key.key("health"));
         let host_header = match &upstream.host_header {
-            HostHeader::Fixed(text) => text.clone(),
+            // Made from text that was checked to be ASCII.
+            HostHeader::Fixed(value) => String::from_utf8_lossy(value.as_bytes()).into_owned(),
             HostHeader::Client => {
                 let (host, port) = upstream.address();
                 default_host_header(host, port, upstream.is_tls())

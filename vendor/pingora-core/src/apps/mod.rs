@@ -550,23 +550,20 @@ enum Arrival {
 }
 
 /// Waits up to `wait` for the first bytes of a request and reads at most `most` of them.
-/// The buffer they are read into exists only while a read can succeed, not while waiting.
+/// The buffer they are kept in is made only once they have come, not while waiting.
 async fn first_bytes(
     stream: &mut Stream,
     wait: Duration,
     most: usize,
     shutdown: Option<&ShutdownWatch>,
 ) -> Arrival {
-    use bytes::BufMut;
     use std::task::Poll;
     use tokio::io::{AsyncRead, ReadBuf};
     let read = std::future::poll_fn(|cx| {
-        let mut buf = BytesMut::with_capacity(most);
-        // Read into the buffer's spare capacity, as `tokio_util::io::poll_read_buf` does.
-        // SAFETY: `ReadBuf` never de-initialises what it is given, and only the bytes it
-        // reports filled (and so initialised) are added to `buf`.
-        let spare = unsafe { buf.chunk_mut().as_uninit_slice_mut() };
-        let mut read_buf = ReadBuf::uninit(spare);
+        // Read onto the stack and copy what came into a buffer of its own: most polls here
+        // find nothing to read, and a heap buffer would be made and freed for each of them.
+        let mut landing = [std::mem::MaybeUninit::<u8>::uninit(); INIT_HEAD_READ];
+        let mut read_buf = ReadBuf::uninit(&mut landing[..most.min(INIT_HEAD_READ)]);
         let start = read_buf.filled().as_ptr();
         match std::pin::Pin::new(&mut *stream).poll_read(cx, &mut read_buf) {
             Poll::Pending => Poll::Pending,
@@ -575,14 +572,17 @@ async fn first_bytes(
                 Poll::Ready(None)
             }
             Poll::Ready(Ok(())) => {
-                let n = read_buf.filled().len();
+                let filled = read_buf.filled();
                 // The reader must not have swapped the buffer for another.
-                if read_buf.filled().as_ptr() != start {
+                if filled.as_ptr() != start {
                     return Poll::Ready(None);
                 }
-                // SAFETY: the first `n` bytes of the spare capacity were filled above.
-                unsafe { buf.advance_mut(n) };
-                Poll::Ready((n > 0).then_some(buf))
+                if filled.is_empty() {
+                    return Poll::Ready(None);
+                }
+                let mut buf = BytesMut::with_capacity(most);
+                buf.extend_from_slice(filled);
+                Poll::Ready(Some(buf))
             }
         }
     });

@@ -542,13 +542,23 @@ pub struct Stream {
     offload_wait_duration: Option<Duration>,
     /// The distributed tracing object for this stream
     pub tracer: Option<Tracer>,
-    read_pending_time: AccumulatedDuration,
+    /// Patched in: kept only once asked for ([`Stream::track_read_pending_time`]); keeping it
+    /// reads the clock twice per read that waits, and nothing in Pingora reads it.
+    read_pending_time: Option<AccumulatedDuration>,
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
 }
 
 impl Stream {
+    /// Patched in: from now on, add up the time reads wait for data, for
+    /// [`GetTimingDigest::get_read_pending_time`] (which reports zero for a stream that does
+    /// not keep it).
+    pub fn track_read_pending_time(&mut self) {
+        self.read_pending_time
+            .get_or_insert_with(AccumulatedDuration::new);
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }
@@ -703,7 +713,7 @@ impl From<TcpStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
+            read_pending_time: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -728,7 +738,7 @@ impl From<virt::VirtualSocketStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
+            read_pending_time: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -754,7 +764,7 @@ impl From<UnixStream> for Stream {
             proxy_digest: None,
             socket_digest: None,
             tracer: None,
-            read_pending_time: AccumulatedDuration::new(),
+            read_pending_time: None,
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
         }
@@ -827,7 +837,9 @@ impl GetTimingDigest for Stream {
     }
 
     fn get_read_pending_time(&self) -> Duration {
-        self.read_pending_time.total
+        self.read_pending_time
+            .as_ref()
+            .map_or(Duration::ZERO, |pending| pending.total)
     }
 
     fn get_write_pending_time(&self) -> Duration {
@@ -913,7 +925,9 @@ impl AsyncRead for Stream {
         } else {
             Pin::new(&mut self.stream_mut()).poll_read(cx, buf)
         };
-        self.read_pending_time.poll_time(&result);
+        if let Some(pending) = self.read_pending_time.as_mut() {
+            pending.poll_time(&result);
+        }
         self.rx_ts = self.stream().get_ref().rx_ts;
         result
     }

@@ -28,6 +28,7 @@ use pingora_http::{IntoCaseHeaderName, RequestHeader, ResponseHeader};
 use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
+use std::mem::MaybeUninit;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -428,9 +429,11 @@ impl HttpSession {
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
             loop {
-                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                let mut req = httparse::Request::new(&mut headers);
-                let parsed = parse_req_buffer(&mut req, &buf);
+                // Patched in: left uninitialised for httparse to fill (8 KiB that every
+                // request used to write before parsing).
+                let mut headers = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+                let mut req = httparse::Request::new(&mut []);
+                let parsed = parse_req_buffer(&mut req, &buf, &mut headers);
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         check_complete_head(&req, s, &limits)?;
@@ -1960,23 +1963,37 @@ fn check_complete_head(req: &httparse::Request<'_, '_>, size: usize, limits: &Re
 }
 
 #[inline]
-fn parse_req_buffer<'buf>(
-    req: &mut httparse::Request<'_, 'buf>,
+fn parse_req_buffer<'headers, 'buf>(
+    req: &mut httparse::Request<'headers, 'buf>,
     buf: &'buf [u8],
+    headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
 ) -> HeaderParseState {
     use httparse::Result;
 
     #[cfg(feature = "patched_http1")]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        for header in headers.iter_mut() {
+            header.write(httparse::EMPTY_HEADER);
+        }
+        // SAFETY: every element was initialised just above.
+        req.headers = unsafe { &mut *(headers as *mut [_] as *mut [httparse::Header<'buf>]) };
         req.parse_unchecked(buf)
     }
 
     #[cfg(not(feature = "patched_http1"))]
-    fn parse<'buf>(req: &mut httparse::Request<'_, 'buf>, buf: &'buf [u8]) -> Result<usize> {
-        req.parse(buf)
+    fn parse<'headers, 'buf>(
+        req: &mut httparse::Request<'headers, 'buf>,
+        buf: &'buf [u8],
+        headers: &'headers mut [MaybeUninit<httparse::Header<'buf>>],
+    ) -> Result<usize> {
+        req.parse_with_uninit_headers(buf, headers)
     }
 
-    let res = match parse(req, buf) {
+    let res = match parse(req, buf, headers) {
         Ok(s) => s,
         Err(e) => {
             return HeaderParseState::Invalid(e);
