@@ -179,6 +179,60 @@ async fn sigterm_with_nothing_in_flight_exits_without_waiting_out_the_grace_peri
 }
 
 #[tokio::test]
+async fn sigterm_closes_idle_keepalive_connections_after_any_number_of_requests() {
+    use std::io::{Read, Write};
+    let tailnet = tailnet(&["docs"]).await;
+    // A grace period longer than the reads below wait: the connections are closed because
+    // they are idle, not because the grace period ran out.
+    let config = sites_config(&tailnet, &["docs"])
+        .replace("grace_period = \"3s\"", "grace_period = \"60s\"");
+    let mut proxy = Proxy::start(&config);
+    // One connection per number of requests served on it before it goes idle: the wait for
+    // the next request watches for a shutdown from the second request on, and that watch is
+    // kept from one wait to the next.
+    let mut idle = Vec::new();
+    for requests in 1..=3 {
+        let mut conn = std::net::TcpStream::connect(proxy.addr).unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        for _ in 0..requests {
+            conn.write_all(b"GET / HTTP/1.1\r\nHost: docs.example.com\r\n\r\n")
+                .unwrap();
+            let mut reply = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !String::from_utf8_lossy(&reply).ends_with("hello from docs\n") {
+                let n = conn.read(&mut chunk).expect("a whole answer");
+                assert!(
+                    n > 0,
+                    "closed mid-answer: {}",
+                    String::from_utf8_lossy(&reply)
+                );
+                reply.extend_from_slice(&chunk[..n]);
+            }
+            let text = String::from_utf8_lossy(&reply);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(
+                !text.to_ascii_lowercase().contains("connection: close"),
+                "{text}"
+            );
+        }
+        idle.push((requests, conn));
+    }
+    proxy.signal("TERM");
+    for (requests, mut conn) in idle {
+        let mut rest = Vec::new();
+        // End of stream, not the read timeout: the proxy closes the idle connection.
+        conn.read_to_end(&mut rest)
+            .unwrap_or_else(|e| panic!("after {requests} requests: {e}"));
+        assert!(rest.is_empty(), "after {requests} requests: {rest:?}");
+    }
+    let status = proxy
+        .wait_exit(Duration::from_secs(20))
+        .expect("exits once its connections are closed");
+    assert!(status.success(), "exit status {status}");
+}
+
+#[tokio::test]
 async fn two_worker_threads_serve_and_stop_with_and_without_work_stealing() {
     let tailnet = tailnet(&["docs"]).await;
     for stealing in [false, true] {

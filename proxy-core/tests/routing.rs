@@ -256,6 +256,8 @@ async fn ambiguous_framing_and_bad_hosts_are_refused() {
         ("bad host", "GET / HTTP/1.1\r\nHost: app.example.com/x\r\n\r\n"),
         ("absolute-form other host", "GET http://other.example.com/ HTTP/1.1\r\nHost: app.example.com\r\n\r\n"),
         ("conflicting lengths", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd"),
+        ("conflicting list", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 4\r\nContent-Length: 4, 3\r\n\r\nabcd"),
+        ("signed length", "POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: +4\r\n\r\nabcd"),
         ("CONNECT", "CONNECT app.example.com:443 HTTP/1.1\r\nHost: app.example.com:443\r\n\r\n"),
     ];
     for (name, request) in cases {

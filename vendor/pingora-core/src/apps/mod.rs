@@ -432,6 +432,17 @@ where
     let options = app.server_options();
     let mut settings: Option<HttpPersistentSettings> = None;
     let mut first = true;
+    // One wait for a graceful shutdown per connection, not one per request: made once, it
+    // stays registered with the watch between requests instead of registering and leaving
+    // again around each wait.
+    let mut watch = shutdown.clone();
+    let shutdown_wait = async move {
+        if watch.wait_for(|stop| *stop).await.is_err() {
+            // No one can shut this server down any more: wait on.
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::pin!(shutdown_wait);
     loop {
         let carried = settings
             .as_mut()
@@ -446,7 +457,8 @@ where
                         .unwrap_or(DEFAULT_FIRST_READ_TIMEOUT);
                     (limit.saturating_sub(started.elapsed()), None)
                 } else {
-                    (next_request_wait(options, settings.as_ref()), Some(shutdown))
+                    let wait = next_request_wait(options, settings.as_ref());
+                    (wait, Some(shutdown_wait.as_mut()))
                 };
                 let most = options.map_or(INIT_HEAD_READ, |o| {
                     o.h1_request_head.max_size.clamp(1, INIT_HEAD_READ)
@@ -555,7 +567,7 @@ async fn first_bytes(
     stream: &mut Stream,
     wait: Duration,
     most: usize,
-    shutdown: Option<&ShutdownWatch>,
+    shutdown: Option<std::pin::Pin<&mut impl std::future::Future<Output = ()>>>,
 ) -> Arrival {
     use std::task::Poll;
     use tokio::io::{AsyncRead, ReadBuf};
@@ -588,13 +600,7 @@ async fn first_bytes(
     });
     let stop = async {
         match shutdown {
-            Some(shutdown) => {
-                let mut shutdown = shutdown.clone();
-                if shutdown.wait_for(|stop| *stop).await.is_err() {
-                    // No one can shut this server down any more: wait on.
-                    std::future::pending::<()>().await;
-                }
-            }
+            Some(shutdown) => shutdown.await,
             None => std::future::pending().await,
         }
     };

@@ -73,6 +73,9 @@ pub struct HttpSession {
     // If allowed, does not fail with error on invalid content-length
     // (treats as close-delimited response).
     allow_h1_response_invalid_content_length: bool,
+    // Patched in: whether the response head as read had `Transfer-Encoding` (true until one
+    // is read), so that a response without it (most) does not look it up twice more.
+    response_transfer_encoding: bool,
 }
 
 /// HTTP 1.x client session
@@ -115,6 +118,7 @@ impl HttpSession {
             received_upgrade_req_body: false,
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
+            response_transfer_encoding: true,
         }
     }
 
@@ -240,7 +244,12 @@ impl HttpSession {
         // unrecoverable framing error. A peer may opt to tolerate a single,
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
-        if let Err(e) = super::common::validate_content_length(&resp_header.headers) {
+        // Patched in: without `Transfer-Encoding`, as read, `Content-Length` frames the body.
+        let framing = match self.response_transfer_encoding {
+            true => super::common::validate_content_length(&resp_header.headers),
+            false => content_length_for_framing(&resp_header.headers).map(|_| ()),
+        };
+        if let Err(e) = framing {
             if self.allow_h1_response_invalid_content_length
                 && super::common::content_length_is_single_token(&resp_header.headers)
             {
@@ -376,6 +385,7 @@ impl HttpSession {
                         self.preread_body = Some(BufRef(s, total_read));
                         self.buf = buf;
                         self.response_header = Some(response_header);
+                        self.response_transfer_encoding = contains_transfer_encoding;
                         if let Err(e) = self.validate_response() {
                             return self.fail_response_header_read(e);
                         }
@@ -776,7 +786,7 @@ impl HttpSession {
             if upgraded {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;
-            } else if self.is_chunked_encoding() {
+            } else if self.response_transfer_encoding && self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
             } else if let Some(cl) = self.get_content_length().unwrap_or(None) {

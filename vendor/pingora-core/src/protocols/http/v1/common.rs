@@ -343,16 +343,29 @@ fn content_length_parse_values<'a>(values: impl Iterator<Item = &'a HeaderValue>
     // alright if they all contain the same value, and all parse correctly. If
     // not, then it's an error.
     let mut content_length: Option<u64> = None;
+    let mut reconcile = |n: u64| match content_length {
+        None => {
+            content_length = Some(n);
+            true
+        }
+        Some(prev) => prev == n,
+    };
     for value in values {
+        // Patched in: a value of digits alone (nearly all) is its number; only others are
+        // split into a list.
+        if let Some(n) = from_digits(value.as_bytes()) {
+            if !reconcile(n) {
+                return None;
+            }
+            continue;
+        }
         // A non-visible-ASCII value can't be a valid Content-Length, so the
         // framing is ambiguous.
         let line = value.to_str().ok()?;
         for v in line.split(',') {
             let n = from_digits(v.trim().as_bytes())?;
-            match content_length {
-                None => content_length = Some(n),
-                Some(prev) if prev != n => return None,
-                Some(_) => {}
+            if !reconcile(n) {
+                return None;
             }
         }
     }

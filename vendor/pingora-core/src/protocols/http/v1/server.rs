@@ -110,6 +110,10 @@ pub struct HttpSession {
     response_written: Option<Box<ResponseHeader>>,
     /// The parsed request header
     request_header: Option<Box<RequestHeader>>,
+    /// Patched in: the request head as read had neither `Transfer-Encoding` nor
+    /// `Content-Length`, so its body is empty (RFC 9112 section 6.3) and neither needs to be
+    /// looked up again to validate it or to read its body.
+    request_unframed: bool,
     /// An internal buffer that holds a copy of the request body up to a certain size
     retry_buffer: Option<FixedBuffer>,
     /// Whether this session is an upgraded session. This flag is calculated when sending the
@@ -232,6 +236,7 @@ impl HttpSession {
             update_resp_headers: true,
             response_written: None,
             request_header: None,
+            request_unframed: false,
             read_timeout: Some(Duration::from_secs(60)),
             write_timeout: None,
             total_drain_timeout: None,
@@ -520,6 +525,8 @@ impl HttpSession {
                         self.buf = buf;
                         self.preread_body = Some(preread_body);
                         self.request_header = Some(request_header);
+                        self.request_unframed =
+                            !contains_transfer_encoding && !contains_content_length;
 
                         self.body_reader.reinit();
                         self.pipelined_idle_bytes_stashed = false;
@@ -530,7 +537,13 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        self.validate_request()?;
+                        if self.request_unframed {
+                            // All that `validate_request` checks of a request without either
+                            // framing header.
+                            validate_request_authority(self.req_header())?;
+                        } else {
+                            self.validate_request()?;
+                        }
 
                         return Ok(Some(s));
                     }
@@ -1243,6 +1256,9 @@ impl HttpSession {
                 // if upgraded _post_ 101 (and body was not init yet)
                 // treat as upgraded body (pass through until closed)
                 self.body_reader.init_close_delimited_owned(preread_body);
+            } else if self.request_unframed {
+                // Framed by the head as read: neither header, no body.
+                self.body_reader.init_content_length_owned(0, preread_body);
             } else if self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked_owned(preread_body);
