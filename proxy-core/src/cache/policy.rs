@@ -99,7 +99,9 @@ impl CacheKeyPolicy {
     pub fn lookup_key(&self, scheme: &str, host: &str, req: &RequestHeader) -> CacheKey {
         let primary = self.primary(scheme, host, req);
         let hash = primary_hash(primary.as_bytes());
-        let mut key = CacheKey::new(primary, host);
+        // No user tag: it is for storage backends with per-user quotas, which this one is
+        // not, and it would copy the host into every key.
+        let mut key = CacheKey::new(primary, String::new());
         key.set_primary_bin_override(hash);
         key
     }
