@@ -537,13 +537,7 @@ impl HttpSession {
                         if has_both_te_and_cl {
                             self.set_keepalive(None);
                         }
-                        if self.request_unframed {
-                            // All that `validate_request` checks of a request without either
-                            // framing header.
-                            validate_request_authority(self.req_header())?;
-                        } else {
-                            self.validate_request()?;
-                        }
+                        self.validate_request()?;
 
                         return Ok(Some(s));
                     }
@@ -604,6 +598,11 @@ impl HttpSession {
 
         // Reject an ambiguous authority before anything routes on it.
         validate_request_authority(req_header)?;
+
+        // Patched in: a head read without either framing header has nothing more to check.
+        if self.request_unframed {
+            return Ok(());
+        }
 
         // Validate/reconcile Content-Length per RFC 9110 section 8.6 (hyper
         // parity): identical duplicates and comma-combined identical values are
