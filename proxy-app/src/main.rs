@@ -78,7 +78,6 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    alloc::return_freed_memory_at_once();
     init_logging();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -161,7 +160,8 @@ fn serve(
     let listen = config.server().listen().to_vec();
     let admin = config.admin().listen();
     let grace_period = config.server().grace_period();
-    let services = EdgeServices::new(&server.configuration, config);
+    let mut services = EdgeServices::new(&server.configuration, config);
+    services.trim_memory_with(alloc::give_back_freed_memory);
     services.prime_resolver(STARTUP_DNS_WAIT);
     #[cfg(feature = "tailscale-rs")]
     if let Some(limit) = wait_for_tailnet {

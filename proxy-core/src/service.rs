@@ -54,6 +54,7 @@ pub struct EdgeServices {
     #[cfg(feature = "tailscale-rs")]
     userspace: Arc<crate::tailnet::UserspaceTailnet>,
     bans: Arc<BanTable>,
+    memory_trim: Option<fn()>,
 }
 
 impl EdgeServices {
@@ -172,6 +173,7 @@ impl EdgeServices {
             #[cfg(feature = "tailscale-rs")]
             userspace,
             bans,
+            memory_trim: None,
         }
     }
 
@@ -244,6 +246,17 @@ impl EdgeServices {
         self.open_connections.clone()
     }
 
+    /// Has the public proxy call `trim` on a worker thread a second after client connections
+    /// opened or closed there, once for all that did meanwhile (so at most once a second per
+    /// thread; with work stealing, on whichever thread runs the call): for an allocator that
+    /// keeps freed memory until asked to give it back (mimalloc's `mi_collect`, glibc's
+    /// `malloc_trim`), so that a worker gone quiet after a burst of connections returns
+    /// their memory without the allocator purging on every free, which a busy worker pays
+    /// for in page faults.
+    pub fn trim_memory_with(&mut self, trim: fn()) {
+        self.memory_trim = Some(trim);
+    }
+
     /// The admin app, to add actions to it ([`AdminApp::add_action`]) before serving.
     pub fn admin_mut(&mut self) -> &mut AdminApp {
         &mut self.admin
@@ -305,6 +318,7 @@ impl EdgeServices {
             open: self.open_connections.clone(),
             max: settings.max_connections,
             metrics: self.observability.metrics().clone(),
+            trim: self.memory_trim,
         }
     }
 }
@@ -317,6 +331,7 @@ pub struct ConnectionLimit<A> {
     open: OpenConnections,
     max: usize,
     metrics: Arc<Metrics>,
+    trim: Option<fn()>,
 }
 
 impl<A> ConnectionLimit<A> {
@@ -327,8 +342,46 @@ impl<A> ConnectionLimit<A> {
             open,
             max,
             metrics,
+            trim: None,
         }
     }
+
+    /// Calls `trim` a second after a connection starts or ends on a worker thread, once
+    /// for all that start or end there meanwhile (a task on that thread's runtime; with work
+    /// stealing, on whichever thread runs it).
+    pub fn trim_memory_with(mut self, trim: fn()) -> Self {
+        self.trim = Some(trim);
+        self
+    }
+}
+
+/// How long after a connection starts or ends [`ConnectionLimit::trim_memory_with`]'s call
+/// comes: long enough that a busy worker makes it about once a second, short enough that a
+/// burst's memory is back soon after the burst.
+const TRIM_AFTER: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// Whether a trim is already due on this thread (shared with the task that makes it,
+    /// which clears it wherever it runs).
+    static TRIM_DUE: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+}
+
+/// Has `trim` run [`TRIM_AFTER`] from now unless it already will on this thread.
+fn schedule_trim(trim: fn()) {
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    TRIM_DUE.with(|due| {
+        if due.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let due = due.clone();
+        runtime.spawn(async move {
+            tokio::time::sleep(TRIM_AFTER).await;
+            due.store(false, Ordering::Relaxed);
+            trim();
+        });
+    });
 }
 
 /// A count of open connections, shared by whoever holds a clone.
@@ -371,7 +424,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         }
         self.metrics.client_connections(1.0);
         let _open = OpenConnection(open.clone(), self.metrics.clone());
-        self.inner.process_new(stream, shutdown).await
+        // Both ends: a burst of new connections leaves their first requests' buffers freed
+        // behind them, a burst of closes the connections' own memory.
+        if let Some(trim) = self.trim {
+            schedule_trim(trim);
+        }
+        let reuse = self.inner.process_new(stream, shutdown).await;
+        if let Some(trim) = self.trim {
+            schedule_trim(trim);
+        }
+        reuse
     }
 
     async fn cleanup(&self) {

@@ -399,3 +399,43 @@ async fn an_origin_response_head_over_max_response_header_is_a_502() {
     let big = get(&edge, "app.example.com", "/up/b?header_size=10000").await;
     assert_eq!(big.status, 502, "{big:?}");
 }
+
+/// Calls of [`count_trim`] in this test process.
+static TRIMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+fn count_trim() {
+    TRIMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+#[tokio::test]
+async fn memory_is_trimmed_after_connections_close_once_for_a_burst() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start_with_setup(&config(&tailnet, ""), &[], |services| {
+        services.trim_memory_with(count_trim)
+    });
+    // The start-up health check's connection closed: its trim comes a second later.
+    let mut waited = 0;
+    while TRIMS.load(std::sync::atomic::Ordering::Relaxed) == 0 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    assert_eq!(TRIMS.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // A burst of connections, each closed after its answer: one trim after them, not one
+    // per connection.
+    for n in 0..50 {
+        let mut stream = connect(&edge);
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let reply = read_response(&mut stream);
+        assert!(reply.starts_with("HTTP/1.1 200"), "connection {n}: {reply}");
+        assert!(closed_by_server(&mut stream), "connection {n} left open");
+    }
+    let mut waited = 0;
+    while TRIMS.load(std::sync::atomic::Ordering::Relaxed) == 1 && waited < 100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        waited += 1;
+    }
+    let trims = TRIMS.load(std::sync::atomic::Ordering::Relaxed);
+    assert!((2..10).contains(&trims), "{trims} trims for 51 connections");
+}
