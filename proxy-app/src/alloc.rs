@@ -25,8 +25,8 @@ use std::ffi::c_void;
 /// closed, RSS stayed at 4-6 times its idle value. Purging at once on every free instead
 /// (`MIMALLOC_PURGE_DELAY=0`) returns it, but a busy worker then pays a page fault and a
 /// half for every proxied request, re-touching the pages of the buffers it just freed
-/// (about 5% of its CPU time); so the proxy calls this a second after connections close
-/// ([`proxy_core::EdgeServices::trim_memory_with`]).
+/// (about 5% of its CPU time); so the proxy calls this a second after connections open or
+/// close ([`proxy_core::EdgeServices::trim_memory_with`]).
 pub fn give_back_freed_memory() {
     // SAFETY: a plain call into mimalloc, which may be made from any thread at any time.
     unsafe { mi::mi_collect(true) }

@@ -353,6 +353,14 @@ impl<A> ConnectionLimit<A> {
         self.trim = Some(trim);
         self
     }
+
+    /// Has the trim, if any, run [`TRIM_AFTER`] from now unless it already will on this
+    /// thread.
+    fn trim_soon(&self) {
+        if let Some(trim) = self.trim {
+            schedule_trim(trim);
+        }
+    }
 }
 
 /// How long after a connection starts or ends [`ConnectionLimit::trim_memory_with`]'s call
@@ -426,13 +434,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
         let _open = OpenConnection(open.clone(), self.metrics.clone());
         // Both ends: a burst of new connections leaves their first requests' buffers freed
         // behind them, a burst of closes the connections' own memory.
-        if let Some(trim) = self.trim {
-            schedule_trim(trim);
-        }
+        self.trim_soon();
         let reuse = self.inner.process_new(stream, shutdown).await;
-        if let Some(trim) = self.trim {
-            schedule_trim(trim);
-        }
+        self.trim_soon();
         reuse
     }
 
