@@ -653,6 +653,35 @@ mod tests {
         server_conf(config.server())
     }
 
+    /// A connection's own future lives as long as the connection, also while it waits for a
+    /// request: it must not hold a request's future (several KiB, made when a request
+    /// begins), or every idle keep-alive connection costs that much.
+    #[tokio::test]
+    async fn a_connection_waiting_for_a_request_holds_no_request_future() {
+        let text = "[sites.docs]\nhosts = [\"docs.example.com\"]\n[[sites.docs.locations]]\n\
+                    match = \"/\"\nreturn = { body = \"hi\" }\n";
+        let config = crate::config::load_str(text, None, Path::new(".")).expect("valid config");
+        let apps = EdgeServices::new(&Arc::new(server_conf(config.server())), config).into_apps();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let address = listener.local_addr().expect("address");
+        let _client = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        let (accepted, _) = listener.accept().await.expect("accept");
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let connection = apps
+            .proxy
+            .inner
+            .process_new(Box::new(Stream::from(accepted)), &shutdown);
+        let size = std::mem::size_of_val(&*connection);
+        assert!(
+            size <= 1024,
+            "a waiting connection's future is {size} bytes"
+        );
+    }
+
     #[test]
     fn threads_keep_their_connections_unless_work_stealing_is_on() {
         assert!(!conf("threads = 2\n").work_stealing);

@@ -1621,10 +1621,9 @@ where
                     .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
             }
 
-            // Patched in: boxed, so the request's large future is not moved with each move of
-            // this (async-trait, boxed) future; and built in its box rather than built on the
-            // stack and copied in (about 8 KiB per request).
-            boxed_in_place(|| self.process_request(session, ctx)).await
+            // Patched in: not boxed here; pingora-core boxes each HTTP/1 request's whole
+            // future (`apps::boxed_in_place`), and an HTTP/2 stream's is its task.
+            self.process_request(session, ctx).await
         }
     }
 
@@ -1657,16 +1656,6 @@ where
     }
 
     // TODO implement h2_options
-}
-
-/// Patched in: `make()`'s future in a box allocated before it is made, so that the future
-/// can be written straight into the box (`Box::pin(make())` makes it on the stack first and
-/// copies it in whole: a copy of its full size, several KiB for a request's future).
-fn boxed_in_place<F: Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(make());
-    // SAFETY: the slot was written just above.
-    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 use pingora_core::services::listening::{RuntimeOptsOverride, Service};

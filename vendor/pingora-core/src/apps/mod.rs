@@ -481,10 +481,25 @@ where
             first.then(|| started.elapsed()),
             shutdown,
         );
-        let reused = app.process_new_http(session, shutdown).await?;
+        // Boxed (patched in): the request's future (its head read and the whole proxying)
+        // would otherwise size this connection's future, which also waits between requests:
+        // it is made when a request begins and freed when it ends.
+        let reused = boxed_in_place(|| app.process_new_http(session, shutdown)).await?;
         (stream, settings) = reused.consume();
         first = false;
     }
+}
+
+/// `make()`'s future in a box allocated before it is made (patched in), so that the future
+/// can be written straight into the box: `Box::pin(make())` makes it on the stack first and
+/// copies it in whole, several KiB for a request's future.
+pub fn boxed_in_place<F: std::future::Future>(
+    make: impl FnOnce() -> F,
+) -> std::pin::Pin<Box<F>> {
+    let mut slot = Box::<F>::new_uninit();
+    slot.write(make());
+    // SAFETY: the slot was written just above.
+    Box::into_pin(unsafe { slot.assume_init() })
 }
 
 /// Pingora's wait for a connection's first request when no head timeout is set.
