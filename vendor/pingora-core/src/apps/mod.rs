@@ -623,8 +623,11 @@ async fn first_bytes(
         if wait == Duration::MAX {
             Ok(read.await)
         } else {
-            // Pingora's timer, as the session's own reads use: cheaper than tokio's per request.
-            pingora_timeout::timeout(wait, read).await
+            // Tokio's timer (patched in), not Pingora's: its entry is part of this future and
+            // goes with it, where Pingora's keeps a shared entry per 10 ms until the wait would
+            // have ended (75 s for a kept-alive connection), pinning the allocator's pages
+            // after a burst of connections has closed. It is also cheaper per request here.
+            tokio::time::timeout(wait, read).await
         }
     };
     tokio::select! {
