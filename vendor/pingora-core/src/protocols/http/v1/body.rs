@@ -174,7 +174,12 @@ impl BodyReader {
     }
 
     fn prepare_buf(&mut self, buf_to_rewind: &[u8]) {
-        let mut body_buf = BytesMut::with_capacity(self.body_buf_size.max(buf_to_rewind.len()));
+        self.prepare_buf_with(buf_to_rewind, self.body_buf_size);
+    }
+
+    /// [`Self::prepare_buf`] with room for `room` bytes (at least those to rewind).
+    fn prepare_buf_with(&mut self, buf_to_rewind: &[u8], room: usize) {
+        let mut body_buf = BytesMut::with_capacity(room.max(buf_to_rewind.len()));
         if !buf_to_rewind.is_empty() {
             self.rewind_buf_len = buf_to_rewind.len();
             // TODO: this is still 1 copy. Make it zero
@@ -246,7 +251,17 @@ impl BodyReader {
                 }
             }
             _ => {
-                self.prepare_buf(buf_to_rewind);
+                // Patched in: room for this body only, where a body buffer (64 KiB) was made
+                // for every one. A body that came whole with its head (most small responses)
+                // needs no more; a request body is read up to what is left of it.
+                let room = if buf_to_rewind.len() >= cl {
+                    buf_to_rewind.len()
+                } else if self.upstream {
+                    self.body_buf_size
+                } else {
+                    cl.min(self.body_buf_size)
+                };
+                self.prepare_buf_with(buf_to_rewind, room);
                 self.body_state = PS::Partial(0, cl);
             }
         }
