@@ -218,6 +218,69 @@ async fn peer_down_gives_502_with_the_site_error_page() {
     );
 }
 
+/// An upstream failure before any of its answer reached the client leaves the client's
+/// keep-alive connection open for its next request, as nginx keeps it; a request whose body
+/// was not read whole still closes it.
+#[tokio::test]
+async fn an_upstream_failure_keeps_the_client_connection_open() {
+    use std::io::{Read, Write};
+    let tailnet = tailnet(&["app"]).await;
+    let config = format!(
+        "{}{}{}",
+        base_config(&tailnet),
+        http_upstream("app", "app", &tailnet, ""),
+        site("app", "app", "")
+    );
+    let proxy = Edge::start(&config);
+    tailnet.peer("app").unwrap().stop();
+    let mut stream = std::net::TcpStream::connect(proxy.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    // One answer: its head (lowercase) and then its body, by its Content-Length.
+    let answer = |stream: &mut std::net::TcpStream| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(
+                stream.read(&mut byte).unwrap(),
+                1,
+                "closed before an answer"
+            );
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .expect("a Content-Length")
+            .trim()
+            .parse()
+            .unwrap();
+        let mut body = vec![0u8; length];
+        stream.read_exact(&mut body).unwrap();
+        head
+    };
+    for i in 0..3 {
+        stream
+            .write_all(b"GET / HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+            .unwrap();
+        let head = answer(&mut stream);
+        assert!(head.starts_with("http/1.1 502"), "request {i}: {head}");
+        assert!(!head.contains("connection: close"), "request {i}: {head}");
+    }
+    // A body still to come: answered, then closed.
+    stream
+        .write_all(b"POST / HTTP/1.1\r\nHost: app.example.com\r\nContent-Length: 100\r\n\r\nhello")
+        .unwrap();
+    let head = answer(&mut stream);
+    assert!(head.starts_with("http/1.1 502"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let mut rest = Vec::new();
+    stream.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "nothing after the close");
+}
+
 #[tokio::test]
 async fn slow_peer_gives_504_after_the_read_timeout() {
     let tailnet = tailnet(&["slow"]).await;

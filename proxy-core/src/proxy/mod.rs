@@ -917,6 +917,18 @@ impl ProxyHttp for EdgeProxy {
             }
             _ => Reply::for_error(e),
         };
+        let mut reply = reply;
+        // An upstream that failed before any of its answer reached the client (refused,
+        // reset, timed out, an invalid head) leaves the client's connection as good as it
+        // was: it stays open when the request has been read whole, as nginx keeps it.
+        let keep_client = e.esource() == &ErrorSource::Upstream
+            && session.response_written().is_none()
+            && session.is_body_done();
+        if keep_client {
+            if let Reply::Send(answer) = &mut reply {
+                answer.close = false;
+            }
+        }
         let error_code = reply.status();
         // A client whose body could not be read (too slow, gone) gets no lingering close:
         // the answer closes the connection at once.
@@ -936,7 +948,7 @@ impl ProxyHttp for EdgeProxy {
         }
         FailToProxy {
             error_code,
-            can_reuse_downstream: false,
+            can_reuse_downstream: keep_client,
         }
     }
 }

@@ -1362,6 +1362,12 @@ where
                 session.cache.disable(reason);
             }
             let res = self.inner.fail_to_proxy(&mut session, e, &mut ctx).await;
+            // Patched in: the proxy may keep the client's connection after a failed proxy
+            // attempt too (say, an upstream that refused it), not only before a peer was
+            // chosen; the session's keepalive still decides.
+            if res.can_reuse_downstream {
+                server_reuse = true;
+            }
 
             // final error will have > 0 status unless downstream connection is dead
             if !self.inner.suppress_error_log(&session, &ctx, e) {

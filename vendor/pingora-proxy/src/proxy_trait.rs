@@ -663,8 +663,9 @@ pub trait ProxyHttp {
     ///
     /// The response status code of the error response may be returned for logging purposes.
     /// Additionally, the user can return whether this session may be reused in spite of the error.
-    /// Today this reuse status is only respected for errors that occur prior to upstream peer
-    /// selection, and the keepalive configured on the `Session` itself still takes precedent.
+    /// This reuse status is respected for errors before upstream peer selection and (patched
+    /// in) for those of a proxy attempt; the keepalive configured on the `Session` itself still
+    /// takes precedence.
     fn fail_to_proxy(
         &self,
         session: &mut Session,
