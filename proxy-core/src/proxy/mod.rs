@@ -904,7 +904,7 @@ impl ProxyHttp for EdgeProxy {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let reply = match ctx.route.site.as_deref().and_then(|s| s.offline()) {
+        let mut reply = match ctx.route.site.as_deref().and_then(|s| s.offline()) {
             Some(offline) if ctx.offline => {
                 let mut page = LocalAnswer::html(503, offline.page.clone()).closing();
                 page.headers
@@ -917,7 +917,6 @@ impl ProxyHttp for EdgeProxy {
             }
             _ => Reply::for_error(e),
         };
-        let mut reply = reply;
         // An upstream that failed before any of its answer reached the client (refused,
         // reset, timed out, an invalid head) leaves the client's connection as good as it
         // was: it stays open when the request has been read whole, as nginx keeps it.
