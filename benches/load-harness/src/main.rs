@@ -89,7 +89,7 @@ fn main() -> Result<()> {
     signals::install().context("installing signal handlers")?;
     netns::remove_stale();
     raise_fd_limit();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cores = machine_cores();
     let pinned = pin_self_to_core(1);
     let tailnet = FakeTailnet::start_in_thread(TailnetConfig::new(&["peer"]))
         .context("starting the fake tailnet")?;
@@ -704,9 +704,17 @@ fn wrapped_command(wrapper: &[OsString], program: &std::ffi::OsStr) -> Command {
     }
 }
 
+/// The cores this machine gives the harness, counted before it pins itself to core 1: after
+/// that, `available_parallelism` (which follows the affinity mask) says 1, and servers would
+/// run unpinned on core 1 beside wrk and the fake tailnet.
+fn machine_cores() -> usize {
+    static CORES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *CORES.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+}
+
 /// A server command, pinned to core 0 and sent SIGTERM if the harness dies (even killed).
 fn pinned_command(program: &std::ffi::OsStr) -> Command {
-    let mut command = if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+    let mut command = if machine_cores() < 2 {
         Command::new(program)
     } else {
         let mut command = Command::new("taskset");
@@ -726,7 +734,7 @@ fn pinned_command(program: &std::ffi::OsStr) -> Command {
 /// Pins this process (and the threads it starts later) to `core`, so the load generator
 /// and the fake tailnet never compete with the server under test.
 fn pin_self_to_core(core: usize) -> bool {
-    if std::thread::available_parallelism().map_or(1, |n| n.get()) <= core {
+    if machine_cores() <= core {
         return false;
     }
     Command::new("taskset")
@@ -771,4 +779,23 @@ fn get_status(
     let mut head = [0u8; 12];
     stream.read_exact(&mut head).ok()?;
     Some(String::from_utf8_lossy(&head[9..12]).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_run_on_core_0_after_the_harness_pins_itself_to_core_1() {
+        if machine_cores() < 2 {
+            return;
+        }
+        assert!(pin_self_to_core(1), "taskset could not pin the harness");
+        let out = pinned_command("grep".as_ref())
+            .args(["Cpus_allowed_list", "/proc/self/status"])
+            .output()
+            .expect("running grep");
+        let line = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(line.trim_end().rsplit('\t').next(), Some("0"), "{line}");
+    }
 }
