@@ -7,7 +7,7 @@ use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::borrow::Cow;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// What the proxy does instead of forwarding a request.
 #[derive(Debug)]
@@ -192,14 +192,10 @@ impl ResponseBody {
     }
 }
 
-/// How a request body still coming after an early answer is thrown away (nginx's lingering
-/// close): for at most `time` in all, `timeout` between two reads, and `size` bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Lingering {
-    pub(crate) time: Duration,
-    pub(crate) timeout: Duration,
-    pub(crate) size: u64,
-}
+/// How a request body still coming after an early answer, or the rest of a refused head, is
+/// thrown away (nginx's lingering close): for at most `time` in all, `timeout` between two
+/// reads, and `size` bytes. Pingora's type, since Pingora reads the heads.
+pub(crate) type Lingering = pingora::protocols::http::v1::server::Lingering;
 
 /// After an answer sent before the request body was read whole (a 413, a refusal, an error):
 /// reads and throws away the rest, within `bounds`, so a client still writing its body reads

@@ -323,6 +323,48 @@ async fn heads_over_the_limits_are_answered_at_the_edge_and_never_forwarded() {
     );
 }
 
+/// Sends a 1 MiB head and then 4 MiB more (more than the sockets' buffers take if no one
+/// reads them) while reading the answer to its end: the answer, how the read ended and
+/// whether all was sent.
+fn send_a_huge_head(edge: &Edge) -> (String, std::io::Result<usize>, std::io::Result<()>) {
+    let mut stream = connect(edge);
+    let writer = {
+        let mut stream = stream.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let mut head = b"GET /up/ HTTP/1.1\r\nHost: app.example.com\r\n".to_vec();
+            for i in 0..1024 {
+                head.extend_from_slice(format!("X-{i:04}: {}\r\n", "c".repeat(1000)).as_bytes());
+            }
+            stream.write_all(&head)?;
+            (0..64).try_for_each(|_| stream.write_all(&[b'c'; 64 * 1024]))
+        })
+    };
+    let mut reply = Vec::new();
+    let end = stream.read_to_end(&mut reply);
+    let sent = writer.join().unwrap();
+    (String::from_utf8_lossy(&reply).into_owned(), end, sent)
+}
+
+#[tokio::test]
+async fn a_refused_head_is_answered_and_closed_without_a_reset() {
+    let tailnet = tailnet(&["app"]).await;
+    // Refused at the 32 KiB limit while the client still sends. Closed straight away with
+    // that input unread, the edge's socket would reset the connection, which can cost a
+    // client on a real network the answer. As nginx, the edge shuts its side after the
+    // answer and reads and throws away what still comes, within the lingering bounds.
+    let edge = Edge::start(&config(&tailnet, ""));
+    let (reply, end, sent) = send_a_huge_head(&edge);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(end.is_ok(), "reset after the answer: {end:?}");
+    assert!(sent.is_ok(), "the rest was refused: {sent:?}");
+    // Past `lingering_size`, the edge closes: the client's sending fails.
+    let edge = Edge::start(&config(&tailnet, "lingering_size = \"64k\""));
+    let (reply, _, sent) = send_a_huge_head(&edge);
+    assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
+    assert!(sent.is_err(), "5 MiB thrown away past a 64 KiB bound");
+    assert_eq!(tailnet.peer("app").unwrap().requests(), 0);
+}
+
 #[tokio::test]
 async fn connections_beyond_max_connections_are_closed_at_once() {
     let tailnet = tailnet(&["app"]).await;

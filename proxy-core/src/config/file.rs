@@ -170,9 +170,10 @@ pub struct ServerSection {
     /// Client connections open at once across the public listeners; one more is closed
     /// at once. Default: [`DEFAULT_MAX_CONNECTIONS`].
     pub max_connections: Option<usize>,
-    /// After an answer sent while the request body is still coming (413, 403, 429, 401 ...),
-    /// the rest of the body is read and thrown away for at most this long, so a client still
-    /// writing reads the answer instead of a reset. Default: [`DEFAULT_LINGERING_TIME`].
+    /// After an answer sent while the request body is still coming (413, 403, 429, 401 ...)
+    /// or to a refused request head (400, 414), the rest is read and thrown away for at most
+    /// this long, so a client still writing reads the answer instead of a reset.
+    /// Default: [`DEFAULT_LINGERING_TIME`].
     pub lingering_time: Option<String>,
     /// While a body is thrown away, the longest wait for its next bytes; exceeded: closed.
     /// Default: [`DEFAULT_LINGERING_TIMEOUT`].

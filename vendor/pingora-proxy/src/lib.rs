@@ -383,6 +383,11 @@ where
                     );
                 }
                 downstream_session.shutdown().await;
+                // Patched in: the rest of a refused head is read and thrown away before the
+                // close, so that the client reads the answer instead of a reset.
+                if downstream_session.response_written().is_some() {
+                    downstream_session.linger().await;
+                }
                 return None;
             }
         }

@@ -104,6 +104,11 @@ pub struct HttpServerOptions {
     /// Build HTTP/1 request heads without keeping the case of their header names (patched
     /// in): each header is stored once instead of twice. Default: off (case kept).
     pub h1_discard_header_case: bool,
+
+    /// Read and throw away what a client still sends after an answer to a refused HTTP/1
+    /// request head, within these bounds, before the close (patched in, nginx's lingering
+    /// close): closed with unread input, a socket sends a reset. Default: `None`, closed at once.
+    pub h1_lingering: Option<crate::protocols::http::v1::server::Lingering>,
 }
 
 impl HttpServerOptions {
@@ -124,6 +129,9 @@ impl HttpServerOptions {
         }
         if self.h1_discard_header_case {
             session.set_keep_header_case(false);
+        }
+        if self.h1_lingering.is_some() {
+            session.set_lingering(self.h1_lingering);
         }
     }
 }

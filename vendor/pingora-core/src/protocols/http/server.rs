@@ -568,6 +568,15 @@ impl Session {
         }
     }
 
+    /// After [`Self::shutdown`] of an HTTP/1 connection that answered: reads and throws away
+    /// what the client still sends, within the session's bounds (patched in, see
+    /// [`SessionV1::linger`]). Nothing for other sessions.
+    pub async fn linger(&mut self) {
+        if let Self::H1(s) = self {
+            s.linger().await;
+        }
+    }
+
     /// Give up the H2 stream with a custom reason.
     ///
     /// For H2, this sends a `RST_STREAM` frame with the specified reason.
@@ -962,6 +971,14 @@ impl Session {
     pub fn set_pipelining_enabled(&mut self, enabled: bool) {
         if let Self::H1(s) = self {
             s.set_pipelining_enabled(enabled);
+        }
+    }
+
+    /// Sets how an HTTP/1 session throws away a closing connection's input (patched in, see
+    /// [`SessionV1::set_lingering`]). No-op for other sessions.
+    pub fn set_lingering(&mut self, bounds: Option<crate::protocols::http::v1::server::Lingering>) {
+        if let Self::H1(s) = self {
+            s.set_lingering(bounds);
         }
     }
 

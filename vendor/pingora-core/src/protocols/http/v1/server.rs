@@ -168,6 +168,8 @@ pub struct HttpSession {
     pipelined_idle_bytes_stashed: bool,
     /// Limits on reading the request head (patched in).
     head_limits: RequestHeadLimits,
+    /// How a closing connection's input is thrown away (patched in); `None`: it is not.
+    lingering: Option<Lingering>,
     /// Whether the head timeout runs from the session's start (a new connection) rather
     /// than from the head's first byte (a reused one).
     head_timeout_from_start: bool,
@@ -259,6 +261,7 @@ impl HttpSession {
             pipelined_prefix: None,
             pipelined_idle_bytes_stashed: false,
             head_limits: RequestHeadLimits::default(),
+            lingering: None,
             head_timeout_from_start: false,
             idle_timed_out: false,
         }
@@ -1443,6 +1446,24 @@ impl HttpSession {
         let _ = self.underlying_stream.shutdown().await;
     }
 
+    /// Sets how [`Self::linger`] reads and throws away a closing connection's input
+    /// (patched in). `None`, the default: it does not.
+    pub fn set_lingering(&mut self, bounds: Option<Lingering>) {
+        self.lingering = bounds;
+    }
+
+    /// Reads and throws away what the client still sends, until it closes or a bound of
+    /// [`Self::set_lingering`] is reached (patched in, nginx's lingering close). For after
+    /// [`Self::shutdown`] on a connection that closes with input maybe unread, such as the
+    /// rest of a refused head: a socket closed with unread input sends a reset, and a client
+    /// still sending can then lose the answer before it reads it.
+    pub async fn linger(&mut self) {
+        if let Some(bounds) = self.lingering {
+            // Boxed: a request's future stays as small as before when it never lingers.
+            Box::pin(linger(&mut self.underlying_stream, bounds)).await
+        }
+    }
+
     /// Set the server keepalive timeout.
     /// `None`: disable keepalive, this session cannot be reused.
     /// `Some(0)`: reusing this session is allowed and there is no timeout.
@@ -2050,6 +2071,36 @@ fn http_resp_header_to_buf(
 
     buf.put_slice(CRLF);
     Ok(())
+}
+
+/// Bounds on reading and throwing away a closing connection's input (patched in): nginx's
+/// `lingering_time`, `lingering_timeout`, and a size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lingering {
+    /// The longest in all.
+    pub time: Duration,
+    /// The longest wait for the next bytes.
+    pub timeout: Duration,
+    /// The most bytes read; beyond, closed.
+    pub size: u64,
+}
+
+async fn linger(stream: &mut Stream, bounds: Lingering) {
+    let deadline = tokio::time::Instant::now() + bounds.time;
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut discarded = 0u64;
+    loop {
+        let wait = deadline.min(tokio::time::Instant::now() + bounds.timeout);
+        match tokio::time::timeout_at(wait, stream.read(&mut scratch)).await {
+            Ok(Ok(read)) if read > 0 => {
+                discarded += read as u64;
+                if discarded > bounds.size {
+                    break;
+                }
+            }
+            _ => break,
+        }
+    }
 }
 
 #[cfg(test)]
