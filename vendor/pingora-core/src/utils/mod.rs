@@ -18,6 +18,16 @@
 #[cfg(feature = "any_tls")]
 pub mod tls;
 
+/// `make()`'s value in a box allocated before it is made (patched in), so that it can be
+/// written straight into the box: `Box::new(make())` makes it first and copies it in, several
+/// hundred bytes for a session.
+pub fn boxed_with<T>(make: impl FnOnce() -> T) -> Box<T> {
+    let mut slot = Box::<T>::new_uninit();
+    slot.write(make());
+    // SAFETY: the slot was written just above.
+    unsafe { slot.assume_init() }
+}
+
 #[cfg(not(feature = "any_tls"))]
 pub use crate::tls::utils as tls;
 

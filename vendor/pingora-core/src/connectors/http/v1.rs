@@ -15,6 +15,7 @@
 use crate::connectors::{ConnectorOptions, TransportConnector};
 use crate::protocols::http::v1::client::HttpSession;
 use crate::upstreams::peer::Peer;
+use crate::utils::boxed_with;
 
 use pingora_error::Result;
 use std::sync::atomic::AtomicU64;
@@ -35,24 +36,25 @@ impl Connector {
     pub async fn get_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
-    ) -> Result<(HttpSession, bool)> {
+    ) -> Result<(Box<HttpSession>, bool)> {
         let (stream, digest, reused) = self.transport.get_stream_with_digest(peer).await?;
-        let http = HttpSession::new_with_options_and_digest(stream, digest, peer);
+        // Boxed (patched in): made in its box, moved on as a pointer.
+        let http = boxed_with(|| HttpSession::new_with_options_and_digest(stream, digest, peer));
         Ok((http, reused))
     }
 
     pub async fn reused_http_session<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
-    ) -> Option<HttpSession> {
+    ) -> Option<Box<HttpSession>> {
         let (stream, digest) = self.transport.reused_stream_with_digest(peer).await?;
-        let http = HttpSession::new_with_options_and_digest(stream, digest, peer);
+        let http = boxed_with(|| HttpSession::new_with_options_and_digest(stream, digest, peer));
         Some(http)
     }
 
     pub async fn release_http_session<P: Peer + Send + Sync + 'static>(
         &self,
-        mut session: HttpSession,
+        mut session: Box<HttpSession>,
         peer: &P,
         idle_timeout: Option<Duration>,
     ) {

@@ -731,12 +731,16 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned.
     pub async fn reuse(self) -> Option<Stream> {
-        self.reuse_with_digest().await.map(|(stream, _)| stream)
+        Box::new(self)
+            .reuse_with_digest()
+            .await
+            .map(|(stream, _)| stream)
     }
 
     /// [`Self::reuse`], also handing back the session's digest, which describes the
-    /// connection, for its next session (patched in).
-    pub async fn reuse_with_digest(mut self) -> Option<(Stream, Box<Digest>)> {
+    /// connection, for its next session (patched in). Boxed, so that the session is not
+    /// copied into the future.
+    pub async fn reuse_with_digest(mut self: Box<Self>) -> Option<(Stream, Box<Digest>)> {
         if !self.body_reader.body_complete() || self.body_reader.has_bytes_overread() {
             self.set_keepalive(None);
         }

@@ -1597,7 +1597,12 @@ impl HttpSession {
     /// If the connection cannot be reused, the underlying stream will be closed and `None` will be
     /// returned. If there was an error while draining any remaining request body that error will
     /// be returned.
-    pub async fn reuse(mut self) -> Result<Option<ReusableHttpStream>> {
+    pub async fn reuse(self) -> Result<Option<ReusableHttpStream>> {
+        Box::new(self).reuse_boxed().await
+    }
+
+    /// [`Self::reuse`] of a boxed session (patched in), which is not copied into the future.
+    pub async fn reuse_boxed(mut self: Box<Self>) -> Result<Option<ReusableHttpStream>> {
         if !self.will_keepalive() {
             debug!("HTTP shutdown connection");
             self.shutdown().await;
