@@ -2092,7 +2092,8 @@ pub struct Lingering {
 
 async fn linger(stream: &mut Stream, bounds: Lingering) {
     let deadline = tokio::time::Instant::now() + bounds.time;
-    let mut scratch = vec![0u8; 16 * 1024];
+    // Small: many connections may linger at once (a flood of refused heads).
+    let mut scratch = vec![0u8; 4096];
     let mut discarded = 0u64;
     loop {
         let wait = deadline.min(tokio::time::Instant::now() + bounds.timeout);
