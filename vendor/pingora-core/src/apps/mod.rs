@@ -130,9 +130,7 @@ impl HttpServerOptions {
         if self.h1_discard_header_case {
             session.set_keep_header_case(false);
         }
-        if self.h1_lingering.is_some() {
-            session.set_lingering(self.h1_lingering);
-        }
+        session.set_lingering(self.h1_lingering);
     }
 }
 
@@ -504,10 +502,7 @@ where
 pub fn boxed_in_place<F: std::future::Future>(
     make: impl FnOnce() -> F,
 ) -> std::pin::Pin<Box<F>> {
-    let mut slot = Box::<F>::new_uninit();
-    slot.write(make());
-    // SAFETY: the slot was written just above.
-    Box::into_pin(unsafe { slot.assume_init() })
+    Box::into_pin(crate::utils::boxed_with(make))
 }
 
 /// Pingora's wait for a connection's first request when no head timeout is set.
