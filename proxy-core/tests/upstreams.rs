@@ -1027,9 +1027,11 @@ async fn header_names_are_normalized_unless_their_case_is_preserved() {
 type Connections = std::sync::Arc<std::sync::Mutex<Vec<bool>>>;
 
 /// An origin answering `200 ok` with keep-alive framing, one thread per connection, on a
-/// listener the test holds. After answering `/half-close` it waits 300 ms (the connection is
-/// idle in the proxy's pool by then) and shuts its sending side, still reading, so it sees
-/// when the proxy closes the connection.
+/// listener the test holds; each answer goes out in one write, head and body together.
+/// After answering `/half-close` it waits 300 ms (the connection is idle in the proxy's pool
+/// by then) and shuts its sending side, still reading, so it sees when the proxy closes the
+/// connection. `/extra` is answered with 5 bytes past its `Content-Length`, `/chunks` with
+/// a chunked body of three chunks.
 fn pooling_origin() -> (std::net::SocketAddr, Connections) {
     use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
@@ -1048,7 +1050,14 @@ fn pooling_origin() -> (std::net::SocketAddr, Connections) {
             std::thread::spawn(move || {
                 let mut pending = Vec::new();
                 while let Some(head) = next_head(&mut stream, &mut pending) {
-                    let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                    let reply = if head.starts_with(b"GET /extra ") {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"
+                    } else if head.starts_with(b"GET /chunks ") {
+                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                         2\r\nab\r\n3\r\ncde\r\n1\r\nf\r\n0\r\n\r\n"
+                    } else {
+                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                    };
                     if stream.write_all(reply.as_bytes()).is_err() {
                         break;
                     }
@@ -1117,4 +1126,53 @@ async fn idle_upstream_connections_are_reused_and_closed_on_timeout_or_by_the_or
     );
     ok(get("long.example.com", "/c"));
     assert_eq!(connections.lock().unwrap().len(), 3, "a new connection");
+}
+
+/// A body that came whole with its head is relayed and leaves its connection reusable; one
+/// that ran past its `Content-Length` is cut at it and its connection is not reused; the
+/// chunks of a body that came with its head are all relayed.
+#[tokio::test]
+async fn bodies_that_came_with_their_head_are_relayed_whole_and_overruns_end_reuse() {
+    let tailnet = tailnet(&[]).await;
+    let (origin, connections) = pooling_origin();
+    let config = format!(
+        "{}\n[upstreams.pool]\naddress = \"{origin}\"\n{}",
+        base_config(&tailnet),
+        site("pool", "pool", "")
+    );
+    let proxy = Edge::start(&config);
+    let client = client();
+    let get = |path: &'static str| get_on(&client, &proxy, "pool.example.com", path);
+
+    for path in ["/a", "/b"] {
+        let reply = get(path).await;
+        assert_eq!((reply.status, reply.body.as_str()), (200, "ok"), "{path}");
+    }
+    assert_eq!(
+        connections.lock().unwrap().len(),
+        1,
+        "the connection was reused"
+    );
+
+    let reply = get("/chunks").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "abcdef"));
+    assert_eq!(
+        connections.lock().unwrap().len(),
+        1,
+        "reused after a chunked body"
+    );
+
+    let reply = get("/extra").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    assert!(
+        closed_by_the_proxy(&connections, 0),
+        "the proxy closes a connection whose response ran past its Content-Length"
+    );
+    let reply = get("/c").await;
+    assert_eq!((reply.status, reply.body.as_str()), (200, "ok"));
+    assert_eq!(
+        connections.lock().unwrap().len(),
+        2,
+        "a new connection after the overrun"
+    );
 }

@@ -76,6 +76,10 @@ pub struct HttpSession {
     // Patched in: whether the response head as read had `Transfer-Encoding` (true until one
     // is read), so that a response without it (most) does not look it up twice more.
     response_transfer_encoding: bool,
+    // Patched in: the response body came whole with its head (`preread_body`, all of its
+    // `Content-Length`), so it is handed out as a slice of `buf` when first read, instead of
+    // being copied into a body buffer and copied again into `Bytes`.
+    whole_body_preread: bool,
 }
 
 /// HTTP 1.x client session
@@ -119,6 +123,7 @@ impl HttpSession {
             close_delimited_resp: false,
             allow_h1_response_invalid_content_length: false,
             response_transfer_encoding: true,
+            whole_body_preread: false,
         }
     }
 
@@ -268,6 +273,7 @@ impl HttpSession {
     fn clear_response_header_read_state(&mut self) {
         self.response_header_read_buf.clear();
         self.preread_body = None;
+        self.whole_body_preread = false;
     }
 
     fn fail_response_header_read<T>(&mut self, e: pingora_error::BError) -> Result<T> {
@@ -280,6 +286,7 @@ impl HttpSession {
     /// headers.
     pub async fn read_response(&mut self) -> Result<usize> {
         let mut parse_existing_buffer = true;
+        self.whole_body_preread = false;
 
         if self.response_header_read_buf.is_empty() {
             // preread_body is set after a completed valid response header is read.
@@ -499,8 +506,12 @@ impl HttpSession {
     async fn take_resp_header_parts(&mut self) -> Result<Box<ResponseHeader>> {
         self.read_response().await?;
         let whole = self.response_header.take().expect("just read");
-        let mut kept = ResponseHeader::build_no_case(whole.status, Some(0))?;
-        kept.set_version(whole.version);
+        // Built without room for headers: most responses have none of those fields, and a
+        // header map sized for a few cost an allocation per response.
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = whole.status;
+        parts.version = whole.version;
+        let mut kept = ResponseHeader::from(parts);
         for (name, value) in whole.headers.iter() {
             let reuse_field = matches!(
                 *name,
@@ -550,6 +561,9 @@ impl HttpSession {
     /// Return `Ok(Some(ref)) after a successful read.
     /// Return `Ok(None)` if there is no more body to read.
     pub async fn read_body_ref(&mut self) -> Result<Option<&[u8]>> {
+        if let Some(body) = self.take_whole_preread_body() {
+            return Ok(Some(body.get(&self.buf)));
+        }
         let result = match self.read_timeout {
             Some(t) => match timeout(t, self.do_read_body()).await {
                 Ok(res) => res,
@@ -569,8 +583,23 @@ impl HttpSession {
 
     /// Similar to [`Self::read_body_ref`] but return `Bytes` instead of a slice reference.
     pub async fn read_body_bytes(&mut self) -> Result<Option<Bytes>> {
+        if let Some(body) = self.take_whole_preread_body() {
+            return Ok(Some(body.get_bytes(&self.buf)));
+        }
         let read = self.read_body_ref().await?;
         Ok(read.map(Bytes::copy_from_slice))
+    }
+
+    /// Patched in: the whole body, when it came with the head and was not read yet; the
+    /// body is then complete.
+    fn take_whole_preread_body(&mut self) -> Option<BufRef> {
+        if !std::mem::take(&mut self.whole_body_preread) {
+            return None;
+        }
+        let body = self.preread_body.clone()?;
+        self.body_reader.body_state = super::body::ParseState::Complete(body.len());
+        self.body_recv = self.body_recv.saturating_add(body.len());
+        Some(body)
     }
 
     /// Upstream response body bytes received (payload only; excludes headers/framing).
@@ -794,7 +823,14 @@ impl HttpSession {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
             } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
-                self.body_reader.init_content_length(cl, preread_body);
+                if cl > 0 && preread_body.len() == cl {
+                    // Patched in: handed out from `buf` by the first read, see
+                    // `whole_body_preread`.
+                    self.body_reader.body_state = super::body::ParseState::Partial(0, cl);
+                    self.whole_body_preread = true;
+                } else {
+                    self.body_reader.init_content_length(cl, preread_body);
+                }
             } else {
                 self.body_reader.init_close_delimited(preread_body);
                 self.close_delimited_resp = true;

@@ -1688,7 +1688,14 @@ impl HttpSession {
         Ok(end_stream || self.body_writer.finished())
     }
 
-    fn buffer_body_data(&mut self, data: Option<Bytes>, upgraded: bool) {
+    /// Patched in: a response's only body chunk (`pending`) is written as it is; only a
+    /// second one has them copied together into `body_write_buf`, to be written at once.
+    fn buffer_body_data(
+        &mut self,
+        pending: &mut Option<Bytes>,
+        data: Option<Bytes>,
+        upgraded: bool,
+    ) {
         if upgraded != self.upgraded {
             if upgraded {
                 panic!("Unexpected Body task received on upgraded downstream session");
@@ -1701,7 +1708,22 @@ impl HttpSession {
             return;
         };
         if !d.is_empty() && !self.body_writer.finished() {
+            if pending.is_none() && self.body_write_buf.is_empty() {
+                *pending = Some(d);
+                return;
+            }
+            if let Some(first) = pending.take() {
+                self.body_write_buf.put_slice(&first);
+            }
             self.body_write_buf.put_slice(&d);
+        }
+    }
+
+    /// Writes what [`Self::buffer_body_data`] kept (patched in).
+    async fn write_buffered_body(&mut self, pending: Option<Bytes>) -> Result<Option<usize>> {
+        match pending {
+            Some(body) => self.write_body(&body).await,
+            None => self.write_body_buf().await,
         }
     }
 
@@ -1714,6 +1736,7 @@ impl HttpSession {
         }
 
         let mut end_stream = false;
+        let mut pending = None;
         for task in tasks.into_iter() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
@@ -1723,18 +1746,20 @@ impl HttpSession {
                     end_stream
                 }
                 HttpTask::Body(data, end_stream) => {
-                    self.buffer_body_data(data, false);
+                    self.buffer_body_data(&mut pending, data, false);
                     end_stream
                 }
                 HttpTask::UpgradedBody(data, end_stream) => {
-                    self.buffer_body_data(data, true);
+                    self.buffer_body_data(&mut pending, data, true);
                     end_stream
                 }
                 HttpTask::Trailer(_) => true, // h1 trailer is not supported yet
                 HttpTask::Done => true,
                 HttpTask::Failed(e) => {
                     // flush the data we have and quit
-                    self.write_body_buf().await.map_err(|e| e.into_down())?;
+                    self.write_buffered_body(pending)
+                        .await
+                        .map_err(|e| e.into_down())?;
                     self.underlying_stream
                         .flush()
                         .await
@@ -1743,7 +1768,9 @@ impl HttpSession {
                 }
             }
         }
-        self.write_body_buf().await.map_err(|e| e.into_down())?;
+        self.write_buffered_body(pending)
+            .await
+            .map_err(|e| e.into_down())?;
         if end_stream {
             // no-op if body wasn't initialized or is finished already
             self.finish_body().await.map_err(|e| e.into_down())?;
