@@ -80,6 +80,10 @@ pub struct HttpSession {
     // `Content-Length`), so it is handed out as a slice of `buf` when first read, instead of
     // being copied into a body buffer and copied again into `Bytes`.
     whole_body_preread: bool,
+    // Patched in: the framing `Content-Length` `validate_response` found in the head as read
+    // (`None` before, or when it had `Transfer-Encoding`), so that `init_body_reader` does not
+    // look it up again.
+    response_framing_length: Option<Option<usize>>,
 }
 
 /// HTTP 1.x client session
@@ -124,6 +128,7 @@ impl HttpSession {
             allow_h1_response_invalid_content_length: false,
             response_transfer_encoding: true,
             whole_body_preread: false,
+            response_framing_length: None,
         }
     }
 
@@ -237,7 +242,7 @@ impl HttpSession {
 
     // Validate the response header read. This function must be called after the response header
     // read.
-    fn validate_response(&self) -> Result<()> {
+    fn validate_response(&mut self) -> Result<()> {
         let resp_header = self
             .response_header
             .as_ref()
@@ -250,9 +255,12 @@ impl HttpSession {
         // otherwise-invalid value and treat the response as close-delimited.
         // Note: Content-Length is already removed if Transfer-Encoding is present.
         // Patched in: without `Transfer-Encoding`, as read, `Content-Length` frames the body.
+        self.response_framing_length = None;
         let framing = match self.response_transfer_encoding {
             true => super::common::validate_content_length(&resp_header.headers),
-            false => content_length_for_framing(&resp_header.headers).map(|_| ()),
+            false => content_length_for_framing(&resp_header.headers).map(|length| {
+                self.response_framing_length = Some(length);
+            }),
         };
         if let Err(e) = framing {
             if self.allow_h1_response_invalid_content_length
@@ -822,7 +830,10 @@ impl HttpSession {
             } else if self.response_transfer_encoding && self.is_chunked_encoding() {
                 // if chunked encoding, content-length should be ignored
                 self.body_reader.init_chunked(preread_body);
-            } else if let Some(cl) = self.get_content_length().unwrap_or(None) {
+            } else if let Some(cl) = match self.response_framing_length {
+                Some(length) => length,
+                None => self.get_content_length().unwrap_or(None),
+            } {
                 if cl > 0 && preread_body.len() == cl {
                     // Patched in: handed out from `buf` by the first read, see
                     // `whole_body_preread`.
