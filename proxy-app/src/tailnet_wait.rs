@@ -20,7 +20,7 @@ pub fn parse_timeout(text: &str) -> Result<Duration, String> {
 
 /// Waits until tailscaled reports `Running`, at most `limit`. A config with `[tailnet]`
 /// has no tailscaled to wait for: its userspace node is waited for once it runs
-/// ([`wait_for_userspace_tailnet`]).
+/// (`wait_for_userspace_tailnet`, with the `tailscale-rs` feature).
 pub fn wait_for_tailnet(config: &RuntimeConfig, limit: Duration) -> anyhow::Result<()> {
     if config.tailnet().is_some() {
         return Ok(());
