@@ -51,6 +51,11 @@ where
         // phase 2 send to upstream
 
         let mut req = session.req_header().clone();
+        // Patched in: the request goes upstream as it was read, and the session keeps the
+        // copy. The header map of a request as read has room for the headers filters add
+        // (made when it was parsed); a copy's has room for exactly its headers, so adding the
+        // forwarding headers to it grew it, twice.
+        std::mem::swap(&mut req, session.req_header_mut());
         let authority_policy = AuthorityPolicy::from(session.downstream_session.is_custom());
         let downstream_had_host = req.headers.contains_key(http::header::HOST);
         req.set_version(Version::HTTP_11);
