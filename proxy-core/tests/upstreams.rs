@@ -943,7 +943,7 @@ fn next_head(stream: &mut std::net::TcpStream, pending: &mut Vec<u8>) -> Option<
 /// header names in mixed case; one connection at a time, on a listener the test holds.
 fn raw_origin() -> (
     std::net::SocketAddr,
-    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 ) {
     use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
@@ -955,9 +955,7 @@ fn raw_origin() -> (
             let Ok(mut stream) = stream else { return };
             let mut pending = Vec::new();
             while let Some(head) = next_head(&mut stream, &mut pending) {
-                seen.lock()
-                    .unwrap()
-                    .push(String::from_utf8_lossy(&head).into_owned());
+                seen.lock().unwrap().push(head);
                 let reply = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Custom-REPLY: yes\r\n\
                              content-TYPE: text/plain\r\n\r\nok";
                 if stream.write_all(reply.as_bytes()).is_err() {
@@ -1006,6 +1004,7 @@ async fn header_names_are_normalized_unless_their_case_is_preserved() {
             .unwrap()
             .pop()
             .expect("the origin got the request");
+        let head = String::from_utf8_lossy(&head);
         for line in sent {
             assert!(
                 head.contains(&format!("\r\n{line}\r\n")),
@@ -1020,6 +1019,70 @@ async fn header_names_are_normalized_unless_their_case_is_preserved() {
         }
         assert!(reply.ends_with("\r\n\r\nok"), "{reply:?}");
     }
+}
+
+/// Sends `GET {target}` to `proxy` on a connection of its own and gives the whole answer.
+fn get_raw_target(proxy: std::net::SocketAddr, target: &[u8]) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let mut request = b"GET ".to_vec();
+    request.extend_from_slice(target);
+    request.extend_from_slice(b" HTTP/1.1\r\nHost: t.example.com\r\nConnection: close\r\n\r\n");
+    let mut stream = std::net::TcpStream::connect(proxy).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(&request).unwrap();
+    let mut reply = Vec::new();
+    let _ = stream.read_to_end(&mut reply);
+    reply
+}
+
+#[tokio::test]
+async fn utf_8_request_targets_go_upstream_byte_for_byte_and_others_get_400() {
+    let tailnet = tailnet(&[]).await;
+    let (origin, heads) = raw_origin();
+    let upstream = format!("\n[upstreams.raw]\naddress = \"{origin}\"\n");
+    let config = format!(
+        "{}{upstream}{}",
+        base_config(&tailnet),
+        site("t", "raw", "")
+    );
+    let proxy = Edge::start(&config);
+    for target in [
+        &b"/plain/path?q=1&r=%20"[..],
+        "/caf\u{e9}/\u{1f600}?q=\u{fc}".as_bytes(),
+        b"/a/\"{quoted}\"|^",
+    ] {
+        let reply = get_raw_target(proxy.addr, target);
+        let shown = target.escape_ascii().to_string();
+        assert!(
+            reply.starts_with(b"HTTP/1.1 200"),
+            "{shown}: {}",
+            reply.escape_ascii()
+        );
+        let head = heads
+            .lock()
+            .unwrap()
+            .pop()
+            .expect("the origin got the request");
+        let mut line = b"GET ".to_vec();
+        line.extend_from_slice(target);
+        line.extend_from_slice(b" HTTP/1.1\r\n");
+        assert!(head.starts_with(&line), "{shown}: {}", head.escape_ascii());
+    }
+    // Bytes that are not UTF-8 are refused as the head is parsed, before anything is sent.
+    for target in [&b"/latin-1/caf\xe9"[..], b"/cut/\xc3\xa9\xc3"] {
+        let reply = get_raw_target(proxy.addr, target);
+        assert!(
+            reply.starts_with(b"HTTP/1.1 400"),
+            "{}",
+            reply.escape_ascii()
+        );
+    }
+    assert!(
+        heads.lock().unwrap().is_empty(),
+        "nothing else reached the origin"
+    );
 }
 
 /// What a [`pooling_origin`] saw: per connection, in accept order, whether the proxy has

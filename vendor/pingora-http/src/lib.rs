@@ -747,6 +747,14 @@ fn parse_request_target(target: &[u8]) -> Result<ParsedRequestTarget> {
     // the fragment strip left empty is the one exception: it has no bytes to reproduce,
     // and path_and_query() renders it as "/".
     if target.is_empty() || matches!(target.first(), Some(b'/' | b'?')) || target == b"*" {
+        // Patched in: the bytes go to the Uri as they are, which takes only valid UTF-8, so
+        // a target is checked for UTF-8 apart only when the Uri refuses it.
+        if let Ok(path_and_query) = http::uri::PathAndQuery::try_from(target) {
+            return Ok(ParsedRequestTarget {
+                uri: Uri::from(path_and_query),
+                raw_target: RawTarget::FromUri,
+            });
+        }
         return Ok(match std::str::from_utf8(target) {
             Ok(target) => ParsedRequestTarget {
                 uri: path_and_query_uri(target, target)?,

@@ -73,7 +73,8 @@ pub enum Session {
     /// request, each time 536 bytes unboxed (720 for `H1`'s own).
     H1(Box<SessionV1>),
     H2(Box<SessionV2>),
-    Subrequest(SessionSubrequest),
+    /// Boxed too (patched in): unboxed, it made every session 536 bytes to move.
+    Subrequest(Box<SessionSubrequest>),
     Custom(Box<dyn SessionCustom>),
 }
 
@@ -99,7 +100,7 @@ impl Session {
 
     /// Create a new [`Session`] from a subrequest session
     pub fn new_subrequest(session: SessionSubrequest) -> Self {
-        Self::Subrequest(session)
+        Self::Subrequest(Box::new(session))
     }
 
     /// Create a new [`Session`] from a custom session

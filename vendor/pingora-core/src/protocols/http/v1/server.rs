@@ -940,7 +940,7 @@ impl HttpSession {
     fn prepare_response_header(
         &mut self,
         header: &mut ResponseHeader,
-    ) -> Result<Option<(Bytes, bool)>> {
+    ) -> Result<Option<(BytesMut, bool)>> {
         // Check if we should ignore informational responses
         if header.status.is_informational() && self.ignore_info_resp(header.status.into()) {
             debug!("ignoring informational headers");
@@ -1043,7 +1043,9 @@ impl HttpSession {
         let should_flush = header.status.is_informational()
             || header.headers.get(header::CONTENT_LENGTH).is_none();
 
-        Ok(Some((write_buf.freeze(), should_flush)))
+        // Not frozen here (patched in): freezing a buffer with room to spare allocates, and
+        // the head is written from the buffer as it is unless it is queued as a task.
+        Ok(Some((write_buf, should_flush)))
     }
 
     fn init_body_writer(&mut self, header: &ResponseHeader) {
@@ -1878,7 +1880,7 @@ impl HttpSession {
                     let flush = should_flush || self.body_writer.finished();
                     self.proxy_task_state
                         .header_writer()
-                        .send_header_task(write_buf, flush, None);
+                        .send_header_task(write_buf.freeze(), flush, None);
                     self.proxy_task_state.current_writer =
                         Some(ProxyTaskWriter::WritingHeader(header, end));
                 }
