@@ -70,6 +70,8 @@ async fn access_log_lines_are_json_with_redaction_and_reopen_on_sigusr1() {
         .await
         .expect("request");
     assert_eq!(response.status(), 200);
+    let body_len = response.bytes().await.expect("the body").len();
+    assert!(body_len > 0);
 
     let log_path = proxy.dir().join("access.log");
     let line = wait_for_line(&log_path, "log-req-1").await;
@@ -87,7 +89,7 @@ async fn access_log_lines_are_json_with_redaction_and_reopen_on_sigusr1() {
     assert_eq!(entry["upstream_cache_status"], "");
     assert_eq!(entry["rate_limit"], "");
     assert_eq!(entry["upstream_status"], 200);
-    assert!(entry["body_bytes_sent"].as_u64().unwrap_or(0) > 0, "{line}");
+    assert_eq!(entry["body_bytes_sent"], body_len, "{line}");
     assert!(entry["request_time"].is_f64(), "{line}");
     assert!(entry["upstream_response_time"].is_f64(), "{line}");
     let upstream = tailnet.peer("docs").expect("docs").http_addr().to_string();

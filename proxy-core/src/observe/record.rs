@@ -19,7 +19,7 @@ pub(crate) struct RequestRecord {
     /// When the request started.
     pub started: Instant,
     /// The request id (kept from `X-Request-Id` or generated).
-    pub request_id: String,
+    pub request_id: super::request_id::RequestId,
     /// When an upstream was chosen.
     pub upstream_started: Option<Instant>,
     /// Time until the upstream's response headers.
@@ -53,7 +53,7 @@ impl RequestRecord {
     pub(crate) fn new(observability: Option<&Observability>) -> Self {
         Self {
             started: Instant::now(),
-            request_id: String::new(),
+            request_id: Default::default(),
             upstream_started: None,
             upstream_response_time: None,
             upstream_addr: None,
@@ -81,7 +81,7 @@ impl RequestRecord {
         &self,
         response: &mut pingora::http::ResponseHeader,
     ) -> pingora::Result<()> {
-        response.insert_header(&super::REQUEST_ID_HEADER, self.request_id.as_str())
+        response.insert_header(&super::REQUEST_ID_HEADER, self.request_id.header_value())
     }
 }
 
@@ -214,7 +214,7 @@ impl Observability {
             user: record.user.as_deref().unwrap_or_default(),
             user_agent: &user_agent,
             referer: &self.redactor().uri(&referer),
-            request_id: &record.request_id,
+            request_id: record.request_id.as_str(),
             site: facts.site.unwrap_or(""),
             location: facts.location.unwrap_or(""),
             error: error.map_or("", |e| e.etype().as_str()),

@@ -22,26 +22,43 @@ pub(crate) fn is_well_formed(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
+/// A request's id, kept as the header value it goes out in: the upstream request and the
+/// response carry clones of it (a reference count, not a copy).
+#[derive(Debug, Clone)]
+pub(crate) struct RequestId(http::HeaderValue);
+
+impl Default for RequestId {
+    fn default() -> Self {
+        Self(http::HeaderValue::from_static(""))
+    }
+}
+
+impl RequestId {
+    /// The id as text (ASCII: a kept id is well-formed, a new one a UUID).
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(self.0.as_bytes()).unwrap_or_default()
+    }
+
+    /// The id as a header value to send.
+    pub(crate) fn header_value(&self) -> http::HeaderValue {
+        self.0.clone()
+    }
+}
+
 /// The request's id: its own `X-Request-Id` if well-formed, else a new random UUID.
-pub(crate) fn request_id_for(request: &RequestHeader) -> String {
-    match request
-        .headers
-        .get(&REQUEST_ID_HEADER)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id) if is_well_formed(id) => id.to_owned(),
-        _ => new_request_id(),
+pub(crate) fn request_id_for(request: &RequestHeader) -> RequestId {
+    match request.headers.get(&REQUEST_ID_HEADER) {
+        Some(id) if id.to_str().is_ok_and(is_well_formed) => RequestId(id.clone()),
+        _ => RequestId(new_request_id()),
     }
 }
 
 /// A new random id (UUID v4, hyphenated), from a thread-local generator seeded by the OS
 /// (no system call per request).
-pub(crate) fn new_request_id() -> String {
+pub(crate) fn new_request_id() -> http::HeaderValue {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    uuid::Uuid::new_v4()
-        .hyphenated()
-        .encode_lower(&mut text)
-        .to_owned()
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
+    http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static(""))
 }
 
 #[cfg(test)]
@@ -58,20 +75,21 @@ mod tests {
 
     #[test]
     fn keeps_well_formed_ids_and_replaces_others() {
-        assert_eq!(
-            request_id_for(&request(Some("abc-123_x.y:z"))),
-            "abc-123_x.y:z"
-        );
+        let kept = request_id_for(&request(Some("abc-123_x.y:z")));
+        assert_eq!(kept.as_str(), "abc-123_x.y:z");
+        assert_eq!(kept.header_value(), "abc-123_x.y:z");
         for bad in ["", "has space", "quote\"", &"a".repeat(129)] {
             let id = request_id_for(&request(Some(bad)));
-            assert_ne!(id, bad);
-            assert!(is_well_formed(&id));
+            assert_ne!(id.as_str(), bad);
+            assert!(is_well_formed(id.as_str()));
         }
         let generated = request_id_for(&request(None));
-        assert_eq!(generated.len(), 36);
-        let parsed = uuid::Uuid::parse_str(&generated).expect("a UUID");
+        let text = generated.as_str();
+        assert_eq!(text.len(), 36);
+        assert_eq!(generated.header_value(), text);
+        let parsed = uuid::Uuid::parse_str(text).expect("a UUID");
         assert_eq!(parsed.get_version_num(), 4);
-        assert_eq!(generated, generated.to_lowercase());
-        assert_ne!(generated, request_id_for(&request(None)));
+        assert_eq!(text, text.to_lowercase());
+        assert_ne!(text, request_id_for(&request(None)).as_str());
     }
 }

@@ -141,7 +141,7 @@ impl RequestCtx {
 
     /// The request id (kept from `X-Request-Id` or generated).
     pub fn request_id(&self) -> &str {
-        &self.record.request_id
+        self.record.request_id.as_str()
     }
 
     /// The plugins this request runs and what they see of it; `None` when there are none

@@ -685,7 +685,7 @@ impl ProxyHttp for EdgeProxy {
         // Room for what is added below (request id, client IP, X-Forwarded-*, Host): one
         // allocation instead of the maps growing header by header.
         upstream_request.reserve(6);
-        upstream_request.insert_header(&REQUEST_ID_HEADER, ctx.record.request_id.as_str())?;
+        upstream_request.insert_header(&REQUEST_ID_HEADER, ctx.record.request_id.header_value())?;
         if ctx.buffered_body.is_some() {
             // The body is here already; the client had its `100 Continue` from the proxy.
             upstream_request.remove_header(&http::header::EXPECT);
@@ -708,7 +708,7 @@ impl ProxyHttp for EdgeProxy {
                 peer_ip,
                 scheme: ctx.scheme,
                 host: &ctx.route.host,
-                request_id: &ctx.record.request_id,
+                request_id: ctx.record.request_id.as_str(),
             };
             rules.render(upstream_request, &vars)
         });

@@ -969,8 +969,9 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         let total_size = bufs.iter().fold(0, |acc, s| acc + s.len());
 
+        // Patched in: the lazy write buffer is not made for a vectored write. Without one the
+        // slices go to the socket as they are (one `writev`); with one, it takes them as usual.
         let result = if self.buffer_write {
-            self.grow_write_buffer();
             Pin::new(&mut self.stream_mut()).poll_write_vectored(cx, bufs)
         } else {
             Pin::new(&mut self.stream_mut().get_mut()).poll_write_vectored(cx, bufs)

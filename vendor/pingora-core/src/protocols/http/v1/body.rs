@@ -1347,6 +1347,34 @@ impl BodyWriter {
         }
     }
 
+    /// Whether `len` bytes are this `Content-Length` body whole, none of it written yet
+    /// (patched in).
+    pub fn takes_whole(&self, len: usize) -> bool {
+        matches!(self.body_mode, BM::ContentLength(total, 0) if total == len)
+    }
+
+    /// Writes `head`, then `body`, the whole body (see [`Self::takes_whole`]), as one output:
+    /// vectored writes where the stream takes them, so neither is copied into its write buffer
+    /// first; then flushes (patched in). Gives the body bytes written.
+    pub async fn write_whole_with_head<S>(
+        &mut self,
+        stream: &mut S,
+        head: &[u8],
+        body: &[u8],
+    ) -> Result<usize>
+    where
+        S: AsyncWrite + Unpin + Send,
+    {
+        let mut output = Buf::chain(head, body);
+        stream
+            .write_all_buf(&mut output)
+            .await
+            .or_err(WriteError, "while writing response header and body")?;
+        self.body_mode = BM::ContentLength(body.len(), body.len());
+        stream.flush().await.or_err(WriteError, "flushing body")?;
+        Ok(body.len())
+    }
+
     pub fn finished(&self) -> bool {
         match self.body_mode {
             BM::Complete(_) => true,

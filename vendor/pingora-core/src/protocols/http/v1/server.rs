@@ -780,8 +780,18 @@ impl HttpSession {
             // Header already sent or should be ignored
             return Ok(());
         };
+        self.write_prepared_response_header(header, &write_buf, flush)
+            .await
+    }
 
-        match self.underlying_stream.write_all(&write_buf).await {
+    /// Writes a head made by [`Self::prepare_response_header`] (split out, patched in).
+    async fn write_prepared_response_header(
+        &mut self,
+        header: Box<ResponseHeader>,
+        write_buf: &[u8],
+        flush: bool,
+    ) -> Result<()> {
+        match self.underlying_stream.write_all(write_buf).await {
             Ok(()) => {
                 // flush the stream if 1xx header or there is no response body
                 if flush || self.body_writer.finished() {
@@ -1729,6 +1739,43 @@ impl HttpSession {
         }
     }
 
+    /// Writes a response head and the first chunk of its body (patched in). When the chunk is
+    /// the whole `Content-Length` body, both go out in one output, neither copied into the
+    /// stream's write buffer (an allocation and a copy of both per response); otherwise the
+    /// head is written as by [`Self::write_response_header`] and the chunk kept in `pending`
+    /// as by [`Self::buffer_body_data`].
+    async fn write_response_header_and_body(
+        &mut self,
+        mut header: Box<ResponseHeader>,
+        body: Bytes,
+        pending: &mut Option<Bytes>,
+    ) -> Result<()> {
+        let Some((head, flush)) = self.prepare_response_header(&mut header)? else {
+            self.buffer_body_data(pending, Some(body), false);
+            return Ok(());
+        };
+        if flush || self.upgraded || !self.body_writer.takes_whole(body.len()) {
+            self.write_prepared_response_header(header, &head, flush)
+                .await?;
+            self.buffer_body_data(pending, Some(body), false);
+            return Ok(());
+        }
+        let limit = self.write_timeout(head.len() + body.len());
+        let write = self
+            .body_writer
+            .write_whole_with_head(&mut self.underlying_stream, &head, &body);
+        let written = match limit {
+            Some(t) => match timeout(t, write).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
+            },
+            None => write.await,
+        }?;
+        self.body_bytes_sent += written;
+        self.response_written = Some(header);
+        Ok(())
+    }
+
     // TODO: use vectored write to avoid copying
     pub async fn response_duplex_vec(&mut self, mut tasks: Vec<HttpTask>) -> Result<bool> {
         let n_tasks = tasks.len();
@@ -1739,6 +1786,23 @@ impl HttpSession {
 
         let mut end_stream = false;
         let mut pending = None;
+        // Patched in: a head and the body chunk after it go out together.
+        let head_then_body = matches!(
+            tasks.as_slice(),
+            [HttpTask::Header(_, false), HttpTask::Body(Some(body), _), ..] if !body.is_empty()
+        );
+        if head_then_body {
+            let mut first = tasks.drain(..2);
+            if let (Some(HttpTask::Header(header, _)), Some(HttpTask::Body(Some(body), end))) =
+                (first.next(), first.next())
+            {
+                drop(first);
+                self.write_response_header_and_body(header, body, &mut pending)
+                    .await
+                    .map_err(|e| e.into_down())?;
+                end_stream = end;
+            }
+        }
         for task in tasks.into_iter() {
             end_stream = match task {
                 HttpTask::Header(header, end_stream) => {
