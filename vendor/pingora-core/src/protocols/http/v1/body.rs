@@ -1353,9 +1353,8 @@ impl BodyWriter {
         matches!(self.body_mode, BM::ContentLength(total, 0) if total == len)
     }
 
-    /// Writes `head`, then `body`, the whole body (see [`Self::takes_whole`]), as one output:
-    /// vectored writes where the stream takes them, so neither is copied into its write buffer
-    /// first; then flushes (patched in). Gives the body bytes written.
+    /// Writes `head`, then `body`, the whole body (see [`Self::takes_whole`]), as one output
+    /// (`write_all_vectored`), then flushes (patched in). Gives the body bytes written.
     pub async fn write_whole_with_head<S>(
         &mut self,
         stream: &mut S,
@@ -1365,9 +1364,7 @@ impl BodyWriter {
     where
         S: AsyncWrite + Unpin + Send,
     {
-        let mut output = Buf::chain(head, body);
-        stream
-            .write_all_buf(&mut output)
+        super::common::write_all_vectored(stream, head, body)
             .await
             .or_err(WriteError, "while writing response header and body")?;
         self.body_mode = BM::ContentLength(body.len(), body.len());

@@ -169,7 +169,10 @@ impl HttpSession {
         })?;
         trace!("Writing request header: {to_wire:?}");
 
-        let write_fut = self.underlying_stream.write_all(to_wire.as_ref());
+        // Patched in: written as a vectored write, which a TCP stream passes to the socket
+        // without making its write buffer and copying the head into it; the head is flushed
+        // at once anyway.
+        let write_fut = write_all_vectored(&mut self.underlying_stream, &to_wire, &[]);
         match self.write_timeout {
             Some(t) => match timeout(t, write_fut).await {
                 Ok(res) => res,

@@ -122,6 +122,31 @@ fn parse_connection_header(value: &[u8]) -> ConnectionValue {
     }
 }
 
+/// Writes `first`, then `second`, whole, in vectored writes (patched in): a TCP stream passes
+/// them to the socket without making its write buffer and copying them into it, and a stream
+/// without vectored writes takes them one after the other. The caller flushes.
+pub(crate) async fn write_all_vectored<S>(
+    stream: &mut S,
+    mut first: &[u8],
+    mut second: &[u8],
+) -> std::io::Result<()>
+where
+    S: tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    use tokio::io::AsyncWriteExt;
+    while !first.is_empty() || !second.is_empty() {
+        let slices = [std::io::IoSlice::new(first), std::io::IoSlice::new(second)];
+        let written = stream.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let from_first = written.min(first.len());
+        first = &first[from_first..];
+        second = &second[written - from_first..];
+    }
+    Ok(())
+}
+
 pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length
