@@ -1038,7 +1038,7 @@ fn get_raw_target(proxy: std::net::SocketAddr, target: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn utf_8_request_targets_go_upstream_byte_for_byte_and_others_get_400() {
+async fn request_targets_go_upstream_byte_for_byte_and_non_utf_8_ones_get_400() {
     let tailnet = tailnet(&[]).await;
     let (origin, heads) = raw_origin();
     let upstream = format!("\n[upstreams.raw]\naddress = \"{origin}\"\n");
@@ -1070,6 +1070,23 @@ async fn utf_8_request_targets_go_upstream_byte_for_byte_and_others_get_400() {
         line.extend_from_slice(b" HTTP/1.1\r\n");
         assert!(head.starts_with(&line), "{shown}: {}", head.escape_ascii());
     }
+    // A target that is only a fragment is the root once the fragment is stripped.
+    let reply = get_raw_target(proxy.addr, b"#top");
+    assert!(
+        reply.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        reply.escape_ascii()
+    );
+    let head = heads
+        .lock()
+        .unwrap()
+        .pop()
+        .expect("the origin got the request");
+    assert!(
+        head.starts_with(b"GET / HTTP/1.1\r\n"),
+        "{}",
+        head.escape_ascii()
+    );
     // Bytes that are not UTF-8 are refused as the head is parsed, before anything is sent.
     for target in [&b"/latin-1/caf\xe9"[..], b"/cut/\xc3\xa9\xc3"] {
         let reply = get_raw_target(proxy.addr, target);
