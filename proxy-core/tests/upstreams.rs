@@ -1048,10 +1048,16 @@ async fn request_targets_go_upstream_byte_for_byte_and_non_utf_8_ones_get_400() 
         site("t", "raw", "")
     );
     let proxy = Edge::start(&config);
-    for target in [
-        &b"/plain/path?q=1&r=%20"[..],
-        "/caf\u{e9}/\u{1f600}?q=\u{fc}".as_bytes(),
-        b"/a/\"{quoted}\"|^",
+    // What is sent, and the target that goes upstream: the same bytes, except that a target
+    // that is only a fragment is the root once the fragment is stripped.
+    for (target, forwarded) in [
+        (&b"/plain/path?q=1&r=%20"[..], &b"/plain/path?q=1&r=%20"[..]),
+        (
+            "/caf\u{e9}/\u{1f600}?q=\u{fc}".as_bytes(),
+            "/caf\u{e9}/\u{1f600}?q=\u{fc}".as_bytes(),
+        ),
+        (b"/a/\"{quoted}\"|^", b"/a/\"{quoted}\"|^"),
+        (b"#top", b"/"),
     ] {
         let reply = get_raw_target(proxy.addr, target);
         let shown = target.escape_ascii().to_string();
@@ -1066,27 +1072,10 @@ async fn request_targets_go_upstream_byte_for_byte_and_non_utf_8_ones_get_400() 
             .pop()
             .expect("the origin got the request");
         let mut line = b"GET ".to_vec();
-        line.extend_from_slice(target);
+        line.extend_from_slice(forwarded);
         line.extend_from_slice(b" HTTP/1.1\r\n");
         assert!(head.starts_with(&line), "{shown}: {}", head.escape_ascii());
     }
-    // A target that is only a fragment is the root once the fragment is stripped.
-    let reply = get_raw_target(proxy.addr, b"#top");
-    assert!(
-        reply.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        reply.escape_ascii()
-    );
-    let head = heads
-        .lock()
-        .unwrap()
-        .pop()
-        .expect("the origin got the request");
-    assert!(
-        head.starts_with(b"GET / HTTP/1.1\r\n"),
-        "{}",
-        head.escape_ascii()
-    );
     // Bytes that are not UTF-8 are refused as the head is parsed, before anything is sent.
     for target in [&b"/latin-1/caf\xe9"[..], b"/cut/\xc3\xa9\xc3"] {
         let reply = get_raw_target(proxy.addr, target);
