@@ -990,20 +990,6 @@ pub fn header_value_from_slice(raw: &[u8]) -> HeaderValue {
     header_value_from_raw(bytes::Bytes::copy_from_slice(raw))
 }
 
-/// Normalize a header field value per RFC 9110 section 5.5 and RFC 9112
-/// section 5.2:
-///
-/// - Each CRLF + WSP obs-fold continuation collapses to a single SP
-///   ([RFC 9112 section 5.2]).
-/// - Any standalone CR, LF, or NUL (not part of an obs-fold being collapsed)
-///   is replaced with a single SP ([RFC 9110 section 5.5]).
-/// - Other CTL characters are retained, as RFC 9110 section 5.5 permits.
-///
-/// Zero-copy when the input contains no CR, LF, or NUL.
-/// Example: `b"obs\r\n fold\r\n\t line"` becomes `b"obs fold line"`.
-///
-/// [RFC 9112 section 5.2]: https://datatracker.ietf.org/doc/html/rfc9112#section-5.2
-/// [RFC 9110 section 5.5]: https://datatracker.ietf.org/doc/html/rfc9110#section-5.5
 /// Whether `raw` has a CR, LF or NUL (patched in): eight bytes at a time, looking for any byte
 /// below 0x0E (which takes in HTAB and a few other controls too), and byte by byte only in a
 /// word that has one. About a quarter of the byte-by-byte scan's instructions.
@@ -1025,6 +1011,20 @@ fn has_cr_lf_or_nul(raw: &[u8]) -> bool {
     words.remainder().iter().any(special)
 }
 
+/// Normalize a header field value per RFC 9110 section 5.5 and RFC 9112
+/// section 5.2:
+///
+/// - Each CRLF + WSP obs-fold continuation collapses to a single SP
+///   ([RFC 9112 section 5.2]).
+/// - Any standalone CR, LF, or NUL (not part of an obs-fold being collapsed)
+///   is replaced with a single SP ([RFC 9110 section 5.5]).
+/// - Other CTL characters are retained, as RFC 9110 section 5.5 permits.
+///
+/// Zero-copy when the input contains no CR, LF, or NUL.
+/// Example: `b"obs\r\n fold\r\n\t line"` becomes `b"obs fold line"`.
+///
+/// [RFC 9112 section 5.2]: https://datatracker.ietf.org/doc/html/rfc9112#section-5.2
+/// [RFC 9110 section 5.5]: https://datatracker.ietf.org/doc/html/rfc9110#section-5.5
 fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     // Fast path: no CR/LF/NUL, nothing to do.
     if !has_cr_lf_or_nul(&raw) {
