@@ -451,6 +451,11 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionLimit<A> {
 /// the client identity and `X-Real-IP` are read from) and `TCP_NODELAY`, then is handed to
 /// the app, reused while it keeps alive. Use it for [`EdgeApps::proxy`] and
 /// [`EdgeApps::admin`].
+///
+/// At shutdown it stops accepting and calls the app's `cleanup`, as Pingora does: the
+/// connections still open are served on (as long as the runtime runs; count them with
+/// [`EdgeServices::open_connections`] to drain), each ending after its request in flight,
+/// whose answer says `Connection: close`.
 pub async fn serve_listener<A>(
     listener: std::net::TcpListener,
     app: Arc<A>,
@@ -471,7 +476,7 @@ pub async fn serve_listener<A>(
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait_for(|stop| *stop) => break,
         };
         let tcp = match accepted {
             Ok((tcp, _)) => tcp,
@@ -491,6 +496,9 @@ pub async fn serve_listener<A>(
         let (app, shutdown) = (app.clone(), shutdown.clone());
         tokio::spawn(Service::<A>::handle_event(Box::new(stream), app, shutdown));
     }
+    // As a Pingora listening service does once its listeners stop: the proxy then answers
+    // the requests still in flight with `Connection: close`.
+    app.cleanup().await;
 }
 
 /// The apps of [`EdgeServices`], to serve on sockets of your own ([`EdgeServices::into_apps`]).

@@ -483,3 +483,34 @@ async fn memory_is_trimmed_after_connections_close_once_for_a_burst() {
     let trims = trims_beyond(1).await;
     assert!((2..10).contains(&trims), "{trims} trims for 51 connections");
 }
+
+#[tokio::test]
+async fn a_response_written_during_a_graceful_shutdown_says_connection_close() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, ""));
+    let mut stream = connect(&edge);
+    stream.write_all(GET.as_bytes()).unwrap();
+    let before = read_response(&mut stream);
+    assert!(
+        before.to_ascii_lowercase().contains("connection: keep-alive"),
+        "{before}"
+    );
+    stream
+        .write_all(b"GET /up/slow?delay_ms=500 HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .unwrap();
+    let peer = tailnet.peer("app").unwrap().clone();
+    assert!(eventually(Duration::from_secs(5), || peer.requests() == 1).await);
+    edge.begin_shutdown(Duration::from_secs(10));
+    // Answered, and told that the connection closes after it: a client told to keep it alive
+    // would send its next request into that close.
+    let during = read_response(&mut stream);
+    assert!(
+        during.starts_with("HTTP/1.1 200") && during.contains("hello from app"),
+        "{during}"
+    );
+    assert!(
+        during.to_ascii_lowercase().contains("connection: close"),
+        "{during}"
+    );
+    assert!(closed_by_server(&mut stream));
+}

@@ -22,9 +22,10 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How long start-up waits for the first lookups of upstream names (as `proxy-app run`).
@@ -67,6 +68,9 @@ pub struct Edge {
     handles: Handles,
     logs: LogCapture,
     shutdown: watch::Sender<bool>,
+    /// How long the connections open at shutdown go on being served, in milliseconds (none
+    /// unless [`Edge::begin_shutdown`] says).
+    drain_ms: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
     /// Dropped last: the files of a running proxy stay until it has stopped.
     dir: tempfile::TempDir,
@@ -119,6 +123,8 @@ impl Edge {
         let addr = public.local_addr().expect("public listener address");
         let admin_addr = admin.local_addr().expect("admin listener address");
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let drain_ms = Arc::new(AtomicU64::new(0));
+        let drain = drain_ms.clone();
         let (ready_tx, ready_rx) = mpsc::channel();
         // Built on a thread of its own: priming the resolver runs a runtime of its own, which
         // cannot start inside the test's.
@@ -130,6 +136,7 @@ impl Edge {
                     [public, admin],
                     dispatch,
                     shutdown_rx,
+                    drain,
                     ready_tx,
                     setup,
                 );
@@ -145,6 +152,7 @@ impl Edge {
             handles,
             logs,
             shutdown,
+            drain_ms,
             thread: Some(thread),
             dir,
         };
@@ -164,6 +172,15 @@ impl Edge {
             "the edge did not answer /healthz: {reply:?}\n{}",
             self.logs()
         );
+    }
+
+    /// Starts a graceful shutdown, as `proxy-app` does on SIGTERM: the listeners stop
+    /// accepting, and the client connections open go on being served until none is left or
+    /// `drain` has passed.
+    pub fn begin_shutdown(&self, drain: Duration) {
+        let drain_ms = u64::try_from(drain.as_millis()).unwrap_or(u64::MAX);
+        self.drain_ms.store(drain_ms, Ordering::Relaxed);
+        let _ = self.shutdown.send(true);
     }
 
     /// The directory relative paths of the config name (for files the test edits while the
@@ -236,13 +253,14 @@ impl Drop for Edge {
 }
 
 /// The edge thread: builds the services, reports their handles on `ready`, serves
-/// `[public, admin]` until `shutdown`, then stops the runtime. Every thread of it logs to
-/// `logs`.
+/// `[public, admin]` until `shutdown`, lets the client connections still open finish for up to
+/// `drain_ms`, then stops the runtime. Every thread of it logs to `logs`.
 fn serve(
     config: RuntimeConfig,
     [public, admin]: [TcpListener; 2],
     logs: tracing::Dispatch,
     shutdown: ShutdownWatch,
+    drain_ms: Arc<AtomicU64>,
     ready: mpsc::Sender<Handles>,
     setup: impl FnOnce(&mut EdgeServices),
 ) {
@@ -258,6 +276,7 @@ fn serve(
         telemetry: services.telemetry().clone(),
         grace_period: config_grace_period,
     };
+    let open_connections = services.open_connections();
     let apps = services.into_apps();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -289,6 +308,11 @@ fn serve(
                     }
                 }
             }
+        }
+        let drain = Duration::from_millis(drain_ms.load(Ordering::Relaxed));
+        let deadline = Instant::now() + drain;
+        while open_connections.count() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
     });
     runtime.shutdown_timeout(Duration::from_secs(2));
