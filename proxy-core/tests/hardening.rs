@@ -492,7 +492,9 @@ async fn a_response_written_during_a_graceful_shutdown_says_connection_close() {
     stream.write_all(GET.as_bytes()).unwrap();
     let before = read_response(&mut stream);
     assert!(
-        before.to_ascii_lowercase().contains("connection: keep-alive"),
+        before
+            .to_ascii_lowercase()
+            .contains("connection: keep-alive"),
         "{before}"
     );
     stream
@@ -513,4 +515,30 @@ async fn a_response_written_during_a_graceful_shutdown_says_connection_close() {
         "{during}"
     );
     assert!(closed_by_server(&mut stream));
+}
+
+#[tokio::test]
+async fn a_client_that_closes_while_the_upstream_works_ends_the_request_there() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, ""));
+    let peer = tailnet.peer("app").unwrap().clone();
+    assert_eq!(get(&edge, "app.example.com", "/up/a").await.status, 200);
+    let connections = peer.connections();
+
+    let mut stream = connect(&edge);
+    stream
+        .write_all(b"GET /up/slow?delay_ms=3000 HTTP/1.1\r\nHost: app.example.com\r\n\r\n")
+        .unwrap();
+    assert!(eventually(Duration::from_secs(5), || peer.requests() == 2).await);
+    // The client gives up (its side closed, as a crawler's timeout does) while the upstream
+    // still works on the answer: the request ends there, as nginx ends it, and the client
+    // gets no answer where it would otherwise have got the upstream's, 3 s later.
+    stream.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+    // The upstream connection still owed that answer: it is closed, not pooled, and the next
+    // request goes over a new one.
+    assert_eq!(get(&edge, "app.example.com", "/up/b").await.status, 200);
+    assert_eq!(peer.connections(), connections + 1);
 }

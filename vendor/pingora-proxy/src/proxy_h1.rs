@@ -308,7 +308,21 @@ where
             // A task read and what is ready after it, so a head and a body that arrived
             // together are written together.
             let mut tasks = Vec::with_capacity(TASK_BUFFER_SIZE);
-            let mut next = Some(client_session.read_response_task().await);
+            // Patched in: the client is watched while the upstream is awaited, as the duplex
+            // path watches it (the same idle probe): a client that closes its side ends the
+            // request, and the upstream connection, which still owes its answer, is not
+            // reused. Bytes of a pipelined next request are kept for it. The probe reads
+            // only once the client's socket is readable.
+            let first = tokio::select! {
+                biased;
+                read = client_session.read_response_task() => read,
+                idle = session.downstream_session.read_body_or_idle(true) => match idle {
+                    Err(e) => return (false, false, Some(e.into_down())),
+                    // With no body expected it has none to give: wait for the upstream.
+                    Ok(_) => client_session.read_response_task().await,
+                },
+            };
+            let mut next = Some(first);
             while let Some(read) = next.take() {
                 let task = match read {
                     Ok(task) => task,
