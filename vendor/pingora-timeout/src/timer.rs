@@ -315,11 +315,17 @@ mod tests {
         }
         let found = timers.find(Time(100)).expect("registered");
         assert!(Arc::ptr_eq(&found.1, &first_flag));
-        let last = timers.find(Time(100 + 10 * RECENT as u64)).expect("registered");
+        let last = timers
+            .find(Time(100 + 10 * RECENT as u64))
+            .expect("registered");
         let last_flag = last.1.clone();
         // The clock fires the last one and takes it out of the tree: a fired timer is not
         // handed out again from the recent ones.
-        timers.tree.remove(&Time(100 + 10 * RECENT as u64)).unwrap().fire();
+        timers
+            .tree
+            .remove(&Time(100 + 10 * RECENT as u64))
+            .unwrap()
+            .fire();
         assert!(last_flag.load(Ordering::SeqCst));
         assert!(timers.find(Time(100 + 10 * RECENT as u64)).is_none());
         assert!(timers.find(Time(5)).is_none());
