@@ -520,7 +520,8 @@ async fn a_response_written_during_a_graceful_shutdown_says_connection_close() {
 #[tokio::test]
 async fn a_client_that_closes_while_the_upstream_works_ends_the_request_there() {
     let tailnet = tailnet(&["app"]).await;
-    let edge = Edge::start(&config(&tailnet, ""));
+    let logged = "[access_log]\npath = \"access.log\"\n";
+    let edge = Edge::start(&format!("{}\n{logged}", config(&tailnet, "")));
     let peer = tailnet.peer("app").unwrap().clone();
     assert_eq!(get(&edge, "app.example.com", "/up/a").await.status, 200);
     let connections = peer.connections();
@@ -541,4 +542,18 @@ async fn a_client_that_closes_while_the_upstream_works_ends_the_request_there() 
     // request goes over a new one.
     assert_eq!(get(&edge, "app.example.com", "/up/b").await.status, 200);
     assert_eq!(peer.connections(), connections + 1);
+    // Logged as nginx logs it: 499, the client closed the request.
+    let log = edge.dir().join("access.log");
+    let mut line = None;
+    eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        line = text
+            .lines()
+            .find(|l| l.contains("/up/slow"))
+            .map(str::to_owned);
+        line.is_some()
+    })
+    .await;
+    let line = line.expect("the request's access-log line");
+    assert!(line.contains(r#""status":499"#), "{line}");
 }

@@ -125,6 +125,22 @@ pub(crate) struct RequestFacts<'a> {
     pub record: &'a RequestRecord,
 }
 
+/// The status logged for a request that got no answer: nginx's 499 when the client went away
+/// (closed its side or reset) while the upstream worked on it, else 0.
+fn unanswered_status(record: &RequestRecord, error: Option<&Error>) -> u16 {
+    let client_gone = error.is_some_and(|e| {
+        e.esource() == &ErrorSource::Downstream
+            && matches!(
+                e.etype(),
+                ErrorType::ConnectionClosed | ErrorType::ReadError
+            )
+    });
+    match client_gone && record.upstream_started.is_some() {
+        true => 499,
+        false => 0,
+    }
+}
+
 impl Observability {
     /// Records one finished request: metrics, then the access-log line. Called from the
     /// `logging` phase.
@@ -136,8 +152,10 @@ impl Observability {
     ) {
         let site = facts.site.unwrap_or(UNKNOWN_SITE);
         let request = session.req_header();
-        let status = session.response_written().map_or(0, |r| r.status.as_u16());
         let record = facts.record;
+        let status = session
+            .response_written()
+            .map_or_else(|| unanswered_status(record, error), |r| r.status.as_u16());
         let elapsed = record.started.elapsed();
         let bytes = session.body_bytes_sent() as u64;
         let metrics = self.metrics();
