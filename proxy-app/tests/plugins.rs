@@ -20,7 +20,8 @@ hosts = ["app.example.com"]
 use = "headers"
 preset = "security"
 remove = ["x-fake-peer"]
-request_set = {{ "x-edge" = "yes" }}
+request_set = {{ "x-edge" = "yes", "x-forwarded-proto" = "https" }}
+request_remove = ["x-real-ip"]
 
 [[sites.app.locations]]
 match = "/"
@@ -90,10 +91,22 @@ async fn headers_plugin_applies_to_every_response_and_merges_site_and_location()
     assert_eq!(bare.header("x-bare"), Some("1"));
     assert_eq!(bare.header("x-frame-options"), None);
     assert_eq!(bare.header("x-fake-peer"), Some("app"));
-    // Request headers set by the plugin reach the upstream.
+    // Request headers set by the plugin reach the upstream, and the plugin's changes apply
+    // to the forwarding headers the proxy set before it (each sent once).
     get(&proxy, "app.example.com", "/").await;
     let seen = tailnet.peer("app").unwrap().last_request().unwrap();
     assert_eq!(seen.header("x-edge"), Some("yes"));
+    let values = |name: &str| {
+        seen.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(values("x-forwarded-proto"), ["https"]);
+    assert_eq!(values("x-real-ip"), Vec::<&str>::new());
+    assert_eq!(values("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(values("x-request-id").len(), 1, "{:?}", seen.headers);
 }
 
 #[test]

@@ -130,18 +130,20 @@ impl ClientIpPolicy {
         request: &mut RequestHeader,
         client_ip: Option<IpAddr>,
     ) -> Result<()> {
-        self.set_upstream_header_value(request, client_ip.map(ip_header_value))
+        self.set_upstream_header_value(request, client_ip.map(ip_header_value))?;
+        request.merge_wire_headers()
     }
 
     /// [`Self::set_upstream_header`] with the address already made a header value (the
-    /// proxy makes it once per request for this and the forwarding headers).
+    /// proxy makes it once per request for this and the forwarding headers), set as a wire
+    /// header (`RequestHeader::set_wire_header`) rather than in the request's map.
     pub(crate) fn set_upstream_header_value(
         &self,
         request: &mut RequestHeader,
         client_ip: Option<HeaderValue>,
     ) -> Result<()> {
         match client_ip {
-            Some(ip) => request.insert_header(self.header.clone(), ip)?,
+            Some(ip) => request.set_wire_header(self.header.clone(), ip)?,
             None => {
                 request.remove_header(&self.header);
             }

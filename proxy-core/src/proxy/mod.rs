@@ -682,10 +682,6 @@ impl ProxyHttp for EdgeProxy {
         upstream_request: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        // Room for what is added below (request id, client IP, X-Forwarded-*, Host): one
-        // allocation instead of the maps growing header by header.
-        upstream_request.reserve(6);
-        upstream_request.insert_header(&REQUEST_ID_HEADER, ctx.record.request_id.header_value())?;
         if ctx.buffered_body.is_some() {
             // The body is here already; the client had its `100 Continue` from the proxy.
             upstream_request.remove_header(&http::header::EXPECT);
@@ -712,11 +708,22 @@ impl ProxyHttp for EdgeProxy {
             };
             rules.render(upstream_request, &vars)
         });
+        // The request id, the client-IP header and the X-Forwarded-* headers are written after
+        // the request's own headers rather than added to its map (`set_wire_header`), so they
+        // come after every change made to the map here. A later change of any header (auth,
+        // compression, the operator's rules) moves them into the map first.
         let client_ip = ctx.client_ip.map(crate::client::ip_header_value);
-        ctx.config
-            .client
-            .set_upstream_header_value(upstream_request, client_ip.clone())?;
-        apply_forwarded_headers(upstream_request, host_header, client_ip, ctx.scheme)?;
+        apply_forwarded_headers(
+            upstream_request,
+            host_header,
+            &ctx.config.client,
+            client_ip,
+            ctx.scheme,
+        )?;
+        upstream_request.set_wire_header(
+            REQUEST_ID_HEADER.clone(),
+            ctx.record.request_id.header_value(),
+        )?;
         if let Some(auth) = location.and_then(|l| l.auth()) {
             auth.prepare_upstream(upstream_request, &ctx.auth_headers)?;
         }
@@ -729,6 +736,8 @@ impl ProxyHttp for EdgeProxy {
         let Some((chain, plugin_ctx)) = self.plugins(ctx) else {
             return Ok(());
         };
+        // Plugins read the request's map: every header set above is in it.
+        upstream_request.merge_wire_headers()?;
         for plugin in chain.iter() {
             plugin
                 .upstream_request(session, upstream_request, plugin_ctx)

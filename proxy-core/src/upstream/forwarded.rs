@@ -7,32 +7,36 @@ use pingora::http::RequestHeader;
 use pingora::Result;
 
 use super::HostHeader;
+use crate::client::ClientIpPolicy;
 
 // Typed once: inserting them parses and allocates nothing.
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
-/// Sets the forwarding headers on a request about to go upstream.
+/// Sets the forwarding headers on a request about to go upstream: Host in the map (Pingora
+/// reads it there), then the client-IP header and `X-Forwarded-*` as wire headers
+/// (`RequestHeader::set_wire_header`: written after the map's headers, not inserted into it).
 ///
 /// `X-Forwarded-For` gets the client appended to any list already present (nginx's
 /// `$proxy_add_x_forwarded_for`); `X-Real-IP` and `X-Forwarded-Proto` are replaced.
 pub(crate) fn apply_forwarded_headers(
     request: &mut RequestHeader,
     host: &HostHeader,
+    client: &ClientIpPolicy,
     client_ip: Option<HeaderValue>,
     scheme: &'static str,
 ) -> Result<()> {
     if let HostHeader::Fixed(value) = host {
         request.insert_header(http::header::HOST, value.clone())?;
     }
+    client.set_upstream_header_value(request, client_ip.clone())?;
     if let Some(ip_text) = client_ip {
         let forwarded_for = forwarded_for_value(request, ip_text.clone());
-        request.insert_header(&X_FORWARDED_FOR, forwarded_for)?;
-        request.insert_header(&X_REAL_IP, ip_text)?;
+        request.set_wire_header(X_FORWARDED_FOR.clone(), forwarded_for)?;
+        request.set_wire_header(X_REAL_IP.clone(), ip_text)?;
     }
-    request.insert_header(&X_FORWARDED_PROTO, HeaderValue::from_static(scheme))?;
-    Ok(())
+    request.set_wire_header(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(scheme))
 }
 
 /// nginx's `$proxy_add_x_forwarded_for`: the client's `X-Forwarded-For` list with `ip`

@@ -59,6 +59,12 @@ This idea is inspaired by hyper @nox
 */
 type CaseMap = HMap<CaseHeaderName>;
 
+/// Up to this many names, [RequestHeader::set_wire_header()] looks for a header of its name
+/// by comparing names instead of hashing (patched in).
+const WIRE_HEADER_SCAN_LIMIT: usize = 16;
+/// Room made for wire headers at the first: a proxy's forwarding headers fit in one allocation.
+const WIRE_HEADERS_CAPACITY: usize = 6;
+
 pub enum HeaderNameVariant<'a> {
     Case(&'a CaseHeaderName),
     Titled(&'a str),
@@ -86,6 +92,8 @@ pub struct RequestHeader {
     raw_target: RawTarget,
     // whether we send END_STREAM with HEADERS for h2 requests
     send_end_stream: bool,
+    // Patched in: headers sent after the map's, see `set_wire_header`.
+    wire_headers: Vec<(HeaderName, HeaderValue)>,
 }
 
 /// How a request-target is stored, and how [`RequestHeader::raw_path`] recovers it.
@@ -155,6 +163,7 @@ impl RequestHeader {
             header_name_map: None,
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            wire_headers: Vec::new(),
         }
     }
 
@@ -213,6 +222,7 @@ impl RequestHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while append")?;
+        self.merge_wire_headers()?;
         append_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -233,6 +243,7 @@ impl RequestHeader {
         let header_value = value
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid value while insert")?;
+        self.merge_wire_headers()?;
         insert_header_value(
             self.header_name_map.as_mut(),
             &mut self.base.headers,
@@ -246,14 +257,56 @@ impl RequestHeader {
     where
         &'a N: 'a + AsHeaderName,
     {
+        // A wire header that cannot enter the map stays a wire header (see `merge_wire_headers`).
+        let _ = self.merge_wire_headers();
         remove_header(self.header_name_map.as_mut(), &mut self.base.headers, name)
+    }
+
+    /// Patched in: sets a header for the wire without adding it to the header map, for the
+    /// headers a proxy adds to the request it sends and does not read back (the forwarding
+    /// headers). If the map has a header of that name, its value is replaced there, as by
+    /// [Self::insert_header()]. Otherwise `value` is written after the map's headers by
+    /// [Self::header_to_h1_wire()] (or added to the map by the HTTP/2 conversion); setting
+    /// the same name again replaces it.
+    ///
+    /// It saves the map insert, which is most of the cost of adding a header. Such a header is
+    /// not seen through [`headers`](http::request::Parts::headers) until
+    /// [Self::merge_wire_headers()] moves it into the map, which the next
+    /// [Self::insert_header()], [Self::append_header()] or [Self::remove_header()] does first,
+    /// so a later change of any header applies to the wire headers as to the others.
+    pub fn set_wire_header(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        set_wire_header(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            &mut self.wire_headers,
+            name,
+            value,
+        )
+    }
+
+    /// Patched in: the headers set by [Self::set_wire_header()] and not yet in the map, in the
+    /// order they are written.
+    pub fn wire_headers(&self) -> &[(HeaderName, HeaderValue)] {
+        &self.wire_headers
+    }
+
+    /// Patched in: moves the headers set by [Self::set_wire_header()] into the header map, in
+    /// order, each replacing any header of its name. Fails, moving none, only when the map
+    /// would grow past its maximum size.
+    pub fn merge_wire_headers(&mut self) -> Result<()> {
+        merge_wire_headers(
+            self.header_name_map.as_mut(),
+            &mut self.base.headers,
+            &mut self.wire_headers,
+        )
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
     ///
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
-        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf)
+        header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
+        wire_headers_to_h1_wire(&self.wire_headers, buf);
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -291,6 +344,10 @@ impl RequestHeader {
                     case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
                 f(HeaderNameVariant::Titled(titled_header), value)?;
             }
+        }
+        // Patched in: the wire headers, after the map's.
+        for (name, value) in &self.wire_headers {
+            f(HeaderNameVariant::Titled(titled_name(name)), value)?;
         }
 
         Ok(())
@@ -407,6 +464,9 @@ impl RequestHeader {
     /// URI, so an absolute-form or CONNECT target does not survive the conversion:
     /// rebuilding a [RequestHeader] from the result serializes the URI's origin-form path
     /// instead of the original bytes. [Clone] keeps it; [Self::set_raw_path()] restores it.
+    ///
+    /// Wire headers ([Self::set_wire_header()]) are not in the map: call
+    /// [Self::merge_wire_headers()] first to have them in the parts.
     pub fn as_owned_parts(&self) -> ReqParts {
         clone_req_parts(&self.base)
     }
@@ -419,6 +479,7 @@ impl Clone for RequestHeader {
             header_name_map: self.header_name_map.clone(),
             raw_target: self.raw_target.clone(),
             send_end_stream: self.send_end_stream,
+            wire_headers: self.wire_headers.clone(),
         }
     }
 }
@@ -435,13 +496,17 @@ impl From<ReqParts> for RequestHeader {
             // The Uri is the only target available here, so it is the one that serializes.
             raw_target: RawTarget::FromUri,
             send_end_stream: true,
+            wire_headers: Vec::new(),
         }
     }
 }
 
+/// Wire headers ([RequestHeader::set_wire_header()]) are moved into the parts' map, except
+/// past the map's maximum size.
 impl From<RequestHeader> for ReqParts {
-    fn from(resp: RequestHeader) -> ReqParts {
-        resp.base
+    fn from(mut req: RequestHeader) -> ReqParts {
+        let _ = req.merge_wire_headers();
+        req.base
     }
 }
 
@@ -1066,28 +1131,93 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
     bytes::Bytes::from(unfolded)
 }
 
+/// [RequestHeader::set_wire_header()].
+fn set_wire_header(
+    name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap,
+    wire: &mut Vec<(HeaderName, HeaderValue)>,
+    name: HeaderName,
+    value: HeaderValue,
+) -> Result<()> {
+    // Most heads carry few headers and not this one: comparing names is cheaper than hashing
+    // this one for a look-up that finds nothing.
+    let in_map = if value_map.keys_len() <= WIRE_HEADER_SCAN_LIMIT {
+        value_map.keys().any(|key| *key == name)
+    } else {
+        value_map.contains_key(&name)
+    };
+    if in_map {
+        // Replaced where it is, as `insert_header` replaces it.
+        return insert_header_value(name_map, value_map, name, value);
+    }
+    if wire.is_empty() {
+        wire.reserve_exact(WIRE_HEADERS_CAPACITY);
+    } else if let Some(earlier) = wire.iter_mut().find(|(n, _)| *n == name) {
+        earlier.1 = value;
+        return Ok(());
+    }
+    wire.push((name, value));
+    Ok(())
+}
+
+/// [RequestHeader::merge_wire_headers()].
+fn merge_wire_headers(
+    mut name_map: Option<&mut CaseMap>,
+    value_map: &mut HMap,
+    wire: &mut Vec<(HeaderName, HeaderValue)>,
+) -> Result<()> {
+    if wire.is_empty() {
+        return Ok(());
+    }
+    value_map.try_reserve(wire.len()).or_err(
+        InvalidHTTPHeader,
+        "header value map size overflows MAX_SIZE",
+    )?;
+    if let Some(name_map) = name_map.as_deref_mut() {
+        name_map
+            .try_reserve(wire.len())
+            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+    }
+    // With the room reserved, the inserts cannot fail.
+    for (name, value) in std::mem::take(wire) {
+        insert_header_value(name_map.as_deref_mut(), value_map, name, value)?;
+    }
+    Ok(())
+}
+
+/// The wire headers, after the map's.
+#[inline]
+fn wire_headers_to_h1_wire(wire: &[(HeaderName, HeaderValue)], buf: &mut impl BufMut) {
+    for (name, value) in wire {
+        write_h1_header(buf, titled_name(name).as_bytes(), value);
+    }
+}
+
 #[inline]
 fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl BufMut) {
-    const CRLF: &[u8; 2] = b"\r\n";
-    const HEADER_KV_DELIMITER: &[u8; 2] = b": ";
-
     if let Some(key_map) = key_map {
         case_header_iter(key_map.into(), value_map).for_each(|(case_header, val)| {
-            buf.put_slice(case_header.as_slice());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(val.as_ref());
-            buf.put_slice(CRLF);
+            write_h1_header(buf, case_header.as_slice(), val);
         });
     } else {
         for (header, value) in value_map {
-            let titled_header =
-                case_header_name::titled_header_name_str(header).unwrap_or(header.as_str());
-            buf.put_slice(titled_header.as_bytes());
-            buf.put_slice(HEADER_KV_DELIMITER);
-            buf.put_slice(value.as_ref());
-            buf.put_slice(CRLF);
+            write_h1_header(buf, titled_name(header).as_bytes(), value);
         }
     }
+}
+
+/// The name as written on HTTP/1 without a case map: title case for standard headers.
+#[inline(always)]
+fn titled_name(name: &HeaderName) -> &str {
+    case_header_name::titled_header_name_str(name).unwrap_or(name.as_str())
+}
+
+#[inline(always)]
+fn write_h1_header(buf: &mut impl BufMut, name: &[u8], value: &HeaderValue) {
+    buf.put_slice(name);
+    buf.put_slice(b": ");
+    buf.put_slice(value.as_ref());
+    buf.put_slice(b"\r\n");
 }
 
 #[inline]
@@ -1117,6 +1247,110 @@ mod tests {
         // 8 of headroom for the headers a proxy adds (patched in).
         assert_eq!(24, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    fn wire(req: &RequestHeader) -> String {
+        let mut buf: Vec<u8> = vec![];
+        req.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn wire_headers_follow_the_map_headers_and_replace_their_values_there() {
+        for mut req in [
+            RequestHeader::build_no_case("GET", b"/", None).unwrap(),
+            RequestHeader::build("GET", b"/", None).unwrap(),
+        ] {
+            req.append_header("X-Real-IP", "spoofed").unwrap();
+            req.append_header("X-Real-IP", "spoofed too").unwrap();
+            req.append_header("Accept", "*/*").unwrap();
+            let real_ip = HeaderName::from_static("x-real-ip");
+            req.set_wire_header(real_ip.clone(), HeaderValue::from_static("192.0.2.1"))
+                .unwrap();
+            // In the map already: replaced there, every value.
+            assert_eq!(req.headers.get_all(&real_ip).iter().count(), 1);
+            assert_eq!(req.headers[&real_ip], "192.0.2.1");
+            assert!(req.wire_headers().is_empty());
+            req.set_wire_header(http::header::HOST, HeaderValue::from_static("a"))
+                .unwrap();
+            // A second value for a wire header replaces the first.
+            req.set_wire_header(http::header::HOST, HeaderValue::from_static("b"))
+                .unwrap();
+            assert!(req.headers.get("host").is_none());
+            assert_eq!(req.wire_headers().len(), 1);
+            assert_eq!(
+                wire(&req).to_lowercase(),
+                "x-real-ip: 192.0.2.1\r\naccept: */*\r\nhost: b\r\n"
+            );
+            if !req.has_case() {
+                let mut mapped = vec![];
+                req.map(|name, value| {
+                    if let HeaderNameVariant::Titled(name) = name {
+                        mapped.push(format!("{name}={}", value.to_str().unwrap()));
+                    }
+                    Ok(())
+                })
+                .unwrap();
+                assert_eq!(mapped, ["x-real-ip=192.0.2.1", "accept=*/*", "Host=b"]);
+            }
+            // A clone keeps them; the parts get them in the map.
+            assert_eq!(wire(&req.clone()), wire(&req));
+            let parts: ReqParts = req.clone().into();
+            assert_eq!(parts.headers["host"], "b");
+        }
+    }
+
+    #[test]
+    fn wire_headers_replace_values_in_the_map_past_the_scan_limit() {
+        let mut req = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        for i in 0..WIRE_HEADER_SCAN_LIMIT {
+            req.append_header(format!("x-filler-{i}"), "1").unwrap();
+        }
+        req.append_header("x-real-ip", "spoofed").unwrap();
+        req.set_wire_header(
+            HeaderName::from_static("x-real-ip"),
+            HeaderValue::from_static("192.0.2.1"),
+        )
+        .unwrap();
+        assert_eq!(req.headers["x-real-ip"], "192.0.2.1");
+        assert!(req.wire_headers().is_empty());
+    }
+
+    #[test]
+    fn a_later_change_of_any_header_moves_the_wire_headers_into_the_map_first() {
+        let name = HeaderName::from_static("x-forwarded-proto");
+        let set = |req: &mut RequestHeader| {
+            req.set_wire_header(name.clone(), HeaderValue::from_static("http"))
+                .unwrap();
+        };
+        let mut inserted = RequestHeader::build("GET", b"/", None).unwrap();
+        set(&mut inserted);
+        inserted
+            .insert_header("X-Forwarded-Proto", "https")
+            .unwrap();
+        assert!(inserted.wire_headers().is_empty());
+        assert_eq!(wire(&inserted), "X-Forwarded-Proto: https\r\n");
+
+        let mut appended = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        set(&mut appended);
+        appended
+            .append_header("x-forwarded-proto", "https")
+            .unwrap();
+        assert_eq!(
+            wire(&appended),
+            "x-forwarded-proto: http\r\nx-forwarded-proto: https\r\n"
+        );
+
+        let mut removed = RequestHeader::build("GET", b"/", None).unwrap();
+        set(&mut removed);
+        assert_eq!(removed.remove_header(&name).unwrap(), "http");
+        assert_eq!(wire(&removed), "");
+
+        let mut merged = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+        set(&mut merged);
+        merged.merge_wire_headers().unwrap();
+        assert_eq!(merged.headers[&name], "http");
+        assert_eq!(wire(&merged), "x-forwarded-proto: http\r\n");
     }
 
     #[test]

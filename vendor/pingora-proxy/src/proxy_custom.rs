@@ -107,6 +107,10 @@ where
                 return (false, Some(e));
             }
         }
+        // Patched in: a custom protocol reads the header map, so the wire headers go in it.
+        if let Err(e) = req.merge_wire_headers() {
+            return (false, Some(e));
+        }
 
         session.set_upstream_h1_upgrade_request_status(is_h1_upgrade_req(&req));
 

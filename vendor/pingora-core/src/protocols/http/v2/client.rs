@@ -134,6 +134,8 @@ impl Http2Session {
             // cannot send again, TODO: warn
             return Ok(());
         }
+        // Patched in: headers set for the wire (`RequestHeader::set_wire_header`) go in the map.
+        req.merge_wire_headers()?;
         Self::sanitize_request_header(&mut req)?;
         let parts = req.as_owned_parts();
         let request = http::Request::from_parts(parts, ());
