@@ -2,7 +2,7 @@
 # Load-tests proxy-app against a local fake tailnet, side by side with nginx (and HAProxy
 # and Caddy in the pass-through scenarios), and writes benches/RESULTS.md and the chart
 # benches/RESULTS.svg. Installs nginx, haproxy, caddy, wrk and valgrind if missing (pass-1k,
-# cache-hit-defaults-1k and observed-1k count instructions per request under callgrind).
+# cache-hit-defaults-1k, banned and observed-1k count instructions per request under callgrind).
 # Loopback only, except the wan-* scenarios; bounded in time.
 #
 # wan-* scenarios (latency-bound, upstream connection reuse matters): the harness puts the

@@ -99,7 +99,9 @@ impl LocalAnswer {
 
     /// The response header for this answer.
     pub fn response_header(&self) -> Result<ResponseHeader> {
-        let mut header = ResponseHeader::build(self.status, Some(4))?;
+        // No case map: every name added here is typed, and is written as it would be with one
+        // (title case for the common standard headers, lower case otherwise).
+        let mut header = ResponseHeader::build_no_case(self.status, Some(4))?;
         header.insert_header(http::header::CONTENT_TYPE, self.content_type.as_ref())?;
         // 204 and 304 carry no body, and a 304's length would describe the full response.
         if !matches!(self.status, 204 | 304) {
