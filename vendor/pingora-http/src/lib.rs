@@ -275,13 +275,27 @@ impl RequestHeader {
     /// [Self::insert_header()], [Self::append_header()] or [Self::remove_header()] does first,
     /// so a later change of any header applies to the wire headers as to the others.
     pub fn set_wire_header(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        set_wire_header(
-            self.header_name_map.as_mut(),
-            &mut self.base.headers,
-            &mut self.wire_headers,
-            name,
-            value,
-        )
+        let headers = &mut self.base.headers;
+        // Most heads carry few headers and not this one: comparing names is cheaper than
+        // hashing this one for a look-up that finds nothing.
+        let in_map = if headers.keys_len() <= WIRE_HEADER_SCAN_LIMIT {
+            headers.keys().any(|key| *key == name)
+        } else {
+            headers.contains_key(&name)
+        };
+        if in_map {
+            // Replaced where it is, as `insert_header` replaces it.
+            return insert_header_value(self.header_name_map.as_mut(), headers, name, value);
+        }
+        let wire = &mut self.wire_headers;
+        if wire.is_empty() {
+            wire.reserve_exact(WIRE_HEADERS_CAPACITY);
+        } else if let Some(earlier) = wire.iter_mut().find(|(n, _)| *n == name) {
+            earlier.1 = value;
+            return Ok(());
+        }
+        wire.push((name, value));
+        Ok(())
     }
 
     /// Patched in: the headers set by [Self::set_wire_header()] and not yet in the map, in the
@@ -294,11 +308,29 @@ impl RequestHeader {
     /// order, each replacing any header of its name. Fails, moving none, only when the map
     /// would grow past its maximum size.
     pub fn merge_wire_headers(&mut self) -> Result<()> {
-        merge_wire_headers(
-            self.header_name_map.as_mut(),
-            &mut self.base.headers,
-            &mut self.wire_headers,
-        )
+        if self.wire_headers.is_empty() {
+            return Ok(());
+        }
+        let additional = self.wire_headers.len();
+        self.base.headers.try_reserve(additional).or_err(
+            InvalidHTTPHeader,
+            "header value map size overflows MAX_SIZE",
+        )?;
+        if let Some(name_map) = self.header_name_map.as_mut() {
+            name_map
+                .try_reserve(additional)
+                .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
+        }
+        // With the room reserved, the inserts cannot fail.
+        for (name, value) in std::mem::take(&mut self.wire_headers) {
+            insert_header_value(
+                self.header_name_map.as_mut(),
+                &mut self.base.headers,
+                name,
+                value,
+            )?;
+        }
+        Ok(())
     }
 
     /// Write the header to the `buf` in HTTP/1.1 wire format.
@@ -306,7 +338,10 @@ impl RequestHeader {
     /// The header case will be preserved.
     pub fn header_to_h1_wire(&self, buf: &mut impl BufMut) {
         header_to_h1_wire(self.header_name_map.as_ref(), &self.base.headers, buf);
-        wire_headers_to_h1_wire(&self.wire_headers, buf);
+        // Patched in: the wire headers, after the map's.
+        for (name, value) in &self.wire_headers {
+            write_h1_header(buf, titled_name(name).as_bytes(), value);
+        }
     }
 
     /// If case sensitivity is enabled, returns an iterator to iterate over case-sensitive header names and values.
@@ -1129,68 +1164,6 @@ fn normalize_field_value(raw: bytes::Bytes) -> bytes::Bytes {
         push_with_replacement(&mut unfolded, line);
     }
     bytes::Bytes::from(unfolded)
-}
-
-/// [RequestHeader::set_wire_header()].
-fn set_wire_header(
-    name_map: Option<&mut CaseMap>,
-    value_map: &mut HMap,
-    wire: &mut Vec<(HeaderName, HeaderValue)>,
-    name: HeaderName,
-    value: HeaderValue,
-) -> Result<()> {
-    // Most heads carry few headers and not this one: comparing names is cheaper than hashing
-    // this one for a look-up that finds nothing.
-    let in_map = if value_map.keys_len() <= WIRE_HEADER_SCAN_LIMIT {
-        value_map.keys().any(|key| *key == name)
-    } else {
-        value_map.contains_key(&name)
-    };
-    if in_map {
-        // Replaced where it is, as `insert_header` replaces it.
-        return insert_header_value(name_map, value_map, name, value);
-    }
-    if wire.is_empty() {
-        wire.reserve_exact(WIRE_HEADERS_CAPACITY);
-    } else if let Some(earlier) = wire.iter_mut().find(|(n, _)| *n == name) {
-        earlier.1 = value;
-        return Ok(());
-    }
-    wire.push((name, value));
-    Ok(())
-}
-
-/// [RequestHeader::merge_wire_headers()].
-fn merge_wire_headers(
-    mut name_map: Option<&mut CaseMap>,
-    value_map: &mut HMap,
-    wire: &mut Vec<(HeaderName, HeaderValue)>,
-) -> Result<()> {
-    if wire.is_empty() {
-        return Ok(());
-    }
-    value_map.try_reserve(wire.len()).or_err(
-        InvalidHTTPHeader,
-        "header value map size overflows MAX_SIZE",
-    )?;
-    if let Some(name_map) = name_map.as_deref_mut() {
-        name_map
-            .try_reserve(wire.len())
-            .or_err(InvalidHTTPHeader, "header name map size overflows MAX_SIZE")?;
-    }
-    // With the room reserved, the inserts cannot fail.
-    for (name, value) in std::mem::take(wire) {
-        insert_header_value(name_map.as_deref_mut(), value_map, name, value)?;
-    }
-    Ok(())
-}
-
-/// The wire headers, after the map's.
-#[inline]
-fn wire_headers_to_h1_wire(wire: &[(HeaderName, HeaderValue)], buf: &mut impl BufMut) {
-    for (name, value) in wire {
-        write_h1_header(buf, titled_name(name).as_bytes(), value);
-    }
 }
 
 #[inline]
