@@ -45,6 +45,16 @@ return = {{ status = 200, body = "User-agent: *\n" }}
 [[sites.app.locations]]
 match = "/down/"
 proxy = "down"
+
+[[sites.app.locations]]
+match = "/no-host/"
+proxy = "app"
+plugins = [{{ use = "headers", request_remove = ["host"] }}]
+
+[[sites.app.locations]]
+match = "/userinfo-host/"
+proxy = "app"
+plugins = [{{ use = "headers", request_set = {{ "host" = "user@app.example.com" }} }}]
 "#,
         base = base_config(tailnet),
         d = tailnet.domain(),
@@ -107,6 +117,32 @@ async fn headers_plugin_applies_to_every_response_and_merges_site_and_location()
     assert_eq!(values("x-real-ip"), Vec::<&str>::new());
     assert_eq!(values("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(values("x-request-id").len(), 1, "{:?}", seen.headers);
+}
+
+/// The Host of the request a plugin changed is checked before it goes upstream: one the plugin
+/// removed is sent empty (the client sent one), one with userinfo is refused.
+#[tokio::test]
+async fn hosts_plugins_change_are_checked_before_the_request_goes_upstream() {
+    let tailnet = tailnet(&["app", "down"]).await;
+    let proxy = Proxy::start(&config(&tailnet));
+    let peer = tailnet.peer("app").unwrap();
+
+    let reply = get(&proxy, "app.example.com", "/no-host/x").await;
+    assert_eq!(reply.status, 200);
+    let seen = peer.last_request().unwrap();
+    assert_eq!(seen.uri, "/no-host/x");
+    let hosts: Vec<&str> = seen
+        .headers
+        .iter()
+        .filter(|(name, _)| name == "host")
+        .map(|(_, value)| value.as_str())
+        .collect();
+    assert_eq!(hosts, [""], "{:?}", seen.headers);
+
+    let reply = get(&proxy, "app.example.com", "/userinfo-host/x").await;
+    assert_eq!(reply.status, 500);
+    let seen = peer.last_request().unwrap();
+    assert_eq!(seen.uri, "/no-host/x", "nothing more reached the upstream");
 }
 
 #[test]

@@ -155,8 +155,8 @@ impl ClientIpPolicy {
 /// `ip` as a header value, without `fmt` for IPv4 (once per forwarding header and request).
 pub(crate) fn ip_header_value(ip: IpAddr) -> HeaderValue {
     let value = match ip {
-        IpAddr::V4(v4) => HeaderValue::from_bytes(crate::text::ipv4(v4, &mut [0; 15])),
-        IpAddr::V6(_) => HeaderValue::from_str(&ip.to_string()),
+        IpAddr::V4(v4) => crate::text::header_value(crate::text::ipv4(v4, &mut [0; 15])),
+        IpAddr::V6(_) => crate::text::header_value(ip.to_string().as_bytes()),
     };
     value.unwrap_or(HeaderValue::from_static(""))
 }

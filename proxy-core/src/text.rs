@@ -30,6 +30,39 @@ const OCTETS: [([u8; 3], u8); 256] = {
     table
 };
 
+/// Longest text [`header_value`] keeps inline: a request id (a UUID is 36 bytes) and an
+/// IPv6 address (up to 45) fit.
+const INLINE_MAX: usize = 48;
+
+/// A short text owned inline, for a [`bytes::Bytes`] made in one allocation.
+struct InlineText {
+    bytes: [u8; INLINE_MAX],
+    len: u8,
+}
+
+impl AsRef<[u8]> for InlineText {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// A header value of a short per-request text (an address, a request id) whose clones share
+/// it without allocating: `HeaderValue::from_bytes` copies into a vector, and the first
+/// clone of a value made from a vector allocates again to share it. A text that is not a
+/// valid header value gets `None`.
+pub(crate) fn header_value(text: &[u8]) -> Option<http::HeaderValue> {
+    let Ok(len) = u8::try_from(text.len()) else {
+        return http::HeaderValue::from_bytes(text).ok();
+    };
+    if text.len() > INLINE_MAX {
+        return http::HeaderValue::from_bytes(text).ok();
+    }
+    let mut bytes = [0; INLINE_MAX];
+    bytes[..text.len()].copy_from_slice(text);
+    let shared = bytes::Bytes::from_owner(InlineText { bytes, len });
+    http::HeaderValue::from_maybe_shared(shared).ok()
+}
+
 /// Writes `ip` into `out`, returning the text's bytes (ASCII digits and dots).
 pub(crate) fn ipv4(ip: Ipv4Addr, out: &mut [u8; IPV4_MAX]) -> &[u8] {
     let mut len = 0;
@@ -179,6 +212,24 @@ impl<const N: usize> fmt::Write for Texts<N> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_values_keep_their_text_inline_or_not() {
+        for len in [0, 1, 36, INLINE_MAX, INLINE_MAX + 1, 255, 256, 300] {
+            let text = "a".repeat(len);
+            let value = header_value(text.as_bytes()).expect("a valid value");
+            assert_eq!(value.as_bytes(), text.as_bytes(), "{len} bytes");
+            let copy = value.clone();
+            drop(value);
+            assert_eq!(
+                copy.as_bytes(),
+                text.as_bytes(),
+                "a clone outlives the value"
+            );
+        }
+        assert!(header_value(b"a\nb").is_none());
+        assert!(header_value(format!("{}\n", "a".repeat(300)).as_bytes()).is_none());
+    }
 
     #[test]
     fn addresses_match_display() {

@@ -1140,6 +1140,10 @@ fn pooling_origin() -> (std::net::SocketAddr, Connections) {
                         std::thread::sleep(std::time::Duration::from_millis(300));
                         let _ = stream.shutdown(std::net::Shutdown::Write);
                     }
+                    if head.starts_with(b"GET /junk-later ") {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                        let _ = stream.write_all(b"junk");
+                    }
                 }
                 seen.lock().unwrap()[index] = true;
             });
@@ -1161,7 +1165,8 @@ fn closed_by_the_proxy(connections: &Connections, index: usize) -> bool {
 }
 
 /// Idle pooled upstream connections are reused, closed once idle past `idle_timeout`, and
-/// closed when the origin closes them while they idle, with no request to notice it.
+/// closed when the origin closes them or sends on them while they idle, with no request to
+/// notice it.
 #[tokio::test]
 async fn idle_upstream_connections_are_reused_and_closed_on_timeout_or_by_the_origin() {
     let tailnet = tailnet(&[]).await;
@@ -1201,6 +1206,16 @@ async fn idle_upstream_connections_are_reused_and_closed_on_timeout_or_by_the_or
     );
     ok(get("long.example.com", "/c"));
     assert_eq!(connections.lock().unwrap().len(), 3, "a new connection");
+
+    // Bytes the origin sends on a connection while it idles make it unusable.
+    ok(get("long.example.com", "/junk-later"));
+    assert_eq!(connections.lock().unwrap().len(), 3, "reused");
+    assert!(
+        closed_by_the_proxy(&connections, 2),
+        "the proxy closes an idle connection the origin sent bytes on"
+    );
+    ok(get("long.example.com", "/d"));
+    assert_eq!(connections.lock().unwrap().len(), 4, "a new connection");
 }
 
 /// A body that came whole with its head is relayed and leaves its connection reusable; one

@@ -58,7 +58,7 @@ pub(crate) fn request_id_for(request: &RequestHeader) -> RequestId {
 pub(crate) fn new_request_id() -> http::HeaderValue {
     let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
     let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut text);
-    http::HeaderValue::from_str(id).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+    crate::text::header_value(id.as_bytes()).unwrap_or_else(|| http::HeaderValue::from_static(""))
 }
 
 #[cfg(test)]

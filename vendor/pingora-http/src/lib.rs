@@ -22,7 +22,7 @@
 
 #![allow(clippy::new_without_default)]
 
-use bytes::BufMut;
+use bytes::{BufMut, Bytes};
 use http::header::{AsHeaderName, HeaderName, HeaderValue};
 use http::request::Parts as ReqParts;
 use http::response::Parts as RespParts;
@@ -197,6 +197,21 @@ impl RequestHeader {
             .try_into()
             .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
         req.set_raw_path(path)?;
+        Ok(req)
+    }
+
+    /// Patched in: [`Self::build_no_case`] with the request-target in a shared buffer (the
+    /// request head as read): see [`Self::set_raw_path_shared`].
+    pub fn build_no_case_shared(
+        method: impl TryInto<Method>,
+        path: Bytes,
+        size_hint: Option<usize>,
+    ) -> Result<Self> {
+        let mut req = Self::new_no_case(size_hint);
+        req.base.method = method
+            .try_into()
+            .explain_err(InvalidHTTPHeader, |_| "invalid method")?;
+        req.set_raw_path_shared(path)?;
         Ok(req)
     }
 
@@ -433,6 +448,26 @@ impl RequestHeader {
         // target.
         self.raw_target = parsed.raw_target;
         Ok(())
+    }
+
+    /// Patched in: [`Self::set_raw_path`] from a shared buffer. An origin-form target (or a
+    /// query-only one) that the URI takes as it is goes into it as a slice of `path`, where
+    /// `set_raw_path` copies it, and the copy's first clone (the upstream request's)
+    /// allocated again to share it. Any other target is taken as `set_raw_path` takes it.
+    pub fn set_raw_path_shared(&mut self, path: Bytes) -> Result<()> {
+        // As in `parse_request_target`: the fragment is not part of the target.
+        let target = match path.iter().position(|&byte| byte == b'#') {
+            Some(fragment_start) => path.slice(..fragment_start),
+            None => path,
+        };
+        if matches!(target.first(), Some(b'/' | b'?')) {
+            if let Ok(path_and_query) = http::uri::PathAndQuery::from_maybe_shared(target.clone()) {
+                self.base.uri = Uri::from(path_and_query);
+                self.raw_target = RawTarget::FromUri;
+                return Ok(());
+            }
+        }
+        self.set_raw_path(&target)
     }
 
     /// Set whether we send an END_STREAM on H2 request HEADERS if body is empty.
@@ -1220,6 +1255,41 @@ mod tests {
         // 8 of headroom for the headers a proxy adds (patched in).
         assert_eq!(24, http_header_map_upper_bound(Some(16)));
         assert_eq!(4096, http_header_map_upper_bound(Some(7777)));
+    }
+
+    #[test]
+    fn shared_targets_match_copied_ones_and_share_origin_forms() {
+        let targets: [&[u8]; 9] = [
+            b"/",
+            b"/a/b?c=d&e",
+            b"/a#fragment",
+            b"?q",
+            b"*",
+            b"http://example.com/x?y",
+            b"example.com:443",
+            b"/caf\xc3\xa9",
+            b"/\xff\xfe",
+        ];
+        for target in targets {
+            let copied = RequestHeader::build_no_case("GET", target, None).unwrap();
+            let head = Bytes::copy_from_slice(target);
+            let shared = RequestHeader::build_no_case_shared("GET", head.clone(), None).unwrap();
+            assert_eq!(shared.uri, copied.uri, "{target:?}");
+            assert_eq!(shared.raw_path(), copied.raw_path(), "{target:?}");
+            assert_eq!(shared.raw_target, copied.raw_target, "{target:?}");
+            if target.starts_with(b"/") && target.is_ascii() {
+                // The URI's path points into the buffer it was given: no copy.
+                let path = shared.uri.path().as_ptr() as usize;
+                let range = head.as_ptr() as usize..head.as_ptr() as usize + head.len();
+                assert!(range.contains(&path), "{target:?} was copied");
+            }
+        }
+        assert!(
+            RequestHeader::build_no_case_shared("GET", Bytes::from_static(b"/a b"), None).is_err()
+        );
+        assert!(
+            RequestHeader::build_no_case_shared("G T", Bytes::from_static(b"/"), None).is_err()
+        );
     }
 
     fn wire(req: &RequestHeader) -> String {

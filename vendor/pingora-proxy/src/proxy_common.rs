@@ -13,7 +13,9 @@
 // limitations under the License.
 
 use http::header::{self, HeaderName};
-use pingora_core::protocols::http::authority::{raw_target_authority, RawTargetAuthority};
+use pingora_core::protocols::http::authority::{
+    raw_target_authority, validate_request_authority, RawTargetAuthority,
+};
 use pingora_core::upstreams::peer::{H1UpgradePolicy, HttpUpstreamRequestPolicy};
 use pingora_error::{Error, ErrorType::InvalidHTTPHeader, OrErr, Result};
 use pingora_http::RequestHeader;
@@ -253,6 +255,46 @@ pub(crate) fn set_h1_host_from_authority(req: &mut RequestHeader) -> Result<()> 
         .or_err(InvalidHTTPHeader, "invalid authority for Host header")?;
 
     req.insert_header(header::HOST, host)
+}
+
+/// Reconciles and revalidates the authority of a request after the request filters, which
+/// can mutate `Host`, the URI or the target (`reconcile_upstream_authority`, then
+/// `set_h1_host_from_authority` where `Host` must be there, then `validate_request_authority`).
+///
+/// Patched in: an origin-form request (not CONNECT, no URI authority) has no authority to
+/// reconcile `Host` with, and those three steps come down to its `Host` fields, checked here
+/// with one look-up where they made four: a first `Host` with userinfo is refused, then more
+/// than one `Host`; a `Host` a filter deleted is restored empty if the client sent one.
+pub(crate) fn finish_upstream_authority(
+    req: &mut RequestHeader,
+    downstream_had_host: bool,
+) -> Result<()> {
+    let origin_form = req.uri.authority().is_none()
+        && req.method != http::Method::CONNECT
+        && req.raw_path().first() == Some(&b'/');
+    if origin_form {
+        let mut hosts = req.headers.get_all(header::HOST).iter();
+        return match (hosts.next(), hosts.next()) {
+            (None, _) if downstream_had_host => req.insert_header(header::HOST, ""),
+            (None, _) => Ok(()),
+            (Some(host), _) if host.as_bytes().contains(&b'@') => {
+                Error::e_explain(InvalidHTTPHeader, "userinfo in Host header")
+            }
+            (Some(_), Some(_)) => {
+                Error::e_explain(InvalidHTTPHeader, "multiple Host header fields")
+            }
+            (Some(_), None) => Ok(()),
+        };
+    }
+    reconcile_upstream_authority(req)?;
+    // A filter may delete Host. Restore it for requests that originally carried one or whose
+    // URI or absolute-form target has an authority, without adding a new empty Host to
+    // Host-less HTTP/1.0 origin-form.
+    let target_has_authority = raw_target_authority(req.raw_path()).authority().is_some();
+    if downstream_had_host || req.uri.authority().is_some() || target_has_authority {
+        set_h1_host_from_authority(req)?;
+    }
+    validate_request_authority(req)
 }
 
 /// Preserve the historical Custom behavior by synthesizing Host only when it is absent.

@@ -498,8 +498,18 @@ fn connected_to(
 
 fn test_reusable_stream(stream: &mut Stream, unexpected_data_conn_count: &AtomicU64) -> bool {
     let mut buf = [0; 1];
-    // tokio::task::unconstrained because now_or_never may yield None when the future is ready
-    let result = tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never();
+    // Patched in: a TCP stream is read without a future or a waker (`try_read_idle`).
+    let idle_read = stream
+        .as_any()
+        .downcast_ref::<crate::protocols::l4::stream::Stream>()
+        .and_then(|tcp| tcp.try_read_idle(&mut buf));
+    let result = match idle_read {
+        Some(Err(e)) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+        Some(read) => Some(read),
+        // tokio::task::unconstrained because now_or_never may yield None when the future is
+        // ready
+        None => tokio::task::unconstrained(stream.read(&mut buf[..])).now_or_never(),
+    };
     if let Some(data_result) = result {
         match data_result {
             Ok(n) => {

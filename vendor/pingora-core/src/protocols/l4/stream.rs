@@ -639,6 +639,27 @@ impl Stream {
         }
     }
 
+    /// Patched in: a read of an idle TCP stream that cannot wait, for the connection pool's
+    /// check that the upstream has neither closed it nor sent anything. tokio's `try_read`
+    /// makes no system call while no readiness is recorded for the socket and registers no
+    /// waker, where polling a read registered one each time. Bytes already buffered are
+    /// reported as read. `None` for a Unix or virtual socket: the caller polls a read instead.
+    pub(crate) fn try_read_idle(&self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        if let Some(data) = self.rewind_read_buf.first() {
+            return Some(Ok(data.len()));
+        }
+        let stream = self.stream.as_ref()?;
+        if let BufferedStream::BufferedRead(reader) = stream {
+            if !reader.buffer().is_empty() {
+                return Some(Ok(reader.buffer().len()));
+            }
+        }
+        match &stream.get_ref().stream {
+            RawStream::Tcp(tcp) => Some(tcp.try_read(buf)),
+            _ => None,
+        }
+    }
+
     /// Set the read and write buffer sizes
     /// It is only set later because of the malloc overhead in critical accept() path
     pub(crate) fn set_buffer(&mut self, buffer: L4BufferSettings) {

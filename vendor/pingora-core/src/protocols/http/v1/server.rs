@@ -463,9 +463,23 @@ impl HttpSession {
                         // we path httparse to allow unsafe bytes in the str
                         let path = req.path.unwrap_or("").as_bytes();
                         let size_hint = Some(req.headers.len());
-                        let mut request_header = Box::new(match self.keep_header_case {
-                            true => RequestHeader::build(method, path, size_hint)?,
-                            false => RequestHeader::build_no_case(method, path, size_hint)?,
+                        // Patched in: without a case map, the target is taken from the frozen
+                        // buffer below, as a slice of it (`build_no_case_shared`).
+                        let path_ref = match self.keep_header_case || path.is_empty() {
+                            true => None,
+                            false => Some(BufRef::new(path.as_ptr() as usize - base, path.len())),
+                        };
+                        let mut request_header = Box::new(match path_ref {
+                            None => match self.keep_header_case {
+                                true => RequestHeader::build(method, path, size_hint)?,
+                                false => RequestHeader::build_no_case(method, path, size_hint)?,
+                            },
+                            // `/` for now (static, no copy): the real target is set below.
+                            Some(_) => RequestHeader::build_no_case_shared(
+                                method,
+                                Bytes::from_static(b"/"),
+                                size_hint,
+                            )?,
                         });
 
                         request_header.set_version(match req.version {
@@ -493,6 +507,9 @@ impl HttpSession {
                             rest
                         };
                         let buf = buf.freeze();
+                        if let Some(path_ref) = path_ref {
+                            request_header.set_raw_path_shared(path_ref.get_bytes(&buf))?;
+                        }
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
