@@ -463,30 +463,25 @@ impl HttpSession {
                         // we path httparse to allow unsafe bytes in the str
                         let path = req.path.unwrap_or("").as_bytes();
                         let size_hint = Some(req.headers.len());
-                        // Patched in: without a case map, the target is taken from the frozen
-                        // buffer below, as a slice of it (`build_no_case_shared`).
-                        let path_ref = match self.keep_header_case || path.is_empty() {
-                            true => None,
-                            false => Some(BufRef::new(path.as_ptr() as usize - base, path.len())),
-                        };
-                        let mut request_header = Box::new(match path_ref {
-                            None => match self.keep_header_case {
-                                true => RequestHeader::build(method, path, size_hint)?,
-                                false => RequestHeader::build_no_case(method, path, size_hint)?,
-                            },
-                            // `/` for now (static, no copy): the real target is set below.
-                            Some(_) => RequestHeader::build_no_case_shared(
-                                method,
-                                Bytes::from_static(b"/"),
-                                size_hint,
-                            )?,
-                        });
-
-                        request_header.set_version(match req.version {
+                        let version = match req.version {
                             Some(1) => Version::HTTP_11,
                             Some(0) => Version::HTTP_10,
                             _ => Version::HTTP_09,
-                        });
+                        };
+                        // Patched in: without a case map, the request is made once the buffer
+                        // is frozen, below, with its target as a slice of it
+                        // (`build_no_case_shared`); its method is parsed now.
+                        let head = match self.keep_header_case || path.is_empty() {
+                            true => Head::Made(Box::new(match self.keep_header_case {
+                                true => RequestHeader::build(method, path, size_hint)?,
+                                false => RequestHeader::build_no_case(method, path, size_hint)?,
+                            })),
+                            false => Head::Shared(
+                                Method::from_bytes(method.as_bytes())
+                                    .explain_err(InvalidHTTPHeader, |_| "invalid method")?,
+                                BufRef::new(path.as_ptr() as usize - base, path.len()),
+                            ),
+                        };
 
                         // Detach bytes beyond the header in O(1). Keeping them as owned BytesMut
                         // allows body parsing and subsequent pipelined sessions to continue
@@ -507,9 +502,17 @@ impl HttpSession {
                             rest
                         };
                         let buf = buf.freeze();
-                        if let Some(path_ref) = path_ref {
-                            request_header.set_raw_path_shared(path_ref.get_bytes(&buf))?;
-                        }
+                        let mut request_header = match head {
+                            Head::Made(request_header) => request_header,
+                            Head::Shared(method, path) => Box::new(
+                                RequestHeader::build_no_case_shared(
+                                    method,
+                                    path.get_bytes(&buf),
+                                    size_hint,
+                                )?,
+                            ),
+                        };
+                        request_header.set_version(version);
 
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
@@ -2065,6 +2068,13 @@ fn head_too_large<T>(max: usize) -> Result<T> {
         HTTPStatus(400),
         format!("Request Header Or Cookie Too Large: request head over {max} bytes"),
     )
+}
+
+/// A request head being read (patched in): made before its buffer is frozen, or made after
+/// with its target taken from that buffer.
+enum Head {
+    Made(Box<RequestHeader>),
+    Shared(Method, BufRef),
 }
 
 /// A line of the head over its limit (patched in): the request line is a 414, a header a 400.
