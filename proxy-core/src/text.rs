@@ -51,12 +51,10 @@ impl AsRef<[u8]> for InlineText {
 /// clone of a value made from a vector allocates again to share it. A text that is not a
 /// valid header value gets `None`.
 pub(crate) fn header_value(text: &[u8]) -> Option<http::HeaderValue> {
-    let Ok(len) = u8::try_from(text.len()) else {
-        return http::HeaderValue::from_bytes(text).ok();
+    let len = match u8::try_from(text.len()) {
+        Ok(len) if usize::from(len) <= INLINE_MAX => len,
+        _ => return http::HeaderValue::from_bytes(text).ok(),
     };
-    if text.len() > INLINE_MAX {
-        return http::HeaderValue::from_bytes(text).ok();
-    }
     let mut bytes = [0; INLINE_MAX];
     bytes[..text.len()].copy_from_slice(text);
     let shared = bytes::Bytes::from_owner(InlineText { bytes, len });
