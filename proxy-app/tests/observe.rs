@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use fake_tailnet::{FakeLocalApi, FakeTailnet};
+use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -121,6 +122,53 @@ async fn access_log_lines_are_json_with_redaction_and_reopen_on_sigusr1() {
     })
     .await;
     assert!(reopened, "no line in the reopened log:\n{}", proxy.logs());
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_is_no_error_but_an_upstream_that_fails_is() {
+    let tailnet = tailnet(&["docs"]).await;
+    let extra = format!(
+        "[access_log]\npath = \"access.log\"\n\n\
+         [upstreams.gone]\naddress = \"gone.{domain}:{http}\"\n\n\
+         [sites.gone]\nhosts = [\"gone.example.com\"]\n\
+         [[sites.gone.locations]]\nmatch = \"/\"\nproxy = \"gone\"\n",
+        domain = tailnet.domain(),
+        http = tailnet.http_port(),
+    );
+    let proxy = Proxy::start(&config(&tailnet, "", &extra));
+    let peer = tailnet.peer("docs").expect("docs").clone();
+
+    // The client closes its side while the upstream works on the answer, as a crawler that
+    // times out does: the access log has it as 499, the error log nothing.
+    let mut stream = std::net::TcpStream::connect(proxy.addr).expect("connect");
+    stream
+        .write_all(b"GET /slow?delay_ms=3000 HTTP/1.1\r\nHost: docs.example.com\r\nX-Request-Id: gave-up\r\n\r\n")
+        .expect("request");
+    assert!(eventually(Duration::from_secs(5), || peer.requests() == 1).await);
+    stream.shutdown(std::net::Shutdown::Write).expect("close");
+    let mut rest = Vec::new();
+    let _ = stream.read_to_end(&mut rest);
+    let log_path = proxy.dir().join("access.log");
+    let line = wait_for_line(&log_path, "gave-up").await;
+    assert!(line.contains(r#""status":499"#), "{line}");
+
+    // An upstream that cannot be reached is the proxy's to report.
+    let failed = raw_request(
+        proxy.addr,
+        "GET / HTTP/1.1\r\nHost: gone.example.com\r\nX-Request-Id: upstream-failed\r\nConnection: close\r\n\r\n",
+    );
+    assert!(failed.starts_with("HTTP/1.1 50"), "{failed}");
+    wait_for_line(&log_path, "upstream-failed").await;
+    let logs = proxy.logs();
+    let errors: Vec<&str> = logs.lines().filter(|l| l.contains("ERROR")).collect();
+    assert!(
+        errors.iter().any(|l| l.contains("gone.example.com")),
+        "the upstream failure is an error:\n{logs}"
+    );
+    assert!(
+        errors.iter().all(|l| !l.contains("/slow")),
+        "the client's leaving is not:\n{logs}"
+    );
 }
 
 async fn wait_for_line(path: &Path, needle: &str) -> String {

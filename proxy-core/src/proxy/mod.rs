@@ -485,7 +485,15 @@ impl ProxyHttp for EdgeProxy {
         Ok(())
     }
 
-    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, error: &Error) -> bool {
+        if client_gave_up(error) {
+            // nginx logs these ("client prematurely closed connection", "client timed out")
+            // at `info`, below its default level; here at `debug`, below the default `info`.
+            // A crawler that drops its connections would otherwise fill the error log, and
+            // the access log has the request (499 where the upstream had it).
+            tracing::debug!(error = %error, "the client went away before its answer");
+            return true;
+        }
         !self.error_log.allow("failed request")
     }
 
@@ -1011,6 +1019,20 @@ fn expects_continue(request: &RequestHeader) -> bool {
 }
 
 /// The scheme of the connection the request came over.
+/// A request that failed on the client's side of the connection: it closed or reset it, or
+/// stopped reading or sending within the timeouts. Not the proxy's error, nor the upstream's.
+fn client_gave_up(error: &Error) -> bool {
+    error.esource() == &ErrorSource::Downstream
+        && matches!(
+            error.etype(),
+            ErrorType::ConnectionClosed
+                | ErrorType::ReadError
+                | ErrorType::WriteError
+                | ErrorType::ReadTimedout
+                | ErrorType::WriteTimedout
+        )
+}
+
 fn scheme(session: &Session) -> &'static str {
     let tls = session
         .digest()
