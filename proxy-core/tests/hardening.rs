@@ -130,6 +130,27 @@ async fn an_idle_keepalive_connection_is_closed_after_keepalive_timeout() {
 }
 
 #[tokio::test]
+async fn a_busy_keepalive_connection_stays_open_past_its_first_keepalive_deadline() {
+    let tailnet = tailnet(&["app"]).await;
+    let edge = Edge::start(&config(&tailnet, "keepalive_timeout = \"2s\""));
+    let mut stream = connect(&edge);
+    // Four requests 1.2 s apart: each comes within the 2 s keep-alive timeout of the one
+    // before, so the connection serves them all, though 2 s after the first have long passed
+    // before the last (the connection's timer, set for the first wait, goes off during a
+    // later one and must only move on).
+    for n in 0..4 {
+        if n > 0 {
+            tokio::time::sleep(Duration::from_millis(1200)).await;
+        }
+        stream.write_all(GET.as_bytes()).unwrap();
+        let reply = read_response(&mut stream);
+        assert!(reply.starts_with("HTTP/1.1 200"), "request {n}: {reply}");
+    }
+    assert!(closed_by_server(&mut stream), "idle connection still open");
+    assert_eq!(closes(&edge, "keepalive_timeout", 1).await, 1);
+}
+
+#[tokio::test]
 async fn a_connection_carries_keepalive_requests_and_then_closes() {
     let tailnet = tailnet(&["app"]).await;
     let edge = Edge::start(&config(&tailnet, "keepalive_requests = 3"));

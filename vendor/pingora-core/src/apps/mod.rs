@@ -449,6 +449,14 @@ where
         }
     };
     tokio::pin!(shutdown_wait);
+    let first_limit = options
+        .and_then(|o| o.h1_request_head.timeout)
+        .unwrap_or(DEFAULT_FIRST_READ_TIMEOUT);
+    let first_deadline = tokio::time::Instant::from_std(started).checked_add(first_limit);
+    // One timer per connection (patched in), armed for its first wait and moved only to an
+    // earlier deadline, see `first_bytes`.
+    let timer = tokio::time::sleep_until(first_deadline.unwrap_or_else(far_future));
+    tokio::pin!(timer);
     loop {
         let carried = settings
             .as_mut()
@@ -457,19 +465,21 @@ where
         let prefix = match carried {
             Some(prefix) => prefix,
             None => {
-                let (wait, watch) = if first {
-                    let limit = options
-                        .and_then(|o| o.h1_request_head.timeout)
-                        .unwrap_or(DEFAULT_FIRST_READ_TIMEOUT);
-                    (limit.saturating_sub(started.elapsed()), None)
+                let (deadline, watch) = if first {
+                    (first_deadline, None)
                 } else {
                     let wait = next_request_wait(options, settings.as_ref());
-                    (wait, Some(shutdown_wait.as_mut()))
+                    let deadline = match wait {
+                        Duration::MAX => None,
+                        wait => tokio::time::Instant::now().checked_add(wait),
+                    };
+                    (deadline, Some(shutdown_wait.as_mut()))
                 };
                 let most = options.map_or(INIT_HEAD_READ, |o| {
                     o.h1_request_head.max_size.clamp(1, INIT_HEAD_READ)
                 });
-                match first_bytes(&mut stream, wait, most, watch).await {
+                let waited = first_bytes(&mut stream, deadline, timer.as_mut(), most, watch);
+                match waited.await {
                     Arrival::Bytes(bytes) => bytes,
                     Arrival::Closed => return None,
                     Arrival::TimedOut => {
@@ -579,14 +589,28 @@ enum Arrival {
     TimedOut,
 }
 
-/// Waits up to `wait` for the first bytes of a request and reads at most `most` of them.
-/// The buffer they are kept in is made only once they have come, not while waiting.
+/// A deadline no wait reaches: thirty years from now.
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(86400 * 365 * 30)
+}
+
+/// Waits until `deadline` (`None`: for ever) for the first bytes of a request and reads at
+/// most `most` of them. The buffer they are kept in is made only once they have come, not
+/// while waiting.
+///
+/// `timer` is the connection's (patched in). It is moved only to an earlier deadline: a
+/// later one, the usual case of a kept-alive connection's next wait, leaves it where it is,
+/// and when it goes off before `deadline` it is moved to `deadline` then. A wait so costs a
+/// clock read, not a timer set and cancelled (nginx's timers are lazy the same way), and a
+/// busy connection's timer goes off once per keep-alive timeout, not at all otherwise.
 async fn first_bytes(
     stream: &mut Stream,
-    wait: Duration,
+    deadline: Option<tokio::time::Instant>,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
     most: usize,
     shutdown: Option<std::pin::Pin<&mut impl std::future::Future<Output = ()>>>,
 ) -> Arrival {
+    use std::future::Future;
     use std::task::Poll;
     use tokio::io::{AsyncRead, ReadBuf};
     let read = std::future::poll_fn(|cx| {
@@ -623,15 +647,32 @@ async fn first_bytes(
         }
     };
     let bounded = async {
-        if wait == Duration::MAX {
-            Ok(read.await)
-        } else {
-            // Tokio's timer (patched in), not Pingora's: its entry is part of this future and
-            // goes with it, where Pingora's keeps a shared entry per 10 ms until the wait would
-            // have ended (75 s for a kept-alive connection), pinning the allocator's pages
-            // after a burst of connections has closed. It also counts fewer instructions here.
-            tokio::time::timeout(wait, read).await
+        let Some(deadline) = deadline else {
+            return Ok(read.await);
+        };
+        // Tokio's timer (patched in), not Pingora's: its entry is part of the connection's
+        // future and goes with it, where Pingora's keeps a shared entry per 10 ms until the
+        // wait would have ended (75 s for a kept-alive connection), pinning the allocator's
+        // pages after a burst of connections has closed.
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
         }
+        let mut read = std::pin::pin!(read);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(arrived) = read.as_mut().poll(cx) {
+                return Poll::Ready(Ok(arrived));
+            }
+            loop {
+                if timer.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                if timer.deadline() >= deadline {
+                    return Poll::Ready(Err(()));
+                }
+                timer.as_mut().reset(deadline);
+            }
+        })
+        .await
     };
     tokio::select! {
         biased;
