@@ -254,20 +254,22 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        self.reused_stream_with_digest(peer)
+        self.reused_stream_with_digest(peer, peer.reuse_hash())
             .await
             .map(|(stream, _)| stream)
     }
 
     /// [`Self::reused_stream`] with the digest its last session made, if it was released
     /// with one (patched in).
+    /// `key`: the peer's `reuse_hash`, which the caller may keep for the release.
     pub(crate) async fn reused_stream_with_digest<P: Peer + Send + Sync>(
         &self,
         peer: &P,
+        key: u64,
     ) -> Option<(Stream, Option<Box<Digest>>)> {
         // patched in: the idle pool checks the stream it hands out (closed, unexpected data,
         // past its idle timeout) itself
-        let (stream, digest) = self.idle.take(peer.reuse_hash())?;
+        let (stream, digest) = self.idle.take(key)?;
         #[cfg(unix)]
         let matches = matches_peer(&stream, peer);
         #[cfg(windows)]
@@ -330,17 +332,18 @@ impl TransportConnector {
         &self,
         peer: &P,
     ) -> Result<(Stream, bool)> {
-        let (stream, _, reused) = self.get_stream_with_digest(peer).await?;
+        let (stream, _, reused) = self.get_stream_with_digest(peer, peer.reuse_hash()).await?;
         Ok((stream, reused))
     }
 
     /// [`Self::get_stream`] with the digest a reused stream's last session made, if any
-    /// (patched in).
+    /// (patched in); `key` as for [`Self::reused_stream_with_digest`].
     pub(crate) async fn get_stream_with_digest<P: Peer + Send + Sync + 'static>(
         &self,
         peer: &P,
+        key: u64,
     ) -> Result<(Stream, Option<Box<Digest>>, bool)> {
-        if let Some((stream, digest)) = self.reused_stream_with_digest(peer).await {
+        if let Some((stream, digest)) = self.reused_stream_with_digest(peer, key).await {
             Ok((stream, digest, true))
         } else {
             let s = self.new_stream(peer).await?;

@@ -37,9 +37,13 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Result<(Box<HttpSession>, bool)> {
-        let (stream, digest, reused) = self.transport.get_stream_with_digest(peer).await?;
+        // Patched in: the pool key is hashed once, here, and kept for the release.
+        let key = peer.reuse_hash();
+        let (stream, digest, reused) = self.transport.get_stream_with_digest(peer, key).await?;
         // Boxed (patched in): made in its box, moved on as a pointer.
-        let http = boxed_with(|| HttpSession::new_with_options_and_digest(stream, digest, peer));
+        let mut http =
+            boxed_with(|| HttpSession::new_with_options_and_digest(stream, digest, peer));
+        http.pool_key = Some(key);
         Ok((http, reused))
     }
 
@@ -47,8 +51,11 @@ impl Connector {
         &self,
         peer: &P,
     ) -> Option<Box<HttpSession>> {
-        let (stream, digest) = self.transport.reused_stream_with_digest(peer).await?;
-        let http = boxed_with(|| HttpSession::new_with_options_and_digest(stream, digest, peer));
+        let key = peer.reuse_hash();
+        let (stream, digest) = self.transport.reused_stream_with_digest(peer, key).await?;
+        let mut http =
+            boxed_with(|| HttpSession::new_with_options_and_digest(stream, digest, peer));
+        http.pool_key = Some(key);
         Some(http)
     }
 
@@ -59,13 +66,11 @@ impl Connector {
         idle_timeout: Option<Duration>,
     ) {
         session.respect_keepalive();
+        // Patched in: the key the connection was got under; `peer` is the one it was got for.
+        let key = session.pool_key.unwrap_or_else(|| peer.reuse_hash());
         if let Some((stream, digest)) = session.reuse_with_digest().await {
-            self.transport.release_stream_with_digest(
-                stream,
-                Some(digest),
-                peer.reuse_hash(),
-                idle_timeout,
-            );
+            self.transport
+                .release_stream_with_digest(stream, Some(digest), key, idle_timeout);
         }
     }
 

@@ -84,6 +84,9 @@ pub struct HttpSession {
     // (`None` before, or when it had `Transfer-Encoding`), so that `init_body_reader` does not
     // look it up again.
     response_framing_length: Option<Option<usize>>,
+    /// The connection pool's key for this session's connection, when a connector got it
+    /// (patched in): the release pools it under that key without hashing its peer again.
+    pub(crate) pool_key: Option<u64>,
 }
 
 /// HTTP 1.x client session
@@ -129,6 +132,7 @@ impl HttpSession {
             response_transfer_encoding: true,
             whole_body_preread: false,
             response_framing_length: None,
+            pool_key: None,
         }
     }
 
