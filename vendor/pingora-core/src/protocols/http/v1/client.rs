@@ -377,8 +377,10 @@ impl HttpSession {
 
                         let buf = std::mem::take(&mut self.response_header_read_buf).freeze();
 
+                        let mut framing = FramingFields::default();
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
+                            framing.note(&header_name);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             let header_value = pingora_http::header_value_from_raw(value_bytes);
@@ -390,11 +392,9 @@ impl HttpSession {
                             }
                         }
 
-                        let contains_transfer_encoding = response_header
-                            .headers
-                            .contains_key(header::TRANSFER_ENCODING);
-                        let contains_content_length =
-                            response_header.headers.contains_key(header::CONTENT_LENGTH);
+                        // Patched in: noted as the fields were added, not looked up.
+                        let contains_transfer_encoding = framing.transfer_encoding;
+                        let contains_content_length = framing.content_length;
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we MUST remove content length. This is

@@ -31,6 +31,27 @@ pub(super) const MAX_HEADER_SIZE: usize = 1048575;
 
 pub(crate) const BODY_BUF_LIMIT: usize = 1024 * 64;
 
+/// Whether a head as read has `Transfer-Encoding` or `Content-Length` fields (patched in),
+/// noted from each field's name as the head's map is made, where two look-ups in the made
+/// map found the same.
+#[derive(Debug, Default, Clone, Copy)]
+pub(super) struct FramingFields {
+    pub transfer_encoding: bool,
+    pub content_length: bool,
+}
+
+impl FramingFields {
+    /// Notes a field `name`, as parsed (any case).
+    #[inline]
+    pub fn note(&mut self, name: &[u8]) {
+        match name.len() {
+            14 => self.content_length |= name.eq_ignore_ascii_case(b"content-length"),
+            17 => self.transfer_encoding |= name.eq_ignore_ascii_case(b"transfer-encoding"),
+            _ => {}
+        }
+    }
+}
+
 pub const CRLF: &[u8; 2] = b"\r\n";
 /// The empty line that terminates a message's header section.
 pub(super) const HEADER_SECTION_END: &[u8; 4] = b"\r\n\r\n";

@@ -514,8 +514,10 @@ impl HttpSession {
                         };
                         request_header.set_version(version);
 
+                        let mut framing = FramingFields::default();
                         for header in header_refs {
                             let header_name = header.get_name_bytes(&buf);
+                            framing.note(&header_name);
                             let header_name = header_name.into_case_header_name();
                             let value_bytes = header.get_value_bytes(&buf);
                             // safe because this is from what we parsed
@@ -528,10 +530,9 @@ impl HttpSession {
                                 .or_err(InvalidHTTPHeader, "while parsing request header")?;
                         }
 
-                        let contains_transfer_encoding =
-                            request_header.headers.contains_key(TRANSFER_ENCODING);
-                        let contains_content_length =
-                            request_header.headers.contains_key(CONTENT_LENGTH);
+                        // Patched in: noted as the fields were added, not looked up.
+                        let contains_transfer_encoding = framing.transfer_encoding;
+                        let contains_content_length = framing.content_length;
 
                         // Transfer encoding overrides content length, so when
                         // both are present, we can remove content length. This
