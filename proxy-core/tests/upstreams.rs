@@ -974,6 +974,76 @@ fn raw_origin() -> (
 }
 
 #[tokio::test]
+async fn a_head_without_a_length_reaches_the_client_before_its_body() {
+    use std::io::{Read, Write};
+    let tailnet = tailnet(&[]).await;
+    // An origin that answers with a head but no `Content-Length` (a stream, its end the
+    // connection's), and sends the body only once the test has seen that head through the
+    // proxy: a proxy that held such a head back until the body came would never answer.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
+    let origin = listener.local_addr().expect("origin address");
+    let (go, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut pending = Vec::new();
+            if next_head(&mut stream, &mut pending).is_none() {
+                continue;
+            }
+            let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            if wait
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .is_err()
+            {
+                return;
+            }
+            let _ = stream.write_all(b"data: late\n\n");
+        }
+    });
+    let config = format!(
+        "{}\n[upstreams.raw]\naddress = \"{origin}\"\n{}",
+        base_config(&tailnet),
+        site("stream", "raw", "")
+    );
+    let proxy = Edge::start(&config);
+    // HTTP/1.1 gets the stream chunked, HTTP/1.0 as it came, ended by the close.
+    for version in ["HTTP/1.1", "HTTP/1.0"] {
+        let mut client = std::net::TcpStream::connect(proxy.addr).expect("connect");
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("read timeout");
+        let request = format!("GET /events {version}\r\nHost: stream.example.com\r\n\r\n");
+        client.write_all(request.as_bytes()).expect("request");
+        let mut seen = Vec::new();
+        let mut byte = [0u8; 1];
+        while !seen.ends_with(b"\r\n\r\n") {
+            match client.read(&mut byte) {
+                Ok(1) => seen.push(byte[0]),
+                other => panic!(
+                    "{version}: no head before the body ({other:?}): {}",
+                    String::from_utf8_lossy(&seen)
+                ),
+            }
+        }
+        let head = String::from_utf8_lossy(&seen).into_owned();
+        assert!(head.starts_with("HTTP/1.1 200"), "{version}: {head}");
+        go.send(()).expect("the origin waits");
+        let mut rest = Vec::new();
+        let mut chunk = [0u8; 256];
+        while !String::from_utf8_lossy(&rest).contains("data: late") {
+            match client.read(&mut chunk) {
+                Ok(n) if n > 0 => rest.extend_from_slice(&chunk[..n]),
+                other => panic!(
+                    "{version}: the body ended early ({other:?}): {}",
+                    String::from_utf8_lossy(&rest)
+                ),
+            }
+        }
+    }
+}
+
+#[tokio::test]
 async fn header_names_are_normalized_unless_their_case_is_preserved() {
     let tailnet = tailnet(&[]).await;
     let (origin, heads) = raw_origin();

@@ -168,11 +168,12 @@ where
     Ok(())
 }
 
-pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) {
+/// Patched in: gives whether it found a `Content-Length` field, when it looked for one.
+pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap) -> Option<bool> {
     if is_chunked_encoding_from_headers(headers) {
         // transfer-encoding takes priority over content-length
         body_writer.init_chunked();
-        return;
+        return None;
     }
     // Resolve Content-Length through the shared, range-checked helper so the
     // value is reconciled (identical duplicates / comma lists) and never
@@ -185,7 +186,8 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
         Ok(None) => {
             /* TODO: 1. connection: keepalive cannot be used,
             2. mark connection must be closed */
-            body_writer.init_close_delimited()
+            body_writer.init_close_delimited();
+            return Some(false);
         }
         Err(e) => {
             // Headers are validated on read, so this is not expected here; log
@@ -195,6 +197,7 @@ pub(crate) fn init_body_writer_comm(body_writer: &mut BodyWriter, headers: &HMap
             body_writer.init_close_delimited()
         }
     }
+    Some(true)
 }
 
 /// Find the last comma-separated token in a Transfer-Encoding header value.

@@ -1016,9 +1016,12 @@ impl HttpSession {
 
         // Allow informational header (excluding 101) to pass through without affecting the state
         // of the request
+        let mut content_length_field = None;
         if header.status == 101 || !header.status.is_informational() {
+            // Patched in: asked once, for this and for the body writer below.
+            let upgrade = self.is_upgrade(header);
             // reset request body to done for incomplete upgrade handshakes
-            if let Some(upgrade_ok) = self.is_upgrade(header) {
+            if let Some(upgrade_ok) = upgrade {
                 if upgrade_ok {
                     debug!("ok upgrade handshake");
                     // For ws we use HTTP1_0 do_read_body_until_closed
@@ -1052,7 +1055,7 @@ impl HttpSession {
                     // continue to read body as-is, this is now just a regular request
                 }
             }
-            self.init_body_writer(header);
+            content_length_field = self.init_body_writer(header, upgrade);
         }
 
         // Defense-in-depth: if response body is close-delimited, mark session
@@ -1071,15 +1074,19 @@ impl HttpSession {
         // likely to be real time communication. So do flush when
         // 1. 1xx response: client needs to see it before the rest of response
         // 2. No content length: the response could be generated in real time
+        // Patched in: the body writer's look-up of the field, when it made one, answers.
         let should_flush = header.status.is_informational()
-            || header.headers.get(header::CONTENT_LENGTH).is_none();
+            || !content_length_field
+                .unwrap_or_else(|| header.headers.get(header::CONTENT_LENGTH).is_some());
 
         // Not frozen here (patched in): freezing a buffer with room to spare allocates, and
         // the head is written from the buffer as it is unless it is queued as a task.
         Ok(Some((write_buf, should_flush)))
     }
 
-    fn init_body_writer(&mut self, header: &ResponseHeader) {
+    /// `upgrade`: [`Self::is_upgrade`] for `header` (patched in). Gives whether the header has
+    /// a `Content-Length` field, when it looked for one.
+    fn init_body_writer(&mut self, header: &ResponseHeader, upgrade: Option<bool>) -> Option<bool> {
         use http::StatusCode;
         /* the following responses don't have body 204, 304, and HEAD */
         if matches!(
@@ -1088,18 +1095,19 @@ impl HttpSession {
         ) || self.get_method() == Some(&Method::HEAD)
         {
             self.body_writer.init_content_length(0);
-            return;
+            return None;
         }
 
         if header.status.is_informational() && header.status != StatusCode::SWITCHING_PROTOCOLS {
             // 1xx response, not enough to init body
-            return;
+            return None;
         }
 
-        if self.is_upgrade(header) == Some(true) {
+        if upgrade == Some(true) {
             self.body_writer.init_close_delimited();
+            None
         } else {
-            init_body_writer_comm(&mut self.body_writer, &header.headers);
+            init_body_writer_comm(&mut self.body_writer, &header.headers)
         }
     }
 
