@@ -931,8 +931,7 @@ async fn a_stalled_buffered_body_gets_408_and_never_reaches_the_origin() {
 
 /// The next request head on `stream` (bytes read past it stay in `pending`), or `None` once
 /// the connection ends.
-fn next_head(stream: &mut std::net::TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
-    use std::io::Read;
+fn next_head(stream: &mut impl std::io::Read, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
     let mut buf = [0u8; 4096];
     loop {
         if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -1171,21 +1170,82 @@ async fn request_targets_go_upstream_byte_for_byte_and_non_utf_8_ones_get_400() 
 /// closed it.
 type Connections = std::sync::Arc<std::sync::Mutex<Vec<bool>>>;
 
+/// The name in a TLS [`pooling_origin`]'s certificate.
+const ORIGIN_NAME: &str = "origin.test";
+
+/// One connection of a [`pooling_origin`]: plain, or TLS (rustls, a certificate for
+/// [`ORIGIN_NAME`] from the tailnet CA).
+enum OriginStream {
+    Plain(std::net::TcpStream),
+    Tls(Box<rustls::StreamOwned<rustls::ServerConnection, std::net::TcpStream>>),
+}
+
+impl std::io::Read for OriginStream {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self {
+            OriginStream::Plain(s) => s.read(buf),
+            OriginStream::Tls(s) => s.read(buf),
+        }
+    }
+}
+
+impl std::io::Write for OriginStream {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            OriginStream::Plain(s) => s.write(buf),
+            OriginStream::Tls(s) => s.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            OriginStream::Plain(s) => s.flush(),
+            OriginStream::Tls(s) => s.flush(),
+        }
+    }
+}
+
+impl OriginStream {
+    /// Ends the sending side (with a TLS `close_notify` first), still reading.
+    fn half_close(&mut self) {
+        use std::io::Write;
+        let sock = match self {
+            OriginStream::Plain(s) => s,
+            OriginStream::Tls(s) => {
+                s.conn.send_close_notify();
+                let _ = s.flush();
+                &mut s.sock
+            }
+        };
+        let _ = sock.shutdown(std::net::Shutdown::Write);
+    }
+}
+
 /// An origin answering `200 ok` with keep-alive framing, one thread per connection, on a
-/// listener the test holds; each answer goes out in one write, head and body together.
+/// listener the test holds, over TLS when `tls`; each answer goes out in one write, head
+/// and body together (over TLS, one record).
 /// After answering `/half-close` it waits 300 ms (the connection is idle in the proxy's pool
 /// by then) and shuts its sending side, still reading, so it sees when the proxy closes the
-/// connection. `/extra` is answered with 5 bytes past its `Content-Length`, `/chunks` with
-/// a chunked body of three chunks.
-fn pooling_origin() -> (std::net::SocketAddr, Connections) {
+/// connection. `/extra` is answered with 5 bytes past its `Content-Length` (over TLS, in a
+/// record of their own right behind the answer's), `/chunks` with a chunked body of three
+/// chunks.
+fn pooling_origin(tls: bool) -> (std::net::SocketAddr, Connections) {
     use std::io::Write;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the origin");
     let addr = listener.local_addr().expect("origin address");
+    let tls = tls.then(|| fake_tailnet::server_config(ORIGIN_NAME, &[]).expect("certificate"));
     let connections = Connections::default();
     let seen = connections.clone();
     std::thread::spawn(move || {
         for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { return };
+            let Ok(stream) = stream else { return };
+            let mut stream = match &tls {
+                None => OriginStream::Plain(stream),
+                Some(config) => {
+                    let conn = rustls::ServerConnection::new(config.clone()).expect("TLS");
+                    OriginStream::Tls(Box::new(rustls::StreamOwned::new(conn, stream)))
+                }
+            };
             let index = {
                 let mut seen = seen.lock().unwrap();
                 seen.push(false);
@@ -1195,24 +1255,36 @@ fn pooling_origin() -> (std::net::SocketAddr, Connections) {
             std::thread::spawn(move || {
                 let mut pending = Vec::new();
                 while let Some(head) = next_head(&mut stream, &mut pending) {
-                    let reply = if head.starts_with(b"GET /extra ") {
-                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA"
+                    let (reply, extra) = if head.starts_with(b"GET /extra ") {
+                        ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "EXTRA")
                     } else if head.starts_with(b"GET /chunks ") {
-                        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
-                         2\r\nab\r\n3\r\ncde\r\n1\r\nf\r\n0\r\n\r\n"
+                        (
+                            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+                             2\r\nab\r\n3\r\ncde\r\n1\r\nf\r\n0\r\n\r\n",
+                            "",
+                        )
                     } else {
-                        "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        ("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", "")
                     };
-                    if stream.write_all(reply.as_bytes()).is_err() {
+                    let sent = match &stream {
+                        OriginStream::Plain(_) => {
+                            stream.write_all(format!("{reply}{extra}").as_bytes())
+                        }
+                        OriginStream::Tls(_) => stream
+                            .write_all(reply.as_bytes())
+                            .and_then(|()| stream.flush())
+                            .and_then(|()| stream.write_all(extra.as_bytes())),
+                    };
+                    if sent.and_then(|()| stream.flush()).is_err() {
                         break;
                     }
                     if head.starts_with(b"GET /half-close ") {
                         std::thread::sleep(std::time::Duration::from_millis(300));
-                        let _ = stream.shutdown(std::net::Shutdown::Write);
+                        stream.half_close();
                     }
                     if head.starts_with(b"GET /junk-later ") {
                         std::thread::sleep(std::time::Duration::from_millis(300));
-                        let _ = stream.write_all(b"junk");
+                        let _ = stream.write_all(b"junk").and_then(|()| stream.flush());
                     }
                 }
                 seen.lock().unwrap()[index] = true;
@@ -1220,6 +1292,18 @@ fn pooling_origin() -> (std::net::SocketAddr, Connections) {
         }
     });
     (addr, connections)
+}
+
+/// The `[upstreams.NAME]` table for a [`pooling_origin`] at `origin` with `extra` keys.
+fn pooling_upstream(name: &str, origin: std::net::SocketAddr, tls: bool, extra: &str) -> String {
+    let tls = match tls {
+        true => format!(
+            "tls = true\nsni = \"{ORIGIN_NAME}\"\nca_file = \"{}\"\n",
+            ca_cert_pem_path().display()
+        ),
+        false => String::new(),
+    };
+    format!("\n[upstreams.{name}]\naddress = \"{origin}\"\n{tls}{extra}\n")
 }
 
 /// Waits (up to 15 s) for the proxy to close the origin's connection `index`.
@@ -1239,12 +1323,23 @@ fn closed_by_the_proxy(connections: &Connections, index: usize) -> bool {
 /// notice it.
 #[tokio::test]
 async fn idle_upstream_connections_are_reused_and_closed_on_timeout_or_by_the_origin() {
+    idle_upstream_connections(false).await;
+}
+
+/// The same over TLS, where the proxy reads the origin's records through a read buffer.
+#[tokio::test]
+async fn idle_tls_upstream_connections_are_reused_and_closed_on_timeout_or_by_the_origin() {
+    idle_upstream_connections(true).await;
+}
+
+async fn idle_upstream_connections(tls: bool) {
     let tailnet = tailnet(&[]).await;
-    let (origin, connections) = pooling_origin();
+    let (origin, connections) = pooling_origin(tls);
     let config = format!(
-        "{}\n[upstreams.short]\naddress = \"{origin}\"\nidle_timeout = \"1s\"\n\
-         \n[upstreams.long]\naddress = \"{origin}\"\n{}{}",
+        "{}{}{}{}{}",
         base_config(&tailnet),
+        pooling_upstream("short", origin, tls, "idle_timeout = \"1s\""),
+        pooling_upstream("long", origin, tls, ""),
         site("short", "short", ""),
         site("long", "long", "")
     );
@@ -1293,11 +1388,23 @@ async fn idle_upstream_connections_are_reused_and_closed_on_timeout_or_by_the_or
 /// chunks of a body that came with its head are all relayed.
 #[tokio::test]
 async fn bodies_that_came_with_their_head_are_relayed_whole_and_overruns_end_reuse() {
+    bodies_and_overruns(false).await;
+}
+
+/// The same over TLS: an overrun in a record of its own, which the proxy may have read
+/// together with the answer's, still ends the connection's reuse.
+#[tokio::test]
+async fn tls_bodies_are_relayed_whole_and_overruns_end_reuse() {
+    bodies_and_overruns(true).await;
+}
+
+async fn bodies_and_overruns(tls: bool) {
     let tailnet = tailnet(&[]).await;
-    let (origin, connections) = pooling_origin();
+    let (origin, connections) = pooling_origin(tls);
     let config = format!(
-        "{}\n[upstreams.pool]\naddress = \"{origin}\"\n{}",
+        "{}{}{}",
         base_config(&tailnet),
+        pooling_upstream("pool", origin, tls, ""),
         site("pool", "pool", "")
     );
     let proxy = Edge::start(&config);

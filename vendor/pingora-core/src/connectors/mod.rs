@@ -24,6 +24,7 @@ mod tls;
 use crate::tls::connectors as tls;
 
 use crate::protocols::l4::ext::attach_connect_local_addr;
+use crate::protocols::l4::stream::L4BufferSettings;
 use crate::protocols::{Digest, GetSocketDigest, Stream};
 use crate::server::configuration::ServerConf;
 use crate::upstreams::peer::{Peer, ALPN};
@@ -398,6 +399,14 @@ async fn do_connect<P: Peer + Send + Sync>(
     }
 }
 
+/// The read buffer under an upstream TLS connection (patched in; plain upstream connections
+/// have none). Without it, every TLS record costs two reads of the socket, its 5-byte header
+/// and then its body, and the check that a connection may go back to the pool costs a third
+/// (a 5-byte read that finds nothing). With it, one read usually takes a whole small record,
+/// and since that read comes back short, the socket is known to be drained, so the pool check
+/// needs no system call. A maximum-size TLS record's plaintext fits.
+const UPSTREAM_TLS_READ_BUFFER_SIZE: usize = 16 * 1024;
+
 // Perform the actual L4 and tls connection steps with no timeout
 async fn do_connect_inner<P: Peer + Send + Sync>(
     peer: &P,
@@ -410,6 +419,9 @@ async fn do_connect_inner<P: Peer + Send + Sync>(
     let mut stream = l4_connect(peer, bind_to).await?;
     stream.set_establishment_timing(l4_connect_start.elapsed(), offload_wait_duration);
     if peer.tls() {
+        // Patched in: a read buffer under the TLS layer, which reads each record's 5-byte
+        // header and then its body; see `UPSTREAM_TLS_READ_BUFFER_SIZE`.
+        stream.set_buffer(L4BufferSettings::new(UPSTREAM_TLS_READ_BUFFER_SIZE, 0));
         // Capture the local address before the handshake consumes the stream, so a TLS failure
         // can still report the address we connected from.
         // Arc clone plus a copy of the small SocketAddr, negligible next to the handshake.
