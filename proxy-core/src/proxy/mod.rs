@@ -30,7 +30,7 @@ use pingora::cache::key::HashBinary;
 use pingora::cache::{CacheKey, CacheMeta, ForcedFreshness, HitHandler, RespCacheable};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::protocols::l4::socket::SocketAddr as PeerAddr;
-use pingora::proxy::{DownstreamEnd, FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{DownstreamEnd, FailToProxy, ProxyHttp, Session, SharedPeer};
 use pingora::upstreams::peer::HttpPeer;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 use std::sync::Arc;
@@ -595,6 +595,15 @@ impl ProxyHttp for EdgeProxy {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        let peer = self.upstream_peer_shared(session, ctx).await?;
+        Ok(Box::new(HttpPeer::clone(&peer)))
+    }
+
+    async fn upstream_peer_shared(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<SharedPeer> {
         let Some(upstream) = ctx.route.upstream.as_ref() else {
             return Error::e_explain(
                 ErrorType::InternalError,
@@ -610,7 +619,7 @@ impl ProxyHttp for EdgeProxy {
         // A retry's pick replaces the previous one, giving back its in-flight count.
         ctx.route.in_flight = None;
         let peer = match &upstream.pool {
-            None => upstream.boxed_peer().map(|peer| (peer, None)),
+            None => upstream.shared_peer().map(|peer| (peer, None)),
             Some(_) => {
                 // A retry avoids the address whose connection just failed.
                 let failed = match &ctx.record.upstream_addr {
@@ -626,7 +635,7 @@ impl ProxyHttp for EdgeProxy {
             Some((peer, in_flight)) => {
                 ctx.record.upstream_addr = Some(peer._address.clone());
                 ctx.route.in_flight = in_flight;
-                Ok(peer)
+                Ok(SharedPeer::Shared(peer))
             }
             None if offline_policy(ctx).is_some() => {
                 ctx.offline = true;

@@ -101,8 +101,46 @@ pub struct Upstream {
     /// `address`, which keeps the plain round robin over its answer and pays for no checks.
     pub(crate) pool: Option<Arc<AddressPool>>,
     /// Peer with every option set; only its address changes per request.
-    /// Boxed, so that each request's peer is cloned straight into the box Pingora takes.
     template: Box<HttpPeer>,
+    /// The template at each address requests went to, shared by them.
+    peers: PeerCache,
+}
+
+/// How many addresses of one upstream [`PeerCache`] keeps a peer for; past it, the
+/// oldest goes (an address that comes back gets a new one).
+const PEER_CACHE_LIMIT: usize = 32;
+
+/// Peers made from an upstream's template, one per address, each shared by the requests to
+/// its address: a request takes a reference instead of cloning the template into a box of
+/// its own and freeing it after (about 0.7k instructions per request).
+#[derive(Debug, Default)]
+struct PeerCache(arc_swap::ArcSwap<Vec<Arc<HttpPeer>>>);
+
+impl PeerCache {
+    /// The peer for `addr`, made from `template` if there is none yet.
+    fn get(&self, template: &HttpPeer, addr: SocketAddr) -> Arc<HttpPeer> {
+        let at = |peer: &&Arc<HttpPeer>| matches!(&peer._address, PeerAddr::Inet(a) if *a == addr);
+        if let Some(peer) = self.0.load().iter().find(at) {
+            return Arc::clone(peer);
+        }
+        let mut made = template.clone();
+        made._address = PeerAddr::Inet(addr);
+        let made = Arc::new(made);
+        self.0.rcu(|peers| {
+            // Another thread may have made one meanwhile: keep a single peer per address.
+            let others = peers.iter().filter(|peer| !at(peer));
+            let skip = (peers.len() + 1).saturating_sub(PEER_CACHE_LIMIT);
+            let mut kept: Vec<Arc<HttpPeer>> = others.skip(skip).cloned().collect();
+            kept.push(Arc::clone(&made));
+            kept
+        });
+        made
+    }
+
+    /// Forgets every peer (after the template changed).
+    fn clear(&self) {
+        self.0.store(Arc::default());
+    }
 }
 
 /// How connections reach an upstream (`transport` of `[upstreams.NAME]`).
@@ -171,6 +209,7 @@ impl Upstream {
             transport: Transport::Kernel,
             pool: None,
             template,
+            peers: PeerCache::default(),
         }
     }
 
@@ -206,6 +245,7 @@ impl Upstream {
             }
         };
         self.transport = transport;
+        self.peers.clear();
     }
 
     /// How connections reach it: `"kernel"` or `"tailscale-rs"`.
@@ -239,29 +279,28 @@ impl Upstream {
         &self,
         key: &[u8],
         avoid: Option<&SocketAddr>,
-    ) -> Option<(Box<HttpPeer>, Option<AddressInFlight>)> {
+    ) -> Option<(Arc<HttpPeer>, Option<AddressInFlight>)> {
         let Some(pool) = &self.pool else {
-            return self.boxed_peer().map(|peer| (peer, None));
+            return self.shared_peer().map(|peer| (peer, None));
         };
         let pick = pool.select(key, avoid)?;
-        let mut peer = self.template.clone();
-        peer._address = PeerAddr::Inet(pick.addr);
-        Some((peer, pick.in_flight))
+        Some((self.peers.get(&self.template, pick.addr), pick.in_flight))
     }
 
     /// A peer for the next request, or `None` when the name has never resolved.
     ///
     /// Reads only the in-memory address table: never a DNS lookup on the request path.
     pub fn peer(&self) -> Option<HttpPeer> {
-        self.boxed_peer().map(|peer| *peer)
+        self.shared_peer().map(|peer| HttpPeer::clone(&peer))
     }
 
-    /// [`Self::peer`] in the box Pingora takes it in, cloned there without a move.
-    pub(crate) fn boxed_peer(&self) -> Option<Box<HttpPeer>> {
+    /// [`Self::peer`] as the requests to its address share it.
+    pub(crate) fn shared_peer(&self) -> Option<Arc<HttpPeer>> {
         let ip = self.addrs.pick()?;
-        let mut peer = self.template.clone();
-        peer._address = PeerAddr::Inet(SocketAddr::new(ip, self.port));
-        Some(peer)
+        Some(
+            self.peers
+                .get(&self.template, SocketAddr::new(ip, self.port)),
+        )
     }
 }
 
@@ -308,4 +347,94 @@ fn peer_template(
         options.ca = tls.ca.clone();
     }
     peer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(addrs: &Arc<AddrSlot>) -> Upstream {
+        let timeouts = UpstreamTimeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(2),
+            write: Duration::from_secs(3),
+            idle: Duration::from_secs(4),
+            max_response_header: 8192,
+            keep_header_case: false,
+        };
+        let host = "docs.tailnet.test".to_string();
+        Upstream::new(
+            "docs".into(),
+            host,
+            8080,
+            None,
+            HostHeader::Client,
+            timeouts,
+            addrs.clone(),
+        )
+    }
+
+    fn inet(peer: &HttpPeer) -> SocketAddr {
+        match &peer._address {
+            PeerAddr::Inet(addr) => *addr,
+            other => panic!("not an inet address: {other:?}"),
+        }
+    }
+
+    /// Requests to one address share one peer; each address has its own, with the
+    /// template's options; a new answer's addresses get new peers.
+    #[test]
+    fn requests_to_an_address_share_its_peer() {
+        let (a, b) = ("100.64.0.1".parse().unwrap(), "100.64.0.2".parse().unwrap());
+        let slot = Arc::new(AddrSlot::fixed(vec![a, b]));
+        let upstream = upstream(&slot);
+        let picks: Vec<Arc<HttpPeer>> = (0..4).map(|_| upstream.shared_peer().unwrap()).collect();
+        assert_eq!(inet(&picks[0]), SocketAddr::new(a, 8080));
+        assert_eq!(inet(&picks[1]), SocketAddr::new(b, 8080));
+        assert!(Arc::ptr_eq(&picks[0], &picks[2]), "one peer per address");
+        assert!(Arc::ptr_eq(&picks[1], &picks[3]));
+        assert!(!Arc::ptr_eq(&picks[0], &picks[1]));
+        for peer in &picks {
+            assert_eq!(peer.options.read_timeout, Some(Duration::from_secs(2)));
+            assert_eq!(peer.group_key, upstream.template().group_key);
+        }
+
+        let c = "100.64.0.3".parse().unwrap();
+        slot.store(vec![c]);
+        let moved = upstream.shared_peer().unwrap();
+        assert_eq!(inet(&moved), SocketAddr::new(c, 8080));
+        assert_eq!(
+            upstream.peer().map(|p| inet(&p)),
+            Some(SocketAddr::new(c, 8080))
+        );
+    }
+
+    /// Past [`PEER_CACHE_LIMIT`] addresses the oldest peer goes; a changed template (the
+    /// transport) is not served from peers made before it.
+    #[test]
+    fn the_peer_cache_is_bounded_and_follows_the_template() {
+        let slot = Arc::new(AddrSlot::fixed(vec!["100.64.0.1".parse().unwrap()]));
+        let mut upstream = upstream(&slot);
+        let first = upstream.shared_peer().unwrap();
+        for i in 0..PEER_CACHE_LIMIT {
+            let ip = IpAddr::from([100, 64, 1, i as u8]);
+            upstream
+                .peers
+                .get(&upstream.template, SocketAddr::new(ip, 8080));
+        }
+        assert_eq!(upstream.peers.0.load().len(), PEER_CACHE_LIMIT);
+        assert!(
+            !Arc::ptr_eq(&first, &upstream.shared_peer().unwrap()),
+            "the oldest address's peer was let go"
+        );
+
+        let kept = upstream.shared_peer().unwrap();
+        upstream.set_transport(Transport::Kernel);
+        let after = upstream.shared_peer().unwrap();
+        assert!(
+            !Arc::ptr_eq(&kept, &after),
+            "a new transport's peers are made again"
+        );
+        assert_eq!(after.group_key, upstream.template().group_key);
+    }
 }

@@ -101,6 +101,28 @@ pub use proxy_cache::range_filter::{range_header_filter, MultiRangeInfo, RangeTy
 pub use proxy_purge::PurgeStatus;
 pub use proxy_trait::{DownstreamEnd, FailToProxy, ProxyHttp, ProxyWarnLogContext};
 
+/// Patched in: the peer a request is proxied to, as [ProxyHttp::upstream_peer_shared()]
+/// gives it: a box of the request's own, or one the implementation keeps and shares
+/// between requests, which saves making (cloning) and freeing a peer per request.
+#[derive(Debug, Clone)]
+pub enum SharedPeer {
+    /// A peer made for this request.
+    Owned(Box<HttpPeer>),
+    /// A peer shared with other requests.
+    Shared(Arc<HttpPeer>),
+}
+
+impl std::ops::Deref for SharedPeer {
+    type Target = HttpPeer;
+
+    fn deref(&self) -> &HttpPeer {
+        match self {
+            SharedPeer::Owned(peer) => peer,
+            SharedPeer::Shared(peer) => peer,
+        }
+    }
+}
+
 pub mod prelude {
     pub use crate::{http_proxy, http_proxy_service, ProxyHttp, ProxyWarnLogContext, Session};
 }
@@ -429,7 +451,8 @@ where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
-        let peer = match self.inner.upstream_peer(session, ctx).await {
+        // Patched in: the peer may be one the implementation shares (`SharedPeer`).
+        let peer = match self.inner.upstream_peer_shared(session, ctx).await {
             Ok(p) => p,
             Err(e) => return (false, Some(e)),
         };

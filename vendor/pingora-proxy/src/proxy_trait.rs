@@ -62,6 +62,25 @@ pub trait ProxyHttp {
         ctx: &mut Self::CTX,
     ) -> impl Future<Output = Result<Box<HttpPeer>>> + Send;
 
+    /// Patched in: [Self::upstream_peer()] for an implementation that keeps its peers and
+    /// hands each request a shared one ([SharedPeer::Shared]) instead of a fresh box. The
+    /// proxy calls this; the default calls [Self::upstream_peer()].
+    fn upstream_peer_shared(
+        &self,
+        session: &mut Session,
+        ctx: &mut Self::CTX,
+    ) -> impl Future<Output = Result<SharedPeer>> + Send
+    where
+        Self: Sync,
+        Self::CTX: Send,
+    {
+        async move {
+            self.upstream_peer(session, ctx)
+                .await
+                .map(SharedPeer::Owned)
+        }
+    }
+
     /// Set up downstream modules.
     ///
     /// In this phase, users can add or configure [HttpModules] before the server starts up.
