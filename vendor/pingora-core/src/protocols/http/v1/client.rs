@@ -460,8 +460,10 @@ impl HttpSession {
             let read_fut = self
                 .underlying_stream
                 .read_buf(&mut self.response_header_read_buf);
+            // Patched in: tokio's timer, whose entry lives in this future and goes with it,
+            // instead of Pingora's, which keeps one per 10 ms slot until the slot's time.
             let read_result = match self.read_timeout {
-                Some(t) => match timeout(t, read_fut).await {
+                Some(t) => match tokio::time::timeout(t, read_fut).await {
                     Ok(res) => res,
                     Err(_) => {
                         return self.fail_response_header_read(Error::explain(
@@ -579,8 +581,9 @@ impl HttpSession {
         if let Some(body) = self.take_whole_preread_body() {
             return Ok(Some(body.get(&self.buf)));
         }
+        // Patched in: tokio's timer, as for the head.
         let result = match self.read_timeout {
-            Some(t) => match timeout(t, self.do_read_body()).await {
+            Some(t) => match tokio::time::timeout(t, self.do_read_body()).await {
                 Ok(res) => res,
                 Err(_) => Error::e_explain(ReadTimedout, format!("reading body, timeout: {t:?}")),
             },
