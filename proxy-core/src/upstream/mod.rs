@@ -101,7 +101,7 @@ pub struct Upstream {
     /// `address`, which keeps the plain round robin over its answer and pays for no checks.
     pub(crate) pool: Option<Arc<AddressPool>>,
     /// Peer with every option set; only its address changes per request.
-    template: Box<HttpPeer>,
+    template: HttpPeer,
     /// The template at each address requests went to, shared by them.
     peers: PeerCache,
 }
@@ -112,7 +112,7 @@ const PEER_CACHE_LIMIT: usize = 32;
 
 /// Peers made from an upstream's template, one per address, each shared by the requests to
 /// its address: a request takes a reference instead of cloning the template into a box of
-/// its own and freeing it after (about 0.7k instructions per request).
+/// its own and freeing it after (about 0.6k instructions per request).
 #[derive(Debug, Default)]
 struct PeerCache(arc_swap::ArcSwap<Vec<Arc<HttpPeer>>>);
 
@@ -197,7 +197,7 @@ impl Upstream {
         timeouts: UpstreamTimeouts,
         addrs: Arc<AddrSlot>,
     ) -> Self {
-        let template = Box::new(peer_template(&name, port, tls.as_ref(), &timeouts));
+        let template = peer_template(&name, port, tls.as_ref(), &timeouts);
         Self {
             name,
             host,
