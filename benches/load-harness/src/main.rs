@@ -29,7 +29,7 @@ mod signals;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
-use measure::{children, cpu_seconds, peak_rss_mib, wrk, Sample};
+use measure::{children, cpu_seconds, peak_rss_mib, wrk, CoreTimes, Sample};
 use netns::{DelayMethod, Netns};
 use report::{
     FillRow, Report, Row, CADDY, DIRECT, HAPROXY, LAZY_COMMIT, NGINX, NO_KEEPALIVE, PROXY_APP,
@@ -42,6 +42,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Parser)]
@@ -90,7 +91,8 @@ fn main() -> Result<()> {
     netns::remove_stale();
     raise_fd_limit();
     let cores = machine_cores();
-    let pinned = pin_self_to_core(1);
+    let pinned = pin_self_to_core(LOAD_CORE);
+    LOAD_PINNED.store(pinned, Ordering::Relaxed);
     let tailnet = FakeTailnet::start_in_thread(TailnetConfig::new(&["peer"]))
         .context("starting the fake tailnet")?;
     let dir = tempfile::tempdir()?;
@@ -429,9 +431,15 @@ impl Server {
     fn measure(&self, s: &Scenario, duration: Duration) -> Result<Sample> {
         let pids = self.pids();
         let before = cpu_seconds(&pids);
+        let load_core = LOAD_PINNED.load(Ordering::Relaxed).then_some(LOAD_CORE);
+        let load_before = load_core.and_then(CoreTimes::now);
         let url = format!("http://{}{}", self.addr, s.path());
         let mut sample = wrk(&url, &s.host(), s.headers(), s.connections, duration)?;
         sample.cpu_seconds = cpu_seconds(&pids) - before;
+        sample.load_core_busy = load_core
+            .and_then(CoreTimes::now)
+            .zip(load_before)
+            .and_then(|(after, before)| after.busy_since(before));
         Ok(sample)
     }
 }
@@ -730,6 +738,12 @@ fn pinned_command(program: &std::ffi::OsStr) -> Command {
     }
     command
 }
+
+/// The core the harness pins itself to, with wrk and the fake tailnet (servers get core 0).
+const LOAD_CORE: usize = 1;
+
+/// Whether the harness runs pinned to [`LOAD_CORE`], so that core's time is the load side's.
+static LOAD_PINNED: AtomicBool = AtomicBool::new(false);
 
 /// Pins this process (and the threads it starts later) to `core`, so the load generator
 /// and the fake tailnet never compete with the server under test.

@@ -22,6 +22,9 @@ pub struct Sample {
     pub errors: u64,
     /// Server CPU seconds (user + system) spent during the run.
     pub cpu_seconds: f64,
+    /// The share of the load core's time (wrk and the fake tailnet) spent busy during the
+    /// run, when known: near 1.0, the load side, not the server, set the requests/s.
+    pub load_core_busy: Option<f64>,
 }
 
 impl Sample {
@@ -128,6 +131,48 @@ pub fn cpu_seconds(pids: &[u32]) -> f64 {
         .sum()
 }
 
+/// A core's busy and total time so far, in clock ticks, from /proc/stat: busy is user,
+/// nice, system, irq and softirq time; total adds idle, iowait and steal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CoreTimes {
+    busy: u64,
+    total: u64,
+}
+
+impl CoreTimes {
+    /// The core's times now, if /proc/stat lists it.
+    pub fn now(core: usize) -> Option<Self> {
+        Self::parse(&std::fs::read_to_string("/proc/stat").ok()?, core)
+    }
+
+    fn parse(stat: &str, core: usize) -> Option<Self> {
+        let name = format!("cpu{core}");
+        let line = stat
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(name.as_str()))?;
+        let ticks: Vec<u64> = line
+            .split_whitespace()
+            .skip(1)
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let field = |i: usize| ticks.get(i).copied().unwrap_or(0);
+        // user nice system idle iowait irq softirq steal (guest time is inside user's).
+        let busy = field(0) + field(1) + field(2) + field(5) + field(6);
+        Some(Self {
+            busy,
+            total: busy + field(3) + field(4) + field(7),
+        })
+    }
+
+    /// The busy share of the time between `earlier` and `self`.
+    pub fn busy_since(self, earlier: Self) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let busy = self.busy.checked_sub(earlier.busy)?;
+        (total > 0).then(|| busy as f64 / total as f64)
+    }
+}
+
 /// Peak resident memory (VmHWM) of the processes, in MiB.
 pub fn peak_rss_mib(pids: &[u32]) -> f64 {
     status_mib(pids, "VmHWM:")
@@ -188,6 +233,31 @@ mod tests {
         assert!((s.rps - 21_000.0).abs() < 0.1);
         assert_eq!(s.p50, Duration::from_micros(1450));
         assert_eq!(s.p99, Duration::from_micros(2500));
+    }
+
+    #[test]
+    fn reads_a_cores_busy_share_from_proc_stat() {
+        let before =
+            "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 1 0 1 100 0 0 0 0 0 0\ncpu1 10 1 20 300 5 2 3 7 0 0\n";
+        let after =
+            "cpu  9 9 9 9 9 9 9 9 0 0\ncpu0 1 0 1 100 0 0 0 0 0 0\ncpu1 70 1 50 310 5 2 13 7 0 0\n";
+        let (a, b) = (
+            CoreTimes::parse(before, 1).unwrap(),
+            CoreTimes::parse(after, 1).unwrap(),
+        );
+        assert_eq!(
+            a,
+            CoreTimes {
+                busy: 36,
+                total: 348
+            }
+        );
+        // 60 user + 30 system + 10 softirq busy, 10 idle.
+        assert_eq!(b.busy_since(a), Some(100.0 / 110.0));
+        assert_eq!(a.busy_since(a), None);
+        assert_eq!(a.busy_since(b), None, "counters that went backwards");
+        assert_eq!(CoreTimes::parse(before, 2), None);
+        assert_eq!(CoreTimes::parse("cpu1 x y\n", 1), None);
     }
 
     #[test]
