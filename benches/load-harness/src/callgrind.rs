@@ -125,7 +125,7 @@ impl Counts {
 }
 
 /// Whether valgrind runs (Debian's `valgrind` package).
-fn installed() -> bool {
+pub fn installed() -> bool {
     Command::new("valgrind")
         .arg("--version")
         .stdout(Stdio::null())

@@ -21,6 +21,7 @@ mod client;
 mod fill;
 mod listening;
 mod measure;
+mod misses;
 mod netns;
 mod report;
 mod scenario;
@@ -154,6 +155,12 @@ fn main() -> Result<()> {
         let counts = count_instructions(scenario, &args, &up, dir.path())
             .with_context(|| format!("scenario {}, callgrind", scenario.name))?;
         let note = counts.as_ref().map(callgrind::Counts::note).or(note);
+        let misses = count_misses(scenario, &args, &up, dir.path())
+            .with_context(|| format!("scenario {}, cache simulation", scenario.name))?;
+        let note = match (note, misses.map(|m| m.note(scenario.connections))) {
+            (Some(note), Some(misses)) => Some(format!("{note}\n\n{misses}")),
+            (note, misses) => note.or(misses),
+        };
         report.scenario(scenario, rows, note.as_deref());
         if let Some(counts) = counts {
             report.instructions(scenario, counts);
@@ -219,6 +226,33 @@ fn count_instructions(
     };
     let dumps = args.callgrind_dir.as_deref().unwrap_or(dir);
     callgrind::Counts::measure(s, plan, dumps, servers).map(Some)
+}
+
+/// Simulated cache misses per request under the scenario's load, for the scenarios that
+/// count them: proxy-app and nginx. Not with `--quick`: a debug build under the simulation
+/// cannot keep up with many connections.
+fn count_misses(
+    s: &Scenario,
+    args: &Args,
+    up: &Upstream<'_>,
+    dir: &Path,
+) -> Result<Option<misses::Misses>> {
+    if !s.misses {
+        return Ok(None);
+    }
+    if args.quick {
+        return Ok(Some(misses::Misses::skipped("not with --quick")));
+    }
+    let up = *up;
+    let nginx: callgrind::Start<'_> = Box::new(move |wrapper, tag| {
+        start_nginx_under(s, &up, dir, tag, true, wrapper, callgrind::DEADLINE)
+    });
+    let servers = vec![
+        (PROXY_APP, proxy_starter(s.clone(), args, up, dir)),
+        (NGINX, nginx),
+    ];
+    let dumps = args.callgrind_dir.as_deref().unwrap_or(dir);
+    misses::Misses::measure(s, dumps, servers).map(Some)
 }
 
 fn measure_direct(

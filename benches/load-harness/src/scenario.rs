@@ -57,6 +57,9 @@ pub struct Scenario {
     pub defaults: bool,
     /// Also count proxy-app's and nginx's instructions per request under callgrind.
     pub instructions: bool,
+    /// Also count proxy-app's and nginx's simulated cache misses per request under this
+    /// scenario's load ([`crate::misses`]).
+    pub misses: bool,
     /// Every request accepts gzip, and both servers compress `text/plain` with gzip at
     /// level 1 (nginx's `gzip on` default level): proxy-app once, when it stores the
     /// object; nginx's `proxy_cache` keeps the upstream's body and `gzip` compresses each
@@ -145,6 +148,7 @@ pub fn all() -> Vec<Scenario> {
         peers: false,
         defaults: false,
         instructions: false,
+        misses: false,
         gzip: false,
     };
     vec![
@@ -224,6 +228,7 @@ pub fn all() -> Vec<Scenario> {
             about: "pass-through, 1 KiB, 1024 connections",
             connections: 1024,
             peers: true,
+            misses: true,
             ..base.clone()
         },
         Scenario {

@@ -1,0 +1,333 @@
+//! Cache misses per request under a scenario's whole load, simulated by callgrind
+//! (`--cache-sim=yes`): this machine's virtual CPUs expose no hardware counters, and how
+//! much memory a request touches that has left the caches is what sets the cost per request
+//! once there are many connections.
+//!
+//! A server runs under callgrind with a fixed cache model ([`CACHE_MODEL`]: 32 KiB L1 data
+//! and instruction caches, a 1 MiB last level, 64-byte lines) and wrk loads it with the
+//! scenario's connections: a warm-up run, then a counted one, then the server stops and
+//! callgrind writes the counts of every process (nginx's master and worker each to a file
+//! of their own, summed). That is done twice, by fresh processes, with counted runs of
+//! different lengths. Start-up, shutdown and the connections wrk opens and closes are the
+//! same in both and cancel in `(E2 - E1) / (R2 - R1)`, the cost of one more request for
+//! each event `E` (`R`: requests wrk completed in both of a process's runs). Unlike
+//! [`crate::callgrind`]'s sequential GETs, requests here overlap as under the real load, so
+//! the counts vary by a few percent between measurements.
+
+use crate::callgrind::{installed, Start};
+use crate::measure::wrk;
+use crate::scenario::Scenario;
+use crate::Server;
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+/// callgrind's cache model: L1 instruction and data caches, and the last level.
+pub const CACHE_MODEL: [&str; 4] = [
+    "--cache-sim=yes",
+    "--I1=32768,8,64",
+    "--D1=32768,8,64",
+    "--LL=1048576,16,64",
+];
+
+/// The two processes' counted wrk runs: seconds of the shorter and of the longer.
+const RUNS: [u64; 2] = [4, 12];
+
+/// Seconds of the wrk run before each counted one.
+const WARM_UP: u64 = 2;
+
+/// What one more request costs, per server.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PerRequest {
+    /// Instructions.
+    pub instructions: f64,
+    /// L1 data cache misses, reads and writes.
+    pub l1_data: f64,
+    /// Last-level data cache misses, reads and writes.
+    pub last_level_data: f64,
+}
+
+/// The misses of one scenario: each server's, or why there are none.
+#[derive(Debug, Clone)]
+pub struct Misses {
+    /// Label and cost per request of each server measured, in order.
+    pub counts: Vec<(&'static str, PerRequest)>,
+    /// Why nothing was measured.
+    pub skipped: Option<&'static str>,
+}
+
+impl Misses {
+    /// Measures each of `servers`, one after the other, each under callgrind once.
+    pub fn measure(
+        s: &Scenario,
+        dir: &Path,
+        servers: Vec<(&'static str, Start<'_>)>,
+    ) -> Result<Misses> {
+        if !installed() {
+            return Ok(Misses::skipped("valgrind not installed"));
+        }
+        let counts = servers
+            .into_iter()
+            .map(|(label, start)| {
+                let count = per_request(s, dir, label, &*start)
+                    .with_context(|| format!("{label} under callgrind's cache simulation"))?;
+                Ok((label, count))
+            })
+            .collect::<Result<_>>()?;
+        Ok(Misses {
+            counts,
+            skipped: None,
+        })
+    }
+
+    /// Nothing measured, because of `why`.
+    pub fn skipped(why: &'static str) -> Misses {
+        Misses {
+            counts: Vec::new(),
+            skipped: Some(why),
+        }
+    }
+
+    /// The report's line: each server's misses, and the first's ratio to the second.
+    pub fn note(&self, connections: u32) -> String {
+        let lead = format!(
+            "Simulated cache misses per request under this load (callgrind `{}`; wrk with {connections} connections, the difference of a {} s and a {} s run, each by a fresh process after a {} s warm-up)",
+            CACHE_MODEL.join(" "),
+            RUNS[0],
+            RUNS[1],
+            WARM_UP
+        );
+        if let Some(why) = self.skipped {
+            return format!("{lead}: not measured ({why}).");
+        }
+        let each: Vec<String> = self
+            .counts
+            .iter()
+            .map(|(label, c)| {
+                format!(
+                    "{label} {:.0} last-level and {:.0} L1 data misses, {:.1}k instructions",
+                    c.last_level_data,
+                    c.l1_data,
+                    c.instructions / 1e3
+                )
+            })
+            .collect();
+        let ratio = match self.counts.as_slice() {
+            [(_, first), (_, second), ..] if second.last_level_data > 0.0 => format!(
+                ": **{:.2}x** the last-level misses",
+                first.last_level_data / second.last_level_data
+            ),
+            _ => String::new(),
+        };
+        format!("{lead}: {}{ratio}.", each.join("; "))
+    }
+}
+
+/// One server's cost per request: two processes, each warmed up and then loaded for one of
+/// [`RUNS`] seconds.
+fn per_request(
+    s: &Scenario,
+    dir: &Path,
+    label: &str,
+    start: &dyn Fn(&[OsString], &str) -> Result<Server>,
+) -> Result<PerRequest> {
+    let slug: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    let mut runs = Vec::new();
+    for secs in RUNS {
+        let tag = format!("-misses-{slug}-{secs}s");
+        // One file per process, in a directory nginx's worker may write to after it has
+        // dropped root.
+        let out_dir = dir.join(format!("cs-{}{tag}", s.name));
+        std::fs::create_dir_all(&out_dir)?;
+        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))?;
+        let mut out_arg = OsString::from("--callgrind-out-file=");
+        out_arg.push(out_dir.join("%p.out"));
+        let mut wrapper: Vec<OsString> = vec!["valgrind".into(), "--tool=callgrind".into()];
+        wrapper.extend(CACHE_MODEL.iter().map(OsString::from));
+        wrapper.push(out_arg);
+        let server = start(&wrapper, &tag)?;
+        let url = format!("http://{}{}", server.addr, s.path());
+        let (host, headers) = (s.host(), s.headers());
+        let mut requests = 0;
+        // A warm-up (upstream connections, translated code, grown buffers), then the run.
+        for secs in [WARM_UP, secs] {
+            let sample = wrk(
+                &url,
+                &host,
+                headers,
+                s.connections,
+                Duration::from_secs(secs),
+            )?;
+            if sample.non_2xx > 0 {
+                bail!("{} responses were not 2xx or 3xx", sample.non_2xx);
+            }
+            requests += sample.requests;
+        }
+        // callgrind writes its counts when the process exits.
+        server.stop(crate::callgrind::DEADLINE)?;
+        runs.push((requests, events_of_dumps(&out_dir)?));
+    }
+    difference(&runs[0], &runs[1])
+}
+
+/// The event totals of every dump (`*.out`) in `dir`, summed.
+fn events_of_dumps(dir: &Path) -> Result<HashMap<String, u64>> {
+    let mut totals = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("out") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let events = event_totals(&text).with_context(|| format!("in {}", path.display()))?;
+        for (event, value) in events {
+            *totals.entry(event).or_insert(0) += value;
+        }
+    }
+    if totals.is_empty() {
+        bail!("no callgrind dump in {}", dir.display());
+    }
+    Ok(totals)
+}
+
+/// Every event a callgrind dump counted (`events:` names, `summary:` or `totals:` values).
+pub fn event_totals(text: &str) -> Result<HashMap<String, u64>> {
+    let line = |key: &str| text.lines().find_map(|l| l.strip_prefix(key));
+    let names = line("events:").context("callgrind dump without an events: line")?;
+    let values = line("summary:")
+        .or_else(|| line("totals:"))
+        .context("callgrind dump without a summary: or totals: line")?;
+    let values = values
+        .split_whitespace()
+        .map(|v| v.parse::<u64>().with_context(|| format!("bad count `{v}`")))
+        .collect::<Result<Vec<_>>>()?;
+    let names: Vec<&str> = names.split_whitespace().collect();
+    if names.len() < values.len() {
+        bail!("{} events named, {} counted", names.len(), values.len());
+    }
+    // callgrind leaves out trailing zero counts.
+    Ok(names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (name.to_string(), values.get(i).copied().unwrap_or(0)))
+        .collect())
+}
+
+/// The cost of one more request from the shorter run's `(requests, events)` and the
+/// longer's; an error when the longer run completed no more requests, or lacks an event.
+pub fn difference(
+    shorter: &(u64, HashMap<String, u64>),
+    longer: &(u64, HashMap<String, u64>),
+) -> Result<PerRequest> {
+    let (r1, e1) = shorter;
+    let (r2, e2) = longer;
+    if r2 <= r1 {
+        bail!("the longer run completed {r2} requests, the shorter {r1}: no difference to divide");
+    }
+    let per = |events: &[&str]| -> Result<f64> {
+        let sum = |e: &HashMap<String, u64>| -> Result<f64> {
+            events
+                .iter()
+                .map(|name| {
+                    e.get(*name)
+                        .map(|v| *v as f64)
+                        .with_context(|| format!("no `{name}` count (run without --cache-sim?)"))
+                })
+                .sum()
+        };
+        Ok((sum(e2)? - sum(e1)?) / (r2 - r1) as f64)
+    };
+    Ok(PerRequest {
+        instructions: per(&["Ir"])?,
+        l1_data: per(&["D1mr", "D1mw"])?,
+        last_level_data: per(&["DLmr", "DLmw"])?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DUMP: &str = "# callgrind format\nversion: 1\ncreator: callgrind-3.19.0\npid: 4242\ncmd:  proxy-app run --config x.toml\npart: 1\n\npositions: line\nevents: Ir Dr Dw I1mr D1mr D1mw ILmr DLmr DLmw\nsummary: 1000000 300000 200000 5000 4000 3000 100 700 900\n\n\nob=(1) proxy-app\nfl=(1) ???\nfn=(1) main\n0 1000000\n";
+
+    #[test]
+    fn reads_every_event_of_a_dump() {
+        let events = event_totals(DUMP).unwrap();
+        assert_eq!(events["Ir"], 1_000_000);
+        assert_eq!(events["D1mw"], 3000);
+        assert_eq!(events["DLmw"], 900);
+        let short = DUMP.replace(
+            "summary: 1000000 300000 200000 5000 4000 3000 100 700 900",
+            "totals: 10 5",
+        );
+        let events = event_totals(&short).unwrap();
+        assert_eq!((events["Ir"], events["Dr"], events["DLmw"]), (10, 5, 0));
+        assert!(event_totals("events: Ir\n").is_err());
+        assert!(event_totals("events: Ir\nsummary: 12 13\n").is_err());
+    }
+
+    #[test]
+    fn one_more_request_costs_the_difference_of_two_runs() {
+        let run = |requests: u64, ir: u64, d1: u64, ll: u64| {
+            let events = [
+                ("Ir", ir),
+                ("D1mr", d1),
+                ("D1mw", d1),
+                ("DLmr", ll),
+                ("DLmw", 0),
+            ];
+            (
+                requests,
+                events.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            )
+        };
+        let cost = difference(
+            &run(1000, 50_000_000, 2_000, 900),
+            &run(3000, 130_000_000, 6_000, 2_100),
+        )
+        .unwrap();
+        assert_eq!(cost.instructions, 40_000.0);
+        assert_eq!(cost.l1_data, 4.0);
+        assert_eq!(cost.last_level_data, 0.6);
+        assert!(difference(&run(3000, 2, 2, 2), &run(3000, 3, 3, 3)).is_err());
+        let no_sim = (2000, [("Ir".to_string(), 9)].into_iter().collect());
+        assert!(difference(&run(1000, 1, 1, 1), &no_sim).is_err());
+    }
+
+    #[test]
+    fn the_note_names_each_server_and_the_ratio() {
+        let c = |ll: f64| PerRequest {
+            instructions: 36_500.0,
+            l1_data: 890.0,
+            last_level_data: ll,
+        };
+        let note = Misses {
+            counts: vec![("proxy-app", c(318.0)), ("nginx", c(159.0))],
+            skipped: None,
+        }
+        .note(1024);
+        assert!(note.contains("wrk with 1024 connections"), "{note}");
+        assert!(
+            note.contains(
+                "proxy-app 318 last-level and 890 L1 data misses, 36.5k instructions; nginx 159"
+            ),
+            "{note}"
+        );
+        assert!(
+            note.ends_with(": **2.00x** the last-level misses."),
+            "{note}"
+        );
+        let skipped = Misses::skipped("valgrind not installed").note(1024);
+        assert!(
+            skipped.ends_with(": not measured (valgrind not installed)."),
+            "{skipped}"
+        );
+    }
+}
