@@ -1,21 +1,22 @@
-//! Cache misses per request under a scenario's whole load, simulated by callgrind
+//! Cache misses per request with many connections, simulated by callgrind
 //! (`--cache-sim=yes`): this machine's virtual CPUs expose no hardware counters, and how
 //! much memory a request touches that has left the caches is what sets the cost per request
 //! once there are many connections.
 //!
 //! A server runs under callgrind with a fixed cache model ([`CACHE_MODEL`]: 32 KiB L1 data
-//! and instruction caches, a 1 MiB last level, 64-byte lines) and wrk loads it with the
-//! scenario's connections: a warm-up run, then a counted one, then the server stops and
-//! callgrind writes the counts of every process (nginx's master and worker each to a file
-//! of their own, summed). That is done twice, by fresh processes, with counted runs of
-//! different lengths. Start-up, shutdown and the connections wrk opens and closes are the
-//! same in both and cancel in `(E2 - E1) / (R2 - R1)`, the cost of one more request for
-//! each event `E` (`R`: requests wrk completed in both of a process's runs). Unlike
-//! [`crate::callgrind`]'s sequential GETs, requests here overlap as under the real load, so
-//! the counts vary by a few percent between measurements.
+//! and instruction caches, a 1 MiB last level, 64-byte lines) and answers GETs sent one at
+//! a time, round-robin over as many keep-alive connections as the scenario has: each
+//! request finds its connection's state as it left it one round, a thousand requests, ago,
+//! as under the real load (where requests also overlap, which this leaves out so that the
+//! counts do not depend on timing). The first round opens the connections; then the
+//! server stops and callgrind writes the counts of every process (nginx's master and
+//! worker each to a file of their own, summed). That is done twice, by fresh processes,
+//! with different numbers of rounds: start-up, the first round and shutdown are the same
+//! in both and cancel in `(E2 - E1) / (R2 - R1)`, the cost of one more request for each
+//! event `E` (`R`: requests answered).
 
 use crate::callgrind::{installed, Start};
-use crate::measure::wrk;
+use crate::client::Client;
 use crate::scenario::Scenario;
 use crate::Server;
 use anyhow::{bail, Context, Result};
@@ -23,7 +24,6 @@ use std::collections::HashMap;
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::time::Duration;
 
 /// callgrind's cache model: L1 instruction and data caches, and the last level.
 pub const CACHE_MODEL: [&str; 4] = [
@@ -33,11 +33,8 @@ pub const CACHE_MODEL: [&str; 4] = [
     "--LL=1048576,16,64",
 ];
 
-/// The two processes' counted wrk runs: seconds of the shorter and of the longer.
-const RUNS: [u64; 2] = [4, 12];
-
-/// Seconds of the wrk run before each counted one.
-const WARM_UP: u64 = 2;
+/// Rounds of GETs (one on every connection) after the first, in the two processes.
+const ROUNDS: [usize; 2] = [1, 3];
 
 /// What one more request costs, per server.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -94,11 +91,10 @@ impl Misses {
     /// The report's line: each server's misses, and the first's ratio to the second.
     pub fn note(&self, connections: u32) -> String {
         let lead = format!(
-            "Simulated cache misses per request under this load (callgrind `{}`; wrk with {connections} connections, the difference of a {} s and a {} s run, each by a fresh process after a {} s warm-up)",
+            "Simulated cache misses per request with {connections} connections (callgrind `{}`; GETs one at a time, round-robin over the connections; the difference of {} and {} rounds after the first, each by a fresh process)",
             CACHE_MODEL.join(" "),
-            RUNS[0],
-            RUNS[1],
-            WARM_UP
+            ROUNDS[0],
+            ROUNDS[1]
         );
         if let Some(why) = self.skipped {
             return format!("{lead}: not measured ({why}).");
@@ -126,21 +122,28 @@ impl Misses {
     }
 }
 
-/// One server's cost per request: two processes, each warmed up and then loaded for one of
-/// [`RUNS`] seconds.
+/// One server's cost per request: two processes, each first sending one GET on every
+/// connection and then [`ROUNDS`] more rounds of them.
 fn per_request(
     s: &Scenario,
     dir: &Path,
     label: &str,
     start: &dyn Fn(&[OsString], &str) -> Result<Server>,
 ) -> Result<PerRequest> {
+    if !s.headers().is_empty() {
+        bail!(
+            "round-robin GETs send no headers but Host; {} needs some",
+            s.name
+        );
+    }
     let slug: String = label
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
+    let connections = s.connections as usize;
     let mut runs = Vec::new();
-    for secs in RUNS {
-        let tag = format!("-misses-{slug}-{secs}s");
+    for rounds in ROUNDS {
+        let tag = format!("-misses-{slug}-{rounds}");
         // One file per process, in a directory nginx's worker may write to after it has
         // dropped root.
         let out_dir = dir.join(format!("cs-{}{tag}", s.name));
@@ -152,25 +155,26 @@ fn per_request(
         wrapper.extend(CACHE_MODEL.iter().map(OsString::from));
         wrapper.push(out_arg);
         let server = start(&wrapper, &tag)?;
-        let url = format!("http://{}{}", server.addr, s.path());
-        let (host, headers) = (s.host(), s.headers());
-        let mut requests = 0;
-        // A warm-up (upstream connections, translated code, grown buffers), then the run.
-        for secs in [WARM_UP, secs] {
-            let sample = wrk(
-                &url,
-                &host,
-                headers,
-                s.connections,
-                Duration::from_secs(secs),
-            )?;
-            if sample.non_2xx > 0 {
-                bail!("{} responses were not 2xx or 3xx", sample.non_2xx);
-            }
-            requests += sample.requests;
+        let (host, path, expected) = (s.host(), s.path(), s.expected_status());
+        let mut clients = Vec::with_capacity(connections);
+        // The first round opens the connections (and the server's to its upstream).
+        for _ in 0..connections {
+            clients.push(Client::connect(server.addr)?);
         }
+        for round in 0..=rounds {
+            for (i, client) in clients.iter_mut().enumerate() {
+                let (status, _) = client.get(&host, &path)?;
+                if status != expected {
+                    bail!(
+                        "GET {path} number {i} of round {round}: status {status}, not {expected}"
+                    );
+                }
+            }
+        }
+        drop(clients);
         // callgrind writes its counts when the process exits.
         server.stop(crate::callgrind::DEADLINE)?;
+        let requests = (connections * (rounds + 1)) as u64;
         runs.push((requests, events_of_dumps(&out_dir)?));
     }
     difference(&runs[0], &runs[1])
@@ -313,7 +317,7 @@ mod tests {
             skipped: None,
         }
         .note(1024);
-        assert!(note.contains("wrk with 1024 connections"), "{note}");
+        assert!(note.contains("with 1024 connections"), "{note}");
         assert!(
             note.contains(
                 "proxy-app 318 last-level and 890 L1 data misses, 36.5k instructions; nginx 159"
