@@ -9,7 +9,9 @@
 //! After the first GET (a miss in the cache-hit scenarios) the counters are zeroed
 //! (`callgrind_control --zero`): start-up work whose length depends on the clock (a timer
 //! library calibrating itself for some milliseconds) would otherwise move the totals by
-//! about a million instructions between runs. Shutdown is the same in both and cancels, so
+//! about a million instructions between runs. That reaches proxy-app and nginx's master,
+//! not nginx's worker: valgrind's control commands do not reach a forked process, so the
+//! worker's start-up only cancels in the difference. Shutdown is the same in both and cancels, so
 //! `(I2 - I1) / (n2 - n1)` is what one more request costs.
 
 use crate::client::Client;
@@ -18,7 +20,7 @@ use crate::Server;
 use anyhow::{bail, Context, Result};
 use std::ffi::OsString;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -142,21 +144,10 @@ fn per_request(
     label: &str,
     start: &dyn Fn(&[OsString], &str) -> Result<Server>,
 ) -> Result<f64> {
-    let slug: String = label
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
     let mut totals = Vec::new();
     for requests in [plan.fewer, plan.more] {
-        let tag = format!("-callgrind-{slug}-{requests}");
-        // One file per process (%p: its pid), in a directory nginx's worker may write to
-        // after it has dropped root.
-        let out_dir = dir.join(format!("cg-{}{tag}", s.name));
-        std::fs::create_dir_all(&out_dir)?;
-        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))?;
-        let mut out_arg = OsString::from("--callgrind-out-file=");
-        out_arg.push(out_dir.join("%p.out"));
-        let wrapper = ["valgrind".into(), "--tool=callgrind".into(), out_arg];
+        let tag = format!("-callgrind-{}-{requests}", slug(label));
+        let (out_dir, wrapper) = dumps_and_wrapper(&dir.join(format!("cg-{}{tag}", s.name)), &[])?;
         let server = start(&wrapper, &tag)?;
         let mut client = Client::connect(server.addr)?;
         let (host, path, expected) = (s.host(), s.path(), s.expected_status());
@@ -177,8 +168,31 @@ fn per_request(
     difference(totals[0], totals[1], plan)
 }
 
-/// Zeroes the counters of every process running under callgrind (the server under test
-/// and, for nginx, its worker; nothing else runs under callgrind meanwhile).
+/// `label` as a part of a file name.
+pub fn slug(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect()
+}
+
+/// Makes `out_dir` for one run's dumps, writable by nginx's worker after it has dropped
+/// root, and returns it with the command line that runs a server under callgrind (with
+/// `options`), writing one file per process there (`%p.out`, `%p` its pid).
+pub fn dumps_and_wrapper(out_dir: &Path, options: &[&str]) -> Result<(PathBuf, Vec<OsString>)> {
+    std::fs::create_dir_all(out_dir)?;
+    std::fs::set_permissions(out_dir, std::fs::Permissions::from_mode(0o777))?;
+    let mut out_arg = OsString::from("--callgrind-out-file=");
+    out_arg.push(out_dir.join("%p.out"));
+    let mut wrapper: Vec<OsString> = vec!["valgrind".into(), "--tool=callgrind".into()];
+    wrapper.extend(options.iter().map(OsString::from));
+    wrapper.push(out_arg);
+    Ok((out_dir.to_path_buf(), wrapper))
+}
+
+/// Zeroes the counters of every process running under callgrind that its control commands
+/// reach (the server under test; for nginx its master, not the forked worker); nothing
+/// else runs under callgrind meanwhile.
 fn zero_counters() -> Result<()> {
     let out = Command::new("callgrind_control")
         .arg("--zero")

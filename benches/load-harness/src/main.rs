@@ -228,9 +228,9 @@ fn count_instructions(
     callgrind::Counts::measure(s, plan, dumps, servers).map(Some)
 }
 
-/// Simulated cache misses per request under the scenario's load, for the scenarios that
-/// count them: proxy-app and nginx. Not with `--quick`: a debug build under the simulation
-/// cannot keep up with many connections.
+/// Simulated cache misses per request with the scenario's connections, for the scenarios
+/// that count them: proxy-app and nginx. Not with `--quick`: a debug build under the
+/// simulation takes minutes for a thousand connections.
 fn count_misses(
     s: &Scenario,
     args: &Args,

@@ -15,14 +15,13 @@
 //! in both and cancel in `(E2 - E1) / (R2 - R1)`, the cost of one more request for each
 //! event `E` (`R`: requests answered).
 
-use crate::callgrind::{installed, Start};
+use crate::callgrind::{dumps_and_wrapper, installed, slug, Start};
 use crate::client::Client;
 use crate::scenario::Scenario;
 use crate::Server;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::ffi::OsString;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 /// callgrind's cache model: L1 instruction and data caches, and the last level.
@@ -136,24 +135,12 @@ fn per_request(
             s.name
         );
     }
-    let slug: String = label
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-        .collect();
     let connections = s.connections as usize;
     let mut runs = Vec::new();
     for rounds in ROUNDS {
-        let tag = format!("-misses-{slug}-{rounds}");
-        // One file per process, in a directory nginx's worker may write to after it has
-        // dropped root.
+        let tag = format!("-misses-{}-{rounds}", slug(label));
         let out_dir = dir.join(format!("cs-{}{tag}", s.name));
-        std::fs::create_dir_all(&out_dir)?;
-        std::fs::set_permissions(&out_dir, std::fs::Permissions::from_mode(0o777))?;
-        let mut out_arg = OsString::from("--callgrind-out-file=");
-        out_arg.push(out_dir.join("%p.out"));
-        let mut wrapper: Vec<OsString> = vec!["valgrind".into(), "--tool=callgrind".into()];
-        wrapper.extend(CACHE_MODEL.iter().map(OsString::from));
-        wrapper.push(out_arg);
+        let (out_dir, wrapper) = dumps_and_wrapper(&out_dir, &CACHE_MODEL)?;
         let server = start(&wrapper, &tag)?;
         let (host, path, expected) = (s.host(), s.path(), s.expected_status());
         let mut clients = Vec::with_capacity(connections);
