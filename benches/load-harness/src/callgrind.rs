@@ -147,7 +147,8 @@ fn per_request(
     let mut totals = Vec::new();
     for requests in [plan.fewer, plan.more] {
         let tag = format!("-callgrind-{}-{requests}", slug(label));
-        let (out_dir, wrapper) = dumps_and_wrapper(&dir.join(format!("cg-{}{tag}", s.name)), &[])?;
+        let out_dir = dir.join(format!("cg-{}{tag}", s.name));
+        let wrapper = dumps_and_wrapper(&out_dir, &[])?;
         let server = start(&wrapper, &tag)?;
         let mut client = Client::connect(server.addr)?;
         let (host, path, expected) = (s.host(), s.path(), s.expected_status());
@@ -177,9 +178,9 @@ pub fn slug(label: &str) -> String {
 }
 
 /// Makes `out_dir` for one run's dumps, writable by nginx's worker after it has dropped
-/// root, and returns it with the command line that runs a server under callgrind (with
-/// `options`), writing one file per process there (`%p.out`, `%p` its pid).
-pub fn dumps_and_wrapper(out_dir: &Path, options: &[&str]) -> Result<(PathBuf, Vec<OsString>)> {
+/// root, and returns the command line that runs a server under callgrind (with `options`),
+/// writing one file per process there (`%p.out`, `%p` its pid).
+pub fn dumps_and_wrapper(out_dir: &Path, options: &[&str]) -> Result<Vec<OsString>> {
     std::fs::create_dir_all(out_dir)?;
     std::fs::set_permissions(out_dir, std::fs::Permissions::from_mode(0o777))?;
     let mut out_arg = OsString::from("--callgrind-out-file=");
@@ -187,7 +188,7 @@ pub fn dumps_and_wrapper(out_dir: &Path, options: &[&str]) -> Result<(PathBuf, V
     let mut wrapper: Vec<OsString> = vec!["valgrind".into(), "--tool=callgrind".into()];
     wrapper.extend(options.iter().map(OsString::from));
     wrapper.push(out_arg);
-    Ok((out_dir.to_path_buf(), wrapper))
+    Ok(wrapper)
 }
 
 /// Zeroes the counters of every process running under callgrind that its control commands
@@ -212,23 +213,30 @@ fn zero_counters() -> Result<()> {
 
 /// The instructions of every dump (`*.out`) in `dir`.
 fn sum_of_dumps(dir: &Path) -> Result<u64> {
-    let mut total = 0;
-    let mut found = false;
+    dumps(dir)?
+        .iter()
+        .map(|(path, text)| {
+            total_instructions(text).with_context(|| format!("in {}", path.display()))
+        })
+        .sum()
+}
+
+/// The path and text of every dump (`*.out`) in `dir`; an error when there is none.
+pub fn dumps(dir: &Path) -> Result<Vec<(PathBuf, String)>> {
+    let mut found = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if !name.ends_with(".out") {
+        if path.extension().and_then(|e| e.to_str()) != Some("out") {
             continue;
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        total += total_instructions(&text).with_context(|| format!("in {}", path.display()))?;
-        found = true;
+        found.push((path, text));
     }
-    match found {
-        true => Ok(total),
-        false => bail!("no callgrind dump in {}", dir.display()),
+    if found.is_empty() {
+        bail!("no callgrind dump in {}", dir.display());
     }
+    Ok(found)
 }
 
 /// The instructions (`Ir`) a callgrind dump counted: its `summary:` line, or `totals:`.

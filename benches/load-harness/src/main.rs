@@ -214,13 +214,9 @@ fn count_instructions(
             ]
         }
         false => {
-            let up = *up;
-            let nginx: callgrind::Start<'_> = Box::new(move |wrapper, tag| {
-                start_nginx_under(s, &up, dir, tag, true, wrapper, callgrind::DEADLINE)
-            });
             vec![
-                (PROXY_APP, proxy_starter(s.clone(), args, up, dir)),
-                (NGINX, nginx),
+                (PROXY_APP, proxy_starter(s.clone(), args, *up, dir)),
+                (NGINX, nginx_starter(s, *up, dir)),
             ]
         }
     };
@@ -243,13 +239,9 @@ fn count_misses(
     if args.quick {
         return Ok(Some(misses::Misses::skipped("not with --quick")));
     }
-    let up = *up;
-    let nginx: callgrind::Start<'_> = Box::new(move |wrapper, tag| {
-        start_nginx_under(s, &up, dir, tag, true, wrapper, callgrind::DEADLINE)
-    });
     let servers = vec![
-        (PROXY_APP, proxy_starter(s.clone(), args, up, dir)),
-        (NGINX, nginx),
+        (PROXY_APP, proxy_starter(s.clone(), args, *up, dir)),
+        (NGINX, nginx_starter(s, *up, dir)),
     ];
     let dumps = args.callgrind_dir.as_deref().unwrap_or(dir);
     misses::Misses::measure(s, dumps, servers).map(Some)
@@ -361,6 +353,14 @@ fn proxy_starter<'a>(
     Box::new(move |wrapper, tag| {
         let bin = &args.proxy_bin;
         start_proxy_under(&s, bin, &up, dir, tag, &[], wrapper, callgrind::DEADLINE)
+    })
+}
+
+/// Starts nginx for `s` (with upstream keepalive) under a tool, for [`callgrind`] and
+/// [`misses`].
+fn nginx_starter<'a>(s: &'a Scenario, up: Upstream<'a>, dir: &'a Path) -> callgrind::Start<'a> {
+    Box::new(move |wrapper, tag| {
+        start_nginx_under(s, &up, dir, tag, true, wrapper, callgrind::DEADLINE)
     })
 }
 

@@ -57,8 +57,8 @@ pub struct Scenario {
     pub defaults: bool,
     /// Also count proxy-app's and nginx's instructions per request under callgrind.
     pub instructions: bool,
-    /// Also count proxy-app's and nginx's simulated cache misses per request under this
-    /// scenario's load ([`crate::misses`]).
+    /// Also count proxy-app's and nginx's simulated cache misses per request with this
+    /// scenario's connections ([`crate::misses`]).
     pub misses: bool,
     /// Every request accepts gzip, and both servers compress `text/plain` with gzip at
     /// level 1 (nginx's `gzip on` default level): proxy-app once, when it stores the
