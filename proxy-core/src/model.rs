@@ -57,6 +57,9 @@ pub(crate) struct ClientConnectionSettings {
     pub(crate) lingering: crate::answer::Lingering,
     /// Bytes of a buffered request body kept in memory (`request_buffer_size`).
     pub(crate) request_buffer_size: usize,
+    /// Requests a worker thread works on at once, and how long each counts (`in_progress`,
+    /// `in_progress_hold`); `None`: no bound.
+    pub(crate) admission: Option<pingora::apps::admission::Admission>,
 }
 
 impl ServerSettings {

@@ -311,6 +311,7 @@ impl EdgeServices {
         options.h1_discard_header_case = !settings.keep_header_case;
         options.h1_keepalive_timeout = Some(settings.keepalive_timeout);
         options.h1_lingering = Some(settings.lingering);
+        options.h1_admission = settings.admission;
         // Pingora counts the reuses after the first request.
         options.keepalive_request_limit = Some(settings.keepalive_requests.saturating_sub(1));
         proxy.server_options = Some(options);

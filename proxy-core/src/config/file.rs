@@ -95,6 +95,10 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// Default of [`ServerSection::request_buffer_size`] (nginx's `client_body_buffer_size` on
 /// 64-bit platforms).
 pub const DEFAULT_REQUEST_BUFFER_SIZE: &str = "16k";
+/// Default of [`ServerSection::in_progress`].
+pub const DEFAULT_IN_PROGRESS: usize = 32;
+/// Default of [`ServerSection::in_progress_hold`].
+pub const DEFAULT_IN_PROGRESS_HOLD: &str = "2ms";
 /// Default of [`ServerSection::lingering_time`] (nginx's).
 pub const DEFAULT_LINGERING_TIME: &str = "30s";
 /// Default of [`ServerSection::lingering_timeout`] (nginx's).
@@ -185,6 +189,17 @@ pub struct ServerSection {
     /// goes to an unnamed temporary file, gone when the request ends.
     /// Default: [`DEFAULT_REQUEST_BUFFER_SIZE`].
     pub request_buffer_size: Option<String>,
+    /// HTTP/1 requests each worker thread works on at once; the next waits, in arrival
+    /// order, for one of them to end; `0`: no bound. A thread with more requests than it can
+    /// answer at once then finishes those it started before it starts more, and their state
+    /// stays in the CPU's caches. Default: [`DEFAULT_IN_PROGRESS`].
+    pub in_progress: Option<usize>,
+    /// How long a request counts against `in_progress` at most: one that lasts longer (a
+    /// slow upstream, a download, a WebSocket) stops counting, and the next may start. So
+    /// requests that each outlast the hold start at up to `in_progress / in_progress_hold`
+    /// per second and thread (16,000 at the defaults) without waiting for each other.
+    /// Default: [`DEFAULT_IN_PROGRESS_HOLD`].
+    pub in_progress_hold: Option<String>,
 }
 
 /// A value that is either a status code or a keyword (`unknown_host = 421` or `"close"`).

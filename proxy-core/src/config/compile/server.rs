@@ -8,15 +8,16 @@ use crate::answer::Lingering;
 use crate::config::error::KeyPath;
 use crate::config::file::{
     ServerSection, StatusOrWord, DEFAULT_CLIENT_BODY_TIMEOUT, DEFAULT_CLIENT_HEADER_TIMEOUT,
-    DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_CASE, DEFAULT_HEALTH_PATH, DEFAULT_KEEPALIVE_REQUESTS,
-    DEFAULT_KEEPALIVE_TIMEOUT, DEFAULT_LINGERING_SIZE, DEFAULT_LINGERING_TIME,
-    DEFAULT_LINGERING_TIMEOUT, DEFAULT_LISTEN, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS,
-    DEFAULT_MAX_HEADER_LINE, DEFAULT_MAX_HEADER_SIZE, DEFAULT_REQUEST_BUFFER_SIZE,
-    DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, DEFAULT_UNKNOWN_HOST,
-    DEFAULT_UPSTREAM_POOL_SIZE,
+    DEFAULT_GRACE_PERIOD, DEFAULT_HEADER_CASE, DEFAULT_HEALTH_PATH, DEFAULT_IN_PROGRESS,
+    DEFAULT_IN_PROGRESS_HOLD, DEFAULT_KEEPALIVE_REQUESTS, DEFAULT_KEEPALIVE_TIMEOUT,
+    DEFAULT_LINGERING_SIZE, DEFAULT_LINGERING_TIME, DEFAULT_LINGERING_TIMEOUT, DEFAULT_LISTEN,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HEADERS, DEFAULT_MAX_HEADER_LINE, DEFAULT_MAX_HEADER_SIZE,
+    DEFAULT_REQUEST_BUFFER_SIZE, DEFAULT_SEND_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    DEFAULT_UNKNOWN_HOST, DEFAULT_UPSTREAM_POOL_SIZE,
 };
 use crate::model::{ClientConnectionSettings, ServerSettings};
 use crate::route::{RoutingSettings, UnknownHostAnswer};
+use pingora::apps::admission::Admission;
 use std::time::Duration;
 
 impl Compiler<'_> {
@@ -161,7 +162,28 @@ impl Compiler<'_> {
                 DEFAULT_REQUEST_BUFFER_SIZE,
                 key.key("request_buffer_size"),
             ),
+            admission: self.admission(s, key),
         }
+    }
+
+    /// `in_progress` and `in_progress_hold`: the bound on the requests a thread works on.
+    fn admission(&mut self, s: &ServerSection, key: &KeyPath) -> Option<Admission> {
+        let in_progress = s.in_progress.unwrap_or(DEFAULT_IN_PROGRESS);
+        if in_progress > 1 << 20 {
+            self.problem(
+                key.key("in_progress"),
+                format!("in_progress must be at most 1048576 (0: no bound), got {in_progress}"),
+            );
+        }
+        let hold = self.positive_duration(
+            s.in_progress_hold.as_deref(),
+            DEFAULT_IN_PROGRESS_HOLD,
+            key.key("in_progress_hold"),
+        );
+        (in_progress > 0).then(|| Admission {
+            in_progress: in_progress.min(1 << 20),
+            hold,
+        })
     }
 
     /// `header_case`: whether header names keep the case they arrived in.
@@ -254,6 +276,31 @@ mod tests {
                 "edge.toml:2: server.lingering_time: invalid duration `soon`",
                 "edge.toml:3: server.lingering_timeout: must be longer than 0s",
                 "edge.toml:4: server.lingering_size: invalid size `lots`",
+            ],
+            &e,
+        );
+    }
+
+    #[test]
+    fn in_progress_bounds_each_threads_requests_unless_zero() {
+        let admission = |server: &str| {
+            let text = format!("[server]\n{server}");
+            let config = crate::config::load_str(&text, None, std::path::Path::new("."))
+                .expect("valid config");
+            config.server().client.admission
+        };
+        let bound = admission("").expect("bounded by default");
+        assert_eq!(bound.in_progress, super::DEFAULT_IN_PROGRESS);
+        assert_eq!(bound.hold, std::time::Duration::from_millis(2));
+        let bound = admission("in_progress = 4\nin_progress_hold = \"50ms\"\n").expect("bounded");
+        assert_eq!((bound.in_progress, bound.hold.as_millis()), (4, 50));
+        assert_eq!(admission("in_progress = 0\n"), None);
+
+        let e = errors("[server]\nin_progress = 2000000\nin_progress_hold = \"0s\"\n");
+        assert_mentions(
+            &[
+                "edge.toml:2: server.in_progress: in_progress must be at most 1048576",
+                "edge.toml:3: server.in_progress_hold: must be longer than 0s",
             ],
             &e,
         );

@@ -14,6 +14,7 @@
 
 //! The abstraction and implementation interface for service application logic
 
+pub mod admission;
 pub mod http_app;
 
 use crate::server::ShutdownWatch;
@@ -109,6 +110,10 @@ pub struct HttpServerOptions {
     /// request head, within these bounds, before the close (patched in, nginx's lingering
     /// close): closed with unread input, a socket sends a reset. Default: `None`, closed at once.
     pub h1_lingering: Option<crate::protocols::http::v1::server::Lingering>,
+
+    /// How many HTTP/1 requests a worker thread works on at once (patched in); see
+    /// [`admission`]. Default: `None`, no bound.
+    pub h1_admission: Option<admission::Admission>,
 }
 
 impl HttpServerOptions {
@@ -488,6 +493,11 @@ where
                     }
                 }
             }
+        };
+        // Patched in: the request waits its turn under the thread's bound, if one is set.
+        let _admitted = match options.and_then(|o| o.h1_admission) {
+            Some(bound) => Some(admission::admit(bound).await),
+            None => None,
         };
         let session = h1_session(
             app.as_ref(),
