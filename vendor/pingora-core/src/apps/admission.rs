@@ -53,14 +53,13 @@ pub struct Admission {
 pub struct Permit {
     gate: Arc<Mutex<Gate>>,
     entry: usize,
-    ticket: u64,
 }
 
 impl Drop for Permit {
     fn drop(&mut self) {
         let head = {
             let mut gate = lock(&self.gate);
-            gate.release(self.entry, self.ticket)
+            gate.release(self.entry)
         };
         if let Some(waker) = head {
             waker.wake();
@@ -101,10 +100,9 @@ impl Future for Admit {
             waker.wake();
         }
         match taken {
-            Some((entry, ticket)) => Poll::Ready(Permit {
+            Some(entry) => Poll::Ready(Permit {
                 gate: this.gate.clone(),
                 entry,
-                ticket,
             }),
             None => Poll::Pending,
         }
@@ -135,7 +133,7 @@ impl Drop for Admit {
 
 /// A request admitted and not ended yet, or a free entry.
 struct Entry {
-    /// Who holds it; 0: nobody.
+    /// Tells this admission from earlier ones of the entry in `Gate::order`; 0: free.
     ticket: u64,
     start: Instant,
     /// Whether it counts against `in_progress` (admitted within the bound, hold not passed).
@@ -185,7 +183,7 @@ impl Gate {
         &mut self,
         waiter: &mut Option<u64>,
         cx: &mut Context<'_>,
-    ) -> (Option<(usize, u64)>, bool) {
+    ) -> (Option<usize>, bool) {
         let now = Instant::now();
         if self.is_turn_of(*waiter) {
             if let Some(entry) = self.take(now) {
@@ -226,10 +224,10 @@ impl Gate {
     /// next in line is to be woken.
     fn admitted(
         &mut self,
-        entry: (usize, u64),
+        entry: usize,
         waiter: &mut Option<u64>,
         now: Instant,
-    ) -> (Option<(usize, u64)>, bool) {
+    ) -> (Option<usize>, bool) {
         if waiter.take().is_some() {
             self.waiters.pop_front();
         }
@@ -269,7 +267,7 @@ impl Gate {
     }
 
     /// An entry for a request starting now, if one may.
-    fn take(&mut self, now: Instant) -> Option<(usize, u64)> {
+    fn take(&mut self, now: Instant) -> Option<usize> {
         self.expire(now);
         if !self.open() {
             return None;
@@ -293,7 +291,7 @@ impl Gate {
             }
         };
         self.order.push_back((i, ticket));
-        Some((i, ticket))
+        Some(i)
     }
 
     /// While requests wait and none may start, keeps the timer set for when the oldest
@@ -315,11 +313,11 @@ impl Gate {
         // which is locked here. A new timer has no waker yet; dropping one wakes nobody.
         let set = |t: &Pin<Box<Sleep>>| t.deadline() > now && t.deadline() <= due;
         if !self.timer.as_ref().is_some_and(set) {
-            self.timer = Some(Box::pin(tokio::time::sleep_until(due)));
+            self.timer = None;
         }
-        let Some(timer) = self.timer.as_mut() else {
-            return false;
-        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
         // Registers the timer's own waker, which wakes whoever heads the line then. Polled
         // outside tokio's cooperative budget, which when spent would wake that waker at once.
         let mut cx = Context::from_waker(&self.timer_waker);
@@ -328,13 +326,9 @@ impl Gate {
             .is_ready()
     }
 
-    /// Ends the request holding entry `i` as `ticket`; the line's head, to wake if one may
-    /// start now.
-    fn release(&mut self, i: usize, ticket: u64) -> Option<Waker> {
-        let entry = self.entries.get_mut(i)?;
-        if entry.ticket != ticket {
-            return None;
-        }
+    /// Ends the request holding entry `i`; the line's head, to wake if one may start now.
+    fn release(&mut self, i: usize) -> Option<Waker> {
+        let entry = &mut self.entries[i];
         entry.ticket = 0;
         if entry.counted {
             entry.counted = false;
