@@ -60,6 +60,9 @@ pub struct Scenario {
     /// Also count proxy-app's and nginx's simulated cache misses per request with this
     /// scenario's connections ([`crate::misses`]).
     pub misses: bool,
+    /// The upstream answers each request after this many milliseconds (the fake peer's
+    /// `delay_ms`), 0 for at once.
+    pub upstream_delay_ms: u64,
     /// Every request accepts gzip, and both servers compress `text/plain` with gzip at
     /// level 1 (nginx's `gzip on` default level): proxy-app once, when it stores the
     /// object; nginx's `proxy_cache` keeps the upstream's body and `gzip` compresses each
@@ -75,7 +78,10 @@ impl Scenario {
 
     /// The request path (the fake peer reads the body size from the query).
     pub fn path(&self) -> String {
-        format!("/bench?size={}", self.body_size)
+        match self.upstream_delay_ms {
+            0 => format!("/bench?size={}", self.body_size),
+            ms => format!("/bench?size={}&delay_ms={ms}", self.body_size),
+        }
     }
 
     /// Request headers sent besides `Host`, by the load generator and the readiness probe
@@ -150,6 +156,7 @@ pub fn all() -> Vec<Scenario> {
         instructions: false,
         misses: false,
         gzip: false,
+        upstream_delay_ms: 0,
     };
     vec![
         Scenario {
@@ -248,6 +255,22 @@ pub fn all() -> Vec<Scenario> {
             name: "wan-pass-1k",
             about: "pass-through to a peer behind a slow path (own network namespace, veth with delay), 1 KiB, 32 connections",
             wan: true,
+            ..base.clone()
+        },
+        Scenario {
+            name: "slow-1024",
+            about: "pass-through to an upstream that answers each request after 20 ms, 1 KiB, 1024 connections: many requests in progress at once, each mostly waiting on the upstream",
+            connections: 1024,
+            peers: true,
+            upstream_delay_ms: 20,
+            ..base.clone()
+        },
+        Scenario {
+            name: "wan-conns-1024",
+            about: "pass-through to the peer behind the slow path, 1 KiB, 1024 connections: many requests in progress at once, each mostly waiting on the path",
+            connections: 1024,
+            wan: true,
+            peers: true,
             ..base.clone()
         },
         Scenario {
@@ -611,7 +634,7 @@ mod tests {
             note.contains("1280 req/s") && note.contains("427 req/s"),
             "{note}"
         );
-        assert!(all().iter().filter(|s| s.wan).count() == 3);
+        assert!(all().iter().filter(|s| s.wan).count() == 4);
     }
 
     #[test]
@@ -691,7 +714,14 @@ mod tests {
         let peered: Vec<&str> = all().iter().filter(|s| s.peers).map(|s| s.name).collect();
         assert_eq!(
             peered,
-            ["pass-1k", "pass-tls-1k", "conns-256", "conns-1024"]
+            [
+                "pass-1k",
+                "pass-tls-1k",
+                "conns-256",
+                "conns-1024",
+                "slow-1024",
+                "wan-conns-1024"
+            ]
         );
     }
 }

@@ -189,15 +189,15 @@ pub struct ServerSection {
     /// goes to an unnamed temporary file, gone when the request ends.
     /// Default: [`DEFAULT_REQUEST_BUFFER_SIZE`].
     pub request_buffer_size: Option<String>,
-    /// HTTP/1 requests each worker thread works on at once; the next waits, in arrival
-    /// order, for one of them to end; `0`: no bound. A thread with more requests than it can
-    /// answer at once then finishes those it started before it starts more, and their state
-    /// stays in the CPU's caches. Default: [`DEFAULT_IN_PROGRESS`].
+    /// HTTP/1 requests each busy worker thread works on at once; `0`: no bound. The next
+    /// waits, in arrival order, for one of them to end, or for the thread to run out of work
+    /// (its requests all waiting on I/O), when up to `in_progress` more start. A thread with
+    /// more requests than it can answer at once then finishes those it started before it
+    /// starts more, and their state stays in the CPU's caches; a thread with time to spare
+    /// never leaves a request waiting. Default: [`DEFAULT_IN_PROGRESS`].
     pub in_progress: Option<usize>,
     /// How long a request counts against `in_progress` at most: one that lasts longer (a
-    /// slow upstream, a download, a WebSocket) stops counting, and the next may start. So
-    /// requests that each outlast the hold start at up to `in_progress / in_progress_hold`
-    /// per second and thread (16,000 at the defaults) without waiting for each other.
+    /// slow upstream, a download, a WebSocket) stops counting, and the next may start.
     /// Default: [`DEFAULT_IN_PROGRESS_HOLD`].
     pub in_progress_hold: Option<String>,
 }

@@ -872,8 +872,13 @@ impl Server {
         threads: usize,
         work_steal: bool,
         blocking_opts: BlockingPoolOpts,
-        runtime_opts: RuntimeOpts,
+        mut runtime_opts: RuntimeOpts,
     ) -> Runtime {
+        // Patched in: a thread about to idle lets requests waiting at its admission gate
+        // start (see `apps::admission`).
+        runtime_opts
+            .on_thread_park
+            .get_or_insert(crate::apps::admission::on_thread_park);
         RuntimeBuilder::new(threads, name)
             .work_steal(work_steal)
             .blocking_pool_opts(blocking_opts)

@@ -427,6 +427,7 @@ impl ServerConf {
             enable_alt_timer: self.runtime_enable_alt_timer,
             #[cfg(feature = "dial9")]
             dial9: None,
+            on_thread_park: None,
         }
     }
 
