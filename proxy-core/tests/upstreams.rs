@@ -1443,3 +1443,55 @@ async fn bodies_and_overruns(tls: bool) {
         "a new connection after the overrun"
     );
 }
+
+/// Every shape of response write reaches the client whole and in order: a head with a whole
+/// small body (written as one buffer), with a body just under, at and over the size where
+/// the slices stay separate, bodies sent on in many writes, and chunked ones (a frame's size
+/// line, data and end in one write). The bytes differ along each body, so a part lost,
+/// repeated or out of place shows.
+#[tokio::test]
+async fn bodies_of_every_write_shape_arrive_whole_and_in_order() {
+    let tailnet = tailnet(&["docs"]).await;
+    let config = format!(
+        "{}{}{}",
+        base_config(&tailnet),
+        http_upstream("docs", "docs", &tailnet, ""),
+        site("app", "docs", "")
+    );
+    let proxy = Edge::start(&config);
+    let http = client();
+    let mut cases: Vec<(usize, usize, bool)> = [0, 1, 1024, 7600, 7900, 8000, 8100, 8192, 8193]
+        .into_iter()
+        .chain((7700..7960).step_by(37))
+        .map(|size| (size, 0, false))
+        .collect();
+    cases.extend([
+        (70_000, 0, false),
+        (20_000, 1000, false),
+        (20_000, 1, true),
+        (20_000, 100, true),
+        (20_000, 8000, true),
+        (20_000, 8200, true),
+    ]);
+    for (size, frame, chunked) in cases {
+        let path = format!("/v?size={size}&varied=1&frame={frame}&chunked={}", chunked as u8);
+        let reply = http
+            .get(proxy.url(&path))
+            .header("host", "app.example.com")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(reply.status(), 200, "{path}");
+        let framing = match chunked {
+            true => reply.headers().get("transfer-encoding"),
+            false => reply.headers().get("content-length"),
+        };
+        assert!(framing.is_some(), "{path}: {:?}", reply.headers());
+        let body = reply.bytes().await.unwrap();
+        assert!(
+            body[..] == fake_tailnet::varied_body(size, frame)[..],
+            "{path}: {} bytes arrived",
+            body.len()
+        );
+    }
+}

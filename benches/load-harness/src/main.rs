@@ -33,8 +33,8 @@ use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
 use measure::{children, cpu_seconds, peak_rss_mib, wrk, CoreTimes, Sample};
 use netns::{DelayMethod, Netns};
 use report::{
-    FillRow, Report, Row, CADDY, DIRECT, HAPROXY, LAZY_COMMIT, NGINX, NO_KEEPALIVE, PROXY_APP,
-    UNOBSERVED,
+    FillRow, Report, Row, BASELINE, CADDY, DIRECT, HAPROXY, LAZY_COMMIT, NGINX, NO_KEEPALIVE,
+    PROXY_APP, UNOBSERVED,
 };
 use scenario::{Scenario, Upstream, Work};
 use std::ffi::OsString;
@@ -66,6 +66,11 @@ struct Args {
     /// The proxy-app binary to test.
     #[arg(long)]
     proxy_bin: PathBuf,
+    /// Another proxy-app build to compare it with (such as the previous commit's): it runs
+    /// right before or after proxy-app in each round, in turn, and is counted under
+    /// callgrind too.
+    #[arg(long)]
+    baseline_bin: Option<PathBuf>,
     /// Where to write the Markdown report (default: print only); the chart goes beside it
     /// (`RESULTS.svg` for `RESULTS.md`).
     #[arg(long)]
@@ -209,17 +214,27 @@ fn count_instructions(
                 ..s.clone()
             };
             vec![
-                (PROXY_APP, proxy_starter(s.clone(), args, *up, dir)),
-                (UNOBSERVED, proxy_starter(plain, args, *up, dir)),
+                (
+                    PROXY_APP,
+                    proxy_starter(s.clone(), &args.proxy_bin, *up, dir),
+                ),
+                (UNOBSERVED, proxy_starter(plain, &args.proxy_bin, *up, dir)),
             ]
         }
         false => {
             vec![
-                (PROXY_APP, proxy_starter(s.clone(), args, *up, dir)),
+                (
+                    PROXY_APP,
+                    proxy_starter(s.clone(), &args.proxy_bin, *up, dir),
+                ),
                 (NGINX, nginx_starter(s, *up, dir)),
             ]
         }
     };
+    let mut servers = servers;
+    if let Some(baseline) = &args.baseline_bin {
+        servers.push((BASELINE, proxy_starter(s.clone(), baseline, *up, dir)));
+    }
     let dumps = args.callgrind_dir.as_deref().unwrap_or(dir);
     callgrind::Counts::measure(s, plan, dumps, servers).map(Some)
 }
@@ -240,7 +255,10 @@ fn count_misses(
         return Ok(Some(misses::Misses::skipped("not with --quick")));
     }
     let servers = vec![
-        (PROXY_APP, proxy_starter(s.clone(), args, *up, dir)),
+        (
+            PROXY_APP,
+            proxy_starter(s.clone(), &args.proxy_bin, *up, dir),
+        ),
         (NGINX, nginx_starter(s, *up, dir)),
     ];
     let dumps = args.callgrind_dir.as_deref().unwrap_or(dir);
@@ -346,12 +364,11 @@ impl WanPeer {
 /// Starts proxy-app for `s` under a tool, for [`callgrind`].
 fn proxy_starter<'a>(
     s: Scenario,
-    args: &'a Args,
+    bin: &'a Path,
     up: Upstream<'a>,
     dir: &'a Path,
 ) -> callgrind::Start<'a> {
     Box::new(move |wrapper, tag| {
-        let bin = &args.proxy_bin;
         start_proxy_under(&s, bin, &up, dir, tag, &[], wrapper, callgrind::DEADLINE)
     })
 }
@@ -522,6 +539,10 @@ fn run_scenario(
         let server = start_proxy(&plain, &args.proxy_bin, up, dir, "-unobserved", &[])?;
         servers.push((UNOBSERVED, server));
     }
+    if let Some(baseline) = &args.baseline_bin {
+        let server = start_proxy(s, baseline, up, dir, "-baseline", &[])?;
+        servers.push((BASELINE, server));
+    }
     servers.push((NGINX, start_nginx(s, up, dir, true)?));
     // The wan-* pass-through scenarios also show what not reusing upstream connections costs.
     if s.wan && matches!(s.work, Work::PassThrough | Work::PassThroughTls) {
@@ -544,8 +565,18 @@ fn run_scenario(
         c.server.measure(s, Duration::from_secs(1))?;
     }
     let mut direct_samples = Vec::new();
-    for _ in 0..args.rounds {
-        for c in &mut contenders {
+    for round in 0..args.rounds {
+        // The baseline build runs right after proxy-app in even rounds, right before it in
+        // odd ones, so that neither always meets the machine as the other left it.
+        let mut order: Vec<usize> = (0..contenders.len()).collect();
+        if round % 2 == 1 {
+            if let Some(at) = contenders.iter().position(|c| c.label == BASELINE) {
+                let moved = order.remove(at);
+                order.insert(0, moved);
+            }
+        }
+        for i in order {
+            let c = &mut contenders[i];
             let sample = c.server.measure(s, duration)?;
             c.samples.push(sample);
         }
@@ -555,9 +586,17 @@ fn run_scenario(
     }
     // Report order: proxy-app, nginx, the other peers, then proxy-app's variants.
     let rank = |label: &str| {
-        [PROXY_APP, NGINX, HAPROXY, CADDY, NO_KEEPALIVE, UNOBSERVED]
-            .iter()
-            .position(|l| *l == label)
+        [
+            PROXY_APP,
+            NGINX,
+            HAPROXY,
+            CADDY,
+            NO_KEEPALIVE,
+            UNOBSERVED,
+            BASELINE,
+        ]
+        .iter()
+        .position(|l| *l == label)
     };
     contenders.sort_by_key(|c| rank(c.label));
     let proxy_samples = contenders[0].samples.clone();

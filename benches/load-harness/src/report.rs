@@ -111,6 +111,8 @@ pub const NO_KEEPALIVE: &str = "nginx, no upstream keepalive";
 pub const LAZY_COMMIT: &str = "proxy-app, MIMALLOC_ARENA_EAGER_COMMIT=0";
 /// Label of the rows of proxy-app without metrics and access log.
 pub const UNOBSERVED: &str = "proxy-app, no metrics, no log";
+/// Label of the rows of the baseline build (`--baseline-bin`).
+pub const BASELINE: &str = "proxy-app, baseline build";
 
 /// The whole report.
 pub struct Report {
@@ -232,18 +234,16 @@ impl Report {
                     ratio(no_keepalive.rps, nginx.rps)
                 );
             }
-            if let Some(unobserved) = others.iter().find(|r| r.label == UNOBSERVED) {
-                let _ = write!(
-                    self.body,
-                    "; proxy-app with / without metrics and access log: **{:.2}x** req/s, {:.2}x CPU per request",
-                    ratio(proxy.rps, unobserved.rps),
-                    ratio(proxy.cpu_us, unobserved.cpu_us)
-                );
-                if let Some((rps, cpu)) = unobserved.pairs {
-                    let _ = write!(
-                        self.body,
-                        " (medians of the rounds' back-to-back pairs: **{rps:.2}x** req/s, {cpu:.2}x CPU per request)"
-                    );
+            let variants = [
+                (
+                    UNOBSERVED,
+                    "proxy-app with / without metrics and access log",
+                ),
+                (BASELINE, "proxy-app / baseline build"),
+            ];
+            for (label, what) in variants {
+                if let Some(row) = others.iter().find(|r| r.label == label) {
+                    write_variant(&mut self.body, what, proxy, row);
                 }
             }
             let _ = writeln!(self.body, "\n");
@@ -404,6 +404,22 @@ fn commit() -> String {
     }
 }
 
+/// The summary's part for a variant of proxy-app run back to back with it.
+fn write_variant(body: &mut String, what: &str, proxy: &Row, variant: &Row) {
+    let _ = write!(
+        body,
+        "; {what}: **{:.2}x** req/s, {:.2}x CPU per request",
+        ratio(proxy.rps, variant.rps),
+        ratio(proxy.cpu_us, variant.cpu_us)
+    );
+    if let Some((rps, cpu)) = variant.pairs {
+        let _ = write!(
+            body,
+            " (medians of the rounds' back-to-back pairs: **{rps:.2}x** req/s, {cpu:.2}x CPU per request)"
+        );
+    }
+}
+
 fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .unwrap_or_default()
@@ -439,11 +455,41 @@ mod tests {
         report.scenario(&s, vec![proxy_row, nginx_row, row], None);
         let text = report.render(None);
         assert!(
-            text.contains("back-to-back pairs: **0.95x** req/s"),
+            text.contains("; proxy-app with / without metrics and access log: **0.95x** req/s, 1.05x CPU per request (medians of the rounds' back-to-back pairs: **0.95x** req/s"),
             "{text}"
         );
         assert!(
             text.contains("proxy-app / nginx: **0.95x** req/s, 1.05x CPU per request, p99 0.00x (medians of the rounds' pairs: **0.95x** req/s"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_baseline_build_is_compared_round_by_round() {
+        let run = |rps: f64| Sample {
+            rps,
+            requests: (rps * 10.0) as u64,
+            cpu_seconds: 10.0,
+            ..Sample::default()
+        };
+        // The machine speeds up between rounds; within each, proxy-app is 2% faster.
+        let proxy = [run(102.0), run(153.0), run(204.0)];
+        let baseline = [run(100.0), run(150.0), run(200.0)];
+        let s = crate::scenario::named("pass-1k");
+        let mut report = Report::new("test", 2, true, Duration::from_secs(1), 3);
+        let rows = vec![
+            Row::from_samples(PROXY_APP, &proxy, 0.0),
+            Row::from_samples(NGINX, &baseline, 0.0).paired(&proxy, &baseline),
+            Row::from_samples(BASELINE, &baseline, 0.0).paired(&proxy, &baseline),
+        ];
+        report.scenario(&s, rows, None);
+        let text = report.render(None);
+        assert!(
+            text.contains("; proxy-app / baseline build: **1.02x** req/s, 0.98x CPU per request (medians of the rounds' back-to-back pairs: **1.02x** req/s, 0.98x CPU per request)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| proxy-app, baseline build | 150 |"),
             "{text}"
         );
     }

@@ -27,6 +27,34 @@ pub(crate) type ResBody = BoxBody<Bytes, Infallible>;
 const CHUNK_SIZE: usize = 64 * 1024;
 /// The filler bytes of sized bodies.
 static CHUNK: [u8; CHUNK_SIZE] = [b'x'; CHUNK_SIZE];
+/// The bytes of `varied=1` bodies: each byte its offset in the frame, modulo 251.
+static VARIED: [u8; CHUNK_SIZE] = varied_chunk();
+
+const fn varied_chunk() -> [u8; CHUNK_SIZE] {
+    let mut chunk = [0u8; CHUNK_SIZE];
+    let mut i = 0;
+    while i < CHUNK_SIZE {
+        chunk[i] = (i % 251) as u8;
+        i += 1;
+    }
+    chunk
+}
+
+/// The body a peer sends for `size=SIZE&varied=1&frame=FRAME` (`frame` 0 for the default,
+/// 64 KiB): frames of `frame` bytes (the last one shorter), each counting up from 0
+/// modulo 251, so that a body with any part lost, repeated or out of place differs from it.
+pub fn varied_body(size: usize, frame: usize) -> Vec<u8> {
+    let frame = frame_size(frame);
+    (0..size).map(|i| ((i % frame) % 251) as u8).collect()
+}
+
+/// A `frame=` value as the frame size it means.
+fn frame_size(frame: usize) -> usize {
+    match frame {
+        0 => CHUNK_SIZE,
+        n => n.min(CHUNK_SIZE),
+    }
+}
 
 /// What one response should look like after applying query overrides to the spec.
 struct Plan {
@@ -34,6 +62,10 @@ struct Plan {
     size: Option<usize>,
     delay: Duration,
     headers: Vec<(String, String)>,
+    /// The body's frames: varied bytes, at most this long (0: 64 KiB), without a length.
+    varied: bool,
+    frame: usize,
+    chunked: bool,
 }
 
 /// Handles one request: records it, drains the body, then answers.
@@ -107,6 +139,9 @@ fn plan(peer: &FakePeer, query: &str) -> Result<Plan, String> {
         size: (spec.body_size > 0).then_some(spec.body_size),
         delay: spec.latency,
         headers: spec.headers,
+        varied: false,
+        frame: 0,
+        chunked: false,
     };
     for (key, value) in parse_query(query) {
         apply_override(&mut plan, &key, value)?;
@@ -125,6 +160,9 @@ fn apply_override(plan: &mut Plan, key: &str, value: String) -> Result<(), Strin
             plan.size = Some(usize::try_from(number(&value)?).map_err(|_| "bad size")?);
         }
         "delay_ms" => plan.delay = Duration::from_millis(number(&value)?),
+        "varied" => plan.varied = number(&value)? != 0,
+        "chunked" => plan.chunked = number(&value)? != 0,
+        "frame" => plan.frame = usize::try_from(number(&value)?).map_err(|_| "bad frame")?,
         "header" => {
             let (name, val) = value
                 .split_once(':')
@@ -174,7 +212,13 @@ fn respond(peer: &FakePeer, plan: Plan, received: u64) -> Response<ResBody> {
     } else {
         match plan.size {
             None => Full::new(Bytes::from(hello(peer))).boxed(),
-            Some(size) => PatternBody::new(size as u64).boxed(),
+            Some(size) => PatternBody {
+                remaining: size as u64,
+                frame: frame_size(plan.frame),
+                chunk: if plan.varied { &VARIED } else { &CHUNK },
+                chunked: plan.chunked,
+            }
+            .boxed(),
         }
     };
     build(peer, status, plan.headers, received, body)
@@ -298,16 +342,13 @@ where
     }
 }
 
-/// A body of `remaining` filler bytes streamed from a static chunk (constant memory).
+/// A body of `remaining` bytes streamed from a static chunk (constant memory), in frames of
+/// at most `frame` bytes; sent chunked (no exact size) when `chunked`.
 struct PatternBody {
     remaining: u64,
-}
-
-impl PatternBody {
-    /// A body of exactly `size` bytes.
-    fn new(size: u64) -> Self {
-        Self { remaining: size }
-    }
+    frame: usize,
+    chunk: &'static [u8; CHUNK_SIZE],
+    chunked: bool,
 }
 
 impl Body for PatternBody {
@@ -321,9 +362,9 @@ impl Body for PatternBody {
         if self.remaining == 0 {
             return Poll::Ready(None);
         }
-        let n = self.remaining.min(CHUNK_SIZE as u64) as usize;
+        let n = self.remaining.min(self.frame as u64) as usize;
         self.remaining -= n as u64;
-        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&CHUNK[..n])))))
+        Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(&self.chunk[..n])))))
     }
 
     fn is_end_stream(&self) -> bool {
@@ -331,7 +372,10 @@ impl Body for PatternBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        SizeHint::with_exact(self.remaining)
+        match self.chunked {
+            true => SizeHint::default(),
+            false => SizeHint::with_exact(self.remaining),
+        }
     }
 }
 

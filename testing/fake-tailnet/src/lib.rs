@@ -46,6 +46,7 @@ pub use config::{
     PeerSpec, ResponseSpec, TailnetConfig, DEFAULT_DNS_IP, DEFAULT_DOMAIN, DEFAULT_TTL,
 };
 pub use error::FakeTailnetError;
+pub use http::varied_body;
 pub use localapi::FakeLocalApi;
 pub use peer::{FakePeer, SeenRequest};
 pub use tls::{

@@ -328,9 +328,10 @@ impl AsyncWrite for RawStreamWrapper {
         // Safety: Basic enum pin projection
         unsafe {
             match &mut Pin::get_unchecked_mut(self).stream {
-                RawStream::Tcp(s) => Pin::new_unchecked(s).poll_write_vectored(cx, bufs),
+                // patched in: sockets write small vectored writes as one buffer
+                RawStream::Tcp(s) => poll_write_coalesced(Pin::new_unchecked(s), cx, bufs),
                 #[cfg(unix)]
-                RawStream::Unix(s) => Pin::new_unchecked(s).poll_write_vectored(cx, bufs),
+                RawStream::Unix(s) => poll_write_coalesced(Pin::new_unchecked(s), cx, bufs),
                 RawStream::Virtual(s) => Pin::new_unchecked(s).poll_write_vectored(cx, bufs),
             }
         }
@@ -1009,6 +1010,50 @@ impl AsyncWrite for Stream {
             self.stream().get_ref().is_write_vectored()
         }
     }
+}
+
+/// The largest vectored write that [`poll_write_coalesced`] copies into one buffer (patched in).
+const COALESCE_LIMIT: usize = 8 * 1024;
+
+std::thread_local! {
+    /// The buffer [`poll_write_coalesced`] copies slices into, one per thread and reused.
+    static COALESCE_BUF: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Patched in: a socket's vectored write as one plain write where that is cheap. A socket's
+/// plain write is a `send`; its vectored one is a `writev`, which also takes the kernel's
+/// file write path (the position lock, permission and notify hooks, the `iovec` copy-in) and
+/// costs more. So one non-empty slice is written as it is, and several that come to at most
+/// [`COALESCE_LIMIT`] bytes are copied into one thread-local buffer first; larger writes stay
+/// vectored. Like any write, it reports how many bytes went out, counted from the first slice.
+fn poll_write_coalesced<W: AsyncWrite>(
+    writer: Pin<&mut W>,
+    cx: &mut Context<'_>,
+    bufs: &[std::io::IoSlice<'_>],
+) -> Poll<io::Result<usize>> {
+    let mut non_empty = bufs.iter().filter(|b| !b.is_empty());
+    let (first, second) = (non_empty.next(), non_empty.next());
+    let Some(first) = first else {
+        return writer.poll_write(cx, &[]);
+    };
+    if second.is_none() {
+        return writer.poll_write(cx, first);
+    }
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    if total > COALESCE_LIMIT {
+        return writer.poll_write_vectored(cx, bufs);
+    }
+    COALESCE_BUF.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            for slice in bufs {
+                buf.extend_from_slice(slice);
+            }
+            writer.poll_write(cx, &buf)
+        }
+        // not reached: nothing else borrows the buffer while a write runs
+        Err(_) => writer.poll_write_vectored(cx, bufs),
+    })
 }
 
 #[derive(Debug)]
