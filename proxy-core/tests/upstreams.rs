@@ -1474,7 +1474,10 @@ async fn bodies_of_every_write_shape_arrive_whole_and_in_order() {
         (20_000, 8200, true),
     ]);
     for (size, frame, chunked) in cases {
-        let path = format!("/v?size={size}&varied=1&frame={frame}&chunked={}", chunked as u8);
+        let path = format!(
+            "/v?size={size}&varied=1&frame={frame}&chunked={}",
+            chunked as u8
+        );
         let reply = http
             .get(proxy.url(&path))
             .header("host", "app.example.com")
