@@ -433,14 +433,18 @@ fn cpu_model() -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn pairs_are_ratios_of_adjacent_runs_not_of_medians() {
-        let run = |rps: f64| Sample {
+    /// A 10 s run at `rps` requests/s that used 10 s of CPU.
+    fn run(rps: f64) -> Sample {
+        Sample {
             rps,
             requests: (rps * 10.0) as u64,
             cpu_seconds: 10.0,
             ..Sample::default()
-        };
+        }
+    }
+
+    #[test]
+    fn pairs_are_ratios_of_adjacent_runs_not_of_medians() {
         // The machine slows down between rounds; within a round, proxy-app is 5% slower.
         let proxy = [run(95.0), run(47.5), run(190.0)];
         let own = [run(100.0), run(50.0), run(200.0)];
@@ -466,12 +470,6 @@ mod tests {
 
     #[test]
     fn a_baseline_build_is_compared_round_by_round() {
-        let run = |rps: f64| Sample {
-            rps,
-            requests: (rps * 10.0) as u64,
-            cpu_seconds: 10.0,
-            ..Sample::default()
-        };
         // The machine speeds up between rounds; within each, proxy-app is 2% faster.
         let proxy = [run(102.0), run(153.0), run(204.0)];
         let baseline = [run(100.0), run(150.0), run(200.0)];
