@@ -207,7 +207,7 @@ fn count_instructions(
             "only pass-1k with --quick",
         )));
     }
-    let servers = match s.observed {
+    let mut servers = match s.observed {
         true => {
             let plain = Scenario {
                 observed: false,
@@ -231,7 +231,6 @@ fn count_instructions(
             ]
         }
     };
-    let mut servers = servers;
     if let Some(baseline) = &args.baseline_bin {
         servers.push((BASELINE, proxy_starter(s.clone(), baseline, *up, dir)));
     }

@@ -45,7 +45,7 @@ const fn varied_chunk() -> [u8; CHUNK_SIZE] {
 /// modulo 251, so that a body with any part lost, repeated or out of place differs from it.
 pub fn varied_body(size: usize, frame: usize) -> Vec<u8> {
     let frame = frame_size(frame);
-    (0..size).map(|i| ((i % frame) % 251) as u8).collect()
+    (0..size).map(|i| VARIED[i % frame]).collect()
 }
 
 /// A `frame=` value as the frame size it means.
@@ -62,9 +62,11 @@ struct Plan {
     size: Option<usize>,
     delay: Duration,
     headers: Vec<(String, String)>,
-    /// The body's frames: varied bytes, at most this long (0: 64 KiB), without a length.
+    /// Body bytes from [`VARIED`] instead of [`CHUNK`].
     varied: bool,
+    /// The longest body frame (0: 64 KiB).
     frame: usize,
+    /// The body sent without a length, so chunked.
     chunked: bool,
 }
 
