@@ -2,6 +2,7 @@
 //! wrk, CPU time and peak memory from /proc.
 
 use anyhow::{bail, Context, Result};
+use std::io::Write;
 use std::process::Command;
 use std::time::Duration;
 
@@ -37,25 +38,41 @@ impl Sample {
     }
 }
 
+/// What wrk sends: how many connections, and how long each waits between a response and
+/// its next request.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub connections: u32,
+    /// Milliseconds, 0 for none (each connection sends its next request at once).
+    pub pause_ms: u64,
+}
+
+impl Load {
+    /// `connections`, none pausing.
+    pub fn saturating(connections: u32) -> Load {
+        Load {
+            connections,
+            pause_ms: 0,
+        }
+    }
+
+    /// The wrk script that makes each connection pause, if it pauses: wrk calls `delay()`
+    /// before each request and waits that many milliseconds.
+    pub fn script(&self) -> Option<String> {
+        (self.pause_ms > 0).then(|| format!("function delay()\n  return {}\nend\n", self.pause_ms))
+    }
+}
+
 /// Runs wrk against `url` with `Host: host` and `headers` and parses its report.
 pub fn wrk(
     url: &str,
     host: &str,
     headers: &[&str],
-    connections: u32,
+    load: Load,
     duration: Duration,
 ) -> Result<Sample> {
-    let mut command = Command::new("wrk");
-    command
-        .args(["-t1", "--latency", "--timeout", "5s"])
-        .arg(format!("-c{connections}"))
-        .arg(format!("-d{}s", duration.as_secs().max(1)))
-        .args(["-H", &format!("Host: {host}")]);
-    for header in headers {
-        command.args(["-H", header]);
-    }
+    let (mut command, _script) = wrk_command(url, host, headers, load, duration)?;
     let out = command
-        .arg(url)
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -67,6 +84,37 @@ pub fn wrk(
         );
     }
     parse_wrk(&text)
+}
+
+/// wrk's command line for a run, and the script file it reads (kept until the run ends).
+fn wrk_command(
+    url: &str,
+    host: &str,
+    headers: &[&str],
+    load: Load,
+    duration: Duration,
+) -> Result<(Command, Option<tempfile::NamedTempFile>)> {
+    let mut command = Command::new("wrk");
+    command
+        .args(["-t1", "--latency", "--timeout", "5s"])
+        .arg(format!("-c{}", load.connections))
+        .arg(format!("-d{}s", duration.as_secs().max(1)))
+        .args(["-H", &format!("Host: {host}")]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let script = match load.script() {
+        Some(text) => {
+            let mut file = tempfile::Builder::new().suffix(".lua").tempfile()?;
+            file.write_all(text.as_bytes())?;
+            file.flush()?;
+            command.arg("-s").arg(file.path());
+            Some(file)
+        }
+        None => None,
+    };
+    command.arg(url);
+    Ok((command, script))
 }
 
 /// Parses wrk's `--latency` report.
@@ -223,6 +271,37 @@ mod tests {
     use super::*;
 
     const REPORT: &str = "Running 2s test @ http://127.0.0.1:8080/\n  1 threads and 32 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     1.50ms  300.00us   9.00ms   90.00%\n    Req/Sec    21.00k     1.00k   23.00k    70.00%\n  Latency Distribution\n     50%    1.45ms\n     75%    1.60ms\n     90%    1.80ms\n     99%    2.50ms\n  42000 requests in 2.00s, 50.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 7\nRequests/sec:  21000.00\nTransfer/sec:     25.00MB\n";
+
+    /// The arguments of a wrk command, as strings.
+    fn args(command: &Command) -> Vec<String> {
+        command
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_paced_load_hands_wrk_a_script_that_delays_each_request() {
+        let second = Duration::from_secs(1);
+        let paced = Load {
+            connections: 32,
+            pause_ms: 3,
+        };
+        let (command, script) = wrk_command("http://a/", "h", &[], paced, second).unwrap();
+        let script = script.expect("a paced run has a script");
+        let given = args(&command);
+        let at = given.iter().position(|a| a == "-s").expect("-s");
+        assert_eq!(given[at + 1], script.path().to_string_lossy());
+        assert_eq!(given.last().unwrap(), "http://a/", "the URL comes last");
+        assert!(given.contains(&"-c32".to_string()));
+        let text = std::fs::read_to_string(script.path()).unwrap();
+        assert_eq!(text, "function delay()\n  return 3\nend\n");
+
+        let (command, script) =
+            wrk_command("http://a/", "h", &[], Load::saturating(32), second).unwrap();
+        assert!(script.is_none());
+        assert!(!args(&command).contains(&"-s".to_string()));
+    }
 
     #[test]
     fn parses_a_wrk_report() {

@@ -2,6 +2,7 @@
 //! configs, so both servers do the same work; and into HAProxy's and Caddy's configs, at
 //! their defaults, for the pass-through scenarios.
 
+use crate::measure::Load;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -63,6 +64,10 @@ pub struct Scenario {
     /// The upstream answers each request after this many milliseconds (the fake peer's
     /// `delay_ms`), 0 for at once.
     pub upstream_delay_ms: u64,
+    /// Each client connection waits this many milliseconds between a response and its next
+    /// request (wrk's `delay()`), 0 for none: the servers then get about the same request
+    /// rate, below what either can serve, and their latencies compare at equal load.
+    pub pause_ms: u64,
     /// Every request accepts gzip, and both servers compress `text/plain` with gzip at
     /// level 1 (nginx's `gzip on` default level): proxy-app once, when it stores the
     /// object; nginx's `proxy_cache` keeps the upstream's body and `gzip` compresses each
@@ -81,6 +86,14 @@ impl Scenario {
         match self.upstream_delay_ms {
             0 => format!("/bench?size={}", self.body_size),
             ms => format!("/bench?size={}&delay_ms={ms}", self.body_size),
+        }
+    }
+
+    /// What wrk sends: the scenario's connections, pausing as it says.
+    pub fn load(&self) -> Load {
+        Load {
+            connections: self.connections,
+            pause_ms: self.pause_ms,
         }
     }
 
@@ -157,6 +170,7 @@ pub fn all() -> Vec<Scenario> {
         misses: false,
         gzip: false,
         upstream_delay_ms: 0,
+        pause_ms: 0,
     };
     vec![
         Scenario {
@@ -171,6 +185,14 @@ pub fn all() -> Vec<Scenario> {
             work: Work::CacheHit,
             defaults: true,
             instructions: true,
+            ..base.clone()
+        },
+        Scenario {
+            name: "cache-hit-defaults-paced",
+            about: "cache hit, 1 KiB object, 32 connections, both servers at their defaults (as in `cache-hit-defaults-1k`), each connection waiting 1 ms between a response and its next request: both get about the same request rate, so latency compares at equal load",
+            work: Work::CacheHit,
+            defaults: true,
+            pause_ms: 1,
             ..base.clone()
         },
         Scenario {
@@ -202,6 +224,13 @@ pub fn all() -> Vec<Scenario> {
             about: "pass-through, 1 KiB, upstream keepalive, 32 connections",
             peers: true,
             instructions: true,
+            ..base.clone()
+        },
+        Scenario {
+            name: "pass-1k-paced",
+            about: "pass-through, 1 KiB, upstream keepalive, 32 connections, each waiting 1 ms between a response and its next request: every server gets about the same request rate, well below what it can serve, so latency compares at equal load (the saturated `pass-1k` is the headline)",
+            peers: true,
+            pause_ms: 1,
             ..base.clone()
         },
         Scenario {
@@ -546,6 +575,26 @@ mod tests {
     }
 
     #[test]
+    fn only_the_paced_scenarios_pause_and_they_mirror_their_saturated_twins() {
+        for s in all() {
+            let paced = s.name.ends_with("-paced");
+            assert_eq!(s.load().pause_ms > 0, paced, "{}", s.name);
+            assert_eq!(s.load().connections, s.connections, "{}", s.name);
+        }
+        let (paced, twin) = (named("pass-1k-paced"), named("pass-1k"));
+        assert_eq!(paced.load().pause_ms, 1);
+        assert_eq!(
+            (paced.work, paced.body_size, paced.peers),
+            (twin.work, twin.body_size, twin.peers)
+        );
+        let (paced, twin) = (
+            named("cache-hit-defaults-paced"),
+            named("cache-hit-defaults-1k"),
+        );
+        assert_eq!((paced.work, paced.defaults), (twin.work, twin.defaults));
+    }
+
+    #[test]
     fn nginx_upstream_keepalive_can_be_turned_off() {
         let (s, dir) = (named("wan-pass-tls-1k"), Path::new("nginx-dir"));
         let up = upstream(Path::new("ca.pem"));
@@ -708,6 +757,7 @@ mod tests {
             peered,
             [
                 "pass-1k",
+                "pass-1k-paced",
                 "pass-tls-1k",
                 "conns-256",
                 "conns-1024",
