@@ -220,7 +220,9 @@ impl Report {
                 }
             }
             let own_direct = others.iter().find(|r| r.label == DIRECT);
-            if let Some(direct) = own_direct.or(self.direct.as_ref()) {
+            // The shared direct run saturates the origin: no ceiling for a paced scenario.
+            let shared_direct = self.direct.as_ref().filter(|_| s.pause_ms == 0);
+            if let Some(direct) = own_direct.or(shared_direct) {
                 let _ = write!(
                     self.body,
                     "; proxy-app / direct origin: **{:.2}x** req/s",
@@ -582,5 +584,33 @@ mod tests {
         let wan = crate::scenario::named("wan-pass-1k");
         report.scenario(&wan, vec![Row::from_samples(PROXY_APP, &proxy, 0.0)], None);
         assert_eq!(report.chart_data()[0].bars.len(), 4);
+    }
+
+    #[test]
+    fn the_saturated_direct_origin_is_a_ceiling_only_for_saturated_scenarios() {
+        let proxy = [run(15_000.0)];
+        let mut report = Report::new("test", 2, true, Duration::from_secs(1), 1);
+        report.direct(Row::from_samples(DIRECT, &[run(30_000.0)], 0.0));
+        for name in ["pass-1k", "pass-1k-paced"] {
+            let rows = vec![
+                Row::from_samples(PROXY_APP, &proxy, 40.0),
+                Row::from_samples(NGINX, &[run(24_000.0)], 0.0),
+            ];
+            report.scenario(&crate::scenario::named(name), rows, None);
+        }
+        let text = report.render(None);
+        // A scenario's section, up to the next.
+        let section = |name: &str| {
+            let after = text.split(&format!("## {name} — ")).nth(1).unwrap();
+            after.split("\n## ").next().unwrap().to_string()
+        };
+        assert!(
+            section("pass-1k").contains("; proxy-app / direct origin: **0.50x** req/s"),
+            "{text}"
+        );
+        assert!(
+            !section("pass-1k-paced").contains("direct origin:"),
+            "{text}"
+        );
     }
 }
