@@ -37,10 +37,10 @@ cargo clippy -p proxy-app --features tailscale-rs --all-targets --locked -- -D w
 cargo test -p proxy-core --features tailscale-rs --locked --lib --test tailnet_userspace
 cargo test -p proxy-app --features tailscale-rs --locked --test tailnet_userspace
 cargo test -p proxy-app --features tailscale-rs --locked --test lifecycle check_
-# The vendored Pingora crates' own unit tests, where the copies keep what they need
+# The vendored crates' own unit tests (Pingora's and http's), where the copies keep what they need
 # (pingora-core's and pingora-proxy's use dev-dependencies the copies leave out; pingora-runtime's
 # one dev-dependency, tokio, is a dependency already).
-cargo test -p pingora-http -p pingora-timeout -p pingora-runtime --locked --lib
+cargo test -p pingora-http -p pingora-timeout -p pingora-runtime -p http --locked --lib
 # proxy-core is a library for embedders: its docs must build without a broken or private link.
 RUSTDOCFLAGS="-D warnings" cargo doc -p proxy-core -p plugins --no-deps --locked
 benches/run.sh --quick > target/load-harness-quick.md
