@@ -12,7 +12,7 @@
 #    with the arguments given here (default: `--scenarios pass-1k --duration 5 --rounds 6`),
 #    and prints the report; nothing in benches/ is rewritten.
 #
-# Two more release builds of proxy-app, each in a target directory of its own (about 15
+# Two more release builds of proxy-app, each in a target directory of its own (about 20
 # minutes on two cores the first time). Loopback only; bounded in time like benches/run.sh.
 #
 #   benches/pgo.sh
