@@ -13,6 +13,8 @@
 # on exit, error and Ctrl-C, and a killed run's at the next start.
 #
 #   benches/run.sh                 # full run (release build), about 25 minutes
+#   benches/run.sh --pgo           # the same, of the PGO build the Fly image ships
+#                                  # (scripts/pgo-build.sh; about 20 minutes more)
 #   benches/run.sh --quick         # every scenario briefly, checks the harness (debug build)
 #   benches/run.sh --scenarios pass-1k,conns-256 --duration 5
 #   benches/run.sh --scenarios wan-pass-1k,wan-pass-tls-1k --netem-delay 50ms
@@ -22,10 +24,22 @@ scripts/ensure-packages.sh cmake clang nginx haproxy caddy wrk valgrind
 
 profile=release
 out=(--out benches/RESULTS.md)
+pgo=false
+command="benches/run.sh $*"
+harness_args=()
 for arg in "$@"; do
-  if [ "$arg" = "--quick" ]; then profile=dev; out=(); fi
+  case "$arg" in
+    --quick) profile=dev; out=(); harness_args+=("$arg") ;;
+    --pgo) pgo=true ;;
+    *) harness_args+=("$arg") ;;
+  esac
 done
 target_dir="$(cargo metadata --format-version 1 --no-deps | sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p')"
 bin_dir="$target_dir/$([ "$profile" = dev ] && echo debug || echo release)"
 cargo build --profile "$profile" -p proxy-app -p load-harness
-exec "$bin_dir/load-harness" --proxy-bin "$bin_dir/proxy-app" --command "benches/run.sh $*" "${out[@]}" "$@"
+proxy_bin="$bin_dir/proxy-app"
+if [ "$pgo" = true ]; then
+  proxy_bin="$target_dir/pgo-bin/proxy-app"
+  scripts/pgo-build.sh "$proxy_bin"
+fi
+exec "$bin_dir/load-harness" --proxy-bin "$proxy_bin" --command "$command" "${out[@]}" "${harness_args[@]}"

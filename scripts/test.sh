@@ -45,6 +45,10 @@ cargo test -p pingora-http -p pingora-timeout -p pingora-runtime -p http --locke
 RUSTDOCFLAGS="-D warnings" cargo doc -p proxy-core -p plugins --no-deps --locked
 benches/run.sh --quick > target/load-harness-quick.md
 echo "load harness: every scenario ran (report in target/load-harness-quick.md)"
+# The training run of the profile-guided build (scripts/pgo-build.sh, as the Fly image builds
+# it), briefly: proxy-app alone answers each scenario as it should, with no peer installed.
+benches/run.sh --quick --train > target/load-harness-train.md
+echo "PGO training: every scenario answered (report in target/load-harness-train.md)"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
   cargo test --workspace --locked --doc

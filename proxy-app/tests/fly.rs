@@ -25,11 +25,12 @@ fn port_of(addr: &str) -> i64 {
     addr.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-#[test]
-fn start_script_is_shellcheck_clean() {
+/// Fails with shellcheck's findings unless `script` passes it at style severity.
+fn assert_shellcheck_clean(script: &Path, options: &[&str]) {
     let out = Command::new("shellcheck")
-        .args(["--shell=sh", "--severity=style"])
-        .arg(fly("start.sh"))
+        .args(options)
+        .arg("--severity=style")
+        .arg(script)
         .output()
         .expect("shellcheck is installed by scripts/test.sh");
     assert!(
@@ -37,6 +38,11 @@ fn start_script_is_shellcheck_clean() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+}
+
+#[test]
+fn start_script_is_shellcheck_clean() {
+    assert_shellcheck_clean(&fly("start.sh"), &["--shell=sh"]);
 }
 
 #[test]
@@ -134,7 +140,6 @@ fn dockerfile_builds_checks_and_runs_unprivileged() {
         text.contains("apt-get install -y --no-install-recommends cmake clang"),
         "BoringSSL's build needs cmake and clang"
     );
-    assert!(text.contains("cargo build --release --locked -p proxy-app --no-default-features"));
     assert!(
         text.contains("sha256sum -c"),
         "the tailscale download is checksum-verified"
@@ -173,6 +178,137 @@ fn dockerfile_builds_checks_and_runs_unprivileged() {
         script.contains("exec \"$@\""),
         "proxy-app replaces the script so signals reach it"
     );
+}
+
+/// The build stage's command that builds proxy-app: its `RUN` line and continuations, joined
+/// as Docker joins them (a backslash and the line break after it removed).
+fn build_command(dockerfile: &str) -> String {
+    let mut lines = dockerfile
+        .lines()
+        .skip_while(|l| !l.starts_with("RUN case \"$PGO\""));
+    let mut command = String::new();
+    for line in lines.by_ref() {
+        let (text, more) = match line.strip_suffix('\\') {
+            Some(text) => (text, true),
+            None => (line, false),
+        };
+        command.push_str(text);
+        if !more {
+            break;
+        }
+    }
+    command
+        .strip_prefix("RUN ")
+        .expect("the build stage builds proxy-app in a `RUN case \"$PGO\"` command")
+        .to_owned()
+}
+
+/// Runs the Dockerfile's build command with `PGO` set to `pgo`, in a directory where
+/// `scripts/pgo-build.sh`, `cargo` and `install` are stand-ins that record their arguments.
+/// Returns whether it succeeded, its stderr, and the recorded calls.
+fn run_build_command(pgo: &str) -> (bool, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let calls = dir.path().join("calls");
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(dir.path().join("scripts")).unwrap();
+    let stand_in = |path: PathBuf, name: &str| {
+        let body = format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\n", calls.display());
+        std::fs::write(&path, body).unwrap();
+        Command::new("chmod").arg("+x").arg(&path).status().unwrap();
+    };
+    stand_in(dir.path().join("scripts/pgo-build.sh"), "pgo-build.sh");
+    stand_in(bin.join("cargo"), "cargo");
+    stand_in(bin.join("install"), "install");
+    let dockerfile = std::fs::read_to_string(fly("Dockerfile")).unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(build_command(&dockerfile))
+        .current_dir(dir.path())
+        .env("PATH", path)
+        .env("PGO", pgo)
+        .output()
+        .unwrap();
+    let recorded = std::fs::read_to_string(&calls).unwrap_or_default();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        recorded,
+    )
+}
+
+#[test]
+fn the_image_builds_proxy_app_with_pgo_by_default_and_plainly_on_request() {
+    let dockerfile = std::fs::read_to_string(fly("Dockerfile")).unwrap();
+    let build_stage = dockerfile
+        .split("FROM ")
+        .find(|stage| stage.contains("AS build"))
+        .unwrap();
+    assert!(
+        build_stage.contains("\nARG PGO=1\n"),
+        "PGO is on by default"
+    );
+
+    // The same features either way: the production build leaves the demo out.
+    let (ok, stderr, calls) = run_build_command("1");
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        calls,
+        "pgo-build.sh /usr/local/bin/proxy-app --locked --no-default-features\n"
+    );
+    let (ok, stderr, calls) = run_build_command("0");
+    assert!(ok, "{stderr}");
+    assert_eq!(
+        calls,
+        "cargo build --release --locked -p proxy-app --no-default-features\n\
+         install -m 0755 target/release/proxy-app /usr/local/bin/proxy-app\n"
+    );
+    let (ok, stderr, calls) = run_build_command("yes");
+    assert!(!ok, "an unknown PGO value fails the build");
+    assert!(stderr.contains("PGO must be 1"), "{stderr}");
+    assert_eq!(calls, "", "and builds nothing");
+}
+
+#[test]
+fn the_pgo_build_script_is_shellcheck_clean_and_explains_its_arguments() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/pgo-build.sh");
+    assert_shellcheck_clean(&script, &[]);
+    // Without OUT, or with an option where OUT belongs, it builds nothing and says why.
+    for args in [&[][..], &["--locked"][..]] {
+        let out = Command::new(&script).args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("usage:"), "{stderr}");
+    }
+}
+
+#[test]
+fn the_build_context_leaves_out_local_build_output() {
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.dockerignore"))
+            .expect("a .dockerignore beside the workspace");
+    let entries: Vec<&str> = ignore
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    for wanted in ["target/", "fuzz/target/", ".git/"] {
+        assert!(entries.contains(&wanted), "{wanted} in .dockerignore");
+    }
+    // Nothing the build needs is left out.
+    for needed in [
+        "scripts",
+        "benches",
+        "testing",
+        "vendor",
+        "proxy-core",
+        "Cargo.lock",
+    ] {
+        assert!(
+            !entries.iter().any(|e| e.trim_end_matches('/') == needed),
+            "{needed} is ignored"
+        );
+    }
 }
 
 /// Stand-ins for tailscaled and tailscale that record their arguments.

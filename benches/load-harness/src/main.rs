@@ -26,6 +26,7 @@ mod netns;
 mod report;
 mod scenario;
 mod signals;
+mod train;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -54,6 +55,12 @@ struct Args {
     /// Every scenario briefly (about a minute in all), to check the harness itself.
     #[arg(long)]
     quick: bool,
+    /// Instead of measuring: serve each loopback scenario with proxy-app alone, for a few
+    /// thousand GETs from this process (no peers, wrk or tools needed), and print what each
+    /// got. The training run of a profile-guided build (`scripts/pgo-build.sh`). With
+    /// `--quick`, fewer GETs: a check of the training itself.
+    #[arg(long, conflicts_with_all = ["baseline_bin", "out", "callgrind_dir"])]
+    train: bool,
     /// Seconds per measured run.
     #[arg(long, default_value_t = 8)]
     duration: u64,
@@ -94,11 +101,14 @@ fn main() -> Result<()> {
         args.rounds = 1;
     }
     signals::install().context("installing signal handlers")?;
-    netns::remove_stale();
     raise_fd_limit();
     let cores = machine_cores();
-    let pinned = pin_self_to_core(LOAD_CORE);
+    // Training measures nothing: it needs neither a core of its own nor network namespaces.
+    let pinned = !args.train && pin_self_to_core(LOAD_CORE);
     LOAD_PINNED.store(pinned, Ordering::Relaxed);
+    if !args.train {
+        netns::remove_stale();
+    }
     let tailnet = FakeTailnet::start_in_thread(TailnetConfig::new(&["peer"]))
         .context("starting the fake tailnet")?;
     let dir = tempfile::tempdir()?;
@@ -114,11 +124,21 @@ fn main() -> Result<()> {
         ca_file: &ca_file,
     };
 
+    if args.train {
+        let requests = match args.quick {
+            true => train::QUICK_REQUESTS,
+            false => train::REQUESTS,
+        };
+        let scenarios = selected(&args);
+        let text = train::run(&scenarios, requests, &args.proxy_bin, &upstream, dir.path())?;
+        println!("{text}");
+        return Ok(());
+    }
+
     let duration = Duration::from_secs(args.duration);
     let mut report = Report::new(&args.command, cores, pinned, duration, args.rounds);
-    let scenarios: Vec<Scenario> = scenario::all()
+    let scenarios: Vec<Scenario> = selected(&args)
         .into_iter()
-        .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
         .map(|s| if args.quick { s.quick() } else { s })
         .collect();
     // Declared after `tailnet`, so it is dropped first: its peer, then its namespace.
@@ -186,6 +206,14 @@ fn main() -> Result<()> {
         std::fs::write(out, &text).with_context(|| format!("writing {}", out.display()))?;
     }
     Ok(())
+}
+
+/// The scenarios named by `--scenarios`, or all of them.
+fn selected(args: &Args) -> Vec<Scenario> {
+    scenario::all()
+        .into_iter()
+        .filter(|s| args.scenarios.is_empty() || args.scenarios.iter().any(|n| n == s.name))
+        .collect()
 }
 
 /// Instructions per request under callgrind, for the scenarios that count them: proxy-app
