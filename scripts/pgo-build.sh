@@ -3,13 +3,13 @@
 # image builds its proxy-app this way; benches/pgo.sh and `benches/run.sh --pgo` measure it.
 #
 # 1. An instrumented release build (`-Cprofile-generate`) serves each of the load harness's
-#    loopback scenarios for a few thousand GETs (`load-harness --train`: the fake tailnet
-#    and proxy-app alone, no peers or network namespaces, about a minute). Each proxy-app
+#    loopback scenarios for 20,000 GETs (`load-harness --train`: the fake tailnet and
+#    proxy-app alone, no peers or network namespaces, about a minute). Each proxy-app
 #    writes its branch and call counts when it exits; the training report goes to
 #    <target>/pgo/training.md.
-# 2. llvm-profdata merges them into <target>/pgo/proxy-app-<hash>.profdata. It comes from rustup's
-#    llvm-tools component (rustc's own LLVM; added if missing), or else from Debian's llvm-N,
-#    N being the major version of rustc's LLVM.
+# 2. llvm-profdata merges them into <target>/pgo/proxy-app-<hash>.profdata. It comes from
+#    rustup's llvm-tools component (rustc's own LLVM; added if missing), or else from
+#    Debian's llvm-N, N being the major version of rustc's LLVM.
 # 3. proxy-app is built again with `-Cprofile-use` and copied to OUT.
 #
 # Options after OUT go to both proxy-app builds (such as `--locked --no-default-features`).
@@ -25,6 +25,11 @@ if [ "$#" -lt 1 ] || [ "${1#-}" != "$1" ]; then
 fi
 out="$1"
 shift
+# OUT is relative to where the script was started, not to the workspace it builds in.
+case "$out" in
+  /*) ;;
+  *) out="$PWD/$out" ;;
+esac
 cd "$(dirname "$0")/.."
 
 host="$(rustc -vV | sed -n 's/^host: //p')"

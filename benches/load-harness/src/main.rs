@@ -13,7 +13,8 @@
 //! loopback, except the peer of the `wan-*` scenarios: it gets a network namespace of its
 //! own behind a veth pair with a round-trip delay (see [`netns`]), removed again on exit, on
 //! error and on Ctrl-C. Every run is bounded in time. Run it through `benches/run.sh`, which
-//! builds what it needs first.
+//! builds what it needs first. `--train` instead trains a profile-guided build (see
+//! [`train`]).
 
 mod callgrind;
 mod chart;
@@ -55,10 +56,10 @@ struct Args {
     /// Every scenario briefly (about a minute in all), to check the harness itself.
     #[arg(long)]
     quick: bool,
-    /// Instead of measuring: serve each loopback scenario with proxy-app alone, for a few
-    /// thousand GETs from this process (no peers, wrk or tools needed), and print what each
-    /// got. The training run of a profile-guided build (`scripts/pgo-build.sh`). With
-    /// `--quick`, fewer GETs: a check of the training itself.
+    /// Instead of measuring: serve each loopback scenario with proxy-app alone, for 20,000
+    /// GETs from this process (no peers, wrk or tools needed), and print what each got. The
+    /// training run of a profile-guided build (`scripts/pgo-build.sh`). With `--quick`,
+    /// 1,000 GETs: a check of the training itself.
     #[arg(long, conflicts_with_all = ["baseline_bin", "out", "callgrind_dir"])]
     train: bool,
     /// Seconds per measured run.
