@@ -35,8 +35,8 @@ use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
 use measure::{children, cpu_seconds, peak_rss_mib, wrk, CoreTimes, Load, Sample};
 use netns::{DelayMethod, Netns};
 use report::{
-    FillRow, Report, Row, BASELINE, CADDY, DIRECT, HAPROXY, LAZY_COMMIT, NGINX, NO_KEEPALIVE,
-    PROXY_APP, UNOBSERVED,
+    FillRow, Report, Row, BASELINE, CADDY, DIRECT, HAPROXY, HAPROXY_SAME, LAZY_COMMIT, NGINX,
+    NO_KEEPALIVE, PROXY_APP, UNOBSERVED,
 };
 use scenario::{Scenario, Upstream, Work};
 use std::ffi::OsString;
@@ -577,8 +577,11 @@ fn run_scenario(
         servers.push((NO_KEEPALIVE, start_nginx(s, up, dir, false)?));
     }
     if s.peers {
-        servers.push((HAPROXY, start_haproxy(s, up, dir)?));
+        servers.push((HAPROXY, start_haproxy(s, up, dir, false)?));
         servers.push((CADDY, start_caddy(s, up, dir)?));
+    }
+    if s.peers_same_headers {
+        servers.push((HAPROXY_SAME, start_haproxy(s, up, dir, true)?));
     }
     let mut contenders: Vec<Contender> = servers
         .into_iter()
@@ -618,6 +621,7 @@ fn run_scenario(
             PROXY_APP,
             NGINX,
             HAPROXY,
+            HAPROXY_SAME,
             CADDY,
             NO_KEEPALIVE,
             UNOBSERVED,
@@ -757,13 +761,20 @@ fn start_nginx_under(
     Ok(server)
 }
 
-/// HAProxy for a pass-through scenario, at its defaults, on a listener it inherits.
-fn start_haproxy(s: &Scenario, up: &Upstream<'_>, dir: &Path) -> Result<Server> {
+/// HAProxy for a pass-through scenario, at its defaults (or adding the headers proxy-app
+/// adds, with `same_headers`), on a listener it inherits.
+fn start_haproxy(
+    s: &Scenario,
+    up: &Upstream<'_>,
+    dir: &Path,
+    same_headers: bool,
+) -> Result<Server> {
     let listener = listening::hold()?;
     let addr = listener.local_addr()?;
-    let config = dir.join(format!("{}-haproxy.cfg", s.name));
-    std::fs::write(&config, scenario::haproxy_config(s, up))?;
-    let log = std::fs::File::create(dir.join(format!("{}-haproxy.log", s.name)))?;
+    let tag = if same_headers { "-same-headers" } else { "" };
+    let config = dir.join(format!("{}-haproxy{tag}.cfg", s.name));
+    std::fs::write(&config, scenario::haproxy_config(s, up, same_headers))?;
+    let log = std::fs::File::create(dir.join(format!("{}-haproxy{tag}.log", s.name)))?;
     let mut command = pinned_command("haproxy".as_ref());
     // -db: in the foreground, one process.
     command

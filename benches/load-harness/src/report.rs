@@ -99,6 +99,8 @@ pub const PROXY_APP: &str = "proxy-app";
 pub const NGINX: &str = "nginx";
 /// Label of HAProxy's rows.
 pub const HAPROXY: &str = "HAProxy";
+/// Label of HAProxy's equal-output rows ([`crate::scenario::Scenario::peers_same_headers`]).
+pub const HAPROXY_SAME: &str = "HAProxy, proxy-app's headers";
 /// Label of Caddy's rows.
 pub const CADDY: &str = "Caddy";
 /// The servers the chart draws, in its order.
@@ -141,7 +143,7 @@ impl Report {
              - Servers pinned to core 0, wrk and the fake tailnet to core 1: {pinned}\n\
              - Each scenario: a 1 s warm-up per server, then {rounds} alternating runs of {secs} s per server (proxy-app, nginx, HAProxy, Caddy, proxy-app, nginx, ...; in `observed-1k` proxy-app without metrics and log runs right after proxy-app); medians reported, requests/s spread as min-max; ratios against each peer also as medians of each round's pair, which a machine whose speed drifts between rounds disturbs less; CPU per request is the server's user + system time over the requests wrk completed; load core busy is the share of core 1's time (wrk, the fake tailnet and its origins) that was busy during the server's runs (median): near 100%, the load side, not the server, set that server's requests/s, and CPU per request is the fairer comparison\n\
              - wrk: 1 thread, `--latency`; nginx: 1 worker, upstream keepalive >= 2x connections, keepalive_requests 1000000, the forwarding headers, request id and cache status header proxy-app adds by default (except in `cache-hit-defaults-1k`: both at their defaults); no access log and no proxy-app metrics, except in `observed-1k` (both log JSON to a file, proxy-app records metrics) and `cache-hit-defaults-1k` (metrics as shipped, on)\n\
-             - HAProxy (one thread, `http-reuse always`) and Caddy (`reverse_proxy`, `GOMAXPROCS=1`), at their defaults otherwise (no log; Caddy adds its X-Forwarded-* headers, HAProxy none), in the pass-through scenarios `pass-1k`, `pass-1k-paced`, `pass-tls-1k`, `conns-256`, `conns-1024`, `slow-1024`\n\
+             - HAProxy (one thread, `http-reuse always`) and Caddy (`reverse_proxy`, `GOMAXPROCS=1`), at their defaults otherwise (no log; Caddy adds its X-Forwarded-* headers, HAProxy none), in the pass-through scenarios `pass-1k`, `pass-1k-paced`, `pass-tls-1k`, `conns-256`, `conns-1024`, `slow-1024`; in `pass-1k` and `pass-tls-1k` HAProxy also runs adding the headers proxy-app adds by default (`X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto`, `Fly-Client-IP` and a UUID `X-Request-Id` upstream, the same id in the response): the equal-output row, under its defaults one\n\
              - Instructions per request (callgrind): each server answers `n` GETs one after another on one keep-alive connection under `valgrind --tool=callgrind`, then stops; its counters are zeroed after the first request (a miss for hits; nginx's master's only, valgrind's control commands do not reach its worker), so start-up is not counted; two runs of different `n`, each by a fresh process, and the difference of their totals over the difference of `n`, so that shutdown cancels\n\n",
             date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]),
             commit = commit(),
@@ -205,7 +207,7 @@ impl Report {
             }
             for peer in others
                 .iter()
-                .filter(|r| [HAPROXY, CADDY].contains(&r.label))
+                .filter(|r| [HAPROXY, HAPROXY_SAME, CADDY].contains(&r.label))
             {
                 let _ = write!(
                     self.body,

@@ -52,6 +52,10 @@ pub struct Scenario {
     pub cache_mib: usize,
     /// HAProxy and Caddy run too, at their defaults (pass-through scenarios).
     pub peers: bool,
+    /// HAProxy also runs adding the headers proxy-app adds by default (the forwarding
+    /// headers, the client IP header and a request id both ways): the equal-output row
+    /// beside its defaults one.
+    pub peers_same_headers: bool,
     /// Both servers at their defaults instead of doing the same work: nginx's plain
     /// `proxy_cache` (no request id, no forwarding or cache status headers), proxy-app as
     /// shipped (metrics on).
@@ -165,6 +169,7 @@ pub fn all() -> Vec<Scenario> {
         observed: false,
         cache_mib: 256,
         peers: false,
+        peers_same_headers: false,
         defaults: false,
         instructions: false,
         misses: false,
@@ -223,6 +228,7 @@ pub fn all() -> Vec<Scenario> {
             name: "pass-1k",
             about: "pass-through, 1 KiB, upstream keepalive, 32 connections",
             peers: true,
+            peers_same_headers: true,
             instructions: true,
             ..base.clone()
         },
@@ -244,6 +250,7 @@ pub fn all() -> Vec<Scenario> {
             about: "pass-through over upstream TLS, 1 KiB, 32 connections",
             work: Work::PassThroughTls,
             peers: true,
+            peers_same_headers: true,
             ..base.clone()
         },
         Scenario {
@@ -510,9 +517,10 @@ pub fn nginx_config(
 
 /// HAProxy's config for a pass-through scenario: one thread, `http-reuse always` (idle
 /// upstream connections shared by all client connections, as nginx's and proxy-app's pools
-/// are), its defaults otherwise (no headers added, no log); upstream TLS verified against
-/// the tailnet CA with the peer's name as SNI. It listens on the inherited socket.
-pub fn haproxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
+/// are), its defaults otherwise (no log; no headers added unless `same_headers`, then those
+/// proxy-app adds by default); upstream TLS verified against the tailnet CA with the
+/// peer's name as SNI. It listens on the inherited socket.
+pub fn haproxy_config(s: &Scenario, up: &Upstream<'_>, same_headers: bool) -> String {
     let server = match s.work {
         Work::PassThroughTls => format!(
             "{addr} ssl verify required ca-file {ca} sni str({fqdn})",
@@ -525,11 +533,25 @@ pub fn haproxy_config(s: &Scenario, up: &Upstream<'_>) -> String {
     format!(
         "global\n  nbthread 1\n\n\
          defaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n\n\
-         frontend edge\n  bind fd@{fd}\n  default_backend peer\n\n\
+         frontend edge\n  bind fd@{fd}\n{headers}  default_backend peer\n\n\
          backend peer\n  http-reuse always\n  server peer {server}\n",
         fd = crate::listening::INHERITED_FD,
+        headers = match same_headers {
+            true => HAPROXY_SAME_HEADERS,
+            false => "",
+        },
     )
 }
+
+/// What proxy-app adds by default, in HAProxy's words: `X-Forwarded-For`, `X-Real-IP`,
+/// `X-Forwarded-Proto` and `Fly-Client-IP` upstream, and a UUID request id both ways.
+const HAPROXY_SAME_HEADERS: &str = "  option forwardfor\n  \
+    http-request set-header X-Real-IP %[src]\n  \
+    http-request set-header X-Forwarded-Proto http\n  \
+    http-request set-header Fly-Client-IP %[src]\n  \
+    unique-id-format %[uuid()]\n  \
+    unique-id-header X-Request-Id\n  \
+    http-after-response set-header X-Request-Id %[unique-id]\n";
 
 /// Caddy's config (JSON) for a pass-through scenario: `reverse_proxy` at its defaults (it
 /// adds `X-Forwarded-For`, `-Proto` and `-Host` and keeps idle upstream connections), no
@@ -727,13 +749,34 @@ mod tests {
     #[test]
     fn haproxy_and_caddy_reuse_upstream_connections_and_verify_upstream_tls() {
         let up = upstream(Path::new("ca.pem"));
-        let plain = haproxy_config(&named("pass-1k"), &up);
+        let plain = haproxy_config(&named("pass-1k"), &up, false);
         assert!(
             plain.contains("bind fd@3") && plain.contains("nbthread 1"),
             "{plain}"
         );
         assert!(plain.contains("http-reuse always\n  server peer 10.213.0.6:8080\n"));
-        let tls = haproxy_config(&named("pass-tls-1k"), &up);
+        // At its defaults HAProxy adds nothing; the equal-output one adds what proxy-app adds.
+        assert!(!plain.contains("http-request") && !plain.contains("forwardfor"));
+        let same = haproxy_config(&named("pass-1k"), &up, true);
+        for line in [
+            "  option forwardfor\n",
+            "  http-request set-header X-Real-IP %[src]\n",
+            "  http-request set-header X-Forwarded-Proto http\n",
+            "  http-request set-header Fly-Client-IP %[src]\n",
+            "  unique-id-format %[uuid()]\n",
+            "  unique-id-header X-Request-Id\n",
+            "  http-after-response set-header X-Request-Id %[unique-id]\n",
+        ] {
+            assert!(same.contains(line), "{line} missing from {same}");
+        }
+        assert!(same.contains("bind fd@3\n  option forwardfor\n"), "{same}");
+        let equal: Vec<&str> = all()
+            .iter()
+            .filter(|s| s.peers_same_headers)
+            .map(|s| s.name)
+            .collect();
+        assert_eq!(equal, ["pass-1k", "pass-tls-1k"]);
+        let tls = haproxy_config(&named("pass-tls-1k"), &up, false);
         assert!(
             tls.contains(
                 "10.213.0.6:8443 ssl verify required ca-file ca.pem sni str(wan.tail0fake.ts.net)"
