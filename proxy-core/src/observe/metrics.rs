@@ -4,11 +4,11 @@
 //! The recorder is owned, not installed globally: embedders may run their own `metrics`
 //! recorder, and two proxies in one process (tests) must not share counters.
 
-use metrics::{Counter, Gauge, Histogram, Key, KeyName, Label, Metadata, Recorder, Unit};
+use super::histogram::DurationHistogram;
+use metrics::{Counter, Gauge, Key, KeyName, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
-use parking_lot::{Condvar, Mutex, MutexGuard, RwLock};
+use parking_lot::RwLock;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// Maps of metric handles by label values, looked up once or twice per request: hashed
@@ -167,11 +167,6 @@ pub const METRIC_NAMES: &[&str] = &[
     COMPRESSION_SAVED_BYTES,
 ];
 
-/// Histogram buckets in seconds: from a cache hit to a slow upstream.
-const BUCKETS: &[f64] = &[
-    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-];
-
 /// What happened to a fleet message on this machine ([`Metrics::fleet_event`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FleetEvent {
@@ -251,7 +246,7 @@ pub struct Metrics {
     /// rebuilds keys (label sets are bounded, so the map is too).
     sites: RwLock<HashMap<String, Arc<SiteHandles>>>,
     /// Upstream response-time histograms by upstream name, for the same reason.
-    upstream_durations: RwLock<HashMap<String, Histogram>>,
+    upstream_durations: RwLock<HashMap<String, DurationHistogram>>,
     cache_lookups: PairCounters,
     rate_limit_decisions: PairCounters,
     deny_hits: PairCounters,
@@ -265,53 +260,37 @@ pub struct Metrics {
     /// removed must lose its series, not keep its last value.
     address_up:
         RwLock<std::collections::BTreeMap<String, std::collections::BTreeMap<String, bool>>>,
-    /// Folds histogram samples into buckets between scrapes (none when disabled).
-    _upkeep: Option<Upkeep>,
 }
 
-/// How often histogram samples are folded into their buckets. The exporter keeps every
-/// sample (8 bytes) until then, so without it an unscraped proxy's memory would grow with
-/// every request.
-const UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Help of [`REQUEST_DURATION`].
+const REQUEST_DURATION_HELP: &str = "Time from request start to the last log phase, by site.";
+/// Help of [`UPSTREAM_DURATION`].
+const UPSTREAM_DURATION_HELP: &str = "Time from choosing an upstream to its response headers.";
 
-/// A thread that runs the exporter's upkeep every interval; stopped and joined on drop.
-struct Upkeep {
-    stop: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Upkeep {
-    /// `None` if the thread cannot be started: samples are then folded at each scrape.
-    fn start(handle: PrometheusHandle, interval: Duration) -> Option<Self> {
-        let stop = Arc::new((Mutex::new(false), Condvar::new()));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("metrics-upkeep".into())
-            .spawn(move || {
-                let (stopped, wake) = &*flag;
-                let mut stopped = stopped.lock();
-                while !*stopped {
-                    if wake.wait_for(&mut stopped, interval).timed_out() {
-                        MutexGuard::unlocked(&mut stopped, || handle.run_upkeep());
-                    }
-                }
-            })
-            .ok()?;
-        Some(Self {
-            stop,
-            thread: Some(thread),
-        })
+/// Writes a histogram family, its series ordered by their one label's value; nothing
+/// without series.
+fn write_histograms<'a>(
+    text: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    series: impl Iterator<Item = (&'a String, &'a DurationHistogram)>,
+) {
+    use metrics_exporter_prometheus::formatting::{
+        sanitize_label_value, write_help_line, write_type_line,
+    };
+    let mut series: Vec<_> = series.collect();
+    if series.is_empty() {
+        return;
     }
-}
-
-impl Drop for Upkeep {
-    fn drop(&mut self) {
-        *self.stop.0.lock() = true;
-        self.stop.1.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    series.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    write_help_line(text, name, None, None, help);
+    write_type_line(text, name, None, None, "histogram");
+    for (value, histogram) in series {
+        let labels = format!("{label}=\"{}\"", sanitize_label_value(value));
+        histogram.write(text, name, &labels);
     }
+    text.push('\n');
 }
 
 /// Counters with two labels, kept by label values so that a pair seen before costs two
@@ -359,7 +338,7 @@ impl PairCounters {
 
 /// The request metrics of one site.
 struct SiteHandles {
-    duration: Histogram,
+    duration: DurationHistogram,
     bytes: Counter,
     requests: RwLock<HashMap<(&'static str, u16), Counter>>,
 }
@@ -374,7 +353,7 @@ impl SiteHandles {
         };
         counter.increment(1);
         drop(requests);
-        self.duration.record(duration.as_secs_f64());
+        self.duration.record(duration);
         self.bytes.increment(bytes);
         true
     }
@@ -398,23 +377,12 @@ static METADATA: Metadata<'static> =
 impl Metrics {
     /// A fresh set of metrics, with build info set.
     pub fn new() -> Self {
-        Self::with_upkeep(Some(UPKEEP_INTERVAL))
-    }
-
-    fn with_upkeep(upkeep_interval: Option<Duration>) -> Self {
-        let builder = PrometheusBuilder::new();
-        // set_buckets only fails on an empty slice.
-        let builder = match builder.set_buckets(BUCKETS) {
-            Ok(b) => b,
-            Err(_) => PrometheusBuilder::new(),
-        };
-        let recorder = builder.build_recorder();
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let in_flight = recorder.register_gauge(&Key::from_name(REQUESTS_IN_FLIGHT), &METADATA);
         let connections = recorder.register_gauge(&Key::from_name(CLIENT_CONNECTIONS), &METADATA);
         let bans_active = recorder.register_gauge(&Key::from_name(BANS_ACTIVE), &METADATA);
         let ban_refusals = recorder.register_counter(&Key::from_name(BAN_REFUSALS), &METADATA);
-        let upkeep = upkeep_interval.and_then(|every| Upkeep::start(handle.clone(), every));
         let metrics = Self {
             enabled: true,
             recorder,
@@ -432,7 +400,6 @@ impl Metrics {
             ban_refusals,
             upstream_errors: PairCounters::new(UPSTREAM_ERRORS, ("upstream", "kind")),
             address_up: RwLock::default(),
-            _upkeep: upkeep,
         };
         metrics.describe_all();
         metrics
@@ -451,7 +418,7 @@ impl Metrics {
             enabled: false,
             in_flight: Gauge::noop(),
             connections: Gauge::noop(),
-            ..Self::with_upkeep(None)
+            ..Self::new()
         }
     }
 
@@ -537,20 +504,6 @@ impl Metrics {
             self.recorder
                 .describe_counter(KeyName::from(name), None, help.into());
         }
-        let histograms = [
-            (
-                REQUEST_DURATION,
-                "Time from request start to the last log phase, by site.",
-            ),
-            (
-                UPSTREAM_DURATION,
-                "Time from choosing an upstream to its response headers.",
-            ),
-        ];
-        for (name, help) in histograms {
-            self.recorder
-                .describe_histogram(KeyName::from(name), Some(Unit::Seconds), help.into());
-        }
         let gauges = [
             (REQUESTS_IN_FLIGHT, "Downstream requests being served now."),
             (
@@ -595,19 +548,38 @@ impl Metrics {
             .register_gauge(&Self::key(name, labels), &METADATA)
     }
 
-    fn histogram(&self, name: &'static str, labels: &[(&'static str, &str)]) -> Histogram {
-        self.recorder
-            .register_histogram(&Self::key(name, labels), &METADATA)
-    }
-
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         if !self.enabled {
             return String::new();
         }
         let mut text = self.handle.render();
+        self.render_durations(&mut text);
         self.render_address_up(&mut text);
         text
+    }
+
+    /// Appends the two duration histograms, in the exporter's format, when they have series.
+    fn render_durations(&self, text: &mut String) {
+        let sites = self.sites.read();
+        let by_site = sites
+            .iter()
+            .map(|(site, handles)| (site, &handles.duration));
+        write_histograms(
+            text,
+            REQUEST_DURATION,
+            REQUEST_DURATION_HELP,
+            "host",
+            by_site,
+        );
+        let upstreams = self.upstream_durations.read();
+        write_histograms(
+            text,
+            UPSTREAM_DURATION,
+            UPSTREAM_DURATION_HELP,
+            "upstream",
+            upstreams.iter(),
+        );
     }
 
     /// Appends `edge_upstream_address_up`, in the exporter's format, when it has series.
@@ -669,7 +641,7 @@ impl Metrics {
             return handles.clone();
         }
         let fresh = Arc::new(SiteHandles {
-            duration: self.histogram(REQUEST_DURATION, &[("host", site)]),
+            duration: DurationHistogram::default(),
             bytes: self.counter(RESPONSE_BYTES, &[("host", site)]),
             requests: RwLock::new(HashMap::default()),
         });
@@ -705,15 +677,14 @@ impl Metrics {
             return;
         }
         if let Some(histogram) = self.upstream_durations.read().get(upstream) {
-            histogram.record(elapsed.as_secs_f64());
+            histogram.record(elapsed);
             return;
         }
-        let fresh = self.histogram(UPSTREAM_DURATION, &[("upstream", upstream)]);
         self.upstream_durations
             .write()
             .entry(upstream.to_owned())
-            .or_insert(fresh)
-            .record(elapsed.as_secs_f64());
+            .or_default()
+            .record(elapsed);
     }
 
     /// A request to `upstream` failed.
@@ -1171,17 +1142,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn upkeep_between_scrapes_keeps_every_sample() {
-        let m = Metrics::with_upkeep(Some(Duration::from_millis(5)));
+    fn every_sample_is_counted_between_scrapes() {
+        let m = Metrics::new();
         for round in 0..3 {
             for _ in 0..500 {
                 m.request("docs", "GET", 200, Duration::from_millis(3), 1);
             }
             if round < 2 {
-                std::thread::sleep(Duration::from_millis(30));
+                // A scrape between the rounds changes nothing.
+                assert!(m.render().contains("edge_request_duration_seconds_count"));
             }
         }
+        m.upstream_response("b", Duration::from_millis(30));
+        m.upstream_response("a", Duration::from_millis(2));
         let text = m.render();
+        // One family each, its series ordered by label.
+        assert_eq!(
+            text.matches("# TYPE edge_upstream_response_duration_seconds histogram\n")
+                .count(),
+            1,
+            "{text}"
+        );
+        let a = text.find(r#"edge_upstream_response_duration_seconds_count{upstream="a"} 1"#);
+        let b = text.find(r#"edge_upstream_response_duration_seconds_count{upstream="b"} 1"#);
+        assert!(a.is_some() && b.is_some() && a < b, "{text}");
+        assert!(text.contains("# HELP edge_request_duration_seconds Time from request start"));
         assert!(
             text.contains(r#"edge_request_duration_seconds_count{host="docs"} 1500"#),
             "{text}"

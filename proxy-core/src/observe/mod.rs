@@ -8,6 +8,7 @@
 //! outcome), which the log line and metrics pick up at the end.
 
 mod access_log;
+mod histogram;
 mod json;
 mod log_budget;
 mod metrics;
