@@ -367,7 +367,7 @@ impl EdgeProxy {
         // `finish_response_header` applies.
         close_after_if_shutting_down(session);
         let status_name = cache_hooks::status_header_name(&ctx.cache);
-        let mut header = hit.response_header(SystemTime::now(), status_name, &HIT_PRESET)?;
+        let mut header = hit.response_header(hit.at(), status_name, &HIT_PRESET)?;
         self.intercept_upstream_error(session, &mut header, ctx)?;
         ctx.record.cache_status = Some(CacheStatus::Hit.as_str());
         self.tag_response(&mut header, ctx)?;
