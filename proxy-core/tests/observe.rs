@@ -459,3 +459,44 @@ async fn metrics_can_be_switched_off_while_the_access_log_stays() {
         "{line}"
     );
 }
+
+#[tokio::test]
+async fn cache_lookups_are_counted_by_site_and_status() {
+    let tailnet = tailnet(&["docs"]).await;
+    let extra = r#"
+[sites.pics]
+hosts = ["pics.example.com"]
+cache = { }
+[[sites.pics.locations]]
+match = "/"
+proxy = "docs"
+"#;
+    let proxy = Edge::start(&config(&tailnet, "", extra));
+    let admin = proxy.admin_addr;
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let reply = request(&proxy, "GET", "pics.example.com", "/album").await;
+        assert_eq!(reply.status, 200);
+        seen.push(reply.header("x-cache-status").unwrap_or("-").to_string());
+    }
+    assert_eq!(seen, ["MISS", "HIT", "HIT"]);
+    // The uncached site looks nothing up.
+    assert_eq!(
+        request(&proxy, "GET", "docs.example.com", "/").await.status,
+        200
+    );
+
+    let hits = r#"edge_cache_lookups_total{host="pics",cache_status="HIT"}"#;
+    let text = scrape_until(admin, |text| {
+        sample(text, hits) == Some(2.0)
+            && sample(text, r#"edge_request_duration_seconds_count{host="docs"}"#) == Some(1.0)
+    })
+    .await;
+    assert_eq!(sample(&text, hits), Some(2.0), "{text}");
+    let misses = r#"edge_cache_lookups_total{host="pics",cache_status="MISS"}"#;
+    assert_eq!(sample(&text, misses), Some(1.0), "{text}");
+    assert!(
+        !text.contains(r#"edge_cache_lookups_total{host="docs""#),
+        "{text}"
+    );
+}

@@ -5,10 +5,11 @@
 //! recorder, and two proxies in one process (tests) must not share counters.
 
 use super::histogram::DurationHistogram;
+use super::CACHE_STATUS_LABELS;
 use metrics::{Counter, Gauge, Key, KeyName, Label, Metadata, Recorder};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 use parking_lot::RwLock;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// Maps of metric handles by label values, looked up once or twice per request: hashed
@@ -341,6 +342,10 @@ struct SiteHandles {
     duration: DurationHistogram,
     bytes: Counter,
     requests: RwLock<HashMap<(&'static str, u16), Counter>>,
+    /// `edge_cache_lookups_total` of this site by the index of its cache_status label in
+    /// `CACHE_STATUS_LABELS`, each registered when first counted: found with the site's
+    /// other handles instead of by two more hashed look-ups under a lock of their own.
+    cache_lookups: [OnceLock<Counter>; CACHE_STATUS_LABELS.len()],
 }
 
 impl SiteHandles {
@@ -356,6 +361,14 @@ impl SiteHandles {
         self.duration.record(duration);
         self.bytes.increment(bytes);
         true
+    }
+
+    /// Counts a cache lookup with the cache_status label at `index`; `register` makes its
+    /// counter the first time.
+    fn cache_lookup(&self, index: usize, register: impl FnOnce() -> Counter) {
+        if let Some(counter) = self.cache_lookups.get(index) {
+            counter.get_or_init(register).increment(1);
+        }
     }
 }
 
@@ -619,21 +632,48 @@ impl Metrics {
         duration: Duration,
         body_bytes: u64,
     ) {
+        self.finished(site, method, status, duration, body_bytes, None);
+    }
+
+    /// [`Self::request`] and, when the request had one, [`Self::cache_lookup`] with
+    /// `cache_status`: the site's handles found once for both.
+    pub(crate) fn finished(
+        &self,
+        site: &str,
+        method: &'static str,
+        status: u16,
+        duration: Duration,
+        body_bytes: u64,
+        cache_status: Option<&str>,
+    ) {
         if !self.enabled {
             return;
         }
+        let cache = cache_status.map(|status| {
+            let index = super::cache_status_index(status);
+            let register = move || {
+                self.counter(
+                    CACHE_LOOKUPS,
+                    &[("host", site), ("cache_status", CACHE_STATUS_LABELS[index])],
+                )
+            };
+            (index, register)
+        });
         // Handles seen before are used under the read locks, without cloning them.
-        let recorded = self
-            .sites
-            .read()
-            .get(site)
-            .is_some_and(|handles| handles.record(method, status, duration, body_bytes));
-        if recorded {
-            return;
+        if let Some(handles) = self.sites.read().get(site) {
+            if handles.record(method, status, duration, body_bytes) {
+                if let Some((index, register)) = cache {
+                    handles.cache_lookup(index, register);
+                }
+                return;
+            }
         }
         let handles = self.site_handles(site);
         self.register_requests_counter(&handles, site, method, status);
         handles.record(method, status, duration, body_bytes);
+        if let Some((index, register)) = cache {
+            handles.cache_lookup(index, register);
+        }
     }
 
     fn site_handles(&self, site: &str) -> Arc<SiteHandles> {
@@ -644,6 +684,7 @@ impl Metrics {
             duration: DurationHistogram::default(),
             bytes: self.counter(RESPONSE_BYTES, &[("host", site)]),
             requests: RwLock::new(HashMap::default()),
+            cache_lookups: Default::default(),
         });
         self.sites
             .write()

@@ -52,20 +52,28 @@ pub fn method_label(method: &http::Method) -> &'static str {
 
 /// The cache_status label: nginx's words as themselves, anything else `other`.
 pub fn cache_status_label(status: &str) -> &'static str {
-    const KNOWN: [&str; 7] = [
-        "HIT",
-        "MISS",
-        "EXPIRED",
-        "STALE",
-        "UPDATING",
-        "REVALIDATED",
-        "BYPASS",
-    ];
-    KNOWN
+    CACHE_STATUS_LABELS[cache_status_index(status)]
+}
+
+/// The values of the cache_status label, `other` last.
+pub(crate) const CACHE_STATUS_LABELS: [&str; 8] = [
+    "HIT",
+    "MISS",
+    "EXPIRED",
+    "STALE",
+    "UPDATING",
+    "REVALIDATED",
+    "BYPASS",
+    "other",
+];
+
+/// Where [`cache_status_label`]'s value for `status` is in [`CACHE_STATUS_LABELS`].
+pub(crate) fn cache_status_index(status: &str) -> usize {
+    let known = &CACHE_STATUS_LABELS[..CACHE_STATUS_LABELS.len() - 1];
+    known
         .iter()
-        .find(|k| k.eq_ignore_ascii_case(status))
-        .copied()
-        .unwrap_or("other")
+        .position(|k| k.eq_ignore_ascii_case(status))
+        .unwrap_or(known.len())
 }
 
 /// Metrics, access log and redaction for one proxy.

@@ -159,10 +159,8 @@ impl Observability {
         let elapsed = record.started.elapsed();
         let bytes = session.body_bytes_sent() as u64;
         let metrics = self.metrics();
-        metrics.request(site, method_label(&request.method), status, elapsed, bytes);
-        if let Some(cache_status) = record.cache_status {
-            metrics.cache_lookup(site, cache_status);
-        }
+        let method = method_label(&request.method);
+        metrics.finished(site, method, status, elapsed, bytes, record.cache_status);
         if let Some(upstream) = facts.upstream {
             if let Some(time) = record.upstream_response_time {
                 metrics.upstream_response(upstream, time);
