@@ -291,6 +291,96 @@ async fn fresh_hits_keep_age_length_request_id_ranges_and_validators() {
     assert_eq!(requests(&tailnet), 1);
 }
 
+/// The head of a response on `stream`, up to its blank line (for a `HEAD`, which has no body).
+fn read_head(stream: &mut std::net::TcpStream) -> String {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+        head.push(byte[0]);
+    }
+    String::from_utf8_lossy(&head).into_owned()
+}
+
+/// A response head's fields as written, in order: (lowercase name, value).
+fn fields(head: &str) -> Vec<(String, String)> {
+    head.split("\r\n")
+        .skip(1)
+        .filter_map(|line| line.split_once(": "))
+        .map(|(name, value)| (name.to_ascii_lowercase(), value.to_string()))
+        .collect()
+}
+
+/// A fresh GET hit is written from the head kept with its entry, serialized once; a `HEAD`
+/// hit's head is built field by field. Both must say the same: the same fields in the same
+/// order with the same values, but for this moment's `Date` and `Age` and this request's id,
+/// and the `Connection` the client asked for.
+#[tokio::test]
+async fn a_hit_written_from_its_kept_head_says_what_one_built_field_by_field_does() {
+    use std::io::{Read, Write};
+    let (tailnet, proxy) = start("", "", "").await;
+    let host = "docs.example.com";
+    let path = "/kept?header=ETag:%22k1%22&header=X-Served-By:docs";
+    let first = get(&proxy, host, path).await;
+    assert_eq!(first.header("x-cache-status"), Some("MISS"));
+    let addr = proxy.addr();
+    let (gets, head, closing, closed) = tokio::task::spawn_blocking(move || {
+        let mut stream = raw_connection(addr);
+        let mut gets = Vec::new();
+        for id in ["kept-1", "kept-2"] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: {id}\r\n\r\n");
+            stream.write_all(request.as_bytes()).unwrap();
+            gets.push(read_response(&mut stream));
+        }
+        let request = format!("HEAD {path} HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: kept-3\r\n\r\n");
+        stream.write_all(request.as_bytes()).unwrap();
+        let head = read_head(&mut stream);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}\r\nX-Request-Id: kept-4\r\nConnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).unwrap();
+        let closing = read_response(&mut stream);
+        let closed = matches!(stream.read(&mut [0u8; 1]), Ok(0));
+        (gets, head, closing, closed)
+    })
+    .await
+    .unwrap();
+
+    let built = fields(&head);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    let names = |fields: &[(String, String)]| -> Vec<String> {
+        fields.iter().map(|(name, _)| name.clone()).collect()
+    };
+    let moment = ["date", "age", "x-request-id"];
+    for (response, id, connection) in [
+        (&gets[0], "kept-1", "keep-alive"),
+        (&gets[1], "kept-2", "keep-alive"),
+        (&closing, "kept-4", "close"),
+    ] {
+        assert!(response.starts_with("HTTP/1.1 200 OK\r\n"), "{response}");
+        assert!(response.ends_with(&first.body), "{response}");
+        let (head, _) = response.split_once("\r\n\r\n").unwrap();
+        let kept = fields(head);
+        assert_eq!(names(&kept), names(&built), "{response}");
+        for ((name, value), (_, built_value)) in kept.iter().zip(&built) {
+            match name.as_str() {
+                "x-request-id" => assert_eq!(value, id),
+                "connection" => assert_eq!(value, connection),
+                name if moment.contains(&name) => assert!(!value.is_empty()),
+                _ => assert_eq!(value, built_value, "{name}"),
+            }
+        }
+    }
+    assert!(fields(&head).contains(&("x-request-id".into(), "kept-3".into())));
+    assert!(fields(&head).contains(&("x-served-by".into(), "docs".into())));
+    assert!(fields(&head).contains(&("x-cache-status".into(), "HIT".into())));
+    assert!(
+        closed,
+        "the connection stays open after `Connection: close`"
+    );
+    assert_eq!(requests(&tailnet), 1);
+}
+
 #[tokio::test]
 async fn a_head_miss_never_stores_an_empty_body_for_get() {
     let (tailnet, proxy) = start("", "", "").await;

@@ -23,6 +23,7 @@ use pingora::cache::storage::{
 use pingora::cache::trace::SpanHandle;
 use pingora::cache::{CacheEntryKeyRef, CacheKey, CacheMeta};
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::v1::server::PreparedHead;
 use pingora::{Error, ErrorType, Result};
 use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -181,6 +182,10 @@ struct HitHeader {
     age: u64,
     date_secs: u64,
     header: ResponseHeader,
+    /// The header without `preset`, serialized once for all hits that take a session's
+    /// prepared-head path; `None` where such a head cannot be sent (see
+    /// [`PreparedHead::new`]).
+    prepared: Option<PreparedHead>,
 }
 
 #[derive(Clone, Copy)]
@@ -651,6 +656,28 @@ impl FreshHit {
         status_name: Option<&http::HeaderName>,
         preset: &'static [(http::HeaderName, http::HeaderValue)],
     ) -> Result<ResponseHeader> {
+        Ok(self.hit_header(now, status_name, preset)?.header.clone())
+    }
+
+    /// The header of [`Self::response_header`] without `preset`, serialized for a session
+    /// to write as it is ([`PreparedHead`]), the caller adding `preset`'s fields with their
+    /// values for this response; built with it, once per entry and second. `None` where
+    /// such a head cannot be sent, and the hit takes [`Self::response_header`].
+    pub fn prepared_head(
+        &self,
+        now: SystemTime,
+        status_name: Option<&http::HeaderName>,
+        preset: &'static [(http::HeaderName, http::HeaderValue)],
+    ) -> Result<Option<PreparedHead>> {
+        Ok(self.hit_header(now, status_name, preset)?.prepared.clone())
+    }
+
+    fn hit_header(
+        &self,
+        now: SystemTime,
+        status_name: Option<&http::HeaderName>,
+        preset: &'static [(http::HeaderName, http::HeaderValue)],
+    ) -> Result<Arc<HitHeader>> {
         let age = now
             .duration_since(self.entry.meta.updated)
             .unwrap_or_default()
@@ -665,7 +692,7 @@ impl FreshHit {
                 && kept.status_name.as_ref() == status_name
                 && std::ptr::eq(kept.preset, preset)
             {
-                return Ok(kept.header.clone());
+                return Ok(kept.clone());
             }
         }
         let mut header = self.entry.meta.header.clone();
@@ -679,18 +706,21 @@ impl FreshHit {
         }
         header.insert_header(http::header::AGE, age)?;
         header.insert_header(http::header::DATE, httpdate::fmt_http_date(now))?;
+        header.set_version(http::Version::HTTP_11);
+        let prepared = PreparedHead::new(Arc::new(header.clone()));
         for (name, value) in preset {
             header.insert_header(name.clone(), value.clone())?;
         }
-        header.set_version(http::Version::HTTP_11);
-        self.entry.hit_header.store(Some(Arc::new(HitHeader {
+        let kept = Arc::new(HitHeader {
             status_name: status_name.cloned(),
             preset,
             age,
             date_secs,
-            header: header.clone(),
-        })));
-        Ok(header)
+            header,
+            prepared,
+        });
+        self.entry.hit_header.store(Some(kept.clone()));
+        Ok(kept)
     }
 
     /// The time the entry was found fresh at, for the header sent with it (one clock read
@@ -1006,6 +1036,26 @@ mod tests {
             header.insert_header("x-request-id", "r1").unwrap();
             assert_eq!(header.headers.get_all("x-request-id").iter().count(), 1);
         }
+        // The prepared head is the same header without the presets, made with it.
+        let at = now + Duration::from_secs(5);
+        let prepared = hit
+            .prepared_head(at, Some(&status), &PRESET)
+            .unwrap()
+            .unwrap();
+        let mut built = hit.response_header(at, Some(&status), &PRESET).unwrap();
+        built.remove_header("x-request-id");
+        assert_eq!(prepared.header().headers, built.headers);
+        assert_eq!(prepared.content_length(), 5);
+        let again = hit
+            .prepared_head(at, Some(&status), &PRESET)
+            .unwrap()
+            .unwrap();
+        assert!(Arc::ptr_eq(prepared.header(), again.header()));
+        let later = hit.prepared_head(at + Duration::from_secs(1), Some(&status), &PRESET);
+        assert!(!Arc::ptr_eq(
+            prepared.header(),
+            later.unwrap().unwrap().header()
+        ));
         let other = http::HeaderName::from_static("x-edge-cache");
         let header = hit.response_header(now, Some(&other), &[]).unwrap();
         assert_eq!(header.headers.get("x-edge-cache").unwrap(), "HIT");

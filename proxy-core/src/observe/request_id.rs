@@ -43,6 +43,11 @@ impl RequestId {
     pub(crate) fn header_value(&self) -> http::HeaderValue {
         self.0.clone()
     }
+
+    /// The id as a header value to send, not copied.
+    pub(crate) fn header_value_ref(&self) -> &http::HeaderValue {
+        &self.0
+    }
 }
 
 /// The request's id: its own `X-Request-Id` if well-formed, else a new random UUID.

@@ -54,7 +54,9 @@ use crate::upstream::{apply_forwarded_headers, BufferedBody, HeaderVars, Receive
 
 /// Headers set on a fresh hit's header after it is built: the request id (by
 /// `tag_response`) and `Connection` (by Pingora, which also sets `Date`). A kept hit header
-/// carries them already, so setting them replaces a value.
+/// carries them already, so setting them replaces a value. A hit written from the kept
+/// head serialized (`write_prepared_response`) gets the same two after that head:
+/// `Connection` from the session, the request id as its extra field.
 static HIT_PRESET: [(http::HeaderName, http::HeaderValue); 2] = [
     (
         http::header::CONNECTION,
@@ -366,10 +368,26 @@ impl EdgeProxy {
         // fresh hit carries no visitor's cookies, so nothing else of
         // `finish_response_header` applies.
         close_after_if_shutting_down(session);
+        ctx.record.cache_status = Some(CacheStatus::Hit.as_str());
         let status_name = cache_hooks::status_header_name(&ctx.cache);
+        // Without plugins to see the header or an error page to put in its place, the head
+        // kept with the entry is written as it was serialized, the request id after it
+        // (HTTP/1; the session says whether it could).
+        if self.plugins(ctx).is_none() {
+            if let Some(head) = hit.prepared_head(hit.at(), status_name, &HIT_PRESET)? {
+                let id = ctx.record.request_id.header_value_ref();
+                if !intercepts_error(ctx, head.header().status.as_u16())
+                    && session
+                        .as_downstream_mut()
+                        .write_prepared_response(&head, &[(&REQUEST_ID_HEADER, id)], &hit.body())
+                        .await?
+                {
+                    return Ok(());
+                }
+            }
+        }
         let mut header = hit.response_header(hit.at(), status_name, &HIT_PRESET)?;
         self.intercept_upstream_error(session, &mut header, ctx)?;
-        ctx.record.cache_status = Some(CacheStatus::Hit.as_str());
         self.tag_response(&mut header, ctx)?;
         let body = match std::mem::take(&mut ctx.response_body) {
             ResponseBody::Replaced(page) => page,
@@ -400,12 +418,7 @@ impl EdgeProxy {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = header.status.as_u16();
-        let intercepts = ctx
-            .route
-            .location
-            .as_deref()
-            .is_some_and(|l| l.intercepts_errors());
-        if !intercepts || status < 400 {
+        if !intercepts_error(ctx, status) {
             return Ok(());
         }
         let Some(page) = ctx.route.site.as_deref().and_then(|s| s.error_page(status)) else {
@@ -992,6 +1005,17 @@ fn offline_policy(ctx: &RequestCtx) -> Option<&crate::route::OfflinePolicy> {
 /// Has a response written while the server shuts down (SIGTERM, or SIGQUIT after a binary
 /// upgrade) say `Connection: close`, as nginx's do: the connection closes after it, and a
 /// client told to keep it alive would send its next request into that close.
+/// Whether the location intercepts errors (`intercept_errors`) and `status` is one: the
+/// site's page for it, if it has one, then takes the response's place.
+fn intercepts_error(ctx: &RequestCtx, status: u16) -> bool {
+    status >= 400
+        && ctx
+            .route
+            .location
+            .as_deref()
+            .is_some_and(|l| l.intercepts_errors())
+}
+
 fn close_after_if_shutting_down(session: &mut Session) {
     if session.is_process_shutting_down() {
         session.set_keepalive(None);

@@ -1214,6 +1214,13 @@ fn header_to_h1_wire(key_map: Option<&CaseMap>, value_map: &HMap, buf: &mut impl
     }
 }
 
+/// Patched in: how a field named `name` is written on HTTP/1 once inserted into a header,
+/// with or without a case map: title case for a standard name, as it is (lowercase) for
+/// another. For writing fields after a head serialized before.
+pub fn h1_wire_name(name: &HeaderName) -> &str {
+    titled_name(name)
+}
+
 /// The name as written on HTTP/1 without a case map: title case for standard headers.
 #[inline(always)]
 fn titled_name(name: &HeaderName) -> &str {

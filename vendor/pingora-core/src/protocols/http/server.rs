@@ -249,6 +249,22 @@ impl Session {
         }
     }
 
+    /// Writes a whole response from a head serialized before, with `extra` fields, where the
+    /// session can (patched in): see [`SessionV1::write_prepared_response`]. Gives `false`,
+    /// having done nothing, where it cannot, always on HTTP/2 and the other sessions; the
+    /// caller then writes the response by [`Self::write_response_header`].
+    pub async fn write_prepared_response(
+        &mut self,
+        head: &super::v1::server::PreparedHead,
+        extra: &[(&http::HeaderName, &HeaderValue)],
+        body: &Bytes,
+    ) -> Result<bool> {
+        match self {
+            Self::H1(s) => s.write_prepared_response(head, extra, body).await,
+            _ => Ok(false),
+        }
+    }
+
     /// Write the response body to client
     pub async fn write_response_body(&mut self, data: Bytes, end: bool) -> Result<()> {
         if data.is_empty() && !end {

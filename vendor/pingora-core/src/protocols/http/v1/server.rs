@@ -29,6 +29,7 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 use std::collections::VecDeque;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -42,6 +43,85 @@ use crate::protocols::http::{
 };
 use crate::protocols::{Digest, SocketAddr, Stream};
 use crate::utils::{BufRef, KVRef};
+
+/// The response head a session wrote (patched in): its own, or one shared with other
+/// sessions ([`PreparedHead`]).
+#[derive(Debug)]
+enum WrittenHead {
+    Owned(Box<ResponseHeader>),
+    Shared(Arc<ResponseHeader>),
+}
+
+impl std::ops::Deref for WrittenHead {
+    type Target = ResponseHeader;
+
+    fn deref(&self) -> &ResponseHeader {
+        match self {
+            Self::Owned(header) => header,
+            Self::Shared(header) => header,
+        }
+    }
+}
+
+/// A response head serialized once, to be written for many responses (patched in): a
+/// cache's stored head, say, sent with every hit on it. [`HttpSession::write_prepared_response`]
+/// writes it with the fields given per response and the `Connection` field the session
+/// decides, without copying the header or serializing it again; [`HttpSession::response_written`]
+/// then shows the header shared.
+#[derive(Clone, Debug)]
+pub struct PreparedHead {
+    header: Arc<ResponseHeader>,
+    /// The status line and the fields, without the blank line that ends the head.
+    wire: Bytes,
+    content_length: usize,
+}
+
+impl PreparedHead {
+    /// `header` serialized for HTTP/1.1, or `None` if it cannot be sent this way: not an
+    /// HTTP/1.1 head, an informational, `204` or `304` status, a body not framed by one
+    /// `Content-Length`, a `Transfer-Encoding` or `Connection` field, or no `Date` (a
+    /// prepared head carries its own date; the session adds none).
+    pub fn new(header: Arc<ResponseHeader>) -> Option<Self> {
+        let status = header.status;
+        if header.version != Version::HTTP_11
+            || status.is_informational()
+            || status == http::StatusCode::NO_CONTENT
+            || status == http::StatusCode::NOT_MODIFIED
+        {
+            return None;
+        }
+        let fields = &header.headers;
+        if fields.contains_key(TRANSFER_ENCODING)
+            || fields.contains_key(header::CONNECTION)
+            || !fields.contains_key(header::DATE)
+        {
+            return None;
+        }
+        let mut lengths = fields.get_all(CONTENT_LENGTH).iter();
+        let content_length = lengths.next()?.to_str().ok()?.parse::<usize>().ok()?;
+        if lengths.next().is_some() {
+            return None;
+        }
+        let mut wire = BytesMut::with_capacity(INIT_HEADER_BUF_SIZE);
+        http_resp_header_to_buf(&header, &mut wire).ok()?;
+        wire.truncate(wire.len() - CRLF.len());
+        Some(PreparedHead {
+            header,
+            wire: wire.freeze(),
+            content_length,
+        })
+    }
+
+    /// The header as it was prepared.
+    pub fn header(&self) -> &Arc<ResponseHeader> {
+        &self.header
+    }
+
+    /// The body length its `Content-Length` gives.
+    pub fn content_length(&self) -> usize {
+        self.content_length
+    }
+}
 
 /// Tracks which writer is currently processing a task.
 ///
@@ -107,7 +187,7 @@ pub struct HttpSession {
     /// How long to wait to make downstream session reusable, if body needs to be drained.
     total_drain_timeout: Option<Duration>,
     /// A copy of the response that is already written to the client
-    response_written: Option<Box<ResponseHeader>>,
+    response_written: Option<WrittenHead>,
     /// The parsed request header
     request_header: Option<Box<RequestHeader>>,
     /// Patched in: the request head as read had neither `Transfer-Encoding` nor
@@ -821,7 +901,7 @@ impl HttpSession {
                         .await
                         .or_err(WriteError, "flushing response header")?;
                 }
-                self.response_written = Some(header);
+                self.response_written = Some(WrittenHead::Owned(header));
                 Ok(())
             }
             Err(e) => Error::e_because(WriteError, "writing response header", e),
@@ -1114,6 +1194,75 @@ impl HttpSession {
     /// Same as [`Self::write_response_header()`] but takes a reference.
     pub async fn write_response_header_ref(&mut self, resp: &ResponseHeader) -> Result<()> {
         self.write_response_header(Box::new(resp.clone())).await
+    }
+
+    /// Writes a whole response from a head serialized before (patched in): `head`, then
+    /// `Connection` as the session decides it, then the `extra` fields, then `body`, in one
+    /// output, the header neither copied nor serialized again. Gives `false`, having done
+    /// nothing, where such a response is not what [`Self::write_response_header`] would send
+    /// for it, so that the caller writes it that way instead: a response (or an
+    /// informational one) already written, a `HEAD` or upgrade request, the session's
+    /// `Date` and `Connection` updates off, a body whose length is not the head's
+    /// `Content-Length`, or an `extra` field the head already has (it would be replaced, not
+    /// added).
+    pub async fn write_prepared_response(
+        &mut self,
+        head: &PreparedHead,
+        extra: &[(&http::HeaderName, &HeaderValue)],
+        body: &Bytes,
+    ) -> Result<bool> {
+        if self.response_written.is_some()
+            || !self.update_resp_headers
+            || body.len() != head.content_length
+            || self.get_method() == Some(&Method::HEAD)
+            || self.is_upgrade_req()
+            || extra
+                .iter()
+                .any(|(name, _)| head.header.headers.contains_key(*name))
+        {
+            return Ok(false);
+        }
+        // As `prepare_response_header` does for any response.
+        if self.close_on_response_before_downstream_finish
+            && (self.request_header.is_none() || !self.is_body_done())
+        {
+            self.set_keepalive(None);
+        }
+        let connection: &[u8] = if self.will_keepalive() {
+            b"Connection: keep-alive\r\n"
+        } else {
+            b"Connection: close\r\n"
+        };
+        let extra_len: usize = extra
+            .iter()
+            .map(|(name, value)| name.as_str().len() + value.len() + 4)
+            .sum();
+        let mut wire =
+            BytesMut::with_capacity(head.wire.len() + connection.len() + extra_len + CRLF.len());
+        wire.put_slice(&head.wire);
+        wire.put_slice(connection);
+        for (name, value) in extra {
+            wire.put_slice(pingora_http::h1_wire_name(name).as_bytes());
+            wire.put_slice(b": ");
+            wire.put_slice(value.as_bytes());
+            wire.put_slice(CRLF);
+        }
+        wire.put_slice(CRLF);
+        self.body_writer.init_content_length(head.content_length);
+        let limit = self.write_timeout(wire.len() + body.len());
+        let write = self
+            .body_writer
+            .write_whole_with_head(&mut self.underlying_stream, &wire, body);
+        let written = match limit {
+            Some(t) => match timeout(t, write).await {
+                Ok(res) => res,
+                Err(_) => Error::e_explain(WriteTimedout, format!("writing body, timeout: {t:?}")),
+            },
+            None => write.await,
+        }?;
+        self.body_bytes_sent += written;
+        self.response_written = Some(WrittenHead::Shared(head.header.clone()));
+        Ok(true)
     }
 
     async fn do_write_body(&mut self, buf: &[u8]) -> Result<Option<usize>> {
@@ -1801,7 +1950,7 @@ impl HttpSession {
             None => write.await,
         }?;
         self.body_bytes_sent += written;
-        self.response_written = Some(header);
+        self.response_written = Some(WrittenHead::Owned(header));
         Ok(())
     }
 
@@ -1935,7 +2084,7 @@ impl HttpSession {
                     .expect("writer state present")
                 {
                     ProxyTaskWriter::WritingHeader(header, end) => {
-                        self.response_written = Some(header);
+                        self.response_written = Some(WrittenHead::Owned(header));
                         end_stream = end;
                     }
                     ProxyTaskWriter::WritingBody(end) => {
@@ -4347,7 +4496,7 @@ mod test_abort_on_close {
 
         // Simulate that a response header has already been sent.
         let resp = ResponseHeader::build(200, None).unwrap();
-        s.response_written = Some(Box::new(resp));
+        s.response_written = Some(WrittenHead::Owned(Box::new(resp)));
         let err = s.read_body_or_idle(true).await.unwrap_err();
         let msg = format!("{err}");
         assert!(
