@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Load-tests proxy-app against a local fake tailnet, side by side with nginx (and HAProxy
 # and Caddy in the pass-through scenarios), and writes benches/RESULTS.md and the chart
-# benches/RESULTS.svg. Installs nginx, haproxy, caddy, wrk and valgrind if missing (pass-1k,
+# benches/RESULTS.svg. Installs nginx, haproxy, caddy, wrk, h2load (nghttp2-client) and valgrind
+# if missing (the *-paced scenarios send a set rate with h2load; pass-1k,
 # cache-hit-defaults-1k, banned and observed-1k count instructions per request under callgrind).
 # Loopback only, except the wan-* scenarios; bounded in time.
 #
@@ -20,7 +21,7 @@
 #   benches/run.sh --scenarios wan-pass-1k,wan-pass-tls-1k --netem-delay 50ms
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/ensure-packages.sh cmake clang nginx haproxy caddy wrk valgrind
+scripts/ensure-packages.sh cmake clang nginx haproxy caddy wrk nghttp2-client valgrind
 
 profile=release
 out=(--out benches/RESULTS.md)

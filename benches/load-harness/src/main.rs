@@ -32,7 +32,7 @@ mod train;
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
-use measure::{children, cpu_seconds, peak_rss_mib, wrk, CoreTimes, Load, Sample};
+use measure::{children, cpu_seconds, drive, peak_rss_mib, CoreTimes, Load, Sample};
 use netns::{DelayMethod, Netns};
 use report::{
     FillRow, Report, Row, BASELINE, CADDY, DIRECT, HAPROXY, HAPROXY_SAME, LAZY_COMMIT, NGINX,
@@ -301,7 +301,7 @@ fn measure_direct(
 ) -> Result<Vec<Sample>> {
     let url = format!("http://{}/bench?size=1024", up.http);
     (0..rounds)
-        .map(|_| wrk(&url, up.fqdn, &[], Load::saturating(connections), duration))
+        .map(|_| drive(&url, up.fqdn, &[], Load::saturating(connections), duration))
         .collect()
 }
 
@@ -513,7 +513,7 @@ impl Server {
         let load_core = LOAD_PINNED.load(Ordering::Relaxed).then_some(LOAD_CORE);
         let load_before = load_core.and_then(CoreTimes::now);
         let url = format!("http://{}{}", self.addr, s.path());
-        let mut sample = wrk(&url, &s.host(), s.headers(), s.load(), duration)?;
+        let mut sample = drive(&url, &s.host(), s.headers(), s.load(), duration)?;
         sample.cpu_seconds = cpu_seconds(&pids) - before;
         sample.load_core_busy = load_core
             .and_then(CoreTimes::now)
@@ -669,7 +669,7 @@ fn measure_wan_direct(s: &Scenario, up: &Upstream<'_>, duration: Duration) -> Re
         Work::PassThroughTls => format!("https://{}{}", up.https, s.path()),
         _ => format!("http://{}{}", up.http, s.path()),
     };
-    wrk(&url, up.fqdn, &[], s.load(), duration)
+    drive(&url, up.fqdn, &[], s.load(), duration)
 }
 
 /// Starts proxy-app for `s` with `env` added; `tag` tells its files apart from another

@@ -2,7 +2,7 @@
 //! wrk, CPU time and peak memory from /proc.
 
 use anyhow::{bail, Context, Result};
-use std::io::Write;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -38,41 +38,53 @@ impl Sample {
     }
 }
 
-/// What wrk sends: how many connections, and how long each waits between a response and
-/// its next request.
+/// What the load generator sends: how many connections, and at what rate.
 #[derive(Debug, Clone, Copy)]
 pub struct Load {
     pub connections: u32,
-    /// Milliseconds, 0 for none (each connection sends its next request at once).
-    pub pause_ms: u64,
+    /// Requests per second over all connections, 0 for as many as the server answers (each
+    /// connection sends its next request as soon as it has the response).
+    pub rate: u32,
 }
 
 impl Load {
-    /// `connections`, none pausing.
+    /// `connections`, each sending its next request at once.
     pub fn saturating(connections: u32) -> Load {
         Load {
             connections,
-            pause_ms: 0,
+            rate: 0,
         }
-    }
-
-    /// The wrk script that makes each connection pause, if it pauses: wrk calls `delay()`
-    /// before each request and waits that many milliseconds.
-    pub fn script(&self) -> Option<String> {
-        (self.pause_ms > 0).then(|| format!("function delay()\n  return {}\nend\n", self.pause_ms))
     }
 }
 
-/// Runs wrk against `url` with `Host: host` and `headers` and parses its report.
-pub fn wrk(
+/// Sends `load` to `url` with `Host: host` and `headers` for `duration` and reads what came
+/// back. As many requests as the server answers go through wrk; a set rate through h2load,
+/// whose per-connection timer keeps it. (wrk paces only by pausing whole milliseconds
+/// between a response and the next request, which bunches requests on its millisecond
+/// clock: a server answering within the millisecond got fewer requests than a slower one,
+/// so the two were not compared at equal load.)
+pub fn drive(
     url: &str,
     host: &str,
     headers: &[&str],
     load: Load,
     duration: Duration,
 ) -> Result<Sample> {
-    let (mut command, _script) = wrk_command(url, host, headers, load, duration)?;
-    let out = command
+    match load.rate {
+        0 => wrk(url, host, headers, load.connections, duration),
+        _ => h2load(url, host, headers, load, duration),
+    }
+}
+
+/// Runs wrk against `url` with `Host: host` and `headers` and parses its report.
+fn wrk(
+    url: &str,
+    host: &str,
+    headers: &[&str],
+    connections: u32,
+    duration: Duration,
+) -> Result<Sample> {
+    let out = wrk_command(url, host, headers, connections, duration)
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -86,35 +98,156 @@ pub fn wrk(
     parse_wrk(&text)
 }
 
-/// wrk's command line for a run, and the script file it reads (kept until the run ends).
+/// wrk's command line for a run.
 fn wrk_command(
     url: &str,
     host: &str,
     headers: &[&str],
-    load: Load,
+    connections: u32,
     duration: Duration,
-) -> Result<(Command, Option<tempfile::NamedTempFile>)> {
+) -> Command {
     let mut command = Command::new("wrk");
     command
         .args(["-t1", "--latency", "--timeout", "5s"])
-        .arg(format!("-c{}", load.connections))
+        .arg(format!("-c{connections}"))
         .arg(format!("-d{}s", duration.as_secs().max(1)))
         .args(["-H", &format!("Host: {host}")]);
     for header in headers {
         command.args(["-H", header]);
     }
-    let script = match load.script() {
-        Some(text) => {
-            let mut file = tempfile::Builder::new().suffix(".lua").tempfile()?;
-            file.write_all(text.as_bytes())?;
-            file.flush()?;
-            command.arg("-s").arg(file.path());
-            Some(file)
-        }
-        None => None,
-    };
     command.arg(url);
-    Ok((command, script))
+    command
+}
+
+/// Runs h2load over HTTP/1.1 at `load`'s rate and reads its report and per-request log.
+fn h2load(
+    url: &str,
+    host: &str,
+    headers: &[&str],
+    load: Load,
+    duration: Duration,
+) -> Result<Sample> {
+    let log = tempfile::Builder::new().suffix(".tsv").tempfile()?;
+    let out = h2load_command(url, host, headers, load, duration, log.path())
+        .output()
+        .context("running h2load (apt-get install nghttp2-client)")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!(
+            "h2load failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut sample = parse_h2load(&text)?;
+    let latencies = read_h2load_log(&std::fs::read_to_string(log.path())?)?;
+    sample.p50 = percentile(&latencies, 50.0);
+    sample.p99 = percentile(&latencies, 99.0);
+    Ok(sample)
+}
+
+/// h2load's command line for a run: one thread, `--rps` per connection, the run's length,
+/// and a log of every request's latency.
+fn h2load_command(
+    url: &str,
+    host: &str,
+    headers: &[&str],
+    load: Load,
+    duration: Duration,
+    log: &Path,
+) -> Command {
+    let mut command = Command::new("h2load");
+    command
+        .args(["--h1", "-t1"])
+        .arg(format!("-c{}", load.connections))
+        .arg(format!(
+            "--rps={}",
+            f64::from(load.rate) / f64::from(load.connections.max(1))
+        ))
+        .arg(format!("-D{}", duration.as_secs().max(1)))
+        .arg("--log-file")
+        .arg(log)
+        .args(["-H", &format!(":authority: {host}")]);
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    command.arg(url);
+    command
+}
+
+/// Parses h2load's summary: requests/s, requests done, errors and non-2xx/3xx responses.
+fn parse_h2load(text: &str) -> Result<Sample> {
+    let mut sample = Sample::default();
+    let mut seen = (false, false);
+    for line in text.lines().map(str::trim) {
+        if let Some(rest) = line.strip_prefix("finished in ") {
+            // `finished in 5.00s, 15000.20 req/s, 17.66MB/s`
+            let rps = rest
+                .split(", ")
+                .find_map(|f| f.strip_suffix(" req/s"))
+                .with_context(|| format!("h2load: no req/s in `{line}`"))?;
+            sample.rps = rps.parse().with_context(|| format!("h2load: `{line}`"))?;
+            seen.0 = true;
+        } else if let Some(rest) = line.strip_prefix("requests: ") {
+            // `75000 total, 75000 started, 75000 done, 75000 succeeded, 0 failed, 0 errored, 0 timeout`
+            for field in rest.split(", ") {
+                let Some((count, what)) = field.split_once(' ') else {
+                    continue;
+                };
+                let count: u64 = count.parse().with_context(|| format!("h2load: `{line}`"))?;
+                match what {
+                    "done" => sample.requests = count,
+                    "errored" | "timeout" => sample.errors += count,
+                    _ => {}
+                }
+            }
+            seen.1 = true;
+        } else if let Some(rest) = line.strip_prefix("status codes: ") {
+            // `75000 2xx, 0 3xx, 0 4xx, 0 5xx`
+            sample.non_2xx = rest
+                .split(", ")
+                .filter_map(|f| f.split_once(' '))
+                .filter(|(_, class)| matches!(*class, "4xx" | "5xx"))
+                .filter_map(|(count, _)| count.parse::<u64>().ok())
+                .sum();
+        }
+    }
+    if seen != (true, true) {
+        bail!("unexpected h2load output:\n{text}");
+    }
+    Ok(sample)
+}
+
+/// The latencies of the requests answered, from h2load's `--log-file`: each line is a
+/// request's start (µs since the epoch), its status (-1 for a failed request) and the
+/// microseconds until its response ended, tab-separated.
+fn read_h2load_log(text: &str) -> Result<Vec<Duration>> {
+    let mut latencies = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        let fields: Vec<&str> = line.split('\t').collect();
+        let (Some(status), Some(micros)) = (fields.get(1), fields.get(2)) else {
+            bail!("h2load log: unexpected line `{line}`");
+        };
+        if status.trim() == "-1" {
+            continue;
+        }
+        let micros: u64 = micros
+            .trim()
+            .parse()
+            .with_context(|| format!("h2load log: `{line}`"))?;
+        latencies.push(Duration::from_micros(micros));
+    }
+    latencies.sort_unstable();
+    Ok(latencies)
+}
+
+/// The `p`th percentile of sorted values (nearest rank), zero for none.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 /// Parses wrk's `--latency` report.
@@ -272,7 +405,7 @@ mod tests {
 
     const REPORT: &str = "Running 2s test @ http://127.0.0.1:8080/\n  1 threads and 32 connections\n  Thread Stats   Avg      Stdev     Max   +/- Stdev\n    Latency     1.50ms  300.00us   9.00ms   90.00%\n    Req/Sec    21.00k     1.00k   23.00k    70.00%\n  Latency Distribution\n     50%    1.45ms\n     75%    1.60ms\n     90%    1.80ms\n     99%    2.50ms\n  42000 requests in 2.00s, 50.00MB read\n  Socket errors: connect 0, read 2, write 0, timeout 1\n  Non-2xx or 3xx responses: 7\nRequests/sec:  21000.00\nTransfer/sec:     25.00MB\n";
 
-    /// The arguments of a wrk command, as strings.
+    /// The arguments of a command, as strings.
     fn args(command: &Command) -> Vec<String> {
         command
             .get_args()
@@ -281,26 +414,55 @@ mod tests {
     }
 
     #[test]
-    fn a_paced_load_hands_wrk_a_script_that_delays_each_request() {
-        let second = Duration::from_secs(1);
-        let paced = Load {
+    fn a_set_rate_is_split_over_h2loads_connections_and_logged() {
+        let second = Duration::from_secs(2);
+        let load = Load {
             connections: 32,
-            pause_ms: 3,
+            rate: 12_000,
         };
-        let (command, script) = wrk_command("http://a/", "h", &[], paced, second).unwrap();
-        let script = script.expect("a paced run has a script");
+        let command = h2load_command(
+            "http://a/",
+            "h",
+            &["Accept-Encoding: gzip"],
+            load,
+            second,
+            Path::new("/l.tsv"),
+        );
+        assert_eq!(command.get_program(), "h2load");
         let given = args(&command);
-        let at = given.iter().position(|a| a == "-s").expect("-s");
-        assert_eq!(given[at + 1], script.path().to_string_lossy());
+        for arg in ["--h1", "-t1", "-c32", "--rps=375", "-D2", ":authority: h"] {
+            assert!(given.contains(&arg.to_string()), "{arg} in {given:?}");
+        }
+        let at = given.iter().position(|a| a == "--log-file").unwrap();
+        assert_eq!(given[at + 1], "/l.tsv");
+        assert!(given.contains(&"Accept-Encoding: gzip".to_string()));
         assert_eq!(given.last().unwrap(), "http://a/", "the URL comes last");
-        assert!(given.contains(&"-c32".to_string()));
-        let text = std::fs::read_to_string(script.path()).unwrap();
-        assert_eq!(text, "function delay()\n  return 3\nend\n");
 
-        let (command, script) =
-            wrk_command("http://a/", "h", &[], Load::saturating(32), second).unwrap();
-        assert!(script.is_none());
-        assert!(!args(&command).contains(&"-s".to_string()));
+        let given = args(&wrk_command("http://a/", "h", &[], 32, second));
+        assert!(given.contains(&"-c32".to_string()) && given.contains(&"-d2s".to_string()));
+        assert!(!given.iter().any(|a| a.contains("rps")));
+    }
+
+    #[test]
+    fn parses_an_h2load_report_and_its_log() {
+        let report = "starting benchmark...\nspawning thread #0: 32 total client(s). Timing-based test with 0s of warm-up time and 2s of main duration for measurements.\nWarm-up phase is over for thread #0.\nMain benchmark duration is over for thread #0. Stopping all clients.\nStopped all clients for thread #0\n\nfinished in 2.00s, 11999.50 req/s, 14.17MB/s\nrequests: 24000 total, 24010 started, 23999 done, 23990 succeeded, 9 failed, 2 errored, 1 timeout\nstatus codes: 23990 2xx, 0 3xx, 3 4xx, 4 5xx\ntraffic: 28.34MB (29717960) total, 5.56MB (5832000) headers (space savings 0.00%), 23.44MB (24576000) data\n";
+        let s = parse_h2load(report).unwrap();
+        assert!((s.rps - 11_999.5).abs() < 0.01);
+        assert_eq!((s.requests, s.errors, s.non_2xx), (23_999, 3, 7));
+        assert!(parse_h2load("connect failed\n").is_err());
+
+        // 100 answered requests of 1..=100 µs, in completion order, and one failed.
+        let mut log: String = (1..=100u64)
+            .rev()
+            .map(|us| format!("1700000000{us:06}\t200\t{us}\n"))
+            .collect();
+        log.push_str("1700000000000101\t-1\t5000000\n");
+        let latencies = read_h2load_log(&log).unwrap();
+        assert_eq!(latencies.len(), 100);
+        assert_eq!(percentile(&latencies, 50.0), Duration::from_micros(50));
+        assert_eq!(percentile(&latencies, 99.0), Duration::from_micros(99));
+        assert_eq!(percentile(&[], 99.0), Duration::ZERO);
+        assert!(read_h2load_log("garbage\n").is_err());
     }
 
     #[test]

@@ -68,10 +68,10 @@ pub struct Scenario {
     /// The upstream answers each request after this many milliseconds (the fake peer's
     /// `delay_ms`), 0 for at once.
     pub upstream_delay_ms: u64,
-    /// Each client connection waits this many milliseconds between a response and its next
-    /// request (wrk's `delay()`), 0 for none: the servers then get about the same request
-    /// rate, below what either can serve, and their latencies compare at equal load.
-    pub pause_ms: u64,
+    /// Requests per second over all client connections (sent by h2load), 0 for as many as
+    /// the server answers (wrk): at a set rate below what any of them can serve, the servers
+    /// get the same load and their latencies compare.
+    pub rate: u32,
     /// Every request accepts gzip, and both servers compress `text/plain` with gzip at
     /// level 1 (nginx's `gzip on` default level): proxy-app once, when it stores the
     /// object; nginx's `proxy_cache` keeps the upstream's body and `gzip` compresses each
@@ -97,7 +97,7 @@ impl Scenario {
     pub fn load(&self) -> Load {
         Load {
             connections: self.connections,
-            pause_ms: self.pause_ms,
+            rate: self.rate,
         }
     }
 
@@ -175,7 +175,7 @@ pub fn all() -> Vec<Scenario> {
         misses: false,
         gzip: false,
         upstream_delay_ms: 0,
-        pause_ms: 0,
+        rate: 0,
     };
     vec![
         Scenario {
@@ -194,10 +194,10 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "cache-hit-defaults-paced",
-            about: "cache hit, 1 KiB object, 32 connections, both servers at their defaults (as in `cache-hit-defaults-1k`), each connection waiting 1 ms between a response and its next request: both get about the same request rate, so latency compares at equal load",
+            about: "cache hit, 1 KiB object, 32 connections, both servers at their defaults (as in `cache-hit-defaults-1k`), sent 15,000 requests/s in all (h2load, `--rps` per connection), about half what nginx serves: both get the same load, so latency compares",
             work: Work::CacheHit,
             defaults: true,
-            pause_ms: 1,
+            rate: 15_000,
             ..base.clone()
         },
         Scenario {
@@ -234,9 +234,9 @@ pub fn all() -> Vec<Scenario> {
         },
         Scenario {
             name: "pass-1k-paced",
-            about: "pass-through, 1 KiB, upstream keepalive, 32 connections, each waiting 1 ms between a response and its next request: every server gets about the same request rate, well below what it can serve, so latency compares at equal load (the saturated `pass-1k` is the headline)",
+            about: "pass-through, 1 KiB, upstream keepalive, 32 connections, sent 12,000 requests/s in all (h2load, `--rps` per connection): every server but Caddy gets the same load, well below what it can serve, so latency compares (the saturated `pass-1k` is the headline)",
             peers: true,
-            pause_ms: 1,
+            rate: 12_000,
             ..base.clone()
         },
         Scenario {
@@ -597,14 +597,14 @@ mod tests {
     }
 
     #[test]
-    fn only_the_paced_scenarios_pause_and_they_mirror_their_saturated_twins() {
+    fn only_the_paced_scenarios_set_a_rate_and_they_mirror_their_saturated_twins() {
         for s in all() {
             let paced = s.name.ends_with("-paced");
-            assert_eq!(s.load().pause_ms > 0, paced, "{}", s.name);
+            assert_eq!(s.load().rate > 0, paced, "{}", s.name);
             assert_eq!(s.load().connections, s.connections, "{}", s.name);
         }
         let (paced, twin) = (named("pass-1k-paced"), named("pass-1k"));
-        assert_eq!(paced.load().pause_ms, 1);
+        assert_eq!(paced.load().rate, 12_000);
         assert_eq!(
             (paced.work, paced.body_size, paced.peers),
             (twin.work, twin.body_size, twin.peers)
