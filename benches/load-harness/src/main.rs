@@ -218,7 +218,8 @@ fn selected(args: &Args) -> Vec<Scenario> {
 }
 
 /// Instructions per request under callgrind, for the scenarios that count them: proxy-app
-/// and nginx, or proxy-app with and without metrics and log (`observed-1k`). `--quick`
+/// and nginx (and HAProxy in pass-through, at its defaults and with proxy-app's headers),
+/// or proxy-app with and without metrics and log (`observed-1k`). `--quick`
 /// counts `pass-1k` only, since valgrind takes a while to start a debug build.
 fn count_instructions(
     s: &Scenario,
@@ -260,6 +261,13 @@ fn count_instructions(
             ]
         }
     };
+    // HAProxy where it runs (pass-through), at its defaults and with proxy-app's headers.
+    if s.peers {
+        servers.push((HAPROXY, haproxy_starter(s, *up, dir, false)));
+        if s.peers_same_headers {
+            servers.push((HAPROXY_SAME, haproxy_starter(s, *up, dir, true)));
+        }
+    }
     if let Some(baseline) = &args.baseline_bin {
         servers.push((BASELINE, proxy_starter(s.clone(), baseline, *up, dir)));
     }
@@ -406,6 +414,18 @@ fn proxy_starter<'a>(
 fn nginx_starter<'a>(s: &'a Scenario, up: Upstream<'a>, dir: &'a Path) -> callgrind::Start<'a> {
     Box::new(move |wrapper, tag| {
         start_nginx_under(s, &up, dir, tag, true, wrapper, callgrind::DEADLINE)
+    })
+}
+
+/// Starts HAProxy for `s` under a tool, for [`callgrind`].
+fn haproxy_starter<'a>(
+    s: &'a Scenario,
+    up: Upstream<'a>,
+    dir: &'a Path,
+    same_headers: bool,
+) -> callgrind::Start<'a> {
+    Box::new(move |wrapper, tag| {
+        start_haproxy_under(s, &up, dir, tag, same_headers, wrapper, callgrind::DEADLINE)
     })
 }
 
@@ -769,13 +789,27 @@ fn start_haproxy(
     dir: &Path,
     same_headers: bool,
 ) -> Result<Server> {
+    start_haproxy_under(s, up, dir, "", same_headers, &[], READY_LIMIT)
+}
+
+/// HAProxy for `s` after `wrapper` (a tool such as valgrind), on a listener it inherits;
+/// `tag` tells its files apart from another HAProxy's.
+fn start_haproxy_under(
+    s: &Scenario,
+    up: &Upstream<'_>,
+    dir: &Path,
+    tag: &str,
+    same_headers: bool,
+    wrapper: &[OsString],
+    limit: Duration,
+) -> Result<Server> {
     let listener = listening::hold()?;
     let addr = listener.local_addr()?;
-    let tag = if same_headers { "-same-headers" } else { "" };
-    let config = dir.join(format!("{}-haproxy{tag}.cfg", s.name));
+    let headers = if same_headers { "-same-headers" } else { "" };
+    let config = dir.join(format!("{}-haproxy{headers}{tag}.cfg", s.name));
     std::fs::write(&config, scenario::haproxy_config(s, up, same_headers))?;
-    let log = std::fs::File::create(dir.join(format!("{}-haproxy{tag}.log", s.name)))?;
-    let mut command = pinned_command("haproxy".as_ref());
+    let log = std::fs::File::create(dir.join(format!("{}-haproxy{headers}{tag}.log", s.name)))?;
+    let mut command = wrapped_command(wrapper, "haproxy".as_ref());
     // -db: in the foreground, one process.
     command
         .arg("-db")
@@ -787,7 +821,7 @@ fn start_haproxy(
     let child = command
         .spawn()
         .context("starting haproxy (apt-get install haproxy)")?;
-    Server::ready_at(child, addr, s, READY_LIMIT)
+    Server::ready_at(child, addr, s, limit)
 }
 
 /// Caddy for a pass-through scenario, at its defaults, one thread, on a port it binds.
