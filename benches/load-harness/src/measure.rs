@@ -84,18 +84,28 @@ fn wrk(
     connections: u32,
     duration: Duration,
 ) -> Result<Sample> {
-    let out = wrk_command(url, host, headers, connections, duration)
+    let text = output_of(
+        wrk_command(url, host, headers, connections, duration),
+        "wrk",
+    )?;
+    parse_wrk(&text)
+}
+
+/// Runs a load generator to its end and gives its standard output; fails with what it
+/// printed if it failed, or with the Debian package to install if it is missing.
+fn output_of(mut command: Command, package: &str) -> Result<String> {
+    let program = command.get_program().to_string_lossy().into_owned();
+    let out = command
         .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
+        .with_context(|| format!("running {program} (apt-get install {package})"))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
         bail!(
-            "wrk failed: {}{}",
-            text,
+            "{program} failed: {text}{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    parse_wrk(&text)
+    Ok(text)
 }
 
 /// wrk's command line for a run.
@@ -128,17 +138,8 @@ fn h2load(
     duration: Duration,
 ) -> Result<Sample> {
     let log = tempfile::Builder::new().suffix(".tsv").tempfile()?;
-    let out = h2load_command(url, host, headers, load, duration, log.path())
-        .output()
-        .context("running h2load (apt-get install nghttp2-client)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() {
-        bail!(
-            "h2load failed: {}{}",
-            text,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    let command = h2load_command(url, host, headers, load, duration, log.path());
+    let text = output_of(command, "nghttp2-client")?;
     let mut sample = parse_h2load(&text)?;
     let latencies = read_h2load_log(&std::fs::read_to_string(log.path())?)?;
     sample.p50 = percentile(&latencies, 50.0);
