@@ -522,3 +522,52 @@ async fn sigquit_without_an_upgrade_socket_shuts_down_gracefully() {
         "{stderr}"
     );
 }
+
+/// The largest anonymous mapping of `pid` that is readable and writable, in bytes.
+fn largest_writable_anonymous_mapping(pid: u32) -> u64 {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).expect("maps");
+    maps.lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // Address range, permissions, offset, device, inode; a sixth field names a file.
+            if fields.len() != 5 || !fields[1].starts_with("rw") {
+                return None;
+            }
+            let (start, end) = fields[0].split_once('-')?;
+            let start = u64::from_str_radix(start, 16).ok()?;
+            let end = u64::from_str_radix(end, 16).ok()?;
+            Some(end - start)
+        })
+        .max()
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn mimalloc_commits_its_arena_as_used_unless_the_environment_says_otherwise() {
+    // mimalloc reserves a 1 GiB arena. Committed at once (its default on Linux), the whole
+    // arena is one read-write mapping; committed as used, most of it stays inaccessible.
+    const ARENA_COMMITTED: u64 = 512 << 20;
+    let tailnet = tailnet(&["docs"]).await;
+    let config = sites_config(&tailnet, &["docs"]);
+    let lazy = Proxy::start_under(
+        &["env", "-u", "MIMALLOC_ARENA_EAGER_COMMIT"],
+        &[],
+        &config,
+        &[],
+    );
+    assert_eq!(get(&lazy, "docs.example.com", "/").await.status, 200);
+    let largest = largest_writable_anonymous_mapping(lazy.pid());
+    assert!(
+        largest < ARENA_COMMITTED,
+        "committed as used: the largest writable mapping is {} MiB",
+        largest >> 20
+    );
+    let eager = Proxy::start_under(&["env", "MIMALLOC_ARENA_EAGER_COMMIT=1"], &[], &config, &[]);
+    assert_eq!(get(&eager, "docs.example.com", "/").await.status, 200);
+    let largest = largest_writable_anonymous_mapping(eager.pid());
+    assert!(
+        largest >= ARENA_COMMITTED,
+        "committed at once, as the environment asks: the largest writable mapping is {} MiB",
+        largest >> 20
+    );
+}

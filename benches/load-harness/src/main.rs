@@ -35,7 +35,7 @@ use fake_tailnet::{FakeTailnet, PeerSpec, TailnetConfig, TAILNET_CA_PEM};
 use measure::{children, cpu_seconds, drive, peak_rss_mib, CoreTimes, Load, Sample};
 use netns::{DelayMethod, Netns};
 use report::{
-    FillRow, Report, Row, BASELINE, CADDY, DIRECT, HAPROXY, HAPROXY_SAME, LAZY_COMMIT, NGINX,
+    FillRow, Report, Row, BASELINE, CADDY, DIRECT, EAGER_COMMIT, HAPROXY, HAPROXY_SAME, NGINX,
     NO_KEEPALIVE, PROXY_APP, UNOBSERVED,
 };
 use scenario::{Scenario, Upstream, Work};
@@ -668,18 +668,19 @@ fn run_scenario(
     Ok(rows)
 }
 
-/// Fills proxy-app's cache, as started by default and as `fly/fly.toml` starts it.
+/// Fills proxy-app's cache, as started by default (mimalloc's arena committed as used) and
+/// with the arena committed at once, as mimalloc would by itself.
 fn run_fill_scenario(
     s: &Scenario,
     args: &Args,
     up: &Upstream<'_>,
     dir: &Path,
 ) -> Result<Vec<FillRow>> {
-    let eager = fill::run(s, args, up, dir, &[])?;
-    let lazy = fill::run(s, args, up, dir, &[("MIMALLOC_ARENA_EAGER_COMMIT", "0")])?;
+    let lazy = fill::run(s, args, up, dir, &[])?;
+    let eager = fill::run(s, args, up, dir, &[("MIMALLOC_ARENA_EAGER_COMMIT", "1")])?;
     Ok(vec![
-        FillRow::from_samples("proxy-app", s, &eager),
-        FillRow::from_samples(LAZY_COMMIT, s, &lazy),
+        FillRow::from_samples("proxy-app", s, &lazy),
+        FillRow::from_samples(EAGER_COMMIT, s, &eager),
     ])
 }
 

@@ -109,8 +109,9 @@ pub const CHARTED: [&str; 4] = [PROXY_APP, NGINX, HAPROXY, CADDY];
 pub const DIRECT: &str = "direct origin";
 /// Label of the rows of nginx without upstream keepalive.
 pub const NO_KEEPALIVE: &str = "nginx, no upstream keepalive";
-/// Label of the fill rows of proxy-app with mimalloc's lazy arena commit (as deployed).
-pub const LAZY_COMMIT: &str = "proxy-app, MIMALLOC_ARENA_EAGER_COMMIT=0";
+/// Label of the fill rows of proxy-app with mimalloc's arena committed at once (mimalloc's
+/// own default on Linux; proxy-app commits it as used unless told so).
+pub const EAGER_COMMIT: &str = "proxy-app, MIMALLOC_ARENA_EAGER_COMMIT=1";
 /// Label of the rows of proxy-app without metrics and access log.
 pub const UNOBSERVED: &str = "proxy-app, no metrics, no log";
 /// Label of the rows of the baseline build (`--baseline-bin`).
