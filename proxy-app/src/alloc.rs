@@ -41,13 +41,8 @@ const ARENA_EAGER_COMMIT: mi::mi_option_t = 4;
 /// `MIMALLOC_ARENA_EAGER_COMMIT` in the environment says otherwise.
 ///
 /// On Linux mimalloc's default (`2`: at once where the OS overcommits) maps the first arena,
-/// 1 GiB, read-write as it reserves it, and RSS was higher that way. Peak RSS in the load
-/// harness (plain release build, the two runs back to back): 40.5 MiB committed as used
-/// against 63.3 at once with 1,024 connections (`conns-1024`; nginx 30.8, HAProxy 35.2),
-/// 19.5 against 39.7 in `pass-1k`, 19.0 against 37.5 in `cache-hit-defaults-1k` (nginx
-/// 23.0); the demo idles at 21 MiB against 51. Requests/s and CPU per request moved within
-/// the runs' noise; under load it made about one `madvise` a second (as at once), no
-/// `mprotect`.
+/// 1 GiB, read-write as it reserves it, and peak RSS was about 1.6x-2x as high that way at
+/// the same CPU per request (the README's memory section has the load harness's numbers).
 ///
 /// The first allocation reserves that arena, and Rust's runtime allocates before `main`
 /// (the main thread's stack-overflow guard), so this runs as an ELF constructor
