@@ -1852,8 +1852,8 @@ def report(results, args, started, elapsed):
         "32k heads), upstream keepalive 128, an 8k "
         f"response head limit, {MAX_CONNECTIONS} connections, listen backlog 4096, no access log. "
         "RSS is VmRSS (nginx: master + worker); peaks are VmHWM, reset before the probe. "
-        "proxy-app runs with mimalloc's defaults (no `MIMALLOC_*` variables; `fly/fly.toml` sets "
-        "`MIMALLOC_ARENA_EAGER_COMMIT=0`).",
+        "proxy-app runs with no `MIMALLOC_*` variables: its mimalloc arena is committed as used, "
+        "its default.",
         "",
         "## Probes",
         "",
